@@ -1,0 +1,409 @@
+// Package compose merges layer tars, in order and with OCI whiteout semantics, into one
+// normalized tar stream: either a layer (whiteouts kept) or the canonical rootfs.
+package compose
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/imgctl/imgctl/layers/tarentry"
+)
+
+// maxSymlinkHops bounds symlink resolution while placing entries, like the kernel's ELOOP.
+const maxSymlinkHops = 40
+
+// Mode selects what Compose writes.
+type Mode int
+
+const (
+	// Rootfs applies whiteouts, writes every directory (synthesizing missing parents as
+	// 0755 root:root) and starts with the root directory "./".
+	Rootfs Mode = iota
+	// Layer keeps whiteouts that may hide content of lower layers and writes only the
+	// entries the inputs contained, so the result can itself be composed later.
+	Layer
+)
+
+// Input is one layer tar. It must be seekable: Compose reads the headers first and the file
+// contents only while writing, so memory depends on the number of entries, not on their size.
+type Input struct {
+	Name   string      // used in error messages: a role or a source URI
+	Reader io.ReaderAt // an uncompressed tar written by imgctl (no sparse entries)
+	Size   int64
+}
+
+// Options configure Compose.
+type Options struct {
+	Mode Mode
+	// MTime is written as the modification time of every entry (SOURCE_DATE_EPOCH).
+	MTime  time.Time
+	Logger *slog.Logger
+}
+
+// Result describes what Compose wrote.
+type Result struct {
+	Entries int   // tar entries written
+	Bytes   int64 // regular file content written
+}
+
+type inode struct {
+	input   int
+	offset  int64
+	size    int64
+	emitted string // path written first, later paths become hard links to it
+}
+
+type node struct {
+	hdr      tar.Header // normalized metadata; Name is set on output
+	children map[string]*node
+	data     *inode
+	input    int  // input that last wrote this node
+	implicit bool // created only as a parent of another entry
+	whiteout bool // Layer mode: hides the name in lower layers
+	opaque   bool // Layer mode: hides all lower content of this directory
+}
+
+func (n *node) isDir() bool { return n.hdr.Typeflag == tar.TypeDir && !n.whiteout }
+
+func newDir(input int, implicit bool) *node {
+	return &node{
+		hdr:      tar.Header{Typeflag: tar.TypeDir, Mode: 0o755},
+		children: make(map[string]*node),
+		input:    input,
+		implicit: implicit,
+	}
+}
+
+// Compose reads inputs in order (lowest first) and writes the merged tree to w.
+func Compose(ctx context.Context, w io.Writer, inputs []Input, opts Options) (Result, error) {
+	t := &tree{root: newDir(-1, true), mode: opts.Mode}
+	for i, in := range inputs {
+		if err := t.add(ctx, i, in); err != nil {
+			return Result{}, fmt.Errorf("layer %s: %w", in.Name, err)
+		}
+	}
+	wr := &writer{tw: tar.NewWriter(w), inputs: inputs, mtime: opts.MTime.UTC(), mode: opts.Mode, ctx: ctx}
+	if err := wr.emitTree(t.root); err != nil {
+		return Result{}, err
+	}
+	if err := wr.tw.Close(); err != nil {
+		return Result{}, fmt.Errorf("finishing tar stream: %w", err)
+	}
+	return Result{Entries: wr.entries, Bytes: wr.bytes}, nil
+}
+
+type tree struct {
+	root *node
+	mode Mode
+}
+
+// add indexes every header of one input.
+func (t *tree) add(ctx context.Context, idx int, in Input) error {
+	sr := io.NewSectionReader(in.Reader, 0, in.Size)
+	tr := tar.NewReader(sr)
+	for n := 0; ; n++ {
+		if n%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading tar: %w", err)
+		}
+		if err := tarentry.Clean(hdr); err != nil {
+			return err
+		}
+		var off int64
+		if hdr.Typeflag == tar.TypeReg {
+			if off, err = sr.Seek(0, io.SeekCurrent); err != nil {
+				return err
+			}
+		}
+		if err := t.place(idx, hdr, off); err != nil {
+			return fmt.Errorf("entry %q: %w", hdr.Name, err)
+		}
+	}
+}
+
+func splitPath(p string) []string {
+	if p == "" {
+		return nil
+	}
+	return strings.Split(p, "/")
+}
+
+// lookupDir walks comps from the root following symlinks (clamped at the root, like a
+// chroot) and returns the directory they name. With create, missing or non-directory
+// components are replaced by implicit directories; without it, a missing one yields nil.
+func (t *tree) lookupDir(comps []string, create bool, input int) (*node, error) {
+	stack := []*node{t.root}
+	hops := 0
+	for i := 0; i < len(comps); i++ {
+		c := comps[i]
+		cur := stack[len(stack)-1]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(stack) > 1 {
+				stack = stack[:len(stack)-1]
+			}
+			continue
+		}
+		child := cur.children[c]
+		if child != nil && child.hdr.Typeflag == tar.TypeSymlink && !child.whiteout {
+			if hops++; hops > maxSymlinkHops {
+				return nil, errors.New("too many levels of symbolic links")
+			}
+			target := child.hdr.Linkname
+			if strings.HasPrefix(target, "/") {
+				stack = stack[:1]
+			}
+			rest := append(splitPath(strings.Trim(target, "/")), comps[i+1:]...)
+			comps, i = rest, -1
+			continue
+		}
+		if child == nil || !child.isDir() {
+			if !create {
+				return nil, nil
+			}
+			child = newDir(input, true)
+			cur.children[c] = child
+		}
+		stack = append(stack, child)
+	}
+	return stack[len(stack)-1], nil
+}
+
+// resolveNode finds the node a hard link names.
+func (t *tree) resolveNode(p string) (*node, error) {
+	dir, base := path.Split(p)
+	parent, err := t.lookupDir(splitPath(strings.TrimSuffix(dir, "/")), false, 0)
+	if err != nil || parent == nil {
+		return nil, err
+	}
+	n := parent.children[base]
+	if n == nil || n.whiteout {
+		return nil, nil
+	}
+	return n, nil
+}
+
+// pruneLower removes everything under d that came from inputs below input.
+func pruneLower(d *node, input int) {
+	for name, c := range d.children {
+		switch {
+		case c.input < input:
+			delete(d.children, name)
+		case c.children != nil:
+			pruneLower(c, input)
+		}
+	}
+}
+
+func (t *tree) place(input int, hdr *tar.Header, off int64) error {
+	if hdr.Name == "" { // the root directory itself
+		if hdr.Typeflag != tar.TypeDir {
+			return errors.New("root entry is not a directory")
+		}
+		t.root.hdr = *hdr
+		t.root.implicit = false
+		t.root.input = input
+		return nil
+	}
+	dir, base := path.Split(hdr.Name)
+	dirComps := splitPath(strings.TrimSuffix(dir, "/"))
+
+	if hidden, opaque, ok := tarentry.IsWhiteout(base); ok {
+		parent, err := t.lookupDir(dirComps, t.mode == Layer, input)
+		if err != nil || parent == nil {
+			return err
+		}
+		if opaque {
+			pruneLower(parent, input)
+			if t.mode == Layer {
+				parent.opaque = true
+			}
+			return nil
+		}
+		if hidden == "" || hidden == "." || hidden == ".." {
+			return fmt.Errorf("malformed whiteout %q", base)
+		}
+		if old := parent.children[hidden]; old != nil && old.input == input && !old.whiteout {
+			return nil // a whiteout only hides lower layers
+		}
+		if t.mode == Layer {
+			parent.children[hidden] = &node{whiteout: true, input: input}
+		} else {
+			delete(parent.children, hidden)
+		}
+		return nil
+	}
+
+	parent, err := t.lookupDir(dirComps, true, input)
+	if err != nil {
+		return err
+	}
+	old := parent.children[base]
+	n := &node{hdr: *hdr, input: input}
+	n.hdr.Name = ""
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		switch {
+		case old != nil && old.isDir():
+			old.hdr, old.input, old.implicit = n.hdr, input, false
+			return nil
+		case old != nil && old.hdr.Typeflag == tar.TypeSymlink && !old.whiteout:
+			// dpkg semantics: a directory shipped where a symlink to a directory exists
+			// keeps the symlink (merged /usr: bin -> usr/bin).
+			if target, err := t.lookupDir(append(dirComps, base), false, input); err == nil && target != nil {
+				return nil
+			}
+		}
+		n.children = make(map[string]*node)
+		n.opaque = old != nil && old.whiteout
+	case tar.TypeReg:
+		n.data = &inode{input: input, offset: off, size: hdr.Size}
+	case tar.TypeLink:
+		target, err := t.resolveNode(hdr.Linkname)
+		if err != nil {
+			return err
+		}
+		if target == nil || target.data == nil {
+			return fmt.Errorf("hard link target %q is not a regular file in this or a lower layer", hdr.Linkname)
+		}
+		n.hdr = target.hdr
+		n.data = target.data
+	}
+	parent.children[base] = n
+	return nil
+}
+
+type writer struct {
+	ctx     context.Context
+	tw      *tar.Writer
+	inputs  []Input
+	mtime   time.Time
+	mode    Mode
+	entries int
+	bytes   int64
+}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+func (w *writer) header(name string, hdr tar.Header) error {
+	hdr.Name = name
+	tarentry.Normalize(&hdr, w.mtime)
+	if err := w.tw.WriteHeader(&hdr); err != nil {
+		return fmt.Errorf("writing %q: %w", name, err)
+	}
+	w.entries++
+	return nil
+}
+
+func (w *writer) emitTree(root *node) error {
+	if w.mode == Rootfs || !root.implicit {
+		if err := w.header("./", root.hdr); err != nil {
+			return err
+		}
+	}
+	return w.emitChildren("", root)
+}
+
+func (w *writer) emitChildren(dir string, d *node) error {
+	if err := w.ctx.Err(); err != nil {
+		return err
+	}
+	if d.opaque && w.mode == Layer {
+		if err := w.header(dir+tarentry.OpaqueWhiteout, whiteoutHeader()); err != nil {
+			return err
+		}
+	}
+	// Sort by the name written, so whiteout markers take their place among the entries.
+	type child struct {
+		name, written string
+		n             *node
+	}
+	kids := make([]child, 0, len(d.children))
+	for name, c := range d.children {
+		written := name
+		if c.whiteout {
+			written = tarentry.WhiteoutPrefix + name
+		}
+		kids = append(kids, child{name, written, c})
+	}
+	slices.SortFunc(kids, func(a, b child) int { return strings.Compare(a.written, b.written) })
+	for _, k := range kids {
+		c := k.n
+		p := dir + k.name
+		switch {
+		case c.whiteout:
+			if err := w.header(dir+k.written, whiteoutHeader()); err != nil {
+				return err
+			}
+		case c.isDir():
+			if !(c.implicit && w.mode == Layer) {
+				if err := w.header(p, c.hdr); err != nil {
+					return err
+				}
+			}
+			if err := w.emitChildren(p+"/", c); err != nil {
+				return err
+			}
+		case c.data != nil:
+			if err := w.emitFile(p, c); err != nil {
+				return err
+			}
+		default:
+			if err := w.header(p, c.hdr); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (w *writer) emitFile(p string, c *node) error {
+	hdr := c.hdr
+	if c.data.emitted != "" {
+		hdr.Typeflag = tar.TypeLink
+		hdr.Linkname = c.data.emitted
+		hdr.Size = 0
+		return w.header(p, hdr)
+	}
+	c.data.emitted = p
+	hdr.Typeflag = tar.TypeReg
+	hdr.Size = c.data.size
+	if err := w.header(p, hdr); err != nil {
+		return err
+	}
+	in := w.inputs[c.data.input]
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	n, err := io.CopyBuffer(w.tw, io.NewSectionReader(in.Reader, c.data.offset, c.data.size), *bp)
+	if err != nil {
+		return fmt.Errorf("copying %q from layer %s: %w", p, in.Name, err)
+	}
+	if n != c.data.size {
+		return fmt.Errorf("copying %q from layer %s: layer truncated (%d of %d bytes)", p, in.Name, n, c.data.size)
+	}
+	w.bytes += n
+	return nil
+}
+
+func whiteoutHeader() tar.Header {
+	return tar.Header{Typeflag: tar.TypeReg, Mode: 0o644}
+}

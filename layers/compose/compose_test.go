@@ -1,0 +1,276 @@
+package compose
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imgctl/imgctl/layers/tarentry"
+)
+
+// e is a compact test entry: "f name content", "d name", "l name target" (symlink),
+// "h name target" (hard link), "c name" (char device 1,3).
+type e string
+
+func mkTar(t testing.TB, entries ...e) Input {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, ent := range entries {
+		f := strings.SplitN(string(ent), " ", 3)
+		hdr := &tar.Header{Name: f[1], Mode: 0o644, Uname: "someone", ModTime: time.Unix(12345, 0)}
+		var body string
+		switch f[0] {
+		case "f":
+			hdr.Typeflag = tar.TypeReg
+			if len(f) > 2 {
+				body = f[2]
+			}
+			hdr.Size = int64(len(body))
+		case "d":
+			hdr.Typeflag, hdr.Mode = tar.TypeDir, 0o750
+		case "l":
+			hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, f[2]
+		case "h":
+			hdr.Typeflag, hdr.Linkname = tar.TypeLink, f[2]
+		case "c":
+			hdr.Typeflag, hdr.Devmajor, hdr.Devminor = tar.TypeChar, 1, 3
+		case "x":
+			hdr.Typeflag = tar.TypeReg
+			hdr.PAXRecords = map[string]string{"SCHILY.xattr.security.capability": "\x01\x02", "LIBARCHIVE.creationtime": "1"}
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(tw, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	return Input{Name: fmt.Sprintf("test%d", len(entries)), Reader: bytes.NewReader(b), Size: int64(len(b))}
+}
+
+// listing renders a tar stream as one line per entry.
+func listing(t testing.TB, b []byte, mtime time.Time) []string {
+	t.Helper()
+	tr := tar.NewReader(bytes.NewReader(b))
+	var out []string
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !hdr.ModTime.Equal(mtime) || hdr.Uname != "" {
+			t.Errorf("%s: not normalized: mtime %v uname %q", hdr.Name, hdr.ModTime, hdr.Uname)
+		}
+		body, _ := io.ReadAll(tr)
+		var s string
+		switch hdr.Typeflag {
+		case tar.TypeReg:
+			s = fmt.Sprintf("f %s %s", hdr.Name, body)
+		case tar.TypeDir:
+			s = fmt.Sprintf("d %s %o", hdr.Name, hdr.Mode)
+		case tar.TypeSymlink:
+			s = fmt.Sprintf("l %s %s", hdr.Name, hdr.Linkname)
+		case tar.TypeLink:
+			s = fmt.Sprintf("h %s %s", hdr.Name, hdr.Linkname)
+		case tar.TypeChar:
+			s = fmt.Sprintf("c %s %d,%d", hdr.Name, hdr.Devmajor, hdr.Devminor)
+		}
+		for k, v := range hdr.PAXRecords {
+			if strings.HasPrefix(k, "SCHILY.xattr.") || strings.HasPrefix(k, "LIBARCHIVE") {
+				s += fmt.Sprintf(" %s=%q", k, v)
+			}
+		}
+		out = append(out, strings.TrimSpace(s))
+	}
+}
+
+func TestCompose(t *testing.T) {
+	mtime := time.Unix(1700000000, 0).UTC()
+	tests := []struct {
+		name   string
+		mode   Mode
+		layers [][]e
+		want   []string
+		err    string
+	}{
+		{
+			name:   "sorted, normalized, parents synthesized",
+			layers: [][]e{{"f usr/bin/b B", "f usr/bin/a A", "d etc", "f ./etc/x X"}},
+			want:   []string{"d ./ 755", "d etc/ 750", "f etc/x X", "d usr/ 755", "d usr/bin/ 755", "f usr/bin/a A", "f usr/bin/b B"},
+		},
+		{
+			name:   "upper file replaces lower, later entry in one layer wins",
+			layers: [][]e{{"f a 1"}, {"f a 2", "f a 3"}},
+			want:   []string{"d ./ 755", "f a 3"},
+		},
+		{
+			name:   "whiteout removes file and directory subtree",
+			layers: [][]e{{"f a 1", "d d", "f d/x x", "f d/y y"}, {"f .wh.a", "f .wh.d"}},
+			want:   []string{"d ./ 755"},
+		},
+		{
+			name:   "whiteout hides only lower layers",
+			layers: [][]e{{"f a 1"}, {"f a 2", "f .wh.a"}},
+			want:   []string{"d ./ 755", "f a 2"},
+		},
+		{
+			name:   "opaque directory drops lower children only",
+			layers: [][]e{{"d d", "f d/x x", "d d/sub", "f d/sub/y y"}, {"d d", "d d/sub", "f d/.wh..wh..opq", "f d/new n"}},
+			want:   []string{"d ./ 755", "d d/ 750", "f d/new n", "d d/sub/ 750"},
+		},
+		{
+			name:   "merged /usr: directory over a directory symlink keeps the symlink",
+			layers: [][]e{{"d usr", "d usr/bin", "l bin usr/bin"}, {"d bin", "f bin/ls LS"}},
+			want:   []string{"d ./ 755", "l bin usr/bin", "d usr/ 750", "d usr/bin/ 750", "f usr/bin/ls LS"},
+		},
+		{
+			name:   "absolute symlinks resolve inside the root",
+			layers: [][]e{{"d real", "l lib /real"}, {"f lib/mod M"}},
+			want:   []string{"d ./ 755", "l lib /real", "d real/ 750", "f real/mod M"},
+		},
+		{
+			name:   "hard link sorted before its target becomes the file",
+			layers: [][]e{{"f z/file DATA", "h a/link z/file"}},
+			want:   []string{"d ./ 755", "d a/ 755", "f a/link DATA", "d z/ 755", "h z/file a/link"},
+		},
+		{
+			name:   "hard link to a lower layer survives the target's replacement",
+			layers: [][]e{{"f t OLD"}, {"h l t", "f t NEW"}},
+			want:   []string{"d ./ 755", "f l OLD", "f t NEW"},
+		},
+		{
+			name:   "file replaces directory, directory replaces file",
+			layers: [][]e{{"d a", "f a/x x", "f b B"}, {"f a A", "d b", "f b/y y"}},
+			want:   []string{"d ./ 755", "f a A", "d b/ 750", "f b/y y"},
+		},
+		{
+			name:   "devices and xattrs kept, other PAX records dropped",
+			layers: [][]e{{"c dev/null", "x bin/ping"}},
+			want:   []string{"d ./ 755", "d bin/ 755", `f bin/ping  SCHILY.xattr.security.capability="\x01\x02"`, "d dev/ 755", "c dev/null 1,3"},
+		},
+		{
+			name:   "layer mode keeps whiteouts and omits implicit parents",
+			mode:   Layer,
+			layers: [][]e{{"f a/b/c C"}, {"f a/.wh.gone", "f a/b/.wh..wh..opq"}},
+			want:   []string{"f a/.wh.gone", "f a/b/.wh..wh..opq"},
+		},
+		{
+			name:   "layer mode: directory re-added after whiteout is opaque",
+			mode:   Layer,
+			layers: [][]e{{"f .wh.d"}, {"d d", "f d/x X"}},
+			want:   []string{"d d/ 750", "f d/.wh..wh..opq", "f d/x X"},
+		},
+		{name: "parent traversal rejected", layers: [][]e{{"f ../etc/passwd x"}}, err: `".." path component`},
+		{name: "absolute path rejected", layers: [][]e{{"f /etc/passwd x"}}, err: "absolute path"},
+		{name: "symlink escape rejected", layers: [][]e{{"l a/b ../../etc"}}, err: "symlink target escapes the root"},
+		{name: "hard link escape rejected", layers: [][]e{{"h a ../../etc/shadow"}}, err: "hard link target escapes the root"},
+		{name: "hard link to missing target", layers: [][]e{{"h a nowhere"}}, err: `hard link target "nowhere"`},
+		{name: "symlink loop", layers: [][]e{{"l a b", "l b a", "f a/x x"}}, err: "too many levels of symbolic links"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var inputs []Input
+			for _, l := range tc.layers {
+				inputs = append(inputs, mkTar(t, l...))
+			}
+			var out bytes.Buffer
+			res, err := Compose(context.Background(), &out, inputs, Options{Mode: tc.mode, MTime: mtime})
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want it to contain %q", err, tc.err)
+				}
+				var ue *tarentry.UnsafeError
+				if strings.Contains(tc.err, "escape") && !errors.As(err, &ue) {
+					t.Errorf("err = %T, want an UnsafeError in the chain", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := listing(t, out.Bytes(), mtime)
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Errorf("got\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(tc.want, "\n  "))
+			}
+			if res.Entries != len(got) {
+				t.Errorf("Entries = %d, want %d", res.Entries, len(got))
+			}
+		})
+	}
+}
+
+func TestComposeDeterministic(t *testing.T) {
+	in := []Input{mkTar(t, "f b 2", "f a 1", "d c", "l c/l ../a"), mkTar(t, "f c/z zz", "h c/h a")}
+	var first []byte
+	for i := 0; i < 3; i++ {
+		var out bytes.Buffer
+		if _, err := Compose(context.Background(), &out, in, Options{MTime: time.Unix(1, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = out.Bytes()
+		} else if !bytes.Equal(first, out.Bytes()) {
+			t.Fatal("two composes of the same input differ")
+		}
+	}
+}
+
+func TestComposeTruncatedLayer(t *testing.T) {
+	in := mkTar(t, "f a 0123456789")
+	in.Size = 512 + 5 // header plus half the content
+	_, err := Compose(context.Background(), io.Discard, []Input{in}, Options{})
+	if err == nil {
+		t.Fatal("compose of a truncated layer succeeded")
+	}
+}
+
+func TestComposeCanceled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := Compose(ctx, io.Discard, []Input{mkTar(t, "f a 1")}, Options{})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
+
+func FuzzCompose(f *testing.F) {
+	seed := mkTar(f, "d a", "f a/b x", "l c a", "h d a/b", "f c/.wh.b")
+	b := make([]byte, seed.Size)
+	_, _ = seed.Reader.ReadAt(b, 0)
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		in := Input{Name: "fuzz", Reader: bytes.NewReader(data), Size: int64(len(data))}
+		var out bytes.Buffer
+		if _, err := Compose(context.Background(), &out, []Input{in, in}, Options{}); err != nil {
+			return
+		}
+		// Whatever was accepted must be a readable tar with only safe names.
+		tr := tar.NewReader(&out)
+		for {
+			hdr, err := tr.Next()
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			if err != nil {
+				t.Fatalf("composed output unreadable: %v", err)
+			}
+			if strings.HasPrefix(hdr.Name, "/") || strings.Contains("/"+hdr.Name+"/", "/../") {
+				t.Fatalf("unsafe name in output: %q", hdr.Name)
+			}
+		}
+	})
+}

@@ -1,0 +1,62 @@
+package tarentry
+
+import (
+	"archive/tar"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestClean(t *testing.T) {
+	tests := []struct {
+		hdr      tar.Header
+		name     string // cleaned name
+		linkname string
+		err      string
+	}{
+		{hdr: tar.Header{Name: "./usr/bin/", Typeflag: tar.TypeDir}, name: "usr/bin"},
+		{hdr: tar.Header{Name: "./", Typeflag: tar.TypeDir}, name: ""},
+		{hdr: tar.Header{Name: "a//b/./c", Typeflag: tar.TypeReg}, name: "a/b/c"},
+		{hdr: tar.Header{Name: "/etc/passwd", Typeflag: tar.TypeReg}, err: "absolute path"},
+		{hdr: tar.Header{Name: "a/../../x", Typeflag: tar.TypeReg}, err: `".." path component`},
+		{hdr: tar.Header{Name: "usr/lib/x", Typeflag: tar.TypeSymlink, Linkname: "../../lib/x"}, name: "usr/lib/x", linkname: "../../lib/x"},
+		{hdr: tar.Header{Name: "usr/lib/x", Typeflag: tar.TypeSymlink, Linkname: "../../../x"}, err: "escapes the root"},
+		{hdr: tar.Header{Name: "bin", Typeflag: tar.TypeSymlink, Linkname: "/usr/bin"}, name: "bin", linkname: "/usr/bin"},
+		{hdr: tar.Header{Name: "bin", Typeflag: tar.TypeSymlink}, err: "empty target"},
+		{hdr: tar.Header{Name: "./a", Typeflag: tar.TypeLink, Linkname: "./b/c"}, name: "a", linkname: "b/c"},
+		{hdr: tar.Header{Name: "a", Typeflag: tar.TypeLink, Linkname: "/etc/shadow"}, err: "hard link to an absolute path"},
+		{hdr: tar.Header{Name: "a", Typeflag: tar.TypeLink, Linkname: "../x"}, err: "escapes the root"},
+		{hdr: tar.Header{Name: "a", Typeflag: tar.TypeXGlobalHeader}, err: "unsupported entry type"},
+		{hdr: tar.Header{Name: "a", Typeflag: tar.TypeReg, Size: -1}, err: "negative size"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.hdr.Name, func(t *testing.T) {
+			hdr := tc.hdr
+			err := Clean(&hdr)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if hdr.Name != tc.name || hdr.Linkname != tc.linkname {
+				t.Errorf("got %q -> %q, want %q -> %q", hdr.Name, hdr.Linkname, tc.name, tc.linkname)
+			}
+		})
+	}
+}
+
+func TestNormalize(t *testing.T) {
+	hdr := tar.Header{Name: "d", Typeflag: tar.TypeDir, Mode: 0o40755 | 0o1000, Uname: "root", Gname: "root",
+		Uid: 7, Gid: 8, ModTime: time.Now(), AccessTime: time.Now(),
+		PAXRecords: map[string]string{"SCHILY.xattr.user.x": "1", "atime": "2"}}
+	mt := time.Unix(1700000000, 0)
+	Normalize(&hdr, mt)
+	if hdr.Name != "d/" || hdr.Mode != 0o1755 || hdr.Uname != "" || hdr.Uid != 7 || !hdr.ModTime.Equal(mt) ||
+		!hdr.AccessTime.IsZero() || len(hdr.PAXRecords) != 1 {
+		t.Errorf("not normalized: %+v", hdr)
+	}
+}
