@@ -1,0 +1,108 @@
+package source
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// RunError reports an external tool that failed, with the tail of its output.
+type RunError struct {
+	Cmd    string
+	Output string
+	Err    error
+}
+
+func (e *RunError) Error() string {
+	return fmt.Sprintf("%s: %v\n%s", e.Cmd, e.Err, e.Output)
+}
+
+func (e *RunError) Unwrap() error { return e.Err }
+
+// mmdebstrap builds a Debian base tar with mmdebstrap (reproducible under SOURCE_DATE_EPOCH)
+// and adds it to the cache. With want set, a different result is an error: the mirror has
+// moved on since the lock was written.
+func (e *Env) mmdebstrap(ctx context.Context, u URI, want digest.Digest) (digest.Digest, error) {
+	key := mmdebstrapKey(u, e.MTime.Unix())
+	if d, err := e.Cache.Ref("mmdebstrap", key); err == nil && e.Cache.Has(d) && (want == "" || d == want) {
+		return d, nil
+	}
+	if e.Fetch != nil && e.Fetch.Offline {
+		return "", fmt.Errorf("the Debian base is not in the cache and --offline forbids running mmdebstrap")
+	}
+	unlock, err := e.Cache.Lock(ctx, "mmdebstrap\n"+key)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = unlock() }()
+	if d, err := e.Cache.Ref("mmdebstrap", key); err == nil && e.Cache.Has(d) && (want == "" || d == want) {
+		return d, nil
+	}
+	bin, err := exec.LookPath("mmdebstrap")
+	if err != nil {
+		return "", fmt.Errorf("the base layer needs mmdebstrap (apt-get install mmdebstrap), or point --source base=URI at a prebuilt rootfs: %w", err)
+	}
+	tmp, err := os.MkdirTemp(filepath.Join(e.Cache.Dir(), "tmp"), "mmdebstrap-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	out := filepath.Join(tmp, "rootfs.tar")
+	mirror := e.Fetch.Rewrite(u.Location)
+	args := []string{"--variant=" + u.Variant, "--format=tar", "--quiet"}
+	if len(u.Packages) > 0 {
+		args = append(args, "--include="+strings.Join(u.Packages, ","))
+	}
+	args = append(args, u.Suite, out, mirror)
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH="+strconv.FormatInt(e.MTime.Unix(), 10))
+	var output bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &output, &output
+	e.logger().Info("running mmdebstrap", "suite", u.Suite, "mirror", mirror, "packages", len(u.Packages))
+	if err := cmd.Run(); err != nil {
+		return "", &RunError{Cmd: "mmdebstrap " + strings.Join(args, " "), Output: tail(output.String(), 4000), Err: err}
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	w, err := e.Cache.NewWriter(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = w.Abort() }()
+	if _, err := io.Copy(w, &ctxReader{ctx: ctx, r: f}); err != nil {
+		return "", err
+	}
+	d, _, err := w.Commit("", -1)
+	if err != nil {
+		return "", err
+	}
+	if err := e.Cache.SetRef("mmdebstrap", key, d); err != nil {
+		return "", err
+	}
+	if want != "" && d != want {
+		return "", fmt.Errorf("mmdebstrap produced %s but the lock pins %s: the mirror changed since the lock was written; pin a snapshot mirror (https://snapshot.debian.org/archive/debian/TIMESTAMP) or refresh the lock with --update-lock", d, want)
+	}
+	return d, nil
+}
+
+func mmdebstrapKey(u URI, epoch int64) string {
+	return strings.Join([]string{u.Suite, u.Location, u.Variant, strings.Join(u.Packages, ","), strconv.FormatInt(epoch, 10)}, "\n")
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "…" + s[len(s)-n:]
+}

@@ -1,0 +1,261 @@
+// Package source parses source URIs, pins them to digests and turns what they name into
+// cached, validated layer tars: the only way bytes from outside enter a build.
+package source
+
+import (
+	"fmt"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Kind is the kind of content a URI names.
+type Kind string
+
+// The kinds of source.
+const (
+	KindTar        Kind = "tar"        // a layer tar, possibly gzip/zstd/xz compressed
+	KindDeb        Kind = "deb"        // a Debian package file: its data.tar is the layer
+	KindFile       Kind = "file"       // a single file placed at Dest with Mode
+	KindDir        Kind = "dir"        // a local directory (development)
+	KindOCI        Kind = "oci"        // an image in a registry, flattened
+	KindOCILayout  Kind = "oci-layout" // an image in a local OCI layout, flattened
+	KindDebRepo    Kind = "deb-repo"   // a package resolved from a Debian repository index
+	KindMmdebstrap Kind = "mmdebstrap" // a Debian base made by mmdebstrap
+)
+
+// URI is a parsed source URI. The grammar (a contract other tools rely on):
+//
+//	file:///x.tar[.gz|.zst|.xz]   a layer tar          file:///x.deb   a Debian package
+//	file:///dir/                  a directory          file:///x#path=/usr/bin/x&mode=0755   one file
+//	https://…/x#sha256=HEX[&path=/usr/bin/x&mode=0755 | &prefix=/opt]   (or sha256-from=URL of a checksum file)
+//	oci://REGISTRY/REPO@sha256:…   oci-layout:///DIR@sha256:…
+//	deb://MIRROR/debian?suite=S&package=NAME[=VERSION][&follow=PREFIX][&component=main&arch=amd64]
+//	mmdebstrap://SUITE?mirror=URL&packages=a,b[&variant=minbase]
+type URI struct {
+	Raw  string
+	Kind Kind
+
+	Location    string        // file path, directory, download URL, image reference or mirror URL
+	Digest      digest.Digest // pinned content digest, if the URI carries one
+	ChecksumURL string        // https: a published checksum file to pin from
+
+	Dest   string // KindFile: absolute path inside the image
+	Mode   int64  // KindFile: permission bits
+	Prefix string // KindTar: extract under this directory
+
+	Suite, Component, Arch, Package, Version, Follow string // KindDebRepo
+	Variant                                          string
+	Packages                                         []string // KindMmdebstrap
+}
+
+// Remote reports whether materializing the source may need the network.
+func (u URI) Remote() bool {
+	switch u.Kind {
+	case KindOCI, KindDebRepo, KindMmdebstrap:
+		return true
+	}
+	return strings.HasPrefix(u.Location, "http://") || strings.HasPrefix(u.Location, "https://")
+}
+
+func (u URI) String() string { return u.Raw }
+
+// Parse parses and checks a source URI.
+func Parse(raw string) (URI, error) {
+	u, err := parse(raw)
+	if err != nil {
+		return URI{}, fmt.Errorf("source %q: %w", raw, err)
+	}
+	return u, nil
+}
+
+func parse(raw string) (URI, error) {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return URI{}, fmt.Errorf("expected SCHEME://…, one of file, https, http, oci, oci-layout, deb, mmdebstrap")
+	}
+	u := URI{Raw: raw}
+	switch scheme {
+	case "file", "https", "http":
+		loc, frag, _ := strings.Cut(raw, "#")
+		if scheme == "file" {
+			loc = strings.TrimPrefix(loc, "file://")
+			if !strings.HasPrefix(loc, "/") {
+				return URI{}, fmt.Errorf("file URIs need an absolute path (file:///path)")
+			}
+			unesc, err := url.PathUnescape(loc)
+			if err != nil {
+				return URI{}, err
+			}
+			loc = unesc
+		} else if _, err := url.Parse(loc); err != nil {
+			return URI{}, err
+		}
+		u.Location = loc
+		if err := u.fragment(frag); err != nil {
+			return URI{}, err
+		}
+		return u, u.classify(scheme)
+	case "oci", "oci-layout":
+		ref, dg, ok := strings.Cut(rest, "@")
+		if !ok || ref == "" {
+			return URI{}, fmt.Errorf("expected %s://%s@sha256:HEX (pinned by digest)", scheme, map[string]string{"oci": "REGISTRY/REPO", "oci-layout": "/DIR"}[scheme])
+		}
+		d, err := digest.Parse(dg)
+		if err != nil || d.Algorithm() != digest.SHA256 {
+			return URI{}, fmt.Errorf("digest %q: expected sha256:<64 hex>", dg)
+		}
+		u.Kind, u.Location, u.Digest = KindOCI, ref, d
+		if scheme == "oci-layout" {
+			if !strings.HasPrefix(ref, "/") {
+				return URI{}, fmt.Errorf("oci-layout URIs need an absolute directory (oci-layout:///DIR@sha256:…)")
+			}
+			u.Kind = KindOCILayout
+		}
+		return u, nil
+	case "deb", "deb+http":
+		pu, err := url.Parse(raw)
+		if err != nil {
+			return URI{}, err
+		}
+		q := pu.Query()
+		httpScheme := "https"
+		if scheme == "deb+http" {
+			httpScheme = "http"
+		}
+		u.Kind = KindDebRepo
+		u.Location = httpScheme + "://" + pu.Host + strings.TrimSuffix(pu.Path, "/")
+		u.Suite, u.Component, u.Arch, u.Follow = q.Get("suite"), q.Get("component"), q.Get("arch"), q.Get("follow")
+		u.Package, u.Version, _ = strings.Cut(q.Get("package"), "=")
+		if pu.Host == "" {
+			return URI{}, fmt.Errorf("missing mirror host (deb://deb.debian.org/debian?…)")
+		}
+		if u.Suite == "" || u.Package == "" {
+			return URI{}, fmt.Errorf("expected ?suite=SUITE&package=NAME[=VERSION]")
+		}
+		if u.Component == "" {
+			u.Component = "main"
+		}
+		if u.Arch == "" {
+			u.Arch = "amd64"
+		}
+		return u, checkKeys(q, "suite", "package", "follow", "component", "arch")
+	case "mmdebstrap":
+		pu, err := url.Parse(raw)
+		if err != nil {
+			return URI{}, err
+		}
+		q := pu.Query()
+		u.Kind, u.Suite, u.Location, u.Variant = KindMmdebstrap, pu.Host, q.Get("mirror"), q.Get("variant")
+		if u.Suite == "" {
+			return URI{}, fmt.Errorf("missing suite (mmdebstrap://bookworm?…)")
+		}
+		if u.Location == "" {
+			return URI{}, fmt.Errorf("missing mirror=URL")
+		}
+		if u.Variant == "" {
+			u.Variant = "minbase"
+		}
+		for _, p := range strings.Split(q.Get("packages"), ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				u.Packages = append(u.Packages, p)
+			}
+		}
+		return u, checkKeys(q, "mirror", "packages", "variant")
+	}
+	return URI{}, fmt.Errorf("unknown scheme %q: expected file, https, http, oci, oci-layout, deb, mmdebstrap", scheme)
+}
+
+func checkKeys(q url.Values, known ...string) error {
+	for k := range q {
+		found := false
+		for _, n := range known {
+			found = found || k == n
+		}
+		if !found {
+			return fmt.Errorf("unknown parameter %q (expected %s)", k, strings.Join(known, ", "))
+		}
+	}
+	return nil
+}
+
+// fragment parses "#sha256=HEX&path=/x&mode=0755&prefix=/opt&sha256-from=URL".
+func (u *URI) fragment(frag string) error {
+	if frag == "" {
+		return nil
+	}
+	q, err := url.ParseQuery(frag)
+	if err != nil {
+		return fmt.Errorf("fragment: %w", err)
+	}
+	if err := checkKeys(q, "sha256", "sha256-from", "path", "mode", "prefix"); err != nil {
+		return err
+	}
+	if h := q.Get("sha256"); h != "" {
+		d := digest.NewDigestFromEncoded(digest.SHA256, strings.ToLower(h))
+		if err := d.Validate(); err != nil {
+			return fmt.Errorf("sha256=%s: expected 64 hex digits", h)
+		}
+		u.Digest = d
+	}
+	u.ChecksumURL = q.Get("sha256-from")
+	if u.ChecksumURL != "" && u.Digest != "" {
+		return fmt.Errorf("give either sha256= or sha256-from=, not both")
+	}
+	if p := q.Get("path"); p != "" {
+		if !strings.HasPrefix(p, "/") || path.Clean(p) != p || p == "/" {
+			return fmt.Errorf("path=%s: expected a clean absolute file path", p)
+		}
+		u.Dest = p
+	}
+	u.Mode = 0o644
+	if m := q.Get("mode"); m != "" {
+		v, err := strconv.ParseInt(m, 8, 32)
+		if err != nil || v < 0 || v > 0o7777 {
+			return fmt.Errorf("mode=%s: expected octal permission bits like 0755", m)
+		}
+		u.Mode = v
+	} else if u.Dest != "" {
+		u.Mode = 0o755
+	}
+	if p := q.Get("prefix"); p != "" {
+		if !strings.HasPrefix(p, "/") || path.Clean(p) != p {
+			return fmt.Errorf("prefix=%s: expected a clean absolute directory", p)
+		}
+		u.Prefix = p
+	}
+	return nil
+}
+
+var archiveSuffixes = []string{".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.xz"}
+
+func (u *URI) classify(scheme string) error {
+	loc := u.Location
+	switch {
+	case u.Dest != "":
+		u.Kind = KindFile
+	case strings.HasSuffix(loc, ".deb"):
+		u.Kind = KindDeb
+	case scheme == "file" && strings.HasSuffix(loc, "/"):
+		u.Kind = KindDir
+	default:
+		for _, s := range archiveSuffixes {
+			if strings.HasSuffix(loc, s) {
+				u.Kind = KindTar
+			}
+		}
+		if u.Kind == "" {
+			return fmt.Errorf("cannot tell what %s is: name a .deb, a .tar[.gz|.zst|.xz], a directory ending in /, or add #path=/dest/file", path.Base(loc))
+		}
+	}
+	if u.Prefix != "" && u.Kind != KindTar && u.Kind != KindDir {
+		return fmt.Errorf("prefix= applies to archives and directories only")
+	}
+	if scheme != "file" && u.Digest == "" && u.ChecksumURL == "" {
+		return fmt.Errorf("remote files must be pinned: add #sha256=HEX or #sha256-from=URL")
+	}
+	return nil
+}
