@@ -83,11 +83,14 @@ func (f *File) Marshal() ([]byte, error) {
 	slices.SortStableFunc(c.Sources, func(a, b Source) int {
 		return strings.Compare(a.Role+"\x00"+a.URI, b.Role+"\x00"+b.URI)
 	})
-	b, err := json.MarshalIndent(c, "", "  ")
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // URIs keep their '&'
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(c); err != nil {
 		return nil, err
 	}
-	return append(b, '\n'), nil
+	return buf.Bytes(), nil
 }
 
 // Save writes the lock atomically (temp + fsync + rename).

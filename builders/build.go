@@ -1,0 +1,391 @@
+// Package builders runs a build end to end: it assembles the spec's layers, composes the
+// canonical rootfs, writes the requested targets from it and records the image in the store.
+package builders
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/imgctl/imgctl/images/manifest"
+	"github.com/imgctl/imgctl/images/store"
+	"github.com/imgctl/imgctl/layers/assemble"
+	"github.com/imgctl/imgctl/layers/compose"
+	"github.com/imgctl/imgctl/layers/lock"
+	"github.com/imgctl/imgctl/layers/source"
+	"github.com/imgctl/imgctl/layers/spec"
+)
+
+// rootfsVersion is part of the cache key that maps role layers to a composed rootfs.
+const rootfsVersion = "rootfs/1"
+
+// ErrLockChanged is returned with Options.Locked when the build would change the lock file.
+var ErrLockChanged = errors.New("the lock file is out of date")
+
+// Target writes one kind of artifact from the composed rootfs.
+type Target interface {
+	Name() string
+	Write(ctx context.Context, b *Build) ([]manifest.Artifact, error)
+}
+
+// Targets is the table of target writers by name.
+var Targets = map[string]Target{
+	"rootfs": rootfsTarget{},
+}
+
+// TargetNames lists the known targets, sorted.
+func TargetNames() []string {
+	names := make([]string, 0, len(Targets))
+	for n := range Targets {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Options configure a build.
+type Options struct {
+	Spec     *spec.NodeImage
+	LockPath string // read and written; "" = no lock file
+	// UpdateLock ignores the pins of the existing lock and resolves every source again.
+	UpdateLock bool
+	// Locked fails the build (ErrLockChanged) instead of changing the lock file: for CI.
+	Locked bool
+	// SourceDateEpoch overrides the spec and the lock (the SOURCE_DATE_EPOCH environment
+	// variable, read by the CLI).
+	SourceDateEpoch *int64
+	Env             *source.Env
+	Store           *store.Store
+	Targets         []string // default: the spec's targets
+	OutputDir       string   // also place the artifacts here ("" = only the store)
+	Parallel        int
+	ImgctlVersion   string
+	Logger          *slog.Logger
+	Now             func() time.Time // for tests; default time.Now
+}
+
+// Phase is one timed step of a build.
+type Phase struct {
+	Name     string
+	Duration time.Duration
+}
+
+// Result is a finished build.
+type Result struct {
+	Image  store.Image
+	Layers []assemble.Layer
+	Phases []Phase
+	// Reused reports that the rootfs was already in the store and was not composed again.
+	Reused bool
+}
+
+// Build is the state targets write from.
+type Build struct {
+	Options
+	Layers []assemble.Layer
+	Rootfs manifest.Rootfs
+	Epoch  int64
+}
+
+// Run builds the image described by opts.Spec.
+func Run(ctx context.Context, opts Options) (*Result, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	n := opts.Spec
+	targets := opts.Targets
+	if len(targets) == 0 {
+		targets = n.Spec.Targets
+	}
+	if len(targets) == 0 {
+		targets = []string{"rootfs"}
+	}
+	for _, t := range targets {
+		if _, ok := Targets[t]; !ok {
+			return nil, fmt.Errorf("unknown target %q (supported: %s)", t, strings.Join(TargetNames(), ", "))
+		}
+	}
+	res := &Result{}
+	phase := func(name string, start time.Time) {
+		res.Phases = append(res.Phases, Phase{name, time.Since(start)})
+	}
+
+	// Resolve: pin every source.
+	start := time.Now()
+	var old *lock.File
+	if opts.LockPath != "" {
+		var err error
+		if old, err = lock.Load(opts.LockPath); err != nil {
+			return nil, err
+		}
+	}
+	epoch := now().Unix()
+	switch {
+	case opts.SourceDateEpoch != nil:
+		epoch = *opts.SourceDateEpoch
+	case n.Spec.SourceDateEpoch != nil:
+		epoch = *n.Spec.SourceDateEpoch
+	case old != nil && !opts.UpdateLock:
+		epoch = old.SourceDateEpoch
+	}
+	opts.Env.MTime = time.Unix(epoch, 0).UTC()
+	pinsFrom := old
+	if opts.UpdateLock {
+		pinsFrom = nil
+	}
+	plan, err := assemble.Resolve(ctx, n, pinsFrom, epoch, assemble.Options{Env: opts.Env, Parallel: opts.Parallel, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	newLock, err := plan.Lock.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	if opts.Locked {
+		var oldLock []byte
+		if old != nil {
+			oldLock, _ = old.Marshal()
+		}
+		if string(oldLock) != string(newLock) {
+			return nil, fmt.Errorf("%s: %w (run without --locked to update it)", opts.LockPath, ErrLockChanged)
+		}
+	}
+	phase("resolve", start)
+
+	// Fetch: materialize sources and compose role layers.
+	start = time.Now()
+	layers, err := assemble.Layers(ctx, plan, epoch, assemble.Options{Env: opts.Env, Parallel: opts.Parallel, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	res.Layers = layers
+	phase("fetch", start)
+
+	// Compose: the canonical rootfs, straight into the store.
+	start = time.Now()
+	rootfs, reused, err := composeRootfs(ctx, opts, layers, epoch)
+	if err != nil {
+		return nil, err
+	}
+	res.Reused = reused
+	phase("compose", start)
+
+	// Write: targets, then the image.
+	start = time.Now()
+	b := &Build{Options: opts, Layers: layers, Rootfs: rootfs, Epoch: epoch}
+	var artifacts []manifest.Artifact
+	for _, t := range targets {
+		as, err := Targets[t].Write(ctx, b)
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", t, err)
+		}
+		artifacts = append(artifacts, as...)
+	}
+	cfg := imageConfig(n, plan, layers, rootfs, epoch, opts.ImgctlVersion, newLock)
+	if _, err := opts.Store.PutImage(ctx, cfg, artifacts); err != nil {
+		return nil, err
+	}
+	img, err := opts.Store.Resolve(ctx, cfg.Version)
+	if err != nil {
+		return nil, err
+	}
+	res.Image = img
+	if opts.OutputDir != "" {
+		if err := exportArtifacts(ctx, opts.Store, opts.OutputDir, artifacts); err != nil {
+			return nil, err
+		}
+	}
+	if opts.LockPath != "" && !opts.Locked {
+		if err := plan.Lock.Save(opts.LockPath); err != nil {
+			return nil, fmt.Errorf("writing %s: %w", opts.LockPath, err)
+		}
+	}
+	phase("write", start)
+	log.Info("built image", "digest", img.Digest(), "version", cfg.Version)
+	return res, nil
+}
+
+// composeRootfs composes the role layers into the rootfs blob in the store, unless the same
+// layers were composed before and the blob is still there.
+func composeRootfs(ctx context.Context, opts Options, layers []assemble.Layer, epoch int64) (manifest.Rootfs, bool, error) {
+	ca := opts.Env.Cache
+	keyParts := []string{rootfsVersion, fmt.Sprint(epoch)}
+	for _, l := range layers {
+		keyParts = append(keyParts, string(l.Digest))
+	}
+	key := strings.Join(keyParts, "\n")
+	if d, err := ca.Ref("rootfs", key); err == nil && opts.Store.HasBlob(d) {
+		if r, err := countRootfs(ctx, opts.Store, d); err == nil {
+			return r, true, nil
+		}
+	}
+	var inputs []compose.Input
+	for _, l := range layers {
+		f, err := ca.Open(l.Digest)
+		if err != nil {
+			return manifest.Rootfs{}, false, fmt.Errorf("layer %s: %w", l.Role, err)
+		}
+		defer f.Close()
+		inputs = append(inputs, compose.Input{Name: string(l.Role), Reader: f, Size: l.Size})
+	}
+	w, err := opts.Store.NewBlobWriter(ctx)
+	if err != nil {
+		return manifest.Rootfs{}, false, err
+	}
+	defer w.Abort()
+	cres, err := compose.Compose(ctx, w, inputs, compose.Options{Mode: compose.Rootfs, MTime: time.Unix(epoch, 0)})
+	if err != nil {
+		return manifest.Rootfs{}, false, err
+	}
+	d, size, err := w.Commit(ctx, -1, "")
+	if err != nil {
+		return manifest.Rootfs{}, false, err
+	}
+	if err := ca.SetRef("rootfs", key, d); err != nil {
+		return manifest.Rootfs{}, false, err
+	}
+	return manifest.Rootfs{Digest: d, Size: size, Entries: cres.Entries}, false, nil
+}
+
+func countRootfs(ctx context.Context, st *store.Store, d digest.Digest) (manifest.Rootfs, error) {
+	p := filepath.Join(st.Dir(), "blobs", d.Algorithm().String(), d.Encoded())
+	f, err := os.Open(p)
+	if err != nil {
+		return manifest.Rootfs{}, err
+	}
+	defer f.Close()
+	n, size, err := source.CountEntries(ctx, f)
+	if err != nil {
+		return manifest.Rootfs{}, err
+	}
+	return manifest.Rootfs{Digest: d, Size: size, Entries: n}, nil
+}
+
+func imageConfig(n *spec.NodeImage, plan *assemble.Plan, layers []assemble.Layer, rootfs manifest.Rootfs, epoch int64, imgctlVersion string, lockBytes []byte) manifest.Config {
+	sd := digest.SHA256.Digester()
+	sd.Hash().Write(n.Canonical())
+	sd.Hash().Write([]byte("\n"))
+	sd.Hash().Write(lockBytes)
+	cfg := manifest.Config{
+		SchemaVersion:   manifest.SchemaVersion,
+		Name:            n.Metadata.Name,
+		SpecDigest:      sd.Digest(),
+		Kubernetes:      n.Spec.Kubernetes.Version,
+		Imgctl:          imgctlVersion,
+		SourceDateEpoch: epoch,
+		Rootfs:          rootfs,
+	}
+	for i, l := range layers {
+		ml := manifest.Layer{Role: string(l.Role), Version: l.Version, Digest: l.Digest, Size: l.Size}
+		for _, p := range plan.Layers[i].Pins {
+			ml.Sources = append(ml.Sources, manifest.Source{URI: p.URI, Digest: p.Digest, Resolved: p.Resolved})
+		}
+		cfg.Layers = append(cfg.Layers, ml)
+		switch l.Role {
+		case spec.RoleKernel:
+			cfg.Kernel = l.KernelRelease
+		case spec.RoleBootstrap:
+			cfg.Bootstrap = l.Version
+		}
+	}
+	cfg.Version = readableVersion(cfg)
+	return cfg
+}
+
+// readableVersion is K8S-KERNEL-DATE.HASH, e.g. 1.21.13-6.1.0-28-20261126.3f9a1c2b: sortable
+// by date, and unique because HASH covers the whole config.
+func readableVersion(cfg manifest.Config) string {
+	enc, err := json.Marshal(cfg) // Version is still empty here
+	if err != nil {
+		panic(err) // a Config always marshals
+	}
+	sum := sha256.Sum256(enc)
+	parts := []string{cfg.Kubernetes}
+	if k := kernelShort(cfg.Kernel); k != "" {
+		parts = append(parts, k)
+	}
+	parts = append(parts, time.Unix(cfg.SourceDateEpoch, 0).UTC().Format("20060102"))
+	return strings.Join(parts, "-") + "." + hex.EncodeToString(sum[:4])
+}
+
+// kernelShort keeps the numeric part of a kernel release: 6.1.0-28-cloud-amd64 -> 6.1.0-28.
+func kernelShort(release string) string {
+	var keep []string
+	for _, p := range strings.Split(release, "-") {
+		if p == "" || strings.Trim(p, "0123456789.") != "" {
+			break
+		}
+		keep = append(keep, p)
+	}
+	return strings.Join(keep, "-")
+}
+
+// exportArtifacts places each artifact in dir under its name (hard link when possible).
+func exportArtifacts(ctx context.Context, st *store.Store, dir string, artifacts []manifest.Artifact) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, a := range artifacts {
+		dst := filepath.Join(dir, a.Name)
+		src := filepath.Join(st.Dir(), "blobs", a.Digest.Algorithm().String(), a.Digest.Encoded())
+		tmp := dst + ".tmp"
+		_ = os.Remove(tmp)
+		if err := os.Link(src, tmp); err != nil {
+			if err := copyFile(ctx, st, a.Digest, tmp); err != nil {
+				return fmt.Errorf("exporting %s: %w", a.Name, err)
+			}
+		}
+		if err := os.Rename(tmp, dst); err != nil {
+			return fmt.Errorf("exporting %s: %w", a.Name, err)
+		}
+	}
+	return nil
+}
+
+func copyFile(ctx context.Context, st *store.Store, d digest.Digest, dst string) error {
+	rc, err := st.OpenBlob(ctx, d)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	f, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, rc); err != nil {
+		f.Close()
+		os.Remove(dst)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// rootfsTarget publishes the canonical rootfs tar itself.
+type rootfsTarget struct{}
+
+func (rootfsTarget) Name() string { return "rootfs" }
+
+func (rootfsTarget) Write(_ context.Context, b *Build) ([]manifest.Artifact, error) {
+	return []manifest.Artifact{{Name: "rootfs.tar", MediaType: manifest.RootfsMediaType, Digest: b.Rootfs.Digest, Size: b.Rootfs.Size}}, nil
+}

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/imgctl/imgctl/images/store"
+	"github.com/imgctl/imgctl/layers/cache"
+	"github.com/imgctl/imgctl/layers/fetch"
+	"github.com/imgctl/imgctl/layers/source"
+)
+
+// app holds the injected streams and the global flags.
+type app struct {
+	in       io.Reader
+	out, err io.Writer
+
+	format   string
+	storeDir string
+	cacheDir string
+	offline  bool
+	mirrors  []string
+	keyring  string
+	verbose  int
+	quiet    bool
+}
+
+func newApp(in io.Reader, out, err io.Writer) *app {
+	return &app{in: in, out: out, err: err}
+}
+
+func (a *app) root() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "imgctl",
+		Short: "Build immutable Kubernetes node images from layers pinned by digest",
+		Long: `imgctl composes a node image from layers (base OS, kernel, bootloader, containerd + runc,
+kubelet, bootstrap units, extras) whose sources are pinned by digest in imgctl.lock, into one
+normalized rootfs, and keeps the result as an immutable image in an OCI layout store.
+
+Without a spec file, "imgctl build --k8s VERSION" uses the embedded default spec.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+	}
+	root.SetIn(a.in)
+	root.SetOut(a.out)
+	root.SetErr(a.err)
+	f := root.PersistentFlags()
+	f.StringVarP(&a.format, "format", "o", "text", "output format: text or json")
+	f.StringVar(&a.storeDir, "store", store.DefaultDir, "image store (an OCI image layout directory)")
+	f.StringVar(&a.cacheDir, "cache", defaultCacheDir(), "shared download and layer cache")
+	f.BoolVar(&a.offline, "offline", false, "use only the cache: never touch the network")
+	f.StringArrayVar(&a.mirrors, "mirror", nil, "rewrite source URLs: FROM=TO (prefix match; repeatable), e.g. https://dl.k8s.io/=https://mirror.local/k8s/")
+	f.StringVar(&a.keyring, "keyring", "", "OpenPGP keyring for Debian repositories (default: the system's debian-archive-keyring)")
+	f.CountVarP(&a.verbose, "verbose", "v", "log more (-v info, -vv debug)")
+	f.BoolVarP(&a.quiet, "quiet", "q", false, "no progress or timing output on stderr")
+	root.AddCommand(a.buildCmd(), a.imagesCmd(), a.layersCmd(), a.storeCmd())
+	return root
+}
+
+func defaultCacheDir() string {
+	if d := os.Getenv("IMGCTL_CACHE"); d != "" {
+		return d
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "imgctl")
+	}
+	return filepath.Join(os.TempDir(), "imgctl-cache")
+}
+
+func (a *app) logger() *slog.Logger {
+	level := slog.LevelWarn
+	switch {
+	case a.verbose == 1:
+		level = slog.LevelInfo
+	case a.verbose > 1:
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(a.err, &slog.HandlerOptions{Level: level}))
+}
+
+func (a *app) terminal() bool {
+	f, ok := a.err.(*os.File)
+	return ok && !a.quiet && term.IsTerminal(int(f.Fd()))
+}
+
+func (a *app) json() bool { return a.format == "json" }
+
+func (a *app) checkFormat() error {
+	if a.format != "text" && a.format != "json" {
+		return fmt.Errorf("--format %q: expected text or json", a.format)
+	}
+	return nil
+}
+
+func (a *app) openStore(ctx context.Context) (*store.Store, error) {
+	return store.Open(ctx, a.storeDir, a.logger())
+}
+
+// env builds the source environment: cache, fetch client with mirrors, progress.
+func (a *app) env() (*source.Env, error) {
+	log := a.logger()
+	ca, err := cache.Open(a.cacheDir, log)
+	if err != nil {
+		return nil, err
+	}
+	client := &fetch.Client{Offline: a.offline, Logger: log}
+	for _, m := range a.mirrors {
+		mm, err := fetch.ParseMirror(m)
+		if err != nil {
+			return nil, fmt.Errorf("--mirror %q: %w", m, err)
+		}
+		client.Mirrors = append(client.Mirrors, mm)
+	}
+	if a.terminal() {
+		client.Progress = newProgressBars(a.err).update
+	}
+	return &source.Env{Cache: ca, Fetch: client, Keyring: a.keyring, Logger: log}, nil
+}
+
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func human(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func seconds(d time.Duration) string { return fmt.Sprintf("%.2fs", d.Seconds()) }

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/imgctl/imgctl/builders"
+	"github.com/imgctl/imgctl/layers/spec"
+)
+
+func (a *app) buildCmd() *cobra.Command {
+	var (
+		file, k8s, lockPath, outputDir string
+		sources, targets              []string
+		updateLock, locked            bool
+		parallel                      int
+	)
+	cmd := &cobra.Command{
+		Use:   "build [--k8s VERSION | -f SPEC]",
+		Short: "Build a node image from a spec (or the embedded default) and its lock",
+		Long: `Build resolves every source of the spec to a digest (recorded in the lock file), fetches and
+verifies them in parallel into the cache, composes the layers into one normalized rootfs and
+writes the targets into the store. The image digest is the last line of standard output; a
+per-phase timing summary goes to standard error.
+
+SOURCE_DATE_EPOCH, if set, fixes every timestamp; otherwise the spec's sourceDateEpoch, then
+the lock's, then the current time (recorded in the lock) are used.`,
+		Example: `  imgctl build --k8s 1.21.13
+  imgctl build -f node.yaml --target rootfs --output out/
+  imgctl build --k8s 1.21.13 --source kubelet=file:///srv/k8s/kubelet#path=/usr/bin/kubelet&mode=0755
+  imgctl build --k8s 1.21.13 --mirror https://deb.debian.org/debian=http://apt.local/debian --offline`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.checkFormat(); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			var n *spec.NodeImage
+			var err error
+			switch {
+			case file != "" && cmd.Flags().Changed("k8s"):
+				return fmt.Errorf("give either -f SPEC or --k8s VERSION, not both")
+			case file != "":
+				n, err = spec.Load(file)
+			default:
+				n, err = spec.Default(k8s)
+			}
+			if err != nil {
+				return err
+			}
+			for _, s := range sources {
+				role, uri, ok := strings.Cut(s, "=")
+				if !ok || uri == "" {
+					return fmt.Errorf("--source %q: expected ROLE=URI", s)
+				}
+				r, err := spec.ParseRole(role)
+				if err != nil {
+					return fmt.Errorf("--source %q: %w", s, err)
+				}
+				var uris []string
+				for _, other := range sources { // repeated flags for one role add sources in order
+					if ro, u, _ := strings.Cut(other, "="); ro == role {
+						uris = append(uris, u)
+					}
+				}
+				if err := n.SetSources(r, uris); err != nil {
+					return fmt.Errorf("--source %q: %w", s, err)
+				}
+			}
+			if err := n.Validate(); err != nil {
+				return err
+			}
+			var epoch *int64
+			if v := os.Getenv("SOURCE_DATE_EPOCH"); v != "" {
+				e, err := strconv.ParseInt(v, 10, 64)
+				if err != nil || e < 0 {
+					return fmt.Errorf("SOURCE_DATE_EPOCH=%q: expected seconds since 1970", v)
+				}
+				epoch = &e
+			}
+			env, err := a.env()
+			if err != nil {
+				return err
+			}
+			st, err := a.openStore(ctx)
+			if err != nil {
+				return err
+			}
+			var ts []string
+			for _, t := range targets {
+				ts = append(ts, strings.Split(t, ",")...)
+			}
+			res, err := builders.Run(ctx, builders.Options{
+				Spec: n, LockPath: lockPath, UpdateLock: updateLock, Locked: locked,
+				SourceDateEpoch: epoch, Env: env, Store: st, Targets: ts, OutputDir: outputDir,
+				Parallel: parallel, ImgctlVersion: version, Logger: a.logger(),
+			})
+			if err != nil {
+				return err
+			}
+			if !a.quiet {
+				var parts []string
+				for _, p := range res.Phases {
+					parts = append(parts, p.Name+" "+seconds(p.Duration))
+				}
+				fmt.Fprintf(a.err, "phases: %s\n", strings.Join(parts, ", "))
+			}
+			img := res.Image
+			if a.json() {
+				return a.printJSON(map[string]any{
+					"digest": img.Digest(), "version": img.Config.Version, "config": img.Config,
+					"phases": res.Phases, "rootfsReused": res.Reused,
+				})
+			}
+			fmt.Fprintf(a.out, "version  %s\nrootfs   %s (%s, %d entries)\n", img.Config.Version, img.Config.Rootfs.Digest, human(img.Config.Rootfs.Size), img.Config.Rootfs.Entries)
+			for _, l := range res.Layers {
+				fmt.Fprintf(a.out, "layer    %-10s %s %s\n", l.Role, l.Digest, human(l.Size))
+			}
+			fmt.Fprintln(a.out, img.Digest())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&file, "file", "f", "", "NodeImage spec file (default: the embedded default spec)")
+	f.StringVar(&k8s, "k8s", "1.21.13", "Kubernetes version for the embedded default spec")
+	f.StringArrayVar(&sources, "source", nil, "replace a role's sources: ROLE=URI (repeat for several sources of one role)")
+	f.StringArrayVar(&targets, "target", nil, "target to write (default: the spec's targets; supported: "+strings.Join(builders.TargetNames(), ", ")+")")
+	f.StringVar(&lockPath, "lock", "imgctl.lock", "lock file recording every source's digest")
+	f.BoolVar(&updateLock, "update-lock", false, "resolve every source again instead of trusting the lock")
+	f.BoolVar(&locked, "locked", false, "fail instead of changing the lock file (CI)")
+	f.StringVar(&outputDir, "output", "", "also write the artifacts into this directory")
+	f.IntVar(&parallel, "parallel", 0, "concurrent fetches (default: max(4, CPUs))")
+	return cmd
+}

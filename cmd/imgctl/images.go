@@ -1,0 +1,83 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+)
+
+func (a *app) imagesCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "images", Short: "List and inspect images in the store"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List the images in the store, newest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.checkFormat(); err != nil {
+				return err
+			}
+			st, err := a.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			imgs, err := st.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if a.json() {
+				type row struct {
+					Digest, Name, Version, Kubernetes, Kernel, Created string
+				}
+				rows := []row{}
+				for _, i := range imgs {
+					rows = append(rows, row{i.Digest().String(), i.Config.Name, i.Config.Version, i.Config.Kubernetes, i.Config.Kernel, i.Config.Created().Format("2006-01-02T15:04:05Z")})
+				}
+				return a.printJSON(rows)
+			}
+			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "DIGEST\tNAME\tVERSION\tKUBERNETES\tKERNEL\tCREATED")
+			for _, i := range imgs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", i.Digest().Encoded()[:12], i.Config.Name, i.Config.Version, i.Config.Kubernetes, i.Config.Kernel, i.Config.Created().Format("2006-01-02 15:04"))
+			}
+			return tw.Flush()
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "inspect IMAGE",
+		Short: "Show an image's manifest: layers, sources, versions, artifacts (IMAGE: digest, unique prefix or version)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.checkFormat(); err != nil {
+				return err
+			}
+			st, err := a.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			img, err := st.Resolve(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if a.json() {
+				return a.printJSON(map[string]any{"digest": img.Digest(), "manifest": img.Manifest, "config": img.Config})
+			}
+			c := img.Config
+			fmt.Fprintf(a.out, "digest      %s\nname        %s\nversion     %s\nkubernetes  %s\nkernel      %s\nbootstrap   %s\nimgctl      %s\ncreated     %s\nspec        %s\nrootfs      %s (%s, %d entries)\n",
+				img.Digest(), c.Name, c.Version, c.Kubernetes, c.Kernel, c.Bootstrap, c.Imgctl, c.Created().Format("2006-01-02T15:04:05Z"), c.SpecDigest, c.Rootfs.Digest, human(c.Rootfs.Size), c.Rootfs.Entries)
+			fmt.Fprintln(a.out, "layers")
+			for _, l := range c.Layers {
+				fmt.Fprintf(a.out, "  %-10s %s  %s  %s\n", l.Role, l.Digest, human(l.Size), l.Version)
+				for _, s := range l.Sources {
+					fmt.Fprintf(a.out, "      %s\n        %s %s\n", s.URI, s.Digest, s.Resolved)
+				}
+			}
+			fmt.Fprintln(a.out, "artifacts")
+			for _, l := range img.Manifest.Layers {
+				fmt.Fprintf(a.out, "  %-16s %s  %s  %s\n", l.Annotations["org.opencontainers.image.title"], l.Digest, human(l.Size), l.MediaType)
+			}
+			return nil
+		},
+	})
+	return cmd
+}

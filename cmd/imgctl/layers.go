@@ -1,0 +1,97 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/imgctl/imgctl/layers/source"
+)
+
+func (a *app) layersCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "layers", Short: "List an image's layers and inspect sources"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list [IMAGE]",
+		Short: "List the layers of an image (default: the newest image in the store)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.checkFormat(); err != nil {
+				return err
+			}
+			st, err := a.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var ref string
+			if len(args) == 1 {
+				ref = args[0]
+			} else {
+				imgs, err := st.List(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if len(imgs) == 0 {
+					return fmt.Errorf("the store %s holds no images: run imgctl build first", st.Dir())
+				}
+				ref = imgs[0].Digest().String()
+			}
+			img, err := st.Resolve(cmd.Context(), ref)
+			if err != nil {
+				return err
+			}
+			if a.json() {
+				return a.printJSON(img.Config.Layers)
+			}
+			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ROLE\tVERSION\tDIGEST\tSIZE\tSOURCES")
+			for _, l := range img.Config.Layers {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", l.Role, l.Version, l.Digest, human(l.Size), len(l.Sources))
+			}
+			return tw.Flush()
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "inspect URI",
+		Short: "Resolve, fetch and validate one source without building: digest, size, entry count",
+		Long: `Inspect resolves a source URI to its pinned digest, fetches it into the cache and converts it
+into a validated layer tar, rejecting unsafe entries (absolute paths, "..", links escaping the
+root). It prints the input digest, the layer tar digest, its size and entry count.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.checkFormat(); err != nil {
+				return err
+			}
+			u, err := source.Parse(args[0])
+			if err != nil {
+				return err
+			}
+			env, err := a.env()
+			if err != nil {
+				return err
+			}
+			pin, err := env.Resolve(cmd.Context(), u, nil)
+			if err != nil {
+				return err
+			}
+			t, err := env.Materialize(cmd.Context(), u, pin)
+			if err != nil {
+				return err
+			}
+			if a.json() {
+				return a.printJSON(map[string]any{"uri": u.Raw, "kind": u.Kind, "digest": pin.Digest, "resolved": pin.Resolved, "url": pin.URL, "layer": t.Digest, "size": t.Size, "entries": t.Entries})
+			}
+			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "uri\t%s\nkind\t%s\ndigest\t%s\n", u.Raw, u.Kind, pin.Digest)
+			if pin.Resolved != "" {
+				fmt.Fprintf(tw, "resolved\t%s\n", pin.Resolved)
+			}
+			if pin.URL != "" {
+				fmt.Fprintf(tw, "url\t%s\n", pin.URL)
+			}
+			fmt.Fprintf(tw, "layer\t%s\nsize\t%s (%d bytes)\nentries\t%d\n", t.Digest, human(t.Size), t.Size, t.Entries)
+			return tw.Flush()
+		},
+	})
+	return cmd
+}

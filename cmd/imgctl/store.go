@@ -1,0 +1,50 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+)
+
+func (a *app) storeCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "store", Short: "Maintain the image store"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "verify",
+		Short: "Re-hash every blob and check that every manifest's references exist",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.checkFormat(); err != nil {
+				return err
+			}
+			st, err := a.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			problems, err := st.Verify(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if a.json() {
+				out := []string{}
+				for _, p := range problems {
+					out = append(out, p.String())
+				}
+				if err := a.printJSON(map[string]any{"store": st.Dir(), "problems": out}); err != nil {
+					return err
+				}
+			} else {
+				for _, p := range problems {
+					fmt.Fprintln(a.out, p.String())
+				}
+			}
+			if len(problems) > 0 {
+				return fmt.Errorf("store %s: %d problem(s)", st.Dir(), len(problems))
+			}
+			if !a.json() {
+				fmt.Fprintf(a.out, "store %s: ok\n", st.Dir())
+			}
+			return nil
+		},
+	})
+	return cmd
+}
