@@ -1,0 +1,321 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	digest "github.com/opencontainers/go-digest"
+)
+
+// copyBufSize is the buffer for streaming blobs: large enough that syscalls do not dominate.
+const copyBufSize = 1 << 20
+
+// blobPath is where a sha256 blob lives. It validates d, so no digest can name a path outside
+// blobs/sha256.
+func (s *Store) blobPath(d digest.Digest) (string, error) {
+	if err := d.Validate(); err != nil {
+		return "", fmt.Errorf("digest %q: %w", d, err)
+	}
+	if d.Algorithm() != digest.SHA256 {
+		return "", fmt.Errorf("digest %s: unsupported algorithm %s (the store holds sha256 blobs)", d, d.Algorithm())
+	}
+	return s.path(blobsDir, "sha256", d.Encoded()), nil
+}
+
+// HasBlob reports whether the store holds the blob d.
+func (s *Store) HasBlob(d digest.Digest) bool {
+	p, err := s.blobPath(d)
+	if err != nil {
+		return false
+	}
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// blobSize returns the size of blob d, or an error wrapping ErrNotFound.
+func (s *Store) blobSize(d digest.Digest) (int64, error) {
+	p, err := s.blobPath(d)
+	if err != nil {
+		return 0, err
+	}
+	fi, err := os.Stat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("blob %s: %w", d, ErrNotFound)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("blob %s: %w", d, err)
+	}
+	return fi.Size(), nil
+}
+
+// BlobWriter streams a new blob into the store. Nothing is visible until Commit has checked
+// its size and digest; Abort (or a failed Commit) discards it.
+type BlobWriter struct {
+	s    *Store
+	f    *os.File
+	h    hash.Hash
+	n    int64
+	done bool
+}
+
+// NewBlobWriter starts a blob. Call Commit or Abort.
+func (s *Store) NewBlobWriter(ctx context.Context) (*BlobWriter, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := os.CreateTemp(s.path(ingestDir), "blob-*")
+	if err != nil {
+		return nil, fmt.Errorf("starting blob: %w", err)
+	}
+	return &BlobWriter{s: s, f: f, h: digest.SHA256.Hash()}, nil
+}
+
+// Write appends p to the blob.
+func (w *BlobWriter) Write(p []byte) (int, error) {
+	if w.done {
+		return 0, errors.New("blob writer: write after commit or abort")
+	}
+	n, err := w.f.Write(p)
+	w.h.Write(p[:n])
+	w.n += int64(n)
+	if err != nil {
+		return n, fmt.Errorf("writing blob: %w", err)
+	}
+	return n, nil
+}
+
+// Size is the number of bytes written so far.
+func (w *BlobWriter) Size() int64 { return w.n }
+
+// Commit makes the blob visible once it is verified: expectedSize (-1 for any) and expected
+// (the empty digest to compute it) must match what was written, else the blob is discarded and
+// the error wraps ErrDigestMismatch. The data is fsynced before the rename that publishes it,
+// and the directory after. Committing a blob the store already holds is not an error.
+func (w *BlobWriter) Commit(ctx context.Context, expectedSize int64, expected digest.Digest) (digest.Digest, int64, error) {
+	if w.done {
+		return "", 0, errors.New("blob writer: already committed or aborted")
+	}
+	defer w.Abort() // a no-op after a successful rename
+	if err := ctx.Err(); err != nil {
+		return "", 0, err
+	}
+	if expected != "" {
+		if _, err := w.s.blobPath(expected); err != nil {
+			return "", 0, fmt.Errorf("committing blob: %w", err)
+		}
+	}
+	if expectedSize >= 0 && w.n != expectedSize {
+		return "", 0, fmt.Errorf("committing blob: wrote %d bytes, expected %d: %w", w.n, expectedSize, ErrDigestMismatch)
+	}
+	d := digest.NewDigest(digest.SHA256, w.h)
+	if expected != "" && d != expected {
+		return "", 0, fmt.Errorf("committing blob: content is %s, expected %s: %w", d, expected, ErrDigestMismatch)
+	}
+	final, _ := w.s.blobPath(d)
+	if err := w.f.Chmod(0o444); err != nil {
+		return "", 0, fmt.Errorf("committing blob %s: %w", d, err)
+	}
+	if err := w.f.Sync(); err != nil {
+		return "", 0, fmt.Errorf("committing blob %s: %w", d, err)
+	}
+	if err := w.f.Close(); err != nil {
+		return "", 0, fmt.Errorf("committing blob %s: %w", d, err)
+	}
+	if fi, err := os.Stat(final); err == nil && fi.Size() == w.n {
+		w.s.log.Debug("blob already present", "digest", d, "size", w.n)
+		return d, w.n, nil
+	}
+	if err := os.Rename(w.f.Name(), final); err != nil {
+		return "", 0, fmt.Errorf("committing blob %s: %w", d, err)
+	}
+	w.done = true
+	if err := syncDir(filepath.Dir(final)); err != nil {
+		return "", 0, fmt.Errorf("committing blob %s: %w", d, err)
+	}
+	w.s.log.Debug("committed blob", "digest", d, "size", w.n)
+	return d, w.n, nil
+}
+
+// Abort discards the blob. It is safe to call after Commit.
+func (w *BlobWriter) Abort() {
+	if w.done {
+		return
+	}
+	w.done = true
+	_ = w.f.Close()
+	_ = os.Remove(w.f.Name())
+}
+
+// WriteBlob stores everything r yields as one blob, verified as by BlobWriter.Commit. When the
+// expected digest is already stored (with the expected size), r is not read.
+func (s *Store) WriteBlob(ctx context.Context, r io.Reader, expectedSize int64, expected digest.Digest) (digest.Digest, int64, error) {
+	if expected != "" {
+		if n, err := s.blobSize(expected); err == nil && (expectedSize < 0 || n == expectedSize) {
+			return expected, n, nil
+		}
+	}
+	w, err := s.NewBlobWriter(ctx)
+	if err != nil {
+		return "", 0, err
+	}
+	defer w.Abort()
+	buf := make([]byte, copyBufSize)
+	if _, err := io.CopyBuffer(w, ctxReader{ctx, r}, buf); err != nil {
+		return "", 0, fmt.Errorf("writing blob: %w", err)
+	}
+	return w.Commit(ctx, expectedSize, expected)
+}
+
+// LinkBlob adds the file at path (e.g. a cache entry) as blob d: by hard link when path is on
+// the store's filesystem, else by copying. Either way the content is hashed first and a
+// mismatch wraps ErrDigestMismatch.
+func (s *Store) LinkBlob(ctx context.Context, path string, d digest.Digest) error {
+	final, err := s.blobPath(d)
+	if err != nil {
+		return fmt.Errorf("linking blob: %w", err)
+	}
+	if s.HasBlob(d) {
+		return nil
+	}
+	if err := s.linkBlob(ctx, path, d, final); err == nil {
+		return nil
+	} else if errors.Is(err, ErrDigestMismatch) || ctx.Err() != nil {
+		return err
+	} else {
+		s.log.Debug("hard link failed, copying", "path", path, "err", err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("linking blob %s: %w", d, err)
+	}
+	defer func() { _ = f.Close() }()
+	if _, _, err := s.WriteBlob(ctx, f, -1, d); err != nil {
+		return fmt.Errorf("linking blob %s from %s: %w", d, path, err)
+	}
+	return nil
+}
+
+// linkBlob hard-links path to a temporary name, hashes that (the inode we will publish, not
+// the path, which could be replaced meanwhile), and renames it into place.
+func (s *Store) linkBlob(ctx context.Context, path string, d digest.Digest, final string) error {
+	f, err := os.CreateTemp(s.path(ingestDir), "link-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_ = f.Close()
+	_ = os.Remove(tmp)
+	if err := os.Link(path, tmp); err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = os.Remove(tmp)
+		}
+	}()
+	lf, err := os.Open(tmp)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = lf.Close() }()
+	h := digest.SHA256.Digester()
+	if _, err := io.CopyBuffer(h.Hash(), ctxReader{ctx, lf}, make([]byte, copyBufSize)); err != nil {
+		return fmt.Errorf("linking blob %s: hashing %s: %w", d, path, err)
+	}
+	if got := h.Digest(); got != d {
+		return fmt.Errorf("linking blob: %s is %s, expected %s: %w", path, got, d, ErrDigestMismatch)
+	}
+	if err := lf.Sync(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return err
+	}
+	ok = true
+	if err := syncDir(filepath.Dir(final)); err != nil {
+		return fmt.Errorf("linking blob %s: %w", d, err)
+	}
+	s.log.Debug("linked blob", "digest", d, "from", path)
+	return nil
+}
+
+// OpenBlob opens blob d for reading. The reader hashes what it yields and, at the end, returns
+// an error wrapping ErrDigestMismatch instead of io.EOF if the content is not d.
+func (s *Store) OpenBlob(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	p, err := s.blobPath(d)
+	if err != nil {
+		return nil, fmt.Errorf("opening blob: %w", err)
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("blob %s: %w", d, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening blob %s: %w", d, err)
+	}
+	return &verifyingReader{f: f, d: d, v: d.Verifier()}, nil
+}
+
+type verifyingReader struct {
+	f *os.File
+	d digest.Digest
+	v digest.Verifier
+}
+
+func (r *verifyingReader) Read(p []byte) (int, error) {
+	n, err := r.f.Read(p)
+	_, _ = r.v.Write(p[:n])
+	if err == io.EOF && !r.v.Verified() {
+		return n, fmt.Errorf("blob %s: content does not hash to its name: %w", r.d, ErrDigestMismatch)
+	}
+	return n, err
+}
+
+func (r *verifyingReader) Close() error { return r.f.Close() }
+
+// readBlob reads a small blob (a manifest or config) whole and verifies it. size < 0 means
+// any size up to max.
+func (s *Store) readBlob(ctx context.Context, d digest.Digest, size, max int64) ([]byte, error) {
+	if size > max {
+		return nil, fmt.Errorf("blob %s: size %d exceeds %d", d, size, max)
+	}
+	rc, err := s.OpenBlob(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = rc.Close() }()
+	data, err := io.ReadAll(io.LimitReader(rc, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("blob %s: larger than %d bytes", d, max)
+	}
+	if size >= 0 && int64(len(data)) != size {
+		return nil, fmt.Errorf("blob %s: %d bytes, descriptor says %d: %w", d, len(data), size, ErrDigestMismatch)
+	}
+	return data, nil
+}
+
+// ctxReader stops a copy when ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}

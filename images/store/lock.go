@@ -1,0 +1,57 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// lock takes the store's exclusive lock: first the in-process semaphore, then flock(2) on the
+// lock file (flock locks belong to the open file, so they exclude other processes and other
+// Stores on the same directory alike). The kernel drops the lock when a holder dies, so a
+// killed writer never wedges the store. Waiting honours ctx.
+func (s *Store) lock(ctx context.Context) (unlock func(), err error) {
+	select {
+	case s.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for store lock: %w", ctx.Err())
+	}
+	release := func() { <-s.sem }
+
+	f, err := os.OpenFile(s.path(lockFile), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		release()
+		return nil, fmt.Errorf("opening store lock: %w", err)
+	}
+	wait := time.Millisecond
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			_ = f.Close()
+			release()
+			return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			_ = f.Close()
+			release()
+			return nil, fmt.Errorf("waiting for store lock: %w", ctx.Err())
+		}
+		wait = min(wait*2, 50*time.Millisecond)
+	}
+	return func() {
+		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		_ = f.Close()
+		release()
+	}, nil
+}
