@@ -86,7 +86,11 @@ func Resolve(ctx context.Context, n *spec.NodeImage, old *lock.File, epoch int64
 		for j, raw := range l.Sources {
 			u, err := source.Parse(raw)
 			if err != nil {
-				errs = append(errs, &spec.Error{Position: n.SourcePos(i, j), Msg: err.Error()})
+				pos := n.SourcePos(i, j)
+				if pos.Field == "" {
+					pos.Field = fmt.Sprintf("spec.layers[%d].sources[%d]", i, j)
+				}
+				errs = append(errs, &spec.Error{Position: pos, Msg: err.Error()})
 				continue
 			}
 			pl.URIs = append(pl.URIs, u)

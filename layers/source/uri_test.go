@@ -1,0 +1,96 @@
+package source
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	hex := strings.Repeat("ab", 32)
+	tests := []struct {
+		raw  string
+		want URI // only the fields set here are compared
+		err  string
+	}{
+		{raw: "file:///srv/layer.tar.zst", want: URI{Kind: KindTar, Location: "/srv/layer.tar.zst"}},
+		{raw: "file:///srv/x.deb", want: URI{Kind: KindDeb, Location: "/srv/x.deb"}},
+		{raw: "file:///srv/dir/", want: URI{Kind: KindDir, Location: "/srv/dir/"}},
+		{raw: "file:///srv/kubelet#path=/usr/bin/kubelet&mode=0755", want: URI{Kind: KindFile, Location: "/srv/kubelet", Dest: "/usr/bin/kubelet", Mode: 0o755}},
+		{raw: "file:///srv/kubelet#path=/usr/bin/kubelet", want: URI{Kind: KindFile, Dest: "/usr/bin/kubelet", Mode: 0o755}},
+		{raw: "https://h/x.tar.gz#sha256=" + hex + "&prefix=/opt/cni/bin", want: URI{Kind: KindTar, Location: "https://h/x.tar.gz", Prefix: "/opt/cni/bin", Digest: "sha256:" + "abababababababababababababababababababababababababababababababab"}},
+		{raw: "https://h/kubelet#sha256-from=https://h/kubelet.sha256&path=/usr/bin/kubelet", want: URI{Kind: KindFile, ChecksumURL: "https://h/kubelet.sha256"}},
+		{raw: "oci://registry.local:5000/base@sha256:" + hex, want: URI{Kind: KindOCI, Location: "registry.local:5000/base"}},
+		{raw: "oci-layout:///srv/layout@sha256:" + hex, want: URI{Kind: KindOCILayout, Location: "/srv/layout"}},
+		{raw: "deb://deb.debian.org/debian?suite=bookworm&package=runc=1.1.5", want: URI{Kind: KindDebRepo, Location: "https://deb.debian.org/debian", Suite: "bookworm", Package: "runc", Version: "1.1.5", Component: "main", Arch: "amd64"}},
+		{raw: "deb+http://127.0.0.1:8080/debian?suite=s&package=p", want: URI{Kind: KindDebRepo, Location: "http://127.0.0.1:8080/debian"}},
+		{raw: "mmdebstrap://bookworm?mirror=https://deb.debian.org/debian&packages=systemd,udev", want: URI{Kind: KindMmdebstrap, Suite: "bookworm", Variant: "minbase", Packages: []string{"systemd", "udev"}}},
+
+		{raw: "ftp://x/y", err: "unknown scheme"},
+		{raw: "layer.tar", err: "expected SCHEME://"},
+		{raw: "file://relative/x.tar", err: "absolute path"},
+		{raw: "file:///srv/kubelet", err: "cannot tell what kubelet is"},
+		{raw: "https://h/kubelet#path=/usr/bin/kubelet", err: "must be pinned"},
+		{raw: "https://h/x.tar#sha256=1234", err: "expected 64 hex digits"},
+		{raw: "https://h/x#sha256=" + hex + "&path=usr/bin/x", err: "clean absolute file path"},
+		{raw: "https://h/x#sha256=" + hex + "&path=/x&mode=999", err: "octal permission bits"},
+		{raw: "https://h/x.tar#sha256=" + hex + "&colour=red", err: `unknown parameter "colour"`},
+		{raw: "oci://registry/base:latest", err: "pinned by digest"},
+		{raw: "oci://registry/base@sha256:1234", err: "expected sha256:<64 hex>"},
+		{raw: "deb://deb.debian.org/debian?package=runc", err: "suite=SUITE"},
+		{raw: "mmdebstrap://bookworm?packages=a", err: "missing mirror"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.raw, func(t *testing.T) {
+			u, err := Parse(tc.raw)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), tc.raw) {
+					t.Fatalf("err = %v, want one naming the URI and containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := tc.want
+			check := func(field, got, want string) {
+				if want != "" && got != want {
+					t.Errorf("%s = %q, want %q", field, got, want)
+				}
+			}
+			check("Kind", string(u.Kind), string(w.Kind))
+			check("Location", u.Location, w.Location)
+			check("Dest", u.Dest, w.Dest)
+			check("Prefix", u.Prefix, w.Prefix)
+			check("Digest", string(u.Digest), string(w.Digest))
+			check("ChecksumURL", u.ChecksumURL, w.ChecksumURL)
+			check("Suite", u.Suite, w.Suite)
+			check("Package", u.Package, w.Package)
+			check("Version", u.Version, w.Version)
+			check("Component", u.Component, w.Component)
+			check("Arch", u.Arch, w.Arch)
+			check("Variant", u.Variant, w.Variant)
+			check("Packages", strings.Join(u.Packages, ","), strings.Join(w.Packages, ","))
+			if w.Mode != 0 && u.Mode != w.Mode {
+				t.Errorf("Mode = %o, want %o", u.Mode, w.Mode)
+			}
+		})
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{"file:///x.tar", "https://h/x#sha256=00&path=/a", "deb://h/d?suite=s&package=p=1", "oci://r/x@sha256:00", "mmdebstrap://s?mirror=m"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		u, err := Parse(raw)
+		if err != nil {
+			return
+		}
+		if u.Kind == "" {
+			t.Fatalf("%q parsed without a kind", raw)
+		}
+		if u.Kind == KindFile && !strings.HasPrefix(u.Dest, "/") {
+			t.Fatalf("%q: file destination %q is not absolute", raw, u.Dest)
+		}
+	})
+}
