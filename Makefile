@@ -1,0 +1,50 @@
+# imgctl — see README.md. Targets: build, test, bench, demo, lint, clean.
+GO        ?= go
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+K8S       ?= 1.21.13
+# Tools and test inputs built from the Go module proxy are cached here between runs.
+TOOLS_DIR ?= $(CURDIR)/.cache/tools
+STATICCHECK_VERSION := v0.8.2
+
+.PHONY: build test test-short lint bench demo kubernetes clean FORCE
+
+build: bin/imgctl
+
+bin/imgctl: FORCE
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $@ ./cmd/imgctl
+
+# The test command of the README and CI: vet, staticcheck, every test (integration included).
+test: lint
+	$(GO) test -timeout 40m ./...
+
+test-short:
+	$(GO) test -short ./...
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+# Benchmarks and peer comparisons; results are appended to BENCHMARKS.md.
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem ./layers/compose/ ./layers/source/
+	scripts/bench-compose.sh
+
+# A real kubelet and kubeadm for K8S, built from the Go module proxy (dl.k8s.io may be unreachable).
+kubernetes: $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet
+
+$(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet:
+	scripts/build-kubernetes.sh $(K8S) $(TOOLS_DIR)/kubernetes/v$(K8S)
+
+# The main job on the embedded default spec: a Kubernetes $(K8S) node image from Debian packages,
+# with kubelet/kubeadm from the Go proxy in place of the dl.k8s.io downloads.
+demo: build kubernetes
+	bin/imgctl build --k8s $(K8S) \
+	  --source 'kubelet=file://$(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet#path=/usr/bin/kubelet&mode=0755' \
+	  --source 'kubelet=file://$(TOOLS_DIR)/kubernetes/v$(K8S)/kubeadm#path=/usr/bin/kubeadm&mode=0755' \
+	  --output out/demo
+	bin/imgctl images list
+
+clean:
+	rm -rf bin out
