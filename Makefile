@@ -7,15 +7,19 @@ K8S       ?= 1.21.13
 TOOLS_DIR ?= $(CURDIR)/.cache/tools
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: build test test-short lint bench demo kubernetes clean FORCE
+.PHONY: build deps test test-short lint bench demo kubernetes clean FORCE
 
 build: bin/imgctl
 
 bin/imgctl: FORCE
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $@ ./cmd/imgctl
 
+# Debian packages the demo and the tests use (installed only when missing).
+deps:
+	scripts/install-deps.sh
+
 # The test command of the README and CI: vet, staticcheck, every test (integration included).
-test: lint
+test: deps lint
 	$(GO) test -timeout 40m ./...
 
 test-short:
@@ -27,7 +31,7 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
 # Benchmarks and peer comparisons; results are appended to BENCHMARKS.md.
-bench: build
+bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem ./layers/compose/ ./layers/source/
 	scripts/bench-compose.sh
 
@@ -39,7 +43,7 @@ $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet:
 
 # The main job on the embedded default spec: a Kubernetes $(K8S) node image from Debian packages,
 # with kubelet/kubeadm from the Go proxy in place of the dl.k8s.io downloads.
-demo: build kubernetes
+demo: deps build kubernetes
 	bin/imgctl build --k8s $(K8S) \
 	  --source 'kubelet=file://$(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet#path=/usr/bin/kubelet&mode=0755' \
 	  --source 'kubelet=file://$(TOOLS_DIR)/kubernetes/v$(K8S)/kubeadm#path=/usr/bin/kubeadm&mode=0755' \

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that imgctl's demo and tests use, when any is missing.
+# mmdebstrap: Debian base layers; kmod: depmod oracle; skopeo: OCI interop oracle;
+# xz-utils, zstd, binutils, dpkg-dev: fixtures; debian-archive-keyring: index signatures;
+# time: peak RSS in benchmarks.
+set -euo pipefail
+packages=(ca-certificates git make mmdebstrap kmod xz-utils zstd skopeo debian-archive-keyring
+  binutils dpkg-dev squashfs-tools time)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "install-deps.sh: need root to install: ${missing[*]}" >&2; exit 1; }
+  sudo=sudo
+fi
+echo "installing: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq -o DPkg::Lock::Timeout=600
+$sudo apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}"
