@@ -6,7 +6,7 @@ version=${1:?usage: build-kubernetes.sh VERSION OUTDIR}
 out=${2:?usage: build-kubernetes.sh VERSION OUTDIR}
 here=$(cd "$(dirname "$0")/.." && pwd)
 mod=$here/test/tools/kubernetes
-pinned=$(sed -n 's/^\tk8s.io\/kubernetes v//p' "$mod/go.mod")
+pinned=$(grep -oE 'k8s.io/kubernetes v[0-9.]+' "$mod/go.mod" | head -n1 | sed 's/.* v//')
 if [ "$version" != "$pinned" ]; then
   echo "build-kubernetes.sh: test/tools/kubernetes pins $pinned, not $version" >&2
   exit 2
