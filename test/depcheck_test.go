@@ -1,0 +1,50 @@
+// Package test holds the end-to-end suites and the architecture checks of imgctl.
+package test
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/imgctl/imgctl/"
+
+// TestDependencyDirection enforces DESIGN.md section 4: cmd -> builders -> images -> layers,
+// and only cmd holds CLI code.
+func TestDependencyDirection(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, "../...").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	forbidden := []struct{ from, to string }{
+		{"layers/", "images/"}, {"layers/", "builders"}, {"layers/", "cmd/"},
+		{"images/", "builders"}, {"images/", "cmd/"},
+		{"builders", "cmd/"},
+	}
+	checked := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		fields := strings.Fields(line)
+		pkg, ok := strings.CutPrefix(fields[0], module)
+		if !ok {
+			continue
+		}
+		checked++
+		for _, imp := range fields[1:] {
+			if imp == "github.com/spf13/cobra" && !strings.HasPrefix(pkg, "cmd/") {
+				t.Errorf("%s imports cobra: CLI code belongs in cmd/", pkg)
+			}
+			dep, ok := strings.CutPrefix(imp, module)
+			if !ok {
+				continue
+			}
+			for _, f := range forbidden {
+				if strings.HasPrefix(pkg, f.from) && strings.HasPrefix(dep, f.to) {
+					t.Errorf("%s imports %s: dependencies flow cmd -> builders -> images -> layers", pkg, dep)
+				}
+			}
+		}
+	}
+	if checked < 10 {
+		t.Fatalf("only %d packages listed: the check is not looking at the repository", checked)
+	}
+}
