@@ -127,6 +127,11 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		res.Phases = append(res.Phases, Phase{name, time.Since(start)})
 	}
 
+	// Temp files of builds killed an hour or more ago are garbage; younger ones may be live.
+	if err := opts.Env.Cache.Clean(ctx, time.Hour); err != nil {
+		log.Warn("cleaning stale cache temp files", "err", err)
+	}
+
 	// Resolve: pin every source.
 	start := time.Now()
 	var old *lock.File

@@ -1,0 +1,221 @@
+package test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var imgctlBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "imgctl-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	imgctlBin = filepath.Join(dir, "imgctl")
+	if out, err := exec.Command("go", "build", "-o", imgctlBin, "../cmd/imgctl").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building imgctl: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// imgctl runs the built binary with its own store and cache under dir.
+func imgctl(ctx context.Context, t *testing.T, dir string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, imgctlBin, append([]string{"--store", filepath.Join(dir, "store"), "--cache", filepath.Join(dir, "cache")}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1764115200")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("imgctl %s: %w\n%s", strings.Join(args, " "), err, errb.String())
+	}
+	return out.String(), nil
+}
+
+type built struct {
+	Digest string
+	Config struct {
+		Kernel string
+		Rootfs struct{ Digest string }
+		Layers []struct{ Role, Digest string }
+	}
+}
+
+// TestDebianNodeImageReproducible builds the embedded default node image (Debian base by
+// mmdebstrap, cloud kernel, systemd-boot, containerd, runc from deb.debian.org; a local file as
+// kubelet) twice from fresh caches with one lock, and checks the two images are identical.
+func TestDebianNodeImageReproducible(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration: needs mmdebstrap and deb.debian.org")
+	}
+	if _, err := exec.LookPath("mmdebstrap"); err != nil {
+		t.Skip("mmdebstrap not installed (scripts/install-deps.sh)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	work := t.TempDir()
+	kubelet := filepath.Join(work, "kubelet")
+	os.WriteFile(kubelet, []byte("#!/bin/sh\necho kubelet stand-in\n"), 0o755)
+	lockPath := filepath.Join(work, "imgctl.lock")
+	var results []built
+	for i := 0; i < 2; i++ {
+		dir := t.TempDir()
+		out, err := imgctl(ctx, t, dir, "-o", "json", "build", "--k8s", "1.21.13", "--lock", lockPath,
+			"--source", "kubelet=file://"+kubelet+"#path=/usr/bin/kubelet&mode=0755")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b built
+		if err := json.Unmarshal([]byte(out), &b); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		results = append(results, b)
+		if i == 0 {
+			checkNodeRootfs(t, dir, b)
+		}
+	}
+	if results[0].Digest != results[1].Digest || results[0].Config.Rootfs.Digest != results[1].Config.Rootfs.Digest {
+		t.Fatalf("builds from fresh caches differ:\n%+v\n%+v", results[0], results[1])
+	}
+	t.Logf("image %s, rootfs %s, kernel %s", results[0].Digest, results[0].Config.Rootfs.Digest, results[0].Config.Kernel)
+}
+
+func checkNodeRootfs(t *testing.T, dir string, b built) {
+	t.Helper()
+	d := strings.TrimPrefix(b.Config.Rootfs.Digest, "sha256:")
+	f, err := os.Open(filepath.Join(dir, "store", "blobs", "sha256", d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	entries := map[string]*tar.Header{}
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries[h.Name] = h
+	}
+	rel := b.Config.Kernel
+	if rel == "" {
+		t.Fatal("the image config records no kernel release")
+	}
+	for _, want := range []string{
+		"usr/lib/modules/" + rel + "/modules.dep.bin", "usr/lib/modules/" + rel + "/modules.alias.bin",
+		"boot/vmlinuz-" + rel, "usr/bin/containerd", "usr/sbin/runc", "usr/bin/kubelet",
+		"usr/lib/systemd/boot/efi/systemd-bootx64.efi", "usr/lib/systemd/systemd", "usr/bin/dbus-daemon",
+	} {
+		if entries[want] == nil {
+			t.Errorf("rootfs lacks %s", want)
+		}
+	}
+	for link, target := range map[string]string{"bin": "usr/bin", "lib": "usr/lib", "sbin": "usr/sbin"} {
+		if h := entries[link]; h == nil || h.Typeflag != tar.TypeSymlink || h.Linkname != target {
+			t.Errorf("%s should stay a symlink to %s (merged /usr): %+v", link, target, h)
+		}
+	}
+	if h := entries["tmp/"]; h == nil || h.Mode != 0o1777 {
+		t.Errorf("tmp/ lost its mode: %+v", h)
+	}
+}
+
+// TestInterruptedBuildsLeaveNothingHalfWritten kills builds at several points (SIGKILL and
+// SIGINT) and checks the store verifies clean, shows no partial image, and the next build
+// succeeds.
+func TestInterruptedBuildsLeaveNothingHalfWritten(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big.tar")
+	writeBigTar(t, big, 24, 8<<20) // 192 MiB: long enough to interrupt
+	spec := filepath.Join(dir, "node.yaml")
+	os.WriteFile(spec, []byte(`apiVersion: imgctl/v1alpha1
+kind: NodeImage
+metadata: {name: interrupted}
+spec:
+  kubernetes: {version: 1.21.13}
+  layers:
+    - role: extra
+      sources: ["file://`+big+`"]
+`), 0o644)
+	for i, delay := range []time.Duration{50 * time.Millisecond, 300 * time.Millisecond, 700 * time.Millisecond, 1200 * time.Millisecond} {
+		sig := syscall.SIGKILL
+		if i%2 == 1 {
+			sig = syscall.SIGINT
+		}
+		cmd := exec.Command(imgctlBin, "--store", filepath.Join(dir, "store"), "--cache", filepath.Join(dir, "cache"), "build", "-f", spec, "--lock", filepath.Join(dir, "imgctl.lock"))
+		cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1764115200")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(delay)
+		_ = cmd.Process.Signal(sig)
+		err := cmd.Wait()
+		t.Logf("%v after %v: %v", sig, delay, err)
+		out, verr := imgctl(ctx, t, dir, "store", "verify")
+		if verr != nil {
+			t.Fatalf("store verify after %v at %v: %v\n%s", sig, delay, verr, out)
+		}
+		list, lerr := imgctl(ctx, t, dir, "-o", "json", "images", "list")
+		if lerr != nil {
+			t.Fatal(lerr)
+		}
+		if err != nil && strings.Contains(list, "interrupted") {
+			t.Fatalf("a killed build left an image in the store: %s", list)
+		}
+		if sig == syscall.SIGINT && err != nil {
+			if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() != 130 {
+				t.Errorf("SIGINT: exit code %d, want 130", ee.ExitCode())
+			}
+		}
+	}
+	if _, err := imgctl(ctx, t, dir, "build", "-f", spec, "--lock", filepath.Join(dir, "imgctl.lock")); err != nil {
+		t.Fatalf("build after interruptions: %v", err)
+	}
+	if _, err := imgctl(ctx, t, dir, "store", "verify"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeBigTar(t *testing.T, path string, files, size int) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tw := tar.NewWriter(f)
+	chunk := bytes.Repeat([]byte("imgctl"), 1<<16)
+	for i := 0; i < files; i++ {
+		tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("data/file%02d", i), Mode: 0o644, Typeflag: tar.TypeReg, Size: int64(size)})
+		for n := 0; n < size; n += len(chunk) {
+			tw.Write(chunk[:min(len(chunk), size-n)])
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
