@@ -219,3 +219,52 @@ func writeBigTar(t *testing.T, path string, files, size int) {
 		t.Fatal(err)
 	}
 }
+
+// TestDiskFullLeavesNothingVisible builds into a store on a tiny tmpfs (root only: it mounts
+// one) and checks the build fails naming the cause, with no image and no stray blob left.
+func TestDiskFullLeavesNothingVisible(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	full := filepath.Join(dir, "full")
+	os.MkdirAll(full, 0o755)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", full).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", full).Run() })
+	big := filepath.Join(dir, "big.tar")
+	writeBigTar(t, big, 2, 4<<20)
+	spec := filepath.Join(dir, "node.yaml")
+	os.WriteFile(spec, []byte(`apiVersion: imgctl/v1alpha1
+kind: NodeImage
+metadata: {name: full}
+spec:
+  kubernetes: {version: 1.21.13}
+  layers:
+    - role: extra
+      sources: ["file://`+big+`"]
+`), 0o644)
+	args := []string{"--store", filepath.Join(full, "store"), "--cache", filepath.Join(dir, "cache"), "build", "-f", spec, "--lock", filepath.Join(dir, "imgctl.lock")}
+	out, err := exec.CommandContext(ctx, imgctlBin, args...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "no space left on device") {
+		t.Fatalf("build on a full disk: err = %v, output:\n%s", err, out)
+	}
+	var leftovers []string
+	filepath.Walk(filepath.Join(full, "store"), func(p string, info os.FileInfo, err error) error {
+		if err == nil && info.Mode().IsRegular() && info.Size() > 4096 {
+			leftovers = append(leftovers, p)
+		}
+		return nil
+	})
+	if len(leftovers) > 0 {
+		t.Errorf("a failed build left large files in the store: %v", leftovers)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "imgctl.lock")); err == nil {
+		t.Error("a failed build wrote the lock")
+	}
+}
