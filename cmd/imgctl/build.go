@@ -15,9 +15,9 @@ import (
 func (a *app) buildCmd() *cobra.Command {
 	var (
 		file, k8s, lockPath, outputDir string
-		sources, targets              []string
-		updateLock, locked            bool
-		parallel                      int
+		sources, targets               []string
+		updateLock, locked             bool
+		parallel                       int
 	)
 	cmd := &cobra.Command{
 		Use:   "build [--k8s VERSION | -f SPEC]",
