@@ -228,7 +228,7 @@ func (e *Env) materialize(ctx context.Context, u URI, pin Pin) (Tar, error) {
 	}
 	defer func() { _ = w.Abort() }()
 	out := newTarOut(w, u.Prefix)
-	if err := e.convert(ctx, u, pin, in, out); err != nil {
+	if err := e.convert(ctx, u, in, out); err != nil {
 		return Tar{}, err
 	}
 	if err := out.Close(); err != nil {
@@ -293,6 +293,7 @@ func CountEntries(ctx context.Context, f *os.File) (entries int, size int64, err
 // input is the verified byte stream of a pinned source.
 type input struct {
 	io.Reader
+	size   int64 // bytes in the stream
 	close  func() error
 	verify func() error
 }
@@ -330,9 +331,15 @@ func (e *Env) input(ctx context.Context, u URI, pin Pin) (*input, error) {
 		if err != nil {
 			return nil, err
 		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
 		v := pin.Digest.Verifier()
 		return &input{
 			Reader: io.TeeReader(bufio.NewReaderSize(f, 1<<20), v),
+			size:   st.Size(),
 			close:  f.Close,
 			verify: func() error {
 				if !v.Verified() {
@@ -357,10 +364,15 @@ func (e *Env) cacheInput(d digest.Digest) (*input, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &input{Reader: bufio.NewReaderSize(f, 1<<20), close: f.Close}, nil
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &input{Reader: bufio.NewReaderSize(f, 1<<20), size: st.Size(), close: f.Close}, nil
 }
 
-func (e *Env) convert(ctx context.Context, u URI, pin Pin, in io.Reader, out *tarOut) error {
+func (e *Env) convert(ctx context.Context, u URI, in *input, out *tarOut) error {
 	switch u.Kind {
 	case KindTar, KindMmdebstrap:
 		r, err := Decompress(in)
@@ -384,12 +396,8 @@ func (e *Env) convert(ctx context.Context, u URI, pin Pin, in io.Reader, out *ta
 		_, err = io.Copy(io.Discard, in)
 		return err
 	case KindFile:
-		body, err := io.ReadAll(in) // single binaries (kubelet: ~100 MB) fit in memory comfortably
-		if err != nil {
-			return err
-		}
-		hdr := &tar.Header{Name: u.Dest[1:], Typeflag: tar.TypeReg, Mode: u.Mode, Size: int64(len(body))}
-		return out.add(hdr, bytes.NewReader(body))
+		hdr := &tar.Header{Name: u.Dest[1:], Typeflag: tar.TypeReg, Mode: u.Mode, Size: in.size}
+		return out.add(hdr, in)
 	case KindOCI, KindOCILayout:
 		return e.convertOCI(ctx, u, out)
 	}
