@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/imgctl/imgctl/layers/atomicfile"
+
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -135,7 +137,7 @@ func (w *BlobWriter) Commit(ctx context.Context, expectedSize int64, expected di
 		return "", 0, fmt.Errorf("committing blob %s: %w", d, err)
 	}
 	w.done = true
-	if err := syncDir(filepath.Dir(final)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(final)); err != nil {
 		return "", 0, fmt.Errorf("committing blob %s: %w", d, err)
 	}
 	w.s.log.Debug("committed blob", "digest", d, "size", w.n)
@@ -239,7 +241,7 @@ func (s *Store) linkBlob(ctx context.Context, path string, d digest.Digest, fina
 		return err
 	}
 	ok = true
-	if err := syncDir(filepath.Dir(final)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(final)); err != nil {
 		return fmt.Errorf("linking blob %s: %w", d, err)
 	}
 	s.log.Debug("linked blob", "digest", d, "from", path)

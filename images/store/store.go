@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/imgctl/imgctl/layers/atomicfile"
+
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -213,53 +215,9 @@ func (s *Store) cleanTemps(cutoff time.Time) error {
 	return nil
 }
 
-// writeFileAtomic replaces dir/name with data: temp in ingest, fsync, rename, fsync dir.
-// A crash leaves the old file or the new one, never a mix.
+// writeFileAtomic replaces dir/name with data (temp in ingest, fsync, rename, fsync dir).
 func (s *Store) writeFileAtomic(name string, data []byte) error {
-	f, err := os.CreateTemp(s.path(ingestDir), "file-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, s.path(name)); err != nil {
-		return err
-	}
-	ok = true
-	return syncDir(s.dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	return nil
+	return atomicfile.Write(s.path(ingestDir), s.path(name), data, 0o644)
 }
 
 // readIndex reads index.json. Writers replace it atomically, so no lock is needed to read.

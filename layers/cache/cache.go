@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imgctl/imgctl/layers/atomicfile"
+
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 )
@@ -295,57 +297,11 @@ func (c *Cache) SetRef(kind, key string, d digest.Digest) error {
 	if err := os.MkdirAll(dir, dirPerm); err != nil {
 		return fmt.Errorf("ref %s %q: %w", kind, key, err)
 	}
-	if err := writeFileAtomic(filepath.Join(c.dir, "tmp"), filepath.Join(dir, keyHash(key)),
+	if err := atomicfile.Write(filepath.Join(c.dir, "tmp"), filepath.Join(dir, keyHash(key)),
 		[]byte(string(d)+"\n"+key+"\n"), refPerm); err != nil {
 		return fmt.Errorf("ref %s %q: %w", kind, key, err)
 	}
 	return nil
-}
-
-// writeFileAtomic writes data to a temp file in tmpDir, fsyncs it, renames it to
-// path and fsyncs path's directory. tmpDir must be on path's filesystem.
-func writeFileAtomic(tmpDir, path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(tmpDir, "ref-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	ok = true
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // Clean removes temp files and partial downloads (tmp/, tmp/partial/) not modified

@@ -1,6 +1,8 @@
 package cache
 
 import (
+	"github.com/imgctl/imgctl/layers/atomicfile"
+
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -160,7 +162,7 @@ func (w *Writer) Commit(expected digest.Digest, expectedSize int64) (digest.Dige
 		os.Remove(w.path)
 		return "", 0, fmt.Errorf("cache: commit %s: %w", actual, err)
 	}
-	if err := syncDir(filepath.Dir(dst)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(dst)); err != nil {
 		return "", 0, fmt.Errorf("cache: commit %s: sync directory: %w", actual, err)
 	}
 	w.c.log.Debug("cache: committed blob", "digest", actual, "size", n)
