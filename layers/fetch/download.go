@@ -96,7 +96,7 @@ func (c *Client) Fetch(ctx context.Context, ca *cache.Cache, rawURL string, expe
 	if err := ca.SetRef(RefKind, rawURL, d); err != nil {
 		log.Warn("fetch: cannot record URL ref", "url", rawURL, "err", err)
 	}
-	log.Info("fetch: cached", "url", rawURL, "digest", d, "size", p.done)
+	log.Info("fetch: downloaded", "url", rawURL, "digest", d, "size", p.done)
 	return d, nil
 }
 
