@@ -32,7 +32,7 @@ lint:
 
 # Benchmarks and peer comparisons; results are appended to BENCHMARKS.md.
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchmem ./layers/compose/ ./layers/source/
+	$(GO) test -run '^$$' -bench . -benchmem ./layers/compose/
 	scripts/bench-compose.sh
 
 # A real kubelet and kubeadm for K8S, built from the Go module proxy (dl.k8s.io may be unreachable).

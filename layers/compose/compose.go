@@ -4,6 +4,7 @@ package compose
 
 import (
 	"archive/tar"
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -91,12 +92,17 @@ func Compose(ctx context.Context, w io.Writer, inputs []Input, opts Options) (Re
 			return Result{}, fmt.Errorf("layer %s: %w", in.Name, err)
 		}
 	}
-	wr := &writer{tw: tar.NewWriter(w), inputs: inputs, mtime: opts.MTime.UTC(), mode: opts.Mode, ctx: ctx}
+	// Headers and padding are 512-byte writes: buffer them (one syscall per MiB, not per block).
+	bw := bufio.NewWriterSize(w, 1<<20)
+	wr := &writer{tw: tar.NewWriter(bw), inputs: inputs, mtime: opts.MTime.UTC(), mode: opts.Mode, ctx: ctx}
 	if err := wr.emitTree(t.root); err != nil {
 		return Result{}, err
 	}
 	if err := wr.tw.Close(); err != nil {
 		return Result{}, fmt.Errorf("finishing tar stream: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		return Result{}, fmt.Errorf("writing tar stream: %w", err)
 	}
 	return Result{Entries: wr.entries, Bytes: wr.bytes}, nil
 }
