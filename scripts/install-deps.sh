@@ -5,7 +5,7 @@
 # time: peak RSS in benchmarks.
 set -euo pipefail
 packages=(ca-certificates git make mmdebstrap kmod xz-utils zstd skopeo debian-archive-keyring
-  binutils dpkg-dev squashfs-tools time)
+  binutils dpkg-dev squashfs-tools time cpio)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,280 @@
+// Package initrd generates a node's initramfs from its rootfs, never by running tools in the
+// image: imgctl-node as /init plus the module closure needed to reach root, as newc cpio.
+package initrd
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+)
+
+// DefaultModules reach a root partition on virtio (qemu, most clouds), NVMe and ENA (EC2
+// Nitro), mount the squashfs root under an overlay, and mount the ext4 STATE partition.
+var DefaultModules = []string{"virtio_pci", "virtio_blk", "virtio_scsi", "nvme", "ena", "squashfs", "overlay", "ext4"}
+
+// ModuleListPath is where imgctl-node finds the modules to load, in order, one path per line.
+const ModuleListPath = "etc/imgctl/modules"
+
+type span struct{ off, size int64 }
+
+// Kernel is what a rootfs holds of one kernel: its release, image and modules.
+type Kernel struct {
+	Release string
+	vmlinuz span
+	r       io.ReaderAt
+	modRoot string          // e.g. usr/lib/modules/6.1.0-50-cloud-amd64
+	files   map[string]span // paths relative to modRoot
+	deps    map[string][]string
+	byName  map[string]string // module name -> path
+	builtin map[string]bool
+}
+
+// Scan indexes the kernel in a rootfs tar (as composed by imgctl: one kernel release, module
+// indexes generated). It reads headers and the small index files only.
+func Scan(ctx context.Context, rootfs io.ReaderAt, size int64) (*Kernel, error) {
+	sr := io.NewSectionReader(rootfs, 0, size)
+	tr := tar.NewReader(sr)
+	k := &Kernel{r: rootfs, files: map[string]span{}}
+	vmlinuz := map[string]span{}
+	for n := 0; ; n++ {
+		if n%4096 == 0 && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading rootfs: %w", err)
+		}
+		if hdr.Typeflag != tar.TypeReg {
+			continue
+		}
+		off, _ := sr.Seek(0, io.SeekCurrent)
+		name := hdr.Name
+		if rel, ok := strings.CutPrefix(name, "boot/vmlinuz-"); ok {
+			vmlinuz[rel] = span{off, hdr.Size}
+			continue
+		}
+		for _, root := range []string{"usr/lib/modules/", "lib/modules/"} {
+			rest, ok := strings.CutPrefix(name, root)
+			if !ok {
+				continue
+			}
+			release, p, ok := strings.Cut(rest, "/")
+			if !ok {
+				break
+			}
+			if k.Release == "" {
+				k.Release, k.modRoot = release, root+release
+			} else if release != k.Release {
+				return nil, fmt.Errorf("the rootfs holds modules of two kernels (%s and %s): one kernel per image", k.Release, release)
+			}
+			k.files[p] = span{off, hdr.Size}
+		}
+	}
+	if k.Release == "" {
+		return nil, errors.New("the rootfs has no kernel modules (lib/modules/RELEASE/): is there a kernel layer?")
+	}
+	v, ok := vmlinuz[k.Release]
+	if !ok {
+		return nil, fmt.Errorf("the rootfs has modules for %s but no boot/vmlinuz-%s", k.Release, k.Release)
+	}
+	k.vmlinuz = v
+	if err := k.readIndexes(); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+func (k *Kernel) open(p string) (io.Reader, error) {
+	s, ok := k.files[p]
+	if !ok {
+		return nil, fmt.Errorf("%s/%s is missing", k.modRoot, p)
+	}
+	return io.NewSectionReader(k.r, s.off, s.size), nil
+}
+
+// moduleName is how modprobe names the module in file p.
+func moduleName(p string) string {
+	b := path.Base(p)
+	for _, ext := range []string{".ko.xz", ".ko.zst", ".ko.gz", ".ko"} {
+		if s, ok := strings.CutSuffix(b, ext); ok {
+			b = s
+			break
+		}
+	}
+	return strings.ReplaceAll(b, "-", "_")
+}
+
+func (k *Kernel) readIndexes() error {
+	r, err := k.open("modules.dep")
+	if err != nil {
+		return fmt.Errorf("kernel %s: %w (the kernel layer should carry generated module indexes)", k.Release, err)
+	}
+	k.deps, k.byName = map[string][]string{}, map[string]string{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		mod, deps, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		k.deps[mod] = strings.Fields(deps)
+		k.byName[moduleName(mod)] = mod
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("kernel %s: modules.dep: %w", k.Release, err)
+	}
+	k.builtin = map[string]bool{}
+	if r, err := k.open("modules.builtin"); err == nil {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			if l := strings.TrimSpace(sc.Text()); l != "" {
+				k.builtin[moduleName(l)] = true
+			}
+		}
+		if err := sc.Err(); err != nil {
+			return fmt.Errorf("kernel %s: modules.builtin: %w", k.Release, err)
+		}
+	}
+	return nil
+}
+
+// Closure returns the module files (relative to the modules directory) that load names, in
+// load order: every module after its dependencies. Built-in modules need nothing.
+func (k *Kernel) Closure(names []string) ([]string, error) {
+	var order []string
+	seen := map[string]bool{}
+	var visit func(p string)
+	visit = func(p string) {
+		if seen[p] {
+			return
+		}
+		seen[p] = true
+		for _, d := range k.deps[p] {
+			visit(d)
+		}
+		order = append(order, p)
+	}
+	for _, n := range names {
+		n = strings.ReplaceAll(n, "-", "_")
+		if k.builtin[n] {
+			continue
+		}
+		p, ok := k.byName[n]
+		if !ok {
+			return nil, fmt.Errorf("kernel %s has no module %s, neither built in nor in modules.dep: it cannot reach the root device this image needs", k.Release, n)
+		}
+		visit(p)
+	}
+	return order, nil
+}
+
+// Vmlinuz returns the kernel image.
+func (k *Kernel) Vmlinuz() *io.SectionReader {
+	return io.NewSectionReader(k.r, k.vmlinuz.off, k.vmlinuz.size)
+}
+
+// Options configure Write.
+type Options struct {
+	Agent   string   // path of the static imgctl-node binary, installed as /init
+	Modules []string // module names; nil = DefaultModules
+	MTime   time.Time
+}
+
+// Result describes a written initrd.
+type Result struct {
+	Modules []string // module files included, in load order
+}
+
+// Write writes the gzip-compressed newc initrd for k to w.
+func Write(ctx context.Context, w io.Writer, k *Kernel, opts Options) (Result, error) {
+	names := opts.Modules
+	if names == nil {
+		names = DefaultModules
+	}
+	mods, err := k.Closure(names)
+	if err != nil {
+		return Result{}, err
+	}
+	agent, err := os.ReadFile(opts.Agent)
+	if err != nil {
+		return Result{}, fmt.Errorf("node agent (imgctl-node, installed as /init): %w", err)
+	}
+	if !bytes.HasPrefix(agent, []byte("\x7fELF")) {
+		return Result{}, fmt.Errorf("node agent %s is not an ELF executable", opts.Agent)
+	}
+	zw, err := gzip.NewWriterLevel(w, gzip.BestCompression)
+	if err != nil {
+		return Result{}, err
+	}
+	c := &newc{w: zw, mtime: opts.MTime.Unix()}
+	modDir := "lib/modules/" + k.Release
+	var list strings.Builder
+	dirs := map[string]bool{}
+	var mkdirs func(d string) error
+	mkdirs = func(d string) error {
+		if d == "." || d == "" || dirs[d] {
+			return nil
+		}
+		if err := mkdirs(path.Dir(d)); err != nil {
+			return err
+		}
+		dirs[d] = true
+		return c.dir(d)
+	}
+	for _, d := range []string{"dev", "proc", "sys", "run", "etc/imgctl", "newroot"} {
+		if err := mkdirs(d); err != nil {
+			return Result{}, err
+		}
+	}
+	if err := c.entry("dev/console", modeChar|0o600, 0, 5, 1, nil); err != nil {
+		return Result{}, err
+	}
+	if err := c.file("init", 0o755, agent); err != nil {
+		return Result{}, err
+	}
+	files := slices.Clone(mods)
+	slices.Sort(files)
+	for _, m := range files {
+		if err := ctx.Err(); err != nil {
+			return Result{}, err
+		}
+		dst := modDir + "/" + m
+		if err := mkdirs(path.Dir(dst)); err != nil {
+			return Result{}, err
+		}
+		r, err := k.open(m)
+		if err != nil {
+			return Result{}, err
+		}
+		if err := c.entry(dst, modeReg|0o644, k.files[m].size, 0, 0, r); err != nil {
+			return Result{}, err
+		}
+	}
+	for _, m := range mods {
+		list.WriteString(modDir + "/" + m + "\n")
+	}
+	if err := c.file(ModuleListPath, 0o644, []byte(list.String())); err != nil {
+		return Result{}, err
+	}
+	if err := c.trailer(); err != nil {
+		return Result{}, err
+	}
+	if err := zw.Close(); err != nil {
+		return Result{}, err
+	}
+	return Result{Modules: mods}, nil
+}
