@@ -270,7 +270,10 @@ func composeRootfs(ctx context.Context, opts Options, layers []assemble.Layer, e
 }
 
 func countRootfs(ctx context.Context, st *store.Store, d digest.Digest) (manifest.Rootfs, error) {
-	p := filepath.Join(st.Dir(), "blobs", d.Algorithm().String(), d.Encoded())
+	p, err := st.BlobPath(d)
+	if err != nil {
+		return manifest.Rootfs{}, err
+	}
 	f, err := os.Open(p)
 	if err != nil {
 		return manifest.Rootfs{}, err
@@ -349,7 +352,10 @@ func exportArtifacts(ctx context.Context, st *store.Store, dir string, artifacts
 	}
 	for _, a := range artifacts {
 		dst := filepath.Join(dir, a.Name)
-		src := filepath.Join(st.Dir(), "blobs", a.Digest.Algorithm().String(), a.Digest.Encoded())
+		src, err := st.BlobPath(a.Digest)
+		if err != nil {
+			return fmt.Errorf("exporting %s: %w", a.Name, err)
+		}
 		tmp := dst + ".tmp"
 		_ = os.Remove(tmp)
 		if err := os.Link(src, tmp); err != nil {

@@ -206,15 +206,48 @@ func (s *Store) LinkBlob(ctx context.Context, path string, d digest.Digest) erro
 // linkBlob hard-links path to a temporary name, hashes that (the inode we will publish, not
 // the path, which could be replaced meanwhile), and renames it into place.
 func (s *Store) linkBlob(ctx context.Context, path string, d digest.Digest, final string) error {
+	_, _, err := s.link(ctx, path, d, final)
+	return err
+}
+
+// AddFile adds the file at path (written by the caller, e.g. in TempDir) as a blob under its
+// digest, by hard link when it is on the store's filesystem, hashing it once. The caller may
+// remove path afterwards.
+func (s *Store) AddFile(ctx context.Context, path string) (digest.Digest, int64, error) {
+	d, n, err := s.link(ctx, path, "", "")
+	if err == nil {
+		return d, n, nil
+	}
+	if ctx.Err() != nil {
+		return "", 0, err
+	}
+	s.log.Debug("hard link failed, copying", "path", path, "err", err)
+	f, ferr := os.Open(path)
+	if ferr != nil {
+		return "", 0, fmt.Errorf("adding %s: %w", path, ferr)
+	}
+	defer func() { _ = f.Close() }()
+	return s.WriteBlob(ctx, f, -1, "")
+}
+
+// TempDir creates a directory for work that will become blobs (see AddFile). It lives in the
+// store's ingest area, so stale ones are removed like other temp files.
+func (s *Store) TempDir(pattern string) (string, error) {
+	return os.MkdirTemp(s.path(ingestDir), pattern)
+}
+
+// link hard-links path into the ingest area, hashes it, and renames it to its blob path. With
+// d empty the computed digest is accepted; final may be empty to derive it.
+func (s *Store) link(ctx context.Context, path string, d digest.Digest, final string) (digest.Digest, int64, error) {
 	f, err := os.CreateTemp(s.path(ingestDir), "link-*")
 	if err != nil {
-		return err
+		return "", 0, err
 	}
 	tmp := f.Name()
 	_ = f.Close()
 	_ = os.Remove(tmp)
 	if err := os.Link(path, tmp); err != nil {
-		return err
+		return "", 0, err
 	}
 	ok := false
 	defer func() {
@@ -224,28 +257,35 @@ func (s *Store) linkBlob(ctx context.Context, path string, d digest.Digest, fina
 	}()
 	lf, err := os.Open(tmp)
 	if err != nil {
-		return err
+		return "", 0, err
 	}
 	defer func() { _ = lf.Close() }()
 	h := digest.SHA256.Digester()
-	if _, err := io.CopyBuffer(h.Hash(), ctxReader{ctx, lf}, make([]byte, copyBufSize)); err != nil {
-		return fmt.Errorf("linking blob %s: hashing %s: %w", d, path, err)
+	n, err := io.CopyBuffer(h.Hash(), ctxReader{ctx, lf}, make([]byte, copyBufSize))
+	if err != nil {
+		return "", 0, fmt.Errorf("linking blob %s: hashing %s: %w", d, path, err)
 	}
-	if got := h.Digest(); got != d {
-		return fmt.Errorf("linking blob: %s is %s, expected %s: %w", path, got, d, ErrDigestMismatch)
+	got := h.Digest()
+	if d != "" && got != d {
+		return "", 0, fmt.Errorf("linking blob: %s is %s, expected %s: %w", path, got, d, ErrDigestMismatch)
+	}
+	if final == "" {
+		if final, err = s.blobPath(got); err != nil {
+			return "", 0, err
+		}
 	}
 	if err := lf.Sync(); err != nil {
-		return err
+		return "", 0, err
 	}
 	if err := os.Rename(tmp, final); err != nil {
-		return err
+		return "", 0, err
 	}
 	ok = true
 	if err := atomicfile.SyncDir(filepath.Dir(final)); err != nil {
-		return fmt.Errorf("linking blob %s: %w", d, err)
+		return "", 0, fmt.Errorf("linking blob %s: %w", got, err)
 	}
-	s.log.Debug("linked blob", "digest", d, "from", path)
-	return nil
+	s.log.Debug("linked blob", "digest", got, "from", path)
+	return got, n, nil
 }
 
 // OpenBlob opens blob d for reading. The reader hashes what it yields and, at the end, returns
@@ -320,4 +360,17 @@ func (r ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return r.r.Read(p)
+}
+
+// BlobPath is the file holding blob d, for readers that need random access (io.ReaderAt).
+// Blobs are immutable: never write through this path.
+func (s *Store) BlobPath(d digest.Digest) (string, error) {
+	p, err := s.blobPath(d)
+	if err != nil {
+		return "", err
+	}
+	if !s.HasBlob(d) {
+		return "", fmt.Errorf("blob %s: %w", d, ErrNotFound)
+	}
+	return p, nil
 }
