@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	digest "github.com/opencontainers/go-digest"
 )
 
 func TestAddFileAndBlobPath(t *testing.T) {
@@ -39,7 +41,7 @@ func TestAddFileAndBlobPath(t *testing.T) {
 	if problems, err := s.Verify(ctx); err != nil || len(problems) != 0 {
 		t.Errorf("verify: %v %v", problems, err)
 	}
-	if _, err := s.BlobPath("sha256:" + hex.EncodeToString(make([]byte, 32))); err == nil {
+	if _, err := s.BlobPath(digest.Digest("sha256:" + hex.EncodeToString(make([]byte, 32)))); err == nil {
 		t.Error("BlobPath of a missing blob succeeded")
 	}
 }
