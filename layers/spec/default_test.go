@@ -26,7 +26,7 @@ func TestDefault(t *testing.T) {
 		return u + "#sha256-from=" + u + ".sha256&path=/usr/bin/" + name + "&mode=0755"
 	}
 	want := []Layer{
-		{Role: RoleBase, Sources: []string{"mmdebstrap://bookworm?mirror=https://deb.debian.org/debian&variant=minbase&packages=systemd-sysv,udev,dbus,kmod,iproute2,ca-certificates,iptables,conntrack,ethtool,socat,ebtables,util-linux,mount"}},
+		{Role: RoleBase, Sources: []string{"mmdebstrap://bookworm?mirror=https://deb.debian.org/debian&variant=minbase&packages=systemd-sysv,udev,dbus,kmod,iproute2,ca-certificates,iptables,conntrack,ethtool,socat,ebtables,util-linux,mount,e2fsprogs"}},
 		{Role: RoleKernel, Sources: []string{deb + "linux-image-cloud-amd64&follow=linux-image-"}},
 		{Role: RoleBootloader, Sources: []string{deb + "systemd-boot-efi"}},
 		{Role: RoleRuntime, Sources: []string{deb + "containerd", deb + "runc"}},
@@ -41,7 +41,7 @@ func TestDefault(t *testing.T) {
 			t.Errorf("layer %d =\n%+v\nwant\n%+v", i, got, want[i])
 		}
 	}
-	if want := []string{"console=ttyS0,115200", "console=tty0", "panic=10"}; !slices.Equal(n.Spec.Kernel.Cmdline, want) {
+	if want := []string{"console=tty0", "console=ttyS0,115200", "panic=10"}; !slices.Equal(n.Spec.Kernel.Cmdline, want) {
 		t.Errorf("cmdline = %q, want %q", n.Spec.Kernel.Cmdline, want)
 	}
 	if !slices.Equal(n.Spec.Targets, []string{"rootfs"}) {
