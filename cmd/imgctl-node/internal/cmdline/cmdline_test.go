@@ -1,0 +1,104 @@
+package cmdline
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParse(t *testing.T) {
+	base := Config{Init: DefaultInit, RootTimeout: DefaultRootTimeout}
+	with := func(f func(*Config)) Config { c := base; f(&c); return c }
+	tests := []struct {
+		name    string
+		line    string
+		want    Config
+		wantErr string
+	}{
+		{
+			name: "qemu test line",
+			line: "console=ttyS0 panic=-1 imgctl.root=PARTLABEL=ROOT-A imgctl.state=PARTLABEL=STATE\n",
+			want: with(func(c *Config) {
+				c.Root = Device{PartLabel, "ROOT-A"}
+				c.State = Device{PartLabel, "STATE"}
+			}),
+		},
+		{
+			name: "partuuid upper case, path state, custom init, timeout, debug",
+			line: "imgctl.root=PARTUUID=6A1F5C2E-0B7D-4A8E-9C3B-2D1E0F9A8B7C imgctl.state=/dev/vda3 imgctl.init=/usr/lib/systemd/systemd imgctl.root-timeout=3s imgctl.debug",
+			want: with(func(c *Config) {
+				c.Root = Device{PartUUID, "6a1f5c2e-0b7d-4a8e-9c3b-2d1e0f9a8b7c"}
+				c.State = Device{Path, "/dev/vda3"}
+				c.Init, c.InitSet = "/usr/lib/systemd/systemd", true
+				c.RootTimeout = 3 * time.Second
+				c.Debug = true
+			}),
+		},
+		{
+			name: "bare seconds, debug=0, last wins",
+			line: "imgctl.root=/dev/vda2 imgctl.root=/dev/sda2 imgctl.root-timeout=7 imgctl.debug=0 root=/dev/ignored",
+			want: with(func(c *Config) {
+				c.Root = Device{Path, "/dev/sda2"}
+				c.RootTimeout = 7 * time.Second
+			}),
+		},
+		{
+			name: "quoted value",
+			line: `quiet imgctl.root="PARTLABEL=ROOT A" imgctl.debug=1`,
+			want: with(func(c *Config) { c.Root = Device{PartLabel, "ROOT A"}; c.Debug = true }),
+		},
+		{name: "missing root", line: "console=ttyS0 imgctl.state=PARTLABEL=STATE", wantErr: "imgctl.root is missing"},
+		{name: "empty", line: "", wantErr: "imgctl.root is missing"},
+		{name: "bad root", line: "imgctl.root=LABEL=ROOT", wantErr: "bad device"},
+		{name: "empty label", line: "imgctl.root=PARTLABEL=", wantErr: "bad device"},
+		{name: "bad partuuid", line: "imgctl.root=PARTUUID=1234", wantErr: "bad device"},
+		{name: "bad state", line: "imgctl.root=/dev/vda2 imgctl.state=vda3", wantErr: "imgctl.state"},
+		{name: "relative init", line: "imgctl.root=/dev/vda2 imgctl.init=sbin/init", wantErr: "absolute"},
+		{name: "bad timeout", line: "imgctl.root=/dev/vda2 imgctl.root-timeout=soon", wantErr: "bad duration"},
+		{name: "negative timeout", line: "imgctl.root=/dev/vda2 imgctl.root-timeout=-1s", wantErr: "positive"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Parse(tc.line)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Parse(%q) error = %v, want %q", tc.line, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Parse(%q): %v", tc.line, err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Parse(%q)\n got %+v\nwant %+v", tc.line, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestFields(t *testing.T) {
+	tests := []struct {
+		line string
+		want []string
+	}{
+		{"", nil},
+		{"  a  b\tc\n", []string{"a", "b", "c"}},
+		{`x="a b" y`, []string{"x=a b", "y"}},
+		{`"quoted whole" z=""`, []string{"quoted whole", "z="}},
+	}
+	for _, tc := range tests {
+		if got := Fields(tc.line); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("Fields(%q) = %q, want %q", tc.line, got, tc.want)
+		}
+	}
+}
+
+func TestDeviceString(t *testing.T) {
+	for _, s := range []string{"PARTLABEL=ROOT-A", "/dev/vda2", "PARTUUID=6a1f5c2e-0b7d-4a8e-9c3b-2d1e0f9a8b7c"} {
+		d, err := ParseDevice(s)
+		if err != nil || d.String() != s {
+			t.Errorf("ParseDevice(%q) = %v, %v", s, d, err)
+		}
+	}
+}
