@@ -9,10 +9,14 @@ STATICCHECK_VERSION := v0.8.2
 
 .PHONY: build deps test test-short lint bench demo kubernetes clean FORCE
 
-build: bin/imgctl
+build: bin/imgctl bin/imgctl-node
 
 bin/imgctl: FORCE
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $@ ./cmd/imgctl
+
+# The node agent: /init of the initrd (and, later, the bootstrap units' logic). Static.
+bin/imgctl-node: FORCE
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $@ ./cmd/imgctl-node
 
 # Debian packages the demo and the tests use (installed only when missing).
 deps:

@@ -43,6 +43,7 @@ type Target interface {
 // Targets is the table of target writers by name.
 var Targets = map[string]Target{
 	"rootfs": rootfsTarget{},
+	"raw":    rawTarget{},
 }
 
 // TargetNames lists the known targets, sorted.
@@ -72,6 +73,7 @@ type Options struct {
 	OutputDir       string   // also place the artifacts here ("" = only the store)
 	Parallel        int
 	ImgctlVersion   string
+	Raw             RawOptions
 	Logger          *slog.Logger
 	Now             func() time.Time // for tests; default time.Now
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -18,6 +20,8 @@ func (a *app) buildCmd() *cobra.Command {
 		sources, targets               []string
 		updateLock, locked             bool
 		parallel                       int
+		diskSize, rootSize             string
+		compression, agent             string
 	)
 	cmd := &cobra.Command{
 		Use:   "build [--k8s VERSION | -f SPEC]",
@@ -94,7 +98,18 @@ the lock's, then the current time (recorded in the lock) are used.`,
 			for _, t := range targets {
 				ts = append(ts, strings.Split(t, ",")...)
 			}
+			raw := builders.RawOptions{Compression: compression, Agent: agent}
+			if raw.DiskSize, err = parseSize(diskSize); err != nil {
+				return fmt.Errorf("--disk-size: %w", err)
+			}
+			if raw.RootSize, err = parseSize(rootSize); err != nil {
+				return fmt.Errorf("--root-size: %w", err)
+			}
+			if raw.Agent == "" {
+				raw.Agent = defaultAgent()
+			}
 			res, err := builders.Run(ctx, builders.Options{
+				Raw:  raw,
 				Spec: n, LockPath: lockPath, UpdateLock: updateLock, Locked: locked,
 				SourceDateEpoch: epoch, Env: env, Store: st, Targets: ts, OutputDir: outputDir,
 				Parallel: parallel, ImgctlVersion: version, Logger: a.logger(),
@@ -134,5 +149,46 @@ the lock's, then the current time (recorded in the lock) are used.`,
 	f.BoolVar(&locked, "locked", false, "fail instead of changing the lock file (CI)")
 	f.StringVar(&outputDir, "output", "", "also write the artifacts into this directory")
 	f.IntVar(&parallel, "parallel", 0, "concurrent fetches (default: max(4, CPUs))")
+	f.StringVar(&diskSize, "disk-size", "", "raw target: disk size, e.g. 3GiB (default 3GiB; STATE grows to fill larger disks at first boot)")
+	f.StringVar(&rootSize, "root-size", "", "raw target: size of each of ROOT-A and ROOT-B (default 1GiB)")
+	f.StringVar(&compression, "compression", "zstd", "raw target: squashfs compressor")
+	f.StringVar(&agent, "node-agent", "", "raw target: the static imgctl-node binary for the initrd (default: imgctl-node beside imgctl, then $PATH)")
 	return cmd
+}
+
+// parseSize reads sizes like 3GiB, 512MiB, 3G, 1024M or plain bytes; "" is 0 (the default).
+func parseSize(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}}
+	num, mult := s, int64(1)
+	for _, u := range units {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			num, mult = v, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q: expected a size like 3GiB, 512MiB or a number of bytes", s)
+	}
+	return n * mult, nil
+}
+
+// defaultAgent finds imgctl-node beside the running imgctl, then on $PATH.
+func defaultAgent() string {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "imgctl-node")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("imgctl-node"); err == nil {
+		return p
+	}
+	return ""
 }

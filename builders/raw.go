@@ -1,0 +1,209 @@
+package builders
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/imgctl/imgctl/builders/disk"
+	"github.com/imgctl/imgctl/builders/initrd"
+	"github.com/imgctl/imgctl/builders/squashfs"
+	"github.com/imgctl/imgctl/images/manifest"
+)
+
+// bootloaderPath is where the bootloader layer (Debian's systemd-boot-efi) puts systemd-boot.
+const bootloaderPath = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+
+// bootTries is systemd-boot's boot counter for a new slot: after this many boots that never
+// reach boot-complete.target the entry is marked bad and the other slot boots instead.
+const bootTries = 3
+
+// RawOptions configure the raw disk target.
+type RawOptions struct {
+	DiskSize    int64  // 0 = disk.DefaultDiskSize
+	RootSize    int64  // size of ROOT-A and ROOT-B; 0 = disk.DefaultRootSize
+	Compression string // squashfs compressor; "" = zstd
+	Agent       string // the static imgctl-node binary, /init of the initrd
+}
+
+// rawTarget writes disk.raw: GPT with ESP (systemd-boot, slot A's kernel and initrd), ROOT-A
+// (the squashfs rootfs), an empty ROOT-B and an unformatted STATE partition.
+type rawTarget struct{}
+
+func (rawTarget) Name() string { return "raw" }
+
+func (rawTarget) Write(ctx context.Context, b *Build) ([]manifest.Artifact, error) {
+	o := b.Raw
+	if o.Agent == "" {
+		return nil, errors.New("the raw target needs the imgctl-node binary for the initrd (--node-agent PATH; make build puts it in bin/)")
+	}
+	if o.Compression == "" {
+		o.Compression = "zstd"
+	}
+	if !slices.Contains(squashfs.Compressors(), o.Compression) {
+		return nil, fmt.Errorf("unknown compressor %q (supported: %s)", o.Compression, strings.Join(squashfs.Compressors(), ", "))
+	}
+	mtime := time.Unix(b.Epoch, 0).UTC()
+	rootfsPath, err := b.Store.BlobPath(b.Rootfs.Digest)
+	if err != nil {
+		return nil, err
+	}
+	rootfs, err := os.Open(rootfsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer rootfs.Close()
+	kernel, err := initrd.Scan(ctx, rootfs, b.Rootfs.Size)
+	if err != nil {
+		return nil, err
+	}
+	boot, err := findRegular(ctx, rootfs, b.Rootfs.Size, bootloaderPath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the bootloader layer should provide it (Debian package systemd-boot-efi)", err)
+	}
+
+	work, err := b.Store.TempDir("raw-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+
+	// The initrd first: it fails fast when the kernel lacks a module root needs.
+	var ird bytes.Buffer
+	if _, err := initrd.Write(ctx, &ird, kernel, initrd.Options{Agent: o.Agent, MTime: mtime}); err != nil {
+		return nil, err
+	}
+	sqPath := filepath.Join(work, "rootfs.squashfs")
+	sq, err := os.Create(sqPath)
+	if err != nil {
+		return nil, err
+	}
+	defer sq.Close()
+	sqRes, err := squashfs.Write(ctx, sq, io.NewSectionReader(rootfs, 0, b.Rootfs.Size), squashfs.Options{
+		Compression: o.Compression, MTime: b.Epoch, Logger: b.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("writing squashfs: %w", err)
+	}
+
+	seed := []byte(b.Rootfs.Digest)
+	dopts := disk.Options{DiskSize: o.DiskSize, RootSize: o.RootSize, Seed: seed, MTime: mtime, Logger: b.Logger}
+	layout, err := disk.Plan(dopts, sqRes.Size)
+	if err != nil {
+		return nil, err
+	}
+	rootA, _ := layout.Find("ROOT-A")
+	state, _ := layout.Find("STATE")
+	cmdline := append(append([]string{}, b.Spec.Spec.Kernel.Cmdline...),
+		"imgctl.root=PARTUUID="+strings.ToLower(rootA.GUID), "imgctl.state=PARTUUID="+strings.ToLower(state.GUID))
+	esp := []disk.File{
+		sectionFile("EFI/BOOT/BOOTX64.EFI", boot),
+		sectionFile("EFI/systemd/systemd-bootx64.efi", boot),
+		bytesFile("loader/loader.conf", []byte("timeout 0\neditor no\nauto-entries no\nauto-firmware no\n")),
+		bytesFile(fmt.Sprintf("loader/entries/imgctl-a+%d.conf", bootTries), loaderEntry("a", b.Epoch, cmdline)),
+		sectionFile("imgctl/a/vmlinuz", kernel.Vmlinuz()),
+		bytesFile("imgctl/a/initrd.img", ird.Bytes()),
+	}
+	diskPath := filepath.Join(work, "disk.raw")
+	if err := disk.Write(ctx, diskPath, layout, esp, sq, sqRes.Size, dopts); err != nil {
+		return nil, fmt.Errorf("writing disk: %w", err)
+	}
+	dd, dsize, err := b.Store.AddFile(ctx, diskPath)
+	if err != nil {
+		return nil, err
+	}
+	kd, ksize, err := b.Store.WriteBlob(ctx, kernel.Vmlinuz(), -1, "")
+	if err != nil {
+		return nil, err
+	}
+	id, isize, err := b.Store.WriteBlob(ctx, bytes.NewReader(ird.Bytes()), -1, "")
+	if err != nil {
+		return nil, err
+	}
+	sqDigest, err := fileDigest(ctx, sqPath)
+	if err != nil {
+		return nil, err
+	}
+	parts, err := json.Marshal(layout.Partitions)
+	if err != nil {
+		return nil, err
+	}
+	return []manifest.Artifact{
+		{Name: "disk.raw", MediaType: manifest.DiskRawMediaType, Digest: dd, Size: dsize, Annotations: map[string]string{
+			"dev.imgctl.disk.partitions": string(parts),
+			"dev.imgctl.disk.guid":       layout.DiskGUID,
+			"dev.imgctl.root.digest":     string(sqDigest),
+			"dev.imgctl.root.size":       fmt.Sprint(sqRes.Size),
+			"dev.imgctl.root.compressor": o.Compression,
+			"dev.imgctl.kernel.cmdline":  strings.Join(cmdline, " "),
+		}},
+		{Name: "vmlinuz", MediaType: manifest.KernelMediaType, Digest: kd, Size: ksize, Annotations: map[string]string{"dev.imgctl.kernel.release": kernel.Release}},
+		{Name: "initrd.img", MediaType: manifest.InitrdMediaType, Digest: id, Size: isize},
+	}, nil
+}
+
+// loaderEntry is a Boot Loader Specification entry for one slot. Its version is the build's
+// SOURCE_DATE_EPOCH, so systemd-boot prefers the newer image and falls back to the other
+// slot when the newer one has used up its boot tries.
+func loaderEntry(slot string, version int64, cmdline []string) []byte {
+	return []byte(fmt.Sprintf("title imgctl node (slot %s)\nsort-key imgctl\nversion %d\nlinux /imgctl/%s/vmlinuz\ninitrd /imgctl/%s/initrd.img\noptions %s\n",
+		strings.ToUpper(slot), version, slot, slot, strings.Join(cmdline, " ")))
+}
+
+func bytesFile(path string, data []byte) disk.File {
+	return disk.File{Path: path, Size: int64(len(data)), Open: func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(data)), nil
+	}}
+}
+
+func sectionFile(path string, s *io.SectionReader) disk.File {
+	return disk.File{Path: path, Size: s.Size(), Open: func() (io.ReadCloser, error) {
+		return io.NopCloser(io.NewSectionReader(s, 0, s.Size())), nil
+	}}
+}
+
+// findRegular returns the content of one regular file of a tar.
+func findRegular(ctx context.Context, r io.ReaderAt, size int64, name string) (*io.SectionReader, error) {
+	sr := io.NewSectionReader(r, 0, size)
+	tr := tar.NewReader(sr)
+	for n := 0; ; n++ {
+		if n%4096 == 0 && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("the rootfs has no %s", name)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if hdr.Name == name && hdr.Typeflag == tar.TypeReg {
+			off, _ := sr.Seek(0, io.SeekCurrent)
+			return io.NewSectionReader(r, off, hdr.Size), nil
+		}
+	}
+}
+
+func fileDigest(ctx context.Context, p string) (digest.Digest, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	d := digest.SHA256.Digester()
+	if _, err := io.Copy(d.Hash(), f); err != nil {
+		return "", err
+	}
+	return d.Digest(), ctx.Err()
+}

@@ -1,0 +1,194 @@
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// OVMF firmware from Debian's ovmf package.
+const (
+	ovmfCode = "/usr/share/OVMF/OVMF_CODE.fd"
+	ovmfVars = "/usr/share/OVMF/OVMF_VARS.fd"
+)
+
+func requireQEMU(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end to end: boots qemu")
+	}
+	for _, p := range []string{"qemu-system-x86_64"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Skipf("%s not installed (scripts/install-deps.sh)", p)
+		}
+	}
+	if _, err := os.Stat(ovmfCode); err != nil {
+		t.Skip("OVMF not installed (scripts/install-deps.sh)")
+	}
+}
+
+// console collects a guest's serial output and reports when lines appear.
+type console struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	lines chan string
+}
+
+func (c *console) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.Write(p)
+}
+
+func (c *console) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.String()
+}
+
+// vm is one qemu run under a watchdog: it is killed by PID when ctx ends, so a hung guest
+// never outlives its test.
+type vm struct {
+	cmd     *exec.Cmd
+	console *console
+	done    chan error
+}
+
+type vmOptions struct {
+	disk        string
+	vars        string // writable copy of OVMF_VARS (boot counting and NVRAM live there)
+	allowReboot bool
+	memoryMiB   int
+	logFile     string
+}
+
+func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
+	t.Helper()
+	if o.memoryMiB == 0 {
+		o.memoryMiB = 1024
+	}
+	args := []string{
+		"-accel", "tcg", "-cpu", "max", "-machine", "q35", "-m", fmt.Sprint(o.memoryMiB), "-smp", "2",
+		"-nographic", "-serial", "stdio", "-monitor", "none", "-nic", "none",
+		"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmfCode,
+		"-drive", "if=pflash,format=raw,file=" + o.vars,
+		"-drive", "file=" + o.disk + ",format=raw,if=virtio",
+	}
+	if !o.allowReboot {
+		args = append(args, "-no-reboot")
+	}
+	cmd := exec.Command("qemu-system-x86_64", args...)
+	c := &console{}
+	var out io.Writer = c
+	if o.logFile != "" {
+		f, err := os.Create(o.logFile)
+		if err == nil {
+			t.Cleanup(func() { f.Close() })
+			out = io.MultiWriter(c, f)
+		}
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	v := &vm{cmd: cmd, console: c, done: make(chan error, 1)}
+	go func() { v.done <- cmd.Wait() }()
+	go func() {
+		select {
+		case <-ctx.Done():
+			_ = cmd.Process.Kill()
+		case <-v.done:
+			v.done <- nil
+		}
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	return v
+}
+
+// waitFor polls the console until every substring has appeared (in any order), the guest
+// exits, or ctx ends.
+func (v *vm) waitFor(ctx context.Context, subs ...string) error {
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		out := v.console.String()
+		missing := ""
+		for _, s := range subs {
+			if !strings.Contains(out, s) {
+				missing = s
+				break
+			}
+		}
+		if missing == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("timed out waiting for %q", missing)
+		case <-tick.C:
+			if v.cmd.ProcessState != nil {
+				return fmt.Errorf("guest exited before %q appeared", missing)
+			}
+		}
+	}
+}
+
+func (v *vm) stop() {
+	_ = v.cmd.Process.Kill()
+	<-v.done
+}
+
+// stepLines returns the imgctl-node step lines of a console log.
+func stepLines(log string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(log))
+	for sc.Scan() {
+		if i := strings.Index(sc.Text(), "imgctl-node step="); i >= 0 {
+			out = append(out, strings.TrimSpace(sc.Text()[i:]))
+		}
+	}
+	return out
+}
+
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var (
+	nodeAgentOnce sync.Once
+	nodeAgentPath string
+	nodeAgentErr  error
+)
+
+// nodeAgent builds the static imgctl-node once per test binary.
+func nodeAgent(t *testing.T) string {
+	t.Helper()
+	nodeAgentOnce.Do(func() {
+		nodeAgentPath = filepath.Join(filepath.Dir(imgctlBin), "imgctl-node")
+		cmd := exec.Command("go", "build", "-trimpath", "-o", nodeAgentPath, "../cmd/imgctl-node")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			nodeAgentErr = fmt.Errorf("building imgctl-node: %v\n%s", err, out)
+		}
+	})
+	if nodeAgentErr != nil {
+		t.Fatal(nodeAgentErr)
+	}
+	return nodeAgentPath
+}

@@ -1,0 +1,271 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testLayer is an extra layer for boot tests: serial-getty masked (agetty would eat the
+// console) and a unit that reports how the root was mounted once multi-user.target is
+// reached, then powers the guest off.
+func testLayer(t *testing.T, dir string) string {
+	t.Helper()
+	root := filepath.Join(dir, "testlayer")
+	files := map[string]string{
+		"etc/systemd/system/imgctl-test-report.service": `[Unit]
+Description=imgctl boot test report
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/bin/imgctl-test-report
+
+[Install]
+WantedBy=multi-user.target
+`,
+		"usr/local/bin/imgctl-test-report": `#!/bin/sh
+lower=$(findmnt -no SOURCE,FSTYPE,OPTIONS /run/imgctl/lower | tr -s ' ' ',')
+var=$(findmnt -no FSTYPE /var)
+state=$(findmnt -no SOURCE,FSTYPE /run/imgctl/state | tr -s ' ' ',')
+echo "IMGCTL-TEST-REPORT lower=$lower var=$var state=$state target=$(systemctl is-active multi-user.target) uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
+systemctl --no-block poweroff
+`,
+	}
+	for name, body := range files {
+		p := filepath.Join(root, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		mode := os.FileMode(0o644)
+		if strings.HasPrefix(name, "usr/local/bin/") {
+			mode = 0o755
+		}
+		if err := os.WriteFile(p, []byte(body), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wants := filepath.Join(root, "etc/systemd/system/multi-user.target.wants")
+	os.MkdirAll(wants, 0o755)
+	os.Symlink("/etc/systemd/system/imgctl-test-report.service", filepath.Join(wants, "imgctl-test-report.service"))
+	os.Symlink("/dev/null", filepath.Join(root, "etc/systemd/system/serial-getty@ttyS0.service"))
+	return root
+}
+
+type rawBuild struct {
+	disk    string
+	digest  string
+	rootfs  string
+	rootLen int64
+}
+
+// buildRaw builds the embedded default spec with the test layer as target raw.
+func buildRaw(ctx context.Context, t *testing.T, work, dir string) rawBuild {
+	t.Helper()
+	if _, err := exec.LookPath("mmdebstrap"); err != nil {
+		t.Skip("mmdebstrap not installed (scripts/install-deps.sh)")
+	}
+	kubelet := filepath.Join(work, "kubelet")
+	os.WriteFile(kubelet, []byte("#!/bin/sh\necho kubelet stand-in\n"), 0o755)
+	out := filepath.Join(dir, "out")
+	res, err := imgctl(ctx, t, dir, "-o", "json", "build", "--k8s", "1.21.13", "--target", "raw",
+		"--lock", filepath.Join(work, "imgctl.lock"), "--node-agent", nodeAgent(t), "--output", out,
+		"--source", "kubelet=file://"+kubelet+"#path=/usr/bin/kubelet&mode=0755",
+		"--source", "extra=file://"+testLayer(t, work)+"/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b struct {
+		Digest string
+		Config struct{ Rootfs struct{ Digest string } }
+	}
+	if err := json.Unmarshal([]byte(res), &b); err != nil {
+		t.Fatalf("%v: %s", err, res)
+	}
+	info, err := imgctl(ctx, t, dir, "-o", "json", "images", "inspect", b.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var insp struct {
+		Manifest struct {
+			Layers []struct{ Annotations map[string]string }
+		}
+	}
+	json.Unmarshal([]byte(info), &insp)
+	var rootLen int64
+	for _, l := range insp.Manifest.Layers {
+		if v := l.Annotations["dev.imgctl.root.size"]; v != "" {
+			rootLen, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return rawBuild{disk: filepath.Join(out, "disk.raw"), digest: b.Digest, rootfs: b.Config.Rootfs.Digest, rootLen: rootLen}
+}
+
+type gptPart struct {
+	first, last int64 // sectors
+	guid        string
+}
+
+func partInfo(t *testing.T, disk string, n int) gptPart {
+	t.Helper()
+	out, err := exec.Command("sgdisk", "-i", strconv.Itoa(n), disk).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sgdisk -i %d: %v\n%s", n, err, out)
+	}
+	var p gptPart
+	for _, l := range strings.Split(string(out), "\n") {
+		switch {
+		case strings.HasPrefix(l, "First sector:"):
+			p.first, _ = strconv.ParseInt(strings.Fields(l)[2], 10, 64)
+		case strings.HasPrefix(l, "Last sector:"):
+			p.last, _ = strconv.ParseInt(strings.Fields(l)[2], 10, 64)
+		case strings.HasPrefix(l, "Partition unique GUID:"):
+			p.guid = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(l, "Partition unique GUID:")))
+		}
+	}
+	return p
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// TestRawDiskBootsAndFallsBack builds the Debian node image as disk.raw, boots it with OVMF
+// (TCG) on a disk enlarged to 4 GiB and checks systemd reaches multi-user with the root
+// mounted read-only from ROOT-A and STATE grown and formatted; then breaks ROOT-A, puts the
+// image in slot B and checks systemd-boot's boot counting falls back to B.
+func TestRawDiskBootsAndFallsBack(t *testing.T) {
+	requireQEMU(t)
+	for _, tool := range []string{"sgdisk", "fsck.fat", "e2fsck", "mcopy", "unsquashfs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (scripts/install-deps.sh)", tool)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	work := t.TempDir()
+	b := buildRaw(ctx, t, work, t.TempDir())
+
+	// Oracles on the image as built.
+	if out := run(t, "sgdisk", "-v", b.disk); !strings.Contains(out, "No problems found") {
+		t.Errorf("sgdisk -v:\n%s", out)
+	}
+	esp := partInfo(t, b.disk, 1)
+	rootA := partInfo(t, b.disk, 2)
+	rootB := partInfo(t, b.disk, 3)
+	espImg := filepath.Join(work, "esp.img")
+	run(t, "dd", "if="+b.disk, "of="+espImg, "bs=512", fmt.Sprintf("skip=%d", esp.first), fmt.Sprintf("count=%d", esp.last-esp.first+1), "status=none")
+	if out, err := exec.Command("fsck.fat", "-n", espImg).CombinedOutput(); err != nil {
+		t.Errorf("fsck.fat -n on the ESP: %v\n%s", err, out)
+	} else {
+		t.Logf("fsck.fat -n: %s", strings.TrimSpace(string(out)))
+	}
+	sq := filepath.Join(work, "root.squashfs")
+	run(t, "dd", "if="+b.disk, "of="+sq, "bs=512", fmt.Sprintf("skip=%d", rootA.first), fmt.Sprintf("count=%d", (b.rootLen+511)/512), "status=none")
+	if out := run(t, "unsquashfs", "-s", sq); !strings.Contains(out, "zstd") {
+		t.Errorf("unsquashfs -s:\n%s", out)
+	}
+
+	// Boot 1: slot A, on a disk enlarged to 4 GiB.
+	disk := filepath.Join(work, "boot.raw")
+	run(t, "cp", "--sparse=always", b.disk, disk)
+	if err := os.Truncate(disk, 4<<30); err != nil {
+		t.Fatal(err)
+	}
+	vars := filepath.Join(work, "vars.fd")
+	copyFile(t, ovmfVars, vars)
+	bootCtx, bootCancel := context.WithTimeout(ctx, 8*time.Minute)
+	start := time.Now()
+	vm := startVM(bootCtx, t, vmOptions{disk: disk, vars: vars, logFile: filepath.Join(work, "boot-a.log")})
+	err := vm.waitFor(bootCtx, "IMGCTL-TEST-REPORT")
+	bootCancel()
+	log := vm.console.String()
+	if err != nil {
+		t.Fatalf("boot from slot A: %v\nconsole:\n%s", err, tail(log, 6000))
+	}
+	<-vm.done // the report unit powers the guest off: filesystems are clean
+	t.Logf("slot A reached multi-user in %v wall; steps:\n  %s", time.Since(start).Round(time.Second), strings.Join(stepLines(log), "\n  "))
+	report := regexp.MustCompile(`IMGCTL-TEST-REPORT [^\r\n]*`).FindString(log)
+	t.Log(report)
+	for _, want := range []string{"squashfs,ro", "target=active", "var=overlay", "ext4"} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q: %s", want, report)
+		}
+	}
+	for _, step := range []string{"step=mount-root status=ok", "step=switch-root status=ok", "step=format-state status=ok"} {
+		if !strings.Contains(log, step) {
+			t.Errorf("console lacks %q", step)
+		}
+	}
+	if !strings.Contains(log, rootA.guid) && !strings.Contains(log, "ROOT-A") {
+		t.Errorf("the mount-root step does not name ROOT-A (%s)", rootA.guid)
+	}
+	// STATE now fills the 4 GiB disk and its filesystem is clean.
+	if out := run(t, "sgdisk", "-v", disk); !strings.Contains(out, "No problems found") {
+		t.Errorf("sgdisk -v after the first boot (the init must move the backup GPT to the new end):\n%s", out)
+	}
+	state := partInfo(t, disk, 4)
+	if end := (state.last + 1) * 512; end < 4<<30-2<<20 {
+		t.Errorf("STATE ends at %d bytes, want the end of the 4 GiB disk", end)
+	}
+	stateImg := filepath.Join(work, "state.img")
+	run(t, "dd", "if="+disk, "of="+stateImg, "bs=1M", "conv=sparse", "iflag=skip_bytes,count_bytes", fmt.Sprintf("skip=%d", state.first*512), fmt.Sprintf("count=%d", (state.last-state.first+1)*512), "status=none")
+	if out, err := exec.Command("e2fsck", "-fn", stateImg).CombinedOutput(); err != nil {
+		t.Errorf("e2fsck -fn STATE: %v\n%s", err, out)
+	}
+
+	// Boot 2: ROOT-A broken, the same image in slot B: boot counting falls back to B.
+	fb := filepath.Join(work, "fallback.raw")
+	run(t, "cp", "--sparse=always", b.disk, fb)
+	run(t, "dd", "if="+sq, "of="+fb, "bs=512", fmt.Sprintf("seek=%d", rootB.first), "conv=notrunc", "status=none")
+	run(t, "dd", "if=/dev/zero", "of="+fb, "bs=1M", "count=1", "iflag=fullblock", "oflag=seek_bytes", fmt.Sprintf("seek=%d", rootA.first*512), "conv=notrunc", "status=none")
+	img := fmt.Sprintf("%s@@%d", fb, esp.first*512)
+	entryA := run(t, "mtype", "-i", img, "::loader/entries/imgctl-a+3.conf")
+	entryB := strings.NewReplacer("slot A", "slot B", "/imgctl/a/", "/imgctl/b/", rootA.guid, rootB.guid).Replace(entryA)
+	entryB = regexp.MustCompile(`(?m)^version .*$`).ReplaceAllString(entryB, "version 1")
+	bEntry := filepath.Join(work, "imgctl-b.conf")
+	os.WriteFile(bEntry, []byte(entryB), 0o644)
+	run(t, "mmd", "-i", img, "::imgctl/b")
+	for _, f := range []string{"vmlinuz", "initrd.img"} {
+		local := filepath.Join(work, f)
+		run(t, "mcopy", "-o", "-i", img, "::imgctl/a/"+f, local)
+		run(t, "mcopy", "-o", "-i", img, local, "::imgctl/b/"+f)
+	}
+	run(t, "mcopy", "-o", "-i", img, bEntry, "::loader/entries/imgctl-b.conf")
+	copyFile(t, ovmfVars, vars)
+	fbCtx, fbCancel := context.WithTimeout(ctx, 12*time.Minute)
+	defer fbCancel()
+	vm = startVM(fbCtx, t, vmOptions{disk: fb, vars: vars, allowReboot: true, logFile: filepath.Join(work, "boot-fallback.log")})
+	err = vm.waitFor(fbCtx, "IMGCTL-TEST-REPORT")
+	log = vm.console.String()
+	vm.stop()
+	if err != nil {
+		t.Fatalf("fallback boot: %v\nconsole:\n%s", err, tail(log, 6000))
+	}
+	fails := strings.Count(log, "step=mount-root status=fail")
+	t.Logf("slot A failed %d times before slot B booted; steps:\n  %s", fails, strings.Join(stepLines(log), "\n  "))
+	if fails < 1 {
+		t.Error("slot A never failed: the test did not break it")
+	}
+	if !strings.Contains(log, rootB.guid) {
+		t.Errorf("the successful boot did not use ROOT-B (%s)", rootB.guid)
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[len(s)-n:]
+}
