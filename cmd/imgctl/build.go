@@ -22,6 +22,7 @@ func (a *app) buildCmd() *cobra.Command {
 		parallel                       int
 		diskSize, rootSize             string
 		compression, agent             string
+		level                          int
 	)
 	cmd := &cobra.Command{
 		Use:   "build [--k8s VERSION | -f SPEC]",
@@ -98,7 +99,7 @@ the lock's, then the current time (recorded in the lock) are used.`,
 			for _, t := range targets {
 				ts = append(ts, strings.Split(t, ",")...)
 			}
-			raw := builders.RawOptions{Compression: compression, Agent: agent}
+			raw := builders.RawOptions{Compression: compression, CompressionLevel: level, Agent: agent}
 			if raw.DiskSize, err = parseSize(diskSize); err != nil {
 				return fmt.Errorf("--disk-size: %w", err)
 			}
@@ -151,7 +152,8 @@ the lock's, then the current time (recorded in the lock) are used.`,
 	f.IntVar(&parallel, "parallel", 0, "concurrent fetches (default: max(4, CPUs))")
 	f.StringVar(&diskSize, "disk-size", "", "raw target: disk size, e.g. 3GiB (default 3GiB; STATE grows to fill larger disks at first boot)")
 	f.StringVar(&rootSize, "root-size", "", "raw target: size of each of ROOT-A and ROOT-B (default 1GiB)")
-	f.StringVar(&compression, "compression", "zstd", "raw target: squashfs compressor")
+	f.StringVar(&compression, "compression", "zstd", "raw target: squashfs compressor (zstd, xz, gzip, lz4)")
+	f.IntVar(&level, "compression-level", 0, "raw target: compressor level (default: zstd 3, otherwise the compressor's default)")
 	f.StringVar(&agent, "node-agent", "", "raw target: the static imgctl-node binary for the initrd (default: imgctl-node beside imgctl, then $PATH)")
 	return cmd
 }
