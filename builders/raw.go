@@ -37,7 +37,7 @@ type RawOptions struct {
 	// CompressionLevel 0 picks a fast level (zstd 3): compression is the build's hot spot, and
 	// level 3 is within a few percent of level 15's size on a node rootfs.
 	CompressionLevel int
-	Agent       string // the static imgctl-node binary, /init of the initrd
+	Agent            string // the static imgctl-node binary, /init of the initrd
 }
 
 // rawTarget writes disk.raw: GPT with ESP (systemd-boot, slot A's kernel and initrd), ROOT-A
