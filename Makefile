@@ -33,6 +33,7 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	shellcheck scripts/*.sh .ci/run
 
 # Benchmarks and peer comparisons; results are appended to BENCHMARKS.md.
 bench: deps build
@@ -45,14 +46,16 @@ kubernetes: $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet
 $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet:
 	scripts/build-kubernetes.sh $(K8S) $(TOOLS_DIR)/kubernetes/v$(K8S)
 
-# The main job on the embedded default spec: a Kubernetes $(K8S) node image from Debian packages,
-# with kubelet/kubeadm from the Go proxy in place of the dl.k8s.io downloads.
+# The main job on the embedded default spec: a Kubernetes $(K8S) node image (raw GPT disk) from
+# Debian packages, with kubelet/kubeadm from the Go proxy in place of the dl.k8s.io downloads,
+# then booted in qemu (UEFI, TCG) until systemd reaches multi-user.target.
 demo: deps build kubernetes
-	bin/imgctl build --k8s $(K8S) \
+	bin/imgctl build --k8s $(K8S) --target raw \
 	  --source 'kubelet=file://$(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet#path=/usr/bin/kubelet&mode=0755' \
 	  --source 'kubelet=file://$(TOOLS_DIR)/kubernetes/v$(K8S)/kubeadm#path=/usr/bin/kubeadm&mode=0755' \
 	  --output out/demo
 	bin/imgctl images list
+	scripts/boot-qemu.sh out/demo/disk.raw
 
 clean:
 	rm -rf bin out

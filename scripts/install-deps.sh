@@ -2,10 +2,13 @@
 # Installs the Debian packages that imgctl's demo and tests use, when any is missing.
 # mmdebstrap: Debian base layers; kmod: depmod oracle; skopeo: OCI interop oracle;
 # xz-utils, zstd, binutils, dpkg-dev: fixtures; debian-archive-keyring: index signatures;
-# time: peak RSS in benchmarks.
+# time: peak RSS in benchmarks; qemu-system-x86 + ovmf: boot tests and make demo; gdisk,
+# dosfstools, mtools, e2fsprogs, squashfs-tools(-ng), fdisk: disk oracles and benchmark peers;
+# and the script linter (shellcheck).
 set -euo pipefail
 packages=(ca-certificates git make mmdebstrap kmod xz-utils zstd skopeo debian-archive-keyring
-  binutils dpkg-dev squashfs-tools time cpio)
+  binutils dpkg-dev squashfs-tools squashfs-tools-ng time cpio qemu-system-x86 ovmf gdisk
+  dosfstools mtools e2fsprogs fdisk util-linux shellcheck)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -36,11 +36,10 @@ func requireQEMU(t *testing.T) {
 	}
 }
 
-// console collects a guest's serial output and reports when lines appear.
+// console collects a guest's serial output.
 type console struct {
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	lines chan string
+	mu  sync.Mutex
+	buf bytes.Buffer
 }
 
 func (c *console) Write(p []byte) (int, error) {

@@ -20,7 +20,7 @@ var defaultTemplate = template.Must(template.New("default.yaml.tmpl").
 
 // Default returns the embedded default spec for Kubernetes k8sVersion (X.Y.Z, optionally with a
 // leading v): Debian bookworm base, cloud kernel, systemd-boot, containerd + runc, and kubelet,
-// kubeadm and kubectl from dl.k8s.io, one role per layer in canonical order, target rootfs.
+// kubeadm and kubectl from dl.k8s.io, one role per layer in canonical order, target raw (a bootable GPT disk).
 func Default(k8sVersion string) (*NodeImage, error) {
 	v, err := ParseKubernetesVersion(k8sVersion)
 	if err != nil {

@@ -44,7 +44,7 @@ func TestDefault(t *testing.T) {
 	if want := []string{"console=tty0", "console=ttyS0,115200", "panic=10"}; !slices.Equal(n.Spec.Kernel.Cmdline, want) {
 		t.Errorf("cmdline = %q, want %q", n.Spec.Kernel.Cmdline, want)
 	}
-	if !slices.Equal(n.Spec.Targets, []string{"rootfs"}) {
+	if !slices.Equal(n.Spec.Targets, []string{"raw"}) {
 		t.Errorf("targets = %q", n.Spec.Targets)
 	}
 	// Positions point into the embedded file.
