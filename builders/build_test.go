@@ -379,3 +379,38 @@ func TestBuildLocked(t *testing.T) {
 		t.Fatalf("lock = %+v, %v", l, err)
 	}
 }
+
+func TestRawTargetBadInput(t *testing.T) {
+	f := newFixture(t)
+	for _, tc := range []struct {
+		name string
+		raw  RawOptions
+		want []string
+	}{
+		{"unknown compressor", RawOptions{Compression: "brotli", Agent: "/bin/true"}, []string{`unknown compressor "brotli"`, "zstd", "xz", "gzip"}},
+		{"no node agent", RawOptions{}, []string{"imgctl-node", "--node-agent"}},
+		{"no kernel", RawOptions{Agent: "/bin/true"}, []string{"no kernel modules", "kernel layer"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, f.spec(t), t.TempDir())
+			e.opts.Targets = []string{"raw"}
+			e.opts.Raw = tc.raw
+			_, err := Run(context.Background(), e.opts)
+			if err == nil {
+				t.Fatal("raw build succeeded")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not mention %q: %v", w, err)
+				}
+			}
+			if imgs, _ := e.opts.Store.List(context.Background()); len(imgs) != 0 {
+				t.Error("a failed raw build stored an image")
+			}
+			ingest, _ := os.ReadDir(filepath.Join(e.opts.Store.Dir(), "ingest"))
+			if len(ingest) != 0 {
+				t.Errorf("a failed raw build left temp files: %v", ingest)
+			}
+		})
+	}
+}
