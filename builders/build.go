@@ -19,6 +19,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/imgctl/imgctl/builders/sparse"
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/assemble"
@@ -347,29 +348,62 @@ func kernelShort(release string) string {
 	return strings.Join(keep, "-")
 }
 
-// exportArtifacts places each artifact in dir under its name (hard link when possible).
+// exportArtifacts places each artifact in dir under its name (hard link when possible); a
+// sparse disk image is expanded to disk.raw (holes stay holes).
 func exportArtifacts(ctx context.Context, st *store.Store, dir string, artifacts []manifest.Artifact) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	for _, a := range artifacts {
-		dst := filepath.Join(dir, a.Name)
-		src, err := st.BlobPath(a.Digest)
-		if err != nil {
-			return fmt.Errorf("exporting %s: %w", a.Name, err)
+		name := a.Name
+		if a.MediaType == manifest.DiskSparseMediaType {
+			name = strings.TrimSuffix(name, ".simg") + ".raw"
 		}
+		dst := filepath.Join(dir, name)
 		tmp := dst + ".tmp"
 		_ = os.Remove(tmp)
-		if err := os.Link(src, tmp); err != nil {
-			if err := copyFile(ctx, st, a.Digest, tmp); err != nil {
-				return fmt.Errorf("exporting %s: %w", a.Name, err)
+		var err error
+		switch {
+		case a.MediaType == manifest.DiskSparseMediaType:
+			err = expandFile(ctx, st, a.Digest, tmp)
+		default:
+			var src string
+			if src, err = st.BlobPath(a.Digest); err == nil {
+				if os.Link(src, tmp) != nil {
+					err = copyFile(ctx, st, a.Digest, tmp)
+				}
 			}
 		}
-		if err := os.Rename(tmp, dst); err != nil {
-			return fmt.Errorf("exporting %s: %w", a.Name, err)
+		if err == nil {
+			err = os.Rename(tmp, dst)
+		}
+		if err != nil {
+			_ = os.Remove(tmp)
+			return fmt.Errorf("exporting %s: %w", name, err)
 		}
 	}
 	return nil
+}
+
+func expandFile(ctx context.Context, st *store.Store, d digest.Digest, dst string) error {
+	rc, err := st.OpenBlob(ctx, d)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	f, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := sparse.Expand(ctx, f, rc); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func copyFile(ctx context.Context, st *store.Store, d digest.Digest, dst string) error {

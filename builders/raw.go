@@ -18,6 +18,7 @@ import (
 
 	"github.com/imgctl/imgctl/builders/disk"
 	"github.com/imgctl/imgctl/builders/initrd"
+	"github.com/imgctl/imgctl/builders/sparse"
 	"github.com/imgctl/imgctl/builders/squashfs"
 	"github.com/imgctl/imgctl/images/manifest"
 )
@@ -125,7 +126,13 @@ func (rawTarget) Write(ctx context.Context, b *Build) ([]manifest.Artifact, erro
 	if err := disk.Write(ctx, diskPath, layout, esp, sq, sqRes.Size, dopts); err != nil {
 		return nil, fmt.Errorf("writing disk: %w", err)
 	}
-	dd, dsize, err := b.Store.AddFile(ctx, diskPath)
+	// The store keeps the disk as a sparse image: hashing gigabytes of zeros would cost more
+	// than the rest of the build.
+	simgPath := filepath.Join(work, "disk.simg")
+	if err := writeSparse(ctx, diskPath, simgPath); err != nil {
+		return nil, err
+	}
+	dd, dsize, err := b.Store.AddFile(ctx, simgPath)
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +153,8 @@ func (rawTarget) Write(ctx context.Context, b *Build) ([]manifest.Artifact, erro
 		return nil, err
 	}
 	return []manifest.Artifact{
-		{Name: "disk.raw", MediaType: manifest.DiskRawMediaType, Digest: dd, Size: dsize, Annotations: map[string]string{
+		{Name: "disk.simg", MediaType: manifest.DiskSparseMediaType, Digest: dd, Size: dsize, Annotations: map[string]string{
+			"dev.imgctl.disk.size":       fmt.Sprint(layout.DiskSize),
 			"dev.imgctl.disk.partitions": string(parts),
 			"dev.imgctl.disk.guid":       layout.DiskGUID,
 			"dev.imgctl.root.digest":     string(sqDigest),
@@ -212,4 +220,26 @@ func fileDigest(ctx context.Context, p string) (digest.Digest, error) {
 		return "", err
 	}
 	return d.Digest(), ctx.Err()
+}
+
+// writeSparse encodes the disk at src as an Android sparse image at dst.
+func writeSparse(ctx context.Context, src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := sparse.Write(ctx, out, in, st.Size()); err != nil {
+		out.Close()
+		return fmt.Errorf("encoding disk.simg: %w", err)
+	}
+	return out.Close()
 }

@@ -27,6 +27,9 @@ const (
 	RootfsMediaType = "application/vnd.imgctl.rootfs.v1.tar"
 	// DiskRawMediaType is a raw GPT disk image (disk.raw).
 	DiskRawMediaType = "application/vnd.imgctl.disk.v1.raw"
+	// DiskSparseMediaType is a raw GPT disk image in Android sparse format (disk.simg): only
+	// blocks holding data are stored. `simg2img` or `imgctl build --output` expands it.
+	DiskSparseMediaType = "application/vnd.imgctl.disk.v1.raw+sparse"
 	// KernelMediaType is a kernel image (vmlinuz).
 	KernelMediaType = "application/vnd.imgctl.kernel.v1"
 	// InitrdMediaType is an initramfs (newc cpio, possibly compressed).

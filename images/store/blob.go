@@ -277,6 +277,9 @@ func (s *Store) link(ctx context.Context, path string, d digest.Digest, final st
 	if err := lf.Sync(); err != nil {
 		return "", 0, err
 	}
+	if err := os.Chmod(tmp, 0o444); err != nil { // blobs are immutable
+		return "", 0, err
+	}
 	if err := os.Rename(tmp, final); err != nil {
 		return "", 0, err
 	}
