@@ -120,6 +120,13 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if len(targets) == 0 {
 		targets = []string{"rootfs"}
 	}
+	var unique []string // --target raw --target raw is one target
+	for _, t := range targets {
+		if !slices.Contains(unique, t) {
+			unique = append(unique, t)
+		}
+	}
+	targets = unique
 	for _, t := range targets {
 		if _, ok := Targets[t]; !ok {
 			return nil, fmt.Errorf("unknown target %q (supported: %s)", t, strings.Join(TargetNames(), ", "))
@@ -207,6 +214,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		artifacts = append(artifacts, as...)
 	}
 	cfg := imageConfig(n, plan, layers, rootfs, epoch, opts.ImgctlVersion, newLock)
+	cfg.Version = readableVersion(cfg, artifacts)
 	if _, err := opts.Store.PutImage(ctx, cfg, artifacts); err != nil {
 		return nil, err
 	}
@@ -316,16 +324,19 @@ func imageConfig(n *spec.NodeImage, plan *assemble.Plan, layers []assemble.Layer
 			cfg.Bootstrap = l.Version
 		}
 	}
-	cfg.Version = readableVersion(cfg)
 	return cfg
 }
 
 // readableVersion is K8S-KERNEL-DATE.HASH, e.g. 1.21.13-6.1.0-28-20261126.3f9a1c2b: sortable
-// by date, and unique because HASH covers the whole config.
-func readableVersion(cfg manifest.Config) string {
-	enc, err := json.Marshal(cfg) // Version is still empty here
+// by date, and unique because HASH covers the whole config and every artifact (the same
+// inputs built for other targets are another image).
+func readableVersion(cfg manifest.Config, artifacts []manifest.Artifact) string {
+	enc, err := json.Marshal(struct {
+		Config    manifest.Config
+		Artifacts []manifest.Artifact
+	}{cfg, artifacts}) // cfg.Version is still empty here
 	if err != nil {
-		panic(err) // a Config always marshals
+		panic(err) // plain data always marshals
 	}
 	sum := sha256.Sum256(enc)
 	parts := []string{cfg.Kubernetes}

@@ -26,6 +26,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/cache"
 	"github.com/imgctl/imgctl/layers/fetch"
@@ -412,5 +413,25 @@ func TestRawTargetBadInput(t *testing.T) {
 				t.Errorf("a failed raw build left temp files: %v", ingest)
 			}
 		})
+	}
+}
+
+func TestSameInputsOtherTargetsAreAnotherImage(t *testing.T) {
+	f := newFixture(t)
+	e := newEnv(t, f.spec(t), t.TempDir())
+	e.opts.Targets = []string{"rootfs", "rootfs"}
+	a, err := Run(context.Background(), e.opts)
+	if err != nil {
+		t.Fatalf("repeated target: %v", err)
+	}
+	cfg := a.Image.Config
+	cfg.Version = ""
+	arts := manifest.Artifacts(a.Image.Manifest)
+	if v := readableVersion(cfg, arts); v != a.Image.Config.Version {
+		t.Errorf("version not reproducible: %s vs %s", v, a.Image.Config.Version)
+	}
+	more := append(arts, manifest.Artifact{Name: "disk.simg", MediaType: manifest.DiskSparseMediaType, Digest: a.Image.Config.Rootfs.Digest, Size: 1})
+	if readableVersion(cfg, more) == a.Image.Config.Version {
+		t.Error("the same inputs with more artifacts got the same version: the store would refuse them as a conflict")
 	}
 }
