@@ -39,6 +39,7 @@ lint:
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem ./layers/compose/
 	scripts/bench-compose.sh
+	scripts/bench-raw.sh
 
 # A real kubelet and kubeadm for K8S, built from the Go module proxy (dl.k8s.io may be unreachable).
 kubernetes: $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet

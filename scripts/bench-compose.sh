@@ -31,10 +31,8 @@ bench=$here/.cache/bench
 build_timeout=1800 # seconds, cold build of the layers
 step_timeout=600   # seconds, any single measured command
 
-die() {
-  echo "bench-compose.sh: $*" >&2
-  exit 2
-}
+# shellcheck source=scripts/bench-lib.sh
+. "$here/scripts/bench-lib.sh" # die, timed, stats, cpu_busy and the other helpers
 
 [ "$(id -u)" = 0 ] || die "run as root: the tar peer extracts the rootfs with its device nodes and owners"
 [ -x /usr/bin/time ] || die "/usr/bin/time is missing (Debian package: time)"
@@ -63,19 +61,8 @@ else
   [ -x bin/imgctl ] || die "bin/imgctl is missing: run make build (make bench does)"
   cache=$bench/cache
   store=$bench/store
-  kubelet=$TOOLS_DIR/kubernetes/v$K8S/kubelet
-  if [ -f "$kubelet" ]; then
-    kubelet_desc="real kubelet from ${kubelet#"$here"/} ($(stat -c %s "$kubelet") bytes)"
-  else
-    kubelet=$bench/kubelet-stub
-    printf '#!/bin/sh\necho kubelet bench stub\n' >"$kubelet"
-    kubelet_desc="kubelet: a tiny generated file (no $TOOLS_DIR/kubernetes/v$K8S/kubelet; make kubernetes builds one)"
-  fi
-  echo "building the layers of the default spec (k8s $K8S) into $bench" >&2
-  image=$(SOURCE_DATE_EPOCH=$epoch timeout "$build_timeout" bin/imgctl -q --cache "$cache" --store "$store" \
-    build --k8s "$K8S" --lock "$bench/imgctl.lock" \
-    --source "kubelet=file://$kubelet#path=/usr/bin/kubelet&mode=0755" | tail -n 1)
-  case $image in sha256:*) ;; *) die "imgctl build printed no image digest" ;; esac
+  bench_kubelet
+  image=$(bench_build "$build_timeout")
   while read -r line; do
     d=$(grep -oE 'sha256:[0-9a-f]{64}' <<<"$line") || die "no layer digest in: $line"
     roles+=("${line%% *}")
@@ -88,44 +75,6 @@ echo "layers: ${roles[*]}" >&2
 
 go build -o "$tmp/compose" ./test/bench/compose
 
-# ---- helpers ----
-# cpu_busy: percent of all CPUs busy over one second.
-cpu_busy() {
-  local a b
-  a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
-  sleep 1
-  b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
-  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); busy = y[1] - x[1]; idle = y[2] - x[2];
-    printf "%d\n", (busy + idle) ? 100 * busy / (busy + idle) : 0 }'
-}
-loadavg() { cut -d' ' -f1 /proc/loadavg; }
-running() { # names of other running processes
-  ps -eo stat=,pid=,comm= | awk -v me=$$ '$1 ~ /^R/ && $2 != me && $3 != "ps" && $3 != "awk" {print $3}' | sort | uniq -c |
-    awk '{printf "%s%s%s", sep, $2, ($1 > 1 ? " x" $1 : ""); sep = ", "}'
-}
-# jiffies: "busy total" CPU jiffies of the whole machine so far.
-jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
-# timed NAME CMD...: runs CMD (stdout to $tmp/m/NAME.stdout) after a sync; appends its wall time in
-# nanoseconds to $tmp/m/NAME.ns, its CPU seconds (user + system) to NAME.cpu and its peak RSS in
-# KiB to NAME.rss.
-timed() {
-  local name=$1 t0 t1 rss user sys
-  shift
-  sync
-  t0=$(date +%s%N)
-  timeout "$step_timeout" /usr/bin/time -f '%M %U %S' -o "$tmp/m/$name.time" "$@" >"$tmp/m/$name.stdout"
-  t1=$(date +%s%N)
-  echo $((t1 - t0)) >>"$tmp/m/$name.ns"
-  read -r rss user sys <"$tmp/m/$name.time"
-  echo "$rss" >>"$tmp/m/$name.rss"
-  awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}' | tee -a "$tmp/m/all.cpu" >>"$tmp/m/$name.cpu"
-}
-# stats FILE: "best median" of the numbers in FILE.
-stats() {
-  sort -n "$1" | awk '{v[NR] = $1} END {printf "%s %s\n", v[1], (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
-}
-maxof() { sort -n "$1" | tail -n 1; }
-json_field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$2"; }
 tar_c=(tar --sort=name --numeric-owner "--mtime=@$epoch" -C "$tmp/tree")
 
 # ---- the peer's tree ----
@@ -137,14 +86,7 @@ sum=$(json_field sha256 "$tmp/first.json")
 "${tar_c[@]}" -cf "$tmp/out/tar.tar" . # warm-up: reads the tree once
 
 # ---- wait for an idle machine, then measure ----
-waited=0
-busy=$(cpu_busy)
-while [ "$busy" -gt 20 ] && [ "$waited" -lt "$WAIT_IDLE" ]; do
-  echo "CPUs ${busy}% busy (running: $(running)); waiting for idle ($waited of ${WAIT_IDLE}s)" >&2
-  sleep 10
-  waited=$((waited + 11))
-  busy=$(cpu_busy)
-done
+wait_idle "$WAIT_IDLE"
 load_before=$(loadavg)
 others=$(running)
 start_date=$(date -u '+%Y-%m-%d %H:%M UTC')
@@ -162,8 +104,7 @@ done
 read -r j1_busy j1_total < <(jiffies)
 load_after=$(loadavg)
 # CPU share of everything but the measured commands while they ran (sync, date: negligible).
-others_during=$(awk -v b=$((j1_busy - j0_busy)) -v t=$((j1_total - j0_total)) -v hz="$(getconf CLK_TCK)" \
-  '{ours += $1} END {v = t ? 100 * (b / hz - ours) / (t / hz) : 0; printf "%d\n", v < 0 ? 0 : v}' "$tmp/m/all.cpu")
+others_during=$(others_during "$j0_busy" "$j0_total" "$j1_busy" "$j1_total")
 [ "$(json_field sha256 "$tmp/m/compose.stdout")" = "$sum" ] || die "compose output changed between runs"
 tar_bytes=$(stat -c %s "$tmp/out/tar.tar")
 
@@ -219,7 +160,7 @@ section=$tmp/section.md
 {
   echo "## compose vs GNU tar — $start_date, imgctl $(git describe --tags --always --dirty 2>/dev/null || echo dev)"
   echo
-  echo "- Machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, Linux $(uname -r), $(go version | cut -d' ' -f3), $(tar --version | head -n 1), outputs on $(stat -f -c %T "$tmp") (one filesystem for all)."
+  echo "- Machine: $(machine), $(tar --version | head -n 1), outputs on $(stat -f -c %T "$tmp") (one filesystem for all)."
   echo "- Load: $loaded — CPUs ${busy}% busy just before the runs; other processes used ${others_during}% of all CPU time during them; 1-min load average $load_before before, $load_after after (these include the benchmark); running before: ${others:-nothing else}."
   echo "- Input: ${#layers[@]} layers ($layer_list)${kubelet_desc:+; $kubelet_desc}."
   echo "- Output: rootfs tar $(awk -v b="$rootfs_bytes" 'BEGIN {printf "%.1f", b / 1e6}') MB, $entries entries, sha256 ${sum:0:16}… ($check); tar's archive of the extracted tree: $(awk -v b="$tar_bytes" 'BEGIN {printf "%.1f", b / 1e6}') MB."
