@@ -216,7 +216,7 @@ func Write(ctx context.Context, w io.Writer, k *Kernel, opts Options) (Result, e
 	if !bytes.HasPrefix(agent, []byte("\x7fELF")) {
 		return Result{}, fmt.Errorf("node agent %s is not an ELF executable", opts.Agent)
 	}
-	zw, err := gzip.NewWriterLevel(w, gzip.BestCompression)
+	zw, err := gzip.NewWriterLevel(w, gzip.DefaultCompression)
 	if err != nil {
 		return Result{}, err
 	}
