@@ -20,6 +20,7 @@ import (
 	"github.com/imgctl/imgctl/builders/initrd"
 	"github.com/imgctl/imgctl/builders/sparse"
 	"github.com/imgctl/imgctl/builders/squashfs"
+	"github.com/imgctl/imgctl/builders/squashfs/blockcache"
 	"github.com/imgctl/imgctl/images/manifest"
 )
 
@@ -97,9 +98,22 @@ func (rawTarget) Write(ctx context.Context, b *Build) ([]manifest.Artifact, erro
 		return nil, err
 	}
 	defer sq.Close()
-	sqRes, err := squashfs.Write(ctx, sq, io.NewSectionReader(rootfs, 0, b.Rootfs.Size), squashfs.Options{
-		Compression: o.Compression, Level: o.CompressionLevel, MTime: b.Epoch, Logger: b.Logger,
-	})
+	sqOpts := squashfs.Options{Compression: o.Compression, Level: o.CompressionLevel, MTime: b.Epoch, Logger: b.Logger}
+	// Compressed blocks of earlier builds: a rebuild compresses only the blocks that changed.
+	blocks, err := blockcache.Open(filepath.Join(b.Env.Cache.Dir(), "squashfs-blocks"), blockcache.Options{Logger: b.Logger})
+	if err != nil {
+		b.Logger.Warn("squashfs block cache unavailable, compressing every block", "err", err)
+	} else {
+		sqOpts.Blocks = blocks
+	}
+	sqRes, err := squashfs.Write(ctx, sq, io.NewSectionReader(rootfs, 0, b.Rootfs.Size), sqOpts)
+	if blocks != nil {
+		if err != nil {
+			blocks.Discard()
+		} else if cerr := blocks.Close(); cerr != nil {
+			b.Logger.Warn("squashfs block cache", "err", cerr)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("writing squashfs: %w", err)
 	}

@@ -20,6 +20,8 @@ func TestDependencyDirection(t *testing.T) {
 		{"layers/", "images/"}, {"layers/", "builders"}, {"layers/", "cmd/"},
 		{"images/", "builders"}, {"images/", "cmd/"},
 		{"builders", "cmd/"},
+		// The node agent runs on every node and in the initrd: no build, store or cloud code.
+		{"cmd/imgctl-node", "builders"}, {"cmd/imgctl-node", "images/"}, {"cmd/imgctl-node", "cmd/imgctl/"},
 	}
 	checked := 0
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
@@ -32,6 +34,9 @@ func TestDependencyDirection(t *testing.T) {
 		for _, imp := range fields[1:] {
 			if imp == "github.com/spf13/cobra" && !strings.HasPrefix(pkg, "cmd/") {
 				t.Errorf("%s imports cobra: CLI code belongs in cmd/", pkg)
+			}
+			if strings.HasPrefix(pkg, "cmd/imgctl-node") && strings.HasPrefix(imp, "github.com/aws/") {
+				t.Errorf("%s imports %s: the node agent stays small", pkg, imp)
 			}
 			dep, ok := strings.CutPrefix(imp, module)
 			if !ok {

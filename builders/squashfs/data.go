@@ -8,6 +8,7 @@ import (
 	"hash"
 	"io"
 	"sync"
+	"sync/atomic"
 )
 
 // fileData locates a regular file's contents. Duplicate files share one.
@@ -69,6 +70,11 @@ type pipeline struct {
 	mu  sync.Mutex
 	err error
 
+	blocks     BlockCache // nil: no reuse
+	keys       *blockKeys
+	cached     atomic.Int64 // blocks taken from blocks
+	compressed atomic.Int64 // blocks compressed
+
 	// Owned by the writer goroutine until wdone is closed.
 	off   uint64
 	frags []fragEntry
@@ -84,6 +90,13 @@ func newPipeline(ctx context.Context, dst io.WriterAt, cfg config, start uint64)
 		free:  make(chan *buffer, nbuf),
 		wdone: make(chan struct{}),
 		off:   start,
+	}
+	if cfg.blocks != nil {
+		keys, err := newBlockKeys(cfg)
+		if err != nil {
+			return nil, err
+		}
+		p.blocks, p.keys = cfg.blocks, keys
 	}
 	for range nbuf {
 		p.free <- &buffer{in: make([]byte, cfg.blockSize), out: make([]byte, 0, cfg.blockSize)}
@@ -106,8 +119,28 @@ func newPipeline(ctx context.Context, dst io.WriterAt, cfg config, start uint64)
 
 func (p *pipeline) work(c codec) {
 	defer p.wg.Done()
+	var h hash.Hash
+	if p.blocks != nil {
+		h = sha256.New()
+	}
 	for j := range p.jobs {
 		src := j.buf.in[:j.n]
+		var key [32]byte
+		if p.blocks != nil {
+			key = p.keys.key(h, src)
+			// A value must be smaller than the block: anything else is not what this writer
+			// would store, so the block is compressed as if the cache had missed.
+			if out, ok := p.blocks.Get(key, j.buf.out[:0]); ok && len(out) < len(src) {
+				p.cached.Add(1)
+				if len(out) == 0 {
+					j.out, j.raw = src, true
+				} else {
+					j.out = out
+				}
+				close(j.done)
+				continue
+			}
+		}
 		out, err := c.compress(j.buf.out[:0], src)
 		switch {
 		case err != nil:
@@ -116,6 +149,10 @@ func (p *pipeline) work(c codec) {
 			j.out, j.raw = src, true
 		default:
 			j.out = out
+		}
+		p.compressed.Add(1)
+		if p.blocks != nil && err == nil {
+			p.blocks.Put(key, out)
 		}
 		close(j.done)
 	}

@@ -36,6 +36,9 @@ type Options struct {
 	MTime int64
 	// Logger receives debug summaries and warnings; nil discards them.
 	Logger *slog.Logger
+	// Blocks, if not nil, supplies the compressed form of blocks compressed before and
+	// receives the ones compressed now (see BlockCache). The image does not depend on it.
+	Blocks BlockCache
 }
 
 // Result describes a written image.
@@ -49,6 +52,9 @@ type Result struct {
 	// DuplicateFiles counts regular files whose data was shared with an
 	// earlier file of identical content.
 	DuplicateFiles int
+	// CachedBlocks counts data and fragment blocks taken from Options.Blocks;
+	// CompressedBlocks the ones compressed (and offered to it).
+	CachedBlocks, CompressedBlocks int
 }
 
 const (
@@ -80,10 +86,11 @@ type config struct {
 	workers   int
 	mtime     uint32
 	log       *slog.Logger
+	blocks    BlockCache
 }
 
 func (o Options) config() (config, error) {
-	c := config{name: o.Compression, level: o.Level, blockSize: o.BlockSize, workers: o.Workers, log: o.Logger}
+	c := config{name: o.Compression, level: o.Level, blockSize: o.BlockSize, workers: o.Workers, log: o.Logger, blocks: o.Blocks}
 	if c.name == "" {
 		c.name = "zstd"
 	}
@@ -180,7 +187,8 @@ func Write(ctx context.Context, dst io.WriterAt, src io.Reader, opts Options) (R
 		}
 	}
 	cfg.log.Debug("squashfs image written", "size", res.Size, "inodes", res.Inodes,
-		"fragments", res.Fragments, "duplicates", res.DuplicateFiles, "compression", cfg.name, "level", cfg.level)
+		"fragments", res.Fragments, "duplicates", res.DuplicateFiles, "compression", cfg.name, "level", cfg.level,
+		"cached_blocks", res.CachedBlocks, "compressed_blocks", res.CompressedBlocks)
 	return res, nil
 }
 

@@ -460,9 +460,11 @@ func (b *builder) writeTables(ctx context.Context) (Result, error) {
 		return Result{}, fmt.Errorf("squashfs: writing superblock: %w", err)
 	}
 	return Result{
-		Size:           int64(off),
-		Inodes:         int(t.count),
-		Fragments:      len(b.pipe.frags),
-		DuplicateFiles: b.dups,
+		Size:             int64(off),
+		Inodes:           int(t.count),
+		Fragments:        len(b.pipe.frags),
+		DuplicateFiles:   b.dups,
+		CachedBlocks:     int(b.pipe.cached.Load()),
+		CompressedBlocks: int(b.pipe.compressed.Load()),
 	}, nil
 }
