@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -100,9 +101,13 @@ func (rawTarget) Write(ctx context.Context, b *Build) ([]manifest.Artifact, erro
 	defer sq.Close()
 	sqOpts := squashfs.Options{Compression: o.Compression, Level: o.CompressionLevel, MTime: b.Epoch, Logger: b.Logger}
 	// Compressed blocks of earlier builds: a rebuild compresses only the blocks that changed.
-	blocks, err := blockcache.Open(filepath.Join(b.Env.Cache.Dir(), "squashfs-blocks"), blockcache.Options{Logger: b.Logger})
+	log := b.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	blocks, err := blockcache.Open(filepath.Join(b.Env.Cache.Dir(), "squashfs-blocks"), blockcache.Options{Logger: log})
 	if err != nil {
-		b.Logger.Warn("squashfs block cache unavailable, compressing every block", "err", err)
+		log.Warn("squashfs block cache unavailable, compressing every block", "err", err)
 	} else {
 		sqOpts.Blocks = blocks
 	}
@@ -111,7 +116,7 @@ func (rawTarget) Write(ctx context.Context, b *Build) ([]manifest.Artifact, erro
 		if err != nil {
 			blocks.Discard()
 		} else if cerr := blocks.Close(); cerr != nil {
-			b.Logger.Warn("squashfs block cache", "err", cerr)
+			log.Warn("squashfs block cache", "err", cerr)
 		}
 	}
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"hash"
 	"io"
@@ -19,6 +20,25 @@ type fileData struct {
 	sparse  uint64   // bytes reported as sparse (always 0, see addFileData)
 	frag    uint32   // fragment block index or noFragment
 	fragOff uint32   // offset of the tail in the fragment block
+
+	// Files of at least one block are checked for duplicates by the writer goroutine, from
+	// the digests the workers computed of their blocks.
+	blocks []blockRef // the stored blocks so far; dropped at the end of the file
+	dup    *fileData  // an earlier file with the same content, whose data this one shares
+}
+
+// resolve returns the fileData that holds the data.
+func (fd *fileData) resolve() *fileData {
+	if fd.dup != nil {
+		return fd.dup
+	}
+	return fd
+}
+
+// blockRef is a stored (not all-zero) block of a file: its index and digest.
+type blockRef struct {
+	idx uint32
+	key [32]byte
 }
 
 type dedupKey struct {
@@ -35,7 +55,7 @@ const (
 	jobData      jobKind = iota // compress and write block idx of file
 	jobFragment                 // compress and write a fragment block
 	jobFileStart                // record the file's first block offset
-	jobRewind                   // drop the file's blocks: it duplicates an earlier file
+	jobFileEnd                  // the file's blocks are all queued: check for a duplicate
 )
 
 type job struct {
@@ -45,6 +65,7 @@ type job struct {
 	file *fileData
 	idx  int
 	done chan struct{} // closed by the worker; nil for markers
+	key  [32]byte      // digest of the uncompressed block (data blocks; fragments with a cache)
 	out  []byte
 	raw  bool
 	err  error
@@ -75,6 +96,11 @@ type pipeline struct {
 	cached     atomic.Int64 // blocks taken from blocks
 	compressed atomic.Int64 // blocks compressed
 
+	// Owned by the writer goroutine: duplicate detection of files of at least one block.
+	seen  map[dedupKey]*fileData
+	fhash hash.Hash
+	dups  int
+
 	// Owned by the writer goroutine until wdone is closed.
 	off   uint64
 	frags []fragEntry
@@ -90,6 +116,9 @@ func newPipeline(ctx context.Context, dst io.WriterAt, cfg config, start uint64)
 		free:  make(chan *buffer, nbuf),
 		wdone: make(chan struct{}),
 		off:   start,
+		keys:  &blockKeys{}, // without a cache the digests only serve duplicate detection
+		seen:  map[dedupKey]*fileData{},
+		fhash: sha256.New(),
 	}
 	if cfg.blocks != nil {
 		keys, err := newBlockKeys(cfg)
@@ -119,15 +148,14 @@ func newPipeline(ctx context.Context, dst io.WriterAt, cfg config, start uint64)
 
 func (p *pipeline) work(c codec) {
 	defer p.wg.Done()
-	var h hash.Hash
-	if p.blocks != nil {
-		h = sha256.New()
-	}
+	h := sha256.New()
 	for j := range p.jobs {
 		src := j.buf.in[:j.n]
-		var key [32]byte
+		if j.kind == jobData || p.blocks != nil {
+			j.key = p.keys.key(h, src)
+		}
 		if p.blocks != nil {
-			key = p.keys.key(h, src)
+			key := j.key
 			// A value must be smaller than the block: anything else is not what this writer
 			// would store, so the block is compressed as if the cache had missed.
 			if out, ok := p.blocks.Get(key, j.buf.out[:0]); ok && len(out) < len(src) {
@@ -152,7 +180,7 @@ func (p *pipeline) work(c codec) {
 		}
 		p.compressed.Add(1)
 		if p.blocks != nil && err == nil {
-			p.blocks.Put(key, out)
+			p.blocks.Put(j.key, out)
 		}
 		close(j.done)
 	}
@@ -194,8 +222,8 @@ func (p *pipeline) handle(j *job) {
 	switch j.kind {
 	case jobFileStart:
 		j.file.start = p.off
-	case jobRewind:
-		p.off = j.file.start
+	case jobFileEnd:
+		p.fileEnd(j.file)
 	case jobData, jobFragment:
 		if _, err := p.dst.WriteAt(j.out, int64(p.off)); err != nil {
 			p.setErr(fmt.Errorf("squashfs: writing data: %w", err))
@@ -207,11 +235,40 @@ func (p *pipeline) handle(j *job) {
 		}
 		if j.kind == jobData {
 			j.file.sizes[j.idx] = size
+			j.file.blocks = append(j.file.blocks, blockRef{uint32(j.idx), j.key})
 		} else {
 			p.frags = append(p.frags, fragEntry{start: p.off, size: size})
 		}
 		p.off += uint64(len(j.out))
 	}
+}
+
+// fileEnd checks whether fd, whose blocks are all written, has the same content as an earlier
+// file (same size, same all-zero blocks, same digests of the others). If so it shares the
+// earlier file's data and its own blocks are dropped: the next block overwrites them.
+func (p *pipeline) fileEnd(fd *fileData) {
+	h := p.fhash
+	h.Reset()
+	var b [8 + 4]byte
+	binary.LittleEndian.PutUint64(b[:], uint64(fd.size))
+	h.Write(b[:8])
+	for _, r := range fd.blocks {
+		binary.LittleEndian.PutUint32(b[:4], r.idx)
+		h.Write(b[:4])
+		h.Write(r.key[:])
+	}
+	k := dedupKey{size: fd.size}
+	h.Sum(k.sum[:0])
+	if orig := p.seen[k]; orig != nil {
+		if len(fd.blocks) > 0 {
+			p.off = fd.start
+		}
+		fd.dup = orig
+		p.dups++
+	} else {
+		p.seen[k] = fd
+	}
+	fd.blocks = nil
 }
 
 // buffer takes a free buffer, waiting for the writer to release one.
@@ -264,16 +321,19 @@ func (p *pipeline) abort() {
 // addFileData streams one regular file into the pipeline. Like mksquashfs,
 // files of at least one block are cut into blocks compressed in parallel
 // (the last one short), smaller files go into fragment blocks, all-zero blocks
-// are stored as sparse, and a file equal to an earlier one (size and SHA-256)
-// is rewound and shares the earlier data.
+// are stored as sparse, and a file equal to an earlier one (size and SHA-256,
+// of the content for small files, of the block digests for the others) is
+// rewound and shares the earlier data. For files of at least one block the
+// writer goroutine decides that (see fileEnd): the returned fileData may turn
+// out to be a duplicate, see resolve.
 func (b *builder) addFileData(ctx context.Context, r io.Reader, size int64) (*fileData, error) {
 	bs := int64(b.cfg.blockSize)
 	fd := &fileData{size: size, frag: noFragment}
 	if size == 0 {
 		return fd, nil
 	}
-	h := sha256.New()
 	if size < bs {
+		h := sha256.New()
 		tail := b.tail[:size]
 		if _, err := io.ReadFull(r, tail); err != nil {
 			return nil, fmt.Errorf("reading: %w", err)
@@ -301,7 +361,6 @@ func (b *builder) addFileData(ctx context.Context, r io.Reader, size int64) (*fi
 			b.pipe.free <- buf
 			return nil, fmt.Errorf("reading: %w", err)
 		}
-		h.Write(in)
 		if bytes.Equal(in, b.zero[:n]) {
 			b.pipe.free <- buf
 			continue
@@ -321,15 +380,9 @@ func (b *builder) addFileData(ctx context.Context, r io.Reader, size int64) (*fi
 	// files that are not sparse on disk (and tar extraction writes them out
 	// in full), not accounted as sparse: stat reports all blocks.
 	fd.sparse = 0
-	if orig := b.duplicate(size, h); orig != nil {
-		if started {
-			if err := b.pipe.submit(&job{kind: jobRewind, file: fd}); err != nil {
-				return nil, err
-			}
-		}
-		return orig, nil
+	if err := b.pipe.submit(&job{kind: jobFileEnd, file: fd}); err != nil {
+		return nil, err
 	}
-	b.seen[dedupKey{size, [32]byte(h.Sum(nil))}] = fd
 	return fd, nil
 }
 

@@ -201,8 +201,8 @@ type builder struct {
 	paths   map[string]*inode
 	inodes  int
 	dups    int
-	seen    map[dedupKey]*fileData
-	frag    *buffer // fragment block being filled, nil if none
+	seen    map[dedupKey]*fileData // files smaller than a block (see pipeline.seen for the others)
+	frag    *buffer                // fragment block being filled, nil if none
 	fragN   int
 	frags   int // fragment blocks submitted
 	tail    []byte

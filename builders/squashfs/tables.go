@@ -115,7 +115,7 @@ func (t *tables) writeInode(ino *inode) error {
 	var err error
 	switch ino.typ {
 	case typeFile:
-		fd := ino.file
+		fd := ino.file.resolve()
 		ext = ext || ino.nlink > 1 || fd.sparse > 0 || fd.start > math.MaxUint32 || fd.size > math.MaxUint32
 		if ext {
 			if r, err = t.header(ino, typ+7); err != nil {
@@ -463,7 +463,7 @@ func (b *builder) writeTables(ctx context.Context) (Result, error) {
 		Size:             int64(off),
 		Inodes:           int(t.count),
 		Fragments:        len(b.pipe.frags),
-		DuplicateFiles:   b.dups,
+		DuplicateFiles:   b.dups + b.pipe.dups,
 		CachedBlocks:     int(b.pipe.cached.Load()),
 		CompressedBlocks: int(b.pipe.compressed.Load()),
 	}, nil
