@@ -23,6 +23,7 @@ import (
 	"github.com/imgctl/imgctl/builders/squashfs"
 	"github.com/imgctl/imgctl/builders/squashfs/blockcache"
 	"github.com/imgctl/imgctl/images/manifest"
+	"github.com/imgctl/imgctl/images/store"
 )
 
 // bootloaderPath is where the bootloader layer (Debian's systemd-boot-efi) puts systemd-boot.
@@ -123,6 +124,24 @@ func (rawTarget) Write(ctx context.Context, b *Build) ([]manifest.Artifact, erro
 		return nil, fmt.Errorf("writing squashfs: %w", err)
 	}
 
+	// The root's digest (for A/B updates to verify what they write) is computed while the disk
+	// is being written: two cores, two jobs.
+	type digestResult struct {
+		d   digest.Digest
+		err error
+	}
+	sqDigestC := make(chan digestResult, 1)
+	go func() {
+		d, err := fileDigest(ctx, sqPath)
+		sqDigestC <- digestResult{d, err}
+	}()
+	sqDigestDone := false
+	defer func() {
+		if !sqDigestDone {
+			<-sqDigestC
+		}
+	}()
+
 	seed := []byte(b.Rootfs.Digest)
 	dopts := disk.Options{DiskSize: o.DiskSize, RootSize: o.RootSize, Seed: seed, MTime: mtime, Logger: b.Logger}
 	layout, err := disk.Plan(dopts, sqRes.Size)
@@ -147,11 +166,7 @@ func (rawTarget) Write(ctx context.Context, b *Build) ([]manifest.Artifact, erro
 	}
 	// The store keeps the disk as a sparse image: hashing gigabytes of zeros would cost more
 	// than the rest of the build.
-	simgPath := filepath.Join(work, "disk.simg")
-	if err := writeSparse(ctx, diskPath, simgPath); err != nil {
-		return nil, err
-	}
-	dd, dsize, err := b.Store.AddFile(ctx, simgPath)
+	dd, dsize, err := writeSparse(ctx, b.Store, diskPath)
 	if err != nil {
 		return nil, err
 	}
@@ -163,10 +178,12 @@ func (rawTarget) Write(ctx context.Context, b *Build) ([]manifest.Artifact, erro
 	if err != nil {
 		return nil, err
 	}
-	sqDigest, err := fileDigest(ctx, sqPath)
-	if err != nil {
-		return nil, err
+	sqd := <-sqDigestC
+	sqDigestDone = true
+	if sqd.err != nil {
+		return nil, sqd.err
 	}
+	sqDigest := sqd.d
 	parts, err := json.Marshal(layout.Partitions)
 	if err != nil {
 		return nil, err
@@ -241,24 +258,25 @@ func fileDigest(ctx context.Context, p string) (digest.Digest, error) {
 	return d.Digest(), ctx.Err()
 }
 
-// writeSparse encodes the disk at src as an Android sparse image at dst.
-func writeSparse(ctx context.Context, src, dst string) error {
+// writeSparse encodes the disk at src as an Android sparse image straight into the store
+// (one pass: the blob writer hashes what it writes).
+func writeSparse(ctx context.Context, st *store.Store, src string) (digest.Digest, int64, error) {
 	in, err := os.Open(src)
 	if err != nil {
-		return err
+		return "", 0, err
 	}
 	defer in.Close()
-	st, err := in.Stat()
+	fi, err := in.Stat()
 	if err != nil {
-		return err
+		return "", 0, err
 	}
-	out, err := os.Create(dst)
+	w, err := st.NewBlobWriter(ctx)
 	if err != nil {
-		return err
+		return "", 0, err
 	}
-	if _, err := sparse.Write(ctx, out, in, st.Size()); err != nil {
-		out.Close()
-		return fmt.Errorf("encoding disk.simg: %w", err)
+	defer w.Abort()
+	if _, err := sparse.Write(ctx, w, in, fi.Size()); err != nil {
+		return "", 0, fmt.Errorf("encoding disk.simg: %w", err)
 	}
-	return out.Close()
+	return w.Commit(ctx, -1, "")
 }
