@@ -396,7 +396,9 @@ func exportArtifacts(ctx context.Context, st *store.Store, dir string, artifacts
 	return nil
 }
 
-func expandFile(ctx context.Context, st *store.Store, d digest.Digest, dst string) error {
+// writeBlobTo writes blob d to a new file dst through fill (a plain copy, or a sparse
+// expansion), then fsyncs it. The caller removes dst on error.
+func writeBlobTo(ctx context.Context, st *store.Store, d digest.Digest, dst string, fill func(f *os.File, r io.Reader) error) error {
 	rc, err := st.OpenBlob(ctx, d)
 	if err != nil {
 		return err
@@ -406,7 +408,7 @@ func expandFile(ctx context.Context, st *store.Store, d digest.Digest, dst strin
 	if err != nil {
 		return err
 	}
-	if _, err := sparse.Expand(ctx, f, rc); err != nil {
+	if err := fill(f, rc); err != nil {
 		f.Close()
 		return err
 	}
@@ -417,26 +419,18 @@ func expandFile(ctx context.Context, st *store.Store, d digest.Digest, dst strin
 	return f.Close()
 }
 
+func expandFile(ctx context.Context, st *store.Store, d digest.Digest, dst string) error {
+	return writeBlobTo(ctx, st, d, dst, func(f *os.File, r io.Reader) error {
+		_, err := sparse.Expand(ctx, f, r)
+		return err
+	})
+}
+
 func copyFile(ctx context.Context, st *store.Store, d digest.Digest, dst string) error {
-	rc, err := st.OpenBlob(ctx, d)
-	if err != nil {
+	return writeBlobTo(ctx, st, d, dst, func(f *os.File, r io.Reader) error {
+		_, err := io.Copy(f, r)
 		return err
-	}
-	defer rc.Close()
-	f, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, rc); err != nil {
-		f.Close()
-		os.Remove(dst)
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	})
 }
 
 // rootfsTarget publishes the canonical rootfs tar itself.
