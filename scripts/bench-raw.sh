@@ -73,12 +73,18 @@ go build -o "$tmp/sqbench" ./test/bench/squashfs
 tar -xpf "$rootfs" --numeric-owner -C "$tmp/tree" # the peers' tree, not timed
 entries=$(tar -tf "$rootfs" | wc -l)
 
-# A cache for the kubelet-change builds: the bench cache with its blobs hard-linked (they are
-# immutable), so their new kubelet layers are dropped with $tmp instead of piling up.
-mkdir "$tmp/cache3"
-cp -a "$bench/cache/refs" "$tmp/cache3/"
-cp -al "$bench/cache/blobs" "$tmp/cache3/"
-mkdir -p "$tmp/cache3/tmp" "$tmp/cache3/locks"
+# cache_copy DIR [blocks]: the bench cache with its blobs hard-linked (they are immutable), so
+# what a run adds is dropped with $tmp. Without "blocks" the squashfs block cache is left out:
+# a full build then compresses every block, as a first build does.
+cache_copy() {
+  rm -rf "$1"
+  mkdir -p "$1/tmp" "$1/locks"
+  cp -a "$bench/cache/refs" "$1/"
+  cp -al "$bench/cache/blobs" "$1/"
+  if [ "${2:-}" = blocks ] && [ -d "$bench/cache/squashfs-blocks" ]; then
+    cp -al "$bench/cache/squashfs-blocks" "$1/"
+  fi
+}
 
 # raw_build NAME STORE CACHE KUBELET: one timed `imgctl build --target raw` (stderr to
 # $tmp/m/NAME.err, its phases line appended to NAME.phases).
@@ -204,16 +210,19 @@ for i in $(seq "$RUNS"); do
 done
 for i in $(seq "$RUNS"); do
   rm -rf "$tmp/store-fresh" "$tmp/store-kube"
-  raw_build raw_fresh "$tmp/store-fresh" "$bench/cache" "$kubelet"
+  # Full build: downloads and layers cached, but no compressed squashfs blocks: everything
+  # after the layers is done from scratch.
+  cache_copy "$tmp/cache-full"
+  raw_build raw_fresh "$tmp/store-fresh" "$tmp/cache-full" "$kubelet"
   rm -rf "$tmp/store-fresh"
   raw_build raw_warm "$tmp/store-warm" "$bench/cache" "$kubelet"
   pipeline
-  # Only the kubelet changes: a copy with one more byte (a different one every run, so its
-  # layer is never in the cache), a fresh store (the new rootfs is composed either way).
-  cp "$kubelet" "$tmp/kubelet-$i"
-  printf '%d' "$i" >>"$tmp/kubelet-$i"
+  # Only the kubelet changes, as a new version would: one byte put in front (a different one
+  # every run), so every kubelet block differs; the block cache holds the previous image's.
+  cache_copy "$tmp/cache3" blocks
+  { printf '%d' "$i"; cat "$kubelet"; } >"$tmp/kubelet-$i"
   raw_build raw_kubelet "$tmp/store-kube" "$tmp/cache3" "$tmp/kubelet-$i"
-  rm -rf "$tmp/store-kube" "$tmp/kubelet-$i"
+  rm -rf "$tmp/store-kube" "$tmp/kubelet-$i" "$tmp/cache3" "$tmp/cache-full"
   echo "  raw run $i of $RUNS done" >&2
 done
 read -r j1_busy j1_total < <(jiffies)
@@ -300,12 +309,12 @@ section=$tmp/section.md
   echo
   echo "| command | best s | median s | CPU s median | peak RSS MiB | ÷ pipeline (best / median) | phases (median of each) |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
-  raw_row "imgctl build --target raw, warm cache, fresh store (rootfs composed)" raw_fresh
-  raw_row "imgctl build --target raw, warm cache, warm store (rootfs reused)" raw_warm
-  raw_row "imgctl build --target raw after a kubelet change, warm cache, fresh store" raw_kubelet
+  raw_row "imgctl build --target raw, full: layers cached, no squashfs blocks cached, fresh store" raw_fresh
+  raw_row "imgctl build --target raw, same inputs again, warm store (rootfs and blocks reused)" raw_warm
+  raw_row "imgctl build --target raw after a kubelet change (every kubelet block new), previous image's blocks cached, fresh store" raw_kubelet
   raw_row "shell pipeline (tree pre-extracted)" pipeline
   echo
-  echo "imgctl: \`SOURCE_DATE_EPOCH=$epoch bin/imgctl --cache .cache/bench/cache --store STORE build --k8s $K8S --lock LOCK --target raw --node-agent bin/imgctl-node --source 'kubelet=file://KUBELET#path=/usr/bin/kubelet&mode=0755'\`, LOCK a copy of .cache/bench/imgctl.lock for every run. The kubelet change is a copy of the kubelet with one byte appended, new every run, built with a copy of the bench cache (blobs hard-linked) so the new layers go away with the run."
+  echo "imgctl: \`SOURCE_DATE_EPOCH=$epoch bin/imgctl --cache .cache/bench/cache --store STORE build --k8s $K8S --lock LOCK --target raw --node-agent bin/imgctl-node --source 'kubelet=file://KUBELET#path=/usr/bin/kubelet&mode=0755'\`, LOCK a copy of .cache/bench/imgctl.lock for every run. The full build uses a copy of the bench cache (blobs hard-linked) without its squashfs block cache; the kubelet change is the kubelet with one byte put in front (every block differs), built with a copy of the bench cache including the block cache of the previous image."
   echo
   echo "Pipeline: \`mksquashfs TREE root.sqfs -comp zstd -Xcompression-level 3 -processors 2 -noappend -quiet && truncate -s 3G disk.raw && sfdisk disk.raw < layout && mkfs.vfat -F 32 -C esp.img 131072 && mmd + 6 × mcopy -i esp.img (BOOTX64.EFI twice, loader.conf, the entry, vmlinuz, the raw build's initrd) && dd esp.img and root.sqfs into disk.raw at 1 MiB and 129 MiB, conv=notrunc,sparse\`; layout: GPT, ESP 128 MiB, ROOT-A and ROOT-B 1 GiB, STATE the rest, with names. Not done by the pipeline but by imgctl: reading the kernel and bootloader out of the rootfs tar, generating the initrd, hashing disk.raw (3 GiB, sparse), the squashfs, vmlinuz and initrd into the store, the image manifest."
   echo
