@@ -106,6 +106,21 @@ func (a *app) openStore(ctx context.Context) (*store.Store, error) {
 	return store.Open(ctx, a.storeDir, a.logger())
 }
 
+// withStore is the RunE of a command that reads the store: it checks --format and opens the
+// store before calling fn.
+func (a *app) withStore(fn func(cmd *cobra.Command, args []string, st *store.Store) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := a.checkFormat(); err != nil {
+			return err
+		}
+		st, err := a.openStore(cmd.Context())
+		if err != nil {
+			return err
+		}
+		return fn(cmd, args, st)
+	}
+}
+
 // env builds the source environment: cache, fetch client with mirrors, progress.
 func (a *app) env() (*source.Env, error) {
 	log := a.logger()

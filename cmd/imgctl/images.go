@@ -5,6 +5,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+
+	"github.com/imgctl/imgctl/images/store"
 )
 
 func (a *app) imagesCmd() *cobra.Command {
@@ -13,14 +15,7 @@ func (a *app) imagesCmd() *cobra.Command {
 		Use:   "list",
 		Short: "List the images in the store, newest first",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.checkFormat(); err != nil {
-				return err
-			}
-			st, err := a.openStore(cmd.Context())
-			if err != nil {
-				return err
-			}
+		RunE: a.withStore(func(cmd *cobra.Command, _ []string, st *store.Store) error {
 			imgs, err := st.List(cmd.Context())
 			if err != nil {
 				return err
@@ -41,20 +36,13 @@ func (a *app) imagesCmd() *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", i.Digest().Encoded()[:12], i.Config.Name, i.Config.Version, i.Config.Kubernetes, i.Config.Kernel, i.Config.Created().Format("2006-01-02 15:04"))
 			}
 			return tw.Flush()
-		},
+		}),
 	})
 	cmd.AddCommand(&cobra.Command{
 		Use:   "inspect IMAGE",
 		Short: "Show an image's manifest: layers, sources, versions, artifacts (IMAGE: digest, unique prefix or version)",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := a.checkFormat(); err != nil {
-				return err
-			}
-			st, err := a.openStore(cmd.Context())
-			if err != nil {
-				return err
-			}
+		RunE: a.withStore(func(cmd *cobra.Command, args []string, st *store.Store) error {
 			img, err := st.Resolve(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -77,7 +65,7 @@ func (a *app) imagesCmd() *cobra.Command {
 				fmt.Fprintf(a.out, "  %-16s %s  %s  %s\n", l.Annotations["org.opencontainers.image.title"], l.Digest, human(l.Size), l.MediaType)
 			}
 			return nil
-		},
+		}),
 	})
 	return cmd
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/source"
 )
 
@@ -15,14 +16,7 @@ func (a *app) layersCmd() *cobra.Command {
 		Use:   "list [IMAGE]",
 		Short: "List the layers of an image (default: the newest image in the store)",
 		Args:  cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := a.checkFormat(); err != nil {
-				return err
-			}
-			st, err := a.openStore(cmd.Context())
-			if err != nil {
-				return err
-			}
+		RunE: a.withStore(func(cmd *cobra.Command, args []string, st *store.Store) error {
 			var ref string
 			if len(args) == 1 {
 				ref = args[0]
@@ -49,7 +43,7 @@ func (a *app) layersCmd() *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", l.Role, l.Version, l.Digest, human(l.Size), len(l.Sources))
 			}
 			return tw.Flush()
-		},
+		}),
 	})
 	cmd.AddCommand(&cobra.Command{
 		Use:   "inspect URI",

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"github.com/imgctl/imgctl/images/store"
 )
 
 func (a *app) storeCmd() *cobra.Command {
@@ -12,14 +14,7 @@ func (a *app) storeCmd() *cobra.Command {
 		Use:   "verify",
 		Short: "Re-hash every blob and check that every manifest's references exist",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.checkFormat(); err != nil {
-				return err
-			}
-			st, err := a.openStore(cmd.Context())
-			if err != nil {
-				return err
-			}
+		RunE: a.withStore(func(cmd *cobra.Command, _ []string, st *store.Store) error {
 			problems, err := st.Verify(cmd.Context())
 			if err != nil {
 				return err
@@ -44,7 +39,7 @@ func (a *app) storeCmd() *cobra.Command {
 				fmt.Fprintf(a.out, "store %s: ok\n", st.Dir())
 			}
 			return nil
-		},
+		}),
 	})
 	return cmd
 }
