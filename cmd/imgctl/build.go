@@ -29,14 +29,15 @@ func (a *app) buildCmd() *cobra.Command {
 		Short: "Build a node image from a spec (or the embedded default) and its lock",
 		Long: `Build resolves every source of the spec to a digest (recorded in the lock file), fetches and
 verifies them in parallel into the cache, composes the layers into one normalized rootfs and
-writes the targets into the store. The image digest is the last line of standard output; a
-per-phase timing summary goes to standard error.
+writes the targets into the store: raw (a bootable GPT disk: ESP with systemd-boot, ROOT-A
+squashfs, empty ROOT-B, STATE grown at first boot) and rootfs (the rootfs tar). The image
+digest is the last line of standard output; a per-phase timing summary goes to standard error.
 
 SOURCE_DATE_EPOCH, if set, fixes every timestamp; otherwise the spec's sourceDateEpoch, then
 the lock's, then the current time (recorded in the lock) are used.`,
-		Example: `  imgctl build --k8s 1.21.13
-  imgctl build -f node.yaml --target rootfs --output out/
-  imgctl build --k8s 1.21.13 --source kubelet=file:///srv/k8s/kubelet#path=/usr/bin/kubelet&mode=0755
+		Example: `  imgctl build --k8s 1.21.13 --target raw --output out/
+  imgctl build -f node.yaml --target rootfs
+  imgctl build --k8s 1.21.13 --source 'kubelet=file:///srv/k8s/kubelet#path=/usr/bin/kubelet&mode=0755'
   imgctl build --k8s 1.21.13 --mirror https://deb.debian.org/debian=http://apt.local/debian --offline`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
