@@ -98,8 +98,77 @@ type Result struct {
 type Build struct {
 	Options
 	Layers []assemble.Layer
+	// Rootfs is set once the rootfs is composed: into the store by ComposeRootfs, or by a
+	// target that consumed RootfsStream.
 	Rootfs manifest.Rootfs
 	Epoch  int64
+	reused bool
+}
+
+// ComposeRootfs composes the rootfs blob into the store (random access for targets), unless
+// the same layers were composed before and the blob is still there.
+func (b *Build) ComposeRootfs(ctx context.Context) error {
+	if b.Rootfs.Digest != "" {
+		return nil
+	}
+	r, reused, err := composeRootfs(ctx, b.Options, b.Layers, b.Epoch)
+	if err != nil {
+		return err
+	}
+	b.Rootfs, b.reused = r, reused
+	return nil
+}
+
+// RootfsStream composes the rootfs into a pipe, for a target that reads it once in order and
+// does not need it in the store. wait returns when the stream is done and sets b.Rootfs; call
+// it after reading to the end (or after closing the reader to give up).
+func (b *Build) RootfsStream(ctx context.Context) (r io.ReadCloser, wait func() error, err error) {
+	inputs, closeInputs, err := openLayers(b.Env, b.Layers)
+	if err != nil {
+		return nil, nil, err
+	}
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		defer closeInputs()
+		dg := digest.SHA256.Digester()
+		cw := &countingWriter{}
+		res, err := compose.Compose(ctx, io.MultiWriter(pw, dg.Hash(), cw), inputs, compose.Options{Mode: compose.Rootfs, MTime: time.Unix(b.Epoch, 0)})
+		pw.CloseWithError(err)
+		if err == nil {
+			b.Rootfs = manifest.Rootfs{Digest: dg.Digest(), Size: cw.n, Entries: res.Entries}
+		}
+		done <- err
+	}()
+	return pr, func() error { return <-done }, nil
+}
+
+type countingWriter struct{ n int64 }
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return len(p), nil
+}
+
+// openLayers opens the role layers' tars in the cache as compose inputs.
+func openLayers(env *source.Env, layers []assemble.Layer) ([]compose.Input, func(), error) {
+	var files []*os.File
+	closeAll := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	var inputs []compose.Input
+	for _, l := range layers {
+		f, err := env.Cache.Open(l.Digest)
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("layer %s: %w", l.Role, err)
+		}
+		files = append(files, f)
+		inputs = append(inputs, compose.Input{Name: string(l.Role), Reader: f, Size: l.Size})
+	}
+	return inputs, closeAll, nil
 }
 
 // Run builds the image described by opts.Spec.
@@ -193,18 +262,20 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	res.Layers = layers
 	phase("fetch", start)
 
-	// Compose: the canonical rootfs, straight into the store.
-	start = time.Now()
-	rootfs, reused, err := composeRootfs(ctx, opts, layers, epoch)
-	if err != nil {
-		return nil, err
+	// Compose: the canonical rootfs, straight into the store, when a target publishes it. The raw
+	// target alone streams it into the squashfs writer instead (see Build.RootfsStream).
+	b := &Build{Options: opts, Layers: layers, Epoch: epoch}
+	if slices.Contains(targets, "rootfs") {
+		start = time.Now()
+		if err := b.ComposeRootfs(ctx); err != nil {
+			return nil, err
+		}
+		res.Reused = b.reused
+		phase("compose", start)
 	}
-	res.Reused = reused
-	phase("compose", start)
 
 	// Write: targets, then the image.
 	start = time.Now()
-	b := &Build{Options: opts, Layers: layers, Rootfs: rootfs, Epoch: epoch}
 	var artifacts []manifest.Artifact
 	for _, t := range targets {
 		as, err := Targets[t].Write(ctx, b)
@@ -213,7 +284,10 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		}
 		artifacts = append(artifacts, as...)
 	}
-	cfg := imageConfig(n, plan, layers, rootfs, epoch, opts.ImgctlVersion, newLock)
+	if b.Rootfs.Digest == "" {
+		return nil, errors.New("internal: no target composed the rootfs")
+	}
+	cfg := imageConfig(n, plan, layers, b.Rootfs, epoch, opts.ImgctlVersion, newLock)
 	cfg.Version = readableVersion(cfg, artifacts)
 	if _, err := opts.Store.PutImage(ctx, cfg, artifacts); err != nil {
 		return nil, err
@@ -252,15 +326,11 @@ func composeRootfs(ctx context.Context, opts Options, layers []assemble.Layer, e
 			return r, true, nil
 		}
 	}
-	var inputs []compose.Input
-	for _, l := range layers {
-		f, err := ca.Open(l.Digest)
-		if err != nil {
-			return manifest.Rootfs{}, false, fmt.Errorf("layer %s: %w", l.Role, err)
-		}
-		defer f.Close()
-		inputs = append(inputs, compose.Input{Name: string(l.Role), Reader: f, Size: l.Size})
+	inputs, closeInputs, err := openLayers(opts.Env, layers)
+	if err != nil {
+		return manifest.Rootfs{}, false, err
 	}
+	defer closeInputs()
 	w, err := opts.Store.NewBlobWriter(ctx)
 	if err != nil {
 		return manifest.Rootfs{}, false, err
@@ -438,6 +508,9 @@ type rootfsTarget struct{}
 
 func (rootfsTarget) Name() string { return "rootfs" }
 
-func (rootfsTarget) Write(_ context.Context, b *Build) ([]manifest.Artifact, error) {
+func (rootfsTarget) Write(ctx context.Context, b *Build) ([]manifest.Artifact, error) {
+	if err := b.ComposeRootfs(ctx); err != nil {
+		return nil, err
+	}
 	return []manifest.Artifact{{Name: "rootfs.tar", MediaType: manifest.RootfsMediaType, Digest: b.Rootfs.Digest, Size: b.Rootfs.Size}}, nil
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/imgctl/imgctl/builders/squashfs/blockcache"
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/store"
+	"github.com/imgctl/imgctl/layers/spec"
 )
 
 // bootloaderPath is where the bootloader layer (Debian's systemd-boot-efi) puts systemd-boot.
@@ -65,23 +66,11 @@ func (rawTarget) Write(ctx context.Context, b *Build) ([]manifest.Artifact, erro
 		return nil, fmt.Errorf("unknown compressor %q (supported: %s)", o.Compression, strings.Join(squashfs.Compressors(), ", "))
 	}
 	mtime := time.Unix(b.Epoch, 0).UTC()
-	rootfsPath, err := b.Store.BlobPath(b.Rootfs.Digest)
+	kernel, boot, closeBoot, err := bootFiles(ctx, b)
 	if err != nil {
 		return nil, err
 	}
-	rootfs, err := os.Open(rootfsPath)
-	if err != nil {
-		return nil, err
-	}
-	defer rootfs.Close()
-	kernel, err := initrd.Scan(ctx, rootfs, b.Rootfs.Size)
-	if err != nil {
-		return nil, err
-	}
-	boot, err := findRegular(ctx, rootfs, b.Rootfs.Size, bootloaderPath)
-	if err != nil {
-		return nil, fmt.Errorf("%w: the bootloader layer should provide it (Debian package systemd-boot-efi)", err)
-	}
+	defer closeBoot()
 
 	work, err := b.Store.TempDir("raw-")
 	if err != nil {
@@ -112,7 +101,41 @@ func (rawTarget) Write(ctx context.Context, b *Build) ([]manifest.Artifact, erro
 	} else {
 		sqOpts.Blocks = blocks
 	}
-	sqRes, err := squashfs.Write(ctx, sq, io.NewSectionReader(rootfs, 0, b.Rootfs.Size), sqOpts)
+	// The rootfs: from the store when a target already composed it there, otherwise composed
+	// straight into the squashfs writer (never written out: compose and compression overlap).
+	var tarStream io.Reader
+	var waitCompose func() error
+	if b.Rootfs.Digest != "" {
+		f, err := openBlob(b.Store, b.Rootfs.Digest)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		tarStream = io.NewSectionReader(f, 0, b.Rootfs.Size)
+	} else {
+		r, wait, err := b.RootfsStream(ctx)
+		if err != nil {
+			return nil, err
+		}
+		tarStream, waitCompose = r, func() error {
+			_, _ = io.Copy(io.Discard, r) // whatever the tar reader left: let compose finish
+			r.Close()
+			return wait()
+		}
+		defer func() {
+			if waitCompose != nil {
+				r.Close()
+				_ = wait()
+			}
+		}()
+	}
+	sqRes, err := squashfs.Write(ctx, sq, tarStream, sqOpts)
+	if waitCompose != nil {
+		if werr := waitCompose(); err == nil && werr != nil {
+			err = fmt.Errorf("composing the rootfs: %w", werr)
+		}
+		waitCompose = nil
+	}
 	if blocks != nil {
 		if err != nil {
 			blocks.Discard()
@@ -279,4 +302,69 @@ func writeSparse(ctx context.Context, st *store.Store, src string) (digest.Diges
 		return "", 0, fmt.Errorf("encoding disk.simg: %w", err)
 	}
 	return w.Commit(ctx, -1, "")
+}
+
+// bootFiles finds the kernel (with its modules) and systemd-boot: in the kernel and bootloader
+// role layers when they hold them, so the rootfs need not be stored to read them; otherwise in
+// the rootfs, composed into the store for random access.
+func bootFiles(ctx context.Context, b *Build) (*initrd.Kernel, *io.SectionReader, func(), error) {
+	var files []*os.File
+	closeAll := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	layerFile := func(role spec.Role) (*os.File, int64, bool) {
+		for _, l := range b.Layers {
+			if l.Role == role {
+				f, err := b.Env.Cache.Open(l.Digest)
+				if err != nil {
+					return nil, 0, false
+				}
+				files = append(files, f)
+				return f, l.Size, true
+			}
+		}
+		return nil, 0, false
+	}
+	if b.Rootfs.Digest == "" {
+		kf, ksize, ok1 := layerFile(spec.RoleKernel)
+		bf, bsize, ok2 := layerFile(spec.RoleBootloader)
+		if ok1 && ok2 {
+			kernel, kerr := initrd.Scan(ctx, kf, ksize)
+			boot, berr := findRegular(ctx, bf, bsize, bootloaderPath)
+			if kerr == nil && berr == nil {
+				return kernel, boot, closeAll, nil
+			}
+		}
+		if err := b.ComposeRootfs(ctx); err != nil {
+			closeAll()
+			return nil, nil, nil, err
+		}
+	}
+	f, err := openBlob(b.Store, b.Rootfs.Digest)
+	if err != nil {
+		closeAll()
+		return nil, nil, nil, err
+	}
+	files = append(files, f)
+	kernel, err := initrd.Scan(ctx, f, b.Rootfs.Size)
+	if err != nil {
+		closeAll()
+		return nil, nil, nil, err
+	}
+	boot, err := findRegular(ctx, f, b.Rootfs.Size, bootloaderPath)
+	if err != nil {
+		closeAll()
+		return nil, nil, nil, fmt.Errorf("%w: the bootloader layer should provide it (Debian package systemd-boot-efi)", err)
+	}
+	return kernel, boot, closeAll, nil
+}
+
+func openBlob(st *store.Store, d digest.Digest) (*os.File, error) {
+	p, err := st.BlobPath(d)
+	if err != nil {
+		return nil, err
+	}
+	return os.Open(p)
 }
