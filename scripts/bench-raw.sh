@@ -310,7 +310,7 @@ section=$tmp/section.md
   echo "| command | best s | median s | CPU s median | peak RSS MiB | ÷ pipeline (best / median) | phases (median of each) |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
   raw_row "imgctl build --target raw, full: layers cached, no squashfs blocks cached, fresh store" raw_fresh
-  raw_row "imgctl build --target raw, same inputs again, warm store (rootfs and blocks reused)" raw_warm
+  raw_row "imgctl build --target raw, same inputs again, warm store (compressed blocks reused)" raw_warm
   raw_row "imgctl build --target raw after a kubelet change (every kubelet block new), previous image's blocks cached, fresh store" raw_kubelet
   raw_row "shell pipeline (tree pre-extracted)" pipeline
   echo
