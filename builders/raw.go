@@ -24,6 +24,7 @@ import (
 	"github.com/imgctl/imgctl/builders/squashfs/blockcache"
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/store"
+	"github.com/imgctl/imgctl/layers/source"
 	"github.com/imgctl/imgctl/layers/spec"
 )
 
@@ -155,7 +156,7 @@ func (rawTarget) Write(ctx context.Context, b *Build) ([]manifest.Artifact, erro
 	}
 	sqDigestC := make(chan digestResult, 1)
 	go func() {
-		d, err := fileDigest(ctx, sqPath)
+		d, err := source.HashFile(ctx, sqPath)
 		sqDigestC <- digestResult{d, err}
 	}()
 	sqDigestDone := false
@@ -266,19 +267,6 @@ func findRegular(ctx context.Context, r io.ReaderAt, size int64, name string) (*
 			return io.NewSectionReader(r, off, hdr.Size), nil
 		}
 	}
-}
-
-func fileDigest(ctx context.Context, p string) (digest.Digest, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	d := digest.SHA256.Digester()
-	if _, err := io.Copy(d.Hash(), f); err != nil {
-		return "", err
-	}
-	return d.Digest(), ctx.Err()
 }
 
 // writeSparse encodes the disk at src as an Android sparse image straight into the store

@@ -98,7 +98,7 @@ func (e *Env) resolve(ctx context.Context, u URI, locked *Pin) (Pin, error) {
 		pin.Digest = u.Digest
 		return pin, nil
 	case !u.Remote(): // a local file
-		d, err := hashFile(ctx, u.Location)
+		d, err := HashFile(ctx, u.Location)
 		if err != nil {
 			return Pin{}, err
 		}
@@ -580,7 +580,8 @@ func walkSorted(root, rel string, fn func(rel string, info fs.FileInfo) error) e
 	return nil
 }
 
-func hashFile(ctx context.Context, p string) (digest.Digest, error) {
+// HashFile returns the sha256 digest of the file at p, stopping when ctx ends.
+func HashFile(ctx context.Context, p string) (digest.Digest, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return "", err
