@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/imgctl/imgctl/builders/sparse"
+	"github.com/imgctl/imgctl/images/imageinfo"
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/assemble"
@@ -103,6 +104,8 @@ type Build struct {
 	Rootfs manifest.Rootfs
 	Epoch  int64
 	reused bool
+	// config is the image config without Rootfs; composing the rootfs fills in Binaries.
+	config manifest.Config
 }
 
 // ComposeRootfs composes the rootfs blob into the store (random access for targets), unless
@@ -111,9 +114,16 @@ func (b *Build) ComposeRootfs(ctx context.Context) error {
 	if b.Rootfs.Digest != "" {
 		return nil
 	}
-	r, reused, err := composeRootfs(ctx, b.Options, b.Layers, b.Epoch)
+	r, reused, info, err := composeRootfs(ctx, b.Options, b.Layers, b.Epoch, b.finalize)
 	if err != nil {
 		return err
+	}
+	if reused { // the rootfs already holds image.json: take the binaries from it
+		i, err := imageinfo.Parse(info)
+		if err != nil {
+			return fmt.Errorf("rootfs %s: %s: %w", r.Digest, imageinfo.Path, err)
+		}
+		b.config.Binaries = binaryDigests(i.Binaries)
 	}
 	b.Rootfs, b.reused = r, reused
 	return nil
@@ -133,7 +143,7 @@ func (b *Build) RootfsStream(ctx context.Context) (r io.ReadCloser, wait func() 
 		defer closeInputs()
 		dg := digest.SHA256.Digester()
 		cw := &countingWriter{}
-		res, err := compose.Compose(ctx, io.MultiWriter(pw, dg.Hash(), cw), inputs, compose.Options{Mode: compose.Rootfs, MTime: time.Unix(b.Epoch, 0)})
+		res, err := compose.Compose(ctx, io.MultiWriter(pw, dg.Hash(), cw), inputs, compose.Options{Mode: compose.Rootfs, MTime: time.Unix(b.Epoch, 0), Finalize: b.finalize})
 		pw.CloseWithError(err)
 		if err == nil {
 			b.Rootfs = manifest.Rootfs{Digest: dg.Digest(), Size: cw.n, Entries: res.Entries}
@@ -264,7 +274,8 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 
 	// Compose: the canonical rootfs, straight into the store, when a target publishes it. The raw
 	// target alone streams it into the squashfs writer instead (see Build.RootfsStream).
-	b := &Build{Options: opts, Layers: layers, Epoch: epoch}
+	b := &Build{Options: opts, Layers: layers, Epoch: epoch,
+		config: imageConfig(n, plan, layers, epoch, opts.ImgctlVersion, newLock)}
 	if slices.Contains(targets, "rootfs") {
 		start = time.Now()
 		if err := b.ComposeRootfs(ctx); err != nil {
@@ -287,7 +298,8 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if b.Rootfs.Digest == "" {
 		return nil, errors.New("internal: no target composed the rootfs")
 	}
-	cfg := imageConfig(n, plan, layers, b.Rootfs, epoch, opts.ImgctlVersion, newLock)
+	cfg := b.config
+	cfg.Rootfs = b.Rootfs
 	cfg.Version = readableVersion(cfg, artifacts)
 	if _, err := opts.Store.PutImage(ctx, cfg, artifacts); err != nil {
 		return nil, err
@@ -314,7 +326,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 
 // composeRootfs composes the role layers into the rootfs blob in the store, unless the same
 // layers were composed before and the blob is still there.
-func composeRootfs(ctx context.Context, opts Options, layers []assemble.Layer, epoch int64) (manifest.Rootfs, bool, error) {
+func composeRootfs(ctx context.Context, opts Options, layers []assemble.Layer, epoch int64, finalize func(context.Context, *compose.Files) ([]compose.Generated, error)) (manifest.Rootfs, bool, []byte, error) {
 	ca := opts.Env.Cache
 	keyParts := []string{rootfsVersion, fmt.Sprint(epoch)}
 	for _, l := range layers {
@@ -322,52 +334,60 @@ func composeRootfs(ctx context.Context, opts Options, layers []assemble.Layer, e
 	}
 	key := strings.Join(keyParts, "\n")
 	if d, err := ca.Ref("rootfs", key); err == nil && opts.Store.HasBlob(d) {
-		if r, err := countRootfs(ctx, opts.Store, d); err == nil {
-			return r, true, nil
+		if r, info, err := countRootfs(ctx, opts.Store, d); err == nil && info != nil {
+			return r, true, info, nil
 		}
 	}
 	inputs, closeInputs, err := openLayers(opts.Env, layers)
 	if err != nil {
-		return manifest.Rootfs{}, false, err
+		return manifest.Rootfs{}, false, nil, err
 	}
 	defer closeInputs()
 	w, err := opts.Store.NewBlobWriter(ctx)
 	if err != nil {
-		return manifest.Rootfs{}, false, err
+		return manifest.Rootfs{}, false, nil, err
 	}
 	defer w.Abort()
-	cres, err := compose.Compose(ctx, w, inputs, compose.Options{Mode: compose.Rootfs, MTime: time.Unix(epoch, 0)})
+	cres, err := compose.Compose(ctx, w, inputs, compose.Options{Mode: compose.Rootfs, MTime: time.Unix(epoch, 0), Finalize: finalize})
 	if err != nil {
-		return manifest.Rootfs{}, false, err
+		return manifest.Rootfs{}, false, nil, err
 	}
 	d, size, err := w.Commit(ctx, -1, "")
 	if err != nil {
-		return manifest.Rootfs{}, false, err
+		return manifest.Rootfs{}, false, nil, err
 	}
 	if err := ca.SetRef("rootfs", key, d); err != nil {
-		return manifest.Rootfs{}, false, err
+		return manifest.Rootfs{}, false, nil, err
 	}
-	return manifest.Rootfs{Digest: d, Size: size, Entries: cres.Entries}, false, nil
+	return manifest.Rootfs{Digest: d, Size: size, Entries: cres.Entries}, false, nil, nil
 }
 
-func countRootfs(ctx context.Context, st *store.Store, d digest.Digest) (manifest.Rootfs, error) {
+// countRootfs counts a stored rootfs's entries and returns its image.json.
+func countRootfs(ctx context.Context, st *store.Store, d digest.Digest) (manifest.Rootfs, []byte, error) {
 	p, err := st.BlobPath(d)
 	if err != nil {
-		return manifest.Rootfs{}, err
+		return manifest.Rootfs{}, nil, err
 	}
 	f, err := os.Open(p)
 	if err != nil {
-		return manifest.Rootfs{}, err
+		return manifest.Rootfs{}, nil, err
 	}
 	defer f.Close()
-	n, size, err := source.CountEntries(ctx, f)
+	var info []byte
+	n, size, err := source.CountEntries(ctx, f, func(name string, r io.Reader) error {
+		if name == strings.TrimPrefix(imageinfo.Path, "/") {
+			info, err = io.ReadAll(io.LimitReader(r, 16<<20))
+			return err
+		}
+		return nil
+	})
 	if err != nil {
-		return manifest.Rootfs{}, err
+		return manifest.Rootfs{}, nil, err
 	}
-	return manifest.Rootfs{Digest: d, Size: size, Entries: n}, nil
+	return manifest.Rootfs{Digest: d, Size: size, Entries: n}, info, nil
 }
 
-func imageConfig(n *spec.NodeImage, plan *assemble.Plan, layers []assemble.Layer, rootfs manifest.Rootfs, epoch int64, imgctlVersion string, lockBytes []byte) manifest.Config {
+func imageConfig(n *spec.NodeImage, plan *assemble.Plan, layers []assemble.Layer, epoch int64, imgctlVersion string, lockBytes []byte) manifest.Config {
 	sd := digest.SHA256.Digester()
 	sd.Hash().Write(n.Canonical())
 	sd.Hash().Write([]byte("\n"))
@@ -379,7 +399,6 @@ func imageConfig(n *spec.NodeImage, plan *assemble.Plan, layers []assemble.Layer
 		Kubernetes:      n.Spec.Kubernetes.Version,
 		Imgctl:          imgctlVersion,
 		SourceDateEpoch: epoch,
-		Rootfs:          rootfs,
 	}
 	for i, l := range layers {
 		ml := manifest.Layer{Role: string(l.Role), Version: l.Version, Digest: l.Digest, Size: l.Size}

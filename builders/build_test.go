@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -26,6 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/imgctl/imgctl/images/imageinfo"
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/cache"
@@ -433,5 +435,65 @@ func TestSameInputsOtherTargetsAreAnotherImage(t *testing.T) {
 	more := append(arts, manifest.Artifact{Name: "disk.simg", MediaType: manifest.DiskSparseMediaType, Digest: a.Image.Config.Rootfs.Digest, Size: 1})
 	if readableVersion(cfg, more) == a.Image.Config.Version {
 		t.Error("the same inputs with more artifacts got the same version: the store would refuse them as a conflict")
+	}
+}
+
+func TestBuildRecordsBakedBinaries(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	e := newEnv(t, f.spec(t), t.TempDir())
+	e.opts.Targets = []string{"rootfs"}
+	res, err := Run(ctx, e.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	binary := bytes.Repeat([]byte("kubelet-binary\n"), 1000)
+	want := map[string]digest.Digest{"/usr/bin/kubelet": digest.Digest("sha256:" + sha(binary))}
+	if !maps.Equal(res.Image.Config.Binaries, want) {
+		t.Errorf("config binaries = %v, want %v (base files and non-executables are not baked binaries)", res.Image.Config.Binaries, want)
+	}
+	// The same list is in the rootfs, with the image's identity.
+	rc, err := e.opts.Store.OpenBlob(ctx, res.Image.Config.Rootfs.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	var info *imageinfo.Info
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Name == "etc/imgctl/image.json" {
+			b, _ := io.ReadAll(tr)
+			if info, err = imageinfo.Parse(b); err != nil {
+				t.Fatalf("image.json: %v\n%s", err, b)
+			}
+			if h.Mode != 0o644 {
+				t.Errorf("image.json mode %o", h.Mode)
+			}
+		}
+	}
+	if info == nil {
+		t.Fatal("no etc/imgctl/image.json in the rootfs")
+	}
+	if info.Binaries["/usr/bin/kubelet"] != string(want["/usr/bin/kubelet"]) || len(info.Binaries) != 1 {
+		t.Errorf("image.json binaries = %v", info.Binaries)
+	}
+	if info.Name != "test-node" || info.Kubernetes != "1.21.13" || len(info.Layers) != 3 || info.Layers[1].Version != "v-kubelet" || info.SpecDigest != string(res.Image.Config.SpecDigest) {
+		t.Errorf("image.json = %+v", info)
+	}
+
+	// A second build reuses the stored rootfs and still records the binaries.
+	res2, err := Run(ctx, e.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res2.Reused || !maps.Equal(res2.Image.Config.Binaries, want) || res2.Image.Digest() != res.Image.Digest() {
+		t.Errorf("rebuild: reused=%v binaries=%v digest %s vs %s", res2.Reused, res2.Image.Config.Binaries, res2.Image.Digest(), res.Image.Digest())
 	}
 }

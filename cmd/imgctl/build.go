@@ -110,6 +110,7 @@ the lock's, then the current time (recorded in the lock) are used.`,
 			if raw.Agent == "" {
 				raw.Agent = defaultAgent()
 			}
+			env.NodeAgent = raw.Agent
 			res, err := builders.Run(ctx, builders.Options{
 				Raw:  raw,
 				Spec: n, LockPath: lockPath, UpdateLock: updateLock, Locked: locked,
@@ -155,7 +156,7 @@ the lock's, then the current time (recorded in the lock) are used.`,
 	f.StringVar(&rootSize, "root-size", "", "raw target: size of each of ROOT-A and ROOT-B (default 1GiB)")
 	f.StringVar(&compression, "compression", "zstd", "raw target: squashfs compressor (zstd, xz, gzip, lz4)")
 	f.IntVar(&level, "compression-level", 0, "raw target: compressor level (default: zstd 3, otherwise the compressor's default)")
-	f.StringVar(&agent, "node-agent", "", "raw target: the static imgctl-node binary for the initrd (default: imgctl-node beside imgctl, then $PATH)")
+	f.StringVar(&agent, "node-agent", "", "the static imgctl-node binary: /init of the raw target's initrd and /usr/bin/imgctl-node of the bootstrap layer (default: imgctl-node beside imgctl, then $PATH)")
 	return cmd
 }
 

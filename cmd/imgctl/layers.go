@@ -64,6 +64,7 @@ root). It prints the input digest, the layer tar digest, its size and entry coun
 			if err != nil {
 				return err
 			}
+			env.NodeAgent = defaultAgent()
 			pin, err := env.Resolve(cmd.Context(), u, nil)
 			if err != nil {
 				return err

@@ -78,6 +78,10 @@ type Config struct {
 	SourceDateEpoch int64   `json:"sourceDateEpoch"`
 	Layers          []Layer `json:"layers"`
 	Rootfs          Rootfs  `json:"rootfs"`
+	// Binaries maps every executable of the runtime, kubelet and bootstrap layers (absolute
+	// path in the rootfs) to its sha256. The same list is in the rootfs as /etc/imgctl/image.json,
+	// and the node verifies the files against it at every boot (kube-node-installation).
+	Binaries map[string]digest.Digest `json:"binaries,omitempty"`
 }
 
 // Layer is one composed filesystem layer.

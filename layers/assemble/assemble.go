@@ -117,7 +117,15 @@ func Resolve(ctx context.Context, n *spec.NodeImage, old *lock.File, epoch int64
 	if err != nil {
 		return nil, err
 	}
-	for _, pl := range plan.Layers {
+	for i := range plan.Layers {
+		pl := &plan.Layers[i]
+		// A layer of one versioned package (a .deb, the bootstrap layer) takes its version
+		// unless the spec gives one.
+		if pl.Version == "" && len(pl.Pins) == 1 {
+			if _, v, ok := strings.Cut(pl.Pins[0].Resolved, "="); ok {
+				pl.Version = v
+			}
+		}
 		for _, p := range pl.Pins {
 			plan.Lock.Sources = append(plan.Lock.Sources, lock.Source{Role: string(pl.Role), URI: p.URI, Digest: p.Digest, Resolved: p.Resolved, URL: p.URL})
 		}

@@ -5,6 +5,7 @@ package compose
 import (
 	"archive/tar"
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -48,6 +49,86 @@ type Options struct {
 	// MTime is written as the modification time of every entry (SOURCE_DATE_EPOCH).
 	MTime  time.Time
 	Logger *slog.Logger
+	// Finalize, when set, runs once every input is indexed and before anything is written. It
+	// sees the merged tree's regular files and returns generated files that are added on top
+	// of the last input (for example a list of file digests that must be part of the rootfs).
+	Finalize func(ctx context.Context, files *Files) ([]Generated, error)
+}
+
+// Generated is a file Finalize adds to the composed tree. Missing parent directories are
+// created 0755 root:root.
+type Generated struct {
+	Path string // relative, e.g. "etc/imgctl/image.json"
+	Mode int64  // permission bits
+	Data []byte
+}
+
+// File is one regular file of the merged tree, as Finalize sees it.
+type File struct {
+	Path  string // relative, e.g. "usr/bin/kubelet"
+	Mode  int64  // permission bits, setuid/setgid/sticky included
+	Input int    // index of the input that supplied the content
+	Size  int64
+	// Content reads the file's bytes from that input.
+	Content *io.SectionReader
+}
+
+// Files is the merged tree handed to Options.Finalize.
+type Files struct {
+	t      *tree
+	inputs []Input
+}
+
+// Walk calls fn for every regular file in output order. A hard-linked file is visited once per
+// name.
+func (f *Files) Walk(fn func(File) error) error { return f.walk("", f.t.root, fn) }
+
+func (f *Files) walk(dir string, d *node, fn func(File) error) error {
+	names := make([]string, 0, len(d.children))
+	for name, c := range d.children {
+		if !c.whiteout {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		c := d.children[name]
+		switch {
+		case c.isDir():
+			if err := f.walk(dir+name+"/", c, fn); err != nil {
+				return err
+			}
+		case c.data != nil:
+			in := f.inputs[c.data.input]
+			err := fn(File{
+				Path: dir + name, Mode: c.hdr.Mode, Input: c.data.input, Size: c.data.size,
+				Content: io.NewSectionReader(in.Reader, c.data.offset, c.data.size),
+			})
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// generatedInput packs Finalize's files as one more input.
+func generatedInput(files []Generated) (Input, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, g := range files {
+		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: g.Path, Mode: g.Mode, Size: int64(len(g.Data))}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return Input{}, fmt.Errorf("generated file %q: %w", g.Path, err)
+		}
+		if _, err := tw.Write(g.Data); err != nil {
+			return Input{}, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return Input{}, err
+	}
+	return Input{Name: "generated", Reader: bytes.NewReader(buf.Bytes()), Size: int64(buf.Len())}, nil
 }
 
 // Result describes what Compose wrote.
@@ -90,6 +171,22 @@ func Compose(ctx context.Context, w io.Writer, inputs []Input, opts Options) (Re
 	for i, in := range inputs {
 		if err := t.add(ctx, i, in); err != nil {
 			return Result{}, fmt.Errorf("layer %s: %w", in.Name, err)
+		}
+	}
+	if opts.Finalize != nil {
+		gen, err := opts.Finalize(ctx, &Files{t: t, inputs: inputs})
+		if err != nil {
+			return Result{}, err
+		}
+		if len(gen) > 0 {
+			in, err := generatedInput(gen)
+			if err != nil {
+				return Result{}, err
+			}
+			inputs = append(slices.Clip(inputs), in)
+			if err := t.add(ctx, len(inputs)-1, in); err != nil {
+				return Result{}, fmt.Errorf("generated files: %w", err)
+			}
 		}
 	}
 	// Headers and padding are 512-byte writes: buffer them (one syscall per MiB, not per block).

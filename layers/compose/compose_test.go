@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -297,5 +298,45 @@ func BenchmarkCompose(b *testing.B) {
 		if _, err := Compose(context.Background(), io.Discard, inputs, Options{MTime: time.Unix(1700000000, 0)}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestComposeFinalize(t *testing.T) {
+	in := []Input{
+		mkTar(t, "f usr/bin/a lower", "f usr/bin/gone x", "f etc/conf c"),
+		mkTar(t, "f usr/bin/a upper", "f usr/bin/.wh.gone", "h usr/bin/b usr/bin/a"),
+	}
+	var seen []string
+	var out bytes.Buffer
+	_, err := Compose(context.Background(), &out, in, Options{MTime: time.Unix(1, 0),
+		Finalize: func(ctx context.Context, files *Files) ([]Generated, error) {
+			var list []string
+			err := files.Walk(func(f File) error {
+				body, err := io.ReadAll(f.Content)
+				seen = append(seen, fmt.Sprintf("%s=%s@%d", f.Path, body, f.Input))
+				list = append(list, f.Path)
+				return err
+			})
+			return []Generated{{Path: "etc/imgctl/files", Mode: 0o644, Data: []byte(strings.Join(list, ","))}}, err
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantSeen := []string{"etc/conf=c@0", "usr/bin/a=upper@1", "usr/bin/b=upper@1"}
+	if !slices.Equal(seen, wantSeen) {
+		t.Errorf("Finalize saw %q, want %q", seen, wantSeen)
+	}
+	got := listing(t, out.Bytes(), time.Unix(1, 0))
+	want := []string{"d ./ 755", "d etc/ 755", "f etc/conf c", "d etc/imgctl/ 755", "f etc/imgctl/files etc/conf,usr/bin/a,usr/bin/b",
+		"d usr/ 755", "d usr/bin/ 755", "f usr/bin/a upper", "h usr/bin/b usr/bin/a"}
+	if !slices.Equal(got, want) {
+		t.Errorf("composed:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	boom := errors.New("boom")
+	_, err = Compose(context.Background(), io.Discard, in, Options{
+		Finalize: func(context.Context, *Files) ([]Generated, error) { return nil, boom }})
+	if !errors.Is(err, boom) {
+		t.Errorf("Finalize error not returned: %v", err)
 	}
 }

@@ -59,6 +59,8 @@ type Env struct {
 	Fetch   *fetch.Client
 	Keyring string    // Debian archive keyring; "" = the system's
 	MTime   time.Time // SOURCE_DATE_EPOCH, passed to mmdebstrap
+	// NodeAgent is the static imgctl-node binary the bootstrap layer (imgctl://bootstrap) carries.
+	NodeAgent string
 	Logger  *slog.Logger
 
 	repos sync.Map // mirror|suite|component|arch -> *deb.Repo
@@ -87,6 +89,12 @@ func (e *Env) resolve(ctx context.Context, u URI, locked *Pin) (Pin, error) {
 	}
 	pin := Pin{URI: u.Raw}
 	switch {
+	case u.Kind == KindBootstrap:
+		t, err := e.bootstrapTar(ctx, u)
+		if err != nil {
+			return Pin{}, err
+		}
+		return t.Pin, nil
 	case u.Kind == KindDir:
 		t, err := e.dirTar(ctx, u)
 		if err != nil {
@@ -201,8 +209,11 @@ func (e *Env) Materialize(ctx context.Context, u URI, pin Pin) (Tar, error) {
 }
 
 func (e *Env) materialize(ctx context.Context, u URI, pin Pin) (Tar, error) {
-	if u.Kind == KindDir {
+	switch u.Kind {
+	case KindDir:
 		return e.dirTar(ctx, u)
+	case KindBootstrap:
+		return e.bootstrapTar(ctx, u)
 	}
 	key := strings.Join([]string{converterVersion, string(u.Kind), u.Dest, fmt.Sprintf("%o", u.Mode), u.Prefix, string(pin.Digest)}, "\n")
 	if t, ok := e.cachedTar(ctx, key, pin); ok {
@@ -266,8 +277,9 @@ func (e *Env) cachedTar(ctx context.Context, key string, pin Pin) (Tar, bool) {
 	return Tar{Pin: pin, Digest: d, Size: size, Entries: n}, true
 }
 
-// CountEntries counts the entries of a tar without reading file contents.
-func CountEntries(ctx context.Context, f *os.File) (entries int, size int64, err error) {
+// CountEntries counts the entries of a tar; visit, if given, may read an entry's content
+// (names without a leading "./"). Contents nobody reads are skipped, not read.
+func CountEntries(ctx context.Context, f *os.File, visit ...func(name string, r io.Reader) error) (entries int, size int64, err error) {
 	st, err := f.Stat()
 	if err != nil {
 		return 0, 0, err
@@ -279,7 +291,7 @@ func CountEntries(ctx context.Context, f *os.File) (entries int, size int64, err
 				return 0, 0, err
 			}
 		}
-		_, err := tr.Next()
+		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
 			return entries, st.Size(), nil
 		}
@@ -287,6 +299,11 @@ func CountEntries(ctx context.Context, f *os.File) (entries int, size int64, err
 			return 0, 0, err
 		}
 		entries++
+		for _, v := range visit {
+			if err := v(strings.TrimPrefix(hdr.Name, "./"), tr); err != nil {
+				return 0, 0, fmt.Errorf("entry %q: %w", hdr.Name, err)
+			}
+		}
 	}
 }
 

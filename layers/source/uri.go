@@ -25,6 +25,7 @@ const (
 	KindOCILayout  Kind = "oci-layout" // an image in a local OCI layout, flattened
 	KindDebRepo    Kind = "deb-repo"   // a package resolved from a Debian repository index
 	KindMmdebstrap Kind = "mmdebstrap" // a Debian base made by mmdebstrap
+	KindBootstrap  Kind = "bootstrap"  // imgctl's bootstrap layer: units + the node agent
 )
 
 // URI is a parsed source URI. The grammar (a contract other tools rely on):
@@ -35,6 +36,7 @@ const (
 //	oci://REGISTRY/REPO@sha256:…   oci-layout:///DIR@sha256:…
 //	deb://MIRROR/debian?suite=S&package=NAME[=VERSION][&follow=PREFIX][&component=main&arch=amd64]
 //	mmdebstrap://SUITE?mirror=URL&packages=a,b[&variant=minbase]
+//	imgctl://bootstrap            imgctl's bootstrap layer (units + the imgctl-node binary)
 type URI struct {
 	Raw  string
 	Kind Kind
@@ -75,7 +77,7 @@ func Parse(raw string) (URI, error) {
 func parse(raw string) (URI, error) {
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok {
-		return URI{}, fmt.Errorf("expected SCHEME://…, one of file, https, http, oci, oci-layout, deb, mmdebstrap")
+		return URI{}, fmt.Errorf("expected SCHEME://…, one of file, https, http, oci, oci-layout, deb, mmdebstrap, imgctl")
 	}
 	u := URI{Raw: raw}
 	switch scheme {
@@ -99,6 +101,12 @@ func parse(raw string) (URI, error) {
 			return URI{}, err
 		}
 		return u, u.classify(scheme)
+	case "imgctl":
+		if rest != "bootstrap" {
+			return URI{}, fmt.Errorf("imgctl:// names a layer imgctl provides: expected imgctl://bootstrap")
+		}
+		u.Kind = KindBootstrap
+		return u, nil
 	case "oci", "oci-layout":
 		ref, dg, ok := strings.Cut(rest, "@")
 		if !ok || ref == "" {

@@ -24,8 +24,10 @@ func TestParse(t *testing.T) {
 		{raw: "deb://deb.debian.org/debian?suite=bookworm&package=runc=1.1.5", want: URI{Kind: KindDebRepo, Location: "https://deb.debian.org/debian", Suite: "bookworm", Package: "runc", Version: "1.1.5", Component: "main", Arch: "amd64"}},
 		{raw: "deb+http://127.0.0.1:8080/debian?suite=s&package=p", want: URI{Kind: KindDebRepo, Location: "http://127.0.0.1:8080/debian"}},
 		{raw: "mmdebstrap://bookworm?mirror=https://deb.debian.org/debian&packages=systemd,udev", want: URI{Kind: KindMmdebstrap, Suite: "bookworm", Variant: "minbase", Packages: []string{"systemd", "udev"}}},
+		{raw: "imgctl://bootstrap", want: URI{Kind: KindBootstrap}},
 
 		{raw: "ftp://x/y", err: "unknown scheme"},
+		{raw: "imgctl://kubelet", err: "expected imgctl://bootstrap"},
 		{raw: "layer.tar", err: "expected SCHEME://"},
 		{raw: "file://relative/x.tar", err: "absolute path"},
 		{raw: "file:///srv/kubelet", err: "cannot tell what kubelet is"},

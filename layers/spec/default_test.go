@@ -26,11 +26,12 @@ func TestDefault(t *testing.T) {
 		return u + "#sha256-from=" + u + ".sha256&path=/usr/bin/" + name + "&mode=0755"
 	}
 	want := []Layer{
-		{Role: RoleBase, Sources: []string{"mmdebstrap://bookworm?mirror=https://deb.debian.org/debian&variant=minbase&packages=systemd-sysv,udev,dbus,kmod,iproute2,ca-certificates,iptables,conntrack,ethtool,socat,ebtables,util-linux,mount,e2fsprogs"}},
+		{Role: RoleBase, Sources: []string{"mmdebstrap://bookworm?mirror=https://deb.debian.org/debian&variant=minbase&packages=systemd-sysv,udev,dbus,kmod,iproute2,ca-certificates,iptables,conntrack,ethtool,socat,ebtables,util-linux,mount,e2fsprogs,logrotate"}},
 		{Role: RoleKernel, Sources: []string{deb + "linux-image-cloud-amd64&follow=linux-image-"}},
 		{Role: RoleBootloader, Sources: []string{deb + "systemd-boot-efi"}},
 		{Role: RoleRuntime, Sources: []string{deb + "containerd", deb + "runc"}},
 		{Role: RoleKubelet, Version: "1.21.13", Sources: []string{bin("kubelet"), bin("kubeadm"), bin("kubectl")}},
+		{Role: RoleBootstrap, Sources: []string{"imgctl://bootstrap"}},
 	}
 	if len(n.Spec.Layers) != len(want) {
 		t.Fatalf("layers = %+v", n.Spec.Layers)

@@ -1,0 +1,129 @@
+package bootstrap
+
+import (
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// released records the content digest of every bootstrap Version. A change to the units without
+// a new Version (and a new line here) fails: nodes report the version, so it must mean one thing.
+var released = map[string]string{
+	"1.0.0": "sha256:7b0cef978f665f9477f0642782c95a97b34f94357e13c1503887dcc06cc2f07d",
+}
+
+func TestVersionRecordsContent(t *testing.T) {
+	d, err := ContentDigest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if released[Version] != d {
+		t.Fatalf("the bootstrap files changed (content %s) but Version %s records %s: bump Version and add it to released", d, Version, released[Version])
+	}
+}
+
+func TestEntries(t *testing.T) {
+	es, err := Entries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths := map[string]Entry{}
+	for i, e := range es {
+		if i > 0 && es[i-1].Path >= e.Path {
+			t.Errorf("entries not sorted/unique: %s then %s", es[i-1].Path, e.Path)
+		}
+		paths[e.Path] = e
+	}
+	for _, e := range es {
+		if p := parent(e.Path); p != "" {
+			if d, ok := paths[p]; !ok || !d.Mode.IsDir() {
+				t.Errorf("%s: parent %s missing", e.Path, p)
+			}
+		}
+		if e.Mode&fs.ModeSymlink != 0 {
+			target := filepath.Join(filepath.Dir(e.Path), e.Target)
+			if _, ok := paths[target]; !ok && !strings.Contains(e.Target, "systemd-networkd") {
+				t.Errorf("%s -> %s: target not in the layer", e.Path, e.Target)
+			}
+		}
+	}
+	for _, want := range []string{
+		"usr/lib/systemd/system/kubernetes.target",
+		"usr/lib/systemd/system/kube-node-installation.service",
+		"usr/lib/systemd/system/kube-node-configuration.service",
+		"usr/lib/systemd/system/kubelet-monitor.service",
+		"usr/lib/systemd/system/kube-container-runtime-monitor.service",
+		"usr/lib/systemd/system/kube-logrotate.timer",
+		"usr/lib/systemd/system/kubelet.service",
+		"etc/imgctl/hooks.d/post-configure.d",
+	} {
+		if _, ok := paths[want]; !ok {
+			t.Errorf("missing %s", want)
+		}
+	}
+}
+
+// TestUnitsVerify runs systemd-analyze verify on the units inside a root that has them plus the
+// binaries and units they reference from other layers (stand-ins), so it checks our syntax,
+// directives and dependencies, not the host.
+func TestUnitsVerify(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs systemd-analyze")
+	}
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Fatal("systemd-analyze not installed (scripts/install-deps.sh installs systemd)")
+	}
+	dir := t.TempDir()
+	// systemd's own units (sysinit.target, systemd-networkd, ...) from the host's systemd, the
+	// same Debian 12 package the image's base layer has.
+	sys := filepath.Join(dir, "usr/lib/systemd/system")
+	os.MkdirAll(filepath.Dir(sys), 0o755)
+	if out, err := exec.Command("cp", "-a", "/usr/lib/systemd/system", sys).CombinedOutput(); err != nil {
+		t.Fatalf("copying the host's systemd units: %v\n%s", err, out)
+	}
+	es, err := Entries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var units []string
+	for _, e := range es {
+		p := filepath.Join(dir, e.Path)
+		switch {
+		case e.Mode.IsDir():
+			err = os.MkdirAll(p, 0o755)
+		case e.Mode&fs.ModeSymlink != 0:
+			os.Remove(p)
+			err = os.Symlink(e.Target, p)
+		default:
+			err = os.WriteFile(p, e.Data, 0o644)
+			if filepath.Dir(e.Path) == "usr/lib/systemd/system" {
+				units = append(units, p)
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// What other layers provide: the agent, kubelet, logrotate, containerd.
+	for _, bin := range []string{AgentPath, "usr/bin/kubelet", "usr/sbin/logrotate", "usr/bin/containerd", "usr/lib/systemd/systemd-networkd-wait-online"} {
+		p := filepath.Join(dir, bin)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Symlink("usr/lib", filepath.Join(dir, "lib"))
+	os.Symlink("usr/bin", filepath.Join(dir, "bin"))
+	os.Symlink("usr/sbin", filepath.Join(dir, "sbin"))
+	if _, err := os.Stat(filepath.Join(sys, "containerd.service")); err != nil {
+		os.WriteFile(filepath.Join(sys, "containerd.service"), []byte("[Service]\nExecStart=/usr/bin/containerd\n"), 0o644)
+	}
+	args := append([]string{"verify", "--root=" + dir, "--man=no"}, units...)
+	out, err := exec.Command("systemd-analyze", args...).CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
