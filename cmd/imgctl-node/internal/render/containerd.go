@@ -1,0 +1,31 @@
+package render
+
+import "fmt"
+
+// containerdConfig is containerd 1.6's /etc/containerd/config.toml (format version 2): the CRI
+// plugin's sandbox image, runc through the v2 shim in the systemd cgroup driver (which the
+// kubelet's cgroupDriver matches) and the standard CNI directories. The sandbox image was checked
+// to need no TOML escaping.
+func (r *renderer) containerdConfig() File {
+	const cri = `plugins."io.containerd.grpc.v1.cri"`
+	data := fmt.Appendf(nil, `# %s
+version = 2
+
+[%[2]s]
+  sandbox_image = "%[3]s"
+
+[%[2]s.containerd]
+  default_runtime_name = "runc"
+
+[%[2]s.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[%[2]s.containerd.runtimes.runc.options]
+  SystemdCgroup = true
+
+[%[2]s.cni]
+  bin_dir = "/opt/cni/bin"
+  conf_dir = "/etc/cni/net.d"
+`, header, cri, r.sandbox)
+	return File{Path: ContainerdConfigPath, Mode: 0o644, Data: data}
+}

@@ -1,0 +1,216 @@
+package render
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+)
+
+// The kubeadm configuration types below are the fields Render sets, shaped as kubeadm's
+// v1beta2 (1.21), v1beta3 (1.22–1.30) and v1beta4 (1.31 on). The three agree on every field used
+// here except nodeRegistration.kubeletExtraArgs (see extraArgs); the apiVersion tells them apart.
+
+// typeMeta is a document's apiVersion and kind.
+type typeMeta struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+}
+
+// initConfiguration is kubeadm's InitConfiguration.
+type initConfiguration struct {
+	typeMeta
+	NodeRegistration nodeRegistration `json:"nodeRegistration"`
+	LocalAPIEndpoint *apiEndpoint     `json:"localAPIEndpoint,omitempty"`
+}
+
+// clusterConfiguration is kubeadm's ClusterConfiguration.
+type clusterConfiguration struct {
+	typeMeta
+	KubernetesVersion    string     `json:"kubernetesVersion"`
+	ClusterName          string     `json:"clusterName,omitempty"`
+	ControlPlaneEndpoint string     `json:"controlPlaneEndpoint,omitempty"`
+	Networking           networking `json:"networking"`
+}
+
+type networking struct {
+	ServiceSubnet string `json:"serviceSubnet,omitempty"`
+	PodSubnet     string `json:"podSubnet,omitempty"`
+	DNSDomain     string `json:"dnsDomain,omitempty"`
+}
+
+// joinConfiguration is kubeadm's JoinConfiguration.
+type joinConfiguration struct {
+	typeMeta
+	NodeRegistration nodeRegistration  `json:"nodeRegistration"`
+	Discovery        discovery         `json:"discovery"`
+	ControlPlane     *joinControlPlane `json:"controlPlane,omitempty"`
+}
+
+type discovery struct {
+	BootstrapToken bootstrapTokenDiscovery `json:"bootstrapToken"`
+}
+
+type bootstrapTokenDiscovery struct {
+	APIServerEndpoint string   `json:"apiServerEndpoint"`
+	Token             string   `json:"token"`
+	CACertHashes      []string `json:"caCertHashes"`
+}
+
+type joinControlPlane struct {
+	LocalAPIEndpoint *apiEndpoint `json:"localAPIEndpoint,omitempty"`
+	CertificateKey   string       `json:"certificateKey"`
+}
+
+type apiEndpoint struct {
+	AdvertiseAddress string `json:"advertiseAddress,omitempty"`
+}
+
+// nodeRegistration is kubeadm's NodeRegistrationOptions. Taints left nil let kubeadm apply its
+// default: the control-plane taint for master and masterFollower, none for a node.
+type nodeRegistration struct {
+	Name             string    `json:"name"`
+	CRISocket        string    `json:"criSocket"`
+	Taints           []taint   `json:"taints,omitempty"`
+	KubeletExtraArgs extraArgs `json:"kubeletExtraArgs,omitzero"`
+}
+
+// taint is a core/v1 Taint.
+type taint struct {
+	Key    string `json:"key"`
+	Value  string `json:"value,omitempty"`
+	Effect string `json:"effect"`
+}
+
+// extraArgs are flags without their leading dashes, sorted by name. v1beta4 writes them as a
+// list of {name, value} (which allows duplicates); v1beta2 and v1beta3 as a map.
+type extraArgs struct {
+	list  bool
+	flags []kubeletFlag
+}
+
+// IsZero reports whether there are no flags, for omitzero.
+func (a extraArgs) IsZero() bool { return len(a.flags) == 0 }
+
+// MarshalJSON writes the map or list form.
+func (a extraArgs) MarshalJSON() ([]byte, error) {
+	if a.list {
+		type arg struct {
+			Name  string `json:"name"`
+			Value string `json:"value"`
+		}
+		l := make([]arg, len(a.flags))
+		for i, f := range a.flags {
+			l[i] = arg{f.name, f.value}
+		}
+		return json.Marshal(l)
+	}
+	m := make(map[string]string, len(a.flags))
+	for _, f := range a.flags {
+		m[f.name] = f.value
+	}
+	return json.Marshal(m)
+}
+
+// nodeRegistration registers this node: its name, containerd's socket, and the kubelet's
+// per-node settings: nodeLabels as --node-labels, maxPods as --max-pods (kubeadm has no per-node
+// KubeletConfiguration before 1.25's patches, and a master's KubeletConfiguration is cluster-wide)
+// and extraArgs; registerWithTaints as taints, which replace kubeadm's default control-plane taint
+// on a control-plane node.
+func (r *renderer) nodeRegistration() nodeRegistration {
+	k := r.cfg.Spec.Kubelet
+	nr := nodeRegistration{Name: r.in.NodeName, CRISocket: ContainerdSocket}
+	for _, t := range k.RegisterWithTaints {
+		nr.Taints = append(nr.Taints, parseTaint(t))
+	}
+	args := make(map[string]string, len(k.ExtraArgs)+2)
+	for n, v := range k.ExtraArgs {
+		args[n] = v
+	}
+	if len(k.NodeLabels) > 0 {
+		args[flagNodeLabels] = labelsFlag(k.NodeLabels)
+	}
+	if k.MaxPods > 0 {
+		args[flagMaxPods] = strconv.Itoa(k.MaxPods)
+	}
+	nr.KubeletExtraArgs = extraArgs{list: r.v.kubeadmAPIVersion() == kubeadmV1beta4, flags: extraArgFlags(args)}
+	return nr
+}
+
+// parseTaint splits a validated key[=value]:Effect.
+func parseTaint(s string) taint {
+	kv, effect, _ := strings.Cut(s, ":")
+	k, v, _ := strings.Cut(kv, "=")
+	return taint{Key: k, Value: v, Effect: effect}
+}
+
+// localAPIEndpoint is the advertise address, when the caller gave one.
+func (r *renderer) localAPIEndpoint() *apiEndpoint {
+	if r.in.AdvertiseAddress == "" {
+		return nil
+	}
+	return &apiEndpoint{AdvertiseAddress: r.in.AdvertiseAddress}
+}
+
+// join renders the JoinConfiguration of a node joining with a bootstrap token, or with
+// controlPlane of a masterFollower.
+func (r *renderer) join(controlPlane bool) (File, error) {
+	cr := r.creds()
+	jc := joinConfiguration{
+		typeMeta:         typeMeta{APIVersion: r.v.kubeadmAPIVersion(), Kind: "JoinConfiguration"},
+		NodeRegistration: r.nodeRegistration(),
+		Discovery: discovery{BootstrapToken: bootstrapTokenDiscovery{
+			APIServerEndpoint: r.apiEndpoint(),
+			Token:             cr.BootstrapToken,
+			CACertHashes:      cr.CACertHashes,
+		}},
+	}
+	if controlPlane {
+		jc.ControlPlane = &joinControlPlane{LocalAPIEndpoint: r.localAPIEndpoint(), CertificateKey: cr.CertificateKey}
+	}
+	doc, err := marshalYAML(jc)
+	if err != nil {
+		return File{}, err
+	}
+	return File{Path: KubeadmConfigPath, Mode: 0o600, Data: yamlFile(doc)}, nil
+}
+
+// master renders kubeadm init's configuration and, when the config carries the cluster CA's key,
+// the CA kubeadm then uses instead of generating one.
+func (r *renderer) master() ([]File, error) {
+	cl := r.cfg.Spec.Cluster
+	apiVersion := r.v.kubeadmAPIVersion()
+	ic := initConfiguration{
+		typeMeta:         typeMeta{APIVersion: apiVersion, Kind: "InitConfiguration"},
+		NodeRegistration: r.nodeRegistration(),
+		LocalAPIEndpoint: r.localAPIEndpoint(),
+	}
+	cc := clusterConfiguration{
+		typeMeta:          typeMeta{APIVersion: apiVersion, Kind: "ClusterConfiguration"},
+		KubernetesVersion: "v" + r.v.raw,
+		ClusterName:       cl.Name,
+		Networking:        networking{ServiceSubnet: cl.ServiceCIDR, PodSubnet: cl.PodCIDR, DNSDomain: cl.DNSDomain},
+	}
+	if cl.APIServer != "" {
+		cc.ControlPlaneEndpoint = r.apiEndpoint()
+	}
+	var docs [][]byte
+	for _, v := range []any{ic, cc} {
+		d, err := marshalYAML(v)
+		if err != nil {
+			return nil, err
+		}
+		docs = append(docs, d)
+	}
+	kc, err := r.kubeletConfiguration(false)
+	if err != nil {
+		return nil, err
+	}
+	docs = append(docs, kc)
+	files := []File{{Path: KubeadmConfigPath, Mode: 0o600, Data: yamlFile(docs...)}}
+	if cr := r.creds(); cr.CAKey != "" {
+		files = append(files,
+			File{Path: CACertPath, Mode: 0o644, Data: pemText(cl.CACertificate)},
+			File{Path: CAKeyPath, Mode: 0o600, Data: pemText(cr.CAKey)})
+	}
+	return files, nil
+}

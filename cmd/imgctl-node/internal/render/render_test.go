@@ -1,0 +1,681 @@
+package render
+
+import (
+	"crypto/x509/pkix"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/imgctl/imgctl/images/nodeconfig"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// goldenVersions is one Kubernetes version per kubeadm configuration API version.
+var goldenVersions = []string{"1.21.13", "1.25.16", "1.31.4"}
+
+// privateKeyRE matches PEM private keys: the golden files leave them out (the fixtures are fake,
+// but committed key material trips secret scanners); TestCertNodeFiles and TestMasterCA check
+// those files byte for byte instead.
+var privateKeyRE = regexp.MustCompile(`(?s)-----BEGIN ([A-Z ]*)PRIVATE KEY-----\n.*?-----END ([A-Z ]*)PRIVATE KEY-----\n`)
+
+// formatPlan renders a plan as one reviewable text: the command, then every file with its mode.
+func formatPlan(p *Plan) string {
+	var b strings.Builder
+	cmd := "(none: start kubelet)"
+	if p.Command != nil {
+		cmd = strings.Join(p.Command, " ")
+	}
+	fmt.Fprintf(&b, "command: %s\n", cmd)
+	for _, f := range p.Files {
+		data := privateKeyRE.ReplaceAllString(string(f.Data), "(${1}PRIVATE KEY of the test fixtures)\n")
+		fmt.Fprintf(&b, "-- %s %04o --\n%s", f.Path, f.Mode.Perm(), data)
+	}
+	return b.String()
+}
+
+// TestGolden renders every role at one version of each kubeadm API family and compares every
+// file and the command with testdata/ROLE-VERSION.golden (go test -update rewrites them).
+func TestGolden(t *testing.T) {
+	for _, c := range testCases {
+		for _, v := range goldenVersions {
+			t.Run(c+"/"+v, func(t *testing.T) {
+				got := formatPlan(mustRender(t, testInput(t, c, v)))
+				path := filepath.Join("testdata", c+"-"+v+".golden")
+				if *update {
+					if err := os.MkdirAll("testdata", 0o755); err != nil {
+						t.Fatal(err)
+					}
+					if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+						t.Fatal(err)
+					}
+					return
+				}
+				want, err := os.ReadFile(path)
+				if err != nil {
+					t.Fatalf("%v (run go test -update to create it)", err)
+				}
+				if got != string(want) {
+					t.Errorf("%s differs (go test -update rewrites it):\n%s", path, firstDiff(string(want), got))
+				}
+			})
+		}
+	}
+}
+
+// firstDiff describes the first line where want and got differ.
+func firstDiff(want, got string) string {
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	for i := range max(len(w), len(g)) {
+		var wl, gl string
+		if i < len(w) {
+			wl = w[i]
+		}
+		if i < len(g) {
+			gl = g[i]
+		}
+		if wl != gl {
+			return fmt.Sprintf("line %d:\n  want %q\n  got  %q", i+1, wl, gl)
+		}
+	}
+	return "(no line differs)"
+}
+
+func TestPlanShape(t *testing.T) {
+	wantCmd := map[string][]string{
+		caseMaster:         {"kubeadm", "init", "--config", KubeadmConfigPath},
+		caseMasterFollower: {"kubeadm", "join", "--config", KubeadmConfigPath},
+		caseNodeToken:      {"kubeadm", "join", "--config", KubeadmConfigPath},
+		caseNodeCert:       nil,
+	}
+	wantPaths := map[string][]string{
+		caseMaster:         {CACertPath, CAKeyPath, ContainerdConfigPath, KubeadmConfigPath},
+		caseMasterFollower: {ContainerdConfigPath, KubeadmConfigPath},
+		caseNodeToken:      {ContainerdConfigPath, KubeadmConfigPath},
+		caseNodeCert: {KubeletExtraArgsPath, ContainerdConfigPath, CACertPath, KubeletKubeconfigPath,
+			KubeletClientPath, KubeletConfigPath, KubeletFlagsPath},
+	}
+	pki := newTestPKI(t, nodeSubject)
+	secrets := []string{testToken, testCertKey, pki.caKey, pki.clientKey}
+	for _, c := range testCases {
+		t.Run(c, func(t *testing.T) {
+			in := testInput(t, c, "1.21.13")
+			p := mustRender(t, in)
+			if !slices.Equal(p.Command, wantCmd[c]) {
+				t.Errorf("Command = %q, want %q", p.Command, wantCmd[c])
+			}
+			var paths []string
+			for _, f := range p.Files {
+				paths = append(paths, f.Path)
+				if !filepath.IsAbs(f.Path) {
+					t.Errorf("%s is not absolute", f.Path)
+				}
+				for _, s := range secrets {
+					if strings.Contains(string(f.Data), strings.TrimSpace(s)) && f.Mode.Perm() != 0o600 {
+						t.Errorf("%s holds a secret but has mode %04o (want 0600)", f.Path, f.Mode.Perm())
+					}
+				}
+				if f.Mode.Perm()&0o022 != 0 || f.Mode&^0o777 != 0 {
+					t.Errorf("%s: mode %v is group/other writable or not a plain file mode", f.Path, f.Mode)
+				}
+			}
+			if !slices.IsSorted(paths) {
+				t.Errorf("files are not sorted by path: %q", paths)
+			}
+			if want := slices.Sorted(slices.Values(wantPaths[c])); !slices.Equal(slices.Sorted(slices.Values(paths)), want) {
+				t.Errorf("paths = %q, want %q", paths, want)
+			}
+		})
+	}
+}
+
+func TestKubeadmAPIVersion(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"1.21.13", "kubeadm.k8s.io/v1beta2"},
+		{"v1.21.0", "kubeadm.k8s.io/v1beta2"},
+		{"1.21", "kubeadm.k8s.io/v1beta2"},
+		{"1.22.0", "kubeadm.k8s.io/v1beta3"},
+		{"1.25.16", "kubeadm.k8s.io/v1beta3"},
+		{"1.30.14", "kubeadm.k8s.io/v1beta3"},
+		{"1.31.0-rc.1", "kubeadm.k8s.io/v1beta4"},
+		{"1.31.4", "kubeadm.k8s.io/v1beta4"},
+		{"1.35.1", "kubeadm.k8s.io/v1beta4"},
+	} {
+		got, err := KubeadmAPIVersion(tc.in)
+		if err != nil || got != tc.want {
+			t.Errorf("KubeadmAPIVersion(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+	for _, in := range []string{"1.20.15", "1.0.0", "", "banana", "2.0.0", "1.21.x", "01.21.1", "1.21.13 ", "v1.021.1"} {
+		got, err := KubeadmAPIVersion(in)
+		if err == nil {
+			t.Errorf("KubeadmAPIVersion(%q) = %q, want an error", in, got)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, fmt.Sprintf("%q", in)) || !strings.Contains(msg, "1.21 or newer") {
+			t.Errorf("KubeadmAPIVersion(%q): error %q should name the version and the supported range", in, msg)
+		}
+	}
+}
+
+func TestDefaultSandboxImage(t *testing.T) {
+	want := map[string]string{
+		"1.21.13": "3.4.1", "1.22.17": "3.5", "1.23.17": "3.6", "1.24.17": "3.7", "1.25.16": "3.8",
+		"1.26.15": "3.9", "1.27.16": "3.9", "1.28.15": "3.9", "1.29.14": "3.9", "1.30.14": "3.9",
+		"1.31.4": "3.10", "1.32.0": "3.10", "1.33.1": "3.10", "1.34.0": "3.10.1", "1.35.0": "3.10.1",
+		"1.36.0": "3.10.2", "1.40.0": "3.10.2", "v1.21": "3.4.1",
+	}
+	for v, tag := range want {
+		if got := DefaultSandboxImage(v); got != "registry.k8s.io/pause:"+tag {
+			t.Errorf("DefaultSandboxImage(%q) = %q, want registry.k8s.io/pause:%s", v, got, tag)
+		}
+	}
+	for _, v := range []string{"1.20.15", "", "latest"} {
+		if got := DefaultSandboxImage(v); got != "" {
+			t.Errorf("DefaultSandboxImage(%q) = %q, want \"\"", v, got)
+		}
+	}
+}
+
+// envFlags parses NAME="--a=b --c=d" from an environment file into flag name → value.
+func envFlags(t *testing.T, data, name string) map[string]string {
+	t.Helper()
+	for line := range strings.SplitSeq(data, "\n") {
+		v, ok := strings.CutPrefix(line, name+"=")
+		if !ok {
+			continue
+		}
+		v, err := unquote(v)
+		if err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		flags := map[string]string{}
+		for f := range strings.FieldsSeq(v) {
+			n, val, ok := strings.Cut(strings.TrimPrefix(f, "--"), "=")
+			if !ok || !strings.HasPrefix(f, "--") {
+				t.Fatalf("%s: %q is not --name=value", name, f)
+			}
+			if _, dup := flags[n]; dup {
+				t.Fatalf("%s: --%s twice", name, n)
+			}
+			flags[n] = val
+		}
+		return flags
+	}
+	t.Fatalf("no %s= line in\n%s", name, data)
+	return nil
+}
+
+func unquote(s string) (string, error) {
+	if len(s) < 2 || s[0] != '"' || s[len(s)-1] != '"' {
+		return "", fmt.Errorf("value %s is not double-quoted", s)
+	}
+	return s[1 : len(s)-1], nil
+}
+
+// TestCertNodeVersionGates checks which kubelet settings are flags and which config fields, by
+// version, for a node that starts its own kubelet.
+func TestCertNodeVersionGates(t *testing.T) {
+	for _, tc := range []struct {
+		v                            string
+		runtime, endpointFlag, infra bool // flags present
+		endpointField                bool // containerRuntimeEndpoint in config.yaml
+	}{
+		{"1.21.13", true, true, true, false},
+		{"1.23.17", true, true, true, false},
+		{"1.24.0", false, true, true, false},
+		{"1.26.15", false, true, true, false},
+		{"1.27.0", false, false, true, true},
+		{"1.34.2", false, false, true, true},
+		{"1.35.0", false, false, false, true},
+	} {
+		t.Run(tc.v, func(t *testing.T) {
+			p := mustRender(t, testInput(t, caseNodeCert, tc.v))
+			flags := envFlags(t, fileData(t, p, KubeletFlagsPath), "KUBELET_KUBEADM_ARGS")
+			check := func(name string, want bool, value string) {
+				got, ok := flags[name]
+				if ok != want || (ok && got != value) {
+					t.Errorf("--%s: present=%v value=%q; want present=%v value=%q", name, ok, got, want, value)
+				}
+			}
+			check("container-runtime", tc.runtime, "remote")
+			check("container-runtime-endpoint", tc.endpointFlag, ContainerdSocket)
+			check("pod-infra-container-image", tc.infra, DefaultSandboxImage(tc.v))
+			check("hostname-override", true, testNode)
+			check("register-node", true, "true")
+			check("node-labels", true, "pool=gpu,topology.kubernetes.io/zone=eu-west-1a")
+			check("register-with-taints", true, "dedicated=gpu:NoSchedule,spot:PreferNoSchedule")
+			if len(flags) != 4+btoi(tc.runtime)+btoi(tc.endpointFlag)+btoi(tc.infra) {
+				t.Errorf("unexpected flags: %v", flags)
+			}
+
+			kc := kubeletConfigOf(t, fileData(t, p, KubeletConfigPath))
+			if got := kc.ContainerRuntimeEndpoint != ""; got != tc.endpointField {
+				t.Errorf("containerRuntimeEndpoint = %q, want set=%v", kc.ContainerRuntimeEndpoint, tc.endpointField)
+			}
+			extra := envFlags(t, fileData(t, p, KubeletExtraArgsPath), "KUBELET_EXTRA_ARGS")
+			if len(extra) != 2 || extra["v"] != "2" || extra["node-ip"] != "10.0.0.21" {
+				t.Errorf("KUBELET_EXTRA_ARGS = %v, want v=2 node-ip=10.0.0.21", extra)
+			}
+		})
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// kubeletConfigOf decodes a KubeletConfiguration strictly into the real type.
+func kubeletConfigOf(t *testing.T, data string) *kubeletv1beta1.KubeletConfiguration {
+	t.Helper()
+	var kc kubeletv1beta1.KubeletConfiguration
+	if err := yaml.UnmarshalStrict([]byte(data), &kc); err != nil {
+		t.Fatalf("KubeletConfiguration does not decode strictly: %v\n%s", err, data)
+	}
+	return &kc
+}
+
+// TestKubeletConfiguration checks the KubeletConfiguration decodes strictly into the real type
+// with the intended values, and carries no zero-value noise.
+func TestKubeletConfiguration(t *testing.T) {
+	for _, v := range []string{"1.21.13", "1.31.4"} {
+		t.Run(v, func(t *testing.T) {
+			data := fileData(t, mustRender(t, testInput(t, caseNodeCert, v)), KubeletConfigPath)
+			kc := kubeletConfigOf(t, data)
+			if kc.APIVersion != "kubelet.config.k8s.io/v1beta1" || kc.Kind != "KubeletConfiguration" {
+				t.Errorf("apiVersion/kind = %s/%s", kc.APIVersion, kc.Kind)
+			}
+			checks := []struct {
+				name string
+				ok   bool
+			}{
+				{"cgroupDriver systemd", kc.CgroupDriver == "systemd"},
+				{"anonymous auth off", kc.Authentication.Anonymous.Enabled != nil && !*kc.Authentication.Anonymous.Enabled},
+				{"webhook auth on", kc.Authentication.Webhook.Enabled != nil && *kc.Authentication.Webhook.Enabled},
+				{"clientCAFile", kc.Authentication.X509.ClientCAFile == CACertPath},
+				{"authorization Webhook", kc.Authorization.Mode == kubeletv1beta1.KubeletAuthorizationModeWebhook},
+				{"clusterDNS", slices.Equal(kc.ClusterDNS, []string{"10.96.0.10"})},
+				{"clusterDomain", kc.ClusterDomain == "cluster.local"},
+				{"staticPodPath", kc.StaticPodPath == StaticPodPath},
+				{"healthz", kc.HealthzBindAddress == "127.0.0.1" && kc.HealthzPort != nil && *kc.HealthzPort == 10248},
+				{"rotateCertificates", kc.RotateCertificates},
+				{"maxPods", kc.MaxPods == 64},
+				{"resolvConf", kc.ResolverConfig != nil && *kc.ResolverConfig == "/etc/resolv.conf"},
+			}
+			for _, c := range checks {
+				if !c.ok {
+					t.Errorf("%s: not as expected in\n%s", c.name, data)
+				}
+			}
+			var m map[string]any
+			if err := yaml.Unmarshal([]byte(data), &m); err != nil {
+				t.Fatal(err)
+			}
+			keys := slices.Sorted(func(yield func(string) bool) {
+				for k := range m {
+					if !yield(k) {
+						return
+					}
+				}
+			})
+			want := []string{"apiVersion", "authentication", "authorization", "cgroupDriver", "clusterDNS",
+				"clusterDomain", "healthzBindAddress", "healthzPort", "kind", "maxPods", "resolvConf",
+				"rotateCertificates", "staticPodPath"}
+			if v == "1.31.4" {
+				want = append(want, "containerRuntimeEndpoint")
+				slices.Sort(want)
+			}
+			if !slices.Equal(keys, want) {
+				t.Errorf("top-level fields = %q, want %q", keys, want)
+			}
+			for _, noise := range []string{"{}", ": 0s", "null", `""`, "creationTimestamp"} {
+				if strings.Contains(data, noise) {
+					t.Errorf("zero-value noise %q in\n%s", noise, data)
+				}
+			}
+		})
+	}
+	// A master's KubeletConfiguration is cluster-wide: maxPods stays a per-node flag.
+	data := fileData(t, mustRender(t, testInput(t, caseMaster, "1.21.13")), KubeadmConfigPath)
+	docs := strings.Split(data, "\n---\n")
+	if len(docs) != 3 {
+		t.Fatalf("master kubeadm.yaml has %d documents, want 3", len(docs))
+	}
+	if kc := kubeletConfigOf(t, docs[2]); kc.MaxPods != 0 || kc.CgroupDriver != "systemd" {
+		t.Errorf("master KubeletConfiguration: maxPods %d (want unset), cgroupDriver %q", kc.MaxPods, kc.CgroupDriver)
+	}
+}
+
+// kubeadmDocs splits a kubeadm configuration file into its documents, decoded.
+func kubeadmDocs(t *testing.T, data string) map[string]map[string]any {
+	t.Helper()
+	out := map[string]map[string]any{}
+	for d := range strings.SplitSeq(data, "\n---\n") {
+		var m map[string]any
+		if err := yaml.Unmarshal([]byte(d), &m); err != nil {
+			t.Fatalf("%v in\n%s", err, d)
+		}
+		out[fmt.Sprint(m["kind"])] = m
+	}
+	return out
+}
+
+// get walks a decoded document by keys.
+func get(m any, keys ...string) any {
+	for _, k := range keys {
+		mm, ok := m.(map[string]any)
+		if !ok {
+			return nil
+		}
+		m = mm[k]
+	}
+	return m
+}
+
+// TestKubeadmShapes checks the fields that differ by role and by kubeadm API version.
+func TestKubeadmShapes(t *testing.T) {
+	for _, v := range goldenVersions {
+		apiVersion, err := KubeadmAPIVersion(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Run(v, func(t *testing.T) {
+			// kubeletExtraArgs: a map before v1beta4, a list of {name, value} sorted by name from it.
+			join := kubeadmDocs(t, fileData(t, mustRender(t, testInput(t, caseNodeToken, v)), KubeadmConfigPath))["JoinConfiguration"]
+			wantArgs := [][2]string{{"max-pods", "64"}, {"node-ip", "10.0.0.21"},
+				{"node-labels", "pool=gpu,topology.kubernetes.io/zone=eu-west-1a"}, {"v", "2"}}
+			args := get(join, "nodeRegistration", "kubeletExtraArgs")
+			switch a := args.(type) {
+			case map[string]any:
+				if apiVersion == kubeadmV1beta4 || len(a) != len(wantArgs) {
+					t.Errorf("kubeletExtraArgs = %v for %s", a, apiVersion)
+				}
+				for _, w := range wantArgs {
+					if a[w[0]] != w[1] {
+						t.Errorf("kubeletExtraArgs[%s] = %v, want %s", w[0], a[w[0]], w[1])
+					}
+				}
+			case []any:
+				if apiVersion != kubeadmV1beta4 || len(a) != len(wantArgs) {
+					t.Fatalf("kubeletExtraArgs = %v for %s", a, apiVersion)
+				}
+				for i, w := range wantArgs {
+					if get(a[i], "name") != w[0] || get(a[i], "value") != w[1] {
+						t.Errorf("kubeletExtraArgs[%d] = %v, want {name: %s, value: %s}", i, a[i], w[0], w[1])
+					}
+				}
+			default:
+				t.Fatalf("kubeletExtraArgs = %#v", args)
+			}
+			if join["apiVersion"] != apiVersion {
+				t.Errorf("apiVersion = %v, want %s", join["apiVersion"], apiVersion)
+			}
+			if got := get(join, "discovery", "bootstrapToken", "apiServerEndpoint"); got != "10.0.0.10:6443" {
+				t.Errorf("apiServerEndpoint = %v", got)
+			}
+			taints := get(join, "nodeRegistration", "taints").([]any)
+			if len(taints) != 2 || get(taints[0], "key") != "dedicated" || get(taints[0], "value") != "gpu" ||
+				get(taints[0], "effect") != "NoSchedule" || get(taints[1], "key") != "spot" ||
+				get(taints[1], "value") != nil || get(taints[1], "effect") != "PreferNoSchedule" {
+				t.Errorf("taints = %v", taints)
+			}
+			if get(join, "controlPlane") != nil {
+				t.Errorf("a worker's JoinConfiguration has controlPlane")
+			}
+
+			follower := kubeadmDocs(t, fileData(t, mustRender(t, testInput(t, caseMasterFollower, v)), KubeadmConfigPath))["JoinConfiguration"]
+			if get(follower, "controlPlane", "certificateKey") != testCertKey ||
+				get(follower, "controlPlane", "localAPIEndpoint", "advertiseAddress") != "192.0.2.11" {
+				t.Errorf("masterFollower controlPlane = %v", get(follower, "controlPlane"))
+			}
+			if get(follower, "nodeRegistration", "taints") != nil {
+				t.Errorf("masterFollower without registerWithTaints sets taints (kubeadm's default control-plane taint would be lost)")
+			}
+
+			docs := kubeadmDocs(t, fileData(t, mustRender(t, testInput(t, caseMaster, v)), KubeadmConfigPath))
+			cc := docs["ClusterConfiguration"]
+			for _, c := range []struct {
+				keys []string
+				want any
+			}{
+				{[]string{"kubernetesVersion"}, "v" + v},
+				{[]string{"clusterName"}, "prod"},
+				{[]string{"controlPlaneEndpoint"}, "10.0.0.10:6443"},
+				{[]string{"networking", "serviceSubnet"}, "10.96.0.0/12"},
+				{[]string{"networking", "podSubnet"}, "10.244.0.0/16"},
+				{[]string{"networking", "dnsDomain"}, "cluster.local"},
+				{[]string{"apiVersion"}, apiVersion},
+			} {
+				if got := get(cc, c.keys...); got != c.want {
+					t.Errorf("ClusterConfiguration %s = %v, want %v", strings.Join(c.keys, "."), got, c.want)
+				}
+			}
+			ic := docs["InitConfiguration"]
+			if get(ic, "localAPIEndpoint", "advertiseAddress") != "192.0.2.11" || get(ic, "nodeRegistration", "name") != testNode ||
+				get(ic, "nodeRegistration", "criSocket") != ContainerdSocket || get(ic, "apiVersion") != apiVersion {
+				t.Errorf("InitConfiguration = %v", ic)
+			}
+			if docs["KubeletConfiguration"] == nil {
+				t.Errorf("master kubeadm.yaml lacks a KubeletConfiguration")
+			}
+		})
+	}
+}
+
+// TestMasterOptional checks a master without CA key, API server or advertise address: kubeadm
+// generates the CA, advertises its own address and uses it as the endpoint.
+func TestMasterOptional(t *testing.T) {
+	in := testInput(t, caseMaster, "1.25.16")
+	in.Config.Spec.Credentials = nil
+	in.Config.Spec.Cluster.CACertificate = ""
+	in.Config.Spec.Cluster.APIServer = ""
+	in.Config.Spec.Kubelet = nodeconfig.Kubelet{RegisterWithTaints: []string{"node-role.kubernetes.io/master:NoSchedule"}}
+	in.AdvertiseAddress = ""
+	p := mustRender(t, in)
+	for _, f := range p.Files {
+		if f.Path == CACertPath || f.Path == CAKeyPath {
+			t.Errorf("%s written without credentials.caKey", f.Path)
+		}
+	}
+	docs := kubeadmDocs(t, fileData(t, p, KubeadmConfigPath))
+	if get(docs["ClusterConfiguration"], "controlPlaneEndpoint") != nil {
+		t.Errorf("controlPlaneEndpoint set without cluster.apiServer")
+	}
+	if get(docs["InitConfiguration"], "localAPIEndpoint") != nil {
+		t.Errorf("localAPIEndpoint set without AdvertiseAddress")
+	}
+	if get(docs["InitConfiguration"], "nodeRegistration", "kubeletExtraArgs") != nil {
+		t.Errorf("kubeletExtraArgs set without labels, maxPods or extraArgs")
+	}
+	taints, _ := get(docs["InitConfiguration"], "nodeRegistration", "taints").([]any)
+	if len(taints) != 1 || get(taints[0], "key") != "node-role.kubernetes.io/master" || get(taints[0], "value") != nil {
+		t.Errorf("taints = %v, want registerWithTaints to replace kubeadm's default", taints)
+	}
+}
+
+// TestAPIServerEndpoint checks the port default (443, as in the https URL) and IPv6 literals.
+func TestAPIServerEndpoint(t *testing.T) {
+	for _, tc := range []struct{ url, endpoint string }{
+		{"https://api.example.com", "api.example.com:443"},
+		{"https://api.example.com/", "api.example.com:443"},
+		{"https://[fd00::10]:6443", "[fd00::10]:6443"},
+		{"https://[fd00::10]", "[fd00::10]:443"},
+	} {
+		for _, c := range []string{caseNodeToken, caseNodeCert} {
+			in := testInput(t, c, "1.21.13")
+			in.Config.Spec.Cluster.APIServer = tc.url
+			p := mustRender(t, in)
+			if c == caseNodeToken {
+				join := kubeadmDocs(t, fileData(t, p, KubeadmConfigPath))["JoinConfiguration"]
+				if got := get(join, "discovery", "bootstrapToken", "apiServerEndpoint"); got != tc.endpoint {
+					t.Errorf("%s: apiServerEndpoint = %v, want %s", tc.url, got, tc.endpoint)
+				}
+				continue
+			}
+			var kc kubeconfig
+			if err := yaml.UnmarshalStrict([]byte(fileData(t, p, KubeletKubeconfigPath)), &kc); err != nil {
+				t.Fatal(err)
+			}
+			if got := kc.Clusters[0].Cluster.Server; got != "https://"+tc.endpoint {
+				t.Errorf("%s: kubeconfig server = %s, want https://%s", tc.url, got, tc.endpoint)
+			}
+		}
+	}
+}
+
+func TestCertNodeFiles(t *testing.T) {
+	pki := newTestPKI(t, nodeSubject)
+	p := mustRender(t, testInput(t, caseNodeCert, "1.21.13"))
+	if got := fileData(t, p, KubeletClientPath); got != pki.clientCert+pki.clientKey {
+		t.Errorf("%s is not the certificate followed by its key:\n%s", KubeletClientPath, got)
+	}
+	if got := fileData(t, p, CACertPath); got != pki.caCert {
+		t.Errorf("%s is not cluster.caCertificate", CACertPath)
+	}
+	var kc kubeconfig
+	if err := yaml.UnmarshalStrict([]byte(fileData(t, p, KubeletKubeconfigPath)), &kc); err != nil {
+		t.Fatal(err)
+	}
+	if len(kc.Clusters) != 1 || len(kc.Users) != 1 || len(kc.Contexts) != 1 ||
+		kc.CurrentContext != kc.Contexts[0].Name || kc.Contexts[0].Context.Cluster != kc.Clusters[0].Name ||
+		kc.Contexts[0].Context.User != kc.Users[0].Name || kc.Clusters[0].Cluster.CertificateAuthority != CACertPath ||
+		kc.Users[0].User.ClientCertificate != KubeletClientPath || kc.Users[0].User.ClientKey != KubeletClientPath {
+		t.Errorf("kubeconfig does not tie one cluster, user and context together: %+v", kc)
+	}
+	// Without extraArgs, /etc/default/kubelet still overwrites whatever an earlier boot left.
+	in := testInput(t, caseNodeCert, "1.21.13")
+	in.Config.Spec.Kubelet = nodeconfig.Kubelet{}
+	p = mustRender(t, in)
+	if got := envFlags(t, fileData(t, p, KubeletExtraArgsPath), "KUBELET_EXTRA_ARGS"); len(got) != 0 {
+		t.Errorf("KUBELET_EXTRA_ARGS = %v, want none", got)
+	}
+	flags := envFlags(t, fileData(t, p, KubeletFlagsPath), "KUBELET_KUBEADM_ARGS")
+	if _, ok := flags["node-labels"]; ok {
+		t.Errorf("--node-labels without nodeLabels")
+	}
+	if _, ok := flags["register-with-taints"]; ok {
+		t.Errorf("--register-with-taints without registerWithTaints")
+	}
+	if strings.Contains(fileData(t, p, KubeletConfigPath), "maxPods") {
+		t.Errorf("maxPods set without spec.kubelet.maxPods")
+	}
+}
+
+func TestMasterCA(t *testing.T) {
+	pki := newTestPKI(t, nodeSubject)
+	p := mustRender(t, testInput(t, caseMaster, "1.21.13"))
+	if got := fileData(t, p, CAKeyPath); got != pki.caKey {
+		t.Errorf("%s is not credentials.caKey", CAKeyPath)
+	}
+	if got := fileData(t, p, CACertPath); got != pki.caCert {
+		t.Errorf("%s is not cluster.caCertificate", CACertPath)
+	}
+}
+
+func TestSandboxImageInput(t *testing.T) {
+	in := testInput(t, caseNodeCert, "1.21.13")
+	in.SandboxImage = "registry.example.com/pause@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	p := mustRender(t, in)
+	if !strings.Contains(fileData(t, p, ContainerdConfigPath), `sandbox_image = "`+in.SandboxImage+`"`) {
+		t.Errorf("containerd config does not use the given sandbox image")
+	}
+	if got := envFlags(t, fileData(t, p, KubeletFlagsPath), "KUBELET_KUBEADM_ARGS")["pod-infra-container-image"]; got != in.SandboxImage {
+		t.Errorf("--pod-infra-container-image = %q, want the given sandbox image", got)
+	}
+}
+
+// TestRenderErrors checks that each bad input is reported naming its field and what was expected,
+// that all problems come at once, and that no error echoes a secret.
+func TestRenderErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		c      string
+		mutate func(*Input)
+		want   []string
+	}{
+		{"no config", caseNodeToken, func(in *Input) { in.Config = nil }, []string{"Config: missing"}},
+		{"old version", caseNodeToken, func(in *Input) { in.Kubernetes = "1.20.15" }, []string{`Kubernetes: unsupported Kubernetes version "1.20.15" (expected 1.21 or newer)`}},
+		{"bad version", caseNodeToken, func(in *Input) { in.Kubernetes = "latest" }, []string{`Kubernetes: "latest" is not a Kubernetes version`, "1.21 or newer"}},
+		{"no patch", caseMaster, func(in *Input) { in.Kubernetes = "1.21" }, []string{`Kubernetes: "1.21" has no patch number`}},
+		{"no node name", caseNodeToken, func(in *Input) { in.NodeName = "" }, []string{`NodeName: "" is not a DNS-1123 subdomain`}},
+		{"bad node name", caseNodeCert, func(in *Input) { in.NodeName = "Node 1" }, []string{`NodeName: "Node 1" is not a DNS-1123 subdomain`}},
+		{"bad sandbox", caseNodeToken, func(in *Input) { in.SandboxImage = `pause" x` }, []string{`SandboxImage: "pause\" x" is not an image reference`}},
+		{"bad advertise", caseMaster, func(in *Input) { in.AdvertiseAddress = "master-1" }, []string{`AdvertiseAddress: "master-1" is not a routable unicast IP address`}},
+		{"unspecified advertise", caseMasterFollower, func(in *Input) { in.AdvertiseAddress = "0.0.0.0" }, []string{`AdvertiseAddress: "0.0.0.0"`}},
+		{"loopback advertise", caseMaster, func(in *Input) { in.AdvertiseAddress = "127.0.0.1" }, []string{`AdvertiseAddress: "127.0.0.1"`}},
+		{"extra arg with space", caseNodeCert, func(in *Input) { in.Config.Spec.Kubelet.ExtraArgs["feature-gates"] = "A=true, B=false" },
+			[]string{`spec.kubelet.extraArgs.feature-gates: value "A=true, B=false" contains " "`}},
+		{"extra arg with quote", caseNodeToken, func(in *Input) { in.Config.Spec.Kubelet.ExtraArgs["v"] = `2"` },
+			[]string{`spec.kubelet.extraArgs.v: value "2\"" contains "\""`}},
+		{"labels twice", caseNodeToken, func(in *Input) { in.Config.Spec.Kubelet.ExtraArgs["node-labels"] = "a=b" },
+			[]string{"spec.kubelet.extraArgs.node-labels: conflicts with spec.kubelet.nodeLabels"}},
+		{"taints twice", caseNodeCert, func(in *Input) { in.Config.Spec.Kubelet.ExtraArgs["register-with-taints"] = "a:NoSchedule" },
+			[]string{"spec.kubelet.extraArgs.register-with-taints: conflicts with spec.kubelet.registerWithTaints"}},
+		{"max pods twice", caseMaster, func(in *Input) { in.Config.Spec.Kubelet.ExtraArgs["max-pods"] = "10" },
+			[]string{"spec.kubelet.extraArgs.max-pods: conflicts with spec.kubelet.maxPods"}},
+		{"invalid config", caseNodeToken, func(in *Input) {
+			in.Config.Spec.Credentials.BootstrapToken = "secret-token-value"
+			in.Config.Spec.Role = "worker"
+		}, []string{"spec.credentials.bootstrapToken: malformed", `spec.role: unknown role "worker"`}},
+		{"no defaults", caseNodeToken, func(in *Input) { in.Config.Spec.Cluster.ClusterDNS = nil },
+			[]string{"spec.cluster: dnsDomain, serviceCIDR and clusterDNS must be set (call NodeConfig.Defaults before Render)"}},
+		{"several at once", caseNodeToken, func(in *Input) { in.Kubernetes = "1.19.0"; in.NodeName = "" },
+			[]string{"Kubernetes: unsupported", "NodeName:"}},
+		{"token and certificate", caseNodeCert, func(in *Input) {
+			in.Config.Spec.Credentials.BootstrapToken = testToken
+			in.Config.Spec.Credentials.CACertHashes = []string{testHash}
+		}, []string{"spec.credentials: bootstrapToken and clientCertificate are both set"}},
+		{"foreign client certificate", caseNodeCert, func(in *Input) { in.NodeName = "node-2" },
+			[]string{`spec.credentials.clientCertificate: subject CN "system:node:node-1", O ["system:nodes"] (expected CN "system:node:node-2", O system:nodes`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := testInput(t, tc.c, "1.21.13")
+			tc.mutate(&in)
+			p, err := Render(in)
+			if err == nil {
+				t.Fatalf("Render = %v, want an error", formatPlan(p))
+			}
+			msg := err.Error()
+			for _, w := range tc.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q\nlacks %q", msg, w)
+				}
+			}
+			for _, s := range []string{testToken, "secret-token-value", testCertKey, "PRIVATE KEY"} {
+				if strings.Contains(msg, s) {
+					t.Errorf("error echoes a secret: %q", msg)
+				}
+			}
+		})
+	}
+
+	// A client certificate outside group system:nodes.
+	in := testInput(t, caseNodeCert, "1.21.13")
+	pki := newTestPKI(t, pkix.Name{CommonName: "system:node:" + testNode})
+	in.Config.Spec.Credentials = &nodeconfig.Credentials{ClientCertificate: pki.clientCert, ClientKey: pki.clientKey}
+	in.Config.Spec.Cluster.CACertificate = pki.caCert
+	if _, err := Render(in); err == nil || !strings.Contains(err.Error(), "O system:nodes") {
+		t.Errorf("Render with a certificate outside system:nodes: %v", err)
+	}
+}
+
+// TestAdvertiseAddressIgnoredForNode: a node's kubelet has no API server to advertise.
+func TestAdvertiseAddressIgnoredForNode(t *testing.T) {
+	in := testInput(t, caseNodeToken, "1.21.13")
+	in.AdvertiseAddress = "not used"
+	p := mustRender(t, in)
+	if strings.Contains(fileData(t, p, KubeadmConfigPath), "not used") {
+		t.Errorf("a node's AdvertiseAddress reached its JoinConfiguration")
+	}
+}
