@@ -4,11 +4,12 @@
 # xz-utils, zstd, binutils, dpkg-dev: fixtures; debian-archive-keyring: index signatures;
 # time: peak RSS in benchmarks; qemu-system-x86 + ovmf: boot tests and make demo; gdisk,
 # dosfstools, mtools, e2fsprogs, squashfs-tools(-ng), fdisk: disk oracles and benchmark peers;
-# the script linter (shellcheck); android-sdk-libsparse-utils: simg2img oracle.
+# the script linter (shellcheck); android-sdk-libsparse-utils: simg2img oracle; systemd:
+# systemd-analyze verify of the bootstrap units; containerd: the CRI client's real peer.
 set -euo pipefail
 packages=(ca-certificates git make mmdebstrap kmod xz-utils zstd skopeo debian-archive-keyring
   binutils dpkg-dev squashfs-tools squashfs-tools-ng time cpio qemu-system-x86 ovmf gdisk
-  dosfstools mtools e2fsprogs fdisk util-linux shellcheck android-sdk-libsparse-utils)
+  dosfstools mtools e2fsprogs fdisk util-linux shellcheck android-sdk-libsparse-utils systemd containerd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

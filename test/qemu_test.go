@@ -68,6 +68,9 @@ type vmOptions struct {
 	allowReboot bool
 	memoryMiB   int
 	logFile     string
+	// netdev, when set, replaces -nic none: a -netdev user,... spec (id n0) that the guest
+	// sees as a virtio NIC. Keep restrict=on: no guest traffic leaves the machine.
+	netdev string
 }
 
 func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
@@ -77,10 +80,18 @@ func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
 	}
 	args := []string{
 		"-accel", "tcg", "-cpu", "max", "-machine", "q35", "-m", fmt.Sprint(o.memoryMiB), "-smp", "2",
-		"-nographic", "-serial", "stdio", "-monitor", "none", "-nic", "none",
+		"-nographic", "-serial", "stdio", "-monitor", "none",
 		"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmfCode,
 		"-drive", "if=pflash,format=raw,file=" + o.vars,
 		"-drive", "file=" + o.disk + ",format=raw,if=virtio",
+	}
+	if o.netdev != "" {
+		if !strings.Contains(o.netdev, "restrict=on") {
+			t.Fatalf("netdev %q: guests stay on this machine (restrict=on)", o.netdev)
+		}
+		args = append(args, "-netdev", o.netdev, "-device", "virtio-net-pci,netdev=n0,romfile=")
+	} else {
+		args = append(args, "-nic", "none")
 	}
 	if !o.allowReboot {
 		args = append(args, "-no-reboot")

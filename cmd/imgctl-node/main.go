@@ -1,41 +1,161 @@
 // Command imgctl-node is the node agent: PID 1 of the initrd (as /init or `imgctl-node init`),
-// and the logic behind the bootstrap units.
+// and the logic behind the bootstrap units (install, configure, monitor).
 package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/bootinit"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/configure"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/health"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/hooks"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/install"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
 )
 
 func main() {
-	ctx := context.Background()
 	if os.Args[0] == "/init" {
-		bootinit.Main(ctx, os.Args[1:])
+		bootinit.Main(context.Background(), os.Args[1:])
 		return
 	}
 	if len(os.Args) < 2 {
 		usage()
 	}
-	switch os.Args[1] {
-	case "init":
-		bootinit.Main(ctx, os.Args[2:])
+	cmd, args := os.Args[1], os.Args[2:]
+	if cmd == "init" {
+		bootinit.Main(context.Background(), args)
+		return
+	}
+	// The units are stopped with SIGTERM: end the work in progress and exit.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	var err error
+	switch cmd {
+	case "install":
+		err = runInstall(ctx, args)
+	case "configure":
+		err = runConfigure(ctx, args)
+	case "monitor":
+		err = runMonitor(ctx, args)
+	case "cri-version":
+		err = runCRIVersion(ctx, args)
 	case "help", "-h", "--help":
 		fmt.Print(usageText)
+		return
 	default:
-		fmt.Fprintf(os.Stderr, "imgctl-node: unknown command %q\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "imgctl-node: unknown command %q\n", cmd)
 		usage()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "imgctl-node %s: %v\n", cmd, err)
+		os.Exit(1)
 	}
 }
 
-const usageText = `usage: imgctl-node COMMAND
+const usageText = `usage: imgctl-node COMMAND [flags]
 
-  init    PID 1 of the initrd (also when run as /init): mount the root image, switch root
+  init                      PID 1 of the initrd (also when run as /init): mount the root image, switch root
+  install [--root DIR]      kube-node-installation: verify the baked binaries against /etc/imgctl/image.json,
+                            load modules, set sysctls, create directories, turn swap off; hooks pre-/post-install
+  configure [--root DIR]    kube-node-configuration: read the NodeConfig (imgctl.metadata=URL, EC2 IMDSv2,
+                            /etc/imgctl/node.yaml; order: imgctl.metadata-order=), write the kubelet, kubeadm
+                            and containerd configuration for the role, start containerd and the kubelet or run
+                            kubeadm init/join; hooks pre-/post-configure
+  monitor kubelet|runtime   health loop: restart the kubelet (its /healthz) or containerd (its CRI) when they
+                            fail for a sustained period
+  cri-version [--socket S]  ask the container runtime's CRI endpoint for its version
+
+Every install/configure step prints one line to stdout (the units send it to the console and the journal):
+  imgctl-node step=NAME status=ok|fail|skip latency=NNms key=value ...
 `
 
 func usage() {
 	fmt.Fprint(os.Stderr, usageText)
 	os.Exit(2)
+}
+
+// logger writes details to stderr (the journal under systemd).
+func logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+func parse(name string, args []string, define func(fs *flag.FlagSet)) {
+	fs := flag.NewFlagSet("imgctl-node "+name, flag.ExitOnError)
+	if define != nil {
+		define(fs)
+	}
+	_ = fs.Parse(args)
+	if fs.NArg() > 0 && name != "monitor" {
+		fmt.Fprintf(os.Stderr, "imgctl-node %s: unexpected argument %q\n", name, fs.Arg(0))
+		os.Exit(2)
+	}
+}
+
+func runInstall(ctx context.Context, args []string) error {
+	root := "/"
+	parse("install", args, func(fs *flag.FlagSet) { fs.StringVar(&root, "root", root, "the node's root directory") })
+	steps := steplog.New(os.Stdout)
+	hook := func(phase string) error {
+		return hooks.Run(ctx, hooks.Options{Root: root, Phase: phase, Steps: steps, Output: os.Stdout})
+	}
+	if err := hook(hooks.PreInstall); err != nil {
+		return err
+	}
+	if err := install.Run(ctx, install.Options{Root: root, Steps: steps, Logger: logger()}); err != nil {
+		return err
+	}
+	return hook(hooks.PostInstall)
+}
+
+func runConfigure(ctx context.Context, args []string) error {
+	root := "/"
+	parse("configure", args, func(fs *flag.FlagSet) { fs.StringVar(&root, "root", root, "the node's root directory") })
+	line, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return err
+	}
+	return configure.Run(ctx, configure.Options{
+		Root: root, Cmdline: string(line), Steps: steplog.New(os.Stdout), Logger: logger(), Output: os.Stdout,
+	})
+}
+
+func runMonitor(ctx context.Context, args []string) error {
+	parse("monitor", args, nil)
+	if len(args) != 1 {
+		return errors.New("expected one of: kubelet, runtime")
+	}
+	var m *health.Monitor
+	switch args[0] {
+	case "kubelet":
+		m = health.KubeletMonitor(health.SystemctlRestart("kubelet.service"), logger())
+	case "runtime":
+		m = health.RuntimeMonitor(health.DefaultCRISocket, health.SystemctlRestart("containerd.service"), logger())
+	default:
+		return fmt.Errorf("unknown monitor %q (expected kubelet or runtime)", args[0])
+	}
+	err := m.Run(ctx)
+	if errors.Is(err, context.Canceled) {
+		return nil // stopped by systemd
+	}
+	return err
+}
+
+func runCRIVersion(ctx context.Context, args []string) error {
+	socket := health.DefaultCRISocket
+	parse("cri-version", args, func(fs *flag.FlagSet) { fs.StringVar(&socket, "socket", socket, "CRI socket") })
+	v, err := health.CRIVersion(ctx, socket)
+	if err != nil {
+		return err
+	}
+	_, err = io.WriteString(os.Stdout, fmt.Sprintf("RuntimeName: %s\nRuntimeVersion: %s\nRuntimeApiVersion: %s\nAPI: %s\n",
+		v.RuntimeName, v.RuntimeVersion, v.RuntimeAPIVersion, v.API))
+	return err
 }

@@ -61,7 +61,7 @@ type Env struct {
 	MTime   time.Time // SOURCE_DATE_EPOCH, passed to mmdebstrap
 	// NodeAgent is the static imgctl-node binary the bootstrap layer (imgctl://bootstrap) carries.
 	NodeAgent string
-	Logger  *slog.Logger
+	Logger    *slog.Logger
 
 	repos sync.Map // mirror|suite|component|arch -> *deb.Repo
 }

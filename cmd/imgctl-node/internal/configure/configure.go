@@ -1,0 +1,319 @@
+// Package configure is the logic of kube-node-configuration.service: it finds the node's
+// NodeConfig (metadata providers), writes the configuration its role needs (kubelet, kubeadm,
+// containerd, hostname) and brings the node into the cluster: it starts containerd and the
+// kubelet (a node with a pre-issued certificate) or runs kubeadm init/join. Every step is one
+// console line; every wait is bounded.
+package configure
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/cmdline"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/health"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/hooks"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/metadata"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/render"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
+	"github.com/imgctl/imgctl/images/imageinfo"
+	"github.com/imgctl/imgctl/images/nodeconfig"
+)
+
+// Defaults for Options.
+const (
+	DefaultCRISocket      = "/run/containerd/containerd.sock"
+	DefaultKubeletHealthz = "http://127.0.0.1:10248/healthz"
+	// DefaultReadyTimeout bounds each wait for a service to answer (containerd's CRI, the
+	// kubelet's /healthz). Generous: a TCG guest or a loaded machine is slow to start them.
+	DefaultReadyTimeout = 3 * time.Minute
+)
+
+// Options configure Run. Zero fields take defaults; the function fields exist for tests.
+type Options struct {
+	Root    string // "/" on a node
+	Cmdline string // the kernel command line (/proc/cmdline)
+	Steps   *steplog.Logger
+	Logger  *slog.Logger
+	Output  io.Writer // output of hooks and commands (the journal and console); nil: discard
+
+	// Providers overrides the metadata providers chosen from Cmdline (imgctl.metadata-order=).
+	Providers []metadata.Provider
+	Metadata  metadata.Options
+
+	// Run executes a command (systemctl, kubeadm) with Output as its stdout and stderr.
+	Run         func(ctx context.Context, name string, args ...string) error
+	SetHostname func(name string) error
+	Hostname    func() (string, error)
+
+	CRISocket      string
+	KubeletHealthz string
+	// Probes of containerd's CRI and the kubelet's /healthz; default: health.CRIVersion and
+	// health.KubeletHealthz on CRISocket and KubeletHealthz.
+	CRIProbe     func(ctx context.Context) (health.CRIInfo, error)
+	KubeletProbe func(ctx context.Context) error
+	ReadyTimeout time.Duration
+	PollInterval time.Duration // between readiness probes; default 250 ms
+}
+
+func (o *Options) defaults() {
+	if o.Root == "" {
+		o.Root = "/"
+	}
+	if o.Steps == nil {
+		o.Steps = steplog.New(io.Discard)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Output == nil {
+		o.Output = io.Discard
+	}
+	if o.Run == nil {
+		o.Run = execRunner(o.Output)
+	}
+	if o.SetHostname == nil {
+		o.SetHostname = setHostname
+	}
+	if o.Hostname == nil {
+		o.Hostname = os.Hostname
+	}
+	if o.CRISocket == "" {
+		o.CRISocket = DefaultCRISocket
+	}
+	if o.KubeletHealthz == "" {
+		o.KubeletHealthz = DefaultKubeletHealthz
+	}
+	if o.CRIProbe == nil {
+		o.CRIProbe = func(ctx context.Context) (health.CRIInfo, error) { return health.CRIVersion(ctx, o.CRISocket) }
+	}
+	if o.KubeletProbe == nil {
+		o.KubeletProbe = func(ctx context.Context) error { return health.KubeletHealthz(ctx, o.KubeletHealthz) }
+	}
+	if o.ReadyTimeout <= 0 {
+		o.ReadyTimeout = DefaultReadyTimeout
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = 250 * time.Millisecond
+	}
+	if o.Metadata.Logger == nil {
+		o.Metadata.Logger = o.Logger
+	}
+}
+
+// Run configures the node. It returns the first error; the step line for it has been written.
+func Run(ctx context.Context, o Options) error {
+	o.defaults()
+	info, err := step(o.Steps, "image-info", func() (*imageinfo.Info, []any, error) {
+		i, err := imageinfo.Load(filepath.Join(o.Root, imageinfo.Path))
+		if err != nil {
+			return nil, nil, err
+		}
+		return i, []any{"kubernetes", i.Kubernetes, "bootstrap", i.Bootstrap}, nil
+	})
+	if err != nil {
+		return err
+	}
+
+	var source string
+	cfg, err := step(o.Steps, "metadata", func() (*nodeconfig.NodeConfig, []any, error) {
+		providers := o.Providers
+		if providers == nil {
+			order := metadata.DefaultOrder
+			if v, ok := cmdlineValue(o.Cmdline, "imgctl.metadata-order"); ok {
+				order = strings.Split(v, ",")
+			}
+			var err error
+			if providers, err = metadata.New(order, o.Cmdline); err != nil {
+				return nil, nil, err
+			}
+			for _, p := range providers {
+				if f, ok := p.(*metadata.File); ok && f.Path == "" {
+					f.Path = filepath.Join(o.Root, metadata.DefaultFilePath)
+				}
+			}
+		}
+		c, src, err := metadata.Fetch(ctx, providers, o.Metadata)
+		if err != nil {
+			return nil, nil, err
+		}
+		source = src
+		return c, []any{"source", src, "role", string(c.Spec.Role)}, nil
+	})
+	if err != nil {
+		return err
+	}
+
+	name, err := step(o.Steps, "hostname", func() (string, []any, error) {
+		name := cfg.Metadata.Name
+		if name == "" {
+			h, err := o.Hostname()
+			if err != nil {
+				return "", nil, fmt.Errorf("no metadata.name in the NodeConfig and no hostname: %w", err)
+			}
+			name = strings.ToLower(h)
+		}
+		if err := writeFile(o.Root, "/etc/hostname", 0o644, []byte(name+"\n")); err != nil {
+			return "", nil, err
+		}
+		if err := o.SetHostname(name); err != nil {
+			return "", nil, fmt.Errorf("sethostname %q: %w", name, err)
+		}
+		return name, []any{"name", name}, nil
+	})
+	if err != nil {
+		return err
+	}
+
+	env := []string{
+		"IMGCTL_ROLE=" + string(cfg.Spec.Role), "IMGCTL_NODE_NAME=" + name,
+		"IMGCTL_API_SERVER=" + cfg.Spec.Cluster.APIServer, "IMGCTL_METADATA_SOURCE=" + source,
+	}
+	if err := o.hooks(ctx, hooks.PreConfigure, env); err != nil {
+		return err
+	}
+
+	plan, err := step(o.Steps, "render", func() (*render.Plan, []any, error) {
+		p, err := render.Render(render.Input{Config: cfg, Kubernetes: info.Kubernetes, NodeName: name})
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, f := range p.Files {
+			if err := writeFile(o.Root, f.Path, f.Mode, f.Data); err != nil {
+				return nil, nil, err
+			}
+		}
+		return p, []any{"files", len(p.Files)}, nil
+	})
+	if err != nil {
+		return err
+	}
+
+	if _, err := step(o.Steps, "containerd", func() (struct{}, []any, error) {
+		// restart, not start: it may be running with the image's default configuration.
+		if err := o.Run(ctx, "systemctl", "restart", "containerd.service"); err != nil {
+			return struct{}{}, nil, err
+		}
+		v, err := waitFor(ctx, o, "containerd's CRI at "+o.CRISocket, o.CRIProbe)
+		if err != nil {
+			return struct{}{}, nil, err
+		}
+		return struct{}{}, []any{"runtime", v.RuntimeName + " " + v.RuntimeVersion, "cri", v.API}, nil
+	}); err != nil {
+		return err
+	}
+
+	if len(plan.Command) > 0 {
+		if _, err := step(o.Steps, "kubeadm", func() (struct{}, []any, error) {
+			err := o.Run(ctx, plan.Command[0], plan.Command[1:]...)
+			return struct{}{}, []any{"command", strings.Join(plan.Command[:2], " ")}, err
+		}); err != nil {
+			return err
+		}
+	} else {
+		if _, err := step(o.Steps, "kubelet-start", func() (struct{}, []any, error) {
+			return struct{}{}, nil, o.Run(ctx, "systemctl", "start", "kubelet.service")
+		}); err != nil {
+			return err
+		}
+	}
+	if _, err := step(o.Steps, "kubelet-healthy", func() (struct{}, []any, error) {
+		_, err := waitFor(ctx, o, "the kubelet at "+o.KubeletHealthz, func(ctx context.Context) (struct{}, error) {
+			return struct{}{}, o.KubeletProbe(ctx)
+		})
+		return struct{}{}, []any{"url", o.KubeletHealthz}, err
+	}); err != nil {
+		return err
+	}
+	return o.hooks(ctx, hooks.PostConfigure, env)
+}
+
+func (o *Options) hooks(ctx context.Context, phase string, env []string) error {
+	return hooks.Run(ctx, hooks.Options{Root: o.Root, Phase: phase, Env: env, Steps: o.Steps, Output: o.Output})
+}
+
+// step runs fn as one step line: ok with fn's key/value pairs, or fail with its error.
+func step[T any](l *steplog.Logger, name string, fn func() (T, []any, error)) (T, error) {
+	s := l.Start(name)
+	v, kv, err := fn()
+	if err != nil {
+		return v, s.Fail(err, kv...)
+	}
+	s.Done(kv...)
+	return v, nil
+}
+
+// waitFor probes until it succeeds, ctx ends or ReadyTimeout passes; the error names what was
+// awaited and the last probe's error.
+func waitFor[T any](ctx context.Context, o Options, what string, probe func(context.Context) (T, error)) (T, error) {
+	ctx, cancel := context.WithTimeout(ctx, o.ReadyTimeout)
+	defer cancel()
+	tick := time.NewTicker(o.PollInterval)
+	defer tick.Stop()
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+		v, err := probe(pctx)
+		pcancel()
+		if err == nil {
+			return v, nil
+		}
+		select {
+		case <-ctx.Done():
+			var zero T
+			return zero, fmt.Errorf("%s did not answer within %s: %w", what, o.ReadyTimeout, err)
+		case <-tick.C:
+		}
+	}
+}
+
+// writeFile writes data to root+p atomically (temp file, fsync, rename), creating parents.
+func writeFile(root, p string, mode os.FileMode, data []byte) error {
+	full := filepath.Join(root, p)
+	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(full), "."+filepath.Base(full)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: %w", p, err)
+	}
+	if err := f.Chmod(mode.Perm()); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: %w", p, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, full); err != nil {
+		return fmt.Errorf("writing %s: %w", p, err)
+	}
+	return nil
+}
+
+// cmdlineValue returns the value of key=value on the kernel command line.
+func cmdlineValue(line, key string) (string, bool) {
+	for _, f := range cmdline.Fields(line) {
+		if k, v, ok := strings.Cut(f, "="); ok && k == key {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// ErrCommand wraps a failed command.
+var ErrCommand = errors.New("command failed")

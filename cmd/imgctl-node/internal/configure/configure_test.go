@@ -1,0 +1,289 @@
+package configure
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/health"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/metadata"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
+	"github.com/imgctl/imgctl/images/imageinfo"
+)
+
+func testPEM(t *testing.T) (cert, key string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "system:node:node-1", Organization: []string{"system:nodes"}},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}))
+}
+
+func indent(s string) string {
+	return "      " + strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n      ")
+}
+
+func certConfig(t *testing.T) string {
+	cert, key := testPEM(t)
+	return fmt.Sprintf(`apiVersion: imgctl/v1alpha1
+kind: NodeConfig
+metadata:
+  name: node-1
+spec:
+  role: node
+  cluster:
+    apiServer: https://10.0.0.10:6443
+    caCertificate: |
+%s
+  credentials:
+    clientCertificate: |
+%s
+    clientKey: |
+%s
+`, indent(cert), indent(cert), indent(key))
+}
+
+const tokenConfig = `apiVersion: imgctl/v1alpha1
+kind: NodeConfig
+metadata:
+  name: node-2
+spec:
+  role: node
+  cluster:
+    apiServer: https://10.0.0.10:6443
+  credentials:
+    bootstrapToken: abcdef.0123456789abcdef
+    caCertHashes: ["sha256:0000000000000000000000000000000000000000000000000000000000000000"]
+`
+
+type fixture struct {
+	root     string
+	steps    bytes.Buffer
+	mu       sync.Mutex
+	commands []string
+	hostname string
+	healthy  bool
+	cmdErr   map[string]error
+}
+
+func newFixture(t *testing.T, nodeYAML string) (*fixture, Options) {
+	t.Helper()
+	f := &fixture{root: t.TempDir(), healthy: true}
+	info := &imageinfo.Info{SchemaVersion: imageinfo.SchemaVersion, Name: "n", Kubernetes: "1.21.13", Bootstrap: "1.0.0"}
+	b, err := info.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(f.root, imageinfo.Path, 0o644, b)
+	if nodeYAML != "" {
+		writeFile(f.root, metadata.DefaultFilePath, 0o600, []byte(nodeYAML))
+	}
+	o := Options{
+		Root:    f.root,
+		Cmdline: "console=ttyS0 imgctl.metadata-order=file",
+		Steps:   steplog.New(&f.steps),
+		Run: func(ctx context.Context, name string, args ...string) error {
+			c := name + " " + strings.Join(args, " ")
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.commands = append(f.commands, c)
+			return f.cmdErr[c]
+		},
+		SetHostname: func(n string) error { f.hostname = n; return nil },
+		Hostname:    func() (string, error) { return "Localhost-X", nil },
+		CRIProbe: func(context.Context) (health.CRIInfo, error) {
+			return health.CRIInfo{RuntimeName: "containerd", RuntimeVersion: "1.6.20", API: "v1alpha2"}, nil
+		},
+		KubeletProbe: func(context.Context) error {
+			if f.healthy {
+				return nil
+			}
+			return errors.New("connection refused")
+		},
+		ReadyTimeout: 300 * time.Millisecond,
+		PollInterval: 10 * time.Millisecond,
+		Metadata:     metadata.Options{Attempts: 2, Backoff: time.Millisecond, Timeout: 200 * time.Millisecond},
+	}
+	return f, o
+}
+
+// lines returns "name=status" for each step line.
+func (f *fixture) lines() []string {
+	var out []string
+	for _, l := range strings.Split(strings.TrimSpace(f.steps.String()), "\n") {
+		fs := strings.Fields(l)
+		if len(fs) < 3 {
+			continue
+		}
+		out = append(out, strings.TrimPrefix(fs[1], "step=")+"="+strings.TrimPrefix(fs[2], "status="))
+	}
+	return out
+}
+
+func TestNodeWithCertificate(t *testing.T) {
+	f, o := newFixture(t, certConfig(t))
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s", err, f.steps.String())
+	}
+	want := []string{"image-info=ok", "metadata=ok", "hostname=ok", "render=ok", "containerd=ok", "kubelet-start=ok", "kubelet-healthy=ok"}
+	if got := f.lines(); !slices.Equal(got, want) {
+		t.Errorf("steps = %q, want %q\n%s", got, want, f.steps.String())
+	}
+	if want := []string{"systemctl restart containerd.service", "systemctl start kubelet.service"}; !slices.Equal(f.commands, want) {
+		t.Errorf("commands = %q, want %q", f.commands, want)
+	}
+	if f.hostname != "node-1" {
+		t.Errorf("hostname = %q", f.hostname)
+	}
+	if b, _ := os.ReadFile(filepath.Join(f.root, "etc/hostname")); string(b) != "node-1\n" {
+		t.Errorf("/etc/hostname = %q", b)
+	}
+	for p, mode := range map[string]os.FileMode{
+		"etc/kubernetes/kubelet.conf":                   0o600,
+		"var/lib/kubelet/config.yaml":                   0o644,
+		"etc/containerd/config.toml":                    0o644,
+		"var/lib/kubelet/pki/kubelet-client-imgctl.pem": 0o600,
+		"etc/kubernetes/pki/ca.crt":                     0o644,
+		"var/lib/kubelet/kubeadm-flags.env":             0o644,
+	} {
+		st, err := os.Stat(filepath.Join(f.root, p))
+		if err != nil {
+			t.Errorf("%s: %v", p, err)
+			continue
+		}
+		if st.Mode().Perm() != mode {
+			t.Errorf("%s: mode %o, want %o", p, st.Mode().Perm(), mode)
+		}
+	}
+	if !strings.Contains(f.steps.String(), "source=\"file "+filepath.Join(f.root, "etc/imgctl/node.yaml")+"\"") {
+		t.Errorf("metadata line does not name the source:\n%s", f.steps.String())
+	}
+	// No temp files left behind.
+	filepath.WalkDir(f.root, func(p string, d os.DirEntry, err error) error {
+		if strings.Contains(d.Name(), ".tmp") {
+			t.Errorf("temp file left: %s", p)
+		}
+		return nil
+	})
+}
+
+func TestNodeWithTokenRunsKubeadm(t *testing.T) {
+	f, o := newFixture(t, tokenConfig)
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s", err, f.steps.String())
+	}
+	if len(f.commands) != 2 || !strings.HasPrefix(f.commands[1], "kubeadm join --config ") {
+		t.Errorf("commands = %q", f.commands)
+	}
+	if got := f.lines(); !slices.Contains(got, "kubeadm=ok") || slices.Contains(got, "kubelet-start=ok") {
+		t.Errorf("steps = %q", got)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	tests := []struct {
+		name     string
+		yaml     string
+		setup    func(f *fixture, o *Options)
+		failStep string
+		errHas   []string
+		commands int
+	}{
+		{name: "missing required field", yaml: strings.Replace(tokenConfig, "    apiServer: https://10.0.0.10:6443\n", "", 1),
+			failStep: "metadata", errHas: []string{"spec.cluster.apiServer"}},
+		{name: "unknown role", yaml: strings.Replace(tokenConfig, "role: node", "role: worker", 1),
+			failStep: "metadata", errHas: []string{"spec.role", "worker"}},
+		{name: "no metadata anywhere", failStep: "metadata", errHas: []string{"file", "node.yaml"}},
+		{name: "unreachable metadata server", setup: func(f *fixture, o *Options) {
+			o.Cmdline = "imgctl.metadata=http://" + closedAddr(t) + " imgctl.metadata-order=imgctl"
+		}, failStep: "metadata", errHas: []string{"imgctl", "2 attempts"}},
+		{name: "unknown provider", setup: func(f *fixture, o *Options) { o.Cmdline = "imgctl.metadata-order=imgctl,dhcp" },
+			failStep: "metadata", errHas: []string{`"dhcp"`}},
+		{name: "no image.json", yaml: tokenConfig, setup: func(f *fixture, o *Options) { os.Remove(filepath.Join(f.root, imageinfo.Path)) },
+			failStep: "image-info", errHas: []string{"image.json"}},
+		{name: "kubelet never healthy", yaml: certConfig(t), setup: func(f *fixture, o *Options) { f.healthy = false },
+			failStep: "kubelet-healthy", errHas: []string{"did not answer within", "connection refused"}, commands: 2},
+		{name: "containerd restart fails", yaml: tokenConfig, setup: func(f *fixture, o *Options) {
+			f.cmdErr = map[string]error{"systemctl restart containerd.service": errors.New("exit status 1")}
+		}, failStep: "containerd", errHas: []string{"exit status 1"}, commands: 1},
+		{name: "failing pre-configure hook", yaml: tokenConfig, setup: func(f *fixture, o *Options) {
+			p := filepath.Join(f.root, "etc/imgctl/hooks.d/pre-configure.d/10-fail")
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			os.WriteFile(p, []byte("#!/bin/sh\necho \"role=$IMGCTL_ROLE\" >&2\nexit 3\n"), 0o755)
+		}, failStep: "hook", errHas: []string{"10-fail", "role=node"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, o := newFixture(t, tc.yaml)
+			if tc.setup != nil {
+				tc.setup(f, &o)
+			}
+			start := time.Now()
+			err := Run(context.Background(), o)
+			if err == nil {
+				t.Fatalf("no error\n%s", f.steps.String())
+			}
+			if time.Since(start) > 10*time.Second {
+				t.Errorf("took %v: not bounded", time.Since(start))
+			}
+			for _, s := range tc.errHas {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not contain %q", err, s)
+				}
+			}
+			lines := f.lines()
+			if len(lines) == 0 || lines[len(lines)-1] != tc.failStep+"=fail" {
+				t.Errorf("last step = %q, want %s=fail\n%s", lines, tc.failStep, f.steps.String())
+			}
+			if !strings.Contains(f.steps.String(), "err=") {
+				t.Errorf("fail line carries no err=:\n%s", f.steps.String())
+			}
+			if len(f.commands) != tc.commands {
+				t.Errorf("commands run = %q, want %d", f.commands, tc.commands)
+			}
+			if tc.commands == 0 {
+				if _, err := os.Stat(filepath.Join(f.root, "etc/containerd/config.toml")); err == nil {
+					t.Error("configuration written despite the failure")
+				}
+			}
+		})
+	}
+}
+
+func closedAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}

@@ -1,0 +1,307 @@
+package test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// relayEnv makes the test binary a relay (see TestMain): qemu's guestfwd=…-cmd: starts one per
+// guest connection with the connection on stdin/stdout, and it forwards to a loopback server.
+const relayEnv = "IMGCTL_TEST_RELAY"
+
+func relay(addr string) int {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "relay:", err)
+		return 1
+	}
+	done := make(chan struct{}, 2)
+	go func() {
+		_, _ = io.Copy(c, os.Stdin)
+		_ = c.(*net.TCPConn).CloseWrite()
+		done <- struct{}{}
+	}()
+	go func() {
+		_, _ = io.Copy(os.Stdout, c)
+		_ = os.Stdout.Close()
+		done <- struct{}{}
+	}()
+	<-done
+	select { // the other direction finishes, or the relay gives up: it never outlives a test
+	case <-done:
+	case <-time.After(2 * time.Minute):
+	}
+	return 0
+}
+
+// fakeIMDS speaks EC2's IMDSv2 for user data: PUT /latest/api/token, then GET with the token.
+type fakeIMDS struct {
+	userData string
+	mu       sync.Mutex
+	log      []string
+}
+
+func (f *fakeIMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	f.log = append(f.log, r.Method+" "+r.URL.Path)
+	f.mu.Unlock()
+	switch {
+	case r.Method == http.MethodPut && r.URL.Path == "/latest/api/token":
+		if r.Header.Get("X-aws-ec2-metadata-token-ttl-seconds") == "" {
+			http.Error(w, "missing ttl", http.StatusBadRequest)
+			return
+		}
+		io.WriteString(w, "imds-token-1")
+	case r.Method == http.MethodGet && r.URL.Path == "/latest/user-data":
+		if r.Header.Get("X-aws-ec2-metadata-token") != "imds-token-1" {
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		io.WriteString(w, f.userData)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func (f *fakeIMDS) requests() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.log...)
+}
+
+// nodePKI returns a cluster CA and a kubelet client certificate and key for node name, PEM.
+func nodePKI(t *testing.T, name string) (ca, cert, key string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kubernetes"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "system:node:" + name, Organization: []string{"system:nodes"}},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &k.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalPKCS8PrivateKey(k)
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})),
+		string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}))
+}
+
+func yamlBlock(s string) string {
+	return "      " + strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n      ")
+}
+
+// kubernetesTools returns the directory with a real kubelet and kubeadm v1.21.13, built from the
+// Go module proxy by scripts/build-kubernetes.sh on first use and cached in .cache/tools.
+func kubernetesTools(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("IMGCTL_KUBERNETES_DIR")
+	if dir == "" {
+		abs, err := filepath.Abs("../.cache/tools/kubernetes/v1.21.13")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir = abs
+	}
+	if _, err := os.Stat(filepath.Join(dir, "kubelet")); err != nil {
+		t.Logf("building kubelet and kubeadm v1.21.13 into %s (first run only, ~4 min)", dir)
+		cmd := exec.Command("../scripts/build-kubernetes.sh", "1.21.13", dir)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("scripts/build-kubernetes.sh: %v\n%s", err, out)
+		}
+	}
+	return dir
+}
+
+// kubeletTestLayer masks the serial getty and adds a report unit that runs once
+// kube-node-configuration.service has finished (either way): it prints what the test checks in
+// one console line and powers the guest off.
+func kubeletTestLayer(t *testing.T, dir string) string {
+	t.Helper()
+	root := filepath.Join(dir, "kubelet-testlayer")
+	files := map[string]string{
+		"etc/systemd/system/imgctl-test-report.service": `[Unit]
+Description=imgctl kubelet boot test report
+After=kube-node-configuration.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/bin/imgctl-test-report
+
+[Install]
+WantedBy=multi-user.target
+`,
+		"usr/local/bin/imgctl-test-report": `#!/bin/bash
+sleep 5 # the kubelet must stay up, not just start
+healthz=$( (exec 3<>/dev/tcp/127.0.0.1/10248 && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 && tail -n1 <&3) 2>&1)
+ctr=$(ctr --address /run/containerd/containerd.sock version 2>&1 | tr -s ' \n\t' ' ')
+cri=$(imgctl-node cri-version 2>&1 | tr -s ' \n\t' ' ')
+kv=$(kubelet --version 2>&1)
+echo "IMGCTL-TEST-REPORT installation=$(systemctl is-active kube-node-installation) configuration=$(systemctl is-active kube-node-configuration)" \
+  "kubelet=$(systemctl is-active kubelet) containerd=$(systemctl is-active containerd) monitors=$(systemctl is-active kubelet-monitor kube-container-runtime-monitor | tr '\n' ,)" \
+  "healthz=$healthz kubelet_version=[$kv] hostname=$(hostname)" \
+  "userspace_us=$(systemctl show -p UserspaceTimestampMonotonic --value)" \
+  "kubelet_start_us=$(systemctl show -p ExecMainStartTimestampMonotonic --value kubelet)" \
+  "uptime=$(cut -d' ' -f1 /proc/uptime) ctr=[$ctr] cri=[$cri]" > /dev/console
+journalctl -b -u kubelet --no-pager -n 15 -o cat > /dev/console 2>&1
+systemctl --no-block poweroff
+`,
+	}
+	for name, body := range files {
+		p := filepath.Join(root, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		mode := os.FileMode(0o644)
+		if strings.HasPrefix(name, "usr/local/bin/") {
+			mode = 0o755
+		}
+		if err := os.WriteFile(p, []byte(body), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wants := filepath.Join(root, "etc/systemd/system/multi-user.target.wants")
+	os.MkdirAll(wants, 0o755)
+	os.Symlink("/etc/systemd/system/imgctl-test-report.service", filepath.Join(wants, "imgctl-test-report.service"))
+	os.Symlink("/dev/null", filepath.Join(root, "etc/systemd/system/serial-getty@ttyS0.service"))
+	return root
+}
+
+// TestNodeJoinsWithRealKubelet boots the default node image (Debian, containerd, the bootstrap
+// units, a real kubelet v1.21.13 built from the Go proxy) with role node metadata served by an
+// IMDSv2 test server that the guest reaches at 169.254.169.254 through qemu's guestfwd and a
+// loopback relay. It checks the installation and configuration steps on the console, that
+// containerd answers (ctr, CRI), and that the kubelet runs with our configuration, talks CRI to
+// containerd and answers /healthz (there is no API server: it is unreachable by design).
+func TestNodeJoinsWithRealKubelet(t *testing.T) {
+	requireQEMU(t)
+	if _, err := exec.LookPath("mmdebstrap"); err != nil {
+		t.Skip("mmdebstrap not installed (scripts/install-deps.sh)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+	k8s := kubernetesTools(t)
+	work, dir := t.TempDir(), t.TempDir()
+	out := filepath.Join(dir, "out")
+	if _, err := imgctl(ctx, t, dir, "build", "--k8s", "1.21.13", "--target", "raw",
+		"--lock", filepath.Join(work, "imgctl.lock"), "--node-agent", nodeAgent(t), "--output", out,
+		"--source", "kubelet=file://"+filepath.Join(k8s, "kubelet")+"#path=/usr/bin/kubelet&mode=0755",
+		"--source", "kubelet=file://"+filepath.Join(k8s, "kubeadm")+"#path=/usr/bin/kubeadm&mode=0755",
+		"--source", "extra=file://"+kubeletTestLayer(t, work)+"/"); err != nil {
+		t.Fatal(err)
+	}
+
+	ca, cert, key := nodePKI(t, "node-e2e")
+	imds := &fakeIMDS{userData: fmt.Sprintf(`apiVersion: imgctl/v1alpha1
+kind: NodeConfig
+metadata:
+  name: node-e2e
+spec:
+  role: node
+  cluster:
+    apiServer: https://169.254.0.2:6443
+    caCertificate: |
+%s
+  kubelet:
+    nodeLabels: {imgctl.dev/test: e2e}
+  credentials:
+    clientCertificate: |
+%s
+    clientKey: |
+%s
+`, yamlBlock(ca), yamlBlock(cert), yamlBlock(key))}
+	srv := httptest.NewServer(imds)
+	defer srv.Close()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The guest's network is 169.254.0.0/16 so that 169.254.169.254 is on it (slirp forwards only
+	// addresses inside its network); restrict=on keeps everything else off.
+	netdev := fmt.Sprintf("user,id=n0,restrict=on,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,"+
+		"guestfwd=tcp:169.254.169.254:80-cmd:env %s=%s %s", relayEnv, strings.TrimPrefix(srv.URL, "http://"), self)
+
+	disk := filepath.Join(work, "boot.raw")
+	run(t, "cp", "--sparse=always", filepath.Join(out, "disk.raw"), disk)
+	if err := os.Truncate(disk, 4<<30); err != nil {
+		t.Fatal(err)
+	}
+	vars := filepath.Join(work, "vars.fd")
+	copyFile(t, ovmfVars, vars)
+	bootCtx, bootCancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer bootCancel()
+	start := time.Now()
+	vm := startVM(bootCtx, t, vmOptions{disk: disk, vars: vars, memoryMiB: 1536, netdev: netdev, logFile: filepath.Join(work, "boot.log")})
+	err = vm.waitFor(bootCtx, "IMGCTL-TEST-REPORT")
+	log := vm.console.String()
+	if err != nil {
+		t.Fatalf("boot: %v\nconsole:\n%s", err, tail(log, 8000))
+	}
+	select {
+	case <-vm.done:
+	case <-time.After(2 * time.Minute):
+		t.Error("the guest did not power off after the report")
+	}
+	steps := stepLines(vm.console.String())
+	t.Logf("report after %v wall; steps:\n  %s", time.Since(start).Round(time.Second), strings.Join(steps, "\n  "))
+	report := regexp.MustCompile(`IMGCTL-TEST-REPORT [^\r\n]*`).FindString(log)
+	t.Log(report)
+
+	for _, want := range []string{
+		"step=verify-binaries status=ok", "step=modules status=ok", "step=sysctl status=ok",
+		"step=directories status=ok", "step=metadata status=ok", `source="imds http://169.254.169.254/latest/user-data"`,
+		"step=hostname status=ok", "step=render status=ok", "step=containerd status=ok",
+		"step=kubelet-start status=ok", "step=kubelet-healthy status=ok",
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("console lacks %q", want)
+		}
+	}
+	for _, want := range []string{
+		"installation=active", "configuration=active", "kubelet=active", "containerd=active",
+		"monitors=active,active,", "healthz=ok", "kubelet_version=[Kubernetes v1.21.13]", "hostname=node-e2e",
+		"Server: Version: 1.6.20", "RuntimeName: containerd",
+	} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if r := imds.requests(); len(r) < 2 || r[0] != "PUT /latest/api/token" || r[1] != "GET /latest/user-data" {
+		t.Errorf("IMDS requests = %q, want the IMDSv2 token flow", r)
+	}
+	// Boot-to-kubelet latency (BENCHMARKS.md): from systemd's start to the kubelet's, guest clock.
+	us := regexp.MustCompile(`userspace_us=(\d+) kubelet_start_us=(\d+)`).FindStringSubmatch(report)
+	if us != nil {
+		u, _ := strconv.ParseInt(us[1], 10, 64)
+		k, _ := strconv.ParseInt(us[2], 10, 64)
+		t.Logf("kubelet started %.1f s after systemd (guest uptime %.1f s)", float64(k-u)/1e6, float64(k)/1e6)
+	} else {
+		t.Errorf("report lacks the timestamps")
+	}
+}
