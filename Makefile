@@ -48,12 +48,16 @@ $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet:
 	scripts/build-kubernetes.sh $(K8S) $(TOOLS_DIR)/kubernetes/v$(K8S)
 
 # The main job on the embedded default spec: a Kubernetes $(K8S) node image (raw GPT disk) from
-# Debian packages, with kubelet/kubeadm from the Go proxy in place of the dl.k8s.io downloads,
-# then booted in qemu (UEFI, TCG) until systemd reaches multi-user.target.
+# Debian packages, with kubelet/kubeadm from the Go proxy in place of the dl.k8s.io downloads and
+# a demo NodeConfig baked in (scripts/demo-node.sh; real nodes read theirs from a metadata server
+# or EC2 user data), then booted in qemu (UEFI, TCG) until the node has configured itself and its
+# kubelet answers /healthz.
 demo: deps build kubernetes
+	scripts/demo-node.sh out/demo-node
 	bin/imgctl build --k8s $(K8S) --target raw \
 	  --source 'kubelet=file://$(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet#path=/usr/bin/kubelet&mode=0755' \
 	  --source 'kubelet=file://$(TOOLS_DIR)/kubernetes/v$(K8S)/kubeadm#path=/usr/bin/kubeadm&mode=0755' \
+	  --source 'extra=file://$(CURDIR)/out/demo-node/' \
 	  --output out/demo
 	bin/imgctl images list
 	scripts/boot-qemu.sh out/demo/disk.raw

@@ -5,11 +5,12 @@
 # time: peak RSS in benchmarks; qemu-system-x86 + ovmf: boot tests and make demo; gdisk,
 # dosfstools, mtools, e2fsprogs, squashfs-tools(-ng), fdisk: disk oracles and benchmark peers;
 # the script linter (shellcheck); android-sdk-libsparse-utils: simg2img oracle; systemd:
-# systemd-analyze verify of the bootstrap units; containerd: the CRI client's real peer.
+# systemd-analyze verify of the bootstrap units; containerd: the CRI client's real peer;
+# openssl: the demo node's throwaway certificates.
 set -euo pipefail
 packages=(ca-certificates git make mmdebstrap kmod xz-utils zstd skopeo debian-archive-keyring
   binutils dpkg-dev squashfs-tools squashfs-tools-ng time cpio qemu-system-x86 ovmf gdisk
-  dosfstools mtools e2fsprogs fdisk util-linux shellcheck android-sdk-libsparse-utils systemd containerd)
+  dosfstools mtools e2fsprogs fdisk util-linux shellcheck android-sdk-libsparse-utils systemd containerd openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -268,7 +268,8 @@ spec:
 	case <-time.After(2 * time.Minute):
 		t.Error("the guest did not power off after the report")
 	}
-	steps := stepLines(vm.console.String())
+	log = cleanConsole(vm.console.String())
+	steps := stepLines(log)
 	t.Logf("report after %v wall; steps:\n  %s", time.Since(start).Round(time.Second), strings.Join(steps, "\n  "))
 	report := regexp.MustCompile(`IMGCTL-TEST-REPORT [^\r\n]*`).FindString(log)
 	t.Log(report)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -157,10 +158,18 @@ func (v *vm) stop() {
 	<-v.done
 }
 
+// kernelMessage matches a kernel log line that the console printed into the middle of one of
+// ours (printk and a write to /dev/console interleave); lines that start with a timestamp,
+// such as journald's, are left alone.
+var kernelMessage = regexp.MustCompile(`([^\n])\[ *\d+\.\d+\] [^\n]*\n`)
+
+// cleanConsole removes kernel log lines from a console log, mending lines they split.
+func cleanConsole(log string) string { return kernelMessage.ReplaceAllString(log, "$1") }
+
 // stepLines returns the imgctl-node step lines of a console log.
 func stepLines(log string) []string {
 	var out []string
-	sc := bufio.NewScanner(strings.NewReader(log))
+	sc := bufio.NewScanner(strings.NewReader(cleanConsole(log)))
 	for sc.Scan() {
 		if i := strings.Index(sc.Text(), "imgctl-node step="); i >= 0 {
 			out = append(out, strings.TrimSpace(sc.Text()[i:]))
@@ -201,4 +210,11 @@ func nodeAgent(t *testing.T) string {
 		t.Fatal(nodeAgentErr)
 	}
 	return nodeAgentPath
+}
+func TestCleanConsoleMendsSplitLines(t *testing.T) {
+	in := "imgctl-node step[    2.975845] Not activating Mandatory Access Control.\r\n=switch-root status=ok x\n[   16.32] imgctl-node[139]: imgctl-node step=verify-binaries status=ok\n"
+	want := "imgctl-node step=switch-root status=ok x\n[   16.32] imgctl-node[139]: imgctl-node step=verify-binaries status=ok\n"
+	if got := cleanConsole(in); got != want {
+		t.Fatalf("%q", got)
+	}
 }

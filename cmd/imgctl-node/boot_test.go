@@ -366,10 +366,14 @@ func requireStep(t *testing.T, out, step, status string) {
 	requireLine(t, out, "step="+step+" status="+status)
 }
 
+// kernelMessage matches a kernel log line that the console printed into the middle of one of
+// ours (the kernel's printk and our write to /dev/console interleave).
+var kernelMessage = regexp.MustCompile(`([^\n])\[ *\d+\.\d+\] [^\n]*\n`)
+
 // requireLine fails unless one console line contains all the substrings.
 func requireLine(t *testing.T, out string, subs ...string) {
 	t.Helper()
-	for _, line := range strings.Split(out, "\n") {
+	for _, line := range strings.Split(kernelMessage.ReplaceAllString(out, "$1"), "\n") {
 		ok := true
 		for _, s := range subs {
 			if !strings.Contains(line, s) {

@@ -179,8 +179,14 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
+	var baked []bakedImage
 	plan, err := step(o.Steps, "render", func() (*render.Plan, []any, error) {
-		p, err := render.Render(render.Input{Config: cfg, Kubernetes: info.Kubernetes, NodeName: name})
+		var err error
+		if baked, err = bakedImages(o.Root); err != nil {
+			return nil, nil, err
+		}
+		sandbox := sandboxImage(baked)
+		p, err := render.Render(render.Input{Config: cfg, Kubernetes: info.Kubernetes, NodeName: name, SandboxImage: sandbox})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -189,7 +195,10 @@ func Run(ctx context.Context, o Options) error {
 				return nil, nil, err
 			}
 		}
-		return p, []any{"files", len(p.Files)}, nil
+		if sandbox == "" {
+			sandbox = render.DefaultSandboxImage(info.Kubernetes) + " (not baked: pulled at the first pod)"
+		}
+		return p, []any{"files", len(p.Files), "sandbox", sandbox}, nil
 	})
 	if err != nil {
 		return err
@@ -205,6 +214,21 @@ func Run(ctx context.Context, o Options) error {
 			return struct{}{}, nil, err
 		}
 		return struct{}{}, []any{"runtime", v.RuntimeName + " " + v.RuntimeVersion, "cri", v.API}, nil
+	}); err != nil {
+		return err
+	}
+
+	if len(baked) == 0 {
+		o.Steps.Start("images").Skip("reason", "no images baked in "+ImagesDir)
+	} else if _, err := step(o.Steps, "images", func() (struct{}, []any, error) {
+		var names []string
+		for _, im := range baked {
+			if err := o.Run(ctx, "ctr", "--address", o.CRISocket, "--namespace", "k8s.io", "images", "import", filepath.Join(o.Root, im.Path)); err != nil {
+				return struct{}{}, []any{"image", im.Name}, err
+			}
+			names = append(names, im.Name)
+		}
+		return struct{}{}, []any{"imported", strings.Join(names, ",")}, nil
 	}); err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package configure
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -153,7 +154,7 @@ func TestNodeWithCertificate(t *testing.T) {
 	if err := Run(context.Background(), o); err != nil {
 		t.Fatalf("%v\n%s", err, f.steps.String())
 	}
-	want := []string{"image-info=ok", "metadata=ok", "hostname=ok", "render=ok", "containerd=ok", "kubelet-start=ok", "kubelet-healthy=ok"}
+	want := []string{"image-info=ok", "metadata=ok", "hostname=ok", "render=ok", "containerd=ok", "images=skip", "kubelet-start=ok", "kubelet-healthy=ok"}
 	if got := f.lines(); !slices.Equal(got, want) {
 		t.Errorf("steps = %q, want %q\n%s", got, want, f.steps.String())
 	}
@@ -286,4 +287,75 @@ func closedAddr(t *testing.T) string {
 	addr := l.Addr().String()
 	l.Close()
 	return addr
+}
+
+// writeArchive writes a minimal OCI archive (index.json with a name annotation) at p under root.
+func writeArchive(t *testing.T, root, p, name string) {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	idx := fmt.Sprintf(`{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%064d","size":1,"annotations":{"io.containerd.image.name":%q}}]}`, 0, name)
+	for _, f := range []struct{ name, body string }{{"oci-layout", `{"imageLayoutVersion":"1.0.0"}`}, {"index.json", idx}} {
+		tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body)), Typeflag: tar.TypeReg})
+		tw.Write([]byte(f.body))
+	}
+	tw.Close()
+	if err := writeFile(root, p, 0o644, buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBakedImagesAreImportedAndPinTheSandbox(t *testing.T) {
+	f, o := newFixture(t, certConfig(t))
+	writeArchive(t, f.root, ImagesDir+"/pause.tar", "registry.k8s.io/pause:3.4.1")
+	writeArchive(t, f.root, ImagesDir+"/coredns.tar", "registry.k8s.io/coredns/coredns:v1.8.0")
+	writeFile(f.root, ImagesDir+"/README", 0o644, []byte("not an archive"))
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s", err, f.steps.String())
+	}
+	want := []string{
+		"systemctl restart containerd.service",
+		"ctr --address /run/containerd/containerd.sock --namespace k8s.io images import " + filepath.Join(f.root, ImagesDir, "coredns.tar"),
+		"ctr --address /run/containerd/containerd.sock --namespace k8s.io images import " + filepath.Join(f.root, ImagesDir, "pause.tar"),
+		"systemctl start kubelet.service",
+	}
+	if !slices.Equal(f.commands, want) {
+		t.Errorf("commands =\n%s\nwant\n%s", strings.Join(f.commands, "\n"), strings.Join(want, "\n"))
+	}
+	b, _ := os.ReadFile(filepath.Join(f.root, "etc/containerd/config.toml"))
+	if !strings.Contains(string(b), `sandbox_image = "registry.k8s.io/pause:3.4.1"`) {
+		t.Errorf("containerd config does not use the baked pause image:\n%s", b)
+	}
+	if !strings.Contains(f.steps.String(), "step=images status=ok") || !strings.Contains(f.steps.String(), "sandbox=registry.k8s.io/pause:3.4.1") {
+		t.Errorf("steps:\n%s", f.steps.String())
+	}
+
+	// A broken archive fails the render step, naming the file.
+	f2, o2 := newFixture(t, certConfig(t))
+	writeFile(f2.root, ImagesDir+"/bad.tar", 0o644, []byte("garbage"))
+	err := Run(context.Background(), o2)
+	if err == nil || !strings.Contains(err.Error(), "/usr/lib/imgctl/images/bad.tar") {
+		t.Errorf("broken archive: err = %v", err)
+	}
+}
+
+func TestSandboxImage(t *testing.T) {
+	for _, tc := range []struct {
+		names []string
+		want  string
+	}{
+		{[]string{"registry.k8s.io/pause:3.4.1"}, "registry.k8s.io/pause:3.4.1"},
+		{[]string{"a/coredns:1", "localhost:5000/pause@sha256:" + strings.Repeat("a", 64)}, "localhost:5000/pause@sha256:" + strings.Repeat("a", 64)},
+		{[]string{"localhost:5000/pause"}, "localhost:5000/pause"},
+		{[]string{"registry/paused:1", "registry/pause-x:1"}, ""},
+		{nil, ""},
+	} {
+		var ims []bakedImage
+		for _, n := range tc.names {
+			ims = append(ims, bakedImage{Name: n})
+		}
+		if got := sandboxImage(ims); got != tc.want {
+			t.Errorf("sandboxImage(%q) = %q, want %q", tc.names, got, tc.want)
+		}
+	}
 }

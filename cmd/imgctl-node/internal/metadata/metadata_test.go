@@ -453,7 +453,7 @@ func TestNew(t *testing.T) {
 	for _, p := range ps {
 		names = append(names, p.Name())
 	}
-	if strings.Join(names, ",") != "imgctl,imds,file" {
+	if strings.Join(names, ",") != "imgctl,file,imds" {
 		t.Fatal(names)
 	}
 	if p := ps[0].(*Imgctl); p.URL != "http://10.0.0.1:8080" || p.Credential != "x" {

@@ -27,9 +27,12 @@ const (
 	DefaultTokenTTL = 6 * time.Hour // the IMDSv2 maximum
 )
 
-// DefaultOrder is the provider order when none is configured: an explicit imgctl server first,
-// then the cloud, then the local file.
-var DefaultOrder = []string{"imgctl", "imds", "file"}
+// DefaultOrder is the provider order when none is configured (imgctl.metadata-order=): an
+// explicit imgctl server first, then a local file, then the cloud. The two local checks cost
+// nothing when they do not apply, while IMDS, where there is none (bare metal), costs its
+// retries and timeouts; and a file present on the node was put there on purpose (a config
+// partition, cloud-init, a site layer).
+var DefaultOrder = []string{"imgctl", "file", "imds"}
 
 // maxDoc bounds a fetched document (EC2 user data is at most 16 KiB).
 const maxDoc = 1 << 20
