@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -102,7 +103,7 @@ func (e *Env) resolve(ctx context.Context, u URI, locked *Pin) (Pin, error) {
 		}
 		pin.Digest = t.Digest
 		return pin, nil
-	case u.Kind == KindOCI || u.Kind == KindOCILayout:
+	case u.Kind == KindOCI || u.Kind == KindOCILayout || u.isArchive():
 		pin.Digest = u.Digest
 		return pin, nil
 	case !u.Remote(): // a local file
@@ -216,6 +217,10 @@ func (e *Env) materialize(ctx context.Context, u URI, pin Pin) (Tar, error) {
 		return e.bootstrapTar(ctx, u)
 	}
 	key := strings.Join([]string{converterVersion, string(u.Kind), u.Dest, fmt.Sprintf("%o", u.Mode), u.Prefix, string(pin.Digest)}, "\n")
+	if u.isArchive() {
+		// The archive file's bytes carry the image name and SOURCE_DATE_EPOCH.
+		key += "\n" + u.ImageName + "\n" + strconv.FormatInt(e.archiveMTime().Unix(), 10)
+	}
 	if t, ok := e.cachedTar(ctx, key, pin); ok {
 		return t, nil
 	}
@@ -335,6 +340,8 @@ func (e *Env) input(ctx context.Context, u URI, pin Pin) (*input, error) {
 	switch u.Kind {
 	case KindOCI, KindOCILayout:
 		return &input{Reader: bytes.NewReader(nil)}, nil
+	case KindOCIArchive, KindOCILayoutArchive:
+		return e.ociArchive(ctx, u)
 	case KindMmdebstrap:
 		if !e.Cache.Has(pin.Digest) {
 			if _, err := e.mmdebstrap(ctx, u, pin.Digest); err != nil {
@@ -417,6 +424,11 @@ func (e *Env) convert(ctx context.Context, u URI, in *input, out *tarOut) error 
 		return out.add(hdr, in)
 	case KindOCI, KindOCILayout:
 		return e.convertOCI(ctx, u, out)
+	case KindOCIArchive, KindOCILayoutArchive:
+		// One file; its parent directories come from lower layers or are created when the
+		// rootfs is composed, as for KindFile.
+		hdr := &tar.Header{Name: u.Dest[1:], Typeflag: tar.TypeReg, Mode: u.Mode, Size: in.size, ModTime: e.archiveMTime()}
+		return out.add(hdr, in)
 	}
 	return fmt.Errorf("cannot convert %s sources", u.Kind)
 }

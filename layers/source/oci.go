@@ -24,7 +24,7 @@ func (e *Env) ociImage(ctx context.Context, u URI) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	if u.Kind == KindOCILayout {
+	if u.fromLayout() {
 		p, err := layout.FromPath(u.Location)
 		if err != nil {
 			return nil, fmt.Errorf("opening OCI layout %s: %w", u.Location, err)
@@ -57,6 +57,9 @@ func (e *Env) ociImage(ctx context.Context, u URI) (v1.Image, error) {
 	}
 	return img, nil
 }
+
+// fromLayout reports whether the image comes from a local OCI layout, not a registry.
+func (u URI) fromLayout() bool { return u.Kind == KindOCILayout || u.Kind == KindOCILayoutArchive }
 
 func platformImage(idx v1.ImageIndex) (v1.Image, error) {
 	m, err := idx.IndexManifest()

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -28,12 +29,23 @@ const (
 	KindBootstrap  Kind = "bootstrap"  // imgctl's bootstrap layer: units + the node agent
 )
 
+// The image archive kinds (URIs with #image=PATH): an image kept whole rather than flattened,
+// its linux/amd64 image written as an OCI image layout tar placed as one file at Dest (mode
+// 0644), for the node to import into containerd without pulling.
+const (
+	KindOCIArchive       Kind = "oci-archive"        // from a registry: oci://…#image=PATH
+	KindOCILayoutArchive Kind = "oci-layout-archive" // from a local OCI layout: oci-layout://…#image=PATH&name=…
+)
+
 // URI is a parsed source URI. The grammar (a contract other tools rely on):
 //
 //	file:///x.tar[.gz|.zst|.xz]   a layer tar          file:///x.deb   a Debian package
 //	file:///dir/                  a directory          file:///x#path=/usr/bin/x&mode=0755   one file
 //	https://…/x#sha256=HEX[&path=/usr/bin/x&mode=0755 | &prefix=/opt]   (or sha256-from=URL of a checksum file)
-//	oci://REGISTRY/REPO@sha256:…   oci-layout:///DIR@sha256:…
+//	oci://REGISTRY/REPO[:TAG]@sha256:…   oci-layout:///DIR@sha256:…   (image layers flattened)
+//	oci://REGISTRY/REPO[:TAG]@sha256:…#image=/ABS/PATH.tar[&name=REGISTRY/REPO[:TAG]]
+//	oci-layout:///DIR@sha256:…#image=/ABS/PATH.tar&name=REGISTRY/REPO[:TAG]
+//	                              the image as an OCI archive file at PATH (ctr images import)
 //	deb://MIRROR/debian?suite=S&package=NAME[=VERSION][&follow=PREFIX][&component=main&arch=amd64]
 //	mmdebstrap://SUITE?mirror=URL&packages=a,b[&variant=minbase]
 //	imgctl://bootstrap            imgctl's bootstrap layer (units + the imgctl-node binary)
@@ -45,19 +57,23 @@ type URI struct {
 	Digest      digest.Digest // pinned content digest, if the URI carries one
 	ChecksumURL string        // https: a published checksum file to pin from
 
-	Dest   string // KindFile: absolute path inside the image
-	Mode   int64  // KindFile: permission bits
+	Dest   string // KindFile, KindOCIArchive, KindOCILayoutArchive: absolute path inside the image
+	Mode   int64  // KindFile: permission bits (0644 for the archive kinds)
 	Prefix string // KindTar: extract under this directory
 
 	Suite, Component, Arch, Package, Version, Follow string // KindDebRepo
 	Variant                                          string
 	Packages                                         []string // KindMmdebstrap
+
+	// ImageName is the full name an archive kind's image is imported under:
+	// REGISTRY/REPO:TAG, or REGISTRY/REPO@sha256:… (the pin) when no tag is given.
+	ImageName string
 }
 
 // Remote reports whether materializing the source may need the network.
 func (u URI) Remote() bool {
 	switch u.Kind {
-	case KindOCI, KindDebRepo, KindMmdebstrap:
+	case KindOCI, KindOCIArchive, KindDebRepo, KindMmdebstrap:
 		return true
 	}
 	return strings.HasPrefix(u.Location, "http://") || strings.HasPrefix(u.Location, "https://")
@@ -108,9 +124,10 @@ func parse(raw string) (URI, error) {
 		u.Kind = KindBootstrap
 		return u, nil
 	case "oci", "oci-layout":
+		rest, frag, hasFrag := strings.Cut(rest, "#")
 		ref, dg, ok := strings.Cut(rest, "@")
 		if !ok || ref == "" {
-			return URI{}, fmt.Errorf("expected %s://%s@sha256:HEX (pinned by digest)", scheme, map[string]string{"oci": "REGISTRY/REPO", "oci-layout": "/DIR"}[scheme])
+			return URI{}, fmt.Errorf("expected %s://%s@sha256:HEX (pinned by digest)", scheme, map[string]string{"oci": "REGISTRY/REPO[:TAG]", "oci-layout": "/DIR"}[scheme])
 		}
 		d, err := digest.Parse(dg)
 		if err != nil || d.Algorithm() != digest.SHA256 {
@@ -122,6 +139,9 @@ func parse(raw string) (URI, error) {
 				return URI{}, fmt.Errorf("oci-layout URIs need an absolute directory (oci-layout:///DIR@sha256:…)")
 			}
 			u.Kind = KindOCILayout
+		}
+		if hasFrag {
+			return u, u.imageFragment(frag)
 		}
 		return u, nil
 	case "deb", "deb+http":
@@ -236,6 +256,88 @@ func (u *URI) fragment(frag string) error {
 		u.Prefix = p
 	}
 	return nil
+}
+
+// imageFragment parses an oci/oci-layout fragment, "#image=/ABS/PATH.tar[&name=REGISTRY/REPO[:TAG]]":
+// the image is kept whole, as an OCI archive file at PATH, named for containerd.
+func (u *URI) imageFragment(frag string) error {
+	q, err := url.ParseQuery(frag)
+	if err != nil {
+		return fmt.Errorf("fragment: %w", err)
+	}
+	if err := checkKeys(q, "image", "name"); err != nil {
+		return err
+	}
+	for _, k := range []string{"image", "name"} {
+		if len(q[k]) > 1 {
+			return fmt.Errorf("%s= given %d times, expected once", k, len(q[k]))
+		}
+	}
+	p := q.Get("image")
+	if p == "" {
+		return fmt.Errorf("expected #image=/ABS/PATH.tar[&name=REGISTRY/REPO[:TAG]] (the file the image archive is placed at)")
+	}
+	if !strings.HasPrefix(p, "/") || path.Clean(p) != p || p == "/" {
+		return fmt.Errorf("image=%s: expected a clean absolute file path", p)
+	}
+	ref := u.Location
+	if u.Kind == KindOCILayout {
+		u.Kind = KindOCILayoutArchive
+		if _, ok := q["name"]; !ok {
+			return fmt.Errorf("an image from an OCI layout needs a name to be imported under: add &name=REGISTRY/REPO[:TAG]")
+		}
+	} else {
+		u.Kind = KindOCIArchive
+	}
+	if n, ok := q["name"]; ok {
+		ref = n[0]
+	}
+	full, err := imageRef(ref, u.Digest)
+	if err != nil {
+		if _, ok := q["name"]; ok {
+			return fmt.Errorf("name=%s: %w", ref, err)
+		}
+		return fmt.Errorf("image name %s: %w", ref, err)
+	}
+	u.Dest, u.Mode, u.ImageName = p, 0o644, full
+	return nil
+}
+
+// imageRef turns REGISTRY/REPO[:TAG] into the full name the image is imported under: the
+// name containerd's CRI looks it up by, so Docker Hub names are normalized the way containerd
+// normalizes them (busybox:1 -> docker.io/library/busybox:1). Without a tag the name is
+// pinned by digest: REGISTRY/REPO@sha256:HEX.
+func imageRef(ref string, pin digest.Digest) (string, error) {
+	if ref == "" || strings.Contains(ref, "@") {
+		return "", fmt.Errorf("expected REGISTRY/REPO[:TAG] (the digest is the URI's pin)")
+	}
+	repo, tag := ref, ""
+	if i := strings.LastIndexByte(ref, ':'); i > strings.LastIndexByte(ref, '/') {
+		repo, tag = ref[:i], ref[i+1:]
+		if tag == "" {
+			return "", fmt.Errorf("empty tag, expected REGISTRY/REPO[:TAG]")
+		}
+	}
+	domain, rest, ok := strings.Cut(repo, "/")
+	if !ok || !(strings.ContainsAny(domain, ".:") || domain == "localhost") {
+		domain, rest = "docker.io", repo
+	}
+	if domain == "index.docker.io" {
+		domain = "docker.io"
+	}
+	if domain == "docker.io" && !strings.Contains(rest, "/") {
+		rest = "library/" + rest
+	}
+	full := domain + "/" + rest
+	if tag != "" {
+		full += ":" + tag
+	} else {
+		full += "@" + pin.String()
+	}
+	if _, err := name.ParseReference(full, name.StrictValidation); err != nil {
+		return "", fmt.Errorf("expected REGISTRY/REPO[:TAG]: %w", err)
+	}
+	return full, nil
 }
 
 var archiveSuffixes = []string{".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.xz"}

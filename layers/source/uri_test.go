@@ -3,6 +3,8 @@ package source
 import (
 	"strings"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
 )
 
 func TestParse(t *testing.T) {
@@ -21,6 +23,14 @@ func TestParse(t *testing.T) {
 		{raw: "https://h/kubelet#sha256-from=https://h/kubelet.sha256&path=/usr/bin/kubelet", want: URI{Kind: KindFile, ChecksumURL: "https://h/kubelet.sha256"}},
 		{raw: "oci://registry.local:5000/base@sha256:" + hex, want: URI{Kind: KindOCI, Location: "registry.local:5000/base"}},
 		{raw: "oci-layout:///srv/layout@sha256:" + hex, want: URI{Kind: KindOCILayout, Location: "/srv/layout"}},
+		{raw: "oci://registry.k8s.io/pause:3.9@sha256:" + hex + "#image=/usr/lib/imgctl/images/pause.tar", want: URI{Kind: KindOCIArchive, Location: "registry.k8s.io/pause:3.9", Dest: "/usr/lib/imgctl/images/pause.tar", Mode: 0o644, ImageName: "registry.k8s.io/pause:3.9", Digest: digest.Digest("sha256:" + hex)}},
+		{raw: "oci://registry.local:5000/base@sha256:" + hex + "#image=/x.tar", want: URI{Kind: KindOCIArchive, Location: "registry.local:5000/base", ImageName: "registry.local:5000/base@sha256:" + hex}},
+		{raw: "oci://registry.local:5000/base@sha256:" + hex + "#image=/x.tar&name=registry.k8s.io/pause:3.9", want: URI{Kind: KindOCIArchive, Location: "registry.local:5000/base", ImageName: "registry.k8s.io/pause:3.9"}},
+		{raw: "oci://registry.local:5000/base@sha256:" + hex + "#name=localhost/pause&image=/x.tar", want: URI{Kind: KindOCIArchive, ImageName: "localhost/pause@sha256:" + hex}},
+		{raw: "oci://docker.io/busybox:1.36@sha256:" + hex + "#image=/x.tar", want: URI{Kind: KindOCIArchive, ImageName: "docker.io/library/busybox:1.36"}},
+		{raw: "oci://index.docker.io/busybox@sha256:" + hex + "#image=/x.tar&name=busybox:1.36", want: URI{Kind: KindOCIArchive, ImageName: "docker.io/library/busybox:1.36"}},
+		{raw: "oci-layout:///srv/layout@sha256:" + hex + "#image=/var/lib/images/pause.tar&name=registry.k8s.io/pause:3.9", want: URI{Kind: KindOCILayoutArchive, Location: "/srv/layout", Dest: "/var/lib/images/pause.tar", Mode: 0o644, ImageName: "registry.k8s.io/pause:3.9"}},
+		{raw: "oci-layout:///srv/layout@sha256:" + hex + "#image=/x.tar&name=example.com/team/pause", want: URI{Kind: KindOCILayoutArchive, ImageName: "example.com/team/pause@sha256:" + hex}},
 		{raw: "deb://deb.debian.org/debian?suite=bookworm&package=runc=1.1.5", want: URI{Kind: KindDebRepo, Location: "https://deb.debian.org/debian", Suite: "bookworm", Package: "runc", Version: "1.1.5", Component: "main", Arch: "amd64"}},
 		{raw: "deb+http://127.0.0.1:8080/debian?suite=s&package=p", want: URI{Kind: KindDebRepo, Location: "http://127.0.0.1:8080/debian"}},
 		{raw: "mmdebstrap://bookworm?mirror=https://deb.debian.org/debian&packages=systemd,udev", want: URI{Kind: KindMmdebstrap, Suite: "bookworm", Variant: "minbase", Packages: []string{"systemd", "udev"}}},
@@ -38,6 +48,18 @@ func TestParse(t *testing.T) {
 		{raw: "https://h/x.tar#sha256=" + hex + "&colour=red", err: `unknown parameter "colour"`},
 		{raw: "oci://registry/base:latest", err: "pinned by digest"},
 		{raw: "oci://registry/base@sha256:1234", err: "expected sha256:<64 hex>"},
+		{raw: "oci://r.io/pause@sha256:" + hex + "#image=/x.tar&mode=0755", err: `unknown parameter "mode" (expected image, name)`},
+		{raw: "oci://r.io/pause@sha256:" + hex + "#image=x.tar", err: "image=x.tar: expected a clean absolute file path"},
+		{raw: "oci://r.io/pause@sha256:" + hex + "#image=/a/../x.tar", err: "expected a clean absolute file path"},
+		{raw: "oci://r.io/pause@sha256:" + hex + "#image=/", err: "expected a clean absolute file path"},
+		{raw: "oci://r.io/pause@sha256:" + hex + "#name=r.io/pause:1", err: "expected #image=/ABS/PATH.tar"},
+		{raw: "oci://r.io/pause@sha256:" + hex + "#", err: "expected #image=/ABS/PATH.tar"},
+		{raw: "oci://r.io/pause@sha256:" + hex + "#image=/x.tar&image=/y.tar", err: "image= given 2 times"},
+		{raw: "oci://r.io/pause@sha256:" + hex + "#image=/x.tar&name=r.io/pause@sha256:" + hex, err: "name=r.io/pause@sha256:" + hex + ": expected REGISTRY/REPO[:TAG] (the digest is the URI's pin)"},
+		{raw: "oci://r.io/pause@sha256:" + hex + "#image=/x.tar&name=r.io/Pause:1", err: "name=r.io/Pause:1: expected REGISTRY/REPO[:TAG]"},
+		{raw: "oci://r.io/pause:@sha256:" + hex + "#image=/x.tar", err: "image name r.io/pause:: empty tag"},
+		{raw: "oci-layout:///srv/layout@sha256:" + hex + "#image=/x.tar", err: "add &name=REGISTRY/REPO[:TAG]"},
+		{raw: "oci-layout:///srv/layout@sha256:1234#image=/x.tar", err: "expected sha256:<64 hex>"},
 		{raw: "deb://deb.debian.org/debian?package=runc", err: "suite=SUITE"},
 		{raw: "mmdebstrap://bookworm?packages=a", err: "missing mirror"},
 	}
@@ -62,6 +84,7 @@ func TestParse(t *testing.T) {
 			check("Kind", string(u.Kind), string(w.Kind))
 			check("Location", u.Location, w.Location)
 			check("Dest", u.Dest, w.Dest)
+			check("ImageName", u.ImageName, w.ImageName)
 			check("Prefix", u.Prefix, w.Prefix)
 			check("Digest", string(u.Digest), string(w.Digest))
 			check("ChecksumURL", u.ChecksumURL, w.ChecksumURL)
@@ -80,7 +103,7 @@ func TestParse(t *testing.T) {
 }
 
 func FuzzParse(f *testing.F) {
-	for _, s := range []string{"file:///x.tar", "https://h/x#sha256=00&path=/a", "deb://h/d?suite=s&package=p=1", "oci://r/x@sha256:00", "mmdebstrap://s?mirror=m"} {
+	for _, s := range []string{"file:///x.tar", "https://h/x#sha256=00&path=/a", "deb://h/d?suite=s&package=p=1", "oci://r/x@sha256:00", "oci://r.io/x:1@sha256:00#image=/x.tar&name=r.io/y", "mmdebstrap://s?mirror=m"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
@@ -91,8 +114,11 @@ func FuzzParse(f *testing.F) {
 		if u.Kind == "" {
 			t.Fatalf("%q parsed without a kind", raw)
 		}
-		if u.Kind == KindFile && !strings.HasPrefix(u.Dest, "/") {
+		if (u.Kind == KindFile || u.isArchive()) && !strings.HasPrefix(u.Dest, "/") {
 			t.Fatalf("%q: file destination %q is not absolute", raw, u.Dest)
+		}
+		if u.isArchive() && (u.ImageName == "" || u.Mode != 0o644) {
+			t.Fatalf("%q: image archive named %q, mode %o", raw, u.ImageName, u.Mode)
 		}
 	})
 }

@@ -30,7 +30,8 @@ func TestDefault(t *testing.T) {
 		{Role: RoleKernel, Sources: []string{deb + "linux-image-cloud-amd64&follow=linux-image-"}},
 		{Role: RoleBootloader, Sources: []string{deb + "systemd-boot-efi"}},
 		{Role: RoleRuntime, Sources: []string{deb + "containerd", deb + "runc"}},
-		{Role: RoleKubelet, Version: "1.21.13", Sources: []string{bin("kubelet"), bin("kubeadm"), bin("kubectl")}},
+		{Role: RoleKubelet, Version: "1.21.13", Sources: []string{bin("kubelet"), bin("kubeadm"), bin("kubectl"),
+			"oci://registry.k8s.io/pause:3.4.1@sha256:6c3835cab3980f11b83277305d0d736051c32b17606f5ec59f1dda67c9ba3810#image=/usr/lib/imgctl/images/pause.tar"}},
 		{Role: RoleBootstrap, Sources: []string{"imgctl://bootstrap"}},
 	}
 	if len(n.Spec.Layers) != len(want) {

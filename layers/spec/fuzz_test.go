@@ -12,7 +12,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(validYAML))
 	f.Add([]byte(reorderedYAML))
 	var def bytes.Buffer
-	if err := defaultTemplate.Execute(&def, struct{ Version, Minor string }{"1.21.13", "1.21"}); err != nil {
+	data := struct{ Version, Minor, Pause string }{"1.21.13", "1.21", sandboxImages["1.21"]}
+	if err := defaultTemplate.Execute(&def, data); err != nil {
 		f.Fatal(err)
 	}
 	f.Add(def.Bytes())
