@@ -21,8 +21,10 @@ import (
 
 // bakedRoles are the layers whose executables the node verifies at every boot: what runs the
 // node's workloads, brings it into the cluster, and what the site added. The base OS is left
-// out (thousands of files; it is the distribution's, verified when its packages were fetched).
-var bakedRoles = []spec.Role{spec.RoleKernel, spec.RoleBootloader, spec.RoleRuntime, spec.RoleKubelet, spec.RoleBootstrap, spec.RoleExtra}
+// out (thousands of files; it is the distribution's, verified when its packages were fetched),
+// and so are the kernel and bootloader layers (their few executable-mode files, EFI stubs and a
+// bug-report script, are not run by the booted node).
+var bakedRoles = []spec.Role{spec.RoleRuntime, spec.RoleKubelet, spec.RoleBootstrap, spec.RoleExtra}
 
 // finalize is compose's last step: it hashes the baked executables of the merged tree (the
 // version that wins, after whiteouts and overrides) and adds /etc/imgctl/image.json.

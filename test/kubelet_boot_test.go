@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	stdlog "log"
 	"math/big"
 	"net"
 	"net/http"
@@ -23,6 +24,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	gcrname "github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // relayEnv makes the test binary a relay (see TestMain): qemu's guestfwd=…-cmd: starts one per
@@ -165,12 +172,14 @@ healthz=$( (exec 3<>/dev/tcp/127.0.0.1/10248 && printf 'GET /healthz HTTP/1.0\r\
 ctr=$(ctr --address /run/containerd/containerd.sock version 2>&1 | tr -s ' \n\t' ' ')
 cri=$(imgctl-node cri-version 2>&1 | tr -s ' \n\t' ' ')
 kv=$(kubelet --version 2>&1)
+images=$(ctr --namespace k8s.io images ls -q 2>&1 | grep pause | tr '\n' ' ' | sed 's/ $//')
+sandbox=$(grep sandbox_image /etc/containerd/config.toml | sed 's/^ *//')
 echo "IMGCTL-TEST-REPORT installation=$(systemctl is-active kube-node-installation) configuration=$(systemctl is-active kube-node-configuration)" \
   "kubelet=$(systemctl is-active kubelet) containerd=$(systemctl is-active containerd) monitors=$(systemctl is-active kubelet-monitor kube-container-runtime-monitor | tr '\n' ,)" \
   "healthz=$healthz kubelet_version=[$kv] hostname=$(hostname)" \
   "userspace_us=$(systemctl show -p UserspaceTimestampMonotonic --value)" \
   "kubelet_start_us=$(systemctl show -p ExecMainStartTimestampMonotonic --value kubelet)" \
-  "uptime=$(cut -d' ' -f1 /proc/uptime) ctr=[$ctr] cri=[$cri]" > /dev/console
+  "uptime=$(cut -d' ' -f1 /proc/uptime) ctr=[$ctr] cri=[$cri] images=[$images] $sandbox" > /dev/console
 journalctl -b -u kubelet --no-pager -n 15 -o cat > /dev/console 2>&1
 systemctl --no-block poweroff
 `,
@@ -208,11 +217,13 @@ func TestNodeJoinsWithRealKubelet(t *testing.T) {
 	defer cancel()
 	k8s := kubernetesTools(t)
 	work, dir := t.TempDir(), t.TempDir()
+	pause := testSandboxImage(t)
 	out := filepath.Join(dir, "out")
 	if _, err := imgctl(ctx, t, dir, "build", "--k8s", "1.21.13", "--target", "raw",
 		"--lock", filepath.Join(work, "imgctl.lock"), "--node-agent", nodeAgent(t), "--output", out,
 		"--source", "kubelet=file://"+filepath.Join(k8s, "kubelet")+"#path=/usr/bin/kubelet&mode=0755",
 		"--source", "kubelet=file://"+filepath.Join(k8s, "kubeadm")+"#path=/usr/bin/kubeadm&mode=0755",
+		"--source", "kubelet="+pause.uri,
 		"--source", "extra=file://"+kubeletTestLayer(t, work)+"/"); err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +288,8 @@ spec:
 	for _, want := range []string{
 		"step=verify-binaries status=ok", "step=modules status=ok", "step=sysctl status=ok",
 		"step=directories status=ok", "step=metadata status=ok", `source="imds http://169.254.169.254/latest/user-data"`,
-		"step=hostname status=ok", "step=render status=ok", "step=containerd status=ok",
+		"step=hostname status=ok", "step=render status=ok", "sandbox=" + pause.name, "step=containerd status=ok",
+		"step=images status=ok", "imported=" + pause.name,
 		"step=kubelet-start status=ok", "step=kubelet-healthy status=ok",
 	} {
 		if !strings.Contains(log, want) {
@@ -288,6 +300,7 @@ spec:
 		"installation=active", "configuration=active", "kubelet=active", "containerd=active",
 		"monitors=active,active,", "healthz=ok", "kubelet_version=[Kubernetes v1.21.13]", "hostname=node-e2e",
 		"Server: Version: 1.6.20", "RuntimeName: containerd",
+		"images=[" + pause.name + "]", `sandbox_image = "` + pause.name + `"`,
 	} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q", want)
@@ -305,4 +318,40 @@ spec:
 	} else {
 		t.Errorf("report lacks the timestamps")
 	}
+}
+
+type sandboxImage struct{ uri, name string }
+
+// testSandboxImage serves a small linux/amd64 image as REGISTRY/pause:3.4.1 from
+// go-containerregistry's registry on loopback and returns the source URI that bakes it into the
+// kubelet layer as an OCI archive, and the image name the node should import it as.
+func testSandboxImage(t *testing.T) sandboxImage {
+	t.Helper()
+	reg := httptest.NewServer(registry.New(registry.Logger(stdlog.New(io.Discard, "", 0))))
+	t.Cleanup(reg.Close)
+	img, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf.OS, cf.Architecture = "linux", "amd64"
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	name := strings.TrimPrefix(reg.URL, "http://") + "/pause:3.4.1"
+	ref, err := gcrname.ParseReference(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sandboxImage{uri: "oci://" + name + "@" + d.String() + "#image=/usr/lib/imgctl/images/pause.tar", name: name}
 }
