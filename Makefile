@@ -7,7 +7,7 @@ K8S       ?= 1.21.13
 TOOLS_DIR ?= $(CURDIR)/.cache/tools
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: build deps test test-short lint bench demo kubernetes clean FORCE
+.PHONY: build deps test test-short lint bench demo demo-image kubernetes clean FORCE
 
 build: bin/imgctl bin/imgctl-node
 
@@ -36,10 +36,11 @@ lint:
 	shellcheck scripts/*.sh .ci/run
 
 # Benchmarks and peer comparisons; results are appended to BENCHMARKS.md.
-bench: deps build
+bench: deps build demo-image
 	$(GO) test -run '^$$' -bench . -benchmem ./layers/compose/
 	scripts/bench-compose.sh
 	scripts/bench-raw.sh
+	scripts/bench-boot.sh out/demo/disk.raw
 
 # A real kubelet and kubeadm for K8S, built from the Go module proxy (dl.k8s.io may be unreachable).
 kubernetes: $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet
@@ -52,15 +53,17 @@ $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet:
 # a demo NodeConfig baked in (scripts/demo-node.sh; real nodes read theirs from a metadata server
 # or EC2 user data), then booted in qemu (UEFI, TCG) until the node has configured itself and its
 # kubelet answers /healthz.
-demo: deps build kubernetes
+demo: demo-image
+	bin/imgctl images list
+	scripts/boot-qemu.sh out/demo/disk.raw
+
+demo-image: deps build kubernetes
 	scripts/demo-node.sh out/demo-node
 	bin/imgctl build --k8s $(K8S) --target raw \
 	  --source 'kubelet=file://$(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet#path=/usr/bin/kubelet&mode=0755' \
 	  --source 'kubelet=file://$(TOOLS_DIR)/kubernetes/v$(K8S)/kubeadm#path=/usr/bin/kubeadm&mode=0755' \
 	  --source 'extra=file://$(CURDIR)/out/demo-node/' \
 	  --output out/demo
-	bin/imgctl images list
-	scripts/boot-qemu.sh out/demo/disk.raw
 
 clean:
 	rm -rf bin out
