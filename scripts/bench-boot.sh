@@ -27,7 +27,7 @@ mkdir -p "$tmp/m"
 [ -f "$disk" ] || die "$disk missing (make demo-image builds it)"
 
 # at LOG PATTERN: the console timestamp (seconds of guest uptime) of the first line matching.
-at() { grep -a -m1 "$2" "$1" | sed -n 's/.*\[ *\([0-9][0-9]*\.[0-9]*\)\] [^[]*$/\1/p'; }
+at() { grep -a -m1 "$2" "$1" | sed -n 's/^[^[]*\[ *\([0-9][0-9]*\.[0-9]*\)\].*/\1/p'; }
 # latency LOG STEP: the latency of an ok step line, in seconds.
 latency() { grep -a -m1 "step=$2 status=ok" "$1" | sed -n 's/.* latency=\([0-9]*\)ms.*/\1/p' | awk '{printf "%.2f\n", $1 / 1000}'; }
 
