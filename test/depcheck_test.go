@@ -56,3 +56,30 @@ func TestDependencyDirection(t *testing.T) {
 		t.Fatalf("only %d packages listed: the check is not looking at the repository", checked)
 	}
 }
+
+// TestNodeAgentDependencies keeps imgctl-node small and static (it is every initrd's /init, 8 MB
+// today): besides the standard library and imgctl's own packages it may use only these modules.
+// The CRI client speaks gRPC over net/http's HTTP/2 (no grpc-go); the kubelet configuration is a
+// local struct that the render tests decode into k8s.io/kubelet's type (importing that type
+// grew the binary from 2 to 19 MB).
+func TestNodeAgentDependencies(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", "../cmd/imgctl-node").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	allowed := []string{"golang.org/x/sys/", "gopkg.in/yaml.v3", "sigs.k8s.io/yaml", "go.yaml.in/yaml/v2", module}
+	n := 0
+	for _, p := range strings.Fields(string(out)) {
+		n++
+		ok := false
+		for _, a := range allowed {
+			ok = ok || strings.HasPrefix(p, a)
+		}
+		if !ok {
+			t.Errorf("imgctl-node depends on %s (allowed: %q)", p, allowed)
+		}
+	}
+	if n < 5 {
+		t.Fatalf("go list found only %d packages: not looking at the node agent", n)
+	}
+}

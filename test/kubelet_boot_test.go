@@ -184,21 +184,7 @@ journalctl -b -u kubelet --no-pager -n 15 -o cat > /dev/console 2>&1
 systemctl --no-block poweroff
 `,
 	}
-	for name, body := range files {
-		p := filepath.Join(root, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		mode := os.FileMode(0o644)
-		if strings.HasPrefix(name, "usr/local/bin/") {
-			mode = 0o755
-		}
-		if err := os.WriteFile(p, []byte(body), mode); err != nil {
-			t.Fatal(err)
-		}
-	}
-	wants := filepath.Join(root, "etc/systemd/system/multi-user.target.wants")
-	os.MkdirAll(wants, 0o755)
-	os.Symlink("/etc/systemd/system/imgctl-test-report.service", filepath.Join(wants, "imgctl-test-report.service"))
-	os.Symlink("/dev/null", filepath.Join(root, "etc/systemd/system/serial-getty@ttyS0.service"))
+	writeTestLayer(t, root, files)
 	return root
 }
 

@@ -40,6 +40,15 @@ echo "IMGCTL-TEST-REPORT lower=$lower var=$var state=$state target=$(systemctl i
 systemctl --no-block poweroff
 `,
 	}
+	writeTestLayer(t, root, files)
+	return root
+}
+
+// writeTestLayer writes files (executable under usr/local/bin/) into root, enables
+// imgctl-test-report.service for multi-user.target and masks the serial getty (agetty would
+// eat the console).
+func writeTestLayer(t *testing.T, root string, files map[string]string) {
+	t.Helper()
 	for name, body := range files {
 		p := filepath.Join(root, name)
 		os.MkdirAll(filepath.Dir(p), 0o755)
@@ -55,7 +64,6 @@ systemctl --no-block poweroff
 	os.MkdirAll(wants, 0o755)
 	os.Symlink("/etc/systemd/system/imgctl-test-report.service", filepath.Join(wants, "imgctl-test-report.service"))
 	os.Symlink("/dev/null", filepath.Join(root, "etc/systemd/system/serial-getty@ttyS0.service"))
-	return root
 }
 
 type rawBuild struct {
