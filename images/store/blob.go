@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/imgctl/imgctl/layers/atomicfile"
 
@@ -129,7 +130,8 @@ func (w *BlobWriter) Commit(ctx context.Context, expectedSize int64, expected di
 	if err := w.f.Close(); err != nil {
 		return "", 0, fmt.Errorf("committing blob %s: %w", d, err)
 	}
-	if fi, err := os.Stat(final); err == nil && fi.Size() == w.n {
+	// An existing blob is reused: TouchBlob makes GC spare it (and fails if GC just took it).
+	if fi, err := os.Stat(final); err == nil && fi.Size() == w.n && w.s.TouchBlob(d) == nil {
 		w.s.log.Debug("blob already present", "digest", d, "size", w.n)
 		return d, w.n, nil
 	}
@@ -158,7 +160,7 @@ func (w *BlobWriter) Abort() {
 // expected digest is already stored (with the expected size), r is not read.
 func (s *Store) WriteBlob(ctx context.Context, r io.Reader, expectedSize int64, expected digest.Digest) (digest.Digest, int64, error) {
 	if expected != "" {
-		if n, err := s.blobSize(expected); err == nil && (expectedSize < 0 || n == expectedSize) {
+		if n, err := s.blobSize(expected); err == nil && (expectedSize < 0 || n == expectedSize) && s.TouchBlob(expected) == nil {
 			return expected, n, nil
 		}
 	}
@@ -182,7 +184,7 @@ func (s *Store) LinkBlob(ctx context.Context, path string, d digest.Digest) erro
 	if err != nil {
 		return fmt.Errorf("linking blob: %w", err)
 	}
-	if s.HasBlob(d) {
+	if s.HasBlob(d) && s.TouchBlob(d) == nil {
 		return nil
 	}
 	if err := s.linkBlob(ctx, path, d, final); err == nil {
@@ -279,6 +281,10 @@ func (s *Store) link(ctx context.Context, path string, d digest.Digest, final st
 	}
 	if err := os.Chmod(tmp, 0o444); err != nil { // blobs are immutable
 		return "", 0, err
+	}
+	// A link keeps the source's old mtime: make the blob young, so GC spares it until indexed.
+	if now := time.Now(); os.Chtimes(tmp, now, now) != nil {
+		s.log.Debug("cannot refresh linked blob's modification time", "path", path)
 	}
 	if err := os.Rename(tmp, final); err != nil {
 		return "", 0, err

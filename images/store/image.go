@@ -64,6 +64,11 @@ func (s *Store) PutImage(ctx context.Context, cfg manifest.Config, artifacts []m
 		manifest.AnnotationName:    cfg.Name,
 	}
 	err = s.updateIndex(ctx, func(idx *ocispec.Index) (bool, error) {
+		// Again under the lock, which GC holds while it removes blobs: once this passes, no
+		// blob of the image can go before the index references it.
+		if err := s.requireBlobs(append([]ocispec.Descriptor{r.ConfigDescriptor, desc}, r.Manifest.Layers...)); err != nil {
+			return false, err
+		}
 		changed, found := false, false
 		kept := make([]ocispec.Descriptor, 0, len(idx.Manifests)+1)
 		for _, m := range idx.Manifests {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 )
 
@@ -54,4 +55,26 @@ func (s *Store) lock(ctx context.Context) (unlock func(), err error) {
 		_ = f.Close()
 		release()
 	}, nil
+}
+
+// Holding runs fn while holding the store's lock, after checking that image d is listed in
+// index.json. Channel moves run inside it, so garbage collection (which holds the same lock
+// while it reads channel heads and deletes) can never delete an image a channel is being
+// pointed at.
+func (s *Store) Holding(ctx context.Context, d digest.Digest, fn func() error) error {
+	unlock, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	idx, err := s.readIndex()
+	if err != nil {
+		return err
+	}
+	for _, m := range idx.Manifests {
+		if m.Digest == d {
+			return fn()
+		}
+	}
+	return fmt.Errorf("image %s is no longer in the store (garbage collected?): %w", d, ErrNotFound)
 }
