@@ -1,0 +1,312 @@
+package channel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/imgctl/imgctl/images/manifest"
+	"github.com/imgctl/imgctl/images/store"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Errors of rollback, besides those of entry.go (test with errors.Is).
+var (
+	// ErrNoPrevious: a rollback without a target found no earlier image to go back to.
+	ErrNoPrevious = errors.New("nothing to roll back to")
+	// ErrNotInHistory: a rollback target was never in the channel (roll back with --force).
+	ErrNotInHistory = errors.New("image was never in the channel")
+)
+
+// Promotion asks to point channel To at an image.
+type Promotion struct {
+	// Image is a full digest, a unique digest prefix, a version, or the name of a configured
+	// channel, meaning the image that channel points to now.
+	Image string
+	// To is the channel to move.
+	To     string
+	Reason string
+	// Force skips the promotion order: the image need not have been in the previous channel.
+	Force bool
+	// Who and Tool are recorded in the entry (defaults: DefaultWho(), DefaultTool).
+	Who, Tool string
+}
+
+// Promote points channel p.To at image p.Image, in the store st, if the rules allow it:
+//   - the image's manifest, config and artifacts are all in st and hash to their digests;
+//   - promoting into a channel other than the first of the order needs the image to have been
+//     in the channel before it (ErrSkippedStage), unless p.Force (the entry records Forced);
+//   - l.Verify, if set, accepts the image.
+//
+// Promoting the image the channel already points to changes nothing and returns the channel's
+// last entry. The move is a compare-and-swap against the head read when Promote starts, so of
+// concurrent promoters exactly one wins and the others get an error wrapping ErrConflict.
+func (l *Log) Promote(ctx context.Context, st *store.Store, p Promotion) (Entry, error) {
+	order, err := l.known(p.To)
+	if err != nil {
+		return Entry{}, fmt.Errorf("promoting %q: %w", p.Image, err)
+	}
+	h, err := l.readHistory(p.To)
+	if err != nil {
+		return Entry{}, fmt.Errorf("promoting %q: %w", p.Image, err)
+	}
+	head := h.Head()
+	img, err := l.resolve(ctx, st, order, p.Image)
+	if err != nil {
+		return Entry{}, fmt.Errorf("promoting to channel %s: %w", p.To, err)
+	}
+	name := describe(img)
+	if img.Digest() == head {
+		l.log.Info("channel already points to the image", "channel", p.To, "image", img.Digest(), "version", img.Config.Version)
+		return h.Entries[len(h.Entries)-1], nil
+	}
+
+	forced := false
+	if i := slices.Index(order, p.To); i > 0 {
+		prev := order[i-1]
+		ph, err := l.readHistory(prev)
+		if err != nil {
+			return Entry{}, fmt.Errorf("promoting %s to channel %s: %w", name, p.To, err)
+		}
+		if !ph.contains(img.Digest()) {
+			if !p.Force {
+				return Entry{}, fmt.Errorf("promoting %s to channel %s: %w: it was never in channel %s, the stage before %s (promote it to %s first, or force)",
+					name, p.To, ErrSkippedStage, prev, p.To, prev)
+			}
+			forced = true
+			l.log.Warn("forced promotion skips a stage", "channel", p.To, "skipped", prev, "image", img.Digest())
+		}
+	}
+	if err := l.check(ctx, st, img); err != nil {
+		return Entry{}, fmt.Errorf("promoting %s to channel %s: %w", name, p.To, err)
+	}
+	var e Entry
+	err = st.Holding(ctx, img.Digest(), func() error {
+		var err error
+		e, err = l.Move(ctx, p.To, head, Entry{
+			Action:    ActionPromote,
+			To:        img.Digest(),
+			ToVersion: img.Config.Version,
+			Reason:    p.Reason,
+			Forced:    forced,
+			Who:       p.Who,
+			Tool:      p.Tool,
+		})
+		return err
+	})
+	if err != nil && !errors.Is(err, ErrConflict) { // a conflict's message names all
+		err = fmt.Errorf("promoting %s: %w", name, err)
+	}
+	return e, err
+}
+
+// Rollback asks to point a channel back at an image it pointed to before.
+type Rollback struct {
+	Channel string
+	// To is the image to go back to, as in Promotion.Image; empty means the image the channel
+	// pointed to before its current image was promoted into it.
+	To     string
+	Reason string
+	// Force allows a To that was never in the channel (the entry records Forced).
+	Force     bool
+	Who, Tool string
+}
+
+// Rollback points channel r.Channel back at an earlier image. Without r.To, that is the image
+// the channel pointed to before its current head was promoted into it; rollback entries are
+// skipped, so repeated rollbacks walk further back (promotions A, B, C; rollback: B; rollback:
+// A; rollback: ErrNoPrevious). With r.To, the image must have been in the channel's history
+// (else ErrNotInHistory, unless r.Force). The image must be whole in st and accepted by
+// l.Verify, as for Promote, and the move is a compare-and-swap in the same way. Rolling back to
+// the image the channel points to changes nothing and returns the last entry.
+func (l *Log) Rollback(ctx context.Context, st *store.Store, r Rollback) (Entry, error) {
+	order, err := l.known(r.Channel)
+	if err != nil {
+		return Entry{}, fmt.Errorf("rolling back: %w", err)
+	}
+	h, err := l.readHistory(r.Channel)
+	if err != nil {
+		return Entry{}, fmt.Errorf("rolling back: %w", err)
+	}
+	head := h.Head()
+	if head == "" {
+		return Entry{}, fmt.Errorf("rolling back channel %s: %w", r.Channel, ErrEmpty)
+	}
+
+	var img store.Image
+	forced := false
+	if r.To == "" {
+		target, err := h.previous()
+		if err != nil {
+			return Entry{}, fmt.Errorf("rolling back channel %s: %w", r.Channel, err)
+		}
+		if img, err = st.Resolve(ctx, target.String()); err != nil {
+			return Entry{}, fmt.Errorf("rolling back channel %s to %s: %w", r.Channel, target, err)
+		}
+	} else {
+		if img, err = l.resolve(ctx, st, order, r.To); err != nil {
+			return Entry{}, fmt.Errorf("rolling back channel %s: %w", r.Channel, err)
+		}
+		if img.Digest() == head {
+			l.log.Info("channel already points to the image", "channel", r.Channel, "image", head, "version", img.Config.Version)
+			return h.Entries[len(h.Entries)-1], nil
+		}
+		if !h.contains(img.Digest()) {
+			if !r.Force {
+				return Entry{}, fmt.Errorf("rolling back channel %s to %s: %w (force to do it anyway)", r.Channel, describe(img), ErrNotInHistory)
+			}
+			forced = true
+			l.log.Warn("forced rollback to an image never in the channel", "channel", r.Channel, "image", img.Digest())
+		}
+	}
+	name := describe(img)
+	if err := l.check(ctx, st, img); err != nil {
+		return Entry{}, fmt.Errorf("rolling back channel %s to %s: %w", r.Channel, name, err)
+	}
+	var e Entry
+	err = st.Holding(ctx, img.Digest(), func() error {
+		var err error
+		e, err = l.Move(ctx, r.Channel, head, Entry{
+			Action:    ActionRollback,
+			To:        img.Digest(),
+			ToVersion: img.Config.Version,
+			Reason:    r.Reason,
+			Forced:    forced,
+			Who:       r.Who,
+			Tool:      r.Tool,
+		})
+		return err
+	})
+	if err != nil && !errors.Is(err, ErrConflict) {
+		err = fmt.Errorf("rolling back to %s: %w", name, err)
+	}
+	return e, err
+}
+
+// previous is the target of a rollback without one: the From of the last promotion into the
+// current head.
+func (h History) previous() (digest.Digest, error) {
+	head := h.Head()
+	for i := len(h.Entries) - 1; i >= 0; i-- {
+		e := h.Entries[i]
+		if e.Action != ActionPromote || e.To != head {
+			continue
+		}
+		if e.From == "" {
+			return "", fmt.Errorf("%s was the first image of the channel (entry %d): %w", head, e.Seq, ErrNoPrevious)
+		}
+		return e.From, nil
+	}
+	return "", fmt.Errorf("%s was never promoted into the channel: %w", head, ErrNoPrevious)
+}
+
+// contains reports whether the channel ever pointed to d.
+func (h History) contains(d digest.Digest) bool {
+	return slices.ContainsFunc(h.Entries, func(e Entry) bool { return e.To == d })
+}
+
+// resolve finds an image by reference: a configured channel's name means its head, anything
+// else is looked up by st.Resolve (digest, unique prefix, version).
+func (l *Log) resolve(ctx context.Context, st *store.Store, order []string, ref string) (store.Image, error) {
+	if ref == "" {
+		return store.Image{}, errors.New("no image given")
+	}
+	if slices.Contains(order, ref) {
+		h, err := l.readHistory(ref)
+		if err != nil {
+			return store.Image{}, err
+		}
+		head := h.Head()
+		if head == "" {
+			return store.Image{}, fmt.Errorf("image of channel %s: %w", ref, ErrEmpty)
+		}
+		img, err := st.Resolve(ctx, head.String())
+		if err != nil {
+			return store.Image{}, fmt.Errorf("image of channel %s: %w", ref, err)
+		}
+		return img, nil
+	}
+	return st.Resolve(ctx, ref)
+}
+
+// check refuses an image whose blobs are not whole, or that the Verify policy rejects.
+func (l *Log) check(ctx context.Context, st *store.Store, img store.Image) error {
+	if err := checkBlobs(ctx, st, img); err != nil {
+		return err
+	}
+	if l.Verify != nil {
+		if err := l.Verify(ctx, img); err != nil {
+			return fmt.Errorf("refused by the signature policy: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkBlobs hashes the manifest, the config and every artifact of img, so that no channel
+// moves to an image that could not be served whole. The error names the first bad blob and
+// wraps store.ErrNotFound or store.ErrDigestMismatch.
+func checkBlobs(ctx context.Context, st *store.Store, img store.Image) error {
+	type blob struct {
+		what string
+		desc ocispec.Descriptor
+	}
+	blobs := []blob{{"manifest", img.Descriptor}, {"config", img.Manifest.Config}}
+	for _, a := range img.Manifest.Layers {
+		blobs = append(blobs, blob{fmt.Sprintf("artifact %q", a.Annotations[manifest.AnnotationTitle]), a})
+	}
+	buf := make([]byte, 1<<20)
+	for _, b := range blobs {
+		if err := hashBlob(ctx, st, b.desc, buf); err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			return fmt.Errorf("%s: %w (run `imgctl store verify`)", b.what, err)
+		}
+	}
+	return nil
+}
+
+// hashBlob reads blob desc through the store's verifying reader.
+func hashBlob(ctx context.Context, st *store.Store, desc ocispec.Descriptor, buf []byte) error {
+	rc, err := st.OpenBlob(ctx, desc.Digest)
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("blob %s is missing: %w", desc.Digest, store.ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("blob %s: %w", desc.Digest, err)
+	}
+	defer func() { _ = rc.Close() }()
+	var n int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		m, err := rc.Read(buf)
+		n += int64(m)
+		if err == io.EOF {
+			break
+		}
+		if errors.Is(err, store.ErrDigestMismatch) {
+			return fmt.Errorf("blob %s is corrupt (its content does not hash to its digest): %w", desc.Digest, store.ErrDigestMismatch)
+		}
+		if err != nil {
+			return fmt.Errorf("reading blob %s: %w", desc.Digest, err)
+		}
+	}
+	if n != desc.Size {
+		return fmt.Errorf("blob %s is corrupt (%d bytes, the manifest says %d): %w", desc.Digest, n, desc.Size, store.ErrDigestMismatch)
+	}
+	return nil
+}
+
+// describe names an image for messages: digest and version.
+func describe(img store.Image) string {
+	if img.Config.Version == "" {
+		return img.Digest().String()
+	}
+	return fmt.Sprintf("%s (%s)", img.Digest(), img.Config.Version)
+}
