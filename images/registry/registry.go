@@ -1,0 +1,237 @@
+// Package registry moves imgctl images and channel histories between a local store and an OCI
+// registry (the distribution API, with go-containerregistry).
+//
+// An image goes up unchanged: its config and artifact blobs, then its manifest bytes exactly as
+// the store holds them, so the digest in the registry is the digest in the store and signatures
+// made locally stay valid. The manifest is tagged with the image's version (see Tag).
+//
+// A channel CH of a repository is two tags: CH points to the channel's current image manifest,
+// and CH.history to an OCI artifact manifest (artifactType channel.HistoryArtifactType) whose one
+// blob is the channel's channel.History and whose subject is that image.
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// ErrNotImgctl: the manifest a reference names is not an imgctl image (or, for a channel, not
+// a channel history). Returned errors wrap it and say what the manifest is instead.
+var ErrNotImgctl = errors.New("not an imgctl image")
+
+// ErrPlainHTTP: a request would have gone over plain HTTP to a registry not marked insecure.
+var ErrPlainHTTP = errors.New("plain HTTP to a registry that is not insecure")
+
+// defaultJobs is how many blobs move at once unless Options.Jobs says otherwise.
+const defaultJobs = 4
+
+// Options configures a registry operation. The zero value is usable.
+type Options struct {
+	// Insecure talks plain HTTP to the registry. It defaults to true only for loopback
+	// registries (localhost, 127.0.0.0/8, ::1); any other registry is reached over HTTPS
+	// with certificate verification, even those go-containerregistry would otherwise try
+	// over plain HTTP (RFC 1918 addresses, *.local names).
+	Insecure bool
+	// Logger receives progress; nil discards it.
+	Logger *slog.Logger
+	// Jobs is how many blobs are uploaded or downloaded at once; 0 means 4.
+	Jobs int
+	// Keychain finds credentials; nil means authn.DefaultKeychain (the docker config file,
+	// $DOCKER_CONFIG, and the credential helpers it names).
+	Keychain authn.Keychain
+}
+
+func (o Options) logger() *slog.Logger {
+	if o.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return o.Logger
+}
+
+func (o Options) jobs() int {
+	if o.Jobs <= 0 {
+		return defaultJobs
+	}
+	return o.Jobs
+}
+
+// insecure reports whether plain HTTP is allowed to registry host (host[:port]).
+func (o Options) insecure(host string) bool {
+	return o.Insecure || isLoopback(host)
+}
+
+// isLoopback reports whether host[:port] names the local machine: localhost, 127.0.0.0/8 or ::1.
+func isLoopback(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// parseRepo parses REGISTRY/REPO, marking the registry insecure as o says.
+func parseRepo(repo string, o Options) (name.Repository, error) {
+	r, err := name.NewRepository(repo)
+	if err != nil {
+		return name.Repository{}, fmt.Errorf("repository %q: %w", repo, err)
+	}
+	if o.insecure(r.RegistryStr()) {
+		if r, err = name.NewRepository(repo, name.Insecure); err != nil {
+			return name.Repository{}, fmt.Errorf("repository %q: %w", repo, err)
+		}
+	}
+	return r, nil
+}
+
+// parseRef parses REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:…, marking the registry insecure as
+// o says.
+func parseRef(ref string, o Options) (name.Reference, error) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return nil, fmt.Errorf("reference %q: %w", ref, err)
+	}
+	if o.insecure(r.Context().RegistryStr()) {
+		if r, err = name.ParseReference(ref, name.Insecure); err != nil {
+			return nil, fmt.Errorf("reference %q: %w", ref, err)
+		}
+	}
+	return r, nil
+}
+
+// client holds what one operation on one registry shares: its pusher and puller reuse their
+// token exchanges across requests.
+type client struct {
+	log    *slog.Logger
+	jobs   int
+	pusher *remote.Pusher
+	puller *remote.Puller
+}
+
+func newClient(ctx context.Context, reg name.Registry, o Options) (*client, error) {
+	kc := o.Keychain
+	if kc == nil {
+		kc = authn.DefaultKeychain
+	}
+	opts := []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithAuthFromKeychain(kc),
+		remote.WithJobs(o.jobs()),
+		remote.WithTransport(schemeGuard{base: remote.DefaultTransport, allowHTTP: o.insecure(reg.RegistryStr())}),
+		remote.WithUserAgent("imgctl"),
+	}
+	pusher, err := remote.NewPusher(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("registry %s: %w", reg, err)
+	}
+	puller, err := remote.NewPuller(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("registry %s: %w", reg, err)
+	}
+	return &client{log: o.logger(), jobs: o.jobs(), pusher: pusher, puller: puller}, nil
+}
+
+// schemeGuard refuses plain-HTTP requests unless the registry is insecure. go-containerregistry
+// falls back to HTTP on its own for private addresses; this keeps the Options.Insecure
+// contract, for token servers and redirects too.
+type schemeGuard struct {
+	base      http.RoundTripper
+	allowHTTP bool
+}
+
+func (g schemeGuard) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme == "http" && !g.allowHTTP {
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return nil, fmt.Errorf("%s %s: %w (set Options.Insecure to allow it)", req.Method, req.URL.Redacted(), ErrPlainHTTP)
+	}
+	return g.base.RoundTrip(req)
+}
+
+// isNotFound reports whether err is the registry saying 404.
+func isNotFound(err error) bool {
+	var terr *transport.Error
+	return errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound
+}
+
+// tagRE is the distribution spec's tag grammar.
+var tagRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
+
+// Tag is the registry tag of an image version. Versions may contain '+' (semver build
+// metadata), which tags cannot; Tag replaces every character a tag cannot hold with '_' (as
+// Helm does for chart versions) and keeps at most 128 characters. Versions never contain '_'
+// (see manifest.Config.Validate), so distinct valid versions get distinct tags. The version
+// itself stays in the manifest (org.opencontainers.image.version) and in the config.
+func Tag(version string) string {
+	b := []byte(version)
+	for i, c := range b {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' ||
+			i > 0 && (c == '.' || c == '-')
+		if !ok {
+			b[i] = '_'
+		}
+	}
+	if len(b) > 128 {
+		b = b[:128]
+	}
+	return string(b)
+}
+
+// forEach runs fn(ctx, i) for i in [0, n), at most jobs at once. The first error cancels the
+// others' ctx and is returned.
+func forEach(ctx context.Context, jobs, n int, fn func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	sem := make(chan struct{}, jobs)
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	fail := func(err error) {
+		once.Do(func() {
+			first = err
+			cancel(err)
+		})
+	}
+loop:
+	for i := range n {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			break loop
+		}
+		if ctx.Err() != nil {
+			<-sem
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := fn(ctx, i); err != nil {
+				fail(err)
+			}
+		})
+	}
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	return ctx.Err()
+}
