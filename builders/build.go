@@ -333,7 +333,8 @@ func composeRootfs(ctx context.Context, opts Options, layers []assemble.Layer, e
 		keyParts = append(keyParts, string(l.Digest))
 	}
 	key := strings.Join(keyParts, "\n")
-	if d, err := ca.Ref("rootfs", key); err == nil && opts.Store.HasBlob(d) {
+	// TouchBlob, not HasBlob: it also marks the blob as in use, so a concurrent gc spares it.
+	if d, err := ca.Ref("rootfs", key); err == nil && opts.Store.TouchBlob(d) == nil {
 		if r, info, err := countRootfs(ctx, opts.Store, d); err == nil && info != nil {
 			return r, true, info, nil
 		}

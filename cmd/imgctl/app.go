@@ -63,7 +63,9 @@ Without a spec file, "imgctl build --k8s VERSION" uses the embedded default spec
 	f.StringVar(&a.keyring, "keyring", "", "OpenPGP keyring for Debian repositories (default: the system's debian-archive-keyring)")
 	f.CountVarP(&a.verbose, "verbose", "v", "log more (-v info, -vv debug)")
 	f.BoolVarP(&a.quiet, "quiet", "q", false, "no progress or timing output on stderr")
-	root.AddCommand(a.buildCmd(), a.imagesCmd(), a.layersCmd(), a.storeCmd())
+	root.AddCommand(a.buildCmd(), a.imagesCmd(), a.layersCmd(), a.storeCmd(),
+		a.channelCmd(), a.promoteCmd(), a.rollbackCmd(), a.pushCmd(), a.pullCmd(), a.gcCmd(),
+		a.keyCmd(), a.signCmd(), a.verifyCmd())
 	return root
 }
 

@@ -22,6 +22,7 @@ func (a *app) buildCmd() *cobra.Command {
 		parallel                       int
 		diskSize, rootSize             string
 		compression, agent             string
+		signKey                        string
 		level                          int
 	)
 	cmd := &cobra.Command{
@@ -120,6 +121,11 @@ the lock's, then the current time (recorded in the lock) are used.`,
 			if err != nil {
 				return err
 			}
+			if signKey != "" {
+				if err := a.signImage(cmd, st, res.Image, signKey); err != nil {
+					return fmt.Errorf("image %s built, but signing failed: %w", res.Image.Digest(), err)
+				}
+			}
 			if !a.quiet {
 				var parts []string
 				for _, p := range res.Phases {
@@ -156,6 +162,7 @@ the lock's, then the current time (recorded in the lock) are used.`,
 	f.StringVar(&rootSize, "root-size", "", "raw target: size of each of ROOT-A and ROOT-B (default 1GiB)")
 	f.StringVar(&compression, "compression", "zstd", "raw target: squashfs compressor (zstd, xz, gzip, lz4)")
 	f.IntVar(&level, "compression-level", 0, "raw target: compressor level (default: zstd 3, otherwise the compressor's default)")
+	f.StringVar(&signKey, "sign-key", "", "sign the built image with this private key (imgctl key generate)")
 	f.StringVar(&agent, "node-agent", "", "the static imgctl-node binary: /init of the raw target's initrd and /usr/bin/imgctl-node of the bootstrap layer (default: imgctl-node beside imgctl, then $PATH)")
 	return cmd
 }

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/imgctl/imgctl/images/channel"
+	"github.com/imgctl/imgctl/images/store"
+)
+
+// withChannels opens the store and its channels (with the store's trust policy, if any).
+func (a *app) withChannels(fn func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error) func(*cobra.Command, []string) error {
+	return a.withStore(func(cmd *cobra.Command, args []string, st *store.Store) error {
+		l, err := channel.Open(st.Dir(), a.logger())
+		if err != nil {
+			return err
+		}
+		if err := a.trustPolicy(st, l); err != nil {
+			return err
+		}
+		return fn(cmd, args, st, l)
+	})
+}
+
+func (a *app) channelCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "channel",
+		Short: "Show channels (nightly, staging, prod): named pointers to images, with history",
+		Long: `A channel points to one immutable image; promote and rollback move it (compare-and-swap, with
+an append-only history of who moved it, when, from what, to what and why). The store's channel
+order (default nightly, staging, prod) says which channel an image must have been in before it
+can be promoted into the next.`,
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List the channels in promotion order with the image each points to",
+		Args:  cobra.NoArgs,
+		RunE: a.withChannels(func(cmd *cobra.Command, _ []string, st *store.Store, l *channel.Log) error {
+			states, err := l.List(cmd.Context(), st)
+			if err != nil {
+				return err
+			}
+			if a.json() {
+				return a.printJSON(states)
+			}
+			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "CHANNEL\tDIGEST\tVERSION\tMOVES\tLAST MOVE")
+			for _, s := range states {
+				d, last := "-", "-"
+				if s.Head != "" {
+					d = s.Head.Encoded()[:12]
+					last = s.LastMove.UTC().Format(time.DateTime)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", s.Name, d, orDash(s.Version), s.Entries, last)
+			}
+			return tw.Flush()
+		}),
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "show CHANNEL",
+		Short: "Show the image a channel points to",
+		Args:  cobra.ExactArgs(1),
+		RunE: a.withChannels(func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error {
+			h, err := l.History(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if len(h.Entries) == 0 {
+				return fmt.Errorf("channel %s: %w", args[0], channel.ErrEmpty)
+			}
+			last := h.Entries[len(h.Entries)-1]
+			if a.json() {
+				out := map[string]any{"channel": args[0], "digest": last.To, "version": last.ToVersion, "lastMove": last}
+				if img, err := st.Resolve(cmd.Context(), string(last.To)); err == nil {
+					out["config"] = img.Config
+				}
+				return a.printJSON(out)
+			}
+			fmt.Fprintf(a.out, "channel  %s\nversion  %s\nmoved    %s by %s (%s%s)\n%s\n", args[0], orDash(last.ToVersion),
+				last.When.UTC().Format(time.DateTime), last.Who, last.Action, reasonSuffix(last.Reason), last.To)
+			return nil
+		}),
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "history CHANNEL",
+		Short: "Show every move of a channel, newest first",
+		Args:  cobra.ExactArgs(1),
+		RunE: a.withChannels(func(cmd *cobra.Command, args []string, _ *store.Store, l *channel.Log) error {
+			h, err := l.History(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if a.json() {
+				return a.printJSON(h)
+			}
+			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SEQ\tWHEN\tACTION\tFROM\tTO\tWHO\tREASON")
+			for i := len(h.Entries) - 1; i >= 0; i-- {
+				e := h.Entries[i]
+				action := e.Action
+				if e.Forced {
+					action += " (forced)"
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.When.UTC().Format(time.DateTime), action,
+					short(e.FromVersion, string(e.From)), short(e.ToVersion, string(e.To)), e.Who, e.Reason)
+			}
+			return tw.Flush()
+		}),
+	})
+	order := &cobra.Command{
+		Use:   "order [CHANNEL...]",
+		Short: "Show or set the promotion order of the store's channels",
+		Long: `Without arguments, prints the order. With arguments, sets it: an image must have been in a
+channel before it can be promoted into the next one (promote --force skips a stage, recorded).`,
+		RunE: a.withChannels(func(cmd *cobra.Command, args []string, _ *store.Store, l *channel.Log) error {
+			if len(args) > 0 {
+				if err := l.SetOrder(cmd.Context(), args); err != nil {
+					return err
+				}
+			}
+			o, err := l.Order()
+			if err != nil {
+				return err
+			}
+			if a.json() {
+				return a.printJSON(map[string]any{"order": o})
+			}
+			fmt.Fprintln(a.out, strings.Join(o, " -> "))
+			return nil
+		}),
+	}
+	cmd.AddCommand(order)
+	return cmd
+}
+
+func (a *app) promoteCmd() *cobra.Command {
+	var p channel.Promotion
+	var signKey string
+	cmd := &cobra.Command{
+		Use:   "promote IMAGE --to CHANNEL",
+		Short: "Point a channel at an image (compare-and-swap, recorded in the channel's history)",
+		Long: `IMAGE is a digest, a unique digest prefix (4+ hex digits), a version, or a channel name
+(promote what that channel points to, e.g. "imgctl promote staging --to prod"). The image's blobs
+are re-hashed first; with a trust policy (STORE/trust.json) it must carry a valid signature.
+Promoting into a channel requires that the image was in the previous channel of the order,
+unless --force (recorded). If another promotion moves the channel at the same time, exactly one
+wins; the other fails with a conflict and changes nothing.`,
+		Args: cobra.ExactArgs(1),
+		RunE: a.withChannels(func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error {
+			if p.To == "" {
+				return fmt.Errorf("--to CHANNEL is required")
+			}
+			p.Image, p.Tool = args[0], "imgctl "+version
+			if signKey != "" {
+				img, err := a.resolveForChannel(cmd, st, l, p.Image)
+				if err != nil {
+					return err
+				}
+				if err := a.signImage(cmd, st, img, signKey); err != nil {
+					return err
+				}
+			}
+			e, err := l.Promote(cmd.Context(), st, p)
+			if err != nil {
+				return err
+			}
+			return a.printMove(e)
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&p.To, "to", "", "channel to move (required)")
+	f.StringVar(&p.Reason, "reason", "", "why, recorded in the history")
+	f.BoolVar(&p.Force, "force", false, "promote even if the image was never in the previous channel (recorded)")
+	f.StringVar(&signKey, "sign-key", "", "sign the image with this private key (imgctl key generate) before promoting")
+	return cmd
+}
+
+func (a *app) rollbackCmd() *cobra.Command {
+	var r channel.Rollback
+	cmd := &cobra.Command{
+		Use:   "rollback CHANNEL [--to IMAGE]",
+		Short: "Point a channel back at the image it had before its current one (or at --to IMAGE)",
+		Long: `Without --to, the channel goes back to the image it pointed to before its current image was
+promoted into it; rolling back again goes further back. --to IMAGE must have been in the
+channel before, unless --force. Recorded in the channel's history like a promotion.`,
+		Args: cobra.ExactArgs(1),
+		RunE: a.withChannels(func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error {
+			r.Channel, r.Tool = args[0], "imgctl "+version
+			e, err := l.Rollback(cmd.Context(), st, r)
+			if err != nil {
+				return err
+			}
+			return a.printMove(e)
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&r.To, "to", "", "image to go back to (digest, prefix, version or channel)")
+	f.StringVar(&r.Reason, "reason", "", "why, recorded in the history")
+	f.BoolVar(&r.Force, "force", false, "allow --to an image that was never in this channel (recorded)")
+	return cmd
+}
+
+func (a *app) printMove(e channel.Entry) error {
+	if a.json() {
+		return a.printJSON(e)
+	}
+	fmt.Fprintf(a.out, "%s: %s -> %s (%s #%d%s)\n", e.Channel, short(e.FromVersion, string(e.From)),
+		short(e.ToVersion, string(e.To)), e.Action, e.Seq, reasonSuffix(e.Reason))
+	return nil
+}
+
+// resolveForChannel resolves IMAGE as promote does: a channel name first, then the store.
+func (a *app) resolveForChannel(cmd *cobra.Command, st *store.Store, l *channel.Log, ref string) (store.Image, error) {
+	if h, err := l.History(cmd.Context(), ref); err == nil {
+		if h.Head() == "" {
+			return store.Image{}, fmt.Errorf("channel %s: %w", ref, channel.ErrEmpty)
+		}
+		ref = string(h.Head())
+	}
+	return st.Resolve(cmd.Context(), ref)
+}
+
+func short(version, d string) string {
+	switch {
+	case version != "":
+		return version
+	case d == "":
+		return "(empty)"
+	case len(d) > 19:
+		return d[:19]
+	}
+	return d
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func reasonSuffix(r string) string {
+	if r == "" {
+		return ""
+	}
+	return ": " + r
+}

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/spf13/cobra"
+
+	"github.com/imgctl/imgctl/images/channel"
+	"github.com/imgctl/imgctl/images/store"
+)
+
+func (a *app) gcCmd() *cobra.Command {
+	var (
+		keep      int
+		olderThan time.Duration
+		dryRun    bool
+	)
+	cmd := &cobra.Command{
+		Use:   "gc [--keep N] [--older-than D] [--dry-run]",
+		Short: "Delete images and blobs that no channel (or its recent history) references",
+		Long: `Keeps every channel's image and the last --keep other images of each channel's history (the
+rollback targets), and every image younger than --older-than (built but not promoted yet);
+deletes the other imgctl images from the store, then every blob nothing in the store references
+(blobs written within the last hour stay: a concurrent build may not have indexed them yet).
+Entries of other tools sharing the layout, and signatures of kept images, are kept.`,
+		Args: cobra.NoArgs,
+		RunE: a.withChannels(func(cmd *cobra.Command, _ []string, st *store.Store, l *channel.Log) error {
+			// Roots are read under the store lock, which channel moves also hold: a promotion
+			// cannot slip in between reading them and deleting.
+			var roots []digest.Digest
+			rootsFunc := func() ([]digest.Digest, error) {
+				hs, err := l.AllHistories(cmd.Context())
+				if err != nil {
+					return nil, err
+				}
+				var refs []store.HistoryRefs
+				for _, h := range hs {
+					r := store.HistoryRefs{Channel: h.Channel}
+					for _, e := range h.Entries {
+						r.To = append(r.To, e.To)
+					}
+					refs = append(refs, r)
+				}
+				roots, err = store.RootsFromHistories(refs, keep)
+				return roots, err
+			}
+			rep, err := st.GC(cmd.Context(), store.GCOptions{RootsFunc: rootsFunc, OlderThan: olderThan, DryRun: dryRun})
+			if err != nil {
+				return err
+			}
+			if a.json() {
+				return a.printJSON(map[string]any{"dryRun": dryRun, "roots": roots, "report": rep})
+			}
+			verb := "deleted"
+			if dryRun {
+				verb = "would delete"
+			}
+			for _, img := range rep.DeletedImages {
+				fmt.Fprintf(a.out, "%s image %s %s\n", verb, img.Digest(), img.Config.Version)
+			}
+			fmt.Fprintf(a.out, "%s %d images, %d blobs (%s); kept %d images (%d referenced by channels)\n",
+				verb, len(rep.DeletedImages), len(rep.DeletedBlobs), human(rep.FreedBytes), rep.KeptImages, len(roots))
+			if rep.YoungBlobs > 0 {
+				fmt.Fprintf(a.out, "kept %d unreferenced blobs written within the last hour (a build may still index them)\n", rep.YoungBlobs)
+			}
+			return nil
+		}),
+	}
+	f := cmd.Flags()
+	f.IntVar(&keep, "keep", 5, "images of each channel's history to keep besides its current one (-1: all)")
+	f.DurationVar(&olderThan, "older-than", 24*time.Hour, "never delete images younger than this (0: any age)")
+	f.BoolVar(&dryRun, "dry-run", false, "report what would be deleted, delete nothing")
+	return cmd
+}

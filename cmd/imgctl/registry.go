@@ -1,0 +1,83 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/imgctl/imgctl/images/channel"
+	"github.com/imgctl/imgctl/images/registry"
+	"github.com/imgctl/imgctl/images/store"
+)
+
+func (a *app) pushCmd() *cobra.Command {
+	var o registry.Options
+	var channels []string
+	cmd := &cobra.Command{
+		Use:   "push IMAGE REGISTRY/REPO",
+		Short: "Copy an image from the store to an OCI registry (same digest), optionally with channels",
+		Long: `Uploads the image's blobs (only those the registry lacks) and its manifest, unchanged, so the
+digest in the registry is the store's; the tag is the image's version ('+' becomes '_').
+IMAGE is a digest, a unique digest prefix, a version or a channel name. --channel CH also
+publishes that channel: tag CH points to its image and CH.history holds its history. Credentials
+come from the usual docker config (~/.docker/config.json, credential helpers); plain HTTP only
+for loopback registries or with --insecure.`,
+		Args: cobra.ExactArgs(2),
+		RunE: a.withChannels(func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error {
+			o.Logger = a.logger()
+			img, err := a.resolveForChannel(cmd, st, l, args[0])
+			if err != nil {
+				return err
+			}
+			d, err := registry.Push(cmd.Context(), st, img, args[1], o)
+			if err != nil {
+				return err
+			}
+			for _, ch := range channels {
+				h, err := l.History(cmd.Context(), ch)
+				if err != nil {
+					return err
+				}
+				if h.Head() != img.Digest() {
+					return fmt.Errorf("--channel %s points to %s, not the pushed image %s", ch, h.Head(), img.Digest())
+				}
+				if err := registry.PushChannel(cmd.Context(), args[1], h, o); err != nil {
+					return err
+				}
+			}
+			if a.json() {
+				return a.printJSON(map[string]any{"digest": img.Digest(), "reference": d.String(), "channels": channels})
+			}
+			fmt.Fprintln(a.out, d.String())
+			return nil
+		}),
+	}
+	cmd.Flags().BoolVar(&o.Insecure, "insecure", false, "allow plain HTTP to a non-loopback registry")
+	cmd.Flags().IntVar(&o.Jobs, "jobs", 4, "parallel blob uploads")
+	cmd.Flags().StringArrayVar(&channels, "channel", nil, "also publish this channel (it must point to IMAGE); repeatable")
+	return cmd
+}
+
+func (a *app) pullCmd() *cobra.Command {
+	var o registry.Options
+	cmd := &cobra.Command{
+		Use:   "pull REGISTRY/REPO:TAG|REGISTRY/REPO@sha256:…",
+		Short: "Copy an imgctl image from an OCI registry into the store, verifying every blob",
+		Args:  cobra.ExactArgs(1),
+		RunE: a.withStore(func(cmd *cobra.Command, args []string, st *store.Store) error {
+			o.Logger = a.logger()
+			img, err := registry.Pull(cmd.Context(), st, args[0], o)
+			if err != nil {
+				return err
+			}
+			if a.json() {
+				return a.printJSON(map[string]any{"digest": img.Digest(), "version": img.Config.Version})
+			}
+			fmt.Fprintf(a.out, "%s\n%s\n", img.Config.Version, img.Digest())
+			return nil
+		}),
+	}
+	cmd.Flags().BoolVar(&o.Insecure, "insecure", false, "allow plain HTTP to a non-loopback registry")
+	cmd.Flags().IntVar(&o.Jobs, "jobs", 4, "parallel blob downloads")
+	return cmd
+}
