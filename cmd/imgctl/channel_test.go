@@ -24,7 +24,7 @@ func buildImages(t *testing.T, dir string, n int) []string {
 		os.MkdirAll(filepath.Join(content, "etc"), 0o755)
 		os.WriteFile(filepath.Join(content, "etc/motd"), []byte{byte('a' + i), '\n'}, 0o644)
 		spec := writeSpec(t, dir, "file://"+content+"/")
-		stdout, stderr, err := run(t, dir, "-q", "build", "-f", spec, "--target", "rootfs")
+		stdout, stderr, err := run(t, dir, "-q", "build", "-f", spec, "--target", "rootfs", "--lock", filepath.Join(dir, "imgctl.lock"))
 		if err != nil {
 			t.Fatalf("build: %v\n%s", err, stderr)
 		}
