@@ -19,7 +19,7 @@ import (
 
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/atomicfile"
-	"golang.org/x/sys/unix"
+	"github.com/imgctl/imgctl/layers/flock"
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -403,36 +403,15 @@ func (l *Log) lock(ctx context.Context, name string) (unlock func(), err error) 
 	}
 	release := func() { <-sem }
 
-	f, err := os.OpenFile(filepath.Join(l.dir, name+".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	unlockFile, err := flock.Lock(ctx, filepath.Join(l.dir, name+".lock"), 0o644, func() {
+		l.log.Info("waiting for a channel lock held by another process", "lock", name)
+	})
 	if err != nil {
 		release()
-		return nil, fmt.Errorf("opening lock: %w", err)
-	}
-	wait := time.Millisecond
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			_ = f.Close()
-			release()
-			return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			_ = f.Close()
-			release()
-			return nil, fmt.Errorf("waiting for lock %s: %w", f.Name(), ctx.Err())
-		}
-		wait = min(wait*2, 20*time.Millisecond)
+		return nil, err
 	}
 	return func() {
-		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
-		_ = f.Close()
+		_ = unlockFile()
 		release()
 	}, nil
 }

@@ -2,13 +2,11 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"time"
 
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
+
+	"github.com/imgctl/imgctl/layers/flock"
 )
 
 // lock takes the store's exclusive lock: first the in-process semaphore, then flock(2) on the
@@ -23,36 +21,15 @@ func (s *Store) lock(ctx context.Context) (unlock func(), err error) {
 	}
 	release := func() { <-s.sem }
 
-	f, err := os.OpenFile(s.path(lockFile), os.O_RDWR|os.O_CREATE, 0o644)
+	unlockFile, err := flock.Lock(ctx, s.path(lockFile), 0o644, func() {
+		s.log.Info("waiting for the store lock held by another process", "store", s.dir)
+	})
 	if err != nil {
 		release()
-		return nil, fmt.Errorf("opening store lock: %w", err)
-	}
-	wait := time.Millisecond
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			_ = f.Close()
-			release()
-			return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			_ = f.Close()
-			release()
-			return nil, fmt.Errorf("waiting for store lock: %w", ctx.Err())
-		}
-		wait = min(wait*2, 50*time.Millisecond)
+		return nil, fmt.Errorf("store lock: %w", err)
 	}
 	return func() {
-		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
-		_ = f.Close()
+		_ = unlockFile()
 		release()
 	}, nil
 }

@@ -14,13 +14,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/imgctl/imgctl/layers/atomicfile"
 
+	"github.com/imgctl/imgctl/layers/flock"
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
 )
 
 // Sentinel errors; test with errors.Is.
@@ -196,52 +195,14 @@ func (c *Cache) PartialPath(d digest.Digest) string {
 // The returned unlock is idempotent.
 func (c *Cache) Lock(ctx context.Context, key string) (unlock func() error, err error) {
 	p := filepath.Join(c.dir, "locks", keyHash(key))
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, lockPerm)
+	unlockFile, err := flock.Lock(ctx, p, lockPerm, func() {
+		c.log.Info("cache: waiting for lock held by another build", "key", key)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("cache: lock %q: %w", key, err)
 	}
-	wait := 2 * time.Millisecond
-	start := time.Now()
-	logged := false
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("cache: lock %q: %w", key, err)
-		}
-		if !logged && time.Since(start) > time.Second {
-			c.log.Info("cache: waiting for lock held by another build", "key", key)
-			logged = true
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			f.Close()
-			return nil, fmt.Errorf("cache: lock %q: %w", key, context.Cause(ctx))
-		case <-t.C:
-		}
-		wait = min(wait*2, 100*time.Millisecond)
-	}
-	var (
-		mu   sync.Mutex
-		done bool
-	)
 	return func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		if done {
-			return nil
-		}
-		done = true
-		err := unix.Flock(int(f.Fd()), unix.LOCK_UN)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
+		if err := unlockFile(); err != nil {
 			return fmt.Errorf("cache: unlock %q: %w", key, err)
 		}
 		return nil
