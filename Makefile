@@ -23,7 +23,8 @@ deps:
 	scripts/install-deps.sh
 
 # The test command of the README and CI: vet, staticcheck, every test (integration included).
-test: deps lint
+# The boot and render tests need the real kubelet/kubeadm: build them once, before the tests.
+test: deps lint kubernetes
 	$(GO) test -timeout 40m ./...
 
 test-short:
