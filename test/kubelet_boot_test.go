@@ -173,18 +173,25 @@ ctr=$(ctr --address /run/containerd/containerd.sock version 2>&1 | tr -s ' \n\t'
 cri=$(imgctl-node cri-version 2>&1 | tr -s ' \n\t' ' ')
 kv=$(kubelet --version 2>&1)
 images=$(ctr --namespace k8s.io images ls -q 2>&1 | grep pause | tr '\n' ' ' | sed 's/ $//')
+systemctl start kube-logrotate.service
+logrotate=$(systemctl show -p Result --value kube-logrotate.service)
 sandbox=$(grep sandbox_image /etc/containerd/config.toml | sed 's/^ *//')
 echo "IMGCTL-TEST-REPORT installation=$(systemctl is-active kube-node-installation) configuration=$(systemctl is-active kube-node-configuration)" \
   "kubelet=$(systemctl is-active kubelet) containerd=$(systemctl is-active containerd) monitors=$(systemctl is-active kubelet-monitor kube-container-runtime-monitor | tr '\n' ,)" \
   "healthz=$healthz kubelet_version=[$kv] hostname=$(hostname)" \
   "userspace_us=$(systemctl show -p UserspaceTimestampMonotonic --value)" \
   "kubelet_start_us=$(systemctl show -p ExecMainStartTimestampMonotonic --value kubelet)" \
-  "uptime=$(cut -d' ' -f1 /proc/uptime) ctr=[$ctr] cri=[$cri] images=[$images] $sandbox" > /dev/console
+  "logrotate=$logrotate uptime=$(cut -d' ' -f1 /proc/uptime) ctr=[$ctr] cri=[$cri] images=[$images] $sandbox" > /dev/console
 journalctl -b -u kubelet --no-pager -n 15 -o cat > /dev/console 2>&1
 systemctl --no-block poweroff
 `,
+		// A site hook: runs after configuration with the node's role and name.
+		"etc/imgctl/hooks.d/post-configure.d/10-report": `#!/bin/sh
+echo "IMGCTL-TEST-HOOK phase=$IMGCTL_HOOK_PHASE role=$IMGCTL_ROLE name=$IMGCTL_NODE_NAME source=$IMGCTL_METADATA_SOURCE" > /dev/console
+`,
 	}
 	writeTestLayer(t, root, files)
+	os.Chmod(filepath.Join(root, "etc/imgctl/hooks.d/post-configure.d/10-report"), 0o755)
 	return root
 }
 
@@ -277,6 +284,7 @@ spec:
 		"step=hostname status=ok", "step=render status=ok", "sandbox=" + pause.name, "step=containerd status=ok",
 		"step=images status=ok", "imported=" + pause.name,
 		"step=kubelet-start status=ok", "step=kubelet-healthy status=ok",
+		"step=hook status=ok", "IMGCTL-TEST-HOOK phase=post-configure role=node name=node-e2e source=imds http://169.254.169.254/latest/user-data",
 	} {
 		if !strings.Contains(log, want) {
 			t.Errorf("console lacks %q", want)
@@ -286,7 +294,7 @@ spec:
 		"installation=active", "configuration=active", "kubelet=active", "containerd=active",
 		"monitors=active,active,", "healthz=ok", "kubelet_version=[Kubernetes v1.21.13]", "hostname=node-e2e",
 		"Server: Version: 1.6.20", "RuntimeName: containerd",
-		"images=[" + pause.name + "]", `sandbox_image = "` + pause.name + `"`,
+		"images=[" + pause.name + "]", `sandbox_image = "` + pause.name + `"`, "logrotate=success",
 	} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q", want)
