@@ -44,7 +44,9 @@ func (a *app) root() *cobra.Command {
 		Short: "Build immutable Kubernetes node images from layers pinned by digest",
 		Long: `imgctl composes a node image from layers (base OS, kernel, bootloader, containerd + runc,
 kubelet, bootstrap units, extras) whose sources are pinned by digest in imgctl.lock, into one
-normalized rootfs, and keeps the result as an immutable image in an OCI layout store.
+normalized rootfs, and keeps the result as an immutable image in an OCI layout store. Channels
+(nightly -> staging -> prod) point at images: promote and rollback move them, with history;
+push and pull copy images to and from OCI registries; gc removes what no channel needs.
 
 Without a spec file, "imgctl build --k8s VERSION" uses the embedded default spec.`,
 		SilenceUsage:  true,
