@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/imgctl/imgctl/images/channel"
+	"github.com/imgctl/imgctl/images/registry"
 	"github.com/imgctl/imgctl/images/store"
 )
 
@@ -26,21 +28,55 @@ func (a *app) withChannels(fn func(cmd *cobra.Command, args []string, st *store.
 	})
 }
 
+// registryFlags are --registry and --insecure: keep channels in a registry repository instead of
+// the local store.
+type registryFlags struct {
+	repo     string
+	insecure bool
+}
+
+func (r *registryFlags) add(f *pflag.FlagSet) {
+	f.StringVar(&r.repo, "registry", "", "keep the channels in this registry repository (REGISTRY/REPO: tags CH and CH.history) instead of the local store; its images must be pushed there")
+	f.BoolVar(&r.insecure, "insecure", false, "with --registry: allow plain HTTP to a non-loopback registry")
+}
+
+// backend returns where the channels live (the local store, or --registry) and the Mover that
+// applies the promotion rules there. The promotion order and trust policy are the local store's.
+func (a *app) backend(st *store.Store, l *channel.Log, r registryFlags) (channel.Backend, *channel.Mover, error) {
+	if r.repo == "" {
+		return l, &channel.Mover{Channels: l, Images: channel.LocalImages{Store: st}, Verify: l.Verify, Logger: a.logger()}, nil
+	}
+	order, err := l.Order()
+	if err != nil {
+		return nil, nil, err
+	}
+	o := registry.Options{Insecure: r.insecure, Logger: a.logger()}
+	b := &registry.Channels{Repo: r.repo, Options: o, OrderList: order}
+	return b, &channel.Mover{Channels: b, Images: &registry.Images{Repo: r.repo, Options: o}, Verify: l.Verify, Logger: a.logger()}, nil
+}
+
 func (a *app) channelCmd() *cobra.Command {
+	var reg registryFlags
 	cmd := &cobra.Command{
 		Use:   "channel",
 		Short: "Show channels (nightly, staging, prod): named pointers to images, with history",
 		Long: `A channel points to one immutable image; promote and rollback move it (compare-and-swap, with
 an append-only history of who moved it, when, from what, to what and why). The store's channel
 order (default nightly, staging, prod) says which channel an image must have been in before it
-can be promoted into the next.`,
+can be promoted into the next. With --registry REGISTRY/REPO the channels are those published
+in that repository (imgctl push --channel, or promote --registry).`,
 	}
+	reg.add(cmd.PersistentFlags())
 	cmd.AddCommand(&cobra.Command{
 		Use:   "list",
 		Short: "List the channels in promotion order with the image each points to",
 		Args:  cobra.NoArgs,
 		RunE: a.withChannels(func(cmd *cobra.Command, _ []string, st *store.Store, l *channel.Log) error {
-			states, err := l.List(cmd.Context(), st)
+			b, _, err := a.backend(st, l, reg)
+			if err != nil {
+				return err
+			}
+			states, err := channel.List(cmd.Context(), b, st)
 			if err != nil {
 				return err
 			}
@@ -65,7 +101,11 @@ can be promoted into the next.`,
 		Short: "Show the image a channel points to",
 		Args:  cobra.ExactArgs(1),
 		RunE: a.withChannels(func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error {
-			h, err := l.History(cmd.Context(), args[0])
+			b, _, err := a.backend(st, l, reg)
+			if err != nil {
+				return err
+			}
+			h, err := b.History(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -89,8 +129,12 @@ can be promoted into the next.`,
 		Use:   "history CHANNEL",
 		Short: "Show every move of a channel, newest first",
 		Args:  cobra.ExactArgs(1),
-		RunE: a.withChannels(func(cmd *cobra.Command, args []string, _ *store.Store, l *channel.Log) error {
-			h, err := l.History(cmd.Context(), args[0])
+		RunE: a.withChannels(func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error {
+			b, _, err := a.backend(st, l, reg)
+			if err != nil {
+				return err
+			}
+			h, err := b.History(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -140,6 +184,7 @@ channel before it can be promoted into the next one (promote --force skips a sta
 func (a *app) promoteCmd() *cobra.Command {
 	var p channel.Promotion
 	var signKey string
+	var reg registryFlags
 	cmd := &cobra.Command{
 		Use:   "promote IMAGE --to CHANNEL",
 		Short: "Point a channel at an image (compare-and-swap, recorded in the channel's history)",
@@ -156,6 +201,9 @@ wins; the other fails with a conflict and changes nothing.`,
 			}
 			p.Image, p.Tool = args[0], "imgctl "+version
 			if signKey != "" {
+				if reg.repo != "" {
+					return fmt.Errorf("--sign-key signs in the local store: sign before pushing, not with --registry")
+				}
 				img, err := a.resolveForChannel(cmd, st, l, p.Image)
 				if err != nil {
 					return err
@@ -164,7 +212,11 @@ wins; the other fails with a conflict and changes nothing.`,
 					return err
 				}
 			}
-			e, err := l.Promote(cmd.Context(), st, p)
+			_, m, err := a.backend(st, l, reg)
+			if err != nil {
+				return err
+			}
+			e, err := m.Promote(cmd.Context(), p)
 			if err != nil {
 				return err
 			}
@@ -176,11 +228,13 @@ wins; the other fails with a conflict and changes nothing.`,
 	f.StringVar(&p.Reason, "reason", "", "why, recorded in the history")
 	f.BoolVar(&p.Force, "force", false, "promote even if the image was never in the previous channel (recorded)")
 	f.StringVar(&signKey, "sign-key", "", "sign the image with this private key (imgctl key generate) before promoting")
+	reg.add(f)
 	return cmd
 }
 
 func (a *app) rollbackCmd() *cobra.Command {
 	var r channel.Rollback
+	var reg registryFlags
 	cmd := &cobra.Command{
 		Use:   "rollback CHANNEL [--to IMAGE]",
 		Short: "Point a channel back at the image it had before its current one (or at --to IMAGE)",
@@ -190,7 +244,11 @@ channel before, unless --force. Recorded in the channel's history like a promoti
 		Args: cobra.ExactArgs(1),
 		RunE: a.withChannels(func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error {
 			r.Channel, r.Tool = args[0], "imgctl "+version
-			e, err := l.Rollback(cmd.Context(), st, r)
+			_, m, err := a.backend(st, l, reg)
+			if err != nil {
+				return err
+			}
+			e, err := m.Rollback(cmd.Context(), r)
 			if err != nil {
 				return err
 			}
@@ -201,6 +259,7 @@ channel before, unless --force. Recorded in the channel's history like a promoti
 	f.StringVar(&r.To, "to", "", "image to go back to (digest, prefix, version or channel)")
 	f.StringVar(&r.Reason, "reason", "", "why, recorded in the history")
 	f.BoolVar(&r.Force, "force", false, "allow --to an image that was never in this channel (recorded)")
+	reg.add(f)
 	return cmd
 }
 

@@ -237,3 +237,51 @@ func TestPushPullWithChannel(t *testing.T) {
 		t.Errorf("push --channel of another image: %v", err)
 	}
 }
+
+func TestChannelsInARegistry(t *testing.T) {
+	dir := t.TempDir()
+	img := buildImages(t, dir, 2)
+	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer reg.Close()
+	repo := strings.TrimPrefix(reg.URL, "http://") + "/imgctl/node"
+	for _, d := range img {
+		if _, stderr, err := run(t, dir, "push", d, repo); err != nil {
+			t.Fatalf("push: %v\n%s", err, stderr)
+		}
+	}
+	must := func(args ...string) string {
+		t.Helper()
+		out, stderr, err := run(t, dir, args...)
+		if err != nil {
+			t.Fatalf("imgctl %s: %v\n%s", strings.Join(args, " "), err, stderr)
+		}
+		return out
+	}
+	must("promote", img[0], "--to", "nightly", "--registry", repo)
+	must("promote", "nightly", "--to", "staging", "--registry", repo)
+	must("promote", img[1], "--to", "nightly", "--registry", repo, "--reason", "next")
+	if _, _, err := run(t, dir, "promote", "nightly", "--to", "prod", "--registry", repo); err == nil || !strings.Contains(err.Error(), "never in channel staging") {
+		t.Errorf("skipping a stage in the registry: %v", err)
+	}
+	out := must("-o", "json", "rollback", "nightly", "--registry", repo)
+	var e channel.Entry
+	if err := json.Unmarshal([]byte(out), &e); err != nil || string(e.To) != img[0] || e.Seq != 3 {
+		t.Errorf("rollback in the registry: %v %+v", err, e)
+	}
+	list := must("channel", "list", "--registry", repo)
+	if !strings.Contains(list, img[0][7:19]) || !strings.Contains(list, "staging") {
+		t.Errorf("channel list --registry:\n%s", list)
+	}
+	var h channel.History
+	if err := json.Unmarshal([]byte(must("-o", "json", "channel", "history", "nightly", "--registry", repo)), &h); err != nil || len(h.Entries) != 3 || h.Entries[1].Reason != "next" {
+		t.Errorf("registry history = %+v (%v)", h, err)
+	}
+	// The local store's channels did not move.
+	if out := must("-o", "json", "channel", "history", "nightly"); strings.Contains(out, "promote") {
+		t.Errorf("local history changed:\n%s", out)
+	}
+	// An image that is not in the registry cannot be promoted there.
+	if _, _, err := run(t, dir, "promote", "sha256:"+strings.Repeat("1", 64), "--to", "nightly", "--registry", repo); err == nil {
+		t.Error("promoting a missing image in the registry succeeded")
+	}
+}

@@ -32,7 +32,12 @@ type ChannelState struct {
 // List returns the state of every configured channel, in promotion order. With st nil, the
 // versions are those recorded in the histories and InStore is false.
 func (l *Log) List(ctx context.Context, st *store.Store) ([]ChannelState, error) {
-	order, err := l.Order()
+	return List(ctx, l, st)
+}
+
+// List is Log.List for any Backend (st: the local store to look versions up in, or nil).
+func List(ctx context.Context, b Backend, st *store.Store) ([]ChannelState, error) {
+	order, err := b.Order()
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +57,7 @@ func (l *Log) List(ctx context.Context, st *store.Store) ([]ChannelState, error)
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		h, err := l.readHistory(ch)
+		h, err := b.History(ctx, ch)
 		if err != nil {
 			return nil, fmt.Errorf("listing channels: %w", err)
 		}

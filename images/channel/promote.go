@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
+	"strings"
 
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/store"
@@ -46,29 +48,34 @@ type Promotion struct {
 // last entry. The move is a compare-and-swap against the head read when Promote starts, so of
 // concurrent promoters exactly one wins and the others get an error wrapping ErrConflict.
 func (l *Log) Promote(ctx context.Context, st *store.Store, p Promotion) (Entry, error) {
-	order, err := l.known(p.To)
+	return l.mover(st).Promote(ctx, p)
+}
+
+// Promote is Log.Promote for any Backend and Images.
+func (m *Mover) Promote(ctx context.Context, p Promotion) (Entry, error) {
+	order, err := m.known(p.To)
 	if err != nil {
 		return Entry{}, fmt.Errorf("promoting %q: %w", p.Image, err)
 	}
-	h, err := l.readHistory(p.To)
+	h, err := m.Channels.History(ctx, p.To)
 	if err != nil {
 		return Entry{}, fmt.Errorf("promoting %q: %w", p.Image, err)
 	}
 	head := h.Head()
-	img, err := l.resolve(ctx, st, order, p.Image)
+	img, err := m.resolve(ctx, order, p.Image)
 	if err != nil {
 		return Entry{}, fmt.Errorf("promoting to channel %s: %w", p.To, err)
 	}
 	name := describe(img)
 	if img.Digest() == head {
-		l.log.Info("channel already points to the image", "channel", p.To, "image", img.Digest(), "version", img.Config.Version)
+		m.logger().Info("channel already points to the image", "channel", p.To, "image", img.Digest(), "version", img.Config.Version)
 		return h.Entries[len(h.Entries)-1], nil
 	}
 
 	forced := false
 	if i := slices.Index(order, p.To); i > 0 {
 		prev := order[i-1]
-		ph, err := l.readHistory(prev)
+		ph, err := m.Channels.History(ctx, prev)
 		if err != nil {
 			return Entry{}, fmt.Errorf("promoting %s to channel %s: %w", name, p.To, err)
 		}
@@ -78,16 +85,16 @@ func (l *Log) Promote(ctx context.Context, st *store.Store, p Promotion) (Entry,
 					name, p.To, ErrSkippedStage, prev, p.To, prev)
 			}
 			forced = true
-			l.log.Warn("forced promotion skips a stage", "channel", p.To, "skipped", prev, "image", img.Digest())
+			m.logger().Warn("forced promotion skips a stage", "channel", p.To, "skipped", prev, "image", img.Digest())
 		}
 	}
-	if err := l.check(ctx, st, img); err != nil {
+	if err := m.check(ctx, img); err != nil {
 		return Entry{}, fmt.Errorf("promoting %s to channel %s: %w", name, p.To, err)
 	}
 	var e Entry
-	err = st.Holding(ctx, img.Digest(), func() error {
+	err = m.Images.Hold(ctx, img, func() error {
 		var err error
-		e, err = l.Move(ctx, p.To, head, Entry{
+		e, err = m.Channels.Move(ctx, p.To, head, Entry{
 			Action:    ActionPromote,
 			To:        img.Digest(),
 			ToVersion: img.Config.Version,
@@ -124,11 +131,16 @@ type Rollback struct {
 // l.Verify, as for Promote, and the move is a compare-and-swap in the same way. Rolling back to
 // the image the channel points to changes nothing and returns the last entry.
 func (l *Log) Rollback(ctx context.Context, st *store.Store, r Rollback) (Entry, error) {
-	order, err := l.known(r.Channel)
+	return l.mover(st).Rollback(ctx, r)
+}
+
+// Rollback is Log.Rollback for any Backend and Images.
+func (m *Mover) Rollback(ctx context.Context, r Rollback) (Entry, error) {
+	order, err := m.known(r.Channel)
 	if err != nil {
 		return Entry{}, fmt.Errorf("rolling back: %w", err)
 	}
-	h, err := l.readHistory(r.Channel)
+	h, err := m.Channels.History(ctx, r.Channel)
 	if err != nil {
 		return Entry{}, fmt.Errorf("rolling back: %w", err)
 	}
@@ -144,15 +156,15 @@ func (l *Log) Rollback(ctx context.Context, st *store.Store, r Rollback) (Entry,
 		if err != nil {
 			return Entry{}, fmt.Errorf("rolling back channel %s: %w", r.Channel, err)
 		}
-		if img, err = st.Resolve(ctx, target.String()); err != nil {
+		if img, err = m.Images.Resolve(ctx, target.String()); err != nil {
 			return Entry{}, fmt.Errorf("rolling back channel %s to %s: %w", r.Channel, target, err)
 		}
 	} else {
-		if img, err = l.resolve(ctx, st, order, r.To); err != nil {
+		if img, err = m.resolve(ctx, order, r.To); err != nil {
 			return Entry{}, fmt.Errorf("rolling back channel %s: %w", r.Channel, err)
 		}
 		if img.Digest() == head {
-			l.log.Info("channel already points to the image", "channel", r.Channel, "image", head, "version", img.Config.Version)
+			m.logger().Info("channel already points to the image", "channel", r.Channel, "image", head, "version", img.Config.Version)
 			return h.Entries[len(h.Entries)-1], nil
 		}
 		if !h.contains(img.Digest()) {
@@ -160,17 +172,17 @@ func (l *Log) Rollback(ctx context.Context, st *store.Store, r Rollback) (Entry,
 				return Entry{}, fmt.Errorf("rolling back channel %s to %s: %w (force to do it anyway)", r.Channel, describe(img), ErrNotInHistory)
 			}
 			forced = true
-			l.log.Warn("forced rollback to an image never in the channel", "channel", r.Channel, "image", img.Digest())
+			m.logger().Warn("forced rollback to an image never in the channel", "channel", r.Channel, "image", img.Digest())
 		}
 	}
 	name := describe(img)
-	if err := l.check(ctx, st, img); err != nil {
+	if err := m.check(ctx, img); err != nil {
 		return Entry{}, fmt.Errorf("rolling back channel %s to %s: %w", r.Channel, name, err)
 	}
 	var e Entry
-	err = st.Holding(ctx, img.Digest(), func() error {
+	err = m.Images.Hold(ctx, img, func() error {
 		var err error
-		e, err = l.Move(ctx, r.Channel, head, Entry{
+		e, err = m.Channels.Move(ctx, r.Channel, head, Entry{
 			Action:    ActionRollback,
 			To:        img.Digest(),
 			ToVersion: img.Config.Version,
@@ -210,13 +222,13 @@ func (h History) contains(d digest.Digest) bool {
 }
 
 // resolve finds an image by reference: a configured channel's name means its head, anything
-// else is looked up by st.Resolve (digest, unique prefix, version).
-func (l *Log) resolve(ctx context.Context, st *store.Store, order []string, ref string) (store.Image, error) {
+// else is looked up by the Images (digest, unique prefix, version).
+func (m *Mover) resolve(ctx context.Context, order []string, ref string) (store.Image, error) {
 	if ref == "" {
 		return store.Image{}, errors.New("no image given")
 	}
 	if slices.Contains(order, ref) {
-		h, err := l.readHistory(ref)
+		h, err := m.Channels.History(ctx, ref)
 		if err != nil {
 			return store.Image{}, err
 		}
@@ -224,26 +236,50 @@ func (l *Log) resolve(ctx context.Context, st *store.Store, order []string, ref 
 		if head == "" {
 			return store.Image{}, fmt.Errorf("image of channel %s: %w", ref, ErrEmpty)
 		}
-		img, err := st.Resolve(ctx, head.String())
+		img, err := m.Images.Resolve(ctx, head.String())
 		if err != nil {
 			return store.Image{}, fmt.Errorf("image of channel %s: %w", ref, err)
 		}
 		return img, nil
 	}
-	return st.Resolve(ctx, ref)
+	return m.Images.Resolve(ctx, ref)
 }
 
-// check refuses an image whose blobs are not whole, or that the Verify policy rejects.
-func (l *Log) check(ctx context.Context, st *store.Store, img store.Image) error {
-	if err := checkBlobs(ctx, st, img); err != nil {
+// check refuses an image that is not whole, or that the Verify policy rejects.
+func (m *Mover) check(ctx context.Context, img store.Image) error {
+	if err := m.Images.Check(ctx, img); err != nil {
 		return err
 	}
-	if l.Verify != nil {
-		if err := l.Verify(ctx, img); err != nil {
+	if m.Verify != nil {
+		if err := m.Verify(ctx, img); err != nil {
 			return fmt.Errorf("refused by the signature policy: %w", err)
 		}
 	}
 	return nil
+}
+
+// known returns the order, or ErrUnknownChannel if ch is not in it.
+func (m *Mover) known(ch string) ([]string, error) {
+	order, err := m.Channels.Order()
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(order, ch) {
+		return order, fmt.Errorf("channel %q: %w (the promotion order is %s)", ch, ErrUnknownChannel, strings.Join(order, ", "))
+	}
+	return order, nil
+}
+
+func (m *Mover) logger() *slog.Logger {
+	if m.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return m.Logger
+}
+
+// mover is the Mover of the local store st with this Log's channels and policy.
+func (l *Log) mover(st *store.Store) *Mover {
+	return &Mover{Channels: l, Images: LocalImages{Store: st}, Verify: l.Verify, Logger: l.log}
 }
 
 // checkBlobs hashes the manifest, the config and every artifact of img, so that no channel
