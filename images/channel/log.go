@@ -232,7 +232,7 @@ func (l *Log) readHistory(ch string) (History, error) {
 	if err := json.NewDecoder(bytes.NewReader(data)).Decode(&h); err != nil {
 		return History{}, fmt.Errorf("reading history of channel %s: %s: %w", ch, p, err)
 	}
-	if err := h.check(ch); err != nil {
+	if err := h.Check(ch); err != nil {
 		return History{}, fmt.Errorf("reading history of channel %s: %s: %w", ch, p, err)
 	}
 	if h.Entries == nil {
@@ -241,9 +241,9 @@ func (l *Log) readHistory(ch string) (History, error) {
 	return h, nil
 }
 
-// check verifies the invariants of a history: the schema, the channel, Seq 1, 2, … and every
-// From equal to the previous To.
-func (h History) check(ch string) error {
+// Check verifies the invariants of channel ch's history, wherever it was stored: the schema,
+// the channel, Seq 1, 2, …, known actions and every From equal to the previous To.
+func (h History) Check(ch string) error {
 	if h.SchemaVersion != SchemaVersion {
 		return fmt.Errorf("schemaVersion %d, want %d", h.SchemaVersion, SchemaVersion)
 	}

@@ -89,36 +89,13 @@ func (c *Channels) read(ctx context.Context, ch string) (channel.History, error)
 	if err != nil {
 		return channel.History{}, err
 	}
-	if err := checkEntries(h); err != nil {
+	if err := h.Check(ch); err != nil {
 		return channel.History{}, fmt.Errorf("history of channel %s in %s: %w", ch, c.Repo, err)
 	}
 	if h.Entries == nil {
 		h.Entries = []channel.Entry{}
 	}
 	return h, nil
-}
-
-// checkEntries verifies what Move relies on, as the local Log does for its files: Seq 1, 2, …,
-// each entry of the channel, a known action, and every From equal to the previous To.
-func checkEntries(h channel.History) error {
-	var prev digest.Digest
-	for i, e := range h.Entries {
-		switch {
-		case e.Seq != i+1:
-			return fmt.Errorf("entries[%d]: seq %d, want %d", i, e.Seq, i+1)
-		case e.Channel != h.Channel:
-			return fmt.Errorf("entry %d: channel %q, want %q", e.Seq, e.Channel, h.Channel)
-		case e.Action != channel.ActionPromote && e.Action != channel.ActionRollback:
-			return fmt.Errorf("entry %d: unknown action %q", e.Seq, e.Action)
-		case e.From != prev:
-			return fmt.Errorf("entry %d: from %q, but the previous entry moved to %q", e.Seq, e.From, prev)
-		}
-		if err := e.To.Validate(); err != nil {
-			return fmt.Errorf("entry %d: to %q: %w", e.Seq, e.To, err)
-		}
-		prev = e.To
-	}
-	return nil
 }
 
 // Move implements channel.Backend: it appends e to channel ch's history if the channel's head
