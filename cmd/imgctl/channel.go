@@ -44,7 +44,7 @@ func (r *registryFlags) add(f *pflag.FlagSet) {
 // applies the promotion rules there. The promotion order and trust policy are the local store's.
 func (a *app) backend(st *store.Store, l *channel.Log, r registryFlags) (channel.Backend, *channel.Mover, error) {
 	if r.repo == "" {
-		return l, &channel.Mover{Channels: l, Images: channel.LocalImages{Store: st}, Verify: l.Verify, Logger: a.logger()}, nil
+		return l, l.Mover(st), nil
 	}
 	order, err := l.Order()
 	if err != nil {
@@ -204,7 +204,7 @@ wins; the other fails with a conflict and changes nothing.`,
 				if reg.repo != "" {
 					return fmt.Errorf("--sign-key signs in the local store: sign before pushing, not with --registry")
 				}
-				img, err := a.resolveForChannel(cmd, st, l, p.Image)
+				img, err := l.Mover(st).Resolve(cmd.Context(), p.Image)
 				if err != nil {
 					return err
 				}
@@ -270,17 +270,6 @@ func (a *app) printMove(e channel.Entry) error {
 	fmt.Fprintf(a.out, "%s: %s -> %s (%s #%d%s)\n", e.Channel, short(e.FromVersion, string(e.From)),
 		short(e.ToVersion, string(e.To)), e.Action, e.Seq, reasonSuffix(e.Reason))
 	return nil
-}
-
-// resolveForChannel resolves IMAGE as promote does: a channel name first, then the store.
-func (a *app) resolveForChannel(cmd *cobra.Command, st *store.Store, l *channel.Log, ref string) (store.Image, error) {
-	if h, err := l.History(cmd.Context(), ref); err == nil {
-		if h.Head() == "" {
-			return store.Image{}, fmt.Errorf("channel %s: %w", ref, channel.ErrEmpty)
-		}
-		ref = string(h.Head())
-	}
-	return st.Resolve(cmd.Context(), ref)
 }
 
 func short(version, d string) string {

@@ -25,7 +25,7 @@ for loopback registries or with --insecure.`,
 		Args: cobra.ExactArgs(2),
 		RunE: a.withChannels(func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error {
 			o.Logger = a.logger()
-			img, err := a.resolveForChannel(cmd, st, l, args[0])
+			img, err := l.Mover(st).Resolve(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

@@ -79,7 +79,7 @@ func (a *app) signCmd() *cobra.Command {
 			if keyPath == "" {
 				return fmt.Errorf("--key is required (imgctl key generate writes one)")
 			}
-			img, err := a.resolveForChannel(cmd, st, l, args[0])
+			img, err := l.Mover(st).Resolve(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -101,7 +101,7 @@ func (a *app) verifyCmd() *cobra.Command {
 		Short: "Check an image's signatures against the store's trust policy or the given public keys",
 		Args:  cobra.ExactArgs(1),
 		RunE: a.withChannels(func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error {
-			img, err := a.resolveForChannel(cmd, st, l, args[0])
+			img, err := l.Mover(st).Resolve(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

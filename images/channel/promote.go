@@ -48,7 +48,7 @@ type Promotion struct {
 // last entry. The move is a compare-and-swap against the head read when Promote starts, so of
 // concurrent promoters exactly one wins and the others get an error wrapping ErrConflict.
 func (l *Log) Promote(ctx context.Context, st *store.Store, p Promotion) (Entry, error) {
-	return l.mover(st).Promote(ctx, p)
+	return l.Mover(st).Promote(ctx, p)
 }
 
 // Promote is Log.Promote for any Backend and Images.
@@ -131,7 +131,7 @@ type Rollback struct {
 // l.Verify, as for Promote, and the move is a compare-and-swap in the same way. Rolling back to
 // the image the channel points to changes nothing and returns the last entry.
 func (l *Log) Rollback(ctx context.Context, st *store.Store, r Rollback) (Entry, error) {
-	return l.mover(st).Rollback(ctx, r)
+	return l.Mover(st).Rollback(ctx, r)
 }
 
 // Rollback is Log.Rollback for any Backend and Images.
@@ -221,6 +221,16 @@ func (h History) contains(d digest.Digest) bool {
 	return slices.ContainsFunc(h.Entries, func(e Entry) bool { return e.To == d })
 }
 
+// Resolve finds an image as Promote does: a configured channel's name means the image it points
+// to, anything else is a digest, unique digest prefix or version.
+func (m *Mover) Resolve(ctx context.Context, ref string) (store.Image, error) {
+	order, err := m.Channels.Order()
+	if err != nil {
+		return store.Image{}, err
+	}
+	return m.resolve(ctx, order, ref)
+}
+
 // resolve finds an image by reference: a configured channel's name means its head, anything
 // else is looked up by the Images (digest, unique prefix, version).
 func (m *Mover) resolve(ctx context.Context, order []string, ref string) (store.Image, error) {
@@ -277,8 +287,8 @@ func (m *Mover) logger() *slog.Logger {
 	return m.Logger
 }
 
-// mover is the Mover of the local store st with this Log's channels and policy.
-func (l *Log) mover(st *store.Store) *Mover {
+// Mover is the Mover of the local store st with this Log's channels and policy.
+func (l *Log) Mover(st *store.Store) *Mover {
 	return &Mover{Channels: l, Images: LocalImages{Store: st}, Verify: l.Verify, Logger: l.log}
 }
 
