@@ -31,19 +31,8 @@ Entries of other tools sharing the layout, and signatures of kept images, are ke
 			// cannot slip in between reading them and deleting.
 			var roots []digest.Digest
 			rootsFunc := func() ([]digest.Digest, error) {
-				hs, err := l.AllHistories(cmd.Context())
-				if err != nil {
-					return nil, err
-				}
-				var refs []store.HistoryRefs
-				for _, h := range hs {
-					r := store.HistoryRefs{Channel: h.Channel}
-					for _, e := range h.Entries {
-						r.To = append(r.To, e.To)
-					}
-					refs = append(refs, r)
-				}
-				roots, err = store.RootsFromHistories(refs, keep)
+				var err error
+				roots, err = l.GCRoots(cmd.Context(), keep)
 				return roots, err
 			}
 			rep, err := st.GC(cmd.Context(), store.GCOptions{RootsFunc: rootsFunc, OlderThan: olderThan, DryRun: dryRun})

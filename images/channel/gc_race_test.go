@@ -21,21 +21,7 @@ func TestPromoteRacingGC(t *testing.T) {
 	for i := range 30 {
 		v := fmt.Sprintf("1.0.%d", i)
 		st, l, imgs := newEnv(t, v)
-		roots := func() ([]digest.Digest, error) {
-			hs, err := l.AllHistories(ctx)
-			if err != nil {
-				return nil, err
-			}
-			var refs []store.HistoryRefs
-			for _, h := range hs {
-				r := store.HistoryRefs{Channel: h.Channel}
-				for _, e := range h.Entries {
-					r.To = append(r.To, e.To)
-				}
-				refs = append(refs, r)
-			}
-			return store.RootsFromHistories(refs, 0)
-		}
+		roots := func() ([]digest.Digest, error) { return l.GCRoots(ctx, 0) }
 		var wg sync.WaitGroup
 		var promoteErr, gcErr error
 		wg.Go(func() {

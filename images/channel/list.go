@@ -100,3 +100,22 @@ func (l *Log) AllHistories(ctx context.Context) ([]History, error) {
 	slices.SortFunc(out, func(a, b History) int { return strings.Compare(a.Channel, b.Channel) })
 	return out, nil
 }
+
+// GCRoots returns the images garbage collection must keep for the channels: every channel's
+// head and the keep images each pointed to before (-1: all), from every history (in or out of
+// the order). Use it as store.GCOptions.RootsFunc, which runs it under the store lock.
+func (l *Log) GCRoots(ctx context.Context, keep int) ([]digest.Digest, error) {
+	hs, err := l.AllHistories(ctx)
+	if err != nil {
+		return nil, err
+	}
+	refs := make([]store.HistoryRefs, 0, len(hs))
+	for _, h := range hs {
+		r := store.HistoryRefs{Channel: h.Channel}
+		for _, e := range h.Entries {
+			r.To = append(r.To, e.To)
+		}
+		refs = append(refs, r)
+	}
+	return store.RootsFromHistories(refs, keep)
+}
