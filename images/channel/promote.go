@@ -91,20 +91,7 @@ func (m *Mover) Promote(ctx context.Context, p Promotion) (Entry, error) {
 	if err := m.check(ctx, img); err != nil {
 		return Entry{}, fmt.Errorf("promoting %s to channel %s: %w", name, p.To, err)
 	}
-	var e Entry
-	err = m.Images.Hold(ctx, img, func() error {
-		var err error
-		e, err = m.Channels.Move(ctx, p.To, head, Entry{
-			Action:    ActionPromote,
-			To:        img.Digest(),
-			ToVersion: img.Config.Version,
-			Reason:    p.Reason,
-			Forced:    forced,
-			Who:       p.Who,
-			Tool:      p.Tool,
-		})
-		return err
-	})
+	e, err := m.move(ctx, p.To, head, img, Entry{Action: ActionPromote, Reason: p.Reason, Forced: forced, Who: p.Who, Tool: p.Tool})
 	if err != nil && !errors.Is(err, ErrConflict) { // a conflict's message names all
 		err = fmt.Errorf("promoting %s: %w", name, err)
 	}
@@ -179,24 +166,24 @@ func (m *Mover) Rollback(ctx context.Context, r Rollback) (Entry, error) {
 	if err := m.check(ctx, img); err != nil {
 		return Entry{}, fmt.Errorf("rolling back channel %s to %s: %w", r.Channel, name, err)
 	}
-	var e Entry
-	err = m.Images.Hold(ctx, img, func() error {
-		var err error
-		e, err = m.Channels.Move(ctx, r.Channel, head, Entry{
-			Action:    ActionRollback,
-			To:        img.Digest(),
-			ToVersion: img.Config.Version,
-			Reason:    r.Reason,
-			Forced:    forced,
-			Who:       r.Who,
-			Tool:      r.Tool,
-		})
-		return err
-	})
+	e, err := m.move(ctx, r.Channel, head, img, Entry{Action: ActionRollback, Reason: r.Reason, Forced: forced, Who: r.Who, Tool: r.Tool})
 	if err != nil && !errors.Is(err, ErrConflict) {
 		err = fmt.Errorf("rolling back to %s: %w", name, err)
 	}
 	return e, err
+}
+
+// move points channel ch from head to img with entry e (To and ToVersion filled in here), while
+// the Images hold img so it cannot be deleted meanwhile.
+func (m *Mover) move(ctx context.Context, ch string, head digest.Digest, img store.Image, e Entry) (Entry, error) {
+	e.To, e.ToVersion = img.Digest(), img.Config.Version
+	var moved Entry
+	err := m.Images.Hold(ctx, img, func() error {
+		var err error
+		moved, err = m.Channels.Move(ctx, ch, head, e)
+		return err
+	})
+	return moved, err
 }
 
 // previous is the target of a rollback without one: the From of the last promotion into the
