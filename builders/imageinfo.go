@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"maps"
 	"runtime"
 	"slices"
 	"strings"
@@ -114,8 +113,8 @@ func hashFiles(ctx context.Context, files []compose.File, parallel int) (map[str
 // binaryDigests converts image.json's map back to the manifest's.
 func binaryDigests(m map[string]string) map[string]digest.Digest {
 	out := make(map[string]digest.Digest, len(m))
-	for _, p := range slices.Sorted(maps.Keys(m)) {
-		out[p] = digest.Digest(m[p])
+	for p, d := range m {
+		out[p] = digest.Digest(d)
 	}
 	return out
 }

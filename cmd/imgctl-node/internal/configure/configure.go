@@ -7,7 +7,6 @@ package configure
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -338,6 +337,3 @@ func cmdlineValue(line, key string) (string, bool) {
 	}
 	return "", false
 }
-
-// ErrCommand wraps a failed command.
-var ErrCommand = errors.New("command failed")

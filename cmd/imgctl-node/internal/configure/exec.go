@@ -17,7 +17,7 @@ func execRunner(out io.Writer) func(ctx context.Context, name string, args ...st
 		cmd := exec.CommandContext(ctx, name, args...)
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("%s %s: %w: %w", name, strings.Join(args, " "), ErrCommand, err)
+			return fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
 		}
 		return nil
 	}
