@@ -212,25 +212,13 @@ type tree struct {
 // add indexes every header of one input.
 func (t *tree) add(ctx context.Context, idx int, in Input) error {
 	sr := io.NewSectionReader(in.Reader, 0, in.Size)
-	tr := tar.NewReader(sr)
-	for n := 0; ; n++ {
-		if n%1024 == 0 {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-		}
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("reading tar: %w", err)
-		}
+	return tarentry.Each(ctx, sr, func(hdr *tar.Header, _ io.Reader) error {
 		if err := tarentry.Clean(hdr); err != nil {
 			return err
 		}
 		var off int64
 		if hdr.Typeflag == tar.TypeReg {
+			var err error
 			if off, err = sr.Seek(0, io.SeekCurrent); err != nil {
 				return err
 			}
@@ -238,7 +226,8 @@ func (t *tree) add(ctx context.Context, idx int, in Input) error {
 		if err := t.place(idx, hdr, off); err != nil {
 			return fmt.Errorf("entry %q: %w", hdr.Name, err)
 		}
-	}
+		return nil
+	})
 }
 
 func splitPath(p string) []string {

@@ -289,27 +289,19 @@ func CountEntries(ctx context.Context, f *os.File, visit ...func(name string, r 
 	if err != nil {
 		return 0, 0, err
 	}
-	tr := tar.NewReader(io.NewSectionReader(f, 0, st.Size()))
-	for {
-		if entries%4096 == 0 {
-			if err := ctx.Err(); err != nil {
-				return 0, 0, err
-			}
-		}
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return entries, st.Size(), nil
-		}
-		if err != nil {
-			return 0, 0, err
-		}
+	err = tarentry.Each(ctx, io.NewSectionReader(f, 0, st.Size()), func(hdr *tar.Header, content io.Reader) error {
 		entries++
 		for _, v := range visit {
-			if err := v(strings.TrimPrefix(hdr.Name, "./"), tr); err != nil {
-				return 0, 0, fmt.Errorf("entry %q: %w", hdr.Name, err)
+			if err := v(strings.TrimPrefix(hdr.Name, "./"), content); err != nil {
+				return fmt.Errorf("entry %q: %w", hdr.Name, err)
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
 	}
+	return entries, st.Size(), nil
 }
 
 // input is the verified byte stream of a pinned source.
@@ -499,24 +491,7 @@ func (o *tarOut) add(hdr *tar.Header, body io.Reader) error {
 }
 
 func (o *tarOut) copyTar(ctx context.Context, r io.Reader) error {
-	tr := tar.NewReader(r)
-	for n := 0; ; n++ {
-		if n%1024 == 0 {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-		}
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("reading tar: %w", err)
-		}
-		if err := o.add(hdr, tr); err != nil {
-			return err
-		}
-	}
+	return tarentry.Each(ctx, r, o.add)
 }
 
 func (o *tarOut) Close() error { return o.tw.Close() }

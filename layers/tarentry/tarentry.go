@@ -4,7 +4,10 @@ package tarentry
 
 import (
 	"archive/tar"
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"path"
 	"strings"
 	"time"
@@ -162,4 +165,28 @@ func IsWhiteout(base string) (hidden string, opaque, ok bool) {
 		return strings.TrimPrefix(base, WhiteoutPrefix), false, true
 	}
 	return "", false, false
+}
+
+// Each reads the tar stream r entry by entry and calls fn with each header and a reader of
+// its content (what fn leaves unread is skipped), checking ctx every 1024 entries. Errors of
+// the stream read "reading tar: …"; fn's errors are returned as they are.
+func Each(ctx context.Context, r io.Reader, fn func(hdr *tar.Header, content io.Reader) error) error {
+	tr := tar.NewReader(r)
+	for n := 0; ; n++ {
+		if n%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading tar: %w", err)
+		}
+		if err := fn(hdr, tr); err != nil {
+			return err
+		}
+	}
 }

@@ -2,6 +2,10 @@ package tarentry
 
 import (
 	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -58,5 +62,36 @@ func TestNormalize(t *testing.T) {
 	if hdr.Name != "d/" || hdr.Mode != 0o1755 || hdr.Uname != "" || hdr.Uid != 7 || !hdr.ModTime.Equal(mt) ||
 		!hdr.AccessTime.IsZero() || len(hdr.PAXRecords) != 1 {
 		t.Errorf("not normalized: %+v", hdr)
+	}
+}
+
+func TestEach(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, name := range []string{"a", "b"} {
+		tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Size: 1, Mode: 0o644})
+		tw.Write([]byte(name))
+	}
+	tw.Close()
+	var got []string
+	err := Each(context.Background(), bytes.NewReader(buf.Bytes()), func(h *tar.Header, r io.Reader) error {
+		b, err := io.ReadAll(r)
+		got = append(got, h.Name+"="+string(b))
+		return err
+	})
+	if err != nil || strings.Join(got, ",") != "a=a,b=b" {
+		t.Fatalf("Each: %v %q", err, got)
+	}
+	stop := errors.New("stop")
+	if err := Each(context.Background(), bytes.NewReader(buf.Bytes()), func(*tar.Header, io.Reader) error { return stop }); err != stop {
+		t.Errorf("fn error: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := Each(ctx, bytes.NewReader(buf.Bytes()), func(*tar.Header, io.Reader) error { return nil }); !errors.Is(err, context.Canceled) {
+		t.Errorf("canceled: %v", err)
+	}
+	if err := Each(context.Background(), bytes.NewReader(buf.Bytes()[:1124]), func(*tar.Header, io.Reader) error { return nil }); err == nil || !strings.Contains(err.Error(), "reading tar") {
+		t.Errorf("truncated: %v", err)
 	}
 }
