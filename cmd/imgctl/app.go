@@ -143,7 +143,8 @@ func (a *app) env() (*source.Env, error) {
 	if a.terminal() {
 		client.Progress = newProgressBars(a.err).update
 	}
-	return &source.Env{Cache: ca, Fetch: client, Keyring: a.keyring, Logger: log}, nil
+	// The bootstrap layer packs the node agent; build's --node-agent overrides this default.
+	return &source.Env{Cache: ca, Fetch: client, Keyring: a.keyring, Logger: log, NodeAgent: defaultAgent()}, nil
 }
 
 func (a *app) printJSON(v any) error {

@@ -109,7 +109,7 @@ the lock's, then the current time (recorded in the lock) are used.`,
 				return fmt.Errorf("--root-size: %w", err)
 			}
 			if raw.Agent == "" {
-				raw.Agent = defaultAgent()
+				raw.Agent = env.NodeAgent // the default beside imgctl or on $PATH
 			}
 			env.NodeAgent = raw.Agent
 			res, err := builders.Run(ctx, builders.Options{

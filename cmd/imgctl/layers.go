@@ -64,7 +64,6 @@ root). It prints the input digest, the layer tar digest, its size and entry coun
 			if err != nil {
 				return err
 			}
-			env.NodeAgent = defaultAgent()
 			pin, err := env.Resolve(cmd.Context(), u, nil)
 			if err != nil {
 				return err
