@@ -42,6 +42,7 @@ bench: deps build demo-image
 	scripts/bench-compose.sh
 	scripts/bench-raw.sh
 	scripts/bench-boot.sh out/demo/disk.raw
+	scripts/bench-registry.sh
 
 # A real kubelet and kubeadm for K8S, built from the Go module proxy (dl.k8s.io may be unreachable).
 kubernetes: $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet
