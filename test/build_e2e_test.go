@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 var imgctlBin string
@@ -70,9 +72,7 @@ func TestDebianNodeImageReproducible(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration: needs mmdebstrap and deb.debian.org")
 	}
-	if _, err := exec.LookPath("mmdebstrap"); err != nil {
-		t.Skip("mmdebstrap not installed (scripts/install-deps.sh)")
-	}
+	testenv.Tools(t, "mmdebstrap")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	work := t.TempDir()
@@ -111,9 +111,7 @@ func TestDebianNodeImageReproducible(t *testing.T) {
 	if os.Geteuid() != 0 {
 		return
 	}
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("setpriv not installed")
-	}
+	testenv.Tools(t, "setpriv")
 	dir := t.TempDir()
 	// t.TempDir's parents are private to root: let nobody traverse them.
 	for _, p := range []string{dir, work} {
@@ -278,15 +276,13 @@ func TestDiskFullLeavesNothingVisible(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
+	testenv.Root(t, "mounts a small tmpfs")
 	ctx := context.Background()
 	dir := t.TempDir()
 	full := filepath.Join(dir, "full")
 	os.MkdirAll(full, 0o755)
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", full).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount tmpfs: %v %s", err, out)
+		testenv.Missing(t, "cannot mount tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command("umount", full).Run() })
 	big := filepath.Join(dir, "big.tar")

@@ -30,6 +30,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 // relayEnv makes the test binary a relay (see TestMain): qemu's guestfwd=…-cmd: starts one per
@@ -203,9 +204,7 @@ echo "IMGCTL-TEST-HOOK phase=$IMGCTL_HOOK_PHASE role=$IMGCTL_ROLE name=$IMGCTL_N
 // containerd and answers /healthz (there is no API server: it is unreachable by design).
 func TestNodeJoinsWithRealKubelet(t *testing.T) {
 	requireQEMU(t)
-	if _, err := exec.LookPath("mmdebstrap"); err != nil {
-		t.Skip("mmdebstrap not installed (scripts/install-deps.sh)")
-	}
+	testenv.Tools(t, "mmdebstrap")
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
 	k8s := kubernetesTools(t)

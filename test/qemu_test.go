@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 // OVMF firmware from Debian's ovmf package.
@@ -24,17 +26,9 @@ const (
 
 func requireQEMU(t *testing.T) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("end to end: boots qemu")
-	}
-	for _, p := range []string{"qemu-system-x86_64"} {
-		if _, err := exec.LookPath(p); err != nil {
-			t.Skipf("%s not installed (scripts/install-deps.sh)", p)
-		}
-	}
-	if _, err := os.Stat(ovmfCode); err != nil {
-		t.Skip("OVMF not installed (scripts/install-deps.sh)")
-	}
+	testenv.Integration(t, "boots qemu")
+	testenv.Tools(t, "qemu-system-x86_64")
+	testenv.Files(t, ovmfCode, ovmfVars)
 }
 
 // console collects a guest's serial output.

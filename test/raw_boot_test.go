@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 // testLayer is an extra layer for boot tests: serial-getty masked (agetty would eat the
@@ -76,9 +78,7 @@ type rawBuild struct {
 // buildRaw builds the embedded default spec with the test layer as target raw.
 func buildRaw(ctx context.Context, t *testing.T, work, dir string) rawBuild {
 	t.Helper()
-	if _, err := exec.LookPath("mmdebstrap"); err != nil {
-		t.Skip("mmdebstrap not installed (scripts/install-deps.sh)")
-	}
+	testenv.Tools(t, "mmdebstrap")
 	kubelet := filepath.Join(work, "kubelet")
 	os.WriteFile(kubelet, []byte("#!/bin/sh\necho kubelet stand-in\n"), 0o755)
 	out := filepath.Join(dir, "out")
@@ -155,11 +155,7 @@ func run(t *testing.T, name string, args ...string) string {
 // image in slot B and checks systemd-boot's boot counting falls back to B.
 func TestRawDiskBootsAndFallsBack(t *testing.T) {
 	requireQEMU(t)
-	for _, tool := range []string{"sgdisk", "fsck.fat", "e2fsck", "mcopy", "unsquashfs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (scripts/install-deps.sh)", tool)
-		}
-	}
+	testenv.Tools(t, "sgdisk", "fsck.fat", "e2fsck", "mcopy", "unsquashfs")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	work := t.TempDir()

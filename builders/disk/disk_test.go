@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgctl/imgctl/layers/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -114,11 +115,7 @@ func writeTestDiskFrom(t *testing.T, dir, seed string, viaFile bool) (string, La
 
 func need(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (apt-get install -y gdisk dosfstools mtools)", tool)
-		}
-	}
+	testenv.Tools(t, tools...)
 }
 
 func run(t *testing.T, name string, args ...string) string {

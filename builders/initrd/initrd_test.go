@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgctl/imgctl/layers/testenv"
 	"github.com/klauspost/compress/gzip"
 )
 
@@ -135,9 +136,7 @@ func TestWriteIsReproducibleCpio(t *testing.T) {
 	if len(res.Modules) != 6 {
 		t.Errorf("modules = %v", res.Modules)
 	}
-	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Skip("cpio not installed: listing not checked")
-	}
+	testenv.Tools(t, "cpio")
 	zr, err := gzip.NewReader(bytes.NewReader(a.Bytes()))
 	if err != nil {
 		t.Fatal(err)

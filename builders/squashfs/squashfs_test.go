@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgctl/imgctl/layers/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -325,17 +326,9 @@ func (m *memImage) WriteAt(p []byte, off int64) (int, error) {
 
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test skipped in -short mode")
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("extracting devices, owners and xattrs needs root")
-	}
+	testenv.Integration(t, "runs "+strings.Join(tools, ", "))
+	testenv.Tools(t, tools...)
+	testenv.Root(t, "extracting devices, owners and xattrs")
 }
 
 func run(t testing.TB, name string, args ...string) string {
@@ -443,7 +436,7 @@ func TestKernelMount(t *testing.T) {
 				if comp == "zstd" {
 					t.Fatalf("mount: %v\n%s", err, out)
 				}
-				t.Skipf("kernel cannot mount %s squashfs here: %v %s", comp, err, out)
+				testenv.Missing(t, "kernel cannot mount %s squashfs here: %v %s", comp, err, out)
 			}
 			defer func() { _ = exec.Command("umount", mnt).Run() }()
 			compareTrees(t, tree, mnt)

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 // The boot test builds an initrd around the agent and a GPT disk with a tiny squashfs root,
@@ -38,11 +40,7 @@ func TestBootQEMU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots qemu: skipped under -short")
 	}
-	for _, tool := range []string{"qemu-system-x86_64", "sgdisk", "mksquashfs", "depmod", "modprobe", "dpkg-deb", "mke2fs", "ldd", "e2fsck"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (apt-get install -y qemu-system-x86 squashfs-tools gdisk e2fsprogs kmod)", tool)
-		}
-	}
+	testenv.Tools(t, "qemu-system-x86_64", "sgdisk", "mksquashfs", "depmod", "modprobe", "dpkg-deb", "mke2fs", "ldd", "e2fsck")
 	ctx := context.Background()
 	dir := t.TempDir()
 	k := kernel(ctx, t, dir)
@@ -154,12 +152,12 @@ func kernel(ctx context.Context, t *testing.T, dir string) kernelTree {
 			cmd := exec.CommandContext(ctx, "apt-get", "download", pkg)
 			cmd.Dir = cache
 			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Skipf("apt-get download %s: %v\n%s", pkg, err, out)
+				testenv.Missing(t, "apt-get download %s (the pinned test kernel; set IMGCTL_TEST_KERNEL_PKG to another): %v\n%s", pkg, err, out)
 			}
 			matches, _ = filepath.Glob(filepath.Join(cache, pkg+"_*.deb"))
 		}
 		if len(matches) == 0 {
-			t.Skipf("no %s .deb in %s", pkg, cache)
+			testenv.Missing(t, "no %s .deb in %s", pkg, cache)
 		}
 		deb = matches[len(matches)-1]
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/images/store/storetest"
+	"github.com/imgctl/imgctl/layers/testenv"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -23,10 +24,8 @@ func skopeo(t *testing.T) string {
 	if testing.Short() {
 		t.Skip("interop test with skopeo: skipped under -short")
 	}
-	p, err := exec.LookPath("skopeo")
-	if err != nil {
-		t.Skip("skopeo not installed (apt-get install skopeo, or scripts/install-deps.sh): skipping the interop test")
-	}
+	testenv.Tools(t, "skopeo")
+	p, _ := exec.LookPath("skopeo")
 	return p
 }
 

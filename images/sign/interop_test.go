@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/imgctl/imgctl/images/store/storetest"
+	"github.com/imgctl/imgctl/layers/testenv"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -102,10 +103,8 @@ func TestInteropSkopeo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("interop test")
 	}
-	skopeo, err := exec.LookPath("skopeo")
-	if err != nil {
-		t.Skip("skopeo not installed")
-	}
+	testenv.Tools(t, "skopeo")
+	skopeo, _ := exec.LookPath("skopeo")
 	st := storetest.Open(t)
 	img := storetest.PutVersion(t, st, "1.0.0", 10)
 	priv, _ := testKey(1)

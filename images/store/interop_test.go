@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/imgctl/imgctl/images/manifest"
+	"github.com/imgctl/imgctl/layers/testenv"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -101,10 +102,8 @@ func TestInteropSkopeo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("interop test")
 	}
-	skopeo, err := exec.LookPath("skopeo")
-	if err != nil {
-		t.Skip("skopeo not installed")
-	}
+	testenv.Tools(t, "skopeo")
+	skopeo, _ := exec.LookPath("skopeo")
 	s, img, raw := interopStore(t)
 	ref := "oci:" + s.Dir() + ":" + img.Config.Version
 	out, err := exec.CommandContext(t.Context(), skopeo, "inspect", "--raw", ref).Output()

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/imgctl/imgctl/images/manifest"
+	"github.com/imgctl/imgctl/layers/testenv"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -315,13 +316,13 @@ func TestLinkBlobCopiesAcrossFilesystems(t *testing.T) {
 	s := newStore(t)
 	other, err := os.MkdirTemp("/dev/shm", "imgctl-test-")
 	if err != nil {
-		t.Skip("no /dev/shm")
+		testenv.Missing(t, "no /dev/shm: %v", err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(other) })
 	src := filepath.Join(other, "blob")
 	write(t, src, "across")
 	if err := os.Link(src, filepath.Join(s.Dir(), ingestDir, "probe")); err == nil {
-		t.Skip("/dev/shm is on the store's filesystem")
+		testenv.Missing(t, "/dev/shm is on the store's filesystem: no second filesystem to copy across")
 	}
 	_ = os.Remove(filepath.Join(s.Dir(), ingestDir, "probe"))
 	d := digest.FromString("across")

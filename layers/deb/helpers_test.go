@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgctl/imgctl/layers/testenv"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -57,9 +58,7 @@ func compress(t testing.TB, ext string, b []byte) []byte {
 	case ".zst":
 		w, err = zstd.NewWriter(&buf)
 	case ".bz2":
-		if _, err := exec.LookPath("bzip2"); err != nil {
-			t.Skip("bzip2 not installed")
-		}
+		testenv.Tools(t, "bzip2")
 		cmd := exec.Command("bzip2", "-c")
 		cmd.Stdin = bytes.NewReader(b)
 		out, err := cmd.Output()

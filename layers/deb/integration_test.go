@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 // TestRealDebs downloads real packages with apt-get and reads them.
@@ -20,16 +22,14 @@ func TestRealDebs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: downloads packages")
 	}
-	if _, err := exec.LookPath("apt-get"); err != nil {
-		t.Skip("apt-get not installed")
-	}
+	testenv.Tools(t, "apt-get")
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
 	cmd := exec.CommandContext(ctx, "apt-get", "download", "containerd", "runc", "linux-image-cloud-amd64", "systemd-boot-efi")
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Skipf("apt-get download failed (no network or apt lists?): %v\n%s", err, out)
+		testenv.Missing(t, "apt-get download failed (no network or apt lists?): %v\n%s", err, out)
 	}
 	tests := []struct {
 		pkg   string
@@ -103,11 +103,11 @@ func TestResolveDebian(t *testing.T) {
 		t.Skip("integration test: uses deb.debian.org")
 	}
 	if _, err := os.Stat(DefaultKeyring); err != nil {
-		t.Skipf("no Debian archive keyring: %v", err)
+		testenv.Missing(t, "no Debian archive keyring: %v", err)
 	}
 	conn, err := net.DialTimeout("tcp", "deb.debian.org:443", 5*time.Second)
 	if err != nil {
-		t.Skipf("deb.debian.org unreachable: %v", err)
+		testenv.Missing(t, "deb.debian.org unreachable: %v", err)
 	}
 	conn.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)

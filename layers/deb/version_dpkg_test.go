@@ -4,14 +4,14 @@ import (
 	"errors"
 	"os/exec"
 	"testing"
+
+	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 // dpkgCompare checks CompareVersions against dpkg --compare-versions for
 // every ordered pair of vs.
 func dpkgCompare(t *testing.T, vs []string) {
-	if _, err := exec.LookPath("dpkg"); err != nil {
-		t.Skip("dpkg not installed")
-	}
+	testenv.Tools(t, "dpkg")
 	for _, a := range vs {
 		for _, b := range vs {
 			err := exec.Command("dpkg", "--compare-versions", a, "lt", b).Run()

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 // The oracle tests compare Generate with depmod on Debian's current cloud
@@ -32,11 +34,7 @@ var (
 
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
+	testenv.Tools(t, tools...)
 }
 
 func run(dir string, name string, args ...string) (string, error) {

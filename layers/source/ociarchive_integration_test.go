@@ -15,6 +15,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 // TestOCIArchiveInterop checks image archives against the tools that consume them: skopeo
@@ -24,14 +25,13 @@ func TestOCIArchiveInterop(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: runs skopeo and a throwaway containerd (skipped with -short)")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("integration test: running containerd needs root (run as root, or sudo go test -run TestOCIArchiveInterop ./layers/source/)")
-	}
+	testenv.Root(t, "running containerd (run as root, or sudo go test -run TestOCIArchiveInterop ./layers/source/)")
+	testenv.Tools(t, "containerd", "ctr", "skopeo")
 	bin := map[string]string{}
 	for _, b := range []string{"containerd", "ctr", "skopeo"} {
 		p, err := exec.LookPath(b)
 		if err != nil {
-			t.Skipf("integration test: %s is not installed (apt-get install containerd skopeo)", b)
+			t.Fatal(err)
 		}
 		bin[b] = p
 	}

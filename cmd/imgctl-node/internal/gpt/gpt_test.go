@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 const mib = 1 << 20
@@ -44,9 +46,7 @@ func makeDisk(t *testing.T, size int64, parts [][2]string) string {
 func itoa(n int) string { return strconv.Itoa(n) }
 
 func TestGrow(t *testing.T) {
-	if _, err := exec.LookPath("sgdisk"); err != nil {
-		t.Skip("sgdisk not installed (gdisk package)")
-	}
+	testenv.Tools(t, "sgdisk")
 	three := [][2]string{{"N:0:+8M", "ESP"}, {"N:0:+16M", "ROOT-A"}, {"N:0:+4M", "STATE"}}
 	tests := []struct {
 		name      string
@@ -128,9 +128,7 @@ func TestGrow(t *testing.T) {
 func uitoa(n uint64) string { return strconv.FormatUint(n, 10) }
 
 func TestReadGUIDs(t *testing.T) {
-	if _, err := exec.LookPath("sgdisk"); err != nil {
-		t.Skip("sgdisk not installed (gdisk package)")
-	}
+	testenv.Tools(t, "sgdisk")
 	p := makeDisk(t, 8*mib, [][2]string{{"N:0:+1M", "ROOT-A"}})
 	const guid = "0fc63daf-8483-4772-8e79-3d69d8477de4"
 	const part = "6a1f5c2e-0b7d-4a8e-9c3b-2d1e0f9a8b7c"

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 // startContainerd runs a real containerd with its root, state and socket in a temp dir and
@@ -21,13 +23,9 @@ func startContainerd(t *testing.T, disable ...string) string {
 	if testing.Short() {
 		t.Skip("integration test: starts containerd")
 	}
-	bin, err := exec.LookPath("containerd")
-	if err != nil {
-		t.Skip("containerd is not installed (Debian: apt-get install containerd); skipping the real-peer test")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("containerd needs root; skipping the real-peer test")
-	}
+	testenv.Tools(t, "containerd")
+	testenv.Root(t, "containerd runs as root")
+	bin, _ := exec.LookPath("containerd")
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "containerd.sock")
 	// No /opt/containerd (the opt plugin), no tracing exporter, no CRI TCP service; the CRI

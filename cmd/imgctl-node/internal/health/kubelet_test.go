@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 func TestKubeletHealthz(t *testing.T) {
@@ -102,7 +104,7 @@ func TestKubeletHealthzTimeoutAndDown(t *testing.T) {
 func TestKubeletHealthzDefaultURL(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:10248")
 	if err != nil {
-		t.Skipf("port 10248 is taken (a kubelet here?): %v", err)
+		testenv.Missing(t, "port 10248 is taken (a kubelet here?): %v", err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/healthz" {

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 // The oracles: real kubeadm and kubelet of oracleVersion, built from the Go module proxy by
@@ -311,10 +313,8 @@ func tomlValues(text string) map[string]map[string]string {
 // TestContainerdOracle has containerd parse the config and print what it will run with. It needs
 // containerd (Debian's containerd package) on PATH.
 func TestContainerdOracle(t *testing.T) {
-	containerd, err := exec.LookPath("containerd")
-	if err != nil {
-		t.Skip("containerd not installed (apt-get install containerd)")
-	}
+	testenv.Tools(t, "containerd")
+	containerd, _ := exec.LookPath("containerd")
 	config := fileData(t, mustRender(t, testInput(t, caseNodeToken, oracleVersion)), ContainerdConfigPath)
 	dump, _ := runTool(t, containerd, "--config", writeTemp(t, "config.toml", config), "config", "dump")
 	got := tomlValues(dump)
