@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -190,17 +191,18 @@ func checkNodeRootfs(t *testing.T, dir string, b built) {
 	}
 }
 
-// TestInterruptedBuildsLeaveNothingHalfWritten kills builds at several points (SIGKILL and
-// SIGINT) and checks the store verifies clean, shows no partial image, and the next build
-// succeeds.
+// TestInterruptedBuildsLeaveNothingHalfWritten interrupts builds of a 192 MiB layer in two
+// phases (while the cache writes the fetched layer, while the store ingests the rootfs) with
+// SIGKILL and SIGINT. It waits until the phase's temporary file exists before it signals and
+// proves the signal ended the build (a build that finished first fails the test), then checks
+// that the store verifies clean and holds no partial image, that SIGINT removed its temporary
+// files, and that the next build succeeds.
 func TestInterruptedBuildsLeaveNothingHalfWritten(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration")
-	}
+	testenv.Integration(t, "builds a 192 MiB layer four times")
 	ctx := context.Background()
 	dir := t.TempDir()
 	big := filepath.Join(dir, "big.tar")
-	writeBigTar(t, big, 24, 8<<20) // 192 MiB: long enough to interrupt
+	writeBigTar(t, big, 24, 8<<20) // 192 MiB: each phase takes seconds, long enough to interrupt
 	spec := filepath.Join(dir, "node.yaml")
 	os.WriteFile(spec, []byte(`apiVersion: imgctl/v1alpha1
 kind: NodeImage
@@ -211,35 +213,70 @@ spec:
     - role: extra
       sources: ["file://`+big+`"]
 `), 0o644)
-	for i, delay := range []time.Duration{50 * time.Millisecond, 300 * time.Millisecond, 700 * time.Millisecond, 1200 * time.Millisecond} {
-		sig := syscall.SIGKILL
-		if i%2 == 1 {
-			sig = syscall.SIGINT
+	cacheTmp := filepath.Join(dir, "cache", "tmp")
+	storeIngest := filepath.Join(dir, "store", "ingest")
+	for _, tc := range []struct {
+		phase string // the directory whose temporary file marks the phase
+		sig   syscall.Signal
+		fresh bool // start from an empty cache, so the fetch runs again
+	}{
+		{cacheTmp, syscall.SIGKILL, true},
+		{cacheTmp, syscall.SIGINT, true},
+		{storeIngest, syscall.SIGKILL, false},
+		{storeIngest, syscall.SIGINT, false},
+	} {
+		name := fmt.Sprintf("%v in %s", tc.sig, filepath.Base(filepath.Dir(tc.phase))+"/"+filepath.Base(tc.phase))
+		if tc.fresh {
+			os.RemoveAll(filepath.Join(dir, "cache"))
 		}
 		cmd := exec.Command(imgctlBin, "--store", filepath.Join(dir, "store"), "--cache", filepath.Join(dir, "cache"), "build", "-f", spec, "--lock", filepath.Join(dir, "imgctl.lock"))
 		cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1764115200")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		before := tempFiles(t, tc.phase) // a killed build's leftovers do not mark the phase
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(delay)
-		_ = cmd.Process.Signal(sig)
-		err := cmd.Wait()
-		t.Logf("%v after %v: %v", sig, delay, err)
-		out, verr := imgctl(ctx, t, dir, "store", "verify")
-		if verr != nil {
-			t.Fatalf("store verify after %v at %v: %v\n%s", sig, delay, verr, out)
+		waited := make(chan error, 1)
+		go func() { waited <- cmd.Wait() }()
+		tmp, err := waitForTempFile(tc.phase, before, waited, 2*time.Minute)
+		if err != nil {
+			_ = cmd.Process.Kill()
+			t.Fatalf("%s: %v\n%s", name, err, stderr.String())
 		}
-		list, lerr := imgctl(ctx, t, dir, "-o", "json", "images", "list")
-		if lerr != nil {
-			t.Fatal(lerr)
+		if err := cmd.Process.Signal(tc.sig); err != nil {
+			t.Fatalf("%s: signalling the build: %v", name, err)
 		}
-		if err != nil && strings.Contains(list, "interrupted") {
-			t.Fatalf("a killed build left an image in the store: %s", list)
+		err = <-waited
+		t.Logf("%s (temporary file %s): %v", name, tmp, err)
+		// The signal must be what ended the build: not a success, not another failure.
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			t.Fatalf("%s: the build finished before the signal (%v): nothing was interrupted\n%s", name, err, stderr.String())
 		}
-		if sig == syscall.SIGINT && err != nil {
-			if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() != 130 {
-				t.Errorf("SIGINT: exit code %d, want 130", ee.ExitCode())
+		ws := ee.Sys().(syscall.WaitStatus)
+		switch tc.sig {
+		case syscall.SIGKILL:
+			if !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+				t.Fatalf("%s: build ended with %v, not killed by the signal\n%s", name, err, stderr.String())
 			}
+		case syscall.SIGINT:
+			if ee.ExitCode() != 130 {
+				t.Fatalf("%s: exit code %d, want 130 (interrupted)\n%s", name, ee.ExitCode(), stderr.String())
+			}
+			if left := tempFiles(t, cacheTmp, storeIngest); len(left) > len(before) {
+				t.Errorf("%s: an interrupted build left temporary files: %v", name, left)
+			}
+		}
+		if out, err := imgctl(ctx, t, dir, "store", "verify"); err != nil {
+			t.Fatalf("%s: store verify: %v\n%s", name, err, out)
+		}
+		list, err := imgctl(ctx, t, dir, "-o", "json", "images", "list")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(list, "interrupted") {
+			t.Fatalf("%s: an interrupted build left an image in the store: %s", name, list)
 		}
 	}
 	if _, err := imgctl(ctx, t, dir, "build", "-f", spec, "--lock", filepath.Join(dir, "imgctl.lock")); err != nil {
@@ -248,6 +285,40 @@ spec:
 	if _, err := imgctl(ctx, t, dir, "store", "verify"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// waitForTempFile polls dir until a temporary blob file (blob-*) not in old appears in it and
+// returns its name. It fails if the process ends first (done receives its exit) or after limit.
+func waitForTempFile(dir string, old []string, done <-chan error, limit time.Duration) (string, error) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-done:
+			return "", fmt.Errorf("the build ended (%v) before a temporary file appeared in %s: nothing to interrupt", err, dir)
+		case <-time.After(5 * time.Millisecond):
+		}
+		m, _ := filepath.Glob(filepath.Join(dir, "blob-*"))
+		for _, p := range m {
+			if !slices.Contains(old, p) {
+				return p, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("no temporary file appeared in %s within %v", dir, limit)
+}
+
+// tempFiles lists the temporary blob files left in dirs.
+func tempFiles(t *testing.T, dirs ...string) []string {
+	t.Helper()
+	var left []string
+	for _, d := range dirs {
+		m, err := filepath.Glob(filepath.Join(d, "blob-*"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, m...)
+	}
+	return left
 }
 
 func writeBigTar(t *testing.T, path string, files, size int) {
