@@ -36,9 +36,12 @@ WantedBy=multi-user.target
 `,
 		"usr/local/bin/imgctl-test-report": `#!/bin/sh
 lower=$(findmnt -no SOURCE,FSTYPE,OPTIONS /run/imgctl/lower | tr -s ' ' ',')
+# Which partition the root really came from, as the kernel sees it (not what the loader asked).
+dev=$(basename "$(readlink -f "$(findmnt -no SOURCE /run/imgctl/lower)")")
+rootpart="name=$(sed -n 's/^PARTNAME=//p' "/sys/class/block/$dev/uevent"),uuid=$(blkid -s PARTUUID -o value "/dev/$dev")"
 var=$(findmnt -no FSTYPE /var)
 state=$(findmnt -no SOURCE,FSTYPE /run/imgctl/state | tr -s ' ' ',')
-echo "IMGCTL-TEST-REPORT lower=$lower var=$var state=$state target=$(systemctl is-active multi-user.target) uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
+echo "IMGCTL-TEST-REPORT lower=$lower rootpart=$rootpart var=$var state=$state target=$(systemctl is-active multi-user.target) uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
 systemctl --no-block poweroff
 `,
 	}
@@ -212,8 +215,8 @@ func TestRawDiskBootsAndFallsBack(t *testing.T) {
 			t.Errorf("console lacks %q", step)
 		}
 	}
-	if !strings.Contains(log, rootA.guid) && !strings.Contains(log, "ROOT-A") {
-		t.Errorf("the mount-root step does not name ROOT-A (%s)", rootA.guid)
+	if want := "rootpart=name=ROOT-A,uuid=" + rootA.guid + " "; !strings.Contains(report, want) {
+		t.Errorf("slot A: the root was not mounted from ROOT-A: report lacks %q: %s", want, report)
 	}
 	// STATE now fills the 4 GiB disk and its filesystem is clean.
 	if out := run(t, "sgdisk", "-v", disk); !strings.Contains(out, "No problems found") {
@@ -262,8 +265,14 @@ func TestRawDiskBootsAndFallsBack(t *testing.T) {
 	if fails < 1 {
 		t.Error("slot A never failed: the test did not break it")
 	}
-	if !strings.Contains(log, rootB.guid) {
-		t.Errorf("the successful boot did not use ROOT-B (%s)", rootB.guid)
+	// The report comes from the system that booted: its root must be ROOT-B's partition.
+	report = regexp.MustCompile(`IMGCTL-TEST-REPORT [^\r\n]*`).FindString(log)
+	t.Log(report)
+	if want := "rootpart=name=ROOT-B,uuid=" + rootB.guid + " "; !strings.Contains(report, want) {
+		t.Errorf("fallback: the root was not mounted from ROOT-B: report lacks %q: %s", want, report)
+	}
+	if i, j := strings.LastIndex(log, "step=mount-root status=fail"), strings.Index(log, "IMGCTL-TEST-REPORT"); i > j {
+		t.Errorf("slot A failed again after the report: the report is not from the fallback boot")
 	}
 }
 
