@@ -6,6 +6,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/imgctl/imgctl/images/store"
 )
 
 // TestBuildOutputIsACopy: writing to the files of build --output must leave the store intact.
@@ -49,4 +51,34 @@ func inode(t *testing.T, path string) uint64 {
 		t.Fatal(err)
 	}
 	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+// TestLostIndex: with index.json gone, store verify and gc fail and name it, gc deletes
+// nothing, and no command recreates an empty index.json over the blobs.
+func TestLostIndex(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(t.Context(), filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.WriteBlob(t.Context(), strings.NewReader("a blob"), -1, ""); err != nil {
+		t.Fatal(err)
+	}
+	index := filepath.Join(dir, "store", "index.json")
+	if err := os.Remove(index); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"store", "verify"}, {"gc", "--dry-run"}, {"gc", "--older-than", "0"}, {"images", "list"}} {
+		_, _, err := run(t, dir, args...)
+		if err == nil || !strings.Contains(err.Error(), index+" is missing but") || !strings.Contains(err.Error(), "holds 1 blobs") {
+			t.Errorf("%v: %v", args, err)
+		}
+		if _, err := os.Stat(index); err == nil {
+			t.Fatalf("%v recreated %s", args, index)
+		}
+	}
+	blobs, _ := filepath.Glob(filepath.Join(dir, "store", "blobs", "sha256", "*"))
+	if len(blobs) != 1 {
+		t.Errorf("blobs left: %v", blobs)
+	}
 }
