@@ -164,15 +164,21 @@ func (v *verifier) ref(desc ocispec.Descriptor, from string) bool {
 // index checks index.json and everything it reaches.
 func (v *verifier) index(ctx context.Context) error {
 	data, err := os.ReadFile(v.s.path(indexFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		v.add("", v.s.path(indexFile), "missing, but %s holds %d blobs: restore it (e.g. from a backup)", v.s.path(blobsDir), len(v.sizes)+len(v.bad))
-		return nil
-	}
-	if err != nil {
+	state := ""
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		state = "missing"
+	case err != nil:
 		return err
+	case len(bytes.TrimSpace(data)) == 0:
+		state = "empty"
 	}
-	if len(bytes.TrimSpace(data)) == 0 {
-		v.add("", v.s.path(indexFile), "empty, but %s holds %d blobs: restore it (e.g. from a backup)", v.s.path(blobsDir), len(v.sizes)+len(v.bad))
+	if state != "" {
+		if n := len(v.sizes) + len(v.bad); n > 0 {
+			v.add("", v.s.path(indexFile), "%s, but %s holds %d blobs: restore it (e.g. from a backup)", state, v.s.path(blobsDir), n)
+		} else {
+			v.add("", v.s.path(indexFile), "%s", state)
+		}
 		return nil
 	}
 	var idx ocispec.Index
