@@ -1,6 +1,8 @@
 package main
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
 	"text/tabwriter"
 
@@ -14,9 +16,12 @@ func (a *app) imagesCmd() *cobra.Command {
 	cmd.AddCommand(&cobra.Command{
 		Use:   "list",
 		Short: "List the images in the store, newest first",
-		Args:  cobra.NoArgs,
+		Long: `List the images in the store, newest first. An image whose manifest or config cannot be read
+is left out and named at the end, and the command then fails: the others are listed, but a
+script must not take the list for the whole store.`,
+		Args: cobra.NoArgs,
 		RunE: a.withStore(func(cmd *cobra.Command, _ []string, st *store.Store) error {
-			imgs, err := st.List(cmd.Context())
+			imgs, bad, err := st.ListAll(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -28,14 +33,14 @@ func (a *app) imagesCmd() *cobra.Command {
 				for _, i := range imgs {
 					rows = append(rows, row{i.Digest().String(), i.Config.Name, i.Config.Version, i.Config.Kubernetes, i.Config.Kernel, i.Config.Created().Format("2006-01-02T15:04:05Z")})
 				}
-				return a.printJSON(rows)
+				return cmp.Or(a.printJSON(rows), unreadable(st, len(imgs), bad))
 			}
 			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "DIGEST\tNAME\tVERSION\tKUBERNETES\tKERNEL\tCREATED")
 			for _, i := range imgs {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", i.Digest().Encoded()[:12], i.Config.Name, i.Config.Version, i.Config.Kubernetes, i.Config.Kernel, i.Config.Created().Format("2006-01-02 15:04"))
 			}
-			return tw.Flush()
+			return cmp.Or(tw.Flush(), unreadable(st, len(imgs), bad))
 		}),
 	})
 	cmd.AddCommand(&cobra.Command{
@@ -68,4 +73,17 @@ func (a *app) imagesCmd() *cobra.Command {
 		}),
 	})
 	return cmd
+}
+
+// unreadable names the images of st that cannot be read, once the n others were listed; nil if
+// there are none.
+func unreadable(st *store.Store, n int, bad []store.UnreadableImage) error {
+	if len(bad) == 0 {
+		return nil
+	}
+	errs := make([]error, len(bad))
+	for i, b := range bad {
+		errs[i] = b
+	}
+	return fmt.Errorf("store %s: %d unreadable image(s), not listed (the %d others are):\n%w", st.Dir(), len(bad), n, errors.Join(errs...))
 }

@@ -43,7 +43,8 @@ func List(ctx context.Context, b Backend, st *store.Store) ([]ChannelState, erro
 	}
 	var imgs map[digest.Digest]store.Image
 	if st != nil {
-		list, err := st.List(ctx)
+		// An image that cannot be read just has no InStore: the channels are listed anyway.
+		list, _, err := st.ListAll(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("listing channels: %w", err)
 		}

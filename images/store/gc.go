@@ -84,7 +84,9 @@ type GCReport struct {
 // Everything happens under the index lock: the decision, the atomic rewrite of index.json, then
 // the removal of blobs. PutImage checks under the same lock that its blobs exist, so no image
 // is ever indexed without a blob GC removed. If a manifest GC must read is corrupt, GC deletes
-// nothing and says which; a missing one is logged and cannot keep what it named.
+// nothing and says which; a missing one is logged and cannot keep what it named. Nor does it
+// delete anything when index.json is missing or unreadable, or lists nothing while blobs/
+// holds manifests older than the index (the index was lost or replaced: see Verify).
 //
 // With o.DryRun nothing changes and the report says what GC would delete. An error leaves the
 // store unchanged, unless it comes from removing blobs: index.json has been rewritten then, and
@@ -133,7 +135,7 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 
 	idx, err := s.readIndex()
 	if err != nil {
-		return GCReport{}, fmt.Errorf("garbage collection: %w", err)
+		return GCReport{}, fmt.Errorf("garbage collection: %w; nothing was deleted", s.lostIndex(err))
 	}
 	entries, err := g.classify(ctx, idx)
 	if err != nil {
@@ -167,6 +169,18 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 	garbage, err := g.scan(ctx, young, &rep)
 	if err != nil {
 		return GCReport{}, fmt.Errorf("garbage collection: %w", err)
+	}
+	if len(idx.Manifests) == 0 && len(garbage) > 0 {
+		// An empty index while blobs hold old manifests: the index was lost, not emptied by GC.
+		ds := make([]digest.Digest, len(garbage))
+		sizes := make(map[digest.Digest]int64, len(garbage))
+		for i, b := range garbage {
+			ds[i], sizes[b.d] = b.d, b.size
+		}
+		if ms := s.lostManifests(ds, sizes); len(ms) > 0 {
+			return GCReport{}, fmt.Errorf("garbage collection: %s %s; nothing was deleted (run `imgctl store verify`)",
+				s.path(indexFile), lostImages(s, ms))
+		}
 	}
 
 	for _, img := range rep.DeletedImages {
@@ -327,13 +341,13 @@ func (g *collector) doc(ctx context.Context, desc ocispec.Descriptor) (*gcDoc, e
 		g.docs[desc.Digest] = nil
 		return nil, nil
 	case err != nil && (strict || ctx.Err() != nil):
-		return nil, fmt.Errorf("manifest %s (%s): %w (nothing was deleted; see imgctl verify)", desc.Digest, desc.MediaType, err)
+		return nil, fmt.Errorf("manifest %s (%s): %w (nothing was deleted; run `imgctl store verify`)", desc.Digest, desc.MediaType, err)
 	case err != nil:
 		g.s.log.Debug("garbage collection: unreadable blob of unknown type named as a manifest", "digest", desc.Digest, "mediaType", desc.MediaType, "err", err)
 	default:
 		// For an unknown media type, whatever decodes is kept: keeping more is safe.
 		if err := json.Unmarshal(data, doc); err != nil && strict {
-			return nil, fmt.Errorf("manifest %s (%s): %w (nothing was deleted; see imgctl verify)", desc.Digest, desc.MediaType, err)
+			return nil, fmt.Errorf("manifest %s (%s): %w (nothing was deleted; run `imgctl store verify`)", desc.Digest, desc.MediaType, err)
 		}
 	}
 	g.docs[desc.Digest] = doc

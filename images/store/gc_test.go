@@ -494,14 +494,17 @@ func TestGC(t *testing.T) {
 		}},
 		{"a root missing from the index keeps its blobs", func(t *testing.T, s *Store) (GCOptions, want) {
 			v1 := gcImage(t, s, "v1", 100, "rootfs v1")
+			v2 := gcImage(t, s, "v2", 200, "rootfs v2")
 			if err := s.updateIndex(t.Context(), func(idx *ocispec.Index) (bool, error) {
-				idx.Manifests = nil
+				// Not emptied: an empty index with old manifests in blobs/ is a lost index.
+				idx.Manifests = slices.DeleteFunc(idx.Manifests, func(d ocispec.Descriptor) bool { return d.Digest == v1.Digest() })
 				return true, nil
 			}); err != nil {
 				t.Fatal(err)
 			}
 			age(t, s, old)
-			return GCOptions{Roots: []digest.Digest{v1.Digest(), digest.FromString("not in the store")}}, want{stay: blobsOf(v1)}
+			return GCOptions{Roots: []digest.Digest{v1.Digest(), v2.Digest(), digest.FromString("not in the store")}},
+				want{stay: append(blobsOf(v1), blobsOf(v2)...), kept: []string{"v2"}}
 		}},
 		{"ingest and stray files are left alone", func(t *testing.T, s *Store) (GCOptions, want) {
 			stray := s.path(blobsDir, "sha256", "0123abc.tmp")

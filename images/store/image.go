@@ -2,9 +2,9 @@ package store
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -105,19 +105,60 @@ func descEqual(a, b ocispec.Descriptor) bool {
 		len(a.URLs) == 0 && len(b.URLs) == 0 && len(a.Data) == 0 && len(b.Data) == 0
 }
 
+// UnreadableImage is an image manifest in index.json whose manifest or config blob is missing,
+// corrupt or does not decode. Err wraps ErrNotFound or ErrDigestMismatch when that is why.
+type UnreadableImage struct {
+	Descriptor ocispec.Descriptor // its entry in index.json
+	Err        error
+}
+
+// Version is the version index.json records for the image ("" if none).
+func (u UnreadableImage) Version() string {
+	return u.Descriptor.Annotations[manifest.AnnotationRefName]
+}
+
+func (u UnreadableImage) Error() string {
+	v := ""
+	if u.Version() != "" {
+		v = " (" + u.Version() + ")"
+	}
+	return fmt.Sprintf("image %s%s cannot be read: %v (run `imgctl store verify`)", u.Descriptor.Digest, v, u.Err)
+}
+
+func (u UnreadableImage) Unwrap() error { return u.Err }
+
 // List returns the imgctl images in index.json, newest first (by SourceDateEpoch), then by
 // version and digest. Entries that are not imgctl images (another tool may share the layout)
-// are skipped; an imgctl entry whose manifest or config is missing or corrupt is an error.
+// are skipped; an image whose manifest or config is missing or corrupt is an error naming it.
+// ListAll lists the others despite it.
 func (s *Store) List(ctx context.Context) ([]Image, error) {
-	idx, err := s.readIndex()
+	imgs, bad, err := s.ListAll(ctx)
 	if err != nil {
 		return nil, err
 	}
+	if len(bad) > 0 {
+		errs := make([]error, len(bad))
+		for i, b := range bad {
+			errs[i] = b
+		}
+		return nil, fmt.Errorf("listing images: %w", errors.Join(errs...))
+	}
+	return imgs, nil
+}
+
+// ListAll is List that does not stop at images it cannot read: it returns them apart, in
+// index order, so that one corrupt blob hides no other image. The error is for index.json.
+func (s *Store) ListAll(ctx context.Context) ([]Image, []UnreadableImage, error) {
+	idx, err := s.readIndex()
+	if err != nil {
+		return nil, nil, err
+	}
 	seen := make(map[digest.Digest]bool, len(idx.Manifests))
 	var out []Image
+	var bad []UnreadableImage
 	for _, desc := range idx.Manifests {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if seen[desc.Digest] {
 			continue
@@ -129,20 +170,18 @@ func (s *Store) List(ctx context.Context) ([]Image, error) {
 		}
 		img, ok, err := s.loadImage(ctx, desc)
 		if err != nil {
-			return nil, fmt.Errorf("listing images: %w", err)
+			if ctx.Err() != nil {
+				return nil, nil, ctx.Err()
+			}
+			bad = append(bad, UnreadableImage{Descriptor: desc, Err: err})
+			continue
 		}
 		if ok {
 			out = append(out, img)
 		}
 	}
-	slices.SortFunc(out, func(a, b Image) int {
-		return cmp.Or(
-			cmp.Compare(b.Config.SourceDateEpoch, a.Config.SourceDateEpoch),
-			cmp.Compare(a.Config.Version, b.Config.Version),
-			cmp.Compare(a.Descriptor.Digest, b.Descriptor.Digest),
-		)
-	})
-	return out, nil
+	slices.SortFunc(out, compareImages)
+	return out, bad, nil
 }
 
 // loadImage reads and checks the manifest and config of an index entry; ok is false for a
@@ -166,64 +205,100 @@ func (s *Store) loadImage(ctx context.Context, desc ocispec.Descriptor) (img Ima
 	}
 	cdata, err := s.readBlob(ctx, m.Config.Digest, m.Config.Size, maxMetaBlob)
 	if err != nil {
-		return Image{}, false, fmt.Errorf("image %s: config: %w", desc.Digest, err)
+		return Image{}, false, fmt.Errorf("config: %w", err)
 	}
 	cfg, err := manifest.DecodeConfig(cdata)
 	if err != nil {
-		return Image{}, false, fmt.Errorf("image %s: config %s: %w", desc.Digest, m.Config.Digest, err)
+		return Image{}, false, fmt.Errorf("config %s: %w", m.Config.Digest, err)
 	}
 	return Image{Descriptor: desc, Manifest: m, Config: cfg}, true, nil
 }
 
 // Resolve finds one image by reference: a full digest ("sha256:<hex>"), a unique prefix of its
 // hex digest of at least 4 digits (with or without "sha256:"), or a version. It returns an
-// error wrapping ErrNotFound, or ErrAmbiguous naming the candidates.
+// error wrapping ErrNotFound, or ErrAmbiguous naming the candidates. An image that cannot be
+// read does not stop the others from resolving: by full digest, only that image is read; by
+// prefix or version, an unreadable image is a candidate when its digest or the version
+// index.json records for it matches, and resolving to it is an UnreadableImage error.
 func (s *Store) Resolve(ctx context.Context, ref string) (Image, error) {
-	imgs, err := s.List(ctx)
+	if d, err := digest.Parse(ref); err == nil {
+		return s.resolveDigest(ctx, d)
+	}
+	imgs, bad, err := s.ListAll(ctx)
 	if err != nil {
 		return Image{}, fmt.Errorf("resolving %q: %w", ref, err)
 	}
-	if d, err := digest.Parse(ref); err == nil {
-		for _, img := range imgs {
-			if img.Descriptor.Digest == d {
-				return img, nil
-			}
-		}
-		return Image{}, fmt.Errorf("image %s: %w", d, ErrNotFound)
-	}
 
+	hexRef, hadAlg := strings.CutPrefix(ref, string(digest.SHA256)+":")
+	isHex := hexRef != "" && strings.Trim(hexRef, "0123456789abcdef") == ""
+	isPrefix := func(d digest.Digest) bool {
+		return isHex && len(hexRef) >= minPrefix && strings.HasPrefix(d.Encoded(), hexRef)
+	}
 	var matches []Image
 	for _, img := range imgs {
-		if img.Config.Version == ref || img.Descriptor.Annotations[manifest.AnnotationRefName] == ref {
+		if img.Config.Version == ref || img.Descriptor.Annotations[manifest.AnnotationRefName] == ref || isPrefix(img.Digest()) {
 			matches = append(matches, img)
 		}
 	}
-	hexRef, hadAlg := strings.CutPrefix(ref, string(digest.SHA256)+":")
-	isHex := hexRef != "" && strings.Trim(hexRef, "0123456789abcdef") == ""
-	if isHex && len(hexRef) >= minPrefix {
-		for _, img := range imgs {
-			if strings.HasPrefix(img.Descriptor.Digest.Encoded(), hexRef) && !slices.ContainsFunc(matches, func(m Image) bool {
-				return m.Descriptor.Digest == img.Descriptor.Digest
-			}) {
-				matches = append(matches, img)
-			}
+	var badMatches []UnreadableImage
+	for _, b := range bad {
+		if b.Version() == ref || isPrefix(b.Descriptor.Digest) {
+			badMatches = append(badMatches, b)
+		} else {
+			s.log.Warn("skipping an image that cannot be read", "digest", b.Descriptor.Digest, "version", b.Version(), "err", b.Err)
 		}
 	}
-	switch len(matches) {
-	case 1:
+	switch {
+	case len(matches) == 1 && len(badMatches) == 0:
 		return matches[0], nil
-	case 0:
+	case len(matches) == 0 && len(badMatches) == 1:
+		return Image{}, badMatches[0]
+	case len(matches) == 0 && len(badMatches) == 0:
+		var unread string
+		if n := len(bad); n == 1 {
+			unread = "; 1 image in the store cannot be read (run `imgctl store verify`)"
+		} else if n > 1 {
+			unread = fmt.Sprintf("; %d images in the store cannot be read (run `imgctl store verify`)", n)
+		}
 		if isHex && len(hexRef) < minPrefix {
-			return Image{}, fmt.Errorf("image %q: %w (a digest prefix needs at least %d hex digits)", ref, ErrNotFound, minPrefix)
+			return Image{}, fmt.Errorf("image %q: %w (a digest prefix needs at least %d hex digits)%s", ref, ErrNotFound, minPrefix, unread)
 		}
 		if hadAlg && !isHex {
-			return Image{}, fmt.Errorf("image %q: %w (not a sha256 digest or prefix)", ref, ErrNotFound)
+			return Image{}, fmt.Errorf("image %q: %w (not a sha256 digest or prefix)%s", ref, ErrNotFound, unread)
 		}
-		return Image{}, fmt.Errorf("image %q: %w", ref, ErrNotFound)
+		return Image{}, fmt.Errorf("image %q: %w%s", ref, ErrNotFound, unread)
 	}
-	names := make([]string, len(matches))
-	for i, m := range matches {
-		names[i] = fmt.Sprintf("%s (%s %s)", m.Descriptor.Digest, m.Config.Name, m.Config.Version)
+	names := make([]string, 0, len(matches)+len(badMatches))
+	for _, m := range matches {
+		names = append(names, fmt.Sprintf("%s (%s %s)", m.Descriptor.Digest, m.Config.Name, m.Config.Version))
+	}
+	for _, b := range badMatches {
+		names = append(names, fmt.Sprintf("%s (unreadable: run `imgctl store verify`)", b.Descriptor.Digest))
 	}
 	return Image{}, fmt.Errorf("image %q: %w: matches %s", ref, ErrAmbiguous, strings.Join(names, ", "))
+}
+
+// resolveDigest finds the image whose manifest is d, reading no other.
+func (s *Store) resolveDigest(ctx context.Context, d digest.Digest) (Image, error) {
+	idx, err := s.readIndex()
+	if err != nil {
+		return Image{}, fmt.Errorf("resolving %s: %w", d, err)
+	}
+	for _, desc := range idx.Manifests {
+		if desc.Digest != d || desc.MediaType != ocispec.MediaTypeImageManifest {
+			continue
+		}
+		img, ok, err := s.loadImage(ctx, desc)
+		if err != nil {
+			if ctx.Err() != nil {
+				return Image{}, ctx.Err()
+			}
+			return Image{}, UnreadableImage{Descriptor: desc, Err: err}
+		}
+		if ok {
+			return img, nil
+		}
+		break // another tool's image
+	}
+	return Image{}, fmt.Errorf("image %s: %w", d, ErrNotFound)
 }

@@ -135,9 +135,9 @@ func (s *Store) checkLayout() (complete bool, err error) {
 			s.path(layoutFile), l.Version, ocispec.ImageLayoutVersion)
 	}
 	if _, err := s.readIndex(); errors.Is(err, fs.ErrNotExist) {
-		return false, nil
+		return false, nil // create makes it, unless blobs are there
 	} else if err != nil {
-		return false, fmt.Errorf("opening store: %w", err)
+		return false, fmt.Errorf("opening store: %w", s.lostIndex(err))
 	}
 	for _, d := range []string{s.path(blobsDir, "sha256"), s.path(ingestDir)} {
 		if _, err := os.Stat(d); err != nil {
@@ -161,6 +161,13 @@ func (s *Store) create(ctx context.Context) error {
 	}
 	defer unlock()
 	if _, err := os.Stat(s.path(indexFile)); errors.Is(err, fs.ErrNotExist) {
+		// A new store has no blobs. Blobs without an index mean the index was lost: an empty
+		// one would orphan every image, and gc would delete them all.
+		if n, err := s.countBlobs(); err != nil {
+			return fmt.Errorf("opening store: %w", err)
+		} else if n > 0 {
+			return fmt.Errorf("opening store: %w", s.lostIndex(fmt.Errorf("reading index: %w", fs.ErrNotExist)))
+		}
 		idx := ocispec.Index{
 			Versioned: specs.Versioned{SchemaVersion: 2},
 			MediaType: ocispec.MediaTypeImageIndex,
@@ -226,6 +233,9 @@ func (s *Store) readIndex() (ocispec.Index, error) {
 	if err != nil {
 		return ocispec.Index{}, fmt.Errorf("reading index: %w", err)
 	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return ocispec.Index{}, fmt.Errorf("reading index: %s is %w", s.path(indexFile), errIndexEmpty)
+	}
 	var idx ocispec.Index
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&idx); err != nil {
@@ -235,6 +245,53 @@ func (s *Store) readIndex() (ocispec.Index, error) {
 		return ocispec.Index{}, fmt.Errorf("reading index: %s: schemaVersion %d, want 2", s.path(indexFile), idx.SchemaVersion)
 	}
 	return idx, nil
+}
+
+// errIndexEmpty: index.json has no content at all.
+var errIndexEmpty = errors.New("empty")
+
+// countBlobs returns the number of entries in the blobs/ algorithm directories.
+func (s *Store) countBlobs() (int, error) {
+	algs, err := os.ReadDir(s.path(blobsDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("counting blobs: %w", err)
+	}
+	n := 0
+	for _, a := range algs {
+		if !a.IsDir() {
+			continue
+		}
+		es, err := os.ReadDir(s.path(blobsDir, a.Name()))
+		if err != nil {
+			return 0, fmt.Errorf("counting blobs: %w", err)
+		}
+		n += len(es)
+	}
+	return n, nil
+}
+
+// lostIndex explains err, readIndex's failure, for a store that may hold blobs: with no index
+// to say which blobs are images, nothing may go on as if the store were empty.
+func (s *Store) lostIndex(err error) error {
+	n, cerr := s.countBlobs()
+	if cerr != nil || n == 0 {
+		return err
+	}
+	var state string
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		state = "is missing"
+	case errors.Is(err, errIndexEmpty):
+		state = "is empty"
+	default:
+		state = fmt.Sprintf("is unreadable (%v)", err)
+	}
+	return fmt.Errorf("%s %s but %s holds %d blobs: refusing to go on, since an empty index would orphan them all "+
+		"(and gc would delete them); restore index.json (e.g. from a backup), or move %s aside to start an empty store",
+		s.path(indexFile), state, s.path(blobsDir), n, s.dir)
 }
 
 func (s *Store) writeIndex(idx ocispec.Index) error {

@@ -1,14 +1,18 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/imgctl/imgctl/images/manifest"
@@ -36,7 +40,9 @@ func (p Problem) String() string {
 }
 
 // Verify re-hashes every blob and checks that index.json, the manifests and the configs it
-// reaches only reference blobs that exist with the right size. It also removes temporary files
+// reaches only reference blobs that exist with the right size. An index.json that is missing or
+// empty, or that lists nothing while blobs/ holds image manifests older than it, is a problem:
+// the index was lost, and without it GC would delete every image. It also removes temporary files
 // older than an hour. Problems are returned, not errors: the error is for I/O failures that
 // stopped the check.
 func (s *Store) Verify(ctx context.Context) ([]Problem, error) {
@@ -158,20 +164,96 @@ func (v *verifier) ref(desc ocispec.Descriptor, from string) bool {
 // index checks index.json and everything it reaches.
 func (v *verifier) index(ctx context.Context) error {
 	data, err := os.ReadFile(v.s.path(indexFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		v.add("", v.s.path(indexFile), "missing")
-		return nil
-	}
-	if err != nil {
+	state := ""
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		state = "missing"
+	case err != nil:
 		return err
+	case len(bytes.TrimSpace(data)) == 0:
+		state = "empty"
+	}
+	if state != "" {
+		if n := len(v.sizes) + len(v.bad); n > 0 {
+			v.add("", v.s.path(indexFile), "%s, but %s holds %d blobs: restore it (e.g. from a backup)", state, v.s.path(blobsDir), n)
+		} else {
+			v.add("", v.s.path(indexFile), "%s", state)
+		}
+		return nil
 	}
 	var idx ocispec.Index
 	if err := json.Unmarshal(data, &idx); err != nil {
 		v.add("", v.s.path(indexFile), "not valid JSON: %v", err)
 		return nil
 	}
+	if len(idx.Manifests) == 0 {
+		ds := slices.Sorted(maps.Keys(v.sizes))
+		if ms := v.s.lostManifests(ds, v.sizes); len(ms) > 0 {
+			v.add("", v.s.path(indexFile), "%s", lostImages(v.s, ms))
+		}
+		return nil
+	}
 	seen := map[digest.Digest]bool{}
 	return v.manifests(ctx, idx.Manifests, "index.json", seen)
+}
+
+// lostManifests returns those of blobs ds (sizes: their sizes) that are image manifests or
+// indexes, judged by content (small JSON of a manifest media type, or naming a config or
+// manifests by digest), and were already older than GC's grace when index.json, which lists
+// nothing, was last written: GC, when it empties the index, removes such manifests with the
+// images it drops, so they are there because the index that named them was lost or replaced.
+// (GC spares young manifests; those are younger than the index it wrote, less the grace.)
+func (s *Store) lostManifests(ds []digest.Digest, sizes map[digest.Digest]int64) []digest.Digest {
+	ifi, err := os.Stat(s.path(indexFile))
+	if err != nil {
+		return nil
+	}
+	before := ifi.ModTime().Add(-gcGrace)
+	var out []digest.Digest
+	for _, d := range ds {
+		if sizes[d] > maxMetaBlob {
+			continue
+		}
+		p, err := s.blobPath(d)
+		if err != nil {
+			continue
+		}
+		if fi, err := os.Stat(p); err != nil || !fi.ModTime().Before(before) {
+			continue
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		var probe struct {
+			MediaType string               `json:"mediaType"`
+			Config    *ocispec.Descriptor  `json:"config"`
+			Manifests []ocispec.Descriptor `json:"manifests"`
+		}
+		if json.Unmarshal(data, &probe) != nil {
+			continue
+		}
+		if gcManifestTypes[probe.MediaType] || (probe.Config != nil && probe.Config.Digest.Validate() == nil) ||
+			(len(probe.Manifests) > 0 && probe.Manifests[0].Digest.Validate() == nil) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// lostImages says that index.json lists nothing though blobs holds manifests ms: the index was
+// lost or replaced (an empty index is what Open used to make when index.json was missing).
+// It names at most three.
+func lostImages(s *Store, ms []digest.Digest) string {
+	names := make([]string, 0, 3)
+	for _, d := range ms[:min(3, len(ms))] {
+		names = append(names, d.String())
+	}
+	if len(ms) > 3 {
+		names = append(names, "…")
+	}
+	return fmt.Sprintf("lists no images, but %s holds %d image manifests (%s): index.json was lost or replaced; restore it (e.g. from a backup)",
+		s.path(blobsDir), len(ms), strings.Join(names, ", "))
 }
 
 func (v *verifier) manifests(ctx context.Context, descs []ocispec.Descriptor, from string, seen map[digest.Digest]bool) error {

@@ -5,6 +5,7 @@ package storetest
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -85,4 +86,26 @@ func PutImage(tb testing.TB, s *store.Store, cfg manifest.Config, files []File) 
 func PutVersion(tb testing.TB, s *store.Store, version string, epoch int64) store.Image {
 	tb.Helper()
 	return PutImage(tb, s, Config(version, epoch), DefaultFiles(version))
+}
+
+// Corrupt overwrites blob d in place with content that does not hash to d (as a bad disk or a
+// write through a hard link would), or removes it if content is nil.
+func Corrupt(tb testing.TB, s *store.Store, d digest.Digest, content []byte) {
+	tb.Helper()
+	p, err := s.BlobPath(d)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if content == nil {
+		if err := os.Remove(p); err != nil {
+			tb.Fatal(err)
+		}
+		return
+	}
+	if err := os.Chmod(p, 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(p, content, 0o644); err != nil {
+		tb.Fatal(err)
+	}
 }
