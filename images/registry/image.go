@@ -18,8 +18,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// maxManifest bounds the manifests and configs read whole (the store's own bound).
-const maxManifest = 4 << 20
+// maxManifest bounds the manifests and configs read whole (see MaxManifest).
+const maxManifest = MaxManifest
 
 // Push uploads img from st to repo (REGISTRY/REPOSITORY) and tags it Tag(version). Every blob
 // the manifest references (config and artifacts) is streamed from the store, verified as it is
