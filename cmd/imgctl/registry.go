@@ -63,7 +63,11 @@ func (a *app) pullCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "pull REGISTRY/REPO:TAG|REGISTRY/REPO@sha256:…",
 		Short: "Copy an imgctl image from an OCI registry into the store, verifying every blob",
-		Args:  cobra.ExactArgs(1),
+		Long: `A tag must name the image it serves: the image's version (as push tags it, '+' as '_') or a
+channel of the repository whose history points to the image. Any other tag (moved to another
+image, or made by another tool) is refused before any download; pull by digest, or pass
+--allow-tag-mismatch to store what the tag serves. Manifests over 4 MiB are refused.`,
+		Args: cobra.ExactArgs(1),
 		RunE: a.withStore(func(cmd *cobra.Command, args []string, st *store.Store) error {
 			o.Logger = a.logger()
 			img, err := registry.Pull(cmd.Context(), st, args[0], o)
@@ -79,5 +83,6 @@ func (a *app) pullCmd() *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&o.Insecure, "insecure", false, "allow plain HTTP to a non-loopback registry")
 	cmd.Flags().IntVar(&o.Jobs, "jobs", 4, "parallel blob downloads")
+	cmd.Flags().BoolVar(&o.AllowTagMismatch, "allow-tag-mismatch", false, "store the image a tag serves even if the tag is neither its version nor a channel pointing to it")
 	return cmd
 }

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/imgctl/imgctl/images/channel"
 	"github.com/imgctl/imgctl/images/store/storetest"
 )
 
@@ -69,5 +72,70 @@ func TestPullManifestCap(t *testing.T) {
 				t.Errorf("Pull allocated %d MiB refusing the manifest, want a few times MaxManifest at most", got>>20)
 			}
 		})
+	}
+}
+
+// TestPullTagMismatch: pulling REPO:TAG stores the image only if the tag names it: its
+// version's tag, or a channel whose history points to it. A version tag moved to another
+// image fails before any artifact is downloaded, unless AllowTagMismatch.
+func TestPullTagMismatch(t *testing.T) {
+	cr := newChannelRepo(t) // 1.0.0, 1.1.0, 1.2.0
+	// Tag 1.0.0 (and latest) now serve image 1.1.0, as if moved by hand or by another tool.
+	desc, err := remote.Get(mustRef(t, cr.repo+"@"+cr.b.Digest().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tag := range []string{"1.0.0", "latest"} {
+		if err := remote.Tag(mustRef(t, cr.repo+":"+tag).(name.Tag), desc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nightly := move(channel.History{SchemaVersion: 1, Channel: "nightly"}, channel.ActionPromote, cr.b, "ci")
+	if err := PushChannel(t.Context(), cr.repo, nightly, testOptions(t)); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tag := range []string{"1.0.0", "latest"} {
+		dst := storetest.Open(t)
+		cr.reg.take()
+		_, err := Pull(t.Context(), dst, cr.repo+":"+tag, testOptions(t))
+		t.Logf("pull %s: %v", tag, err)
+		if !errors.Is(err, ErrTagMismatch) {
+			t.Fatalf("Pull(%s) serving 1.1.0: err = %v, want ErrTagMismatch", tag, err)
+		}
+		for _, want := range []string{"tag " + tag + " serves version 1.1.0", cr.b.Digest().String(), "--allow-tag-mismatch"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error does not say %q: %v", want, err)
+			}
+		}
+		if imgs, err := dst.List(t.Context()); err != nil || len(imgs) != 0 {
+			t.Errorf("refused pull stored %d images (%v)", len(imgs), err)
+		}
+		if n := count(cr.reg.take(), "GET /v2/imgctl/node/blobs/"); n > 1 { // the config only
+			t.Errorf("refused pull downloaded %d blobs", n)
+		}
+
+		o := testOptions(t)
+		o.AllowTagMismatch = true
+		img, err := Pull(t.Context(), dst, cr.repo+":"+tag, o)
+		if err != nil || img.Digest() != cr.b.Digest() {
+			t.Errorf("Pull(%s) with AllowTagMismatch = %v, %v; want 1.1.0", tag, img.Digest(), err)
+		}
+	}
+	for _, tag := range []string{"1.1.0", "nightly", "1.2.0"} {
+		if _, err := Pull(t.Context(), storetest.Open(t), cr.repo+":"+tag, testOptions(t)); err != nil {
+			t.Errorf("Pull(%s): %v", tag, err)
+		}
+	}
+	// A channel tag whose history says another head is refused too.
+	cdesc, err := remote.Get(mustRef(t, cr.repo+"@"+cr.c.Digest().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Tag(mustRef(t, cr.repo+":nightly").(name.Tag), cdesc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Pull(t.Context(), storetest.Open(t), cr.repo+":nightly", testOptions(t)); !errors.Is(err, ErrTagMismatch) || !strings.Contains(err.Error(), "history says its head is "+cr.b.Digest().String()) {
+		t.Errorf("Pull(nightly) serving an image its history does not name: %v", err)
 	}
 }

@@ -35,6 +35,9 @@ var ErrNotImgctl = errors.New("not an imgctl image")
 // ErrPlainHTTP: a request would have gone over plain HTTP to a registry not marked insecure.
 var ErrPlainHTTP = errors.New("plain HTTP to a registry that is not insecure")
 
+// ErrTagMismatch: a pulled tag is neither the image's version nor a channel pointing to it.
+var ErrTagMismatch = errors.New("tag does not name the image's version")
+
 // ErrTooLarge: a manifest (or referrers index) the registry sent is larger than MaxManifest.
 var ErrTooLarge = errors.New("manifest too large")
 
@@ -60,6 +63,10 @@ type Options struct {
 	// Keychain finds credentials; nil means authn.DefaultKeychain (the docker config file,
 	// $DOCKER_CONFIG, and the credential helpers it names).
 	Keychain authn.Keychain
+	// AllowTagMismatch lets Pull store the image a tag serves when the tag is neither the
+	// image's version nor a channel of the repository pointing to it (see Pull); it then logs
+	// a warning instead of failing with ErrTagMismatch.
+	AllowTagMismatch bool
 }
 
 func (o Options) logger() *slog.Logger {
