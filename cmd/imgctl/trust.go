@@ -148,15 +148,29 @@ func (a *app) applyTrust(ctx context.Context, m *channel.Mover, st *store.Store,
 		return nil
 	}
 	a.logger().Info("applying the registry's trust policy", "repo", r.repo, "policy", d, "keys", len(p.Keys))
+	images := &registry.Images{Repo: r.repo, Options: registry.Options{Insecure: r.insecure, Logger: a.logger()}}
 	m.Verify = func(ctx context.Context, img store.Image) error {
-		// Signatures are kept in the store that made them (push does not upload them).
-		if _, err := st.Resolve(ctx, img.Digest().String()); errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("image %s: the trust policy of %s (%s) requires a signature, and signatures are read from the local store %s, which does not hold this image: run this where the image was signed: %w",
-				img.Digest(), r.repo, d, st.Dir(), err)
-		} else if err != nil {
+		// The signatures in the registry (push uploads them), and those in the local store if
+		// it holds the image (signed here, not pushed yet). The image's manifest digest was
+		// checked when the registry's Images resolved it.
+		sigs, err := images.Signatures(ctx, img)
+		if err != nil {
 			return err
 		}
-		return p.Verify(ctx, st, img)
+		switch local, err := st.Resolve(ctx, img.Digest().String()); {
+		case err == nil:
+			ls, err := sign.Signatures(ctx, st, local)
+			if err != nil {
+				return err
+			}
+			sigs = append(sigs, ls...)
+		case !errors.Is(err, store.ErrNotFound):
+			return err
+		}
+		if err := p.VerifySignatures(img.Digest(), sigs); err != nil {
+			return fmt.Errorf("trust policy of %s (%s:%s@%s): %w", r.repo, r.repo, registry.TrustTag, d, err)
+		}
+		return nil
 	}
 	return nil
 }

@@ -159,7 +159,7 @@ func TestTrustRegistry(t *testing.T) {
 
 	// The fresh runner store can no longer promote an unsigned image there.
 	_, errOut, err := run(t, runner, "promote", img[1], "--to", "nightly", "--registry", repo)
-	if err == nil || !strings.Contains(err.Error(), "trust policy of "+repo) || strings.Contains(errOut, noPolicy) {
+	if err == nil || !strings.Contains(err.Error(), "trust policy of "+repo) || !strings.Contains(err.Error(), "unsigned") || strings.Contains(errOut, noPolicy) {
 		t.Fatalf("unsigned promote --registry from a fresh store: %v\n%s", err, errOut)
 	}
 	t.Logf("refused: %v", err)

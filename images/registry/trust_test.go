@@ -10,8 +10,11 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/imgctl/imgctl/images/sign"
+	"github.com/imgctl/imgctl/images/store"
+	"github.com/imgctl/imgctl/images/store/storetest"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -94,5 +97,85 @@ func TestTrustPolicyInRegistry(t *testing.T) {
 	}
 	if now, err := remote.Head(tag); err != nil || now.Digest.String() != cr.a.Digest().String() {
 		t.Errorf("tag %s moved: %v, %v", TrustTag, now, err)
+	}
+}
+
+// pushSignatures copies the signature referrers st holds for img to repo, byte for byte, as
+// OCI 1.1 referrers (what push does with signatures).
+func pushSignatures(t *testing.T, st *store.Store, img store.Image, repo string) {
+	t.Helper()
+	refs, err := st.Referrers(t.Context(), img.Digest(), sign.ArtifactType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := name.NewRepository(repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range refs {
+		raw, err := readStoreBlob(t.Context(), st, ref.Descriptor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range append([]ocispec.Descriptor{ref.Manifest.Config}, ref.Manifest.Layers...) {
+			data, err := readStoreBlob(t.Context(), st, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := remote.WriteLayer(r, static.NewLayer(data, types.MediaType(d.MediaType))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := remote.Put(r.Digest(ref.Descriptor.Digest.String()), rawManifest{raw: raw, mediaType: types.OCIManifestSchema1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRegistrySignatures: the signatures of an image pushed to a repository are read from its
+// referrers and checked against a policy without any local store.
+func TestRegistrySignatures(t *testing.T) {
+	reg := newRegistry(t)
+	repo := reg.host + "/imgctl/node"
+	st := storetest.Open(t)
+	img := storetest.PutVersion(t, st, "1.0.0", 10)
+	other := storetest.PutVersion(t, st, "1.1.0", 11)
+	for _, i := range []store.Image{img, other} {
+		if _, err := Push(t.Context(), st, i, repo, testOptions(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	images := &Images{Repo: repo, Options: testOptions(t)}
+	priv1 := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{1}, ed25519.SeedSize))
+	trusted := &sign.Policy{Keys: []ed25519.PublicKey{trustKey(1)}}
+	untrusted := &sign.Policy{Keys: []ed25519.PublicKey{trustKey(2)}}
+
+	sigs, err := images.Signatures(t.Context(), img)
+	if err != nil || len(sigs) != 0 {
+		t.Fatalf("signatures of an unsigned image = %v, %v", sigs, err)
+	}
+	if err := trusted.VerifySignatures(img.Digest(), sigs); !errors.Is(err, sign.ErrUnsigned) {
+		t.Errorf("VerifySignatures(unsigned) = %v", err)
+	}
+
+	if _, err := sign.Sign(t.Context(), st, img, priv1, sign.SignOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pushSignatures(t, st, img, repo)
+	if sigs, err = images.Signatures(t.Context(), img); err != nil || len(sigs) != 1 || sigs[0].Err != nil {
+		t.Fatalf("signatures = %+v, %v", sigs, err)
+	}
+	if err := trusted.VerifySignatures(img.Digest(), sigs); err != nil {
+		t.Errorf("VerifySignatures by the trusted key: %v", err)
+	}
+	if err := untrusted.VerifySignatures(img.Digest(), sigs); !errors.Is(err, sign.ErrUntrusted) {
+		t.Errorf("VerifySignatures by another key: %v", err)
+	}
+	// The signature of one image does not count for another.
+	if sigs, err := images.Signatures(t.Context(), other); err != nil || len(sigs) != 0 {
+		t.Errorf("signatures of the other image = %v, %v", sigs, err)
+	}
+	if err := trusted.VerifySignatures(other.Digest(), sigs); !errors.Is(err, sign.ErrBadSignature) {
+		t.Errorf("VerifySignatures of img's signature for another image: %v", err)
 	}
 }
