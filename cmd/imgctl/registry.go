@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -28,6 +29,18 @@ for loopback registries or with --insecure.`,
 			img, err := l.Mover(st).Resolve(cmd.Context(), args[0])
 			if err != nil {
 				return err
+			}
+			if len(channels) > 0 {
+				// Publishing a channel moves it in the registry: the registry's policy applies.
+				verify, err := a.trustHook(cmd.Context(), st, l, registryFlags{repo: args[1], insecure: o.Insecure}, "publishing channels that point to")
+				if err != nil {
+					return err
+				}
+				if verify != nil {
+					if err := verify(cmd.Context(), img); err != nil {
+						return fmt.Errorf("publishing channels %s to %s: refused by the signature policy: %w", strings.Join(channels, ", "), args[1], err)
+					}
+				}
 			}
 			d, err := registry.Push(cmd.Context(), st, img, args[1], o)
 			if err != nil {

@@ -125,34 +125,40 @@ rollback --registry apply.`,
 	return cmd
 }
 
-// applyTrust sets m.Verify to the trust policy of the channels m moves: the local store's, or
-// with --registry the repository's (never the local store's). With no policy it prints one
-// warning line to stderr, for every move (verb is "promoting" or "rolling back to").
+// applyTrust sets m.Verify to the trust policy of the channels m moves (see trustHook).
 func (a *app) applyTrust(ctx context.Context, m *channel.Mover, st *store.Store, l *channel.Log, r registryFlags, verb string) error {
+	hook, err := a.trustHook(ctx, st, l, r, verb)
+	m.Verify = hook
+	return err
+}
+
+// trustHook returns the check the trust policy of some channels makes before one moves to an
+// image: the local store's policy, or with r.repo the repository's (never the local store's).
+// With no policy it returns nil and prints one warning line to stderr, for every move (verb
+// says what is allowed: "promoting", "rolling back to").
+func (a *app) trustHook(ctx context.Context, st *store.Store, l *channel.Log, r registryFlags, verb string) (func(context.Context, store.Image) error, error) {
 	if r.repo == "" {
-		m.Verify = l.Verify
-		if m.Verify == nil {
+		if l.Verify == nil {
 			fmt.Fprintf(a.err, "warning: no trust policy (%s): %s unsigned images is allowed; add one with imgctl trust add KEY\n",
 				filepath.Join(st.Dir(), sign.PolicyFile), verb)
 		}
-		return nil
+		return l.Verify, nil
 	}
 	p, d, err := registry.TrustPolicy(ctx, r.repo, registry.Options{Insecure: r.insecure, Logger: a.logger()})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if p == nil {
-		m.Verify = nil
 		fmt.Fprintf(a.err, "warning: no trust policy (%s:%s): %s unsigned images is allowed; add one with imgctl trust add KEY --registry %s\n",
 			r.repo, registry.TrustTag, verb, r.repo)
-		return nil
+		return nil, nil
 	}
 	a.logger().Info("applying the registry's trust policy", "repo", r.repo, "policy", d, "keys", len(p.Keys))
 	images := &registry.Images{Repo: r.repo, Options: registry.Options{Insecure: r.insecure, Logger: a.logger()}}
-	m.Verify = func(ctx context.Context, img store.Image) error {
+	return func(ctx context.Context, img store.Image) error {
 		// The signatures in the registry (push uploads them), and those in the local store if
 		// it holds the image (signed here, not pushed yet). The image's manifest digest was
-		// checked when the registry's Images resolved it.
+		// checked when it was resolved (in the registry, or in the store).
 		sigs, err := images.Signatures(ctx, img)
 		if err != nil {
 			return err
@@ -171,6 +177,5 @@ func (a *app) applyTrust(ctx context.Context, m *channel.Mover, st *store.Store,
 			return fmt.Errorf("trust policy of %s (%s:%s@%s): %w", r.repo, r.repo, registry.TrustTag, d, err)
 		}
 		return nil
-	}
-	return nil
+	}, nil
 }

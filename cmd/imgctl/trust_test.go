@@ -164,6 +164,18 @@ func TestTrustRegistry(t *testing.T) {
 	}
 	t.Logf("refused: %v", err)
 
+	// Publishing a local channel to the registry (push --channel) applies the registry's
+	// policy too.
+	cli(t, signer, "promote", img[0], "--to", "nightly")
+	cli(t, signer, "promote", img[0], "--to", "staging")
+	_, errOut, err = run(t, signer, "push", img[0], repo, "--channel", "staging")
+	if err == nil || !strings.Contains(err.Error(), "unsigned") || strings.Contains(errOut, noPolicy) {
+		t.Errorf("push --channel of an unsigned image under the registry's policy: %v\n%s", err, errOut)
+	}
+	if out, _, _ := run(t, signer, "-o", "json", "channel", "history", "staging", "--registry", repo); strings.Contains(out, "promote") {
+		t.Errorf("refused push --channel moved the registry's staging:\n%s", out)
+	}
+
 	// The signer's local policy trusts another key only: it is not the one applied.
 	_, otherPub := keyPair(t, filepath.Join(t.TempDir(), "other"))
 	cli(t, signer, "trust", "add", otherPub)
