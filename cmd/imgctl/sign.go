@@ -119,7 +119,7 @@ func (a *app) verifyCmd() *cobra.Command {
 			} else if p, err = sign.PolicyForStore(st.Dir()); err != nil {
 				return err
 			} else if p == nil {
-				return fmt.Errorf("no trust policy (%s/%s) and no --key: nothing to verify against", st.Dir(), sign.PolicyFile)
+				return fmt.Errorf("no trust policy (%s/%s) and no --key: nothing to verify against (add a key to the policy with imgctl trust add KEY)", st.Dir(), sign.PolicyFile)
 			}
 			if err := p.Verify(cmd.Context(), st, img); err != nil {
 				return err
