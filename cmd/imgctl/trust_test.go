@@ -12,9 +12,12 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/imgctl/imgctl/images/sign"
+	"github.com/imgctl/imgctl/images/store"
 )
 
 const noPolicy = "warning: no trust policy ("
@@ -183,7 +186,13 @@ func TestTrustRegistry(t *testing.T) {
 		t.Errorf("unsigned promote --registry: %v", err)
 	}
 	cli(t, signer, "sign", img[1], "--key", priv)
-	if _, errOut := cli(t, signer, "promote", img[1], "--to", "nightly", "--registry", repo); strings.Contains(errOut, noPolicy) {
+	// Once the signature is in the registry, the fresh runner can promote the image.
+	copySignatures(t, filepath.Join(signer, "store"), img[1], repo)
+	if _, errOut := cli(t, runner, "promote", img[1], "--to", "nightly", "--registry", repo); strings.Contains(errOut, noPolicy) {
+		t.Errorf("promote under the registry's policy warned: %q", errOut)
+	}
+	// The signer's local policy (another key) does not apply to the registry's channels.
+	if _, errOut := cli(t, signer, "promote", "nightly", "--to", "staging", "--registry", repo); strings.Contains(errOut, noPolicy) {
 		t.Errorf("promote under the registry's policy warned: %q", errOut)
 	}
 	// The local store's policy still applies locally.
@@ -193,6 +202,45 @@ func TestTrustRegistry(t *testing.T) {
 	// Rollback --registry applies the registry's policy too: img0 is unsigned.
 	if _, _, err := run(t, signer, "rollback", "nightly", "--registry", repo); err == nil || !strings.Contains(err.Error(), "unsigned") {
 		t.Errorf("rollback --registry to an unsigned image: %v", err)
+	}
+}
+
+// copySignatures copies the signature manifests (and their blobs) of image d from the store in
+// storeDir to repo, unchanged, as push does.
+func copySignatures(t *testing.T, storeDir, d, repo string) {
+	t.Helper()
+	st, err := store.Open(t.Context(), storeDir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := st.Resolve(t.Context(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sigs, err := sign.Signatures(t.Context(), st, img)
+	if err != nil || len(sigs) == 0 {
+		t.Fatalf("signatures of %s: %v, %v", d, sigs, err)
+	}
+	lp, err := layout.FromPath(storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sigs {
+		h, err := v1.NewHash(s.Manifest.Digest.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		li, err := lp.Image(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, err := name.NewDigest(repo + "@" + h.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.Write(ref, li); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
