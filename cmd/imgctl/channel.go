@@ -41,10 +41,13 @@ func (r *registryFlags) add(f *pflag.FlagSet) {
 }
 
 // backend returns where the channels live (the local store, or --registry) and the Mover that
-// applies the promotion rules there. The promotion order and trust policy are the local store's.
+// applies the promotion rules there. The promotion order is the local store's; the Mover checks
+// no signatures until applyTrust sets the trust policy of those channels.
 func (a *app) backend(st *store.Store, l *channel.Log, r registryFlags) (channel.Backend, *channel.Mover, error) {
 	if r.repo == "" {
-		return l, l.Mover(st), nil
+		m := l.Mover(st)
+		m.Verify = nil
+		return l, m, nil
 	}
 	order, err := l.Order()
 	if err != nil {
@@ -52,7 +55,7 @@ func (a *app) backend(st *store.Store, l *channel.Log, r registryFlags) (channel
 	}
 	o := registry.Options{Insecure: r.insecure, Logger: a.logger()}
 	b := &registry.Channels{Repo: r.repo, Options: o, OrderList: order}
-	return b, &channel.Mover{Channels: b, Images: &registry.Images{Repo: r.repo, Options: o}, Verify: l.Verify, Logger: a.logger()}, nil
+	return b, &channel.Mover{Channels: b, Images: &registry.Images{Repo: r.repo, Options: o}, Logger: a.logger()}, nil
 }
 
 func (a *app) channelCmd() *cobra.Command {
@@ -190,7 +193,8 @@ func (a *app) promoteCmd() *cobra.Command {
 		Short: "Point a channel at an image (compare-and-swap, recorded in the channel's history)",
 		Long: `IMAGE is a digest, a unique digest prefix (4+ hex digits), a version, or a channel name
 (promote what that channel points to, e.g. "imgctl promote staging --to prod"). The image's blobs
-are re-hashed first; with a trust policy (STORE/trust.json) it must carry a valid signature.
+are re-hashed first; with a trust policy (STORE/trust.json, or with --registry REPO:_trust; see
+imgctl trust) it must carry a valid signature, and without one a warning says so.
 Promoting into a channel requires that the image was in the previous channel of the order,
 unless --force (recorded). If another promotion moves the channel at the same time, exactly one
 wins; the other fails with a conflict and changes nothing.`,
@@ -214,6 +218,9 @@ wins; the other fails with a conflict and changes nothing.`,
 			}
 			_, m, err := a.backend(st, l, reg)
 			if err != nil {
+				return err
+			}
+			if err := a.applyTrust(cmd.Context(), m, st, l, reg, "promoting"); err != nil {
 				return err
 			}
 			e, err := m.Promote(cmd.Context(), p)
@@ -246,6 +253,9 @@ channel before, unless --force. Recorded in the channel's history like a promoti
 			r.Channel, r.Tool = args[0], "imgctl "+version
 			_, m, err := a.backend(st, l, reg)
 			if err != nil {
+				return err
+			}
+			if err := a.applyTrust(cmd.Context(), m, st, l, reg, "rolling back to"); err != nil {
 				return err
 			}
 			e, err := m.Rollback(cmd.Context(), r)

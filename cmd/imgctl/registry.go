@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -28,6 +29,18 @@ for loopback registries or with --insecure.`,
 			img, err := l.Mover(st).Resolve(cmd.Context(), args[0])
 			if err != nil {
 				return err
+			}
+			if len(channels) > 0 {
+				// Publishing a channel moves it in the registry: the registry's policy applies.
+				verify, err := a.trustHook(cmd.Context(), st, l, registryFlags{repo: args[1], insecure: o.Insecure}, "publishing channels that point to")
+				if err != nil {
+					return err
+				}
+				if verify != nil {
+					if err := verify(cmd.Context(), img); err != nil {
+						return fmt.Errorf("publishing channels %s to %s: refused by the signature policy: %w", strings.Join(channels, ", "), args[1], err)
+					}
+				}
 			}
 			d, err := registry.Push(cmd.Context(), st, img, args[1], o)
 			if err != nil {
@@ -63,7 +76,11 @@ func (a *app) pullCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "pull REGISTRY/REPO:TAG|REGISTRY/REPO@sha256:…",
 		Short: "Copy an imgctl image from an OCI registry into the store, verifying every blob",
-		Args:  cobra.ExactArgs(1),
+		Long: `A tag must name the image it serves: the image's version (as push tags it, '+' as '_') or a
+channel of the repository whose history points to the image. Any other tag (moved to another
+image, or made by another tool) is refused before any download; pull by digest, or pass
+--allow-tag-mismatch to store what the tag serves. Manifests over 4 MiB are refused.`,
+		Args: cobra.ExactArgs(1),
 		RunE: a.withStore(func(cmd *cobra.Command, args []string, st *store.Store) error {
 			o.Logger = a.logger()
 			img, err := registry.Pull(cmd.Context(), st, args[0], o)
@@ -79,5 +96,6 @@ func (a *app) pullCmd() *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&o.Insecure, "insecure", false, "allow plain HTTP to a non-loopback registry")
 	cmd.Flags().IntVar(&o.Jobs, "jobs", 4, "parallel blob downloads")
+	cmd.Flags().BoolVar(&o.AllowTagMismatch, "allow-tag-mismatch", false, "store the image a tag serves even if the tag is neither its version nor a channel pointing to it")
 	return cmd
 }

@@ -43,8 +43,9 @@ func (a *app) keyCmd() *cobra.Command {
 		Short: "Write a new ed25519 key pair: imgctl.key (private, 0600) and imgctl.pub",
 		Long: `Writes DIR/imgctl.key (PKCS#8 PEM, mode 0600; never overwritten) and DIR/imgctl.pub (PKIX PEM).
 Sign with "imgctl build --sign-key", "imgctl promote --sign-key" or "imgctl sign"; trust the public
-key by listing it in the store's trust.json: {"publicKeys": ["path/to/imgctl.pub"]} — then
-promote and rollback refuse images without a valid signature by a listed key.`,
+key with "imgctl trust add DIR/imgctl.pub" (the store's trust.json; --registry REPO for a
+registry's channels) — then promote and rollback refuse images without a valid signature by a
+trusted key.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := a.checkFormat(); err != nil {
@@ -118,7 +119,7 @@ func (a *app) verifyCmd() *cobra.Command {
 			} else if p, err = sign.PolicyForStore(st.Dir()); err != nil {
 				return err
 			} else if p == nil {
-				return fmt.Errorf("no trust policy (%s/%s) and no --key: nothing to verify against", st.Dir(), sign.PolicyFile)
+				return fmt.Errorf("no trust policy (%s/%s) and no --key: nothing to verify against (add a key to the policy with imgctl trust add KEY)", st.Dir(), sign.PolicyFile)
 			}
 			if err := p.Verify(cmd.Context(), st, img); err != nil {
 				return err

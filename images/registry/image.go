@@ -18,8 +18,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// maxManifest bounds the manifests and configs read whole (the store's own bound).
-const maxManifest = 4 << 20
+// maxManifest bounds the manifests and configs read whole (see MaxManifest).
+const maxManifest = MaxManifest
 
 // Push uploads img from st to repo (REGISTRY/REPOSITORY) and tags it Tag(version). Every blob
 // the manifest references (config and artifacts) is streamed from the store, verified as it is
@@ -179,6 +179,12 @@ func (m rawManifest) MediaType() (types.MediaType, error) { return m.mediaType, 
 // failed pull leaves no index entry (blobs already stored stay, for the next attempt and for
 // garbage collection).
 //
+// A tag must name what it serves: Tag(version) of the image (as Push tags it), or a channel of
+// the repository (PushChannel) whose history's head is the image. Any other tag (one moved to
+// another image, or made by another tool) fails with an error wrapping ErrTagMismatch that
+// names the tag and the version it serves, before any blob is downloaded, unless
+// o.AllowTagMismatch. Pulls by digest are not checked: the digest is the image.
+//
 // The manifest must be the one store.PutImage writes for its config and artifacts, byte for
 // byte: the index entry is added through PutImage, which re-renders the manifest, and the
 // digest must not change. Manifests imgctl pushed always are; one rewritten by another tool is
@@ -232,6 +238,12 @@ func Pull(ctx context.Context, st *store.Store, ref string, o Options) (store.Im
 			mdigest, rendered.ManifestDescriptor.Digest)
 	}
 
+	if tag, ok := r.(name.Tag); ok {
+		if err := c.checkTag(ctx, tag, mdigest, cfg.Version, o.AllowTagMismatch); err != nil {
+			return fail("%w", err)
+		}
+	}
+
 	log.Info("pulling image", "version", cfg.Version, "artifacts", len(arts))
 	var fetched, bytesDown atomic.Int64
 	err = forEach(ctx, c.jobs, len(arts), func(ctx context.Context, i int) error {
@@ -266,6 +278,34 @@ func Pull(ctx context.Context, st *store.Store, ref string, o Options) (store.Im
 	}
 	log.Info("pulled image", "version", cfg.Version, "downloadedBlobs", fetched.Load(), "downloadedBytes", bytesDown.Load())
 	return img, nil
+}
+
+// checkTag checks that tag, which serves image d of version v, names it: it is Tag(v), or a
+// channel whose history's head is d. Otherwise it returns an error wrapping ErrTagMismatch, or
+// with allow only logs a warning.
+func (c *client) checkTag(ctx context.Context, tag name.Tag, d digest.Digest, v string, allow bool) error {
+	t := tag.TagStr()
+	if t == Tag(v) {
+		return nil
+	}
+	why := "no channel history " + t + historySuffix
+	if _, histTag, err := channelTags(tag.Context(), t); err == nil {
+		switch h, hd, err := c.readHistory(ctx, histTag, t); {
+		case err != nil:
+			why = err.Error()
+		case hd != "" && h.Head() == d:
+			c.log.Info("pulling a channel's image", "channel", t, "version", v, "digest", d)
+			return nil
+		case hd != "":
+			why = fmt.Sprintf("channel %s's history says its head is %s (an interrupted or racing push)", t, h.Head())
+		}
+	}
+	if allow {
+		c.log.Warn("tag does not name the image's version; storing it anyway", "tag", tag.String(), "version", v, "digest", d, "reason", why)
+		return nil
+	}
+	return fmt.Errorf("tag %s serves version %s (tagged %s), and is not a channel pointing to it (%s): %w; pull by digest (%s@%s) or allow the mismatch (--allow-tag-mismatch) to store it anyway",
+		t, v, Tag(v), why, ErrTagMismatch, tag.Context(), d)
 }
 
 // checkImgctl decodes raw and checks that it is an imgctl image manifest; otherwise the error

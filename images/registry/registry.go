@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -34,6 +35,17 @@ var ErrNotImgctl = errors.New("not an imgctl image")
 // ErrPlainHTTP: a request would have gone over plain HTTP to a registry not marked insecure.
 var ErrPlainHTTP = errors.New("plain HTTP to a registry that is not insecure")
 
+// ErrTagMismatch: a pulled tag is neither the image's version nor a channel pointing to it.
+var ErrTagMismatch = errors.New("tag does not name the image's version")
+
+// ErrTooLarge: a manifest (or referrers index) the registry sent is larger than MaxManifest.
+var ErrTooLarge = errors.New("manifest too large")
+
+// MaxManifest bounds every manifest and referrers index read from a registry, and the image
+// configs read whole (the store's own bound). imgctl's manifests are a few KiB.
+// go-containerregistry alone would read up to 100 MiB of a hostile manifest into memory.
+const MaxManifest = 4 << 20
+
 // defaultJobs is how many blobs move at once unless Options.Jobs says otherwise.
 const defaultJobs = 4
 
@@ -51,6 +63,10 @@ type Options struct {
 	// Keychain finds credentials; nil means authn.DefaultKeychain (the docker config file,
 	// $DOCKER_CONFIG, and the credential helpers it names).
 	Keychain authn.Keychain
+	// AllowTagMismatch lets Pull store the image a tag serves when the tag is neither the
+	// image's version nor a channel of the repository pointing to it (see Pull); it then logs
+	// a warning instead of failing with ErrTagMismatch.
+	AllowTagMismatch bool
 }
 
 func (o Options) logger() *slog.Logger {
@@ -133,7 +149,7 @@ func newClient(ctx context.Context, reg name.Registry, o Options) (*client, erro
 		remote.WithContext(ctx),
 		remote.WithAuthFromKeychain(kc),
 		remote.WithJobs(o.jobs()),
-		remote.WithTransport(schemeGuard{base: remote.DefaultTransport, allowHTTP: o.insecure(reg.RegistryStr())}),
+		remote.WithTransport(manifestCap{schemeGuard{base: remote.DefaultTransport, allowHTTP: o.insecure(reg.RegistryStr())}}),
 		remote.WithUserAgent("imgctl"),
 	}
 	pusher, err := remote.NewPusher(opts...)
@@ -164,6 +180,64 @@ func (g schemeGuard) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	return g.base.RoundTrip(req)
 }
+
+// manifestCap bounds the bodies of manifest and referrers responses (GET
+// /v2/NAME/manifests/REF, /v2/NAME/referrers/DIGEST) to MaxManifest: a response that declares a
+// larger Content-Length fails at once, and a body that runs past the bound fails its read, so
+// a registry cannot make imgctl buffer more than MaxManifest bytes of a manifest. Errors wrap
+// ErrTooLarge and name the URL and the bound.
+type manifestCap struct{ base http.RoundTripper }
+
+func (m manifestCap) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := m.base.RoundTrip(req)
+	if err != nil || req.Method != http.MethodGet || !isManifestPath(req.URL.Path) {
+		return resp, err
+	}
+	if resp.ContentLength > MaxManifest {
+		_ = resp.Body.Close()
+		return nil, tooLarge(req, fmt.Sprintf("is %d bytes (Content-Length), more than", resp.ContentLength))
+	}
+	resp.Body = &cappedBody{rc: resp.Body, req: req, left: MaxManifest}
+	return resp, nil
+}
+
+// isManifestPath reports whether path is a distribution API manifest or referrers path.
+func isManifestPath(path string) bool {
+	if !strings.HasPrefix(path, "/v2/") {
+		return false
+	}
+	parts := strings.Split(path, "/")
+	return len(parts) >= 5 && (parts[len(parts)-2] == "manifests" || parts[len(parts)-2] == "referrers")
+}
+
+func tooLarge(req *http.Request, what string) error {
+	return fmt.Errorf("GET %s: the manifest %s the %d bytes (%d MiB) imgctl accepts: %w",
+		req.URL.Redacted(), what, MaxManifest, MaxManifest>>20, ErrTooLarge)
+}
+
+// cappedBody fails once more than left bytes have been read.
+type cappedBody struct {
+	rc   io.ReadCloser
+	req  *http.Request
+	left int64
+}
+
+func (b *cappedBody) Read(p []byte) (int, error) {
+	if b.left < 0 {
+		return 0, tooLarge(b.req, "is larger than")
+	}
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1]
+	}
+	n, err := b.rc.Read(p)
+	b.left -= int64(n)
+	if b.left < 0 {
+		return n, tooLarge(b.req, "is larger than")
+	}
+	return n, err
+}
+
+func (b *cappedBody) Close() error { return b.rc.Close() }
 
 // isNotFound reports whether err is the registry saying 404.
 func isNotFound(err error) bool {

@@ -121,26 +121,43 @@ func LoadPrivateKey(path string) (ed25519.PrivateKey, error) {
 // LoadPublicKey reads a PKIX PEM ed25519 public key, as GenerateKey writes (and cosign's
 // `--key` files are). Errors name the file and say what was found instead.
 func LoadPublicKey(path string) (ed25519.PublicKey, error) {
-	block, err := readPEM(path, "public")
+	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("loading public key: %w", err)
+	}
+	return ParsePublicKey(data, path)
+}
+
+// ParsePublicKey decodes a PKIX PEM ed25519 public key (the content of an imgctl.pub file);
+// name says where data came from, for errors.
+func ParsePublicKey(data []byte, name string) (ed25519.PublicKey, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, fmt.Errorf("loading public key %s: no PEM data found, expected a %q PEM block", name, publicKeyPEMType)
 	}
 	switch block.Type {
 	case publicKeyPEMType:
 	case privateKeyPEMType, "ENCRYPTED SIGSTORE PRIVATE KEY", "ENCRYPTED COSIGN PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY":
-		return nil, fmt.Errorf("loading public key %s: it holds a private key, expected a PKIX %q PEM block (the .pub file)", path, publicKeyPEMType)
+		return nil, fmt.Errorf("loading public key %s: it holds a private key, expected a PKIX %q PEM block (the .pub file)", name, publicKeyPEMType)
 	default:
-		return nil, fmt.Errorf("loading public key %s: PEM block is %q, expected a PKIX %q block", path, block.Type, publicKeyPEMType)
+		return nil, fmt.Errorf("loading public key %s: PEM block is %q, expected a PKIX %q block", name, block.Type, publicKeyPEMType)
 	}
 	k, err := x509.ParsePKIXPublicKey(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("loading public key %s: %w", path, err)
+		return nil, fmt.Errorf("loading public key %s: %w", name, err)
 	}
 	pub, ok := k.(ed25519.PublicKey)
 	if !ok {
-		return nil, fmt.Errorf("loading public key %s: not an ed25519 key (it is %s)", path, keyKind(k))
+		return nil, fmt.Errorf("loading public key %s: not an ed25519 key (it is %s)", name, keyKind(k))
 	}
 	return pub, nil
+}
+
+// EncodePublicKey is pub as a PKIX PEM file, as GenerateKey writes it (the encoding is
+// deterministic: a key has one).
+func EncodePublicKey(pub ed25519.PublicKey) []byte {
+	der, _ := x509.MarshalPKIXPublicKey(pub) // cannot fail for an ed25519.PublicKey
+	return pem.EncodeToMemory(&pem.Block{Type: publicKeyPEMType, Bytes: der})
 }
 
 func readPEM(path, which string) (*pem.Block, error) {

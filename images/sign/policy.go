@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/imgctl/imgctl/images/store"
+	digest "github.com/opencontainers/go-digest"
 	"sigs.k8s.io/yaml"
 )
 
@@ -118,18 +119,8 @@ func (p *Policy) Hook(st *store.Store) func(context.Context, store.Image) error 
 // A nil policy is an error: callers skip verification when PolicyForStore finds none.
 func (p *Policy) Verify(ctx context.Context, st *store.Store, img store.Image) error {
 	d := img.Digest()
-	if p == nil {
-		return fmt.Errorf("verifying image %s: no trust policy", d)
-	}
-	if len(p.Keys) == 0 {
-		return fmt.Errorf("verifying image %s: the trust policy lists no keys", d)
-	}
-	ids := make([]string, len(p.Keys))
-	for i, k := range p.Keys {
-		if len(k) != ed25519.PublicKeySize {
-			return fmt.Errorf("verifying image %s: trusted key %s has %d bytes, not an ed25519 public key", d, p.keyName(i), len(k))
-		}
-		ids[i] = KeyID(k)
+	if err := p.check(d); err != nil {
+		return err
 	}
 	if err := checkManifest(ctx, st, img); err != nil {
 		return fmt.Errorf("verifying image %s: %w", d, err)
@@ -138,14 +129,45 @@ func (p *Policy) Verify(ctx context.Context, st *store.Store, img store.Image) e
 	if err != nil {
 		return fmt.Errorf("verifying image %s: %w", d, err)
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return p.VerifySignatures(d, sigs)
+}
+
+// check refuses a nil or empty policy, or one holding a key that is not an ed25519 key.
+func (p *Policy) check(d digest.Digest) error {
+	if p == nil {
+		return fmt.Errorf("verifying image %s: no trust policy", d)
+	}
+	if len(p.Keys) == 0 {
+		return fmt.Errorf("verifying image %s: the trust policy lists no keys", d)
+	}
+	for i, k := range p.Keys {
+		if len(k) != ed25519.PublicKeySize {
+			return fmt.Errorf("verifying image %s: trusted key %s has %d bytes, not an ed25519 public key", d, p.keyName(i), len(k))
+		}
+	}
+	return nil
+}
+
+// VerifySignatures is Verify for signatures found elsewhere than in a store (a registry's
+// referrers): it checks that one of sigs, signatures of the image with manifest digest d, is
+// valid and made by one of p's keys, with the errors Verify returns. The caller must have
+// checked that d is the digest of the image's manifest.
+func (p *Policy) VerifySignatures(d digest.Digest, sigs []Signature) error {
+	if err := p.check(d); err != nil {
+		return err
+	}
+	ids := make([]string, len(p.Keys))
+	for i, k := range p.Keys {
+		ids[i] = KeyID(k)
+	}
 	if len(sigs) == 0 {
 		return fmt.Errorf("image %s: %w", d, ErrUnsigned)
 	}
 	var bad []string
 	for _, s := range sigs {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
 		mismatch := true
 		for _, k := range p.Keys {
 			err := s.Verify(k, d)

@@ -325,21 +325,28 @@ func Signatures(ctx context.Context, st *store.Store, img store.Image) ([]Signat
 			if l.MediaType != PayloadMediaType {
 				continue
 			}
-			s := Signature{Manifest: r.Descriptor, Layer: l, KeyID: l.Annotations[KeyIDAnnotation]}
-			s.Payload, s.Err = readPayload(ctx, st, l)
+			payload, err := readPayload(ctx, st, l)
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			if s.Err == nil {
-				s.Sig, s.Err = layerSignature(l)
-			}
-			if s.Err == nil {
-				s.Claim, _ = decodePayload(s.Payload) // a bad one is reported by Verify
-			}
-			out = append(out, s)
+			out = append(out, NewSignature(r.Descriptor, l, payload, err))
 		}
 	}
 	return out, nil
+}
+
+// NewSignature is the Signature of payload layer l of signature manifest m, whose payload blob
+// (read and checked against l's digest and size by the caller) is payload, or could not be read
+// (readErr). Nothing is verified: the signature annotation is decoded, or Err says why not.
+func NewSignature(m, l ocispec.Descriptor, payload []byte, readErr error) Signature {
+	s := Signature{Manifest: m, Layer: l, KeyID: l.Annotations[KeyIDAnnotation], Payload: payload, Err: readErr}
+	if s.Err == nil {
+		s.Sig, s.Err = layerSignature(l)
+	}
+	if s.Err == nil {
+		s.Claim, _ = decodePayload(s.Payload) // a bad one is reported by Verify
+	}
+	return s
 }
 
 func readPayload(ctx context.Context, st *store.Store, l ocispec.Descriptor) ([]byte, error) {
