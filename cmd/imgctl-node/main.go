@@ -68,7 +68,8 @@ const usageText = `usage: imgctl-node COMMAND [flags]
   configure [--root DIR]    kube-node-configuration: read the NodeConfig (imgctl.metadata=URL, EC2 IMDSv2,
                             /etc/imgctl/node.yaml; order: imgctl.metadata-order=), write the kubelet, kubeadm
                             and containerd configuration for the role, start containerd and the kubelet or run
-                            kubeadm init/join; hooks pre-/post-configure
+                            kubeadm init/join; hooks pre-/post-configure. The credential (imgctl.credential=)
+                            goes to an http:// imgctl.metadata URL only with imgctl.metadata-insecure=1
   monitor kubelet|runtime   health loop: restart the kubelet (its /healthz) or containerd (its CRI) when they
                             fail for a sustained period
   cri-version [--socket S]  ask the container runtime's CRI endpoint for its version

@@ -125,7 +125,7 @@ func Run(ctx context.Context, o Options) error {
 		providers := o.Providers
 		if providers == nil {
 			order := metadata.DefaultOrder
-			if v, ok := cmdlineValue(o.Cmdline, "imgctl.metadata-order"); ok {
+			if v, ok := cmdlineValue(o.Cmdline, cmdline.KeyMetadataOrder); ok {
 				order = strings.Split(v, ",")
 			}
 			var err error

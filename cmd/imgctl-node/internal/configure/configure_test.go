@@ -14,11 +14,14 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -357,5 +360,53 @@ func TestSandboxImage(t *testing.T) {
 		if got := sandboxImage(ims); got != tc.want {
 			t.Errorf("sandboxImage(%q) = %q, want %q", tc.names, got, tc.want)
 		}
+	}
+}
+
+// TestMetadataCredentialsNotShown: the console's step lines and the error show neither the
+// metadata URL's user info nor the credential, whether the credential is refused for plain http
+// (before any request) or sent with imgctl.metadata-insecure=1.
+func TestMetadataCredentialsNotShown(t *testing.T) {
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		if r.Header.Get("Authorization") != "Bearer s3cret" {
+			http.Error(w, "no", http.StatusUnauthorized)
+			return
+		}
+		fmt.Fprint(w, tokenConfig)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	base := "imgctl.metadata-order=imgctl imgctl.metadata=http://user:secret@" + host + "/boot imgctl.credential=s3cret"
+
+	f, o := newFixture(t, "")
+	o.Cmdline = base
+	err := Run(context.Background(), o)
+	want := "imgctl: http://" + host + "/boot/v1/nodeconfig: refusing to send the node credential over plain http " +
+		"(anyone on the boot network can read it): use an https:// URL, or add imgctl.metadata-insecure=1 to the kernel command line to allow it"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("err = %v\nwant %q", err, want)
+	}
+	if n := requests.Load(); n != 0 {
+		t.Errorf("the server saw %d requests before the refusal, want none", n)
+	}
+	for _, out := range []string{f.steps.String(), fmt.Sprint(err)} {
+		if strings.Contains(out, "secret") || strings.Contains(out, "s3cret") || strings.Contains(out, "user@") {
+			t.Errorf("shows a credential:\n%s", out)
+		}
+	}
+
+	f, o = newFixture(t, "")
+	o.Cmdline = base + " imgctl.metadata-insecure=1"
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s", err, f.steps.String())
+	}
+	if !strings.Contains(f.steps.String(), `step=metadata status=ok`) ||
+		!strings.Contains(f.steps.String(), `source="imgctl http://`+host+`/boot/v1/nodeconfig"`) {
+		t.Errorf("metadata step line:\n%s", f.steps.String())
+	}
+	if strings.Contains(f.steps.String(), "secret") || strings.Contains(f.steps.String(), "user@") {
+		t.Errorf("shows a credential:\n%s", f.steps.String())
 	}
 }
