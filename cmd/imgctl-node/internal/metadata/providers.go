@@ -200,7 +200,7 @@ func (m *IMDS) getToken(ctx context.Context, renew bool) (string, error) {
 //
 // A credential (Credential, or user info in URL) goes over https, or over plain http only when
 // Insecure is set: anyone on the boot network reads plain http. No message ever shows the
-// credential, the URL's user info or its query (see Redact).
+// credential, the URL's user info or its query (see redact).
 type Imgctl struct {
 	URL        string       // base URL; empty: ErrNotConfigured
 	Credential string       // node credential; empty: public part only
@@ -241,12 +241,12 @@ func (p *Imgctl) Fetch(ctx context.Context) ([]byte, string, error) {
 		return nil, "", Permanent(fmt.Errorf("%s= is not a URL (value not shown: it may carry a credential)", cmdline.KeyMetadata))
 	}
 	if (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return nil, Redact(base), Permanent(fmt.Errorf("%s=%s: expected an http(s) URL", cmdline.KeyMetadata, Redact(base)))
+		return nil, redact(base), Permanent(fmt.Errorf("%s=%s: expected an http(s) URL", cmdline.KeyMetadata, redact(base)))
 	}
 	base.Path = strings.TrimSuffix(base.Path, "/") + "/v1/nodeconfig"
 	base.RawPath = ""
 	base.Fragment, base.RawFragment = "", ""
-	u := Redact(base) // the only form of the URL any message shows
+	u := redact(base) // the only form of the URL any message shows
 	if base.Scheme == "http" && (p.Credential != "" || base.User != nil) && !p.Insecure {
 		return nil, u, Permanent(fmt.Errorf("%s: refusing to send the node credential over plain http "+
 			"(anyone on the boot network can read it): use an https:// URL, or add %s=1 to the kernel command line to allow it",
@@ -281,9 +281,9 @@ func (p *Imgctl) Fetch(ctx context.Context) ([]byte, string, error) {
 	return data, u, nil
 }
 
-// Redact returns u as messages may show it: without user info, with the query replaced by
+// redact returns u as messages may show it: without user info, with the query replaced by
 // REDACTED (it may carry a token) and without the fragment.
-func Redact(u *url.URL) string {
+func redact(u *url.URL) string {
 	r := *u
 	r.User = nil
 	if r.RawQuery != "" || r.ForceQuery {
@@ -300,7 +300,7 @@ func isRedirect(code int) bool { return code >= 300 && code < 400 }
 func redirectError(u string, resp *http.Response) error {
 	to := "no Location"
 	if loc, err := resp.Location(); err == nil {
-		to = Redact(loc)
+		to = redact(loc)
 	}
 	return Permanent(fmt.Errorf("%s: %s: redirects are refused (to %s)", u, resp.Status, to))
 }
