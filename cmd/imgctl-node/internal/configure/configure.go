@@ -34,6 +34,12 @@ const (
 	DefaultReadyTimeout = 3 * time.Minute
 )
 
+// The commands that (re)start the services; a dry run names them.
+var (
+	restartContainerd = []string{"systemctl", "restart", "containerd.service"}
+	startKubelet      = []string{"systemctl", "start", "kubelet.service"}
+)
+
 // Options configure Run. Zero fields take defaults; the function fields exist for tests.
 type Options struct {
 	Root    string // "/" on a node
@@ -215,7 +221,7 @@ func Run(ctx context.Context, o Options) error {
 
 	if _, err := step(o.Steps, "containerd", func() (struct{}, []any, error) {
 		// restart, not start: it may be running with the image's default configuration.
-		if err := o.Run(ctx, "systemctl", "restart", "containerd.service"); err != nil {
+		if err := o.Run(ctx, restartContainerd[0], restartContainerd[1:]...); err != nil {
 			return struct{}{}, nil, err
 		}
 		v, err := waitFor(ctx, o, "containerd's CRI at "+o.CRISocket, o.CRIProbe)
@@ -251,7 +257,7 @@ func Run(ctx context.Context, o Options) error {
 		}
 	} else {
 		if _, err := step(o.Steps, "kubelet-start", func() (struct{}, []any, error) {
-			return struct{}{}, nil, o.Run(ctx, "systemctl", "start", "kubelet.service")
+			return struct{}{}, nil, o.Run(ctx, startKubelet[0], startKubelet[1:]...)
 		}); err != nil {
 			return err
 		}
@@ -274,7 +280,7 @@ func (o *Options) hooks(ctx context.Context, phase string, env []string) error {
 // dryRunRest writes the skip lines of the steps after render: what each would have run.
 func (o *Options) dryRunRest(plan *render.Plan, baked []bakedImage) {
 	skip := func(name string, kv ...any) { o.Steps.Start(name).Skip(append([]any{"reason", "dry run"}, kv...)...) }
-	skip("containerd", "command", "systemctl restart containerd.service")
+	skip("containerd", "command", strings.Join(restartContainerd, " "))
 	if len(baked) == 0 {
 		skip("images", "images", "none baked in "+ImagesDir)
 	} else {
@@ -287,7 +293,7 @@ func (o *Options) dryRunRest(plan *render.Plan, baked []bakedImage) {
 	if len(plan.Command) > 0 {
 		skip("kubeadm", "command", strings.Join(plan.Command, " "))
 	} else {
-		skip("kubelet-start", "command", "systemctl start kubelet.service")
+		skip("kubelet-start", "command", strings.Join(startKubelet, " "))
 	}
 	skip("kubelet-healthy", "url", o.KubeletHealthz)
 }
@@ -304,7 +310,7 @@ func nodeName(c *nodeconfig.NodeConfig, hostname func() (string, error)) (string
 	}
 	n := strings.ToLower(h)
 	if err := nodeconfig.CheckNodeName(n); err != nil {
-		return "", fmt.Errorf("metadata.name is empty and the host name %q is not a valid node name: %w (set metadata.name)", n, err)
+		return "", fmt.Errorf("metadata.name is empty and the host name is not a valid node name: %w (set metadata.name)", err)
 	}
 	return n, nil
 }

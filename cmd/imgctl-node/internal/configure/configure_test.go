@@ -524,7 +524,7 @@ func TestInvalidNodeName(t *testing.T) {
 		{name: "longer than a host name", yaml: withName(strings.Repeat("a.", 32) + "b"), errHas: []string{"metadata.name", "at most 64"}},
 		{name: "newline", yaml: withName("a\nb"), errHas: []string{`metadata.name: "a\nb"`}},
 		{name: "host name fallback", yaml: noName, hostname: "my_host",
-			errHas: []string{`metadata.name is empty and the host name "my_host" is not a valid node name`}},
+			errHas: []string{`metadata.name is empty and the host name is not a valid node name: "my_host" is not a DNS-1123 subdomain`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, o := newFixture(t, tc.yaml)
