@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/bootinit"
@@ -65,10 +66,14 @@ const usageText = `usage: imgctl-node COMMAND [flags]
   init                      PID 1 of the initrd (also when run as /init): mount the root image, switch root
   install [--root DIR]      kube-node-installation: verify the baked binaries against /etc/imgctl/image.json,
                             load modules, set sysctls, create directories, turn swap off; hooks pre-/post-install
-  configure [--root DIR]    kube-node-configuration: read the NodeConfig (imgctl.metadata=URL, EC2 IMDSv2,
+  configure [--root DIR --dry-run]
+                            kube-node-configuration: read the NodeConfig (imgctl.metadata=URL, EC2 IMDSv2,
                             /etc/imgctl/node.yaml; order: imgctl.metadata-order=), write the kubelet, kubeadm
                             and containerd configuration for the role, start containerd and the kubelet or run
-                            kubeadm init/join; hooks pre-/post-configure
+                            kubeadm init/join; hooks pre-/post-configure. The credential (imgctl.credential=)
+                            goes to an http:// imgctl.metadata URL only with imgctl.metadata-insecure=1.
+                            --root DIR --dry-run writes everything under DIR and runs nothing (no command,
+                            hook or sethostname; a status=skip line says what each step would have run)
   monitor kubelet|runtime   health loop: restart the kubelet (its /healthz) or containerd (its CRI) when they
                             fail for a sustained period
   cri-version [--socket S]  ask the container runtime's CRI endpoint for its version
@@ -116,15 +121,38 @@ func runInstall(ctx context.Context, args []string) error {
 }
 
 func runConfigure(ctx context.Context, args []string) error {
-	root := "/"
-	parse("configure", args, func(fs *flag.FlagSet) { fs.StringVar(&root, "root", root, "the node's root directory") })
+	root, dryRun := "/", false
+	parse("configure", args, func(fs *flag.FlagSet) {
+		fs.StringVar(&root, "root", root, "the node's root directory (other than / only with --dry-run)")
+		fs.BoolVar(&dryRun, "dry-run", false, "write the configuration under --root DIR and run nothing: no command, hook or sethostname")
+	})
+	if err := checkConfigureRoot(root, dryRun); err != nil {
+		return err
+	}
 	line, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
 		return err
 	}
 	return configure.Run(ctx, configure.Options{
-		Root: root, Cmdline: string(line), Steps: steplog.New(os.Stdout), Logger: logger(), Output: os.Stdout,
+		Root: root, Cmdline: string(line), Steps: steplog.New(os.Stdout), Logger: logger(), Output: os.Stdout, DryRun: dryRun,
 	})
+}
+
+// checkConfigureRoot allows configure on this host's / for real, or under another directory as
+// a dry run, and nothing in between: the host's containerd, kubelet and kubeadm read this
+// host's /etc, so running them after writing files under another root configures nothing
+// and disturbs the host; and a dry run into / would overwrite this host's configuration.
+func checkConfigureRoot(root string, dryRun bool) error {
+	isHost := filepath.Clean(root) == "/"
+	switch {
+	case !isHost && !dryRun:
+		return fmt.Errorf("--root %s without --dry-run: configure would still set this host's hostname, restart its containerd "+
+			"and start its kubelet or run kubeadm, which read this host's /etc, not %s; add --dry-run to only write the configuration under %s",
+			root, root, root)
+	case isHost && dryRun:
+		return errors.New("--dry-run needs --root DIR (not /): a dry run writes what it renders under DIR and must not overwrite this host's configuration")
+	}
+	return nil
 }
 
 func runMonitor(ctx context.Context, args []string) error {

@@ -489,3 +489,32 @@ func FuzzParse(f *testing.F) {
 		_ = c2.Validate()
 	})
 }
+
+func TestCheckNodeName(t *testing.T) {
+	for _, n := range []string{"node-1", "a", "ip-10-0-0-7.ec2.internal", "0", strings.Repeat("a", 63), strings.Repeat("a.", 31) + "bc"} {
+		if err := CheckNodeName(n); err != nil {
+			t.Errorf("CheckNodeName(%q) = %v", n, err)
+		}
+	}
+	for n, want := range map[string]string{
+		"":                              "not a DNS-1123 subdomain",
+		"../x":                          "not a DNS-1123 subdomain",
+		"a/b":                           "not a DNS-1123 subdomain",
+		"a b":                           "not a DNS-1123 subdomain",
+		"-x":                            "not a DNS-1123 subdomain",
+		"x-":                            "not a DNS-1123 subdomain",
+		"a..b":                          "not a DNS-1123 subdomain",
+		".a":                            "not a DNS-1123 subdomain",
+		"Node-1":                        "not a DNS-1123 subdomain",
+		"node_1":                        "not a DNS-1123 subdomain",
+		"a\nb":                          "not a DNS-1123 subdomain",
+		strings.Repeat("a", 64):         "not a DNS-1123 subdomain", // a label of 64
+		strings.Repeat("a", 300):        "not a DNS-1123 subdomain",
+		strings.Repeat("a.", 32) + "b":  "65 characters: the node name becomes the host name, at most 64",
+		strings.Repeat("ab.", 40) + "c": "121 characters",
+	} {
+		if err := CheckNodeName(n); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("CheckNodeName(%q) = %v, want %q", n, err, want)
+		}
+	}
+}

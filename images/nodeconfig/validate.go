@@ -57,8 +57,10 @@ func (c *NodeConfig) checkValues() []*FieldError {
 	if c.Kind != Kind {
 		add("kind", "got %q (expected %s)", c.Kind, Kind)
 	}
-	if n := c.Metadata.Name; n != "" && !isDNSSubdomain(n) {
-		add("metadata.name", "%q is not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', at most 253)", n)
+	if n := c.Metadata.Name; n != "" {
+		if err := CheckNodeName(n); err != nil {
+			add("metadata.name", "%v", err)
+		}
 	}
 	switch r := c.Spec.Role; {
 	case r == "":
@@ -299,6 +301,26 @@ func checkKey(s string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("bad private key: %w", err) // the parsers' errors carry no key material
+	}
+	return nil
+}
+
+// MaxNodeNameLen is the longest node name: the node agent makes it the host name, and Linux
+// host names hold at most 64 bytes (HOST_NAME_MAX).
+const MaxNodeNameLen = 64
+
+// CheckNodeName checks a node name (metadata.name, or the host name standing in for it): a
+// Kubernetes node name, i.e. a DNS-1123 subdomain (RFC 1123: dot-separated labels of 1 to 63
+// lower-case letters, digits and '-', starting and ending with a letter or digit), that also
+// fits a Linux host name (MaxNodeNameLen). Such a name is safe as a file name component, in an
+// environment variable and as a command argument (it cannot start with '-').
+func CheckNodeName(name string) error {
+	if !isDNSSubdomain(name) {
+		return fmt.Errorf("%q is not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.'; "+
+			"dot-separated labels of at most 63, each starting and ending with a letter or digit)", name)
+	}
+	if len(name) > MaxNodeNameLen {
+		return fmt.Errorf("%q is %d characters: the node name becomes the host name, at most %d", name, len(name), MaxNodeNameLen)
 	}
 	return nil
 }

@@ -15,6 +15,25 @@ const (
 	DefaultRootTimeout = 30 * time.Second
 )
 
+// Keys the node agent's configure step reads from the kernel command line (the init's own keys
+// are parsed by Parse).
+const (
+	// KeyMetadata is the imgctl metadata server's base URL.
+	KeyMetadata = "imgctl.metadata"
+	// KeyCredential is the node credential sent to it as a bearer token.
+	KeyCredential = "imgctl.credential"
+	// KeyMetadataInsecure allows sending the credential over plain http:// (a Flag).
+	KeyMetadataInsecure = "imgctl.metadata-insecure"
+	// KeyMetadataOrder lists the metadata providers to ask, comma-separated.
+	KeyMetadataOrder = "imgctl.metadata-order"
+)
+
+// Flag is the value of a boolean option: true when given alone (imgctl.debug) or with any
+// value but 0, false and no.
+func Flag(val string, hasVal bool) bool {
+	return !hasVal || (val != "0" && val != "false" && val != "no")
+}
+
 // Kind says how a Device names a block device.
 type Kind string
 
@@ -108,7 +127,7 @@ func Parse(line string) (Config, error) {
 		case "imgctl.root-timeout":
 			c.RootTimeout, err = parseTimeout(val)
 		case "imgctl.debug":
-			c.Debug = !hasVal || (val != "0" && val != "false" && val != "no")
+			c.Debug = Flag(val, hasVal)
 		default:
 			continue
 		}

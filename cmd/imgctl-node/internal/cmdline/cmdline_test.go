@@ -102,3 +102,18 @@ func TestDeviceString(t *testing.T) {
 		}
 	}
 }
+
+func TestFlag(t *testing.T) {
+	for _, tc := range []struct {
+		field string
+		want  bool
+	}{
+		{"imgctl.debug", true}, {"imgctl.debug=1", true}, {"imgctl.debug=yes", true}, {"imgctl.debug=true", true},
+		{"imgctl.debug=0", false}, {"imgctl.debug=no", false}, {"imgctl.debug=false", false},
+	} {
+		_, val, hasVal := strings.Cut(tc.field, "=")
+		if got := Flag(val, hasVal); got != tc.want {
+			t.Errorf("Flag(%s) = %v, want %v", tc.field, got, tc.want)
+		}
+	}
+}

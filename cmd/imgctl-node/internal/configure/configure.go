@@ -34,6 +34,12 @@ const (
 	DefaultReadyTimeout = 3 * time.Minute
 )
 
+// The commands that (re)start the services; a dry run names them.
+var (
+	restartContainerd = []string{"systemctl", "restart", "containerd.service"}
+	startKubelet      = []string{"systemctl", "start", "kubelet.service"}
+)
+
 // Options configure Run. Zero fields take defaults; the function fields exist for tests.
 type Options struct {
 	Root    string // "/" on a node
@@ -41,6 +47,11 @@ type Options struct {
 	Steps   *steplog.Logger
 	Logger  *slog.Logger
 	Output  io.Writer // output of hooks and commands (the journal and console); nil: discard
+	// DryRun writes every file under Root as usual but changes nothing else: no command, no
+	// hook, no sethostname, no probe. Each action left out is a status=skip line saying what
+	// it would have done. For testing and debugging a configuration (imgctl-node configure
+	// --root DIR --dry-run).
+	DryRun bool
 
 	// Providers overrides the metadata providers chosen from Cmdline (imgctl.metadata-order=).
 	Providers []metadata.Provider
@@ -107,6 +118,8 @@ func (o *Options) defaults() {
 }
 
 // Run configures the node. It returns the first error; the step line for it has been written.
+// The node name (metadata.name, or the host name when that is empty) is checked in the
+// metadata step, before it reaches /etc/hostname, the hooks' environment or any file.
 func Run(ctx context.Context, o Options) error {
 	o.defaults()
 	info, err := step(o.Steps, "image-info", func() (*imageinfo.Info, []any, error) {
@@ -120,12 +133,12 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
-	var source string
+	var source, name string
 	cfg, err := step(o.Steps, "metadata", func() (*nodeconfig.NodeConfig, []any, error) {
 		providers := o.Providers
 		if providers == nil {
 			order := metadata.DefaultOrder
-			if v, ok := cmdlineValue(o.Cmdline, "imgctl.metadata-order"); ok {
+			if v, ok := cmdlineValue(o.Cmdline, cmdline.KeyMetadataOrder); ok {
 				order = strings.Split(v, ",")
 			}
 			var err error
@@ -143,30 +156,28 @@ func Run(ctx context.Context, o Options) error {
 			return nil, nil, err
 		}
 		source = src
-		return c, []any{"source", src, "role", string(c.Spec.Role)}, nil
+		kv := []any{"source", src, "role", string(c.Spec.Role)}
+		if name, err = nodeName(c, o.Hostname); err != nil {
+			return nil, kv, err
+		}
+		return c, kv, nil
 	})
 	if err != nil {
 		return err
 	}
 
-	name, err := step(o.Steps, "hostname", func() (string, []any, error) {
-		name := cfg.Metadata.Name
-		if name == "" {
-			h, err := o.Hostname()
-			if err != nil {
-				return "", nil, fmt.Errorf("no metadata.name in the NodeConfig and no hostname: %w", err)
-			}
-			name = strings.ToLower(h)
-		}
+	if _, err := step(o.Steps, "hostname", func() (struct{}, []any, error) {
 		if err := writeFile(o.Root, "/etc/hostname", 0o644, []byte(name+"\n")); err != nil {
-			return "", nil, err
+			return struct{}{}, nil, err
+		}
+		if o.DryRun {
+			return struct{}{}, []any{"name", name, "sethostname", "skipped (dry run)"}, nil
 		}
 		if err := o.SetHostname(name); err != nil {
-			return "", nil, fmt.Errorf("sethostname %q: %w", name, err)
+			return struct{}{}, nil, fmt.Errorf("sethostname %q: %w", name, err)
 		}
-		return name, []any{"name", name}, nil
-	})
-	if err != nil {
+		return struct{}{}, []any{"name", name}, nil
+	}); err != nil {
 		return err
 	}
 
@@ -203,9 +214,14 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
+	if o.DryRun {
+		o.dryRunRest(plan, baked)
+		return o.hooks(ctx, hooks.PostConfigure, env)
+	}
+
 	if _, err := step(o.Steps, "containerd", func() (struct{}, []any, error) {
 		// restart, not start: it may be running with the image's default configuration.
-		if err := o.Run(ctx, "systemctl", "restart", "containerd.service"); err != nil {
+		if err := o.Run(ctx, restartContainerd[0], restartContainerd[1:]...); err != nil {
 			return struct{}{}, nil, err
 		}
 		v, err := waitFor(ctx, o, "containerd's CRI at "+o.CRISocket, o.CRIProbe)
@@ -241,7 +257,7 @@ func Run(ctx context.Context, o Options) error {
 		}
 	} else {
 		if _, err := step(o.Steps, "kubelet-start", func() (struct{}, []any, error) {
-			return struct{}{}, nil, o.Run(ctx, "systemctl", "start", "kubelet.service")
+			return struct{}{}, nil, o.Run(ctx, startKubelet[0], startKubelet[1:]...)
 		}); err != nil {
 			return err
 		}
@@ -258,7 +274,45 @@ func Run(ctx context.Context, o Options) error {
 }
 
 func (o *Options) hooks(ctx context.Context, phase string, env []string) error {
-	return hooks.Run(ctx, hooks.Options{Root: o.Root, Phase: phase, Env: env, Steps: o.Steps, Output: o.Output})
+	return hooks.Run(ctx, hooks.Options{Root: o.Root, Phase: phase, Env: env, Steps: o.Steps, Output: o.Output, DryRun: o.DryRun})
+}
+
+// dryRunRest writes the skip lines of the steps after render: what each would have run.
+func (o *Options) dryRunRest(plan *render.Plan, baked []bakedImage) {
+	skip := func(name string, kv ...any) { o.Steps.Start(name).Skip(append([]any{"reason", "dry run"}, kv...)...) }
+	skip("containerd", "command", strings.Join(restartContainerd, " "))
+	if len(baked) == 0 {
+		skip("images", "images", "none baked in "+ImagesDir)
+	} else {
+		names := make([]string, len(baked))
+		for i, im := range baked {
+			names[i] = im.Name
+		}
+		skip("images", "command", "ctr images import", "images", strings.Join(names, ","))
+	}
+	if len(plan.Command) > 0 {
+		skip("kubeadm", "command", strings.Join(plan.Command, " "))
+	} else {
+		skip("kubelet-start", "command", strings.Join(startKubelet, " "))
+	}
+	skip("kubelet-healthy", "url", o.KubeletHealthz)
+}
+
+// nodeName is the node's name: metadata.name (metadata.Fetch has validated it with
+// nodeconfig.CheckNodeName), or else the host name lower-cased, which must pass the same check.
+func nodeName(c *nodeconfig.NodeConfig, hostname func() (string, error)) (string, error) {
+	if c.Metadata.Name != "" {
+		return c.Metadata.Name, nil
+	}
+	h, err := hostname()
+	if err != nil {
+		return "", fmt.Errorf("metadata.name is empty and the host name is unknown: %w", err)
+	}
+	n := strings.ToLower(h)
+	if err := nodeconfig.CheckNodeName(n); err != nil {
+		return "", fmt.Errorf("metadata.name is empty and the host name is not a valid node name: %w (set metadata.name)", err)
+	}
+	return n, nil
 }
 
 // step runs fn as one step line: ok with fn's key/value pairs, or fail with its error.

@@ -14,16 +14,20 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/health"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/metadata"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/render"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
 	"github.com/imgctl/imgctl/images/imageinfo"
 )
@@ -357,5 +361,205 @@ func TestSandboxImage(t *testing.T) {
 		if got := sandboxImage(ims); got != tc.want {
 			t.Errorf("sandboxImage(%q) = %q, want %q", tc.names, got, tc.want)
 		}
+	}
+}
+
+// TestMetadataCredentialsNotShown: the console's step lines and the error show neither the
+// metadata URL's user info nor the credential, whether the credential is refused for plain http
+// (before any request) or sent with imgctl.metadata-insecure=1.
+func TestMetadataCredentialsNotShown(t *testing.T) {
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		if r.Header.Get("Authorization") != "Bearer s3cret" {
+			http.Error(w, "no", http.StatusUnauthorized)
+			return
+		}
+		fmt.Fprint(w, tokenConfig)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	base := "imgctl.metadata-order=imgctl imgctl.metadata=http://user:secret@" + host + "/boot imgctl.credential=s3cret"
+
+	f, o := newFixture(t, "")
+	o.Cmdline = base
+	err := Run(context.Background(), o)
+	want := "imgctl: http://" + host + "/boot/v1/nodeconfig: refusing to send the node credential over plain http " +
+		"(anyone on the boot network can read it): use an https:// URL, or add imgctl.metadata-insecure=1 to the kernel command line to allow it"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("err = %v\nwant %q", err, want)
+	}
+	if n := requests.Load(); n != 0 {
+		t.Errorf("the server saw %d requests before the refusal, want none", n)
+	}
+	for _, out := range []string{f.steps.String(), fmt.Sprint(err)} {
+		if strings.Contains(out, "secret") || strings.Contains(out, "s3cret") || strings.Contains(out, "user@") {
+			t.Errorf("shows a credential:\n%s", out)
+		}
+	}
+
+	f, o = newFixture(t, "")
+	o.Cmdline = base + " imgctl.metadata-insecure=1"
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s", err, f.steps.String())
+	}
+	if !strings.Contains(f.steps.String(), `step=metadata status=ok`) ||
+		!strings.Contains(f.steps.String(), `source="imgctl http://`+host+`/boot/v1/nodeconfig"`) {
+		t.Errorf("metadata step line:\n%s", f.steps.String())
+	}
+	if strings.Contains(f.steps.String(), "secret") || strings.Contains(f.steps.String(), "user@") {
+		t.Errorf("shows a credential:\n%s", f.steps.String())
+	}
+}
+
+// failingFixture makes every way Run could touch the host fail the test: commands, the
+// hostname, the readiness probes.
+func failingFixture(t *testing.T, o *Options) {
+	o.Run = func(ctx context.Context, name string, args ...string) error {
+		t.Errorf("ran %s %q", name, args)
+		return errors.New("must not run")
+	}
+	o.SetHostname = func(n string) error {
+		t.Errorf("set the hostname to %q", n)
+		return errors.New("must not set the hostname")
+	}
+	o.CRIProbe = func(context.Context) (health.CRIInfo, error) {
+		t.Error("probed containerd")
+		return health.CRIInfo{}, errors.New("must not probe")
+	}
+	o.KubeletProbe = func(context.Context) error {
+		t.Error("probed the kubelet")
+		return errors.New("must not probe")
+	}
+}
+
+// hookMarker installs an executable hook for phase that creates a marker file, and returns the
+// marker's path.
+func hookMarker(t *testing.T, root, phase string) string {
+	t.Helper()
+	marker := filepath.Join(root, "hook-ran-"+phase)
+	p := filepath.Join(root, "etc/imgctl/hooks.d", phase+".d", "10-mark")
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte("#!/bin/sh\necho \"$IMGCTL_NODE_NAME\" > "+marker+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return marker
+}
+
+// TestDryRun: configure with DryRun writes every file into Root and runs nothing: no command,
+// no hook, no sethostname, no probe; the skipped actions are on the console.
+func TestDryRun(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		skipped    []string
+		files      []string
+	}{
+		{"node with certificate", certConfig(t), []string{"containerd=skip", "images=skip", "kubelet-start=skip", "kubelet-healthy=skip"},
+			[]string{"var/lib/kubelet/config.yaml", "etc/kubernetes/kubelet.conf"}},
+		{"node with token", tokenConfig, []string{"containerd=skip", "images=skip", "kubeadm=skip", "kubelet-healthy=skip"},
+			[]string{render.KubeadmConfigPath}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, o := newFixture(t, tc.yaml)
+			o.DryRun = true
+			failingFixture(t, &o)
+			pre, post := hookMarker(t, f.root, "pre-configure"), hookMarker(t, f.root, "post-configure")
+			writeArchive(t, f.root, ImagesDir+"/pause.tar", "registry.k8s.io/pause:3.4.1")
+			if err := Run(context.Background(), o); err != nil {
+				t.Fatalf("%v\n%s", err, f.steps.String())
+			}
+			for _, m := range []string{pre, post} {
+				if _, err := os.Stat(m); err == nil {
+					t.Errorf("hook ran: %s exists", m)
+				}
+			}
+			want := append([]string{"image-info=ok", "metadata=ok", "hostname=ok", "hook=skip", "render=ok"}, tc.skipped...)
+			want = append(want, "hook=skip")
+			if got := f.lines(); !slices.Equal(got, want) {
+				t.Errorf("steps = %q, want %q\n%s", got, want, f.steps.String())
+			}
+			out := f.steps.String()
+			for _, s := range []string{
+				`step=hostname status=ok`, `sethostname="skipped (dry run)"`,
+				`step=hook status=skip`, `hook=10-mark reason="dry run"`,
+				`step=containerd status=skip`, `command="systemctl restart containerd.service"`,
+				`step=images status=skip`, `reason="dry run"`,
+			} {
+				if !strings.Contains(out, s) {
+					t.Errorf("steps do not contain %s:\n%s", s, out)
+				}
+			}
+			name := map[bool]string{true: "node-1", false: "node-2"}[tc.yaml != tokenConfig]
+			if b, err := os.ReadFile(filepath.Join(f.root, "etc/hostname")); err != nil || string(b) != name+"\n" {
+				t.Errorf("etc/hostname = %q, %v", b, err)
+			}
+			for _, p := range append([]string{"etc/containerd/config.toml"}, tc.files...) {
+				if _, err := os.Stat(filepath.Join(f.root, p)); err != nil {
+					t.Errorf("%s not rendered: %v", p, err)
+				}
+			}
+		})
+	}
+}
+
+// TestInvalidNodeName: a node name that is not a valid Kubernetes node name and host name fails
+// the metadata step, naming the field, before anything is written, set or run.
+func TestInvalidNodeName(t *testing.T) {
+	withName := func(n string) string {
+		return strings.Replace(tokenConfig, "  name: node-2\n", fmt.Sprintf("  name: %q\n", n), 1)
+	}
+	noName := strings.Replace(tokenConfig, "metadata:\n  name: node-2\n", "", 1)
+	for _, tc := range []struct {
+		name, yaml, hostname string
+		errHas               []string
+	}{
+		{name: "dot dot slash", yaml: withName("../x"), errHas: []string{`metadata.name: "../x"`}},
+		{name: "space", yaml: withName("a b"), errHas: []string{`metadata.name: "a b"`}},
+		{name: "leading dash", yaml: withName("-x"), errHas: []string{`metadata.name: "-x"`}},
+		{name: "300 characters", yaml: withName(strings.Repeat("a", 300)), errHas: []string{"metadata.name: \"aaaa"}},
+		{name: "upper case", yaml: withName("Node-1"), errHas: []string{`metadata.name: "Node-1"`}},
+		{name: "label of 64", yaml: withName(strings.Repeat("a", 64) + ".x"), errHas: []string{"metadata.name: \"aaaa"}},
+		{name: "longer than a host name", yaml: withName(strings.Repeat("a.", 32) + "b"), errHas: []string{"metadata.name", "at most 64"}},
+		{name: "newline", yaml: withName("a\nb"), errHas: []string{`metadata.name: "a\nb"`}},
+		{name: "host name fallback", yaml: noName, hostname: "my_host",
+			errHas: []string{`metadata.name is empty and the host name is not a valid node name: "my_host" is not a DNS-1123 subdomain`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, o := newFixture(t, tc.yaml)
+			failingFixture(t, &o)
+			if tc.hostname != "" {
+				o.Hostname = func() (string, error) { return tc.hostname, nil }
+			}
+			marker := hookMarker(t, f.root, "pre-configure")
+			err := Run(context.Background(), o)
+			if err == nil {
+				t.Fatalf("no error\n%s", f.steps.String())
+			}
+			for _, s := range tc.errHas {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not contain %q", err, s)
+				}
+			}
+			if got := f.lines(); !slices.Equal(got, []string{"image-info=ok", "metadata=fail"}) {
+				t.Errorf("steps = %q, want the metadata step to fail\n%s", got, f.steps.String())
+			}
+			for _, p := range []string{"etc/hostname", "etc/containerd/config.toml", filepath.Base(marker)} {
+				if _, err := os.Stat(filepath.Join(f.root, p)); err == nil {
+					t.Errorf("%s written despite the invalid name", p)
+				}
+			}
+		})
+	}
+	// A valid host name, lower-cased, stands in for a missing metadata.name.
+	f, o := newFixture(t, noName)
+	o.DryRun = true
+	failingFixture(t, &o)
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s", err, f.steps.String())
+	}
+	if b, _ := os.ReadFile(filepath.Join(f.root, "etc/hostname")); string(b) != "localhost-x\n" {
+		t.Errorf("etc/hostname = %q", b)
 	}
 }

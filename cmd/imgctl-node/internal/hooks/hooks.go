@@ -71,6 +71,8 @@ type Options struct {
 	Steps *steplog.Logger
 	// Output receives the hooks' stdout and stderr (nil: discarded).
 	Output io.Writer
+	// DryRun runs no hook: each that would run gets a status=skip line with reason "dry run".
+	DryRun bool
 }
 
 // Run runs the phase's hooks in lexical order and stops at the first that fails, returning an
@@ -110,6 +112,10 @@ func Run(ctx context.Context, o Options) error {
 		p := filepath.Join(dir, e.Name())
 		if reason := skipReason(p, e.Name()); reason != "" {
 			st.Skip("phase", o.Phase, "hook", e.Name(), "reason", reason)
+			continue
+		}
+		if o.DryRun {
+			st.Skip("phase", o.Phase, "hook", e.Name(), "reason", "dry run")
 			continue
 		}
 		if err := runHook(ctx, o, p); err != nil {

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -380,5 +381,30 @@ func TestBackgroundChildKeepsOutput(t *testing.T) {
 		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
 			_ = syscall.Kill(pid, syscall.SIGKILL) // the sleep this test started
 		}
+	}
+}
+
+// TestDryRun: a dry run runs no hook; each that would run, and each skipped for its own
+// reason, gets its skip line.
+func TestDryRun(t *testing.T) {
+	e := newEnv(t, PreConfigure)
+	e.hook("10-a", "", 0o755)
+	e.hook("20-fail", "exit 1\n", 0o755)
+	e.hook("30-off", "", 0o644)
+	o := e.options(PreConfigure)
+	o.DryRun = true
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.ran(); len(got) != 0 {
+		t.Errorf("ran %q in a dry run", got)
+	}
+	var got []string
+	for _, l := range e.lines() {
+		got = append(got, l["hook"]+":"+l["status"]+":"+l["reason"])
+	}
+	want := []string{"10-a:skip:dry run", "20-fail:skip:dry run", "30-off:skip:not executable"}
+	if !slices.Equal(got, want) {
+		t.Errorf("lines = %q, want %q\n%s", got, want, e.steps.String())
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -231,13 +232,13 @@ func TestImgctl(t *testing.T) {
 		wantName string
 		wantErr  string
 	}{
-		{"with credential", "console=ttyS0 imgctl.metadata=" + srv.URL + "/boot/ imgctl.credential=s3cret quiet", "node-7", ""},
+		{"with credential", "console=ttyS0 imgctl.metadata=" + srv.URL + "/boot/ imgctl.credential=s3cret imgctl.metadata-insecure=1 quiet", "node-7", ""},
 		{"public part only", "imgctl.metadata=" + srv.URL + "/boot", "master-1", ""},
-		{"quoted", `imgctl.metadata="` + srv.URL + `/boot" imgctl.credential="s3cret"`, "node-7", ""},
-		{"wrong credential", "imgctl.metadata=" + srv.URL + "/boot imgctl.credential=nope", "", "401 Unauthorized (node credential refused)"},
+		{"quoted", `imgctl.metadata="` + srv.URL + `/boot" imgctl.credential="s3cret" imgctl.metadata-insecure="1"`, "node-7", ""},
+		{"wrong credential", "imgctl.metadata=" + srv.URL + "/boot imgctl.credential=nope imgctl.metadata-insecure=1", "", "401 Unauthorized (node credential refused)"},
 		{"unknown path", "imgctl.metadata=" + srv.URL + "/elsewhere", "", "404 Not Found (server has no config for this node)"},
 		{"not configured", "console=ttyS0 root=/dev/vda", "", "imgctl: no imgctl.metadata= on the kernel command line"},
-		{"bad URL", "imgctl.metadata=ftp://x", "", `imgctl.metadata="ftp://x": expected an http(s) URL`},
+		{"bad URL", "imgctl.metadata=ftp://x", "", `imgctl.metadata=ftp://x: expected an http(s) URL`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -353,7 +354,7 @@ func TestOrderAndFallthrough(t *testing.T) {
 		{"skip unconfigured imgctl and empty imds", []Provider{
 			ImgctlFromCmdline("quiet"), &IMDS{BaseURL: imds404.URL}, &File{Path: good}}, "file " + good, nil},
 		{"imgctl before file", []Provider{
-			ImgctlFromCmdline("imgctl.metadata=" + imgctl.URL + "/boot imgctl.credential=s3cret"), &File{Path: good}},
+			ImgctlFromCmdline("imgctl.metadata=" + imgctl.URL + "/boot imgctl.credential=s3cret imgctl.metadata-insecure=1"), &File{Path: good}},
 			"imgctl " + imgctl.URL + "/boot/v1/nodeconfig", nil},
 		{"unreachable then file", []Provider{&IMDS{BaseURL: dead}, &File{Path: good}}, "file " + good, nil},
 		{"nothing anywhere", []Provider{ImgctlFromCmdline(""), &IMDS{BaseURL: dead}, &File{Path: missing}}, "", []string{
@@ -461,5 +462,163 @@ func TestNew(t *testing.T) {
 	}
 	if _, err := New([]string{"imds", "ec2"}, ""); err == nil || !strings.Contains(err.Error(), `unknown metadata provider "ec2"`) {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// countingImgctl is fakeImgctl that counts requests and records the Authorization header seen.
+func countingImgctl(t *testing.T, cred string, tls bool) (*httptest.Server, *atomic.Int32) {
+	var n atomic.Int32
+	h := fakeImgctl(t, cred).Config.Handler
+	counted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.Add(1)
+		h.ServeHTTP(w, r)
+	})
+	var srv *httptest.Server
+	if tls {
+		srv = httptest.NewTLSServer(counted)
+	} else {
+		srv = httptest.NewServer(counted)
+	}
+	t.Cleanup(srv.Close)
+	return srv, &n
+}
+
+// TestImgctlNeverShowsCredentials: neither the source (the console's step line) nor any error
+// shows URL user info, the bearer credential or the URL's query.
+func TestImgctlNeverShowsCredentials(t *testing.T) {
+	srv, _ := countingImgctl(t, "s3cret", false)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	secrets := []string{"user:secret", "secret", "s3cret", "user@", "tok3n"}
+	check := func(t *testing.T, what, s string) {
+		t.Helper()
+		for _, sec := range secrets {
+			if strings.Contains(s, sec) {
+				t.Errorf("%s %q shows %q", what, s, sec)
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name, cmdline, wantSrc, wantErr string
+	}{
+		{"user info, opted in", "imgctl.metadata=http://user:secret@" + host + "/boot imgctl.credential=s3cret imgctl.metadata-insecure=1",
+			"imgctl http://" + host + "/boot/v1/nodeconfig", ""},
+		{"query, opted in", "imgctl.metadata=http://" + host + "/boot?t=tok3n imgctl.credential=s3cret imgctl.metadata-insecure",
+			"imgctl http://" + host + "/boot/v1/nodeconfig?REDACTED", ""},
+		{"user info, refused", "imgctl.metadata=http://user:secret@" + host + "/boot",
+			"", "http://" + host + "/boot/v1/nodeconfig: refusing to send"},
+		{"user info and wrong credential", "imgctl.metadata=http://user:secret@" + host + "/boot?t=tok3n imgctl.credential=nope imgctl.metadata-insecure=1",
+			"", "http://" + host + "/boot/v1/nodeconfig?REDACTED: 401 Unauthorized"},
+		{"user info, unreachable", "imgctl.metadata=http://user:secret@" + closedURL(t)[len("http://"):] + "/boot?t=tok3n imgctl.metadata-insecure=1",
+			"", "connection refused"},
+		{"unparsable", "imgctl.metadata=http://user:secret@[::1/x%zz", "", "imgctl.metadata= is not a URL"},
+		{"not http", "imgctl.metadata=ftp://user:secret@" + host + "/x", "", "imgctl.metadata=ftp://" + host + "/x: expected an http(s) URL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			opts := fast
+			opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			c, src, err := Fetch(context.Background(), []Provider{ImgctlFromCmdline(tc.cmdline)}, opts)
+			check(t, "source", src)
+			check(t, "log", logs.String())
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if src != tc.wantSrc || c.Metadata.Name != "node-7" {
+					t.Errorf("got %q from %q, want node-7 from %q", c.Metadata.Name, src, tc.wantSrc)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("err = %v, want %q", err, tc.wantErr)
+			}
+			check(t, "error", err.Error())
+		})
+	}
+}
+
+// TestImgctlPlainHTTPNeedsOptIn: a credential (bearer or URL user info) goes over plain http only
+// with imgctl.metadata-insecure on the kernel command line; without it nothing is sent at all.
+func TestImgctlPlainHTTPNeedsOptIn(t *testing.T) {
+	srv, n := countingImgctl(t, "s3cret", false)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	for _, line := range []string{
+		"imgctl.metadata=" + srv.URL + "/boot imgctl.credential=s3cret",
+		"imgctl.metadata=" + srv.URL + "/boot imgctl.credential=s3cret imgctl.metadata-insecure=0",
+		"imgctl.metadata=http://user:pw@" + host + "/boot",
+	} {
+		n.Store(0)
+		_, _, err := Fetch(context.Background(), []Provider{ImgctlFromCmdline(line)}, fast)
+		want := "http://" + host + "/boot/v1/nodeconfig: refusing to send the node credential over plain http " +
+			"(anyone on the boot network can read it): use an https:// URL, or add imgctl.metadata-insecure=1 to the kernel command line to allow it"
+		if err == nil || !strings.Contains(err.Error(), want) || !IsPermanent(errors.Unwrap(err.(*FetchError).Failures[0])) {
+			t.Errorf("%s:\n err = %v\nwant %q (permanent)", line, err, want)
+		}
+		if got := n.Load(); got != 0 {
+			t.Errorf("%s: the server saw %d requests, want none", line, got)
+		}
+	}
+
+	// Opted in: works.
+	for _, opt := range []string{"imgctl.metadata-insecure=1", "imgctl.metadata-insecure", "imgctl.metadata-insecure=yes"} {
+		c, _, err := Fetch(context.Background(), []Provider{ImgctlFromCmdline("imgctl.metadata=" + srv.URL + "/boot imgctl.credential=s3cret " + opt)}, fast)
+		if err != nil || c.Metadata.Name != "node-7" {
+			t.Errorf("%s: got %v, %v", opt, c, err)
+		}
+	}
+	// No credential: the public part needs no opt-in.
+	c, _, err := Fetch(context.Background(), []Provider{ImgctlFromCmdline("imgctl.metadata=" + srv.URL + "/boot")}, fast)
+	if err != nil || c.Metadata.Name != "master-1" {
+		t.Errorf("public part: got %v, %v", c, err)
+	}
+}
+
+// TestImgctlHTTPS: over https the credential needs no opt-in.
+func TestImgctlHTTPS(t *testing.T) {
+	srv, n := countingImgctl(t, "s3cret", true)
+	p := ImgctlFromCmdline("imgctl.metadata=" + srv.URL + "/boot imgctl.credential=s3cret")
+	p.Client = srv.Client()
+	c, src, err := Fetch(context.Background(), []Provider{p}, fast)
+	if err != nil || c.Metadata.Name != "node-7" || src != "imgctl "+srv.URL+"/boot/v1/nodeconfig" || n.Load() != 1 {
+		t.Fatalf("got %v from %q, %v after %d requests", c, src, err, n.Load())
+	}
+}
+
+// TestRedirectsRefusedOnce: a redirect is refused at the first answer, not retried, and the
+// bearer credential never follows it, even with a client that follows redirects.
+func TestRedirectsRefusedOnce(t *testing.T) {
+	var other atomic.Int32
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		other.Add(1)
+		fmt.Fprint(w, nodeDoc)
+	}))
+	defer target.Close()
+	var n atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.Add(1)
+		http.Redirect(w, r, target.URL+"/elsewhere?t=tok3n", http.StatusFound)
+	}))
+	defer srv.Close()
+	for _, tc := range []struct {
+		name string
+		p    Provider
+	}{
+		{"imgctl", ImgctlFromCmdline("imgctl.metadata=" + srv.URL + " imgctl.credential=s3cret imgctl.metadata-insecure=1")},
+		{"imgctl, client following redirects", &Imgctl{URL: srv.URL, Credential: "s3cret", Insecure: true, Client: &http.Client{}}},
+		{"imds", &IMDS{BaseURL: srv.URL}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n.Store(0)
+			other.Store(0)
+			_, _, err := Fetch(context.Background(), []Provider{tc.p}, fast)
+			if err == nil || !strings.Contains(err.Error(), "302 Found: redirects are refused (to "+target.URL+"/elsewhere?REDACTED)") {
+				t.Errorf("err = %v, want redirects refused", err)
+			} else if strings.Contains(err.Error(), "tok3n") || strings.Contains(err.Error(), "attempts") {
+				t.Errorf("err = %v: shows the query or was retried", err)
+			}
+			if n.Load() != 1 || other.Load() != 0 {
+				t.Errorf("requests: %d to the server, %d to the redirect target; want 1 and 0", n.Load(), other.Load())
+			}
+		})
 	}
 }

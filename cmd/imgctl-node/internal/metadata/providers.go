@@ -122,13 +122,15 @@ func (m *IMDS) Fetch(ctx context.Context) ([]byte, string, error) {
 			return nil, u, Permanent(err)
 		}
 		req.Header.Set("X-aws-ec2-metadata-token", tok)
-		resp, err := client(m.Client).Do(req)
+		resp, err := noRedirects(m.Client).Do(req)
 		if err != nil {
 			return nil, u, fmt.Errorf("%s: %w", u, unwrapURL(err))
 		}
 		data, rerr := readLimited(resp.Body)
 		resp.Body.Close()
 		switch {
+		case isRedirect(resp.StatusCode):
+			return nil, u, redirectError(u, resp)
 		case resp.StatusCode == http.StatusUnauthorized && try == 0:
 			continue // token expired or revoked: get a new one, once per attempt
 		case resp.StatusCode == http.StatusNotFound:
@@ -165,13 +167,15 @@ func (m *IMDS) getToken(ctx context.Context, renew bool) (string, error) {
 		return "", Permanent(err)
 	}
 	req.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", strconv.Itoa(int(ttl/time.Second)))
-	resp, err := client(m.Client).Do(req)
+	resp, err := noRedirects(m.Client).Do(req)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", u, unwrapURL(err))
 	}
 	defer resp.Body.Close()
 	body, err := readLimited(resp.Body)
 	switch {
+	case isRedirect(resp.StatusCode):
+		return "", redirectError(u, resp)
 	case resp.StatusCode == http.StatusForbidden:
 		return "", Permanent(fmt.Errorf("%s: %s (instance metadata turned off?)", u, resp.Status))
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
@@ -193,23 +197,30 @@ func (m *IMDS) getToken(ctx context.Context, renew bool) (string, error) {
 // Imgctl reads the NodeConfig from the imgctl metadata server: GET URL/v1/nodeconfig, with
 // "Authorization: Bearer CREDENTIAL" for the full config; without a credential the server answers
 // the public part only (enough for a master that lets kubeadm make its CA).
+//
+// A credential (Credential, or user info in URL) goes over https, or over plain http only when
+// Insecure is set: anyone on the boot network reads plain http. No message ever shows the
+// credential, the URL's user info or its query (see redact).
 type Imgctl struct {
 	URL        string       // base URL; empty: ErrNotConfigured
 	Credential string       // node credential; empty: public part only
-	Client     *http.Client // default: no proxy, no redirects
+	Insecure   bool         // allow sending a credential over plain http
+	Client     *http.Client // default: no proxy; redirects are refused with any client
 }
 
-// ImgctlFromCmdline configures an Imgctl provider from imgctl.metadata=URL and
-// imgctl.credential=TOKEN on a kernel command line.
+// ImgctlFromCmdline configures an Imgctl provider from imgctl.metadata=URL,
+// imgctl.credential=TOKEN and imgctl.metadata-insecure on a kernel command line.
 func ImgctlFromCmdline(line string) *Imgctl {
 	p := &Imgctl{}
 	for _, f := range cmdline.Fields(line) {
-		key, val, _ := strings.Cut(f, "=")
+		key, val, hasVal := strings.Cut(f, "=")
 		switch key {
-		case "imgctl.metadata":
+		case cmdline.KeyMetadata:
 			p.URL = val
-		case "imgctl.credential":
+		case cmdline.KeyCredential:
 			p.Credential = val
+		case cmdline.KeyMetadataInsecure:
+			p.Insecure = cmdline.Flag(val, hasVal)
 		}
 	}
 	return p
@@ -218,33 +229,46 @@ func ImgctlFromCmdline(line string) *Imgctl {
 // Name implements Provider.
 func (p *Imgctl) Name() string { return "imgctl" }
 
-// Fetch implements Provider. 401, 403 (credential refused) and 404 (node unknown) are Permanent.
+// Fetch implements Provider. 401, 403 (credential refused), 404 (node unknown), a redirect and a
+// credential refused for plain http are Permanent. The source it returns is redacted.
 func (p *Imgctl) Fetch(ctx context.Context) ([]byte, string, error) {
 	if p.URL == "" {
-		return nil, "", NotConfigured("no imgctl.metadata= on the kernel command line")
+		return nil, "", NotConfigured("no " + cmdline.KeyMetadata + "= on the kernel command line")
 	}
 	base, err := url.Parse(p.URL)
-	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return nil, p.URL, Permanent(fmt.Errorf("imgctl.metadata=%q: expected an http(s) URL", p.URL))
+	if err != nil {
+		// url.Parse's error quotes the whole value, user info and all.
+		return nil, "", Permanent(fmt.Errorf("%s= is not a URL (value not shown: it may carry a credential)", cmdline.KeyMetadata))
+	}
+	if (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
+		return nil, redact(base), Permanent(fmt.Errorf("%s=%s: expected an http(s) URL", cmdline.KeyMetadata, redact(base)))
 	}
 	base.Path = strings.TrimSuffix(base.Path, "/") + "/v1/nodeconfig"
 	base.RawPath = ""
-	u := base.String()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	base.Fragment, base.RawFragment = "", ""
+	u := redact(base) // the only form of the URL any message shows
+	if base.Scheme == "http" && (p.Credential != "" || base.User != nil) && !p.Insecure {
+		return nil, u, Permanent(fmt.Errorf("%s: refusing to send the node credential over plain http "+
+			"(anyone on the boot network can read it): use an https:// URL, or add %s=1 to the kernel command line to allow it",
+			u, cmdline.KeyMetadataInsecure))
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base.String(), nil)
 	if err != nil {
-		return nil, u, Permanent(err)
+		return nil, u, Permanent(fmt.Errorf("%s: %w", u, unwrapURL(err)))
 	}
 	req.Header.Set("Accept", "application/yaml, application/json")
 	if p.Credential != "" {
 		req.Header.Set("Authorization", "Bearer "+p.Credential)
 	}
-	resp, err := client(p.Client).Do(req)
+	resp, err := noRedirects(p.Client).Do(req)
 	if err != nil {
 		return nil, u, fmt.Errorf("%s: %w", u, unwrapURL(err))
 	}
 	defer resp.Body.Close()
 	data, err := readLimited(resp.Body)
 	switch {
+	case isRedirect(resp.StatusCode):
+		return nil, u, redirectError(u, resp)
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		return nil, u, Permanent(fmt.Errorf("%s: %s (node credential refused)", u, resp.Status))
 	case resp.StatusCode == http.StatusNotFound:
@@ -257,8 +281,33 @@ func (p *Imgctl) Fetch(ctx context.Context) ([]byte, string, error) {
 	return data, u, nil
 }
 
+// redact returns u as messages may show it: without user info, with the query replaced by
+// REDACTED (it may carry a token) and without the fragment.
+func redact(u *url.URL) string {
+	r := *u
+	r.User = nil
+	if r.RawQuery != "" || r.ForceQuery {
+		r.RawQuery, r.ForceQuery = "REDACTED", false
+	}
+	r.Fragment, r.RawFragment = "", ""
+	return r.String()
+}
+
+func isRedirect(code int) bool { return code >= 300 && code < 400 }
+
+// redirectError is the Permanent error for a redirect: a metadata server that redirects is
+// misconfigured or impersonated, and the credential must not follow it.
+func redirectError(u string, resp *http.Response) error {
+	to := "no Location"
+	if loc, err := resp.Location(); err == nil {
+		to = redact(loc)
+	}
+	return Permanent(fmt.Errorf("%s: %s: redirects are refused (to %s)", u, resp.Status, to))
+}
+
 // defaultClient talks to link-local and boot-network servers directly: no proxy from the
-// environment, and no redirects (a redirect from a metadata server is a misconfiguration or worse).
+// environment, and no redirects (a redirect from a metadata server is a misconfiguration or
+// worse: the caller reports the 3xx answer and does not retry).
 var defaultClient = &http.Client{
 	Transport: &http.Transport{
 		Proxy:                 nil,
@@ -271,11 +320,15 @@ var defaultClient = &http.Client{
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 }
 
-func client(c *http.Client) *http.Client {
+// noRedirects returns c (default defaultClient) with redirects turned off: the 3xx answer
+// itself comes back, for redirectError.
+func noRedirects(c *http.Client) *http.Client {
 	if c == nil {
 		return defaultClient
 	}
-	return c
+	cc := *c
+	cc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &cc
 }
 
 // unwrapURL drops *url.Error's "Get "URL": " prefix: our messages name the URL once.

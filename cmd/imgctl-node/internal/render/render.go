@@ -148,7 +148,6 @@ var (
 	// imageRefRE is deliberately loose (the runtime parses the reference); it keeps out what
 	// would break the TOML string and the kubelet flag the reference is written into.
 	imageRefRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$`)
-	dnsLabelRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 )
 
 // newRenderer checks in and derives what every role needs.
@@ -182,8 +181,8 @@ func newRenderer(in Input) (*renderer, error) {
 		r.apiHost, r.apiPort = splitAPIServer(cl.APIServer)
 	}
 
-	if !isDNSSubdomain(in.NodeName) {
-		add("NodeName", "%q is not a DNS-1123 subdomain (expected the node's host name: lower-case letters, digits, '-' and '.')", in.NodeName)
+	if err := nodeconfig.CheckNodeName(in.NodeName); err != nil {
+		add("NodeName", "%v", err)
 	}
 
 	r.sandbox = in.SandboxImage
@@ -223,18 +222,6 @@ func splitAPIServer(s string) (host, port string) {
 // apiEndpoint returns cluster.apiServer as kubeadm's HOST:PORT ([IPv6]:PORT).
 func (r *renderer) apiEndpoint() string {
 	return net.JoinHostPort(r.apiHost, r.apiPort)
-}
-
-func isDNSSubdomain(s string) bool {
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	for l := range strings.SplitSeq(s, ".") {
-		if !dnsLabelRE.MatchString(l) {
-			return false
-		}
-	}
-	return true
 }
 
 // header starts every generated text file that allows comments.

@@ -70,9 +70,12 @@ func freeInitramfs(root string) (int, error) {
 	return DeleteTree(root)
 }
 
+// statfs is unix.Statfs; tests replace it to present a directory as another filesystem.
+var statfs = unix.Statfs
+
 func checkInitramfs(root string) error {
 	var sfs unix.Statfs_t
-	if err := unix.Statfs(root, &sfs); err != nil {
+	if err := statfs(root, &sfs); err != nil {
 		return fmt.Errorf("statfs %s: %w", root, err)
 	}
 	if sfs.Type != unix.RAMFS_MAGIC && sfs.Type != unix.TMPFS_MAGIC {
