@@ -3,6 +3,8 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,6 +48,32 @@ func TestLimitFlagsReachSources(t *testing.T) {
 		_, _, err := run(t, dir, append([]string{"layers", "inspect"}, append(bad, "file://"+p)...)...)
 		if err == nil || !strings.Contains(err.Error(), bad[0]) {
 			t.Errorf("%v: err = %v, want a usage error naming the flag", bad, err)
+		}
+	}
+}
+
+func TestLimitFlagsReachDownloads(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		buf := make([]byte, 32<<10)
+		for r.Context().Err() == nil {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+		}
+	}))
+	defer srv.Close()
+	dir := t.TempDir()
+	uri := srv.URL + "/endless.tar#sha256=" + strings.Repeat("ab", 32)
+	_, _, err := run(t, dir, "layers", "inspect", "--max-source-size", "1MiB", uri)
+	if err == nil || !strings.Contains(err.Error(), srv.URL+"/endless.tar sent more than the limit of 1.0 MiB") {
+		t.Fatalf("err = %v, want the download stopped at 1 MiB", err)
+	}
+	for _, sub := range []string{"tmp", "tmp/partial"} {
+		es, _ := os.ReadDir(filepath.Join(dir, "cache", sub))
+		for _, e := range es {
+			if !e.IsDir() {
+				t.Errorf("left in the cache: %s/%s", sub, e.Name())
+			}
 		}
 	}
 }

@@ -102,12 +102,16 @@ func (l Limits) MinRate() (int64, time.Duration) {
 // As a flag value, "0" or "off" disables the limit.
 type Size int64
 
-// ParseSize parses a byte count with an optional unit: B, KiB, MiB, GiB, TiB (powers of
-// 1024) or kB, MB, GB, TB (powers of 1000); "0" and "off" mean no limit (Off).
+// ParseSize parses a byte count with an optional unit: B, KiB, MiB, GiB, TiB or K, M, G, T
+// (powers of 1024, as --disk-size reads them) or kB, MB, GB, TB (powers of 1000); "0" and
+// "off" mean no limit (Off).
 func ParseSize(s string) (Size, error) {
 	t := strings.TrimSpace(s)
 	if strings.EqualFold(t, "off") || t == "0" {
 		return Off, nil
+	}
+	if t != "" && strings.IndexByte("KMGTkmgt", t[len(t)-1]) >= 0 {
+		t += "iB" // a bare K, M, G or T is binary
 	}
 	n, err := humanize.ParseBytes(t)
 	if err != nil {

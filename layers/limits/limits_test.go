@@ -11,7 +11,7 @@ func TestParseSize(t *testing.T) {
 		want Size
 	}{
 		{"8GiB", 8 << 30}, {"512MiB", 512 << 20}, {"1KiB", 1024}, {"1GB", 1e9}, {"4096", 4096},
-		{"1.5 GiB", 3 << 29}, {"0", Off}, {"off", Off},
+		{"1.5 GiB", 3 << 29}, {"0", Off}, {"off", Off}, {"8G", 8 << 30}, {"512 m", 512 << 20}, {"100kB", 100000},
 	} {
 		got, err := ParseSize(c.in)
 		if err != nil || got != c.want {
