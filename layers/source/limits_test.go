@@ -350,3 +350,23 @@ func TestBoundedWriterStreams(t *testing.T) {
 		t.Errorf("%d bytes written past the %d allowed", sink.Len(), limits.ExpansionSlack)
 	}
 }
+
+func TestOCIArchiveOverSizeLimit(t *testing.T) {
+	host := startRegistry(t)
+	img := testImage(t, "amd64", true) // two random 2048-byte layers
+	dg := push(t, host+"/test/big:1", img)
+	env := newTestEnv(t)
+	env.Limits.MaxSourceSize = 3 << 10
+	u, err := Parse("oci://" + host + "/test/big@" + dg + "#image=" + archivePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = env.Materialize(context.Background(), u, Pin{URI: u.Raw, Digest: u.Digest})
+	if !errors.Is(err, limits.ErrTooLarge) || !strings.Contains(err.Error(), "--max-source-size") {
+		t.Fatalf("err = %v, want ErrTooLarge", err)
+	}
+	if es, _ := os.ReadDir(filepath.Join(env.Cache.Dir(), "blobs", "sha256")); len(es) != 0 {
+		t.Errorf("%d blobs downloaded before refusing", len(es))
+	}
+	assertNoTempFiles(t, env.Cache)
+}
