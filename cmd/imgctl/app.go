@@ -11,11 +11,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/cache"
 	"github.com/imgctl/imgctl/layers/fetch"
+	"github.com/imgctl/imgctl/layers/limits"
 	"github.com/imgctl/imgctl/layers/source"
 )
 
@@ -32,6 +34,7 @@ type app struct {
 	keyring  string
 	verbose  int
 	quiet    bool
+	limits   limits.Limits // per-source limits: build and layers inspect (limitFlags)
 }
 
 func newApp(in io.Reader, out, err io.Writer) *app {
@@ -132,7 +135,10 @@ func (a *app) env() (*source.Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	client := &fetch.Client{Offline: a.offline, Logger: log}
+	if a.limits.RateWindow < 0 {
+		return nil, fmt.Errorf("--transfer-rate-window %s: expected a positive duration such as 30s", a.limits.RateWindow)
+	}
+	client := &fetch.Client{Offline: a.offline, Logger: log, Limits: a.limits}
 	for _, m := range a.mirrors {
 		mm, err := fetch.ParseMirror(m)
 		if err != nil {
@@ -144,7 +150,16 @@ func (a *app) env() (*source.Env, error) {
 		client.Progress = newProgressBars(a.err).update
 	}
 	// The bootstrap layer packs the node agent; build's --node-agent overrides this default.
-	return &source.Env{Cache: ca, Fetch: client, Keyring: a.keyring, Logger: log, NodeAgent: defaultAgent()}, nil
+	return &source.Env{Cache: ca, Fetch: client, Keyring: a.keyring, Logger: log, NodeAgent: defaultAgent(), Limits: a.limits}, nil
+}
+
+// limitFlags adds the per-source limits to a command that fetches and converts sources.
+func (a *app) limitFlags(f *pflag.FlagSet) {
+	a.limits = limits.Default()
+	f.Var(&a.limits.MaxSourceSize, "max-source-size", "largest download, and largest layer tar, one source may produce, e.g. 8GiB, 512MiB (0: no limit)")
+	f.Var(&a.limits.MaxExpansionRatio, "max-expansion-ratio", "refuse a source whose layer tar is more than this many times its input (+1 MiB): compression bombs, sparse tar entries (0: no limit)")
+	f.Var(&a.limits.MinTransferRate, "min-transfer-rate", "fail a download attempt (then retry it) that averages less than this over --transfer-rate-window, e.g. 1KiB/s (0: no minimum)")
+	f.DurationVar(&a.limits.RateWindow, "transfer-rate-window", a.limits.RateWindow, "window over which --min-transfer-rate is measured")
 }
 
 func (a *app) printJSON(v any) error {

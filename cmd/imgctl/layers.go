@@ -45,7 +45,7 @@ func (a *app) layersCmd() *cobra.Command {
 			return tw.Flush()
 		}),
 	})
-	cmd.AddCommand(&cobra.Command{
+	inspect := &cobra.Command{
 		Use:   "inspect URI",
 		Short: "Resolve, fetch and validate one source without building: digest, size, entry count",
 		Long: `Inspect resolves a source URI to its pinned digest, fetches it into the cache and converts it
@@ -86,6 +86,8 @@ root). It prints the input digest, the layer tar digest, its size and entry coun
 			fmt.Fprintf(tw, "layer\t%s\nsize\t%s (%d bytes)\nentries\t%d\n", t.Digest, human(t.Size), t.Size, t.Entries)
 			return tw.Flush()
 		},
-	})
+	}
+	a.limitFlags(inspect.Flags())
+	cmd.AddCommand(inspect)
 	return cmd
 }

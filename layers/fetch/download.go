@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/imgctl/imgctl/layers/cache"
+	"github.com/imgctl/imgctl/layers/limits"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -100,6 +101,11 @@ func (c *Client) Fetch(ctx context.Context, ca *cache.Cache, rawURL string, expe
 	return d, nil
 }
 
+// tooLarge says what exceeded the per-source size limit; what ends with "over" or "more than".
+func tooLarge(what string, limit int64) error {
+	return fmt.Errorf("%w: %s the limit of %s per source (--max-source-size); nothing was kept", limits.ErrTooLarge, what, limits.Bytes(limit))
+}
+
 func mismatch(expected, actual digest.Digest, n int64) error {
 	return fmt.Errorf("%w: expected %s, got %s (%d bytes); nothing was cached", ErrDigestMismatch, expected, actual, n)
 }
@@ -139,6 +145,10 @@ func (c *Client) fetchFile(ctx context.Context, ca *cache.Cache, raw, target str
 	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
 		total = fi.Size()
 	}
+	limit := c.Limits.SourceSize()
+	if limit >= 0 && total > limit {
+		return "", fmt.Errorf("fetch %s: %w", where(raw, target), tooLarge(fmt.Sprintf("%s is %s, over", f.Name(), limits.Bytes(total)), limit))
+	}
 	w, err := ca.NewWriter(ctx)
 	if err != nil {
 		return "", fmt.Errorf("fetch %s: %w", raw, err)
@@ -148,6 +158,9 @@ func (c *Client) fetchFile(ctx context.Context, ca *cache.Cache, raw, target str
 	for {
 		n, rerr := f.Read(buf)
 		if n > 0 {
+			if limit >= 0 && w.Size()+int64(n) > limit {
+				return "", fmt.Errorf("fetch %s: %w", where(raw, target), tooLarge(f.Name()+" holds more than", limit))
+			}
 			if _, err := w.Write(buf[:n]); err != nil {
 				return "", fmt.Errorf("fetch %s: %w", where(raw, target), err)
 			}
@@ -196,10 +209,14 @@ func writeSidecar(path string, s *sidecar) error {
 		return err
 	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
+	err = os.WriteFile(tmp, b, 0o644)
+	if err == nil {
+		err = os.Rename(tmp, path)
 	}
-	return os.Rename(tmp, path)
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
 }
 
 func (s *sidecar) strongETag() string {
@@ -263,7 +280,11 @@ func (c *Client) fetchHTTP(ctx context.Context, ca *cache.Cache, raw, target str
 		}
 	})
 	if err != nil {
-		if errors.Is(err, ErrDigestMismatch) || errors.Is(err, ErrNotFound) {
+		// Keep the partial data only after a genuine interruption (every attempt failed
+		// transiently, or the build was cancelled), for a later Range resume: it is at most
+		// the size limit and is verified against the pin (or validators) when resumed.
+		// A body over the limit, a mismatch, a 4xx or a local error deletes it.
+		if !errors.Is(err, ErrUnreachable) && ctx.Err() == nil {
 			w.Abort()
 			os.Remove(metaPath)
 		}
@@ -355,12 +376,20 @@ func (c *Client) tryRange(ctx context.Context, w *cache.Writer, target, metaPath
 		*scp = nsc
 	}
 
+	limit := c.Limits.SourceSize()
+	if limit >= 0 && total > limit {
+		return offset, tooLarge(fmt.Sprintf("%s declares %s, over", target, limits.Bytes(total)), limit)
+	}
 	p.update(w.Size(), total)
 	buf := make([]byte, 256<<10)
+	a.watchRate()
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
-			a.touch()
+			a.touch(n)
+			if limit >= 0 && w.Size()+int64(n) > limit {
+				return offset, tooLarge(target+" sent more than", limit)
+			}
 			if _, err := w.Write(buf[:n]); err != nil {
 				if ctx.Err() != nil {
 					return offset, context.Cause(ctx)
@@ -455,10 +484,11 @@ func (c *Client) Get(ctx context.Context, rawURL string) (io.ReadCloser, error) 
 		}
 		var b bytes.Buffer
 		buf := make([]byte, 64<<10)
+		a.watchRate()
 		for {
 			n, rerr := resp.Body.Read(buf)
 			if n > 0 {
-				a.touch()
+				a.touch(n)
 				if b.Len()+n > MaxGetSize {
 					return fmt.Errorf("document larger than %d bytes; use Fetch", MaxGetSize)
 				}

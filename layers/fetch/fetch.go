@@ -14,7 +14,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/imgctl/imgctl/layers/limits"
 )
 
 // Sentinel errors; test with errors.Is.
@@ -78,6 +81,10 @@ type Client struct {
 	// Progress, if set, is called at most about 10 times a second per download
 	// and once with Done when the download ends.
 	Progress func(Progress)
+	// Limits bound every download: MaxSourceSize (a body over it fails at once and is
+	// deleted) and MinTransferRate over RateWindow (a slower attempt fails and is retried).
+	// The zero value means the defaults of package limits.
+	Limits limits.Limits
 }
 
 func (c *Client) attempts() int {
@@ -305,28 +312,77 @@ func (c *Client) retry(ctx context.Context, raw, target string, try func(ctx con
 
 var errStalled = errors.New("stalled")
 
-// attempt bounds one HTTP exchange with a stall timer: the attempt's context is
-// cancelled when no progress (touch) happens for the stall timeout.
+// attempt bounds one HTTP exchange with a stall timer and a rate check: the attempt's
+// context is cancelled when no bytes arrive (touch) for the stall timeout, or when the
+// body, once it started (watchRate), averages less than the minimum rate over a window.
+// The stall timer alone cannot catch a server that drips a byte a second.
 type attempt struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	timer  *time.Timer
 	stall  time.Duration
+
+	rate   int64 // minimum bytes per second; 0: no rate check
+	window time.Duration
+	got    atomic.Int64 // body bytes since the last rate check
+	mu     sync.Mutex
+	rtimer *time.Timer // the rate check; nil until watchRate
+	ended  bool
 }
 
 func (c *Client) startAttempt(parent context.Context) *attempt {
 	ctx, cancel := context.WithCancelCause(parent)
 	a := &attempt{ctx: ctx, cancel: cancel, stall: c.stallTimeout()}
+	a.rate, a.window = c.Limits.MinRate()
 	a.timer = time.AfterFunc(a.stall, func() {
 		cancel(fmt.Errorf("%w: no data for %s", errStalled, a.stall))
 	})
 	return a
 }
 
-func (a *attempt) touch() { a.timer.Reset(a.stall) }
+// touch records n body bytes received.
+func (a *attempt) touch(n int) {
+	a.timer.Reset(a.stall)
+	a.got.Add(int64(n))
+}
+
+// watchRate starts the minimum-rate check; call it when the response body starts.
+func (a *attempt) watchRate() {
+	if a.rate <= 0 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ended || a.rtimer != nil {
+		return
+	}
+	a.got.Store(0)
+	a.rtimer = time.AfterFunc(a.window, a.checkRate)
+}
+
+func (a *attempt) checkRate() {
+	n := a.got.Swap(0)
+	if float64(n) < float64(a.rate)*a.window.Seconds() {
+		measured := limits.Rate(float64(n) / a.window.Seconds())
+		a.cancel(fmt.Errorf("%w: averaged %s over the last %s, below the minimum %s (--min-transfer-rate)",
+			limits.ErrTooSlow, measured, a.window, limits.Rate(a.rate)))
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.ended {
+		a.rtimer.Reset(a.window)
+	}
+}
 
 func (a *attempt) end() {
 	a.timer.Stop()
+	a.mu.Lock()
+	a.ended = true
+	if a.rtimer != nil {
+		a.rtimer.Stop()
+	}
+	a.mu.Unlock()
 	a.cancel(nil)
 }
 
@@ -336,7 +392,7 @@ func (a *attempt) classify(parent context.Context, err error) error {
 	if parent.Err() != nil {
 		return context.Cause(parent)
 	}
-	if cause := context.Cause(a.ctx); errors.Is(cause, errStalled) {
+	if cause := context.Cause(a.ctx); errors.Is(cause, errStalled) || errors.Is(cause, limits.ErrTooSlow) {
 		return transient(cause)
 	}
 	return transient(err)

@@ -28,6 +28,7 @@ import (
 	"github.com/imgctl/imgctl/layers/cache"
 	"github.com/imgctl/imgctl/layers/deb"
 	"github.com/imgctl/imgctl/layers/fetch"
+	"github.com/imgctl/imgctl/layers/limits"
 	"github.com/imgctl/imgctl/layers/tarentry"
 )
 
@@ -62,7 +63,11 @@ type Env struct {
 	MTime   time.Time // SOURCE_DATE_EPOCH, passed to mmdebstrap
 	// NodeAgent is the static imgctl-node binary the bootstrap layer (imgctl://bootstrap) carries.
 	NodeAgent string
-	Logger    *slog.Logger
+	// Limits bound each source's layer tar: at most MaxSourceSize bytes and at most
+	// MaxExpansionRatio times its input (plus limits.ExpansionSlack). The zero value means
+	// the defaults. Downloads are bounded by Fetch.Limits: give both the same value.
+	Limits limits.Limits
+	Logger *slog.Logger
 
 	repos sync.Map // mirror|suite|component|arch -> *deb.Repo
 }
@@ -243,7 +248,11 @@ func (e *Env) materialize(ctx context.Context, u URI, pin Pin) (Tar, error) {
 		return Tar{}, err
 	}
 	defer func() { _ = w.Abort() }()
-	out := newTarOut(w, u.Prefix)
+	inSize := in.size
+	if u.Kind == KindOCI || u.Kind == KindOCILayout {
+		inSize = -1 // the layers are the input: convertOCI bounds each one
+	}
+	out := e.boundedTarOut(w, u.Prefix, inSize)
 	if err := e.convert(ctx, u, in, out); err != nil {
 		return Tar{}, err
 	}
@@ -449,6 +458,57 @@ type tarOut struct {
 	tw      *tar.Writer
 	prefix  string
 	entries int
+	bound   *boundedWriter // nil: unbounded
+}
+
+// boundedTarOut is a tarOut whose tar may grow to e.Limits.MaxOutput(inputSize) bytes
+// (inputSize -1: to the size limit only, for inputs whose size says nothing).
+func (e *Env) boundedTarOut(w io.Writer, prefix string, inputSize int64) *tarOut {
+	b := &boundedWriter{w: w, input: inputSize, lim: e.Limits, max: e.Limits.MaxOutput(inputSize)}
+	o := newTarOut(b, prefix)
+	o.bound = b
+	return o
+}
+
+// boundedWriter fails with limits.ErrTooLarge instead of letting a layer tar grow past max
+// bytes: the size limit per source, or the expansion ratio times the input's size. Both the
+// decompressed stream of a compression bomb and the holes of a sparse tar entry (which Go's
+// tar reader expands) show up here, before they reach the disk.
+type boundedWriter struct {
+	w     io.Writer
+	n     int64
+	max   int64 // -1: unbounded
+	input int64 // bytes of input; -1: unknown
+	lim   limits.Limits
+}
+
+func (b *boundedWriter) Write(p []byte) (int, error) {
+	if b.max >= 0 && b.n+int64(len(p)) > b.max {
+		return 0, b.exceeded(b.n + int64(len(p)))
+	}
+	n, err := b.w.Write(p)
+	b.n += int64(n)
+	return n, err
+}
+
+// fits refuses, before anything of it is written, an entry whose declared size alone would
+// take the tar past its bound (a sparse entry declares its logical size).
+func (b *boundedWriter) fits(hdr *tar.Header) error {
+	if b == nil || b.max < 0 || hdr.Typeflag != tar.TypeReg || b.n+hdr.Size <= b.max {
+		return nil
+	}
+	return b.exceeded(b.n + hdr.Size)
+}
+
+// exceeded explains why a tar of total bytes is refused.
+func (b *boundedWriter) exceeded(total int64) error {
+	l := b.lim.WithDefaults()
+	if b.max == l.SourceSize() {
+		return fmt.Errorf("%w: the layer tar would be %s or more, over the limit of %s per source (--max-source-size)",
+			limits.ErrTooLarge, limits.Bytes(total), limits.Bytes(b.max))
+	}
+	return fmt.Errorf("%w: the layer tar would be %s or more from %s of input, %.0f× the input, over the limit of %s× the input + %s (--max-expansion-ratio): a compression bomb or a sparse file?",
+		limits.ErrTooLarge, limits.Bytes(total), limits.Bytes(b.input), float64(total)/float64(max(b.input, 1)), l.MaxExpansionRatio, limits.Bytes(limits.ExpansionSlack))
 }
 
 func newTarOut(w io.Writer, prefix string) *tarOut {
@@ -491,7 +551,12 @@ func (o *tarOut) add(hdr *tar.Header, body io.Reader) error {
 }
 
 func (o *tarOut) copyTar(ctx context.Context, r io.Reader) error {
-	return tarentry.Each(ctx, r, o.add)
+	return tarentry.Each(ctx, r, func(hdr *tar.Header, content io.Reader) error {
+		if err := o.bound.fits(hdr); err != nil {
+			return fmt.Errorf("entry %q: %w", hdr.Name, err)
+		}
+		return o.add(hdr, content)
+	})
 }
 
 func (o *tarOut) Close() error { return o.tw.Close() }
@@ -505,7 +570,7 @@ func (e *Env) dirTar(ctx context.Context, u URI) (Tar, error) {
 		return Tar{}, err
 	}
 	defer func() { _ = w.Abort() }()
-	out := newTarOut(w, u.Prefix)
+	out := e.boundedTarOut(w, u.Prefix, -1)
 	err = walkSorted(root, "", func(rel string, info fs.FileInfo) error {
 		if err := ctx.Err(); err != nil {
 			return err

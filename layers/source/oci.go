@@ -136,7 +136,11 @@ func (e *Env) layerTar(ctx context.Context, l v1.Layer) (digest.Digest, error) {
 		return "", err
 	}
 	defer func() { _ = w.Abort() }()
-	out := newTarOut(w, "")
+	compressed, err := l.Size()
+	if err != nil {
+		compressed = -1
+	}
+	out := e.boundedTarOut(w, "", compressed)
 	if err := out.copyTar(ctx, rc); err != nil {
 		return "", err
 	}

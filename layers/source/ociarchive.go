@@ -20,6 +20,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/imgctl/imgctl/layers/limits"
 )
 
 // AnnotationContainerdImageName is the index.json annotation containerd's importer
@@ -74,6 +76,10 @@ func (e *Env) ociArchive(ctx context.Context, u URI) (*input, error) {
 	}
 	if mediaType != types.OCIManifestSchema1 && mediaType != types.DockerManifestSchema2 {
 		return nil, fmt.Errorf("manifest %s has media type %q, expected %s or %s", md, mediaType, types.OCIManifestSchema1, types.DockerManifestSchema2)
+	}
+
+	if err := e.checkImageSize(md, int64(len(raw)), append([]v1.Descriptor{m.Config}, m.Layers...)); err != nil {
+		return nil, err
 	}
 
 	blobs := []archiveBlob{{digest: md, data: raw}}
@@ -137,6 +143,27 @@ func (e *Env) ociArchive(ctx context.Context, u URI) (*input, error) {
 	}
 	e.logger().Debug("image archive written", "uri", u.Raw, "manifest", md, "name", u.ImageName, "blobs", len(blobs), "bytes", size)
 	return &input{Reader: bufio.NewReaderSize(f, 1<<20), size: size, close: discard}, nil
+}
+
+// checkImageSize refuses, before any blob is downloaded, an image whose manifest and blobs
+// (as the pinned manifest declares them) total more than the size limit per source.
+func (e *Env) checkImageSize(md digest.Digest, total int64, ds []v1.Descriptor) error {
+	limit := e.Limits.SourceSize()
+	if limit < 0 {
+		return nil
+	}
+	for _, d := range ds {
+		if d.Size < 0 || d.Size > limit {
+			total = limit + 1
+			break
+		}
+		total += d.Size
+	}
+	if total > limit {
+		return fmt.Errorf("image %s: %w: its manifest and blobs declare more than the limit of %s per source (--max-source-size)",
+			md, limits.ErrTooLarge, limits.Bytes(limit))
+	}
+	return nil
 }
 
 // checkPinnedManifest checks that the manifest (digest md) is the pinned one or one the pinned
