@@ -368,9 +368,6 @@ func (t *tree) placeEntry(input int, orig string, hdr *tar.Header, off int64) er
 			}
 			return nil
 		}
-		if hidden == "" || hidden == "." || hidden == ".." {
-			return fmt.Errorf("malformed whiteout %q", base)
-		}
 		if old := parent.children[hidden]; old != nil && old.input == input && !old.whiteout {
 			return nil // a whiteout only hides lower layers
 		}
