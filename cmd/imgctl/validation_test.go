@@ -36,7 +36,7 @@ func hostileTar(t *testing.T, entries ...string) []byte {
 	return buf.Bytes()
 }
 
-// arFile writes a Debian package made of the given ar members (name, content, ...).
+// debFile writes a Debian package made of the given ar members (name, content, ...).
 func debFile(members ...string) []byte {
 	var buf bytes.Buffer
 	buf.WriteString("!<arch>\n")
