@@ -177,9 +177,22 @@ func openLayers(env *source.Env, layers []assemble.Layer) ([]compose.Input, func
 			return nil, nil, fmt.Errorf("layer %s: %w", l.Role, err)
 		}
 		files = append(files, f)
-		inputs = append(inputs, compose.Input{Name: string(l.Role), Reader: f, Size: l.Size})
+		inputs = append(inputs, compose.Input{Name: layerName(l), Reader: f, Size: l.Size})
 	}
 	return inputs, closeAll, nil
+}
+
+// layerName names a role layer in compose errors by its role and sources: an entry a lower
+// role's symlink makes unsafe is refused only when the rootfs is composed.
+func layerName(l assemble.Layer) string {
+	uris := make([]string, len(l.Sources))
+	for i, s := range l.Sources {
+		uris[i] = s.URI
+	}
+	if len(uris) == 0 {
+		return string(l.Role)
+	}
+	return fmt.Sprintf("%s (%s)", l.Role, strings.Join(uris, ", "))
 }
 
 // Run builds the image described by opts.Spec.

@@ -49,8 +49,11 @@ func (a *app) layersCmd() *cobra.Command {
 		Use:   "inspect URI",
 		Short: "Resolve, fetch and validate one source without building: digest, size, entry count",
 		Long: `Inspect resolves a source URI to its pinned digest, fetches it into the cache and converts it
-into a validated layer tar, rejecting unsafe entries (absolute paths, "..", links escaping the
-root). It prints the input digest, the layer tar digest, its size and entry count.`,
+into a validated layer tar, refusing what build refuses, with the same message: unsafe entries
+(absolute paths, "..", links escaping the root, also through symlinks on the way), malformed
+whiteouts, an empty tar, a .deb with two data members. Only build, seeing every layer, can
+refuse an entry that a lower layer's symlink makes unsafe. It prints the input digest, the
+layer tar digest, its size and entry count.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := a.checkFormat(); err != nil {

@@ -205,14 +205,16 @@ func Compose(ctx context.Context, w io.Writer, inputs []Input, opts Options) (Re
 }
 
 type tree struct {
-	root *node
-	mode Mode
+	root  *node
+	mode  Mode
+	alone bool // Checker: one layer without the layers below it
 }
 
 // add indexes every header of one input.
 func (t *tree) add(ctx context.Context, idx int, in Input) error {
 	sr := io.NewSectionReader(in.Reader, 0, in.Size)
 	return tarentry.Each(ctx, sr, func(hdr *tar.Header, _ io.Reader) error {
+		orig := hdr.Name
 		if err := tarentry.Clean(hdr); err != nil {
 			return err
 		}
@@ -223,11 +225,27 @@ func (t *tree) add(ctx context.Context, idx int, in Input) error {
 				return err
 			}
 		}
-		if err := t.place(idx, hdr, off); err != nil {
-			return fmt.Errorf("entry %q: %w", hdr.Name, err)
-		}
-		return nil
+		return t.place(idx, orig, hdr, off)
 	})
+}
+
+// Checker places the entries of one layer tar the way Compose does, headers only, so that a
+// source is refused for what composing it would refuse, before any build. Entries a lower
+// layer must supply (the target of a hard link) are assumed to be there: only Compose, which
+// sees every layer, can check them, and a symlink in a lower layer can still make an upper
+// layer's entry unsafe there.
+type Checker struct{ t *tree }
+
+// NewChecker returns a Checker for one layer.
+func NewChecker() *Checker {
+	return &Checker{t: &tree{root: newDir(-1, true), mode: Layer, alone: true}}
+}
+
+// Add checks the next entry. hdr must have passed tarentry.Clean (its name is the cleaned
+// name Compose will see); orig is the name as the archive spells it, for errors.
+func (c *Checker) Add(orig string, hdr *tar.Header) error {
+	// Placing needs the name, type and link; the rest would only cost memory.
+	return c.t.place(0, orig, &tar.Header{Name: hdr.Name, Typeflag: hdr.Typeflag, Linkname: hdr.Linkname}, 0)
 }
 
 func splitPath(p string) []string {
@@ -241,7 +259,15 @@ func splitPath(p string) []string {
 // chroot) and returns the directory they name. With create, missing or non-directory
 // components are replaced by implicit directories; without it, a missing one yields nil.
 func (t *tree) lookupDir(comps []string, create bool, input int) (*node, error) {
+	d, _, err := t.resolveDir(comps, create, input)
+	return d, err
+}
+
+// resolveDir is lookupDir that also returns the path of the directory found, without
+// symlinks ("" for the root).
+func (t *tree) resolveDir(comps []string, create bool, input int) (*node, string, error) {
 	stack := []*node{t.root}
+	var names []string // names[i] is the name of stack[i+1]
 	hops := 0
 	for i := 0; i < len(comps); i++ {
 		c := comps[i]
@@ -251,18 +277,18 @@ func (t *tree) lookupDir(comps []string, create bool, input int) (*node, error) 
 			continue
 		case "..":
 			if len(stack) > 1 {
-				stack = stack[:len(stack)-1]
+				stack, names = stack[:len(stack)-1], names[:len(names)-1]
 			}
 			continue
 		}
 		child := cur.children[c]
 		if child != nil && child.hdr.Typeflag == tar.TypeSymlink && !child.whiteout {
 			if hops++; hops > maxSymlinkHops {
-				return nil, errors.New("too many levels of symbolic links")
+				return nil, "", errors.New("too many levels of symbolic links")
 			}
 			target := child.hdr.Linkname
 			if strings.HasPrefix(target, "/") {
-				stack = stack[:1]
+				stack, names = stack[:1], names[:0]
 			}
 			rest := append(splitPath(strings.Trim(target, "/")), comps[i+1:]...)
 			comps, i = rest, -1
@@ -270,14 +296,14 @@ func (t *tree) lookupDir(comps []string, create bool, input int) (*node, error) 
 		}
 		if child == nil || !child.isDir() {
 			if !create {
-				return nil, nil
+				return nil, "", nil
 			}
 			child = newDir(input, true)
 			cur.children[c] = child
 		}
-		stack = append(stack, child)
+		stack, names = append(stack, child), append(names, c)
 	}
-	return stack[len(stack)-1], nil
+	return stack[len(stack)-1], strings.Join(names, "/"), nil
 }
 
 // resolveNode finds the node a hard link names.
@@ -306,7 +332,19 @@ func pruneLower(d *node, input int) {
 	}
 }
 
-func (t *tree) place(input int, hdr *tar.Header, off int64) error {
+// place adds one cleaned entry; orig is its name as the archive spells it, for errors.
+func (t *tree) place(input int, orig string, hdr *tar.Header, off int64) error {
+	if err := t.placeEntry(input, orig, hdr, off); err != nil {
+		var ue *tarentry.UnsafeError
+		if errors.As(err, &ue) {
+			return err // names the entry already
+		}
+		return fmt.Errorf("entry %q: %w", orig, err)
+	}
+	return nil
+}
+
+func (t *tree) placeEntry(input int, orig string, hdr *tar.Header, off int64) error {
 	if hdr.Name == "" { // the root directory itself
 		if hdr.Typeflag != tar.TypeDir {
 			return errors.New("root entry is not a directory")
@@ -331,9 +369,6 @@ func (t *tree) place(input int, hdr *tar.Header, off int64) error {
 			}
 			return nil
 		}
-		if hidden == "" || hidden == "." || hidden == ".." {
-			return fmt.Errorf("malformed whiteout %q", base)
-		}
 		if old := parent.children[hidden]; old != nil && old.input == input && !old.whiteout {
 			return nil // a whiteout only hides lower layers
 		}
@@ -345,9 +380,16 @@ func (t *tree) place(input int, hdr *tar.Header, off int64) error {
 		return nil
 	}
 
-	parent, err := t.lookupDir(dirComps, true, input)
+	parent, resolved, err := t.resolveDir(dirComps, true, input)
 	if err != nil {
 		return err
+	}
+	// tarentry.Clean checked the target from the directory the name spells; symlinks on the
+	// way may place the entry elsewhere.
+	if hdr.Typeflag == tar.TypeSymlink && tarentry.LinkEscapes(resolved, hdr.Linkname) {
+		return &tarentry.UnsafeError{Name: orig, Link: hdr.Linkname, Reason: fmt.Sprintf(
+			"symlink target escapes the root (its directory %q resolves to %q through symlinks)",
+			strings.TrimSuffix(dir, "/"), "/"+resolved)}
 	}
 	old := parent.children[base]
 	n := &node{hdr: *hdr, input: input}
@@ -373,6 +415,10 @@ func (t *tree) place(input int, hdr *tar.Header, off int64) error {
 		target, err := t.resolveNode(hdr.Linkname)
 		if err != nil {
 			return err
+		}
+		if target == nil && t.alone {
+			n.data = &inode{input: input} // a lower layer must supply it: Compose checks
+			break
 		}
 		if target == nil || target.data == nil {
 			return fmt.Errorf("hard link target %q is not a regular file in this or a lower layer", hdr.Linkname)

@@ -181,6 +181,37 @@ func TestCompose(t *testing.T) {
 		{name: "hard link escape rejected", layers: [][]e{{"h a ../../etc/shadow"}}, err: "hard link target escapes the root"},
 		{name: "hard link to missing target", layers: [][]e{{"h a nowhere"}}, err: `hard link target "nowhere"`},
 		{name: "symlink loop", layers: [][]e{{"l a b", "l b a", "f a/x x"}}, err: "too many levels of symbolic links"},
+		{
+			name:   "symlink chain placing a symlink at the root that climbs above it",
+			layers: [][]e{{"d a", "l a/lnk ..", "l a/lnk/lnk2 ..", "f a/lnk/lnk2/etc/passwd x"}},
+			err:    `layer test4: unsafe tar entry "a/lnk/lnk2" -> "..": symlink target escapes the root (its directory "a/lnk" resolves to "/" through symlinks)`,
+		},
+		{
+			name:   "the error names the entry as the archive spells it",
+			layers: [][]e{{"l ./a/lnk ..", "l ./a/lnk//lnk2 ../x"}},
+			err:    `layer test2: unsafe tar entry "./a/lnk//lnk2" -> "../x": symlink target escapes the root (its directory "a/lnk" resolves to "/" through symlinks)`,
+		},
+		{
+			name:   "symlink chain through an absolute symlink",
+			layers: [][]e{{"d a", "d b", "l a/up /", "l b/x ../a/up/y", "l a/up/z ../../etc"}},
+			err:    `unsafe tar entry "a/up/z" -> "../../etc": symlink target escapes the root (its directory "a/up" resolves to "/" through symlinks)`,
+		},
+		{
+			name:   "symlink in a lower layer, escaping symlink through it in an upper one",
+			layers: [][]e{{"d a", "l a/lnk .."}, {"l a/lnk/lnk2 .."}},
+			err:    `layer test1: unsafe tar entry "a/lnk/lnk2" -> "..": symlink target escapes the root (its directory "a/lnk" resolves to "/" through symlinks)`,
+		},
+		{
+			name:   "layer mode refuses the same chains",
+			mode:   Layer,
+			layers: [][]e{{"d a", "l a/lnk .."}, {"l a/lnk/lnk2 .."}},
+			err:    `layer test1: unsafe tar entry "a/lnk/lnk2" -> "..": symlink target escapes the root`,
+		},
+		{
+			name:   "a file through a lower layer's symlink lands where the symlink points",
+			layers: [][]e{{"d a", "l a/lnk .."}, {"f a/lnk/etc/passwd P", "l a/lnk/etc/ok ../x"}},
+			want:   []string{"d ./ 755", "d a/ 750", "l a/lnk ..", "d etc/ 755", "l etc/ok ../x", "f etc/passwd P"},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -338,5 +369,57 @@ func TestComposeFinalize(t *testing.T) {
 		Finalize: func(context.Context, *Files) ([]Generated, error) { return nil, boom }})
 	if !errors.Is(err, boom) {
 		t.Errorf("Finalize error not returned: %v", err)
+	}
+}
+
+// checkAll runs a Checker over the entries of in, cleaning each header as sources do.
+func checkAll(t *testing.T, in Input) error {
+	t.Helper()
+	c := NewChecker()
+	return tarentry.Each(context.Background(), io.NewSectionReader(in.Reader, 0, in.Size), func(hdr *tar.Header, _ io.Reader) error {
+		orig := hdr.Name
+		if err := tarentry.Clean(hdr); err != nil {
+			return err
+		}
+		return c.Add(orig, hdr)
+	})
+}
+
+// TestChecker: a layer alone is refused with the very error Compose gives for it.
+func TestChecker(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		entries []e
+		err     string
+	}{
+		{"symlink chain", []e{"d a", "l a/lnk ..", "l a/lnk/lnk2 ..", "f a/lnk/lnk2/etc/passwd x"}, `unsafe tar entry "a/lnk/lnk2" -> "..": symlink target escapes the root (its directory "a/lnk" resolves to "/" through symlinks)`},
+		{"whiteout of ..", []e{"d x", "f x/.wh..."}, `unsafe tar entry "x/.wh...": whiteout of ".." (it must name a file of the directory)`},
+		{"symlink loop", []e{"l a b", "l b a", "f a/x x"}, `entry "a/x": too many levels of symbolic links`},
+		{"root not a directory", []e{"l ./ x"}, `entry "./": root entry is not a directory`},
+		{"hard link to a directory", []e{"d d", "h l d"}, `entry "l": hard link target "d" is not a regular file in this or a lower layer`},
+		{"lexical escape", []e{"l a/b ../../x"}, `unsafe tar entry "a/b" -> "../../x": symlink target escapes the root`},
+		{"fine", []e{"d a", "l a/lnk ..", "f a/lnk/etc/x x", "h a/h etc/x"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := mkTar(t, tc.entries...)
+			err := checkAll(t, in)
+			_, cerr := Compose(context.Background(), io.Discard, []Input{in}, Options{Mode: Layer})
+			if tc.err == "" {
+				if err != nil || cerr != nil {
+					t.Fatalf("Checker: %v, Compose: %v; want both to accept", err, cerr)
+				}
+				return
+			}
+			if err == nil || err.Error() != tc.err {
+				t.Fatalf("Checker: err = %v, want %q", err, tc.err)
+			}
+			if cerr == nil || cerr.Error() != "layer "+in.Name+": "+tc.err {
+				t.Errorf("Compose: err = %v, want %q", cerr, "layer "+in.Name+": "+tc.err)
+			}
+		})
+	}
+	// A hard link may name a file of a lower layer: only Compose, seeing every layer, can tell.
+	if err := checkAll(t, mkTar(t, "h a lower/file")); err != nil {
+		t.Errorf("Checker refused a hard link into a lower layer: %v", err)
 	}
 }

@@ -3,6 +3,7 @@ package deb
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
 	"io"
 	"testing"
 )
@@ -35,6 +36,9 @@ func FuzzOpen(f *testing.F) {
 		tr := tar.NewReader(d)
 		for {
 			_, err := tr.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
 			if err != nil {
 				return
 			}
@@ -42,6 +46,7 @@ func FuzzOpen(f *testing.F) {
 				return
 			}
 		}
+		_ = r.Finish() // must not panic or hang on whatever follows data.tar
 	})
 }
 

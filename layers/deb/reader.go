@@ -49,6 +49,7 @@ type Reader struct {
 	ar       *arReader
 	pkg      Package
 	dataUsed bool
+	dataName string // the data.tar member Data returned
 }
 
 // Open reads the ar header, the debian-binary member (which must be
@@ -145,7 +146,30 @@ func (r *Reader) Data() (io.Reader, error) {
 	if !strings.HasPrefix(m.name, "data.tar") {
 		return nil, fmt.Errorf("deb: expected data.tar member, found %q", m.name)
 	}
+	r.dataName = m.name
 	return decompress(m.name, "data.tar", m)
+}
+
+// Finish reads the rest of the package after the data.tar member [Reader.Data] returned
+// (whatever of it was left unread) and refuses a second data.tar member: deb(5) lets readers
+// ignore members after data.tar, so a second one would be contents that some tools install
+// and others do not. Other trailing members are read and ignored, as deb(5) requires.
+func (r *Reader) Finish() error {
+	if r.dataName == "" {
+		return errors.New("deb: Finish called before Data")
+	}
+	for {
+		m, err := r.ar.next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("deb: after %s: %w", r.dataName, err)
+		}
+		if strings.HasPrefix(m.name, "data.tar") {
+			return fmt.Errorf("deb: two data members, %q and %q", r.dataName, m.name)
+		}
+	}
 }
 
 // decompress wraps m according to the compression suffix of its name.

@@ -202,3 +202,59 @@ func TestCheckXZDict(t *testing.T) {
 		t.Fatalf("newXZReader error = %v", err)
 	}
 }
+
+// TestFinishRefusesSecondData: one package, one data.tar. deb(5) lets readers ignore members
+// after data.tar, so a second one would be contents some tools install and others do not.
+func TestFinishRefusesSecondData(t *testing.T) {
+	ctl := compress(t, ".gz", makeTar(t, []tarFile{{name: "./control", body: testControl}}))
+	data := makeTar(t, testData)
+	head := []arFile{{"debian-binary", []byte("2.0\n")}, {"control.tar.gz", ctl}}
+	for _, tc := range []struct {
+		name    string
+		members []arFile
+		err     string // "" = Finish succeeds
+	}{
+		{"gz and xz", []arFile{{"data.tar.gz", compress(t, ".gz", data)}, {"data.tar.xz", compress(t, ".xz", data)}}, `deb: two data members, "data.tar.gz" and "data.tar.xz"`},
+		{"two plain", []arFile{{"data.tar", data}, {"data.tar", data}}, `deb: two data members, "data.tar" and "data.tar"`},
+		{"after an ignored member", []arFile{{"data.tar", data}, {"_sig", []byte("x")}, {"data.tar.zst/", compress(t, ".zst", data)}}, `deb: two data members, "data.tar" and "data.tar.zst"`},
+		{"trailing members", []arFile{{"data.tar", data}, {"_sig", []byte("x")}, {"extra", []byte("y")}}, ""},
+		{"data only", []arFile{{"data.tar.gz", compress(t, ".gz", data)}}, ""},
+		{"truncated after data", nil, "truncated ar member header"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := makeAr(append(slices.Clone(head), tc.members...))
+			if tc.members == nil {
+				b = append(makeAr(append(slices.Clone(head), arFile{"data.tar", data})), "data.tar.gz "...)
+			}
+			// Read only part of data.tar, as a tar reader stops at the end-of-archive blocks.
+			r, err := Open(bytes.NewReader(b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := r.Data()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tar.NewReader(d).Next(); err != nil {
+				t.Fatal(err)
+			}
+			err = r.Finish()
+			if tc.err == "" {
+				if err != nil {
+					t.Fatalf("Finish: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("Finish: err = %v, want %q", err, tc.err)
+			}
+		})
+	}
+	r, err := Open(bytes.NewReader(makeDeb(t, ".gz", ".xz")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Finish(); err == nil || !strings.Contains(err.Error(), "before Data") {
+		t.Errorf("Finish before Data: %v", err)
+	}
+}

@@ -26,6 +26,7 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/imgctl/imgctl/layers/cache"
+	"github.com/imgctl/imgctl/layers/compose"
 	"github.com/imgctl/imgctl/layers/deb"
 	"github.com/imgctl/imgctl/layers/fetch"
 	"github.com/imgctl/imgctl/layers/limits"
@@ -34,7 +35,8 @@ import (
 
 // converterVersion is part of every cache key of converted tars: bump it when the
 // conversion of inputs into source tars changes.
-const converterVersion = "source-tar/1"
+// (2: entries are checked the way compose places them, so tars cached by 1 are checked again.)
+const converterVersion = "source-tar/2"
 
 // ErrUnpinned is returned when a remote source has no digest and none can be found offline.
 var ErrUnpinned = errors.New("source is not pinned")
@@ -400,11 +402,21 @@ func (e *Env) cacheInput(d digest.Digest) (*input, error) {
 func (e *Env) convert(ctx context.Context, u URI, in *input, out *tarOut) error {
 	switch u.Kind {
 	case KindTar, KindMmdebstrap:
+		if in.size == 0 {
+			return errors.New("the file is empty (0 bytes), not a valid tar")
+		}
 		r, err := Decompress(in)
 		if err != nil {
 			return err
 		}
-		return out.copyTar(ctx, r)
+		cr := &countReader{r: r}
+		if err := out.copyTar(ctx, cr); err != nil {
+			return err
+		}
+		if cr.n == 0 {
+			return errors.New("it decompresses to nothing, not a valid tar")
+		}
+		return nil
 	case KindDeb, KindDebRepo:
 		pkg, err := deb.Open(in)
 		if err != nil {
@@ -415,6 +427,9 @@ func (e *Env) convert(ctx context.Context, u URI, in *input, out *tarOut) error 
 			return err
 		}
 		if err := out.copyTar(ctx, data); err != nil {
+			return err
+		}
+		if err := pkg.Finish(); err != nil {
 			return err
 		}
 		// Drain the rest so a local file's digest covers every byte.
@@ -453,9 +468,24 @@ func Decompress(r io.Reader) (io.Reader, error) {
 	return br, nil
 }
 
-// tarOut writes validated entries, optionally under a prefix.
+// countReader counts the bytes read through it.
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// tarOut writes validated entries, optionally under a prefix. Each entry passes
+// tarentry.Clean and then compose's Checker, so a source converts only if composing it
+// would accept it (what a lower layer brings aside).
 type tarOut struct {
 	tw      *tar.Writer
+	check   *compose.Checker
 	prefix  string
 	entries int
 	bound   *boundedWriter // nil: unbounded
@@ -512,7 +542,7 @@ func (b *boundedWriter) exceeded(total int64) error {
 }
 
 func newTarOut(w io.Writer, prefix string) *tarOut {
-	return &tarOut{tw: tar.NewWriter(w), prefix: strings.Trim(prefix, "/")}
+	return &tarOut{tw: tar.NewWriter(w), check: compose.NewChecker(), prefix: strings.Trim(prefix, "/")}
 }
 
 func (o *tarOut) add(hdr *tar.Header, body io.Reader) error {
@@ -525,6 +555,9 @@ func (o *tarOut) add(hdr *tar.Header, body io.Reader) error {
 		if hdr.Typeflag == tar.TypeLink {
 			hdr.Linkname = path.Join(o.prefix, hdr.Linkname)
 		}
+	}
+	if err := o.check.Add(name, hdr); err != nil {
+		return err
 	}
 	if hdr.Name == "" {
 		hdr.Name = "./"

@@ -4,8 +4,10 @@ package source
 
 import (
 	"fmt"
+	"maps"
 	"net/url"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -197,14 +199,30 @@ func parse(raw string) (URI, error) {
 	return URI{}, fmt.Errorf("unknown scheme %q: expected file, https, http, oci, oci-layout, deb, mmdebstrap", scheme)
 }
 
+// checkKeys refuses parameters other than known and any parameter given more than once
+// (which value counts would be up to the reader), in sorted order so the error is stable.
 func checkKeys(q url.Values, known ...string) error {
-	for k := range q {
-		found := false
-		for _, n := range known {
-			found = found || k == n
-		}
-		if !found {
+	for _, k := range slices.Sorted(maps.Keys(q)) {
+		if !slices.Contains(known, k) {
 			return fmt.Errorf("unknown parameter %q (expected %s)", k, strings.Join(known, ", "))
+		}
+		if vs := q[k]; len(vs) > 1 {
+			quoted := make([]string, len(vs))
+			for i, v := range vs {
+				quoted[i] = strconv.Quote(v)
+			}
+			return fmt.Errorf("%s= given %d times (%s), expected once", k, len(vs), strings.Join(quoted, ", "))
+		}
+	}
+	return nil
+}
+
+// checkValues refuses a parameter given without a value ("#mode=", "#path"): an empty value
+// is never meant and would otherwise read as the parameter's absence.
+func checkValues(q url.Values) error {
+	for _, k := range slices.Sorted(maps.Keys(q)) {
+		if q.Get(k) == "" {
+			return fmt.Errorf("%s= has no value", k)
 		}
 	}
 	return nil
@@ -220,6 +238,9 @@ func (u *URI) fragment(frag string) error {
 		return fmt.Errorf("fragment: %w", err)
 	}
 	if err := checkKeys(q, "sha256", "sha256-from", "path", "mode", "prefix"); err != nil {
+		return err
+	}
+	if err := checkValues(q); err != nil {
 		return err
 	}
 	if h := q.Get("sha256"); h != "" {
@@ -267,11 +288,6 @@ func (u *URI) imageFragment(frag string) error {
 	}
 	if err := checkKeys(q, "image", "name"); err != nil {
 		return err
-	}
-	for _, k := range []string{"image", "name"} {
-		if len(q[k]) > 1 {
-			return fmt.Errorf("%s= given %d times, expected once", k, len(q[k]))
-		}
 	}
 	p := q.Get("image")
 	if p == "" {

@@ -62,6 +62,16 @@ func TestParse(t *testing.T) {
 		{raw: "oci-layout:///srv/layout@sha256:1234#image=/x.tar", err: "expected sha256:<64 hex>"},
 		{raw: "deb://deb.debian.org/debian?package=runc", err: "suite=SUITE"},
 		{raw: "mmdebstrap://bookworm?packages=a", err: "missing mirror"},
+		// Every key once: two values for one key leave which one wins to the reader.
+		{raw: "file:///srv/x#path=/x&path=/y", err: `path= given 2 times ("/x", "/y"), expected once`},
+		{raw: "file:///srv/x#path=/x&mode=0755&mode=0644", err: `mode= given 2 times ("0755", "0644"), expected once`},
+		{raw: "https://h/x.tar#sha256=" + hex + "&sha256=" + hex, err: `sha256= given 2 times`},
+		{raw: "file:///srv/x.tar#prefix=/a&prefix=/b", err: `prefix= given 2 times ("/a", "/b"), expected once`},
+		{raw: "deb://deb.debian.org/debian?suite=bookworm&package=runc&package=bash", err: `package= given 2 times ("runc", "bash"), expected once`},
+		{raw: "mmdebstrap://bookworm?mirror=http://a&mirror=http://b", err: `mirror= given 2 times`},
+		{raw: "file:///srv/x#colour=red&path=/x", err: `unknown parameter "colour" (expected sha256, sha256-from, path, mode, prefix)`},
+		{raw: "file:///srv/x#path", err: `path= has no value`},
+		{raw: "file:///srv/x.tar#mode=", err: `mode= has no value`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.raw, func(t *testing.T) {

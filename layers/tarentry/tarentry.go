@@ -64,12 +64,42 @@ func CleanName(name string) (string, error) {
 	return c, nil
 }
 
+// LinkEscapes reports whether a symlink in directory dir (canonical, "" or "." for the root)
+// whose target is target climbs above the root when the target is resolved lexically from dir.
+// Absolute targets resolve inside the root and never escape.
+func LinkEscapes(dir, target string) bool {
+	if strings.HasPrefix(target, "/") {
+		return false
+	}
+	depth := 0 // components of dir
+	if dir != "" && dir != "." {
+		depth = strings.Count(dir, "/") + 1
+	}
+	for _, c := range strings.Split(target, "/") {
+		switch c {
+		case "", ".":
+		case "..":
+			if depth--; depth < 0 {
+				return true
+			}
+		default:
+			depth++
+		}
+	}
+	return false
+}
+
 // Clean validates hdr in place: the name and any hard link target are made canonical, symlink
-// targets are checked not to climb above the root, and only regular files, directories,
+// targets are checked not to climb above the root (lexically, from the entry's name: Compose
+// checks them again where symlinks in the path really place the entry), whiteouts must hide
+// a nameable file and no whiteout name may be a directory in a path, and only regular files, directories,
 // symlinks, hard links, character and block devices and FIFOs are accepted.
 func Clean(hdr *tar.Header) error {
 	name, err := CleanName(hdr.Name)
 	if err != nil {
+		return err
+	}
+	if err := checkWhiteoutNames(hdr.Name, name); err != nil {
 		return err
 	}
 	switch hdr.Typeflag {
@@ -81,21 +111,8 @@ func Clean(hdr *tar.Header) error {
 		if strings.ContainsRune(hdr.Linkname, 0) {
 			return &UnsafeError{Name: hdr.Name, Link: hdr.Linkname, Reason: "NUL byte in symlink target"}
 		}
-		if !strings.HasPrefix(hdr.Linkname, "/") {
-			// Resolve lexically from the link's directory: reaching above the root is an escape.
-			depth := strings.Count(name, "/") // components of the parent directory
-			for _, c := range strings.Split(hdr.Linkname, "/") {
-				switch c {
-				case "", ".":
-				case "..":
-					depth--
-					if depth < 0 {
-						return &UnsafeError{Name: hdr.Name, Link: hdr.Linkname, Reason: "symlink target escapes the root"}
-					}
-				default:
-					depth++
-				}
-			}
+		if LinkEscapes(path.Dir(name), hdr.Linkname) {
+			return &UnsafeError{Name: hdr.Name, Link: hdr.Linkname, Reason: "symlink target escapes the root"}
 		}
 	case tar.TypeLink:
 		if strings.HasPrefix(hdr.Linkname, "/") {
@@ -119,6 +136,24 @@ func Clean(hdr *tar.Header) error {
 		hdr.Size = 0
 	}
 	hdr.Name = name
+	return nil
+}
+
+// checkWhiteoutNames refuses a whiteout that hides nothing a directory can hold ("", ".",
+// "..") and a whiteout name used as a directory: neither means anything in a layer, and what
+// a consumer makes of them differs.
+func checkWhiteoutNames(orig, name string) error {
+	comps := strings.Split(name, "/")
+	for _, c := range comps[:len(comps)-1] {
+		if strings.HasPrefix(c, WhiteoutPrefix) {
+			return &UnsafeError{Name: orig, Reason: fmt.Sprintf("whiteout name %q used as a directory", c)}
+		}
+	}
+	if hidden, opaque, ok := IsWhiteout(comps[len(comps)-1]); ok && !opaque {
+		if hidden == "" || hidden == "." || hidden == ".." {
+			return &UnsafeError{Name: orig, Reason: fmt.Sprintf("whiteout of %q (it must name a file of the directory)", hidden)}
+		}
+	}
 	return nil
 }
 

@@ -32,6 +32,14 @@ func TestClean(t *testing.T) {
 		{hdr: tar.Header{Name: "a", Typeflag: tar.TypeLink, Linkname: "../x"}, err: "escapes the root"},
 		{hdr: tar.Header{Name: "a", Typeflag: tar.TypeXGlobalHeader}, err: "unsupported entry type"},
 		{hdr: tar.Header{Name: "a", Typeflag: tar.TypeReg, Size: -1}, err: "negative size"},
+		// Whiteouts: only a nameable file may be hidden, and a whiteout is never a directory.
+		{hdr: tar.Header{Name: "x/.wh.y", Typeflag: tar.TypeReg}, name: "x/.wh.y"},
+		{hdr: tar.Header{Name: "x/.wh..wh..opq", Typeflag: tar.TypeReg}, name: "x/.wh..wh..opq"},
+		{hdr: tar.Header{Name: "x/.wh...", Typeflag: tar.TypeReg}, err: `unsafe tar entry "x/.wh...": whiteout of ".." (it must name a file of the directory)`},
+		{hdr: tar.Header{Name: "x/.wh..", Typeflag: tar.TypeReg}, err: `whiteout of "."`},
+		{hdr: tar.Header{Name: ".wh.", Typeflag: tar.TypeReg}, err: `whiteout of ""`},
+		{hdr: tar.Header{Name: "x/.wh.y/z", Typeflag: tar.TypeReg}, err: `unsafe tar entry "x/.wh.y/z": whiteout name ".wh.y" used as a directory`},
+		{hdr: tar.Header{Name: "./.wh..wh..opq/", Typeflag: tar.TypeDir}, name: ".wh..wh..opq"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.hdr.Name, func(t *testing.T) {
@@ -93,5 +101,25 @@ func TestEach(t *testing.T) {
 	}
 	if err := Each(context.Background(), bytes.NewReader(buf.Bytes()[:1124]), func(*tar.Header, io.Reader) error { return nil }); err == nil || !strings.Contains(err.Error(), "reading tar") {
 		t.Errorf("truncated: %v", err)
+	}
+}
+
+func TestLinkEscapes(t *testing.T) {
+	for _, tc := range []struct {
+		dir, target string
+		want        bool
+	}{
+		{"", "..", true},
+		{"", "x/../..", true},
+		{"", "x/..", false},
+		{"a", "..", false},
+		{"a", "../..", true},
+		{"a/b", "../../c", false},
+		{"a/b", "./../../../c", true},
+		{"a", "/..", false}, // absolute targets resolve inside the root
+	} {
+		if got := LinkEscapes(tc.dir, tc.target); got != tc.want {
+			t.Errorf("LinkEscapes(%q, %q) = %v, want %v", tc.dir, tc.target, got, tc.want)
+		}
 	}
 }

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// hostileTar builds a tar of entries: "name" (a one-byte file), "name/" (a directory),
+// "name -> target" (a symlink).
+func hostileTar(t *testing.T, entries ...string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		hdr := &tar.Header{Name: e, Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}
+		if n, l, ok := strings.Cut(e, " -> "); ok {
+			hdr = &tar.Header{Name: n, Linkname: l, Typeflag: tar.TypeSymlink, Mode: 0o777}
+		} else if strings.HasSuffix(e, "/") {
+			hdr = &tar.Header{Name: e, Typeflag: tar.TypeDir, Mode: 0o755}
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Size > 0 {
+			tw.Write([]byte("x"))
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// debFile writes a Debian package made of the given ar members (name, content, ...).
+func debFile(members ...string) []byte {
+	var buf bytes.Buffer
+	buf.WriteString("!<arch>\n")
+	for i := 0; i < len(members); i += 2 {
+		fmt.Fprintf(&buf, "%-16s%-12d%-6d%-6d%-8s%-10d`\n", members[i], 0, 0, 0, "100644", len(members[i+1]))
+		buf.WriteString(members[i+1])
+		if len(members[i+1])%2 == 1 {
+			buf.WriteByte('\n')
+		}
+	}
+	return buf.Bytes()
+}
+
+// writeRolesSpec writes a spec whose layers are the given role=URI pairs, in order.
+func writeRolesSpec(t *testing.T, dir string, roleURIs ...string) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("apiVersion: imgctl/v1alpha1\nkind: NodeImage\nmetadata:\n  name: cli-test\nspec:\n  kubernetes:\n    version: 1.21.13\n  sourceDateEpoch: 1700000000\n  layers:\n")
+	for _, ru := range roleURIs {
+		role, uri, _ := strings.Cut(ru, "=")
+		fmt.Fprintf(&b, "    - role: %s\n      sources:\n        - %q\n", role, uri)
+	}
+	p := filepath.Join(dir, "roles.yaml")
+	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestInspectAndBuildRefuseAlike: for each hostile source, `layers inspect` fails and `build`
+// fails with the same message (build adds only where it was: the spec line or the role), and
+// the message names the source URI and the entry as the source spells it.
+func TestInspectAndBuildRefuseAlike(t *testing.T) {
+	dir := t.TempDir()
+	ctl := func() string {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		body := "Package: p\nVersion: 1\nArchitecture: amd64\n"
+		tw.WriteHeader(&tar.Header{Name: "./control", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))})
+		tw.Write([]byte(body))
+		tw.Close()
+		return buf.String()
+	}()
+	data := string(hostileTar(t, "./usr/", "./usr/x"))
+	for _, tc := range []struct {
+		file, frag string
+		body       []byte
+		want       string // the whole inspect error, URI = the source URI
+	}{
+		{"wh.tar", "", hostileTar(t, "x/", "x/.wh..."),
+			`URI: unsafe tar entry "x/.wh...": whiteout of ".." (it must name a file of the directory)`},
+		{"chain.tar", "", hostileTar(t, "a/", "a/lnk -> ..", "a/lnk/lnk2 -> ..", "a/lnk/lnk2/etc/passwd"),
+			`URI: unsafe tar entry "a/lnk/lnk2" -> "..": symlink target escapes the root (its directory "a/lnk" resolves to "/" through symlinks)`},
+		{"chain-abs.tar", "", hostileTar(t, "./a/up -> /", "./a/up/b -> ../etc"),
+			`URI: unsafe tar entry "./a/up/b" -> "../etc": symlink target escapes the root (its directory "a/up" resolves to "/" through symlinks)`},
+		{"loop.tar", "", hostileTar(t, "a -> b", "b -> a", "a/x"),
+			`URI: entry "a/x": too many levels of symbolic links`},
+		{"empty.tar", "", nil,
+			`URI: the file is empty (0 bytes), not a valid tar`},
+		{"two-data.deb", "", debFile("debian-binary", "2.0\n", "control.tar", ctl, "data.tar", data, "data.tar", data),
+			`URI: deb: two data members, "data.tar" and "data.tar"`},
+		{"file", "#path=/x&path=/y", []byte("x"),
+			`source "URI": path= given 2 times ("/x", "/y"), expected once`},
+		{"file", "#path=/x&colour=red", []byte("x"),
+			`source "URI": unknown parameter "colour" (expected sha256, sha256-from, path, mode, prefix)`},
+	} {
+		t.Run(tc.file+tc.frag, func(t *testing.T) {
+			p := filepath.Join(dir, tc.file)
+			if err := os.WriteFile(p, tc.body, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			uri := "file://" + p + tc.frag
+			want := strings.ReplaceAll(tc.want, "URI", uri)
+			_, _, ierr := run(t, dir, "layers", "inspect", uri)
+			if ierr == nil || ierr.Error() != want {
+				t.Fatalf("layers inspect: err = %v\nwant %s", ierr, want)
+			}
+			spec := writeSpec(t, dir, uri)
+			_, _, berr := run(t, dir, "-q", "build", "-f", spec, "--target", "rootfs", "--lock", filepath.Join(dir, "imgctl.lock"))
+			if berr == nil || !strings.HasSuffix(berr.Error(), ": "+want) {
+				t.Fatalf("build: err = %v\nwant it to end in the inspect error %s", berr, want)
+			}
+		})
+	}
+}
+
+// TestBuildNamesTheSourceAcrossLayers: a symlink in a lower layer can make an entry of an
+// upper layer escape. Each source alone passes `layers inspect`; build refuses, naming the
+// upper source and its entry, canonical ("./a/lnk/lnk2" is "a/lnk/lnk2"): layers are composed
+// from the converted sources, whose names are cleaned.
+func TestBuildNamesTheSourceAcrossLayers(t *testing.T) {
+	dir := t.TempDir()
+	lower, upper := filepath.Join(dir, "lower.tar"), filepath.Join(dir, "upper.tar")
+	os.WriteFile(lower, hostileTar(t, "a/", "a/lnk -> .."), 0o644)
+	os.WriteFile(upper, hostileTar(t, "./a/lnk/lnk2 -> .."), 0o644)
+	for _, u := range []string{lower, upper} {
+		if _, _, err := run(t, dir, "layers", "inspect", "file://"+u); err != nil {
+			t.Fatalf("inspect %s: %v", u, err)
+		}
+	}
+	entry := `unsafe tar entry "a/lnk/lnk2" -> "..": symlink target escapes the root (its directory "a/lnk" resolves to "/" through symlinks)`
+	for _, tc := range []struct {
+		name string
+		spec string
+		want string
+	}{
+		{"one role", writeSpec(t, dir, "file://"+lower, "file://"+upper),
+			"layer extra: layer file://" + upper + ": " + entry},
+		{"two roles", writeRolesSpec(t, dir, "base=file://"+lower, "extra=file://"+upper),
+			"layer extra (file://" + upper + "): " + entry},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := run(t, dir, "-q", "build", "-f", tc.spec, "--target", "rootfs", "--lock", filepath.Join(dir, tc.name+".lock"))
+			if err == nil || err.Error() != tc.want {
+				t.Fatalf("build: err = %v\nwant %s", err, tc.want)
+			}
+		})
+	}
+}
