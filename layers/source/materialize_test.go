@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/klauspost/compress/gzip"
 )
 
 // hostileTar writes a tar of entries: "name" (a one-byte file), "name/" (a directory),
@@ -64,17 +62,6 @@ func testDeb(t *testing.T, members ...string) []byte {
 		if len(all[i+1])%2 == 1 {
 			buf.WriteByte('\n')
 		}
-	}
-	return buf.Bytes()
-}
-
-func gzipped(t *testing.T, b []byte) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	zw.Write(b)
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
 	}
 	return buf.Bytes()
 }
