@@ -343,18 +343,13 @@ func (e *Env) input(ctx context.Context, u URI, pin Pin) (*input, error) {
 		return e.cacheInput(pin.Digest)
 	}
 	if !u.Remote() {
-		f, err := os.Open(u.Location)
+		f, st, err := openRegular(u.Location)
 		if err != nil {
-			return nil, err
-		}
-		st, err := f.Stat()
-		if err != nil {
-			f.Close()
 			return nil, err
 		}
 		v := pin.Digest.Verifier()
 		return &input{
-			Reader: io.TeeReader(bufio.NewReaderSize(f, 1<<20), v),
+			Reader: io.TeeReader(bufio.NewReaderSize(&ctxReader{ctx: ctx, r: f}, 1<<20), v),
 			size:   st.Size(),
 			close:  f.Close,
 			verify: func() error {
@@ -500,6 +495,11 @@ func (o *tarOut) Close() error { return o.tw.Close() }
 // It is keyed by nothing but its content, so it is rebuilt on every build.
 func (e *Env) dirTar(ctx context.Context, u URI) (Tar, error) {
 	root := filepath.Clean(u.Location)
+	if st, err := os.Stat(root); err != nil {
+		return Tar{}, err
+	} else if !st.IsDir() {
+		return Tar{}, fileTypeError(root, st.Mode(), "a directory")
+	}
 	w, err := e.Cache.NewWriter(ctx)
 	if err != nil {
 		return Tar{}, err
@@ -533,15 +533,16 @@ func (e *Env) dirTar(ctx context.Context, u URI) (Tar, error) {
 			hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, target
 			return out.add(hdr, nil)
 		case info.Mode().IsRegular():
-			f, err := os.Open(full)
+			f, st, err := openChecked(full)
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			hdr.Typeflag, hdr.Size = tar.TypeReg, info.Size()
-			return out.add(hdr, f)
+			hdr.Typeflag, hdr.Size = tar.TypeReg, st.Size()
+			return out.add(hdr, &ctxReader{ctx: ctx, r: f})
 		}
-		return fmt.Errorf("%s: unsupported file type %s (directories hold files, directories and symlinks)", full, info.Mode().Type())
+		// Never opened: a FIFO would block, a device read forever.
+		return fileTypeError(full, info.Mode(), "a regular file, directory or symlink")
 	})
 	if err != nil {
 		return Tar{}, err
@@ -557,7 +558,7 @@ func (e *Env) dirTar(ctx context.Context, u URI) (Tar, error) {
 }
 
 func walkSorted(root, rel string, fn func(rel string, info fs.FileInfo) error) error {
-	ents, err := os.ReadDir(filepath.Join(root, rel))
+	ents, err := readDir(filepath.Join(root, rel))
 	if err != nil {
 		return err
 	}
@@ -585,8 +586,9 @@ func walkSorted(root, rel string, fn func(rel string, info fs.FileInfo) error) e
 }
 
 // HashFile returns the sha256 digest of the file at p, stopping when ctx ends.
+// Only a regular file is read: anything else is refused by type, without blocking on it.
 func HashFile(ctx context.Context, p string) (digest.Digest, error) {
-	f, err := os.Open(p)
+	f, _, err := openRegular(p)
 	if err != nil {
 		return "", err
 	}

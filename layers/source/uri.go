@@ -149,7 +149,7 @@ func parse(raw string) (URI, error) {
 		if err != nil {
 			return URI{}, err
 		}
-		q := pu.Query()
+		q := debQuery(pu)
 		httpScheme := "https"
 		if scheme == "deb+http" {
 			httpScheme = "http"
@@ -170,13 +170,16 @@ func parse(raw string) (URI, error) {
 		if u.Arch == "" {
 			u.Arch = "amd64"
 		}
-		return u, checkKeys(q, "suite", "package", "follow", "component", "arch")
+		if err := checkKeys(q, "suite", "package", "follow", "component", "arch"); err != nil {
+			return URI{}, err
+		}
+		return u, u.checkDebRepo()
 	case "mmdebstrap":
 		pu, err := url.Parse(raw)
 		if err != nil {
 			return URI{}, err
 		}
-		q := pu.Query()
+		q := debQuery(pu)
 		u.Kind, u.Suite, u.Location, u.Variant = KindMmdebstrap, pu.Host, q.Get("mirror"), q.Get("variant")
 		if u.Suite == "" {
 			return URI{}, fmt.Errorf("missing suite (mmdebstrap://bookworm?…)")
@@ -192,9 +195,19 @@ func parse(raw string) (URI, error) {
 				u.Packages = append(u.Packages, p)
 			}
 		}
-		return u, checkKeys(q, "mirror", "packages", "variant")
+		if err := checkKeys(q, "mirror", "packages", "variant"); err != nil {
+			return URI{}, err
+		}
+		return u, u.checkMmdebstrap()
 	}
 	return URI{}, fmt.Errorf("unknown scheme %q: expected file, https, http, oci, oci-layout, deb, mmdebstrap", scheme)
+}
+
+// debQuery reads a deb:// or mmdebstrap:// query with "+" kept as "+", not a space: Debian
+// package names and versions hold "+" (libstdc++6, 1.6.20~ds1-1+b1) and never a space.
+func debQuery(pu *url.URL) url.Values {
+	q, _ := url.ParseQuery(strings.ReplaceAll(pu.RawQuery, "+", "%2B"))
+	return q
 }
 
 func checkKeys(q url.Values, known ...string) error {
