@@ -1,10 +1,13 @@
 package source
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"golang.org/x/sys/unix"
 )
 
@@ -87,4 +90,47 @@ func readDir(p string) ([]os.DirEntry, error) {
 	f := os.NewFile(uintptr(fd), p)
 	defer f.Close()
 	return f.ReadDir(-1)
+}
+
+// openLayout opens the OCI image layout at dir after checking that what go-containerregistry
+// will read is regular files: index.json, oci-layout and every blob (symlinks followed).
+func openLayout(dir string) (layout.Path, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return "", err
+	}
+	if !st.IsDir() {
+		return "", fileTypeError(dir, st.Mode(), "a directory")
+	}
+	for _, n := range []string{"index.json", "oci-layout"} {
+		p := filepath.Join(dir, n)
+		if st, err := os.Stat(p); err == nil && !st.Mode().IsRegular() {
+			return "", fileTypeError(p, st.Mode(), "a regular file")
+		}
+	}
+	blobs := filepath.Join(dir, "blobs")
+	algs, err := readDir(blobs)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	for _, a := range algs {
+		if a.Type().IsRegular() {
+			continue // not a blob directory; nothing reads it
+		}
+		ents, err := readDir(filepath.Join(blobs, a.Name()))
+		if err != nil {
+			return "", err
+		}
+		for _, e := range ents {
+			p := filepath.Join(blobs, a.Name(), e.Name())
+			st, err := os.Stat(p)
+			if err != nil {
+				return "", err
+			}
+			if !st.Mode().IsRegular() {
+				return "", fileTypeError(p, st.Mode(), "a regular file")
+			}
+		}
+	}
+	return layout.FromPath(dir)
 }

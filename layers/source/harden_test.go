@@ -317,3 +317,36 @@ func TestOpenRegularRefusesFIFO(t *testing.T) {
 		t.Fatal("openChecked blocks on a FIFO without a writer")
 	}
 }
+
+// An OCI layout whose blob or index is a FIFO is refused by type, not read.
+func TestOCILayoutRefusesSpecialFiles(t *testing.T) {
+	hex := strings.Repeat("ab", 32)
+	for _, special := range []string{"blobs/sha256/" + hex, "index.json"} {
+		dir := t.TempDir()
+		os.MkdirAll(filepath.Join(dir, "blobs", "sha256"), 0o755)
+		os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644)
+		os.WriteFile(filepath.Join(dir, "index.json"), []byte(`{"schemaVersion":2,"manifests":[]}`), 0o644)
+		p := filepath.Join(dir, special)
+		os.Remove(p)
+		if err := syscall.Mkfifo(p, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for _, raw := range []string{"oci-layout://" + dir + "@sha256:" + hex, "oci-layout://" + dir + "@sha256:" + hex + "#image=/x.tar&name=r.io/x:1"} {
+			u, err := Parse(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			env := testEnv(t)
+			done := make(chan error, 1)
+			go func() { _, err := env.Materialize(context.Background(), u, Pin{URI: raw, Digest: u.Digest}); done <- err }()
+			select {
+			case err := <-done:
+				if want := p + ": a named pipe (FIFO), expected a regular file"; err == nil || !strings.Contains(err.Error(), want) {
+					t.Errorf("Materialize(%s) = %v, want %q", raw, err, want)
+				}
+			case <-time.After(5 * time.Second):
+				t.Errorf("Materialize(%s) blocks on the FIFO %s", raw, special)
+			}
+		}
+	}
+}
