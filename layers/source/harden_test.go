@@ -338,7 +338,10 @@ func TestOCILayoutRefusesSpecialFiles(t *testing.T) {
 			}
 			env := testEnv(t)
 			done := make(chan error, 1)
-			go func() { _, err := env.Materialize(context.Background(), u, Pin{URI: raw, Digest: u.Digest}); done <- err }()
+			go func() {
+				_, err := env.Materialize(context.Background(), u, Pin{URI: raw, Digest: u.Digest})
+				done <- err
+			}()
 			select {
 			case err := <-done:
 				if want := p + ": a named pipe (FIFO), expected a regular file"; err == nil || !strings.Contains(err.Error(), want) {
