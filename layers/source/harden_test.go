@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -168,7 +169,7 @@ func TestMmdebstrapEndsOptions(t *testing.T) {
 }
 
 // Cancelling while mmdebstrap runs ends it and whatever it started: a child holding its
-// output open (apt, a hook) must not keep Resolve waiting.
+// output open (apt, a hook) neither keeps Resolve waiting nor outlives it.
 func TestMmdebstrapCancel(t *testing.T) {
 	argv := fakeMmdebstrap(t)
 	t.Setenv("FAKE_MMDEBSTRAP_SLEEP", "60")
@@ -179,25 +180,52 @@ func TestMmdebstrapCancel(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() {
-		for {
-			if _, err := os.Stat(argv); err == nil {
-				cancel()
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
 	done := make(chan error, 1)
 	go func() { _, err := env.Resolve(ctx, u, nil); done <- err }()
+	child := waitChild(t, argv+".child")
+	cancel()
 	select {
 	case err := <-done:
 		if !errors.Is(err, context.Canceled) {
 			t.Errorf("Resolve after cancel = %v, want context.Canceled", err)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Resolve still waits for mmdebstrap's child 10s after the context was cancelled")
+	case <-time.After(5 * time.Second):
+		t.Fatal("Resolve still waits for mmdebstrap's child 5s after the context was cancelled")
 	}
+	if alive(child, 2*time.Second) {
+		t.Errorf("mmdebstrap's child %d outlived the cancelled Resolve", child)
+	}
+}
+
+// waitChild waits for the fake mmdebstrap to write its child's pid to file.
+func waitChild(t *testing.T, file string) int {
+	t.Helper()
+	for range 500 {
+		if b, err := os.ReadFile(file); err == nil && strings.HasSuffix(string(b), "\n") {
+			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return pid
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("the fake mmdebstrap did not start its child")
+	return 0
+}
+
+// alive reports whether pid still runs (not gone, not a zombie) after waiting up to d.
+func alive(pid int, d time.Duration) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			return false
+		}
+		if _, rest, ok := strings.Cut(string(b), ") "); ok && strings.HasPrefix(rest, "Z") {
+			return false
+		}
+	}
+	return true
 }
 
 // Only regular files and directories are sources: a FIFO would block in open (and then
