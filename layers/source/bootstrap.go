@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/imgctl/imgctl/layers/localfile"
 	"github.com/imgctl/imgctl/scripts/bootstrap"
 )
 
@@ -22,7 +23,7 @@ func (e *Env) bootstrapTar(ctx context.Context, u URI) (Tar, error) {
 	if e.NodeAgent == "" {
 		return Tar{}, errors.New("the bootstrap layer needs the static imgctl-node binary (--node-agent PATH; make build puts it in bin/)")
 	}
-	agent, info, err := openRegular(e.NodeAgent)
+	agent, info, err := localfile.Open(e.NodeAgent)
 	if err != nil {
 		return Tar{}, fmt.Errorf("node agent: %w", err)
 	}

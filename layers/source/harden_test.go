@@ -321,31 +321,6 @@ func TestDirSourceSpecialFiles(t *testing.T) {
 	}
 }
 
-// A FIFO swapped in after the type check (a race) is still not waited on: the file is opened
-// non-blocking and its type checked again on the open descriptor.
-func TestOpenRegularRefusesFIFO(t *testing.T) {
-	fifo := filepath.Join(t.TempDir(), "p")
-	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		f, _, err := openChecked(fifo)
-		if f != nil {
-			f.Close()
-		}
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if want := fifo + ": a named pipe (FIFO), expected a regular file"; err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("openChecked = %v, want %q", err, want)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("openChecked blocks on a FIFO without a writer")
-	}
-}
-
 // An OCI layout whose blob or index is a FIFO is refused by type, not read.
 func TestOCILayoutRefusesSpecialFiles(t *testing.T) {
 	hex := strings.Repeat("ab", 32)

@@ -28,6 +28,7 @@ import (
 	"github.com/imgctl/imgctl/layers/cache"
 	"github.com/imgctl/imgctl/layers/deb"
 	"github.com/imgctl/imgctl/layers/fetch"
+	"github.com/imgctl/imgctl/layers/localfile"
 	"github.com/imgctl/imgctl/layers/tarentry"
 )
 
@@ -343,7 +344,7 @@ func (e *Env) input(ctx context.Context, u URI, pin Pin) (*input, error) {
 		return e.cacheInput(pin.Digest)
 	}
 	if !u.Remote() {
-		f, st, err := openRegular(u.Location)
+		f, st, err := localfile.Open(u.Location)
 		if err != nil {
 			return nil, err
 		}
@@ -498,7 +499,7 @@ func (e *Env) dirTar(ctx context.Context, u URI) (Tar, error) {
 	if st, err := os.Stat(root); err != nil {
 		return Tar{}, err
 	} else if !st.IsDir() {
-		return Tar{}, fileTypeError(root, st.Mode(), "a directory")
+		return Tar{}, localfile.TypeError(root, st.Mode(), "a directory")
 	}
 	w, err := e.Cache.NewWriter(ctx)
 	if err != nil {
@@ -533,7 +534,7 @@ func (e *Env) dirTar(ctx context.Context, u URI) (Tar, error) {
 			hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, target
 			return out.add(hdr, nil)
 		case info.Mode().IsRegular():
-			f, st, err := openChecked(full)
+			f, st, err := localfile.OpenChecked(full)
 			if err != nil {
 				return err
 			}
@@ -542,7 +543,7 @@ func (e *Env) dirTar(ctx context.Context, u URI) (Tar, error) {
 			return out.add(hdr, &ctxReader{ctx: ctx, r: f})
 		}
 		// Never opened: a FIFO would block, a device read forever.
-		return fileTypeError(full, info.Mode(), "a regular file, directory or symlink")
+		return localfile.TypeError(full, info.Mode(), "a regular file, directory or symlink")
 	})
 	if err != nil {
 		return Tar{}, err
@@ -558,7 +559,7 @@ func (e *Env) dirTar(ctx context.Context, u URI) (Tar, error) {
 }
 
 func walkSorted(root, rel string, fn func(rel string, info fs.FileInfo) error) error {
-	ents, err := readDir(filepath.Join(root, rel))
+	ents, err := localfile.ReadDir(filepath.Join(root, rel))
 	if err != nil {
 		return err
 	}
@@ -588,7 +589,7 @@ func walkSorted(root, rel string, fn func(rel string, info fs.FileInfo) error) e
 // HashFile returns the sha256 digest of the file at p, stopping when ctx ends.
 // Only a regular file is read: anything else is refused by type, without blocking on it.
 func HashFile(ctx context.Context, p string) (digest.Digest, error) {
-	f, _, err := openRegular(p)
+	f, _, err := localfile.Open(p)
 	if err != nil {
 		return "", err
 	}
