@@ -49,6 +49,11 @@ const (
 //	deb://MIRROR/debian?suite=S&package=NAME[=VERSION][&follow=PREFIX][&component=main&arch=amd64]
 //	mmdebstrap://SUITE?mirror=URL&packages=a,b[&variant=minbase]
 //	imgctl://bootstrap            imgctl's bootstrap layer (units + the imgctl-node binary)
+//
+// file:// names a regular file or a directory: a FIFO, socket or device is refused. In deb://
+// and mmdebstrap:// the values are Debian's (validate.go): SUITE, package names, versions,
+// component and arch as Debian spells them ("+" is literal), mirror= an http(s):// or file:///
+// URL; nothing that could reach mmdebstrap as an option is accepted.
 type URI struct {
 	Raw  string
 	Kind Kind
