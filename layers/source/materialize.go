@@ -350,7 +350,7 @@ func (e *Env) input(ctx context.Context, u URI, pin Pin) (*input, error) {
 		}
 		v := pin.Digest.Verifier()
 		return &input{
-			Reader: io.TeeReader(bufio.NewReaderSize(&ctxReader{ctx: ctx, r: f}, 1<<20), v),
+			Reader: io.TeeReader(bufio.NewReaderSize(f, 1<<20), v),
 			size:   st.Size(),
 			close:  f.Close,
 			verify: func() error {
@@ -495,12 +495,7 @@ func (o *tarOut) Close() error { return o.tw.Close() }
 // dirTar packs a local directory (development sources): sorted, owned by root, modes kept.
 // It is keyed by nothing but its content, so it is rebuilt on every build.
 func (e *Env) dirTar(ctx context.Context, u URI) (Tar, error) {
-	root := filepath.Clean(u.Location)
-	if st, err := os.Stat(root); err != nil {
-		return Tar{}, err
-	} else if !st.IsDir() {
-		return Tar{}, localfile.TypeError(root, st.Mode(), "a directory")
-	}
+	root := filepath.Clean(u.Location) // walkSorted refuses a root that is not a directory
 	w, err := e.Cache.NewWriter(ctx)
 	if err != nil {
 		return Tar{}, err
@@ -540,7 +535,7 @@ func (e *Env) dirTar(ctx context.Context, u URI) (Tar, error) {
 			}
 			defer f.Close()
 			hdr.Typeflag, hdr.Size = tar.TypeReg, st.Size()
-			return out.add(hdr, &ctxReader{ctx: ctx, r: f})
+			return out.add(hdr, f)
 		}
 		// Never opened: a FIFO would block, a device read forever.
 		return localfile.TypeError(full, info.Mode(), "a regular file, directory or symlink")
