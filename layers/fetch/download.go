@@ -16,6 +16,7 @@ import (
 
 	"github.com/imgctl/imgctl/layers/cache"
 	"github.com/imgctl/imgctl/layers/limits"
+	"github.com/imgctl/imgctl/layers/localfile"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -125,7 +126,7 @@ func openFile(raw, target string, u *url.URL) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(path)
+	f, _, err := localfile.Open(path) // a FIFO or device is refused, not waited on or read forever
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("fetch %s: %w: %w", where(raw, target), ErrNotFound, err)
 	}

@@ -8,11 +8,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path"
 	"slices"
 	"strings"
 
+	"github.com/imgctl/imgctl/layers/localfile"
 	"github.com/imgctl/imgctl/scripts/bootstrap"
 )
 
@@ -23,18 +23,11 @@ func (e *Env) bootstrapTar(ctx context.Context, u URI) (Tar, error) {
 	if e.NodeAgent == "" {
 		return Tar{}, errors.New("the bootstrap layer needs the static imgctl-node binary (--node-agent PATH; make build puts it in bin/)")
 	}
-	agent, err := os.Open(e.NodeAgent)
+	agent, info, err := localfile.Open(e.NodeAgent)
 	if err != nil {
 		return Tar{}, fmt.Errorf("node agent: %w", err)
 	}
 	defer agent.Close()
-	info, err := agent.Stat()
-	if err != nil {
-		return Tar{}, fmt.Errorf("node agent: %w", err)
-	}
-	if !info.Mode().IsRegular() {
-		return Tar{}, fmt.Errorf("node agent %s: not a regular file", e.NodeAgent)
-	}
 	entries, err := bootstrap.Entries()
 	if err != nil {
 		return Tar{}, err

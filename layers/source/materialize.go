@@ -30,6 +30,7 @@ import (
 	"github.com/imgctl/imgctl/layers/deb"
 	"github.com/imgctl/imgctl/layers/fetch"
 	"github.com/imgctl/imgctl/layers/limits"
+	"github.com/imgctl/imgctl/layers/localfile"
 	"github.com/imgctl/imgctl/layers/tarentry"
 )
 
@@ -354,13 +355,8 @@ func (e *Env) input(ctx context.Context, u URI, pin Pin) (*input, error) {
 		return e.cacheInput(pin.Digest)
 	}
 	if !u.Remote() {
-		f, err := os.Open(u.Location)
+		f, st, err := localfile.Open(u.Location)
 		if err != nil {
-			return nil, err
-		}
-		st, err := f.Stat()
-		if err != nil {
-			f.Close()
 			return nil, err
 		}
 		v := pin.Digest.Verifier()
@@ -597,7 +593,7 @@ func (o *tarOut) Close() error { return o.tw.Close() }
 // dirTar packs a local directory (development sources): sorted, owned by root, modes kept.
 // It is keyed by nothing but its content, so it is rebuilt on every build.
 func (e *Env) dirTar(ctx context.Context, u URI) (Tar, error) {
-	root := filepath.Clean(u.Location)
+	root := filepath.Clean(u.Location) // walkSorted refuses a root that is not a directory
 	w, err := e.Cache.NewWriter(ctx)
 	if err != nil {
 		return Tar{}, err
@@ -631,15 +627,16 @@ func (e *Env) dirTar(ctx context.Context, u URI) (Tar, error) {
 			hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, target
 			return out.add(hdr, nil)
 		case info.Mode().IsRegular():
-			f, err := os.Open(full)
+			f, st, err := localfile.OpenChecked(full)
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			hdr.Typeflag, hdr.Size = tar.TypeReg, info.Size()
+			hdr.Typeflag, hdr.Size = tar.TypeReg, st.Size()
 			return out.add(hdr, f)
 		}
-		return fmt.Errorf("%s: unsupported file type %s (directories hold files, directories and symlinks)", full, info.Mode().Type())
+		// Never opened: a FIFO would block, a device read forever.
+		return localfile.TypeError(full, info.Mode(), "a regular file, directory or symlink")
 	})
 	if err != nil {
 		return Tar{}, err
@@ -655,7 +652,7 @@ func (e *Env) dirTar(ctx context.Context, u URI) (Tar, error) {
 }
 
 func walkSorted(root, rel string, fn func(rel string, info fs.FileInfo) error) error {
-	ents, err := os.ReadDir(filepath.Join(root, rel))
+	ents, err := localfile.ReadDir(filepath.Join(root, rel))
 	if err != nil {
 		return err
 	}
@@ -683,8 +680,9 @@ func walkSorted(root, rel string, fn func(rel string, info fs.FileInfo) error) e
 }
 
 // HashFile returns the sha256 digest of the file at p, stopping when ctx ends.
+// Only a regular file is read: anything else is refused by type, without blocking on it.
 func HashFile(ctx context.Context, p string) (digest.Digest, error) {
-	f, err := os.Open(p)
+	f, _, err := localfile.Open(p)
 	if err != nil {
 		return "", err
 	}

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -31,6 +33,10 @@ func (e *RunError) Unwrap() error { return e.Err }
 // and adds it to the cache. With want set, a different result is an error: the mirror has
 // moved on since the lock was written.
 func (e *Env) mmdebstrap(ctx context.Context, u URI, want digest.Digest) (digest.Digest, error) {
+	// Parse checks these too; a URI value built some other way must not reach the command line.
+	if err := u.checkMmdebstrap(); err != nil {
+		return "", err
+	}
 	key := mmdebstrapKey(u, e.MTime.Unix())
 	if d, err := e.Cache.Ref("mmdebstrap", key); err == nil && e.Cache.Has(d) && (want == "" || d == want) {
 		return d, nil
@@ -57,17 +63,33 @@ func (e *Env) mmdebstrap(ctx context.Context, u URI, want digest.Digest) (digest
 	defer os.RemoveAll(tmp)
 	out := filepath.Join(tmp, "rootfs.tar")
 	mirror := e.Fetch.Rewrite(u.Location)
+	if err := checkMirror(mirror); err != nil {
+		return "", fmt.Errorf("%s rewritten by --mirror: %w", u.Location, err)
+	}
 	args := []string{"--variant=" + u.Variant, "--format=tar", "--quiet"}
 	if len(u.Packages) > 0 {
 		args = append(args, "--include="+strings.Join(u.Packages, ","))
 	}
-	args = append(args, u.Suite, out, mirror)
+	// "--": mmdebstrap reads options after positionals too; nothing past here is one.
+	args = append(args, "--", u.Suite, out, mirror)
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH="+strconv.FormatInt(e.MTime.Unix(), 10))
 	var output bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &output, &output
+	// Cancelling ends mmdebstrap and everything it started (apt, dpkg, hooks): they share its
+	// process group. SIGTERM first, so mmdebstrap removes its temporary chroot; whatever is
+	// left after WaitDelay is killed, and a child holding the output open cannot keep us waiting.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return killGroup(cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
 	e.logger().Info("running mmdebstrap", "suite", u.Suite, "mirror", mirror, "packages", len(u.Packages))
 	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			if cmd.Process != nil {
+				_ = killGroup(cmd.Process.Pid, syscall.SIGKILL)
+			}
+			return "", fmt.Errorf("mmdebstrap: %w", ctx.Err())
+		}
 		return "", &RunError{Cmd: "mmdebstrap " + strings.Join(args, " "), Output: tail(output.String(), 4000), Err: err}
 	}
 	f, err := os.Open(out)
@@ -94,6 +116,14 @@ func (e *Env) mmdebstrap(ctx context.Context, u URI, want digest.Digest) (digest
 		return "", fmt.Errorf("mmdebstrap produced %s but the lock pins %s: the mirror changed since the lock was written; pin a snapshot mirror (https://snapshot.debian.org/archive/debian/TIMESTAMP) or refresh the lock with --update-lock", d, want)
 	}
 	return d, nil
+}
+
+// killGroup signals the process group led by pid; a group already gone is no error.
+func killGroup(pid int, sig syscall.Signal) error {
+	if err := syscall.Kill(-pid, sig); err != nil && err != syscall.ESRCH {
+		return err
+	}
+	return nil
 }
 
 func mmdebstrapKey(u URI, epoch int64) string {

@@ -8,7 +8,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/opencontainers/go-digest"
@@ -25,7 +24,7 @@ func (e *Env) ociImage(ctx context.Context, u URI) (v1.Image, error) {
 		return nil, err
 	}
 	if u.fromLayout() {
-		p, err := layout.FromPath(u.Location)
+		p, err := openLayout(u.Location)
 		if err != nil {
 			return nil, fmt.Errorf("opening OCI layout %s: %w", u.Location, err)
 		}

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -177,7 +176,7 @@ func checkPinnedManifest(u URI, md digest.Digest) error {
 	if !u.fromLayout() {
 		return nil
 	}
-	p, err := layout.FromPath(u.Location)
+	p, err := openLayout(u.Location)
 	if err != nil {
 		return fmt.Errorf("opening OCI layout %s: %w", u.Location, err)
 	}

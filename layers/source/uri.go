@@ -51,6 +51,11 @@ const (
 //	deb://MIRROR/debian?suite=S&package=NAME[=VERSION][&follow=PREFIX][&component=main&arch=amd64]
 //	mmdebstrap://SUITE?mirror=URL&packages=a,b[&variant=minbase]
 //	imgctl://bootstrap            imgctl's bootstrap layer (units + the imgctl-node binary)
+//
+// file:// names a regular file or a directory: a FIFO, socket or device is refused. In deb://
+// and mmdebstrap:// the values are Debian's (validate.go): SUITE, package names, versions,
+// component and arch as Debian spells them ("+" is literal), mirror= an http(s):// or file:///
+// URL; nothing that could reach mmdebstrap as an option is accepted.
 type URI struct {
 	Raw  string
 	Kind Kind
@@ -151,7 +156,7 @@ func parse(raw string) (URI, error) {
 		if err != nil {
 			return URI{}, err
 		}
-		q := pu.Query()
+		q := debQuery(pu)
 		httpScheme := "https"
 		if scheme == "deb+http" {
 			httpScheme = "http"
@@ -172,13 +177,16 @@ func parse(raw string) (URI, error) {
 		if u.Arch == "" {
 			u.Arch = "amd64"
 		}
-		return u, checkKeys(q, "suite", "package", "follow", "component", "arch")
+		if err := checkKeys(q, "suite", "package", "follow", "component", "arch"); err != nil {
+			return URI{}, err
+		}
+		return u, u.checkDebRepo()
 	case "mmdebstrap":
 		pu, err := url.Parse(raw)
 		if err != nil {
 			return URI{}, err
 		}
-		q := pu.Query()
+		q := debQuery(pu)
 		u.Kind, u.Suite, u.Location, u.Variant = KindMmdebstrap, pu.Host, q.Get("mirror"), q.Get("variant")
 		if u.Suite == "" {
 			return URI{}, fmt.Errorf("missing suite (mmdebstrap://bookworm?…)")
@@ -194,9 +202,19 @@ func parse(raw string) (URI, error) {
 				u.Packages = append(u.Packages, p)
 			}
 		}
-		return u, checkKeys(q, "mirror", "packages", "variant")
+		if err := checkKeys(q, "mirror", "packages", "variant"); err != nil {
+			return URI{}, err
+		}
+		return u, u.checkMmdebstrap()
 	}
 	return URI{}, fmt.Errorf("unknown scheme %q: expected file, https, http, oci, oci-layout, deb, mmdebstrap", scheme)
+}
+
+// debQuery reads a deb:// or mmdebstrap:// query with "+" kept as "+", not a space: Debian
+// package names and versions hold "+" (libstdc++6, 1.6.20~ds1-1+b1) and never a space.
+func debQuery(pu *url.URL) url.Values {
+	q, _ := url.ParseQuery(strings.ReplaceAll(pu.RawQuery, "+", "%2B"))
+	return q
 }
 
 // checkKeys refuses parameters other than known and any parameter given more than once

@@ -32,8 +32,10 @@ func TestParse(t *testing.T) {
 		{raw: "oci-layout:///srv/layout@sha256:" + hex + "#image=/var/lib/images/pause.tar&name=registry.k8s.io/pause:3.9", want: URI{Kind: KindOCILayoutArchive, Location: "/srv/layout", Dest: "/var/lib/images/pause.tar", Mode: 0o644, ImageName: "registry.k8s.io/pause:3.9"}},
 		{raw: "oci-layout:///srv/layout@sha256:" + hex + "#image=/x.tar&name=example.com/team/pause", want: URI{Kind: KindOCILayoutArchive, ImageName: "example.com/team/pause@sha256:" + hex}},
 		{raw: "deb://deb.debian.org/debian?suite=bookworm&package=runc=1.1.5", want: URI{Kind: KindDebRepo, Location: "https://deb.debian.org/debian", Suite: "bookworm", Package: "runc", Version: "1.1.5", Component: "main", Arch: "amd64"}},
-		{raw: "deb+http://127.0.0.1:8080/debian?suite=s&package=p", want: URI{Kind: KindDebRepo, Location: "http://127.0.0.1:8080/debian"}},
+		{raw: "deb+http://127.0.0.1:8080/debian?suite=s&package=p1", want: URI{Kind: KindDebRepo, Location: "http://127.0.0.1:8080/debian"}},
 		{raw: "mmdebstrap://bookworm?mirror=https://deb.debian.org/debian&packages=systemd,udev", want: URI{Kind: KindMmdebstrap, Suite: "bookworm", Variant: "minbase", Packages: []string{"systemd", "udev"}}},
+		{raw: "deb://deb.debian.org/debian?suite=bookworm&package=containerd=1.6.20~ds1-1+b1", want: URI{Kind: KindDebRepo, Package: "containerd", Version: "1.6.20~ds1-1+b1"}},
+		{raw: "mmdebstrap://bookworm?mirror=https://deb.debian.org/debian&packages=libstdc++6,g++-12", want: URI{Kind: KindMmdebstrap, Packages: []string{"libstdc++6", "g++-12"}}},
 		{raw: "imgctl://bootstrap", want: URI{Kind: KindBootstrap}},
 
 		{raw: "ftp://x/y", err: "unknown scheme"},
@@ -129,6 +131,14 @@ func FuzzParse(f *testing.F) {
 		}
 		if u.isArchive() && (u.ImageName == "" || u.Mode != 0o644) {
 			t.Fatalf("%q: image archive named %q, mode %o", raw, u.ImageName, u.Mode)
+		}
+		if u.Kind == KindMmdebstrap || u.Kind == KindDebRepo {
+			// These values become program arguments (mmdebstrap) or mirror URL paths.
+			for _, v := range append([]string{u.Suite, u.Location, u.Package, u.Version, u.Variant, u.Component, u.Arch, u.Follow}, u.Packages...) {
+				if strings.HasPrefix(v, "-") || strings.ContainsAny(v, " \t\n") {
+					t.Fatalf("%q: value %q could be read as an option", raw, v)
+				}
+			}
 		}
 	})
 }

@@ -419,7 +419,7 @@ func TestModules(t *testing.T) {
 	}{
 		{
 			name:   "none loaded",
-			runs:   [][]string{{"modprobe", "-a", "overlay", "br_netfilter"}},
+			runs:   [][]string{{"modprobe", "-a", "--", "overlay", "br_netfilter"}},
 			status: steplog.OK,
 			kv:     map[string]string{"loaded": "overlay,br_netfilter"},
 		},
@@ -428,7 +428,7 @@ func TestModules(t *testing.T) {
 			setup: func(f *fixture) {
 				f.write("/proc/modules", "overlay 151552 0 - Live 0x0000000000000000\next4 1003520 1 - Live 0x0000000000000000\n", 0o444)
 			},
-			runs:   [][]string{{"modprobe", "-a", "br_netfilter"}},
+			runs:   [][]string{{"modprobe", "-a", "--", "br_netfilter"}},
 			status: steplog.OK,
 			kv:     map[string]string{"loaded": "br_netfilter", "already": "overlay"},
 		},
@@ -449,7 +449,7 @@ func TestModules(t *testing.T) {
 				f.write("/proc/modules", "br_netfilter 32768 0 - Live 0x0000000000000000\n", 0o444)
 			},
 			modules: []string{"br-netfilter", "nf_conntrack"},
-			runs:    [][]string{{"modprobe", "-a", "nf_conntrack"}},
+			runs:    [][]string{{"modprobe", "-a", "--", "nf_conntrack"}},
 			status:  steplog.OK,
 			kv:      map[string]string{"loaded": "nf_conntrack", "already": "br-netfilter"},
 		},
@@ -513,7 +513,7 @@ func TestModulesDefaultRunner(t *testing.T) {
 			t.Fatalf("Run: %v", err)
 		}
 		got, err := os.ReadFile(args)
-		if err != nil || string(got) != "-a overlay br_netfilter\n" {
+		if err != nil || string(got) != "-a -- overlay br_netfilter\n" {
 			t.Errorf("modprobe got %q (%v)", got, err)
 		}
 	})
@@ -806,7 +806,7 @@ func TestSwapOff(t *testing.T) {
 			swapErr:  errors.New("swapoff: cannot allocate memory"),
 			status:   steplog.OK,
 			swapoffs: []string{"/dev/vda3"},
-			runs:     [][]string{{"swapoff", "/dev/vda3"}},
+			runs:     [][]string{{"swapoff", "--", "/dev/vda3"}},
 		},
 		{
 			name:     "both fail",
@@ -815,7 +815,7 @@ func TestSwapOff(t *testing.T) {
 			runErr:   errors.New("swapoff /dev/vdaN: exit status 255: swapoff failed"),
 			status:   steplog.Fail,
 			swapoffs: []string{"/dev/vda3", "/dev/vda4"},
-			runs:     [][]string{{"swapoff", "/dev/vda3"}, {"swapoff", "/dev/vda4"}},
+			runs:     [][]string{{"swapoff", "--", "/dev/vda3"}, {"swapoff", "--", "/dev/vda4"}},
 			wantErr: []string{"swapoff /dev/vda3: swapoff: cannot allocate memory (then swapoff /dev/vdaN: exit status 255",
 				"swapoff /dev/vda4: "},
 		},

@@ -19,7 +19,7 @@ func (in *installer) loadModules(ctx context.Context) (result, error) {
 	}
 	for _, m := range in.modules {
 		if m == "" || strings.HasPrefix(m, "-") || strings.ContainsAny(m, "/ \t\n") {
-			return result{}, fmt.Errorf("bad module name %q", m)
+			return result{}, fmt.Errorf("bad module name %q: expected a module name such as br_netfilter (no leading \"-\", no \"/\" or whitespace)", m)
 		}
 	}
 	loaded := in.loadedModules()
@@ -45,7 +45,7 @@ func (in *installer) loadModules(ctx context.Context) (result, error) {
 		return result{skip: true, kv: kv}, nil
 	}
 	kv = append([]any{"loaded", strings.Join(want, ",")}, kv...)
-	if err := in.run(ctx, "modprobe", append([]string{"-a"}, want...)...); err != nil {
+	if err := in.run(ctx, "modprobe", append([]string{"-a", "--"}, want...)...); err != nil {
 		return result{kv: kv}, fmt.Errorf("loading %s: %w", strings.Join(want, ", "), err)
 	}
 	return result{kv: kv}, nil

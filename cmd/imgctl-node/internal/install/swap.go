@@ -56,7 +56,7 @@ func (in *installer) swapoffOne(ctx context.Context, path string) error {
 		return nil
 	}
 	in.log.Warn("swapoff failed; trying swapoff(8)", "path", path, "err", err)
-	if err2 := in.run(ctx, "swapoff", path); err2 != nil {
+	if err2 := in.run(ctx, "swapoff", "--", path); err2 != nil {
 		return fmt.Errorf("swapoff %s: %w (then %w)", path, err, err2)
 	}
 	in.log.Info("swap turned off by swapoff(8)", "path", path)
