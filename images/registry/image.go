@@ -28,7 +28,8 @@ const maxManifest = 4 << 20
 // nothing. A tag that names a different image is an error wrapping store.ErrConflict: a
 // version names one immutable image. (Registries cannot check-and-set a tag, so two concurrent
 // pushes of different images with the same version can still race; the last one wins.)
-func Push(ctx context.Context, st *store.Store, img store.Image, repo string, o Options) (name.Digest, error) {
+func Push(ctx context.Context, st *store.Store, img store.Image, repo string, o Options) (_ name.Digest, err error) {
+	defer func() { err = o.explainAuth(err, repo) }()
 	r, err := parseRepo(repo, o)
 	if err != nil {
 		return name.Digest{}, fmt.Errorf("pushing: %w", err)
@@ -183,7 +184,8 @@ func (m rawManifest) MediaType() (types.MediaType, error) { return m.mediaType, 
 // byte: the index entry is added through PutImage, which re-renders the manifest, and the
 // digest must not change. Manifests imgctl pushed always are; one rewritten by another tool is
 // refused with an error naming both digests.
-func Pull(ctx context.Context, st *store.Store, ref string, o Options) (store.Image, error) {
+func Pull(ctx context.Context, st *store.Store, ref string, o Options) (_ store.Image, err error) {
+	defer func() { err = o.explainAuth(err, ref) }()
 	r, err := parseRef(ref, o)
 	if err != nil {
 		return store.Image{}, fmt.Errorf("pulling: %w", err)
