@@ -267,6 +267,13 @@ func (o Options) explainAuth(err error, ref string) error {
 	if terr.Request != nil {
 		status += " to " + terr.Request.Method + " " + terr.Request.URL.Redacted()
 	}
+	for i, d := range terr.Errors { // what the registry said, if anything
+		sep := "; "
+		if i == 0 {
+			sep = ": "
+		}
+		status += sep + d.String()
+	}
 	where, how := "the keychain given", "provide credentials for "+host
 	if o.Keychain == nil {
 		where = dockerConfigFile()
