@@ -25,8 +25,9 @@ const maxManifest = 4 << 20
 // the manifest references (config and artifacts) is streamed from the store, verified as it is
 // read, and skipped when the registry already has it; then the manifest bytes go up unchanged,
 // so the returned digest is img.Digest(). Pushing an image whose tag already names it uploads
-// nothing. A tag that names a different image is an error wrapping store.ErrConflict: a
-// version names one immutable image. (Registries cannot check-and-set a tag, so two concurrent
+// none of its blobs. The image's signatures go along (see pushSignatures): as OCI 1.1
+// referrers and in the tag cosign reads, CosignTag. A tag that names a different image is an
+// error wrapping store.ErrConflict: a version names one immutable image. (Registries cannot check-and-set a tag, so two concurrent
 // pushes of different images with the same version can still race; the last one wins.)
 func Push(ctx context.Context, st *store.Store, img store.Image, repo string, o Options) (_ name.Digest, err error) {
 	defer func() { err = o.explainAuth(err, repo) }()
@@ -71,6 +72,9 @@ func Push(ctx context.Context, st *store.Store, img store.Image, repo string, o 
 	switch cur, err := c.puller.Head(ctx, tag); {
 	case err == nil && cur.Digest.String() == img.Digest().String():
 		log.Info("image already in registry")
+		if err := c.pushSignatures(ctx, st, img, r, log); err != nil {
+			return fail("signatures: %w", err)
+		}
 		return ref, nil
 	case err == nil:
 		return fail("tag already names image %s: %w", cur.Digest, store.ErrConflict)
@@ -101,6 +105,9 @@ func Push(ctx context.Context, st *store.Store, img store.Image, repo string, o 
 		return fail("manifest %s: %w", img.Digest(), err)
 	}
 	log.Info("pushed image", "uploadedBlobs", uploaded.Load(), "uploadedBytes", bytesUp.Load())
+	if err := c.pushSignatures(ctx, st, img, r, log); err != nil {
+		return fail("signatures: %w", err)
+	}
 	return ref, nil
 }
 
