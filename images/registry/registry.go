@@ -272,7 +272,7 @@ func (o Options) explainAuth(err error, ref string) error {
 		if i == 0 {
 			sep = ": "
 		}
-		status += sep + d.String()
+		status += sep + string(d.Code) + ": " + d.Message
 	}
 	where, how := "the keychain given", "provide credentials for "+host
 	if o.Keychain == nil {
