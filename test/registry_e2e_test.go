@@ -362,7 +362,7 @@ func TestRealRegistryTLSAndAuth(t *testing.T) {
 		t.Errorf("rollback nightly in the registry: %+v (%v), want seq 3 to %s", e, err, img[0])
 	}
 	list := must(dir, good, "channel", "list", "--registry", repo)
-	if !regexp.MustCompile(`nightly\s.*` + img[0][7:19]).MatchString(list) || !regexp.MustCompile(`staging\s.*` + img[1][7:19]).MatchString(list) {
+	if !regexp.MustCompile(`nightly\s.*`+img[0][7:19]).MatchString(list) || !regexp.MustCompile(`staging\s.*`+img[1][7:19]).MatchString(list) {
 		t.Errorf("channel list --registry: want nightly at %s and staging at %s:\n%s", img[0][7:19], img[1][7:19], list)
 	}
 	// Another machine, with only the registry, sees the same channel and pulls its image.
