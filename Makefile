@@ -6,8 +6,10 @@ K8S       ?= 1.21.13
 # Tools and test inputs built from the Go module proxy are cached here between runs.
 TOOLS_DIR ?= $(CURDIR)/.cache/tools
 STATICCHECK_VERSION := v0.8.2
+# The cosign CLI the signature tests verify with: the version test/tools/cosign pins.
+COSIGN    := $(shell sed -n 's|^require github.com/sigstore/cosign/v2 v||p' test/tools/cosign/go.mod)
 
-.PHONY: build deps test test-short lint bench demo demo-image kubernetes clean FORCE
+.PHONY: build deps test test-short lint bench demo demo-image kubernetes cosign clean FORCE
 
 build: bin/imgctl bin/imgctl-node
 
@@ -23,8 +25,9 @@ deps:
 	scripts/install-deps.sh
 
 # The test command of the README and CI: vet, staticcheck, every test (integration included).
-# The boot and render tests need the real kubelet/kubeadm: build them once, before the tests.
-test: deps lint kubernetes
+# The boot and render tests need the real kubelet/kubeadm, the signature tests cosign: build
+# them once, before the tests.
+test: deps lint kubernetes cosign
 	$(GO) test -timeout 40m ./...
 
 test-short:
@@ -49,6 +52,13 @@ kubernetes: $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet
 
 $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet:
 	scripts/build-kubernetes.sh $(K8S) $(TOOLS_DIR)/kubernetes/v$(K8S)
+
+# The cosign CLI, built from the Go module proxy: test/registry_e2e_test.go checks with it that
+# `cosign verify` accepts imgctl's signatures.
+cosign: $(TOOLS_DIR)/cosign/v$(COSIGN)/cosign
+
+$(TOOLS_DIR)/cosign/v$(COSIGN)/cosign:
+	scripts/build-cosign.sh $(COSIGN) $(TOOLS_DIR)/cosign/v$(COSIGN)
 
 # The main job on the embedded default spec: a Kubernetes $(K8S) node image (raw GPT disk) from
 # Debian packages, with kubelet/kubeadm from the Go proxy in place of the dl.k8s.io downloads and
