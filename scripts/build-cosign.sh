@@ -12,6 +12,7 @@ if [ "$version" != "$pinned" ]; then
   exit 2
 fi
 mkdir -p "$out"
+out=$(cd "$out" && pwd) # the build runs in the tools module
 tmp=$(mktemp -d "$out/.build-XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 cd "$mod"
