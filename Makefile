@@ -7,8 +7,10 @@ K8S       ?= 1.21.13
 TOOLS_DIR ?= $(CURDIR)/.cache/tools
 STATICCHECK_VERSION := v0.8.2
 GOTESTSUM_VERSION   := v1.13.0
+# The cosign CLI the signature tests verify with: the version test/tools/cosign pins.
+COSIGN    := $(shell sed -n 's|^require github.com/sigstore/cosign/v2 v||p' test/tools/cosign/go.mod)
 
-.PHONY: build deps test test-short lint bench demo demo-image kubernetes clean FORCE
+.PHONY: build deps test test-short lint bench demo demo-image kubernetes cosign clean FORCE
 
 build: bin/imgctl bin/imgctl-node
 
@@ -24,11 +26,12 @@ deps:
 	scripts/install-deps.sh
 
 # The test command of the README and CI: vet, staticcheck, every test (integration included).
-# The boot and render tests need the real kubelet/kubeadm: build them once, before the tests.
+# The boot and render tests need the real kubelet/kubeadm, the signature tests cosign: build
+# them once, before the tests.
 # gotestsum runs `go test` and ends with the skipped tests, named, and a count line ("DONE N
 # tests, K skipped, F failures"): under CI=true a missing prerequisite fails (layers/testenv),
 # so a skip in CI is only a deliberate one (-short paths, opt-in measurements).
-test: deps lint kubernetes
+test: deps lint kubernetes cosign
 	$(GO) run gotest.tools/gotestsum@$(GOTESTSUM_VERSION) --format pkgname-and-test-fails -- -timeout 40m ./...
 
 test-short:
@@ -53,6 +56,13 @@ kubernetes: $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet
 
 $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet:
 	scripts/build-kubernetes.sh $(K8S) $(TOOLS_DIR)/kubernetes/v$(K8S)
+
+# The cosign CLI, built from the Go module proxy: test/registry_e2e_test.go checks with it that
+# `cosign verify` accepts imgctl's signatures.
+cosign: $(TOOLS_DIR)/cosign/v$(COSIGN)/cosign
+
+$(TOOLS_DIR)/cosign/v$(COSIGN)/cosign:
+	scripts/build-cosign.sh $(COSIGN) $(TOOLS_DIR)/cosign/v$(COSIGN)
 
 # The main job on the embedded default spec: a Kubernetes $(K8S) node image (raw GPT disk) from
 # Debian packages, with kubelet/kubeadm from the Go proxy in place of the dl.k8s.io downloads and

@@ -20,8 +20,10 @@ func (a *app) pushCmd() *cobra.Command {
 		Long: `Uploads the image's blobs (only those the registry lacks) and its manifest, unchanged, so the
 digest in the registry is the store's; the tag is the image's version ('+' becomes '_').
 IMAGE is a digest, a unique digest prefix, a version or a channel name. --channel CH also
-publishes that channel: tag CH points to its image and CH.history holds its history. Credentials
-come from the usual docker config (~/.docker/config.json, credential helpers); plain HTTP only
+publishes that channel: tag CH points to its image and CH.history holds its history. The image's
+signatures (imgctl sign) go along, as OCI referrers and in tag sha256-<hex>.sig, where
+'cosign verify --key imgctl.pub' finds them. Credentials come from the usual docker config
+($DOCKER_CONFIG/config.json, default ~/.docker/config.json; credential helpers); plain HTTP only
 for loopback registries or with --insecure.`,
 		Args: cobra.ExactArgs(2),
 		RunE: a.withChannels(func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error {

@@ -190,7 +190,8 @@ func (c *Channels) Move(ctx context.Context, ch string, expect digest.Digest, e 
 // does not, our push may have moved tag CH after the other writer did: confirm points the tag
 // back at the head of the history the registry holds (PushChannel of that same history only
 // moves the tag).
-func (c *Channels) confirm(ctx context.Context, ch string, e channel.Entry) error {
+func (c *Channels) confirm(ctx context.Context, ch string, e channel.Entry) (err error) {
+	defer func() { err = c.Options.explainAuth(err, c.Repo) }()
 	r, err := parseRepo(c.Repo, c.Options)
 	if err != nil {
 		return err
@@ -250,7 +251,8 @@ type Images struct {
 // says so. The manifest must be an imgctl image in the form Pull accepts (else an error wrapping
 // ErrNotImgctl, or naming the digest it should have); the returned Image is what the store holds
 // for the same image, its Descriptor carrying the annotations of a store index entry.
-func (i *Images) Resolve(ctx context.Context, ref string) (store.Image, error) {
+func (i *Images) Resolve(ctx context.Context, ref string) (_ store.Image, err error) {
+	defer func() { err = i.Options.explainAuth(err, i.Repo) }()
 	r, err := parseRepo(i.Repo, i.Options)
 	if err != nil {
 		return store.Image{}, fmt.Errorf("resolving image %q: %w", ref, err)
@@ -341,7 +343,8 @@ func (c *client) remoteImage(ctx context.Context, repo name.Repository, desc *re
 // and artifacts) must be in the repository with the sizes the manifest gives (HEAD requests);
 // the config is fetched and its digest verified too. The error names the first bad blob (with
 // its title) and wraps store.ErrNotFound or store.ErrDigestMismatch.
-func (i *Images) Check(ctx context.Context, img store.Image) error {
+func (i *Images) Check(ctx context.Context, img store.Image) (err error) {
+	defer func() { err = i.Options.explainAuth(err, i.Repo) }()
 	r, err := parseRepo(i.Repo, i.Options)
 	if err != nil {
 		return fmt.Errorf("checking image %s: %w", img.Digest(), err)

@@ -71,7 +71,8 @@ func channelTags(r name.Repository, ch string) (name.Tag, name.Tag, error) {
 // entry can be recovered by hand: registries with the OCI 1.1 Referrers API index it
 // themselves; on others go-containerregistry adds it to the image index tagged
 // sha256-<head hex> (the spec's fallback), which PushChannel does not prune.
-func PushChannel(ctx context.Context, repo string, h channel.History, o Options) error {
+func PushChannel(ctx context.Context, repo string, h channel.History, o Options) (err error) {
+	defer func() { err = o.explainAuth(err, repo) }()
 	r, err := parseRepo(repo, o)
 	if err != nil {
 		return fmt.Errorf("pushing channel %q: %w", h.Channel, err)
@@ -300,7 +301,8 @@ func (c *client) readHistory(ctx context.Context, histTag name.Tag, ch string) (
 // does not point at its head (a PushChannel died before moving the tag, or lost the race its
 // doc describes), PullChannel logs a warning and still returns the history; the next
 // PushChannel moves the tag.
-func PullChannel(ctx context.Context, repo, ch string, o Options) (channel.History, error) {
+func PullChannel(ctx context.Context, repo, ch string, o Options) (_ channel.History, err error) {
+	defer func() { err = o.explainAuth(err, repo) }()
 	r, err := parseRepo(repo, o)
 	if err != nil {
 		return channel.History{}, fmt.Errorf("pulling channel %q: %w", ch, err)

@@ -25,10 +25,12 @@ const maxManifest = MaxManifest
 // the manifest references (config and artifacts) is streamed from the store, verified as it is
 // read, and skipped when the registry already has it; then the manifest bytes go up unchanged,
 // so the returned digest is img.Digest(). Pushing an image whose tag already names it uploads
-// nothing. A tag that names a different image is an error wrapping store.ErrConflict: a
-// version names one immutable image. (Registries cannot check-and-set a tag, so two concurrent
+// none of its blobs. The image's signatures go along (see pushSignatures): as OCI 1.1
+// referrers and in the tag cosign reads, CosignTag. A tag that names a different image is an
+// error wrapping store.ErrConflict: a version names one immutable image. (Registries cannot check-and-set a tag, so two concurrent
 // pushes of different images with the same version can still race; the last one wins.)
-func Push(ctx context.Context, st *store.Store, img store.Image, repo string, o Options) (name.Digest, error) {
+func Push(ctx context.Context, st *store.Store, img store.Image, repo string, o Options) (_ name.Digest, err error) {
+	defer func() { err = o.explainAuth(err, repo) }()
 	r, err := parseRepo(repo, o)
 	if err != nil {
 		return name.Digest{}, fmt.Errorf("pushing: %w", err)
@@ -70,6 +72,9 @@ func Push(ctx context.Context, st *store.Store, img store.Image, repo string, o 
 	switch cur, err := c.puller.Head(ctx, tag); {
 	case err == nil && cur.Digest.String() == img.Digest().String():
 		log.Info("image already in registry")
+		if err := c.pushSignatures(ctx, st, img, r, log); err != nil {
+			return fail("signatures: %w", err)
+		}
 		return ref, nil
 	case err == nil:
 		return fail("tag already names image %s: %w", cur.Digest, store.ErrConflict)
@@ -100,6 +105,9 @@ func Push(ctx context.Context, st *store.Store, img store.Image, repo string, o 
 		return fail("manifest %s: %w", img.Digest(), err)
 	}
 	log.Info("pushed image", "uploadedBlobs", uploaded.Load(), "uploadedBytes", bytesUp.Load())
+	if err := c.pushSignatures(ctx, st, img, r, log); err != nil {
+		return fail("signatures: %w", err)
+	}
 	return ref, nil
 }
 
@@ -189,7 +197,8 @@ func (m rawManifest) MediaType() (types.MediaType, error) { return m.mediaType, 
 // byte: the index entry is added through PutImage, which re-renders the manifest, and the
 // digest must not change. Manifests imgctl pushed always are; one rewritten by another tool is
 // refused with an error naming both digests.
-func Pull(ctx context.Context, st *store.Store, ref string, o Options) (store.Image, error) {
+func Pull(ctx context.Context, st *store.Store, ref string, o Options) (_ store.Image, err error) {
+	defer func() { err = o.explainAuth(err, ref) }()
 	r, err := parseRef(ref, o)
 	if err != nil {
 		return store.Image{}, fmt.Errorf("pulling: %w", err)

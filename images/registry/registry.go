@@ -18,6 +18,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -45,6 +47,11 @@ var ErrTooLarge = errors.New("manifest too large")
 // configs read whole (the store's own bound). imgctl's manifests are a few KiB.
 // go-containerregistry alone would read up to 100 MiB of a hostile manifest into memory.
 const MaxManifest = 4 << 20
+
+// ErrUnauthorized: the registry refused the request (401 or 403). Errors wrap it and the
+// registry's transport.Error, and say which registry, whether credentials were found for it, and
+// how to provide them.
+var ErrUnauthorized = errors.New("registry refused access")
 
 // defaultJobs is how many blobs move at once unless Options.Jobs says otherwise.
 const defaultJobs = 4
@@ -309,3 +316,101 @@ loop:
 	}
 	return ctx.Err()
 }
+
+// explainAuth turns an error in which the registry of ref (REGISTRY/REPO[:TAG|@DIGEST]) refused
+// access (a transport.Error with status 401 or 403) into one that says which registry, whether
+// credentials for it were found and where, and how to provide them; it then wraps
+// ErrUnauthorized as well as err. Other errors (and nil) pass through. Every exported
+// operation runs its error through it, once.
+func (o Options) explainAuth(err error, ref string) error {
+	var terr *transport.Error
+	if err == nil || errors.Is(err, ErrUnauthorized) || !errors.As(err, &terr) ||
+		terr.StatusCode != http.StatusUnauthorized && terr.StatusCode != http.StatusForbidden {
+		return err
+	}
+	var reg name.Registry
+	if r, perr := name.ParseReference(ref); perr == nil {
+		reg = r.Context().Registry
+	} else if r, perr := name.NewRepository(ref); perr == nil {
+		reg = r.Registry
+	} else {
+		return err
+	}
+	host := reg.RegistryStr()
+	status := fmt.Sprintf("%d %s", terr.StatusCode, http.StatusText(terr.StatusCode))
+	if terr.Request != nil {
+		status += " to " + terr.Request.Method + " " + terr.Request.URL.Redacted()
+	}
+	for i, d := range terr.Errors { // what the registry said, if anything
+		sep := "; "
+		if i == 0 {
+			sep = ": "
+		}
+		status += sep + string(d.Code) + ": " + d.Message
+	}
+	where, how := "the keychain given", "provide credentials for "+host
+	if o.Keychain == nil {
+		where = dockerConfigFile()
+		how = fmt.Sprintf("log in with `docker login %s` (or `podman login %s`), or add an \"auths\" entry for %s to %s (imgctl reads $DOCKER_CONFIG/config.json, default ~/.docker/config.json, and the credential helpers it names)",
+			host, host, host, where)
+	}
+	var msg string
+	switch found, kerr := o.hasCredentials(reg); {
+	case kerr != nil:
+		msg = fmt.Sprintf("registry %s refused access (%s), and the credentials for it could not be read from %s: %v; %s", host, status, where, kerr, how)
+	case !found:
+		msg = fmt.Sprintf("registry %s refused access (%s): no credentials for %s were found in %s; %s", host, status, host, where, how)
+	case terr.StatusCode == http.StatusForbidden:
+		msg = fmt.Sprintf("registry %s denied access with the credentials found for it in %s (%s): the account may lack permission for this repository; %s", host, where, status, how)
+	default:
+		msg = fmt.Sprintf("registry %s rejected the credentials found for it in %s (%s): they are wrong or expired; %s", host, where, status, how)
+	}
+	// Put the explanation where go-containerregistry's text was, keeping the context around it.
+	full, inner := err.Error(), terr.Error()
+	if i := strings.LastIndex(full, inner); i >= 0 {
+		full = full[:i] + msg + full[i+len(inner):]
+	} else {
+		full += ": " + msg
+	}
+	return &authError{msg: full, err: err}
+}
+
+// hasCredentials reports whether the keychain has credentials for reg.
+func (o Options) hasCredentials(reg name.Registry) (bool, error) {
+	kc := o.Keychain
+	if kc == nil {
+		kc = authn.DefaultKeychain
+	}
+	a, err := kc.Resolve(reg)
+	if err != nil {
+		return false, err
+	}
+	if a == authn.Anonymous {
+		return false, nil
+	}
+	cfg, err := a.Authorization()
+	if err != nil {
+		return false, err
+	}
+	return *cfg != authn.AuthConfig{}, nil
+}
+
+// dockerConfigFile is the docker config file authn.DefaultKeychain reads.
+func dockerConfigFile() string {
+	if dir := os.Getenv("DOCKER_CONFIG"); dir != "" {
+		return filepath.Join(dir, "config.json")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".docker", "config.json")
+	}
+	return "~/.docker/config.json"
+}
+
+// authError is an error explained by explainAuth: its text replaces go-containerregistry's.
+type authError struct {
+	msg string
+	err error
+}
+
+func (e *authError) Error() string   { return e.msg }
+func (e *authError) Unwrap() []error { return []error{e.err, ErrUnauthorized} }

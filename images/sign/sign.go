@@ -5,9 +5,12 @@
 // image manifest of artifactType ArtifactType whose subject is the image manifest, whose one
 // layer is the payload blob (media type PayloadMediaType) carrying the base64 signature in the
 // annotation SignatureAnnotation, and which is listed in index.json so that it is reachable.
-// These are the media types, annotation and artifact type cosign uses when it stores a
-// signature as an OCI 1.1 referrer, so the manifest and payload, copied to a registry, are what
-// `cosign verify --experimental-oci11 --key imgctl.pub --insecure-ignore-tlog` reads.
+// These are the media types, annotation and artifact type cosign uses. `imgctl push` (package
+// registry) sends a signature along with its image, both as this referrer and in the tag
+// sha256-<hex>.sig that cosign reads by default, so that
+// `cosign verify --key imgctl.pub --insecure-ignore-tlog=true REGISTRY/REPO@sha256:…` (cosign
+// v2.6 reads ed25519 PKIX keys) accepts it, with or without --experimental-oci11
+// (test/registry_e2e_test.go checks this with the real cosign).
 //
 // Keys are ed25519 (GenerateKey): imgctl.key, an unencrypted PKCS#8 PEM file, and imgctl.pub,
 // a PKIX PEM file. A store's trust policy is STOREDIR/trust.json (PolicyForStore), listing the
