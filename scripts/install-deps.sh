@@ -6,11 +6,12 @@
 # dosfstools, mtools, e2fsprogs, squashfs-tools(-ng), fdisk: disk oracles and benchmark peers;
 # the script linter (shellcheck); android-sdk-libsparse-utils: simg2img oracle; systemd:
 # systemd-analyze verify of the bootstrap units; containerd: the CRI client's real peer;
-# openssl: the demo node's throwaway certificates.
+# openssl: the demo node's throwaway certificates; docker-registry (distribution 2.8): the real
+# registry with TLS and htpasswd auth the registry and cosign tests push to.
 set -euo pipefail
 packages=(ca-certificates git make mmdebstrap kmod xz-utils zstd skopeo debian-archive-keyring
   binutils dpkg-dev squashfs-tools squashfs-tools-ng time cpio qemu-system-x86 ovmf gdisk
-  dosfstools mtools e2fsprogs fdisk util-linux shellcheck android-sdk-libsparse-utils systemd containerd openssl)
+  dosfstools mtools e2fsprogs fdisk util-linux shellcheck android-sdk-libsparse-utils systemd containerd openssl docker-registry)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
