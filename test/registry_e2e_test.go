@@ -21,7 +21,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -37,24 +36,7 @@ type distRegistry struct {
 	caFile   string // PEM of the CA that signed the server certificate
 	user     string
 	password string
-	log      *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	log      *console
 }
 
 // startDistRegistry starts docker-registry with TLS and htpasswd auth, waits (at most 30s) until
@@ -64,7 +46,7 @@ func startDistRegistry(t *testing.T) *distRegistry {
 	testenv.Integration(t, "Debian's docker-registry with TLS and htpasswd auth")
 	testenv.Tools(t, "docker-registry")
 	dir := t.TempDir()
-	r := &distRegistry{user: "imgctl", password: "s3cret-" + rand.Text()[:8], log: &syncBuffer{}}
+	r := &distRegistry{user: "imgctl", password: "s3cret-" + rand.Text()[:8], log: &console{}}
 
 	// A throwaway CA and a server certificate for 127.0.0.1 signed by it.
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

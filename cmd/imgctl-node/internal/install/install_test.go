@@ -304,7 +304,7 @@ func TestVerifyBinaries(t *testing.T) {
 				}
 			},
 			status: steplog.Fail,
-			want:   []string{kubelet + ": not a regular file (directory)"},
+			want:   []string{kubelet + ": not a regular file (a directory)"},
 		},
 		{
 			name: "no image.json",

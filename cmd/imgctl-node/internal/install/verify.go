@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imgctl/imgctl/images/imageinfo"
+	"github.com/imgctl/imgctl/layers/localfile"
 )
 
 // ErrMismatch is matched (errors.Is) by the error of a binary whose content differs from the
@@ -129,7 +130,7 @@ func hashFile(ctx context.Context, p string, buf []byte) (string, int64, error) 
 		return "", 0, describe(err)
 	}
 	if !fi.Mode().IsRegular() {
-		return "", 0, fmt.Errorf("not a regular file (%s)", kind(fi.Mode()))
+		return "", 0, fmt.Errorf("not a regular file (%s)", localfile.TypeName(fi.Mode()))
 	}
 	// O_NONBLOCK: should a FIFO replace the file after the Stat, opening it must not hang.
 	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
@@ -140,7 +141,7 @@ func hashFile(ctx context.Context, p string, buf []byte) (string, int64, error) 
 	if fi, err = f.Stat(); err != nil {
 		return "", 0, describe(err)
 	} else if !fi.Mode().IsRegular() {
-		return "", 0, fmt.Errorf("not a regular file (%s)", kind(fi.Mode()))
+		return "", 0, fmt.Errorf("not a regular file (%s)", localfile.TypeName(fi.Mode()))
 	}
 	h := sha256.New()
 	var n int64
@@ -172,24 +173,4 @@ func describe(err error) error {
 		return fmt.Errorf("missing: %w", pe.Err)
 	}
 	return fmt.Errorf("%s: %w", pe.Op, pe.Err)
-}
-
-// kind names a non-regular file type.
-func kind(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "directory"
-	case m&fs.ModeSymlink != 0:
-		return "symlink"
-	case m&fs.ModeNamedPipe != 0:
-		return "named pipe"
-	case m&fs.ModeSocket != 0:
-		return "socket"
-	case m&fs.ModeCharDevice != 0:
-		return "character device"
-	case m&fs.ModeDevice != 0:
-		return "block device"
-	default:
-		return m.Type().String()
-	}
 }
