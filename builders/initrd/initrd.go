@@ -10,12 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/imgctl/imgctl/layers/localfile"
 	"github.com/klauspost/compress/gzip"
 )
 
@@ -209,7 +209,7 @@ func Write(ctx context.Context, w io.Writer, k *Kernel, opts Options) (Result, e
 	if err != nil {
 		return Result{}, err
 	}
-	agent, err := os.ReadFile(opts.Agent)
+	agent, err := localfile.ReadFile(opts.Agent, 512<<20)
 	if err != nil {
 		return Result{}, fmt.Errorf("node agent (imgctl-node, installed as /init): %w", err)
 	}

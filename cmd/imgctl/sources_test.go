@@ -180,3 +180,38 @@ func TestInterruptEndsBlockingStep(t *testing.T) {
 		}
 	}
 }
+
+// The files a user names on the command line (spec, lock, keys, keyring, node agent) are read
+// like sources: a FIFO or a device is refused at once instead of blocking or reading forever.
+func TestCommandLineFilesRefuseSpecialFiles(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	layer := t.TempDir()
+	spec := filepath.Join(dir, "node.yaml")
+	if err := os.WriteFile(spec, []byte("apiVersion: imgctl/v1alpha1\nkind: NodeImage\nmetadata: {name: x}\nspec:\n  kubernetes: {version: 1.21.13}\n  layers:\n    - role: extra\n      sources: [\"file://"+layer+"/\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"build", "-f", fifo}, fifo + ": a named pipe (FIFO), expected a regular file"},
+		{[]string{"build", "-f", "/dev/zero"}, "/dev/zero: a character device, expected a regular file"},
+		{[]string{"build", "-f", spec, "--lock", fifo}, fifo + ": a named pipe (FIFO), expected a regular file"},
+		{[]string{"trust", "add", fifo}, fifo + ": a named pipe (FIFO), expected a regular file"},
+		{[]string{"build", "-f", spec, "--lock", filepath.Join(dir, "x.lock"), "--sign-key", fifo}, fifo + ": a named pipe (FIFO), expected a regular file"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		start := time.Now()
+		cmd, stderr := imgctl(t, ctx, dir, tc.args...)
+		code := exitCode(t, cmd)
+		took := time.Since(start)
+		cancel()
+		if code != 1 || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("imgctl %s: exit %d after %s, stderr:\n%s\nwant exit 1 and %q", strings.Join(tc.args, " "), code, took.Round(time.Millisecond), stderr, tc.want)
+		}
+	}
+}

@@ -14,6 +14,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/imgctl/imgctl/layers/localfile"
 )
 
 // Key file names GenerateKey writes.
@@ -121,7 +123,7 @@ func LoadPrivateKey(path string) (ed25519.PrivateKey, error) {
 // LoadPublicKey reads a PKIX PEM ed25519 public key, as GenerateKey writes (and cosign's
 // `--key` files are). Errors name the file and say what was found instead.
 func LoadPublicKey(path string) (ed25519.PublicKey, error) {
-	data, err := os.ReadFile(path)
+	data, err := localfile.ReadFile(path, 1<<20)
 	if err != nil {
 		return nil, fmt.Errorf("loading public key: %w", err)
 	}
@@ -161,7 +163,7 @@ func EncodePublicKey(pub ed25519.PublicKey) []byte {
 }
 
 func readPEM(path, which string) (*pem.Block, error) {
-	data, err := os.ReadFile(path)
+	data, err := localfile.ReadFile(path, 1<<20)
 	if err != nil {
 		return nil, fmt.Errorf("loading %s key: %w", which, err)
 	}

@@ -11,7 +11,6 @@ import (
 	"hash"
 	"io"
 	"log/slog"
-	"os"
 	"path"
 	"slices"
 	"strconv"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/clearsign"
+	"github.com/imgctl/imgctl/layers/localfile"
 	"github.com/klauspost/compress/gzip"
 )
 
@@ -288,7 +288,7 @@ func (r *Repo) load(ctx context.Context) (*index, error) {
 }
 
 func readKeyring(p string) (openpgp.EntityList, error) {
-	data, err := os.ReadFile(p)
+	data, err := localfile.ReadFile(p, 64<<20)
 	if err != nil {
 		return nil, fmt.Errorf("deb: reading keyring: %w", err)
 	}

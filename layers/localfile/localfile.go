@@ -7,6 +7,7 @@ package localfile
 
 import (
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 
@@ -90,4 +91,26 @@ func ReadDir(p string) ([]os.DirEntry, error) {
 	f := os.NewFile(uintptr(fd), p)
 	defer f.Close()
 	return f.ReadDir(-1)
+}
+
+// ReadFile reads the regular file p (symlinks followed) whole, refusing any other type without
+// blocking on it and any file larger than limit bytes: for the small files a user names on the
+// command line (spec, lock, keys, keyring) that must never hang on a FIFO or read a device.
+func ReadFile(p string, limit int64) ([]byte, error) {
+	f, st, err := Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if st.Size() > limit {
+		return nil, fmt.Errorf("%s: %d bytes, more than the %d this file may have", p, st.Size(), limit)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s: grew past the %d bytes this file may have while it was read", p, limit)
+	}
+	return data, nil
 }

@@ -1,6 +1,8 @@
 package localfile
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,5 +88,29 @@ func TestTypeName(t *testing.T) {
 	}
 	if got := TypeName(os.ModeIrregular); !strings.HasPrefix(got, "an irregular file") {
 		t.Errorf("TypeName(irregular) = %q", got)
+	}
+}
+
+func TestReadFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	if err := os.WriteFile(p, []byte("0123456789"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := ReadFile(p, 10); err != nil || string(b) != "0123456789" {
+		t.Errorf("ReadFile(10 bytes, limit 10) = %q, %v", b, err)
+	}
+	if _, err := ReadFile(p, 9); err == nil || !strings.Contains(err.Error(), "10 bytes, more than the 9") {
+		t.Errorf("ReadFile over the limit: %v", err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadFile(fifo, 10); err == nil || !strings.Contains(err.Error(), "a named pipe (FIFO), expected a regular file") {
+		t.Errorf("ReadFile(FIFO): %v", err)
+	}
+	if _, err := ReadFile(filepath.Join(dir, "missing"), 10); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("ReadFile(missing) = %v, want fs.ErrNotExist", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/imgctl/imgctl/layers/atomicfile"
+	"github.com/imgctl/imgctl/layers/localfile"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -40,7 +41,7 @@ type Source struct {
 
 // Load reads a lock file; a missing file yields (nil, nil).
 func Load(path string) (*File, error) {
-	data, err := os.ReadFile(path)
+	data, err := localfile.ReadFile(path, 64<<20)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}

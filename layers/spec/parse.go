@@ -5,19 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
 
+	"github.com/imgctl/imgctl/layers/localfile"
 	"gopkg.in/yaml.v3"
 )
 
 // Load reads and parses the spec file at path (see Parse).
 func Load(path string) (*NodeImage, error) {
-	data, err := os.ReadFile(path)
+	data, err := localfile.ReadFile(path, 16<<20)
 	if err != nil {
 		return nil, fmt.Errorf("load spec: %w", err)
 	}
