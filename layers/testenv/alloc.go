@@ -1,0 +1,30 @@
+package testenv
+
+import (
+	"runtime/metrics"
+	"testing"
+)
+
+const heapAllocs = "/gc/heap/allocs:bytes"
+
+// Allocated returns the bytes fn allocated on the heap (approximately: the runtime counts small
+// objects per cache refill, so the figure may be off by some KiB; large objects count exactly).
+// It reads runtime/metrics, which does not stop the world, so fuzz targets can call it on every
+// input. Allocations by other goroutines running meanwhile count too.
+func Allocated(fn func()) uint64 {
+	s := []metrics.Sample{{Name: heapAllocs}}
+	metrics.Read(s)
+	before := s[0].Value.Uint64()
+	fn()
+	metrics.Read(s)
+	return s[0].Value.Uint64() - before
+}
+
+// MaxAlloc runs fn and fails t if it allocated more than limit bytes: a small input must not
+// make a parser allocate what its header merely claims.
+func MaxAlloc(t testing.TB, limit uint64, what string, fn func()) {
+	t.Helper()
+	if n := Allocated(fn); n > limit {
+		t.Fatalf("%s allocated %d bytes, more than the %d allowed", what, n, limit)
+	}
+}
