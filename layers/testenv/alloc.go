@@ -7,8 +7,11 @@ import (
 
 const heapAllocs = "/gc/heap/allocs:bytes"
 
-// Allocated returns the bytes fn allocated on the heap (approximately: the runtime counts small
-// objects per cache refill, so the figure may be off by some KiB; large objects count exactly).
+// Allocated returns the bytes fn allocated on the heap, approximately: the runtime counts small
+// objects when their span leaves a P's cache, so small allocations made before fn may be
+// counted too (up to a span per size class: some hundred KiB); large objects count exactly.
+// Limits should therefore allow a few MiB: this catches allocations of what a header claims,
+// not a stray buffer.
 // It reads runtime/metrics, which does not stop the world, so fuzz targets can call it on every
 // input. Allocations by other goroutines running meanwhile count too.
 func Allocated(fn func()) uint64 {
