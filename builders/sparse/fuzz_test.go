@@ -41,6 +41,23 @@ func image(blk, total uint32, extra int, chunks ...chunk) []byte {
 	return out
 }
 
+// imageLen is the length of the image its headers describe (file header and every chunk with
+// its body), if the headers are all there.
+func imageLen(img []byte) (int, bool) {
+	le := binary.LittleEndian
+	if len(img) < fileHeaderLen {
+		return 0, false
+	}
+	n := int(le.Uint16(img[8:]))
+	for range le.Uint32(img[20:]) {
+		if n+chunkHeadLen > len(img) {
+			return 0, false
+		}
+		n += int(le.Uint32(img[n+8:]))
+	}
+	return n, n <= len(img)
+}
+
 // declared is the expanded size an image's header claims, if it has one.
 func declared(img []byte) (int64, bool) {
 	if len(img) < fileHeaderLen || binary.LittleEndian.Uint32(img) != magic {
@@ -90,9 +107,9 @@ func TestExpandRejectsOverflow(t *testing.T) {
 	}
 }
 
-// FuzzExpand: Expand either fails (returning 0) or leaves exactly the size the header declares;
-// what it expands re-encodes (Write) and re-expands to the same bytes; it never allocates more
-// than a constant per chunk of input.
+// FuzzExpand: Expand either fails (returning 0) or leaves exactly the size the header declares
+// and fails on the image cut short by one byte; what it expands re-encodes (Write) and
+// re-expands to the same bytes; it never allocates more than a constant per chunk of input.
 func FuzzExpand(f *testing.F) {
 	dir := f.TempDir()
 	// A real image from Write: data, zeros, data, trailing zeros.
@@ -128,6 +145,7 @@ func FuzzExpand(f *testing.F) {
 
 	out := filepath.Join(dir, "out")
 	again := filepath.Join(dir, "again")
+	cut := filepath.Join(dir, "cut")
 	f.Fuzz(func(t *testing.T, img []byte) {
 		size, ok := declared(img)
 		if ok && size > 16<<20 {
@@ -152,6 +170,21 @@ func FuzzExpand(f *testing.F) {
 		if err != nil || st.Size() != n {
 			t.Fatalf("expanded file has %d bytes (%v), Expand returned %d", st.Size(), err, n)
 		}
+		// An image cut anywhere before its end is an error, never a success with zeros.
+		want, ok := imageLen(img)
+		if !ok {
+			t.Fatalf("Expand accepted an image shorter than its headers describe")
+		}
+		if want > 0 {
+			dcut, err := os.Create(cut)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dcut.Close()
+			if m, err := Expand(context.Background(), dcut, bytes.NewReader(img[:want-1])); err == nil {
+				t.Fatalf("Expand accepted the image without its last byte (size %d)", m)
+			}
+		}
 		if n%BlockSize != 0 {
 			return // Write encodes whole 4 KiB blocks only
 		}
@@ -173,4 +206,20 @@ func FuzzExpand(f *testing.F) {
 			t.Fatal("Write then Expand changed the expanded bytes")
 		}
 	})
+}
+
+// TestExpandRejectsTruncatedRaw: a raw chunk cut short (an interrupted download) expanded
+// "successfully", with zeros for the missing data.
+func TestExpandRejectsTruncatedRaw(t *testing.T) {
+	dst, err := os.Create(filepath.Join(t.TempDir(), "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	img := image(BlockSize, 2, 0, chunk{chunkDontCare, 1, nil}, chunk{chunkRaw, 1, bytes.Repeat([]byte{7}, BlockSize)})
+	for _, cut := range []int{1, BlockSize / 2, BlockSize} {
+		if n, err := Expand(context.Background(), dst, bytes.NewReader(img[:len(img)-cut])); err == nil {
+			t.Errorf("Expand of an image missing its last %d bytes succeeded (size %d)", cut, n)
+		}
+	}
 }

@@ -207,7 +207,11 @@ func Expand(ctx context.Context, dst *os.File, r io.Reader) (int64, error) {
 			if body != n {
 				return 0, fmt.Errorf("sparse: raw chunk %d has %d bytes for %d", i, body, n)
 			}
-			if _, err := io.Copy(io.NewOffsetWriter(dst, off), io.LimitReader(br, n)); err != nil {
+			m, err := io.Copy(io.NewOffsetWriter(dst, off), io.LimitReader(br, n))
+			if err == nil && m != n {
+				err = io.ErrUnexpectedEOF // the image ends inside the chunk
+			}
+			if err != nil {
 				return 0, fmt.Errorf("sparse: chunk %d: %w", i, err)
 			}
 		case chunkFill:
