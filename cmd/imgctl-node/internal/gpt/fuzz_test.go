@@ -284,3 +284,28 @@ func FuzzGrow(f *testing.F) {
 		}
 	})
 }
+
+// TestGrowBySectors (found by FuzzGrow): a disk enlarged by fewer sectors than the entry array
+// has its old backup header inside the new backup entry array, and wiping the old header
+// zeroed part of the new backup entries.
+func TestGrowBySectors(t *testing.T) {
+	for _, grow := range []uint64{1, 2, 4, 5} {
+		// 512-byte sectors, 16 entries: the array takes 4 sectors.
+		disk := makeGPT(512, 48, 16, part{6 + 3, 20, "ESP"}, part{21, 30, "STATE"})
+		disk = append(disk, make([]byte, grow*512)...)
+		d := &memDisk{b: disk}
+		res, err := Grow(d, 512, int64(len(disk)), 2)
+		if err != nil || !res.Grown || !res.MovedBackup {
+			t.Fatalf("grow by %d: %+v, %v", grow, res, err)
+		}
+		tab, err := Read(d, 512)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := disk[tab.AlternateLBA*512:][:512]
+		be := binary.LittleEndian.Uint64(b[72:]) * 512
+		if !bytes.Equal(disk[be:be+uint64(len(tab.entries))], tab.entries) {
+			t.Errorf("grow by %d sectors: the backup entry array differs from the primary", grow)
+		}
+	}
+}

@@ -232,8 +232,9 @@ func Grow(dev Device, sectorSize int, diskSize int64, number int) (GrowResult, e
 		return res, fmt.Errorf("gpt: write primary header: %w", err)
 	}
 	// The old backup header now lies inside the grown partition: wipe it so nothing mistakes it
-	// for a table.
-	if oldAlternate != lastLBA && oldAlternate > 1 && oldAlternate < lastLBA {
+	// for a table. On a disk grown by fewer sectors than the entry array it lies inside the new
+	// backup entry array instead, already overwritten.
+	if oldAlternate != lastLBA && oldAlternate > 1 && oldAlternate < backupEntLBA {
 		if _, err := dev.WriteAt(make([]byte, ss), int64(oldAlternate*ss)); err != nil {
 			return res, fmt.Errorf("gpt: wipe old backup header: %w", err)
 		}
