@@ -11,7 +11,7 @@
 #   FUZZ_MINIMIZE=1000x   -fuzzminimizetime (Go's 60s default stalls fuzzing on a busy machine)
 #   FUZZ_TARGETS=.        only targets whose name matches this extended regexp
 #   FUZZ_CORPUS_MAX=200   at most this many corpus files per target kept in testdata/fuzz ...
-#   FUZZ_CORPUS_BYTES=1048576  ... and at most this many bytes; smallest inputs first
+#   FUZZ_CORPUS_BYTES=262144  ... and at most this many bytes; smallest inputs first
 #   FUZZ_LOGS=out/fuzz    where each target's go test output is kept
 # Prints one line per target: package, target, execs, new interesting inputs, kept corpus
 # files, fuzzing time, result. Exits 1 if any target failed.
@@ -25,7 +25,7 @@ FUZZ_PARALLEL=${FUZZ_PARALLEL:-2}
 FUZZ_MINIMIZE=${FUZZ_MINIMIZE:-1000x}
 FUZZ_TARGETS=${FUZZ_TARGETS:-.}
 FUZZ_CORPUS_MAX=${FUZZ_CORPUS_MAX:-200}
-FUZZ_CORPUS_BYTES=${FUZZ_CORPUS_BYTES:-1048576}
+FUZZ_CORPUS_BYTES=${FUZZ_CORPUS_BYTES:-262144}
 FUZZ_LOGS=${FUZZ_LOGS:-out/fuzz}
 mkdir -p "$FUZZ_LOGS"
 cache=$("$GO" env GOCACHE)/fuzz
