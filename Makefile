@@ -1,4 +1,4 @@
-# imgctl — see README.md. Targets: build, test, bench, demo, lint, clean.
+# imgctl — see README.md. Targets: build, test, bench, fuzz, demo, lint, clean.
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
@@ -10,7 +10,7 @@ GOTESTSUM_VERSION   := v1.13.0
 # The cosign CLI the signature tests verify with: the version test/tools/cosign pins.
 COSIGN    := $(shell sed -n 's|^require github.com/sigstore/cosign/v2 v||p' test/tools/cosign/go.mod)
 
-.PHONY: build deps test test-short lint bench demo demo-image kubernetes cosign clean FORCE
+.PHONY: build deps test test-short lint bench fuzz demo demo-image kubernetes cosign clean FORCE
 
 build: bin/imgctl bin/imgctl-node
 
@@ -50,6 +50,11 @@ bench: deps build demo-image
 	scripts/bench-raw.sh
 	scripts/bench-boot.sh out/demo/disk.raw
 	scripts/bench-registry.sh
+
+# Every fuzz target for FUZZTIME (default 60s) each; new interesting inputs are kept in the
+# packages' testdata/fuzz, which make test runs as seeds. Not part of make test.
+fuzz:
+	scripts/fuzz.sh
 
 # A real kubelet and kubeadm for K8S, built from the Go module proxy (dl.k8s.io may be unreachable).
 kubernetes: $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet

@@ -26,6 +26,11 @@ const (
 	chunkFill     = 0xcac2
 	chunkDontCare = 0xcac3
 	chunkCRC32    = 0xcac4
+	// maxBlockSize bounds the block size Expand accepts (images use 4 KiB), so that block counts
+	// times it never overflow int64.
+	maxBlockSize = 64 << 20
+	// fillBuf bounds the buffer a fill chunk is written from.
+	fillBuf = 256 << 10
 )
 
 // Stats describes a written image.
@@ -176,6 +181,9 @@ func Expand(ctx context.Context, dst *os.File, r io.Reader) (int64, error) {
 	if fileHdr < fileHeaderLen || chunkHdr < chunkHeadLen || blk == 0 || blk%4 != 0 {
 		return 0, errors.New("sparse: malformed header")
 	}
+	if blk > maxBlockSize {
+		return 0, fmt.Errorf("sparse: block size %d, want at most %d", blk, maxBlockSize)
+	}
 	if _, err := br.Discard(fileHdr - fileHeaderLen); err != nil {
 		return 0, err
 	}
@@ -199,7 +207,11 @@ func Expand(ctx context.Context, dst *os.File, r io.Reader) (int64, error) {
 			if body != n {
 				return 0, fmt.Errorf("sparse: raw chunk %d has %d bytes for %d", i, body, n)
 			}
-			if _, err := io.Copy(io.NewOffsetWriter(dst, off), io.LimitReader(br, n)); err != nil {
+			m, err := io.Copy(io.NewOffsetWriter(dst, off), io.LimitReader(br, n))
+			if err == nil && m != n {
+				err = io.ErrUnexpectedEOF // the image ends inside the chunk
+			}
+			if err != nil {
 				return 0, fmt.Errorf("sparse: chunk %d: %w", i, err)
 			}
 		case chunkFill:
@@ -210,10 +222,11 @@ func Expand(ctx context.Context, dst *os.File, r io.Reader) (int64, error) {
 			if _, err := io.ReadFull(br, v[:]); err != nil {
 				return 0, err
 			}
-			if v != [4]byte{} {
-				pattern := bytes.Repeat(v[:], int(blk/4))
-				for p := int64(0); p < n; p += blk {
-					if _, err := dst.WriteAt(pattern, off+p); err != nil {
+			if v != [4]byte{} && n > 0 {
+				// n and fillBuf are multiples of 4, so every write starts the pattern afresh.
+				pattern := bytes.Repeat(v[:], int(min(n, fillBuf)/4))
+				for p := int64(0); p < n; p += int64(len(pattern)) {
+					if _, err := dst.WriteAt(pattern[:min(int64(len(pattern)), n-p)], off+p); err != nil {
 						return 0, err
 					}
 				}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -229,8 +230,12 @@ func (l *Log) readHistory(ch string) (History, error) {
 		return History{}, fmt.Errorf("reading history of channel %s: %w", ch, err)
 	}
 	var h History
-	if err := json.NewDecoder(bytes.NewReader(data)).Decode(&h); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&h); err != nil {
 		return History{}, fmt.Errorf("reading history of channel %s: %s: %w", ch, p, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return History{}, fmt.Errorf("reading history of channel %s: %s: data after the JSON document (offset %d)", ch, p, dec.InputOffset())
 	}
 	if err := h.Check(ch); err != nil {
 		return History{}, fmt.Errorf("reading history of channel %s: %s: %w", ch, p, err)

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -462,6 +463,15 @@ func TestMarshalRoundTrip(t *testing.T) {
 
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(nodeYAML))
+	if readme, err := os.ReadFile("README.md"); err == nil {
+		// The documented examples: every ```yaml block of the README.
+		for _, block := range strings.Split(string(readme), "```yaml\n")[1:] {
+			f.Add([]byte(block[:strings.Index(block, "```")]))
+		}
+	} else {
+		f.Fatal(err)
+	}
+	f.Add([]byte(`{"apiVersion":"imgctl/v1alpha1","kind":"NodeConfig","spec":{"role":"node","cluster":{"apiServer":"https://[::1]:6443","serviceCIDR":"fd00::/108"},"credentials":{"bootstrapToken":"abcdef.0123456789abcdef"}}}`))
 	f.Add([]byte("apiVersion: imgctl/v1alpha1\nkind: NodeConfig\nspec: {role: master, cluster: {name: a}}"))
 	f.Add([]byte("a: &a [*a]"))
 	f.Add([]byte("{"))
@@ -473,20 +483,51 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		// What Parse accepts survives a round trip and can be validated without panicking.
+		// What Parse accepts survives a YAML and a JSON round trip, credentials included.
+		for _, enc := range []func(any) ([]byte, error){yaml.Marshal, json.Marshal} {
+			out, err := enc(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c2, err := Parse("again", out)
+			if err != nil {
+				t.Fatalf("re-parse: %v\n%s", err, out)
+			}
+			if !reflect.DeepEqual(c, c2) {
+				t.Fatalf("round trip changed the config:\n%s", out)
+			}
+		}
+		// Defaults is idempotent, and Validate's verdict survives a round trip.
+		c.Defaults()
+		once := c.clone()
+		c.Defaults()
+		if !reflect.DeepEqual(&once, c) {
+			t.Fatalf("Defaults is not idempotent: %+v, then %+v", once, c)
+		}
+		verr := c.Validate()
 		out, err := yaml.Marshal(c)
 		if err != nil {
 			t.Fatal(err)
 		}
-		c2, err := Parse("again", out)
+		c3, err := Parse("defaulted", out)
 		if err != nil {
-			t.Fatalf("re-parse: %v\n%s", err, out)
+			t.Fatalf("re-parse of the defaulted config: %v\n%s", err, out)
 		}
-		if !reflect.DeepEqual(c.Public(), c2.Public()) {
-			t.Fatalf("round trip changed the config:\n%s", out)
+		if again := c3.Validate(); (verr == nil) != (again == nil) {
+			t.Fatalf("Validate = %v, after a round trip %v\n%s", verr, again, out)
 		}
-		c2.Defaults()
-		_ = c2.Validate()
+		// Public strips exactly the credentials; Merge puts them back.
+		pub := c.Public()
+		if pub.Spec.Credentials != nil {
+			t.Fatal("Public kept credentials")
+		}
+		var cr Credentials
+		if c.Spec.Credentials != nil {
+			cr = *c.Spec.Credentials
+		}
+		if m := Merge(pub, cr); !reflect.DeepEqual(m.Public(), pub) || m.Spec.Credentials.IsZero() != c.Spec.Credentials.IsZero() {
+			t.Fatalf("Merge(Public(c), credentials) differs from c: %+v", m)
+		}
 	})
 }
 

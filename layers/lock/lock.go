@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"slices"
@@ -53,6 +54,9 @@ func Load(path string) (*File, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("%s: not a valid lock file: %w", path, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: not a valid lock file: data after the JSON document (offset %d)", path, dec.InputOffset())
 	}
 	if f.Version != Version {
 		return nil, fmt.Errorf("%s: lock version %d, this imgctl reads version %d", path, f.Version, Version)

@@ -38,3 +38,14 @@ func TestMissingFailsUnderCI(t *testing.T) {
 		}
 	}
 }
+
+func TestAllocated(t *testing.T) {
+	var keep []byte
+	n := Allocated(func() { keep = make([]byte, 8<<20) })
+	if n < 8<<20 || n > 9<<20 || len(keep) != 8<<20 {
+		t.Fatalf("Allocated(make 8 MiB) = %d", n)
+	}
+	if n := Allocated(func() {}); n > 64<<10 {
+		t.Fatalf("Allocated(nothing) = %d", n)
+	}
+}

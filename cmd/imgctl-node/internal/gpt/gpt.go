@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"unicode/utf16"
 )
 
@@ -88,10 +89,26 @@ func Read(dev Device, sectorSize int) (*Table, error) {
 	if t.entNum == 0 || t.entNum > maxEntries || t.entSize < 128 || t.entSize > maxEntrySize || t.entSize%8 != 0 {
 		return nil, fmt.Errorf("%w: %d entries of %d bytes", ErrNoGPT, t.entNum, t.entSize)
 	}
-	t.entries = make([]byte, int(t.entNum)*int(t.entSize))
-	if _, err := dev.ReadAt(t.entries, int64(t.entLBA)*int64(sectorSize)); err != nil {
+	// The entry array lies between the primary header and the first usable sector (UEFI 5.3.2):
+	// Grow rewrites it in place, which must not touch a header or a partition.
+	ss := uint64(sectorSize)
+	entBytes := uint64(t.entNum) * uint64(t.entSize)
+	entSectors := (entBytes + ss - 1) / ss
+	if t.FirstUsableLBA > t.LastUsableLBA || t.LastUsableLBA > math.MaxInt64/ss ||
+		t.entLBA < 2 || t.FirstUsableLBA < entSectors || t.entLBA > t.FirstUsableLBA-entSectors {
+		return nil, fmt.Errorf("%w: entry array at sector %d (%d sectors) and usable sectors %d..%d overlap",
+			ErrNoGPT, t.entLBA, entSectors, t.FirstUsableLBA, t.LastUsableLBA)
+	}
+	// Read through a section so the buffer grows with what the disk holds, not with what a
+	// corrupt header claims (up to 256 MiB).
+	entries, err := io.ReadAll(io.NewSectionReader(dev, int64(t.entLBA*ss), int64(entBytes)))
+	if err == nil && uint64(len(entries)) != entBytes {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
 		return nil, fmt.Errorf("gpt: read entries: %w", err)
 	}
+	t.entries = entries
 	if got, want := crc32.ChecksumIEEE(t.entries), le.Uint32(hdr[88:]); got != want {
 		return nil, fmt.Errorf("%w: entry array crc %08x, want %08x", ErrNoGPT, got, want)
 	}
@@ -100,14 +117,19 @@ func Read(dev Device, sectorSize int) (*Table, error) {
 		if isZero(e[:16]) {
 			continue
 		}
-		t.Partitions = append(t.Partitions, Partition{
+		p := Partition{
 			Number:   i + 1,
 			TypeGUID: guidString(e[0:16]),
 			GUID:     guidString(e[16:32]),
 			FirstLBA: le.Uint64(e[32:]),
 			LastLBA:  le.Uint64(e[40:]),
 			Name:     utf16Name(e[56:128]),
-		})
+		}
+		if p.FirstLBA < t.FirstUsableLBA || p.FirstLBA > p.LastLBA || p.LastLBA > t.LastUsableLBA {
+			return nil, fmt.Errorf("%w: partition %d (%q) spans sectors %d..%d, outside the usable %d..%d",
+				ErrNoGPT, p.Number, p.Name, p.FirstLBA, p.LastLBA, t.FirstUsableLBA, t.LastUsableLBA)
+		}
+		t.Partitions = append(t.Partitions, p)
 	}
 	return t, nil
 }
@@ -210,8 +232,9 @@ func Grow(dev Device, sectorSize int, diskSize int64, number int) (GrowResult, e
 		return res, fmt.Errorf("gpt: write primary header: %w", err)
 	}
 	// The old backup header now lies inside the grown partition: wipe it so nothing mistakes it
-	// for a table.
-	if oldAlternate != lastLBA && oldAlternate > 1 && oldAlternate < lastLBA {
+	// for a table. On a disk grown by fewer sectors than the entry array it lies inside the new
+	// backup entry array instead, already overwritten.
+	if oldAlternate != lastLBA && oldAlternate > 1 && oldAlternate < backupEntLBA {
 		if _, err := dev.WriteAt(make([]byte, ss), int64(oldAlternate*ss)); err != nil {
 			return res, fmt.Errorf("gpt: wipe old backup header: %w", err)
 		}
