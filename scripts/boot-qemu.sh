@@ -38,7 +38,8 @@ echo "booting $disk in qemu (TCG); console: $log" >&2
 steps() { grep -a "imgctl-node step=" "$log" | sed 's/^.*imgctl-node step=/imgctl-node step=/' | tr -d '\r' || true; }
 multiuser=
 for _ in $(seq "$timeout_s"); do
-  if [ -z "$multiuser" ] && grep -aq "Reached target.*multi-user.target\|Reached target.*Multi-User System" "$log" 2>/dev/null; then
+  # systemd's own line, or the demo layer's (systemd prints no status once a getty owns the console)
+  if [ -z "$multiuser" ] && grep -aq "Reached target.*multi-user.target\|Reached target.*Multi-User System\|imgctl-demo: multi-user.target reached" "$log" 2>/dev/null; then
     multiuser=$(( $(date +%s) - start ))
     if ! grep -aq "kube-node-installation" "$log"; then # an image without the bootstrap layer
       steps

@@ -44,4 +44,21 @@ $(indent "$pki/node.key")
 YAML
 } > "$out/etc/imgctl/node.yaml"
 chmod 600 "$out/etc/imgctl/node.yaml"
+# systemd stops printing its status on the console once a getty owns it (serial-getty@ttyS0 is
+# Type=idle with a 5 s limit), so on a slow boot "Reached target multi-user.target" may never
+# appear: the demo says it itself, after multi-user.target, for scripts/boot-qemu.sh.
+mkdir -p "$out/etc/systemd/system/multi-user.target.wants"
+cat > "$out/etc/systemd/system/imgctl-demo-ready.service" <<'UNIT'
+[Unit]
+Description=imgctl demo: report multi-user.target on the console
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo "imgctl-demo: multi-user.target reached, uptime $(cut -d" " -f1 /proc/uptime) s" > /dev/console'
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+ln -sf ../imgctl-demo-ready.service "$out/etc/systemd/system/multi-user.target.wants/imgctl-demo-ready.service"
 echo "$out/etc/imgctl/node.yaml: role node, name $name" >&2
