@@ -8,33 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-// hostileTar builds a tar of entries: "name" (a one-byte file), "name/" (a directory),
-// "name -> target" (a symlink).
-func hostileTar(t *testing.T, entries ...string) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		hdr := &tar.Header{Name: e, Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}
-		if n, l, ok := strings.Cut(e, " -> "); ok {
-			hdr = &tar.Header{Name: n, Linkname: l, Typeflag: tar.TypeSymlink, Mode: 0o777}
-		} else if strings.HasSuffix(e, "/") {
-			hdr = &tar.Header{Name: e, Typeflag: tar.TypeDir, Mode: 0o755}
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			t.Fatal(err)
-		}
-		if hdr.Size > 0 {
-			tw.Write([]byte("x"))
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
+	"github.com/imgctl/imgctl/layers/tarentry/tartest"
+)
 
 // debFile writes a Debian package made of the given ar members (name, content, ...).
 func debFile(members ...string) []byte {
@@ -80,19 +56,19 @@ func TestInspectAndBuildRefuseAlike(t *testing.T) {
 		tw.Close()
 		return buf.String()
 	}()
-	data := string(hostileTar(t, "./usr/", "./usr/x"))
+	data := string(tartest.Tar(t, "./usr/", "./usr/x"))
 	for _, tc := range []struct {
 		file, frag string
 		body       []byte
 		want       string // the whole inspect error, URI = the source URI
 	}{
-		{"wh.tar", "", hostileTar(t, "x/", "x/.wh..."),
+		{"wh.tar", "", tartest.Tar(t, "x/", "x/.wh..."),
 			`URI: unsafe tar entry "x/.wh...": whiteout of ".." (it must name a file of the directory)`},
-		{"chain.tar", "", hostileTar(t, "a/", "a/lnk -> ..", "a/lnk/lnk2 -> ..", "a/lnk/lnk2/etc/passwd"),
+		{"chain.tar", "", tartest.Tar(t, "a/", "a/lnk -> ..", "a/lnk/lnk2 -> ..", "a/lnk/lnk2/etc/passwd"),
 			`URI: unsafe tar entry "a/lnk/lnk2" -> "..": symlink target escapes the root (its directory "a/lnk" resolves to "/" through symlinks)`},
-		{"chain-abs.tar", "", hostileTar(t, "./a/up -> /", "./a/up/b -> ../etc"),
+		{"chain-abs.tar", "", tartest.Tar(t, "./a/up -> /", "./a/up/b -> ../etc"),
 			`URI: unsafe tar entry "./a/up/b" -> "../etc": symlink target escapes the root (its directory "a/up" resolves to "/" through symlinks)`},
-		{"loop.tar", "", hostileTar(t, "a -> b", "b -> a", "a/x"),
+		{"loop.tar", "", tartest.Tar(t, "a -> b", "b -> a", "a/x"),
 			`URI: entry "a/x": too many levels of symbolic links`},
 		{"empty.tar", "", nil,
 			`URI: the file is empty (0 bytes), not a valid tar`},
@@ -130,8 +106,8 @@ func TestInspectAndBuildRefuseAlike(t *testing.T) {
 func TestBuildNamesTheSourceAcrossLayers(t *testing.T) {
 	dir := t.TempDir()
 	lower, upper := filepath.Join(dir, "lower.tar"), filepath.Join(dir, "upper.tar")
-	os.WriteFile(lower, hostileTar(t, "a/", "a/lnk -> .."), 0o644)
-	os.WriteFile(upper, hostileTar(t, "./a/lnk/lnk2 -> .."), 0o644)
+	os.WriteFile(lower, tartest.Tar(t, "a/", "a/lnk -> .."), 0o644)
+	os.WriteFile(upper, tartest.Tar(t, "./a/lnk/lnk2 -> .."), 0o644)
 	for _, u := range []string{lower, upper} {
 		if _, _, err := run(t, dir, "layers", "inspect", "file://"+u); err != nil {
 			t.Fatalf("inspect %s: %v", u, err)

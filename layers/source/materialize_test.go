@@ -9,35 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-// hostileTar writes a tar of entries: "name" (a one-byte file), "name/" (a directory),
-// "name -> target" (a symlink), "name => target" (a hard link).
-func hostileTar(t *testing.T, entries ...string) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		hdr := &tar.Header{Name: e, Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}
-		if n, l, ok := strings.Cut(e, " -> "); ok {
-			hdr = &tar.Header{Name: n, Linkname: l, Typeflag: tar.TypeSymlink, Mode: 0o777}
-		} else if n, l, ok := strings.Cut(e, " => "); ok {
-			hdr = &tar.Header{Name: n, Linkname: l, Typeflag: tar.TypeLink, Mode: 0o644}
-		} else if strings.HasSuffix(e, "/") {
-			hdr = &tar.Header{Name: e, Typeflag: tar.TypeDir, Mode: 0o755}
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			t.Fatal(err)
-		}
-		if hdr.Size > 0 {
-			tw.Write([]byte("x"))
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
+	"github.com/imgctl/imgctl/layers/tarentry/tartest"
+)
 
 // testDeb writes a Debian package whose ar members are debian-binary, control.tar and then
 // the given members (name, content).
@@ -69,26 +43,26 @@ func testDeb(t *testing.T, members ...string) []byte {
 // TestMaterializeRefuses: what composing a source would refuse, materializing it (what
 // `layers inspect` runs) refuses, naming the URI and the entry as the source spells it.
 func TestMaterializeRefuses(t *testing.T) {
-	data := hostileTar(t, "./usr/", "./usr/x")
+	data := tartest.Tar(t, "./usr/", "./usr/x")
 	for _, tc := range []struct {
 		file string
 		frag string
 		body []byte
 		err  string // after "URI: "
 	}{
-		{file: "wh.tar", body: hostileTar(t, "x/", "x/.wh..."),
+		{file: "wh.tar", body: tartest.Tar(t, "x/", "x/.wh..."),
 			err: `unsafe tar entry "x/.wh...": whiteout of ".." (it must name a file of the directory)`},
-		{file: "whdir.tar", body: hostileTar(t, "x/.wh.y/", "x/.wh.y/z"),
+		{file: "whdir.tar", body: tartest.Tar(t, "x/.wh.y/", "x/.wh.y/z"),
 			err: `unsafe tar entry "x/.wh.y/z": whiteout name ".wh.y" used as a directory`},
-		{file: "chain.tar", body: hostileTar(t, "a/", "a/lnk -> ..", "a/lnk/lnk2 -> ..", "a/lnk/lnk2/etc/passwd"),
+		{file: "chain.tar", body: tartest.Tar(t, "a/", "a/lnk -> ..", "a/lnk/lnk2 -> ..", "a/lnk/lnk2/etc/passwd"),
 			err: `unsafe tar entry "a/lnk/lnk2" -> "..": symlink target escapes the root (its directory "a/lnk" resolves to "/" through symlinks)`},
-		{file: "chain-dot.tar.gz", body: gzipped(t, hostileTar(t, "./a/lnk -> /", "./a/lnk/b -> ../x")),
+		{file: "chain-dot.tar.gz", body: gzipped(t, tartest.Tar(t, "./a/lnk -> /", "./a/lnk/b -> ../x")),
 			err: `unsafe tar entry "./a/lnk/b" -> "../x": symlink target escapes the root (its directory "a/lnk" resolves to "/" through symlinks)`},
-		{file: "chain-prefix.tar", frag: "#prefix=/opt", body: hostileTar(t, "a/lnk -> ..", "a/lnk/b -> ../../x"),
+		{file: "chain-prefix.tar", frag: "#prefix=/opt", body: tartest.Tar(t, "a/lnk -> ..", "a/lnk/b -> ../../x"),
 			err: `unsafe tar entry "a/lnk/b" -> "../../x": symlink target escapes the root (its directory "opt/a/lnk" resolves to "/opt" through symlinks)`},
-		{file: "loop.tar", body: hostileTar(t, "a -> b", "b -> a", "a/x"),
+		{file: "loop.tar", body: tartest.Tar(t, "a -> b", "b -> a", "a/x"),
 			err: `entry "a/x": too many levels of symbolic links`},
-		{file: "hardlink-dir.tar", body: hostileTar(t, "d/", "l => d"),
+		{file: "hardlink-dir.tar", body: tartest.Tar(t, "d/", "l => d"),
 			err: `entry "l": hard link target "d" is not a regular file in this or a lower layer`},
 		{file: "empty.tar", body: nil, err: `the file is empty (0 bytes), not a valid tar`},
 		{file: "empty.tar.gz", body: nil, err: `the file is empty (0 bytes), not a valid tar`},
@@ -97,7 +71,7 @@ func TestMaterializeRefuses(t *testing.T) {
 			err: `deb: two data members, "data.tar.gz" and "data.tar.xz"`},
 		{file: "two-plain-data.deb", body: testDeb(t, "data.tar", string(data), "_sig", "x", "data.tar", string(data)),
 			err: `deb: two data members, "data.tar" and "data.tar"`},
-		{file: "wh.deb", body: testDeb(t, "data.tar", string(hostileTar(t, "./x/", "./x/.wh.."))),
+		{file: "wh.deb", body: testDeb(t, "data.tar", string(tartest.Tar(t, "./x/", "./x/.wh.."))),
 			err: `unsafe tar entry "./x/.wh..": whiteout of "."`},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
@@ -131,10 +105,10 @@ func TestMaterializeAccepts(t *testing.T) {
 		body    []byte
 		entries int
 	}{
-		{"through.tar", hostileTar(t, "a/", "a/lnk -> ..", "a/lnk/etc/x", "a/lnk/etc/y -> ../x", "h => a/lnk/etc/x"), 5},
-		{"merged-usr.tar", hostileTar(t, "usr/bin/", "bin -> usr/bin", "bin/", "bin/sh"), 4},
-		{"no-entries.tar", hostileTar(t), 0},
-		{"one.deb", testDeb(t, "data.tar", string(hostileTar(t, "./usr/", "./usr/x")), "_trailing", "x"), 2},
+		{"through.tar", tartest.Tar(t, "a/", "a/lnk -> ..", "a/lnk/etc/x", "a/lnk/etc/y -> ../x", "h => a/lnk/etc/x"), 5},
+		{"merged-usr.tar", tartest.Tar(t, "usr/bin/", "bin -> usr/bin", "bin/", "bin/sh"), 4},
+		{"no-entries.tar", tartest.Tar(t), 0},
+		{"one.deb", testDeb(t, "data.tar", string(tartest.Tar(t, "./usr/", "./usr/x")), "_trailing", "x"), 2},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			ctx := context.Background()
