@@ -285,9 +285,10 @@ func (c *client) readHistory(ctx context.Context, histTag name.Tag, ch string) (
 	if err := json.Unmarshal(data, &h); err != nil {
 		return channel.History{}, "", fmt.Errorf("%s: blob %s: %w", histTag, m.Layers[0].Digest, err)
 	}
-	if h.SchemaVersion != 1 || h.Channel != ch {
-		return channel.History{}, "", fmt.Errorf("%s: blob %s: schemaVersion %d, channel %q; want 1, %q",
-			histTag, m.Layers[0].Digest, h.SchemaVersion, h.Channel, ch)
+	// The same invariants as a local history (Seq contiguous, From = previous To), for every
+	// reader: push's prefix check, pull's tag check and the registry channel backend.
+	if err := h.Check(ch); err != nil {
+		return channel.History{}, "", fmt.Errorf("%s: blob %s: %w", histTag, m.Layers[0].Digest, err)
 	}
 	d, err := digest.Parse(desc.Digest.String())
 	if err != nil {

@@ -370,3 +370,23 @@ func TestChannelReferrers(t *testing.T) {
 		}
 	}
 }
+
+// A history in a registry is held to the same invariants as a local one: PullChannel refuses
+// a history whose entries are not numbered 1, 2, … (a forged or torn history), naming the entry.
+func TestPullChannelChecksHistory(t *testing.T) {
+	cr := newChannelRepo(t)
+	ctx, o := t.Context(), testOptions(t)
+	h := move(channel.History{SchemaVersion: 1, Channel: "nightly"}, channel.ActionPromote, cr.a, "alice@host")
+	if err := PushChannel(ctx, cr.repo, h, o); err != nil {
+		t.Fatal(err)
+	}
+	broken := move(h, channel.ActionPromote, cr.b, "mallory@host")
+	broken.Entries[1].Seq = 3 // a gap: entry 2 is missing
+	if err := PushChannel(ctx, cr.repo, broken, o); err != nil {
+		t.Fatal(err)
+	}
+	_, err := PullChannel(ctx, cr.repo, "nightly", o)
+	if err == nil || !strings.Contains(err.Error(), "entries[1]: seq 3, want 2") {
+		t.Fatalf("PullChannel of a history with a gap in its entries: %v", err)
+	}
+}
