@@ -12,6 +12,7 @@ package registry
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -323,6 +324,9 @@ loop:
 // ErrUnauthorized as well as err. Other errors (and nil) pass through. Every exported
 // operation runs its error through it, once.
 func (o Options) explainAuth(err error, ref string) error {
+	if tlsErr := explainUntrusted(err, ref); tlsErr != nil {
+		return tlsErr
+	}
 	var terr *transport.Error
 	if err == nil || errors.Is(err, ErrUnauthorized) || !errors.As(err, &terr) ||
 		terr.StatusCode != http.StatusUnauthorized && terr.StatusCode != http.StatusForbidden {
@@ -414,3 +418,35 @@ type authError struct {
 
 func (e *authError) Error() string   { return e.msg }
 func (e *authError) Unwrap() []error { return []error{e.err, ErrUnauthorized} }
+
+// explainUntrusted turns a certificate that this machine does not trust into an error that names
+// the registry and says how to trust its CA; nil if err is not about that.
+func explainUntrusted(err error, ref string) error {
+	var ua x509.UnknownAuthorityError
+	if err == nil || !errors.As(err, &ua) && !strings.Contains(err.Error(), "x509: certificate signed by unknown authority") {
+		// go-containerregistry's ping joins its https and http attempts into one string.
+		return nil
+	}
+	host := ref
+	if r, perr := name.ParseReference(ref); perr == nil {
+		host = r.Context().RegistryStr()
+	} else if r, perr := name.NewRepository(ref); perr == nil {
+		host = r.RegistryStr()
+	}
+	return untrustedError{err: err, host: host}
+}
+
+// untrustedError wraps the TLS failure (its text trimmed: go-containerregistry ends it with a
+// newline) with what to do about it.
+type untrustedError struct {
+	err  error
+	host string
+}
+
+func (e untrustedError) Error() string {
+	return strings.TrimSpace(e.err.Error()) + ": registry " + e.host + " presents a certificate signed by a CA this machine " +
+		"does not trust; add that CA to the system's trust store, or point SSL_CERT_FILE at a PEM bundle that holds it " +
+		"(--insecure only allows plain HTTP, it never skips certificate checks)"
+}
+
+func (e untrustedError) Unwrap() error { return e.err }
