@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"text/tabwriter"
 
@@ -21,12 +22,15 @@ func (a *app) layersCmd() *cobra.Command {
 			if len(args) == 1 {
 				ref = args[0]
 			} else {
-				imgs, err := st.List(cmd.Context())
+				imgs, bad, err := st.ListAll(cmd.Context())
 				if err != nil {
 					return err
 				}
 				if len(imgs) == 0 {
-					return fmt.Errorf("the store %s holds no images: run imgctl build first", st.Dir())
+					return cmp.Or(unreadable(st, 0, bad), fmt.Errorf("the store %s holds no images: run imgctl build first", st.Dir()))
+				}
+				if len(bad) > 0 { // the newest readable image, said plainly: a newer one may be corrupt
+					fmt.Fprintf(a.err, "warning: %v\n", unreadable(st, len(imgs), bad))
 				}
 				ref = imgs[0].Digest().String()
 			}

@@ -124,6 +124,10 @@ func TestCorruptImage(t *testing.T) {
 				t.Errorf("images list -o json: %v, %d rows (%v):\n%s", err, len(rows), jerr, out)
 			}
 
+			// layers list without IMAGE: the newest readable image, with a warning naming the corrupt one.
+			if out, stderr, err := run(t, dir, "layers", "list"); err != nil || !strings.Contains(stderr, "warning: ") || !strings.Contains(stderr, bad.Digest().String()) {
+				t.Errorf("layers list: %v\n%s%s", err, out, stderr)
+			}
 			if out, _, err := run(t, dir, "images", "inspect", "v1"); err != nil || !strings.Contains(out, v1.Digest().String()) {
 				t.Errorf("inspect v1: %v\n%s", err, out)
 			}
