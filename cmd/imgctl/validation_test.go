@@ -12,20 +12,6 @@ import (
 	"github.com/imgctl/imgctl/layers/tarentry/tartest"
 )
 
-// debFile writes a Debian package made of the given ar members (name, content, ...).
-func debFile(members ...string) []byte {
-	var buf bytes.Buffer
-	buf.WriteString("!<arch>\n")
-	for i := 0; i < len(members); i += 2 {
-		fmt.Fprintf(&buf, "%-16s%-12d%-6d%-6d%-8s%-10d`\n", members[i], 0, 0, 0, "100644", len(members[i+1]))
-		buf.WriteString(members[i+1])
-		if len(members[i+1])%2 == 1 {
-			buf.WriteByte('\n')
-		}
-	}
-	return buf.Bytes()
-}
-
 // writeRolesSpec writes a spec whose layers are the given role=URI pairs, in order.
 func writeRolesSpec(t *testing.T, dir string, roleURIs ...string) string {
 	t.Helper()
@@ -72,7 +58,7 @@ func TestInspectAndBuildRefuseAlike(t *testing.T) {
 			`URI: entry "a/x": too many levels of symbolic links`},
 		{"empty.tar", "", nil,
 			`URI: the file is empty (0 bytes), not a valid tar`},
-		{"two-data.deb", "", debFile("debian-binary", "2.0\n", "control.tar", ctl, "data.tar", data, "data.tar", data),
+		{"two-data.deb", "", tartest.Ar("debian-binary", "2.0\n", "control.tar", ctl, "data.tar", data, "data.tar", data),
 			`URI: deb: two data members, "data.tar" and "data.tar"`},
 		{"file", "#path=/x&path=/y", []byte("x"),
 			`source "URI": path= given 2 times ("/x", "/y"), expected once`},

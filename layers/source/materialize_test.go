@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,17 +26,7 @@ func testDeb(t *testing.T, members ...string) []byte {
 		tw.Close()
 		ctl = buf.Bytes()
 	}
-	all := append([]string{"debian-binary", "2.0\n", "control.tar", string(ctl)}, members...)
-	var buf bytes.Buffer
-	buf.WriteString("!<arch>\n")
-	for i := 0; i < len(all); i += 2 {
-		fmt.Fprintf(&buf, "%-16s%-12d%-6d%-6d%-8s%-10d`\n", all[i], 0, 0, 0, "100644", len(all[i+1]))
-		buf.WriteString(all[i+1])
-		if len(all[i+1])%2 == 1 {
-			buf.WriteByte('\n')
-		}
-	}
-	return buf.Bytes()
+	return tartest.Ar(append([]string{"debian-binary", "2.0\n", "control.tar", string(ctl)}, members...)...)
 }
 
 // TestMaterializeRefuses: what composing a source would refuse, materializing it (what

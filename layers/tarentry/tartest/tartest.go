@@ -5,6 +5,7 @@ package tartest
 import (
 	"archive/tar"
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -36,6 +37,21 @@ func Tar(t testing.TB, entries ...string) []byte {
 	}
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// Ar writes an ar archive (the container of a .deb) of members given as name, content pairs,
+// in order, with zero timestamps and owners.
+func Ar(members ...string) []byte {
+	var buf bytes.Buffer
+	buf.WriteString("!<arch>\n")
+	for i := 0; i+1 < len(members); i += 2 {
+		fmt.Fprintf(&buf, "%-16s%-12d%-6d%-6d%-8s%-10d`\n", members[i], 0, 0, 0, "100644", len(members[i+1]))
+		buf.WriteString(members[i+1])
+		if len(members[i+1])%2 == 1 {
+			buf.WriteByte('\n')
+		}
 	}
 	return buf.Bytes()
 }
