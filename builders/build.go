@@ -11,22 +11,22 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
-	"path/filepath"
-	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
 
-	"github.com/imgctl/imgctl/builders/sparse"
+	"github.com/imgctl/imgctl/builders/initrd"
 	"github.com/imgctl/imgctl/images/imageinfo"
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/assemble"
 	"github.com/imgctl/imgctl/layers/compose"
 	"github.com/imgctl/imgctl/layers/lock"
+	"github.com/imgctl/imgctl/layers/progress"
 	"github.com/imgctl/imgctl/layers/source"
 	"github.com/imgctl/imgctl/layers/spec"
 )
@@ -37,28 +37,6 @@ const rootfsVersion = "rootfs/1"
 // ErrLockChanged is returned with Options.Locked when the build would change the lock file.
 var ErrLockChanged = errors.New("the lock file is out of date")
 
-// Target writes one kind of artifact from the composed rootfs.
-type Target interface {
-	Name() string
-	Write(ctx context.Context, b *Build) ([]manifest.Artifact, error)
-}
-
-// Targets is the table of target writers by name.
-var Targets = map[string]Target{
-	"rootfs": rootfsTarget{},
-	"raw":    rawTarget{},
-}
-
-// TargetNames lists the known targets, sorted.
-func TargetNames() []string {
-	names := make([]string, 0, len(Targets))
-	for n := range Targets {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
-}
-
 // Options configure a build.
 type Options struct {
 	Spec     *spec.NodeImage
@@ -68,17 +46,19 @@ type Options struct {
 	// Locked fails the build (ErrLockChanged) instead of changing the lock file: for CI.
 	Locked bool
 	// SourceDateEpoch overrides the spec and the lock (the SOURCE_DATE_EPOCH environment
-	// variable, read by the CLI).
+	// variable; see Setup).
 	SourceDateEpoch *int64
-	Env             *source.Env
-	Store           *store.Store
-	Targets         []string // default: the spec's targets
-	OutputDir       string   // also place the artifacts here ("" = only the store)
-	Parallel        int
-	ImgctlVersion   string
-	Raw             RawOptions
-	Logger          *slog.Logger
-	Now             func() time.Time // for tests; default time.Now
+	// Env is the source environment; its NodeAgent is also every initrd's /init.
+	Env   *source.Env
+	Store *store.Store
+	// Targets to write, in order (see package builders/targets for the known ones). At least
+	// one is required.
+	Targets       []Target
+	OutputDir     string // also place the artifacts here ("" = only the store)
+	Parallel      int
+	ImgctlVersion string
+	Logger        *slog.Logger
+	Now           func() time.Time // for tests; default time.Now
 }
 
 // Phase is one timed step of a build.
@@ -94,71 +74,6 @@ type Result struct {
 	Phases []Phase
 	// Reused reports that the rootfs was already in the store and was not composed again.
 	Reused bool
-}
-
-// Build is the state targets write from.
-type Build struct {
-	Options
-	Layers []assemble.Layer
-	// Rootfs is set once the rootfs is composed: into the store by ComposeRootfs, or by a
-	// target that consumed RootfsStream.
-	Rootfs manifest.Rootfs
-	Epoch  int64
-	reused bool
-	// config is the image config without Rootfs; composing the rootfs fills in Binaries.
-	config manifest.Config
-}
-
-// ComposeRootfs composes the rootfs blob into the store (random access for targets), unless
-// the same layers were composed before and the blob is still there.
-func (b *Build) ComposeRootfs(ctx context.Context) error {
-	if b.Rootfs.Digest != "" {
-		return nil
-	}
-	r, reused, info, err := composeRootfs(ctx, b.Options, b.Layers, b.Epoch, b.finalize)
-	if err != nil {
-		return err
-	}
-	if reused { // the rootfs already holds image.json: take the binaries from it
-		i, err := imageinfo.Parse(info)
-		if err != nil {
-			return fmt.Errorf("rootfs %s: %s: %w", r.Digest, imageinfo.Path, err)
-		}
-		b.config.Binaries = binaryDigests(i.Binaries)
-	}
-	b.Rootfs, b.reused = r, reused
-	return nil
-}
-
-// RootfsStream composes the rootfs into a pipe, for a target that reads it once in order and
-// does not need it in the store. wait returns when the stream is done and sets b.Rootfs; call
-// it after reading to the end (or after closing the reader to give up).
-func (b *Build) RootfsStream(ctx context.Context) (r io.ReadCloser, wait func() error, err error) {
-	inputs, closeInputs, err := openLayers(b.Env, b.Layers)
-	if err != nil {
-		return nil, nil, err
-	}
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		defer closeInputs()
-		dg := digest.SHA256.Digester()
-		cw := &countingWriter{}
-		res, err := compose.Compose(ctx, io.MultiWriter(pw, dg.Hash(), cw), inputs, compose.Options{Mode: compose.Rootfs, MTime: time.Unix(b.Epoch, 0), Finalize: b.finalize})
-		pw.CloseWithError(err)
-		if err == nil {
-			b.Rootfs = manifest.Rootfs{Digest: dg.Digest(), Size: cw.n, Entries: res.Entries}
-		}
-		done <- err
-	}()
-	return pr, func() error { return <-done }, nil
-}
-
-type countingWriter struct{ n int64 }
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	c.n += int64(len(p))
-	return len(p), nil
 }
 
 // openLayers opens the role layers' tars in the cache as compose inputs.
@@ -195,186 +110,148 @@ func layerName(l assemble.Layer) string {
 	return fmt.Sprintf("%s (%s)", l.Role, strings.Join(uris, ", "))
 }
 
-// Run builds the image described by opts.Spec.
-func Run(ctx context.Context, opts Options) (*Result, error) {
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	now := opts.Now
-	if now == nil {
-		now = time.Now
-	}
-	n := opts.Spec
-	targets := opts.Targets
-	if len(targets) == 0 {
-		targets = n.Spec.Targets
-	}
-	if len(targets) == 0 {
-		targets = []string{"rootfs"}
-	}
-	var unique []string // --target raw --target raw is one target
-	for _, t := range targets {
-		if !slices.Contains(unique, t) {
-			unique = append(unique, t)
-		}
-	}
-	targets = unique
-	for _, t := range targets {
-		if _, ok := Targets[t]; !ok {
-			return nil, fmt.Errorf("unknown target %q (supported: %s)", t, strings.Join(TargetNames(), ", "))
-		}
-	}
-	res := &Result{}
-	phase := func(name string, start time.Time) {
-		res.Phases = append(res.Phases, Phase{name, time.Since(start)})
-	}
+// Build is one build's state: it implements Steps for its targets.
+type Build struct {
+	opts   Options
+	log    *slog.Logger
+	layers []assemble.Layer
+	epoch  int64
+	// config is the image config without Rootfs; composing the rootfs fills in Binaries.
+	config manifest.Config
 
-	// Temp files of builds killed an hour or more ago are garbage; younger ones may be live.
-	if err := opts.Env.Cache.Clean(ctx, time.Hour); err != nil {
-		log.Warn("cleaning stale cache temp files", "err", err)
-	}
-
-	// Resolve: pin every source.
-	start := time.Now()
-	var old *lock.File
-	if opts.LockPath != "" {
-		var err error
-		if old, err = lock.Load(opts.LockPath); err != nil {
-			return nil, err
-		}
-	}
-	epoch := now().Unix()
-	switch {
-	case opts.SourceDateEpoch != nil:
-		epoch = *opts.SourceDateEpoch
-	case n.Spec.SourceDateEpoch != nil:
-		epoch = *n.Spec.SourceDateEpoch
-	case old != nil && !opts.UpdateLock:
-		epoch = old.SourceDateEpoch
-	}
-	opts.Env.MTime = time.Unix(epoch, 0).UTC()
-	pinsFrom := old
-	if opts.UpdateLock {
-		pinsFrom = nil
-	}
-	plan, err := assemble.Resolve(ctx, n, pinsFrom, epoch, assemble.Options{Env: opts.Env, Parallel: opts.Parallel, Logger: log})
-	if err != nil {
-		return nil, err
-	}
-	newLock, err := plan.Lock.Marshal()
-	if err != nil {
-		return nil, err
-	}
-	if opts.Locked {
-		var oldLock []byte
-		if old != nil {
-			oldLock, _ = old.Marshal()
-		}
-		if string(oldLock) != string(newLock) {
-			return nil, fmt.Errorf("%s: %w (run without --locked to update it)", opts.LockPath, ErrLockChanged)
-		}
-	}
-	phase("resolve", start)
-
-	// Fetch: materialize sources and compose role layers.
-	start = time.Now()
-	layers, err := assemble.Layers(ctx, plan, epoch, assemble.Options{Env: opts.Env, Parallel: opts.Parallel, Logger: log})
-	if err != nil {
-		return nil, err
-	}
-	res.Layers = layers
-	phase("fetch", start)
-
-	// Compose: the canonical rootfs, straight into the store, when a target publishes it. The raw
-	// target alone streams it into the squashfs writer instead (see Build.RootfsStream).
-	b := &Build{Options: opts, Layers: layers, Epoch: epoch,
-		config: imageConfig(n, plan, layers, epoch, opts.ImgctlVersion, newLock)}
-	if slices.Contains(targets, "rootfs") {
-		start = time.Now()
-		if err := b.ComposeRootfs(ctx); err != nil {
-			return nil, err
-		}
-		res.Reused = b.reused
-		phase("compose", start)
-	}
-
-	// Write: targets, then the image.
-	start = time.Now()
-	var artifacts []manifest.Artifact
-	for _, t := range targets {
-		as, err := Targets[t].Write(ctx, b)
-		if err != nil {
-			return nil, fmt.Errorf("target %s: %w", t, err)
-		}
-		artifacts = append(artifacts, as...)
-	}
-	if b.Rootfs.Digest == "" {
-		return nil, errors.New("internal: no target composed the rootfs")
-	}
-	cfg := b.config
-	cfg.Rootfs = b.Rootfs
-	cfg.Version = readableVersion(cfg, artifacts)
-	if _, err := opts.Store.PutImage(ctx, cfg, artifacts); err != nil {
-		return nil, err
-	}
-	img, err := opts.Store.Resolve(ctx, cfg.Version)
-	if err != nil {
-		return nil, err
-	}
-	res.Image = img
-	if opts.OutputDir != "" {
-		if err := exportArtifacts(ctx, opts.Store, opts.OutputDir, artifacts); err != nil {
-			return nil, err
-		}
-	}
-	if opts.LockPath != "" && !opts.Locked {
-		if err := plan.Lock.Save(opts.LockPath); err != nil {
-			return nil, fmt.Errorf("writing %s: %w", opts.LockPath, err)
-		}
-	}
-	phase("write", start)
-	log.Info("built image", "digest", img.Digest(), "version", cfg.Version)
-	return res, nil
+	mu         sync.Mutex
+	rootfs     manifest.Rootfs // set once composed or found in the store
+	reused     bool            // the rootfs was found in the store, not composed
+	kernel     *initrd.Kernel
+	kernelFrom string // where the kernel was read: part of the initrd cache key
+	bootloader *io.SectionReader
+	agent      digest.Digest // of the node agent file, for the initrd cache key
+	initrds    map[string]Initrd
+	squashfs   map[SquashfsOptions]Blob
+	files      []*os.File // opened layer and blob files, closed when the build ends
+	phases     []Phase    // shared steps that did work, in order
 }
 
-// composeRootfs composes the role layers into the rootfs blob in the store, unless the same
-// layers were composed before and the blob is still there.
-func composeRootfs(ctx context.Context, opts Options, layers []assemble.Layer, epoch int64, finalize func(context.Context, *compose.Files) ([]compose.Generated, error)) (manifest.Rootfs, bool, []byte, error) {
-	ca := opts.Env.Cache
-	keyParts := []string{rootfsVersion, fmt.Sprint(epoch)}
-	for _, l := range layers {
+// Spec implements Steps.
+func (b *Build) Spec() *spec.NodeImage { return b.opts.Spec }
+
+// Epoch implements Steps.
+func (b *Build) Epoch() int64 { return b.epoch }
+
+// Store implements Steps.
+func (b *Build) Store() *store.Store { return b.opts.Store }
+
+// Logger implements Steps.
+func (b *Build) Logger() *slog.Logger { return b.log }
+
+// timed records a shared step that did work as a phase: defer b.timed(name, time.Now()).
+func (b *Build) timed(name string, start time.Time) {
+	b.phases = append(b.phases, Phase{name, time.Since(start)})
+}
+
+// StepError is the failure of a step that several targets share (composing the rootfs, the
+// initrd, the root squashfs): it is reported once, not as one target's.
+type StepError struct {
+	Step string
+	Err  error
+}
+
+func (e *StepError) Error() string { return e.Err.Error() }
+
+func (e *StepError) Unwrap() error { return e.Err }
+
+// mtime is the build's timestamp for everything it writes.
+func (b *Build) mtime() time.Time { return time.Unix(b.epoch, 0).UTC() }
+
+func (b *Build) close() {
+	for _, f := range b.files {
+		f.Close()
+	}
+	b.files = nil
+}
+
+// rootfsKey names the rootfs the role layers compose to, in the cache.
+func (b *Build) rootfsKey() string {
+	keyParts := []string{rootfsVersion, fmt.Sprint(b.epoch)}
+	for _, l := range b.layers {
 		keyParts = append(keyParts, string(l.Digest))
 	}
-	key := strings.Join(keyParts, "\n")
-	// TouchBlob, not HasBlob: it also marks the blob as in use, so a concurrent gc spares it.
-	if d, err := ca.Ref("rootfs", key); err == nil && opts.Store.TouchBlob(d) == nil {
-		if r, info, err := countRootfs(ctx, opts.Store, d); err == nil && info != nil {
-			return r, true, info, nil
-		}
+	return strings.Join(keyParts, "\n")
+}
+
+// Rootfs implements Steps: the rootfs blob, composed into the store unless the same layers were
+// composed before and the blob is still there.
+func (b *Build) Rootfs(ctx context.Context) (manifest.Rootfs, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.rootfsLocked(ctx, nil)
+}
+
+// rootfsLocked composes the rootfs into the store; with also set, the tar stream is written
+// to it too as it is composed (so a squashfs is compressed while the rootfs is composed).
+func (b *Build) rootfsLocked(ctx context.Context, also io.Writer) (manifest.Rootfs, error) {
+	if b.rootfs.Digest != "" {
+		return b.rootfs, nil
 	}
-	inputs, closeInputs, err := openLayers(opts.Env, layers)
+	if also == nil && b.findStoredRootfs(ctx) {
+		return b.rootfs, nil
+	}
+	step := progress.Start(ctx, "compose rootfs")
+	if also == nil { // else the caller times compose and its consumer as one phase
+		defer b.timed("compose", time.Now())
+	}
+	inputs, closeInputs, err := openLayers(b.opts.Env, b.layers)
 	if err != nil {
-		return manifest.Rootfs{}, false, nil, err
+		step.Done(err)
+		return manifest.Rootfs{}, err
 	}
 	defer closeInputs()
-	w, err := opts.Store.NewBlobWriter(ctx)
+	w, err := b.opts.Store.NewBlobWriter(ctx)
 	if err != nil {
-		return manifest.Rootfs{}, false, nil, err
+		step.Done(err)
+		return manifest.Rootfs{}, err
 	}
 	defer w.Abort()
-	cres, err := compose.Compose(ctx, w, inputs, compose.Options{Mode: compose.Rootfs, MTime: time.Unix(epoch, 0), Finalize: finalize})
+	var dst io.Writer = io.MultiWriter(w, step.Writer())
+	if also != nil {
+		dst = io.MultiWriter(w, also, step.Writer())
+	}
+	cres, err := compose.Compose(ctx, dst, inputs, compose.Options{Mode: compose.Rootfs, MTime: time.Unix(b.epoch, 0), Finalize: b.finalize})
 	if err != nil {
-		return manifest.Rootfs{}, false, nil, err
+		step.Done(err)
+		return manifest.Rootfs{}, &StepError{"compose rootfs", err}
 	}
 	d, size, err := w.Commit(ctx, -1, "")
+	if err == nil {
+		err = b.opts.Env.Cache.SetRef("rootfs", b.rootfsKey(), d)
+	}
+	step.Done(err)
 	if err != nil {
-		return manifest.Rootfs{}, false, nil, err
+		return manifest.Rootfs{}, &StepError{"compose rootfs", err}
 	}
-	if err := ca.SetRef("rootfs", key, d); err != nil {
-		return manifest.Rootfs{}, false, nil, err
+	b.rootfs = manifest.Rootfs{Digest: d, Size: size, Entries: cres.Entries}
+	return b.rootfs, nil
+}
+
+// findStoredRootfs looks for the rootfs these layers composed to in an earlier build.
+func (b *Build) findStoredRootfs(ctx context.Context) bool {
+	d, err := b.opts.Env.Cache.Ref("rootfs", b.rootfsKey())
+	// TouchBlob, not HasBlob: it also marks the blob as in use, so a concurrent gc spares it.
+	if err != nil || b.opts.Store.TouchBlob(d) != nil {
+		return false
 	}
-	return manifest.Rootfs{Digest: d, Size: size, Entries: cres.Entries}, false, nil, nil
+	r, info, err := countRootfs(ctx, b.opts.Store, d)
+	if err != nil || info == nil {
+		return false
+	}
+	i, err := imageinfo.Parse(info)
+	if err != nil {
+		b.log.Warn("stored rootfs has a bad image.json: composing it again", "rootfs", d, "err", err)
+		return false
+	}
+	b.config.Binaries = binaryDigests(i.Binaries)
+	b.rootfs, b.reused = r, true
+	return true
 }
 
 // countRootfs counts a stored rootfs's entries and returns its image.json.
@@ -463,154 +340,180 @@ func kernelShort(release string) string {
 	return strings.Join(keep, "-")
 }
 
-// exportArtifacts places each artifact in dir under its name, as a file of its own (a reflink
-// where the filesystem shares extents, else a copy: never a hard link, since the user may write
-// to the output and must not thereby change the store); a sparse disk image is expanded to
-// disk.raw (holes stay holes).
-func exportArtifacts(ctx context.Context, st *store.Store, dir string, artifacts []manifest.Artifact) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+// Run builds the image described by opts.Spec and writes opts.Targets.
+func Run(ctx context.Context, opts Options) (*Result, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	for _, a := range artifacts {
-		name := a.Name
-		if a.MediaType == manifest.DiskSparseMediaType {
-			name = strings.TrimSuffix(name, ".simg") + ".raw"
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	n := opts.Spec
+	if len(opts.Targets) == 0 {
+		return nil, errors.New("no target to write (see builders/targets)")
+	}
+	var targets []Target // --target raw --target raw is one target
+	seen := map[string]bool{}
+	for _, t := range opts.Targets {
+		if !seen[t.Name()] {
+			seen[t.Name()] = true
+			targets = append(targets, t)
 		}
-		dst := filepath.Join(dir, name)
-		tmp := dst + ".tmp"
-		_ = os.Remove(tmp)
+	}
+	res := &Result{}
+	phase := func(name string, start time.Time) {
+		res.Phases = append(res.Phases, Phase{name, time.Since(start)})
+	}
+
+	// Temp files of builds killed an hour or more ago are garbage; younger ones may be live.
+	if err := opts.Env.Cache.Clean(ctx, time.Hour); err != nil {
+		log.Warn("cleaning stale cache temp files", "err", err)
+	}
+
+	// Resolve: pin every source.
+	start := time.Now()
+	var old *lock.File
+	if opts.LockPath != "" {
 		var err error
-		switch {
-		case a.MediaType == manifest.DiskSparseMediaType:
-			err = expandFile(ctx, st, a.Digest, tmp)
-		default:
-			err = cloneFile(ctx, st, a.Digest, tmp)
-		}
-		if err == nil {
-			err = os.Rename(tmp, dst)
-		}
-		if err != nil {
-			_ = os.Remove(tmp)
-			return fmt.Errorf("exporting %s: %w", name, err)
+		if old, err = lock.Load(opts.LockPath); err != nil {
+			return nil, err
 		}
 	}
-	return nil
-}
-
-// writeBlobTo writes blob d to a new file dst through fill (a plain copy, or a sparse
-// expansion), then fsyncs it. The caller removes dst on error.
-func writeBlobTo(ctx context.Context, st *store.Store, d digest.Digest, dst string, fill func(f *os.File, r io.Reader) error) error {
-	rc, err := st.OpenBlob(ctx, d)
+	epoch := now().Unix()
+	switch {
+	case opts.SourceDateEpoch != nil:
+		epoch = *opts.SourceDateEpoch
+	case n.Spec.SourceDateEpoch != nil:
+		epoch = *n.Spec.SourceDateEpoch
+	case old != nil && !opts.UpdateLock:
+		epoch = old.SourceDateEpoch
+	}
+	opts.Env.MTime = time.Unix(epoch, 0).UTC()
+	pinsFrom := old
+	if opts.UpdateLock {
+		pinsFrom = nil
+	}
+	step := progress.Start(ctx, "resolve sources")
+	plan, err := assemble.Resolve(ctx, n, pinsFrom, epoch, assemble.Options{Env: opts.Env, Parallel: opts.Parallel, Logger: log})
+	step.Done(err)
 	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	f, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if err := fill(f, rc); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-func expandFile(ctx context.Context, st *store.Store, d digest.Digest, dst string) error {
-	return writeBlobTo(ctx, st, d, dst, func(f *os.File, r io.Reader) error {
-		_, err := sparse.Expand(ctx, f, r)
-		return err
-	})
-}
-
-// cloneFile writes blob d to the new file dst as a reflink (FICLONE: shared extents, copied on
-// write, so a write to dst never reaches the store) and checks the clone's digest; where the
-// filesystem cannot clone, it copies.
-func cloneFile(ctx context.Context, st *store.Store, d digest.Digest, dst string) error {
-	src, err := st.BlobPath(d)
-	if err != nil {
-		return err
-	}
-	err = reflink(src, dst)
-	if err == nil {
-		err = checkDigest(ctx, dst, d)
-	}
-	if err != nil {
-		_ = os.Remove(dst)
-		return copyFile(ctx, st, d, dst)
-	}
-	return nil
-}
-
-// reflink makes dst, a new file, share src's extents, and fsyncs it.
-func reflink(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); err != nil {
-		out.Close()
-		return fmt.Errorf("reflink %s to %s: %w", src, dst, err)
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
-}
-
-// checkDigest re-reads the file at path and fails unless it hashes to d.
-func checkDigest(ctx context.Context, path string, d digest.Digest) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	v := d.Verifier()
-	buf := make([]byte, 1<<20)
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		n, err := f.Read(buf)
-		_, _ = v.Write(buf[:n])
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if !v.Verified() {
-		return fmt.Errorf("%s does not hash to %s", path, d)
-	}
-	return nil
-}
-
-func copyFile(ctx context.Context, st *store.Store, d digest.Digest, dst string) error {
-	return writeBlobTo(ctx, st, d, dst, func(f *os.File, r io.Reader) error {
-		_, err := io.Copy(f, r)
-		return err
-	})
-}
-
-// rootfsTarget publishes the canonical rootfs tar itself.
-type rootfsTarget struct{}
-
-func (rootfsTarget) Name() string { return "rootfs" }
-
-func (rootfsTarget) Write(ctx context.Context, b *Build) ([]manifest.Artifact, error) {
-	if err := b.ComposeRootfs(ctx); err != nil {
 		return nil, err
 	}
-	return []manifest.Artifact{{Name: "rootfs.tar", MediaType: manifest.RootfsMediaType, Digest: b.Rootfs.Digest, Size: b.Rootfs.Size}}, nil
+	newLock, err := plan.Lock.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	if opts.Locked {
+		var oldLock []byte
+		if old != nil {
+			oldLock, _ = old.Marshal()
+		}
+		if string(oldLock) != string(newLock) {
+			return nil, fmt.Errorf("%s: %w (run without --locked to update it)", opts.LockPath, ErrLockChanged)
+		}
+	}
+	phase("resolve", start)
+
+	// Fetch: materialize sources and compose role layers.
+	start = time.Now()
+	step = progress.Start(ctx, "fetch and convert layers")
+	layers, err := assemble.Layers(ctx, plan, epoch, assemble.Options{Env: opts.Env, Parallel: opts.Parallel, Logger: log})
+	step.Done(err)
+	if err != nil {
+		return nil, err
+	}
+	res.Layers = layers
+	phase("fetch", start)
+
+	// Write: each target asks the build for the shared steps it needs (rootfs, kernel, initrd,
+	// root squashfs); the first asker computes a step, later ones reuse it.
+	b := &Build{opts: opts, log: log, layers: layers, epoch: epoch,
+		config: imageConfig(n, plan, layers, epoch, opts.ImgctlVersion, newLock)}
+	defer b.close()
+	var artifacts []manifest.Artifact
+	for _, t := range targets {
+		start, shared := time.Now(), len(b.phases)
+		as, err := t.Write(ctx, b)
+		if err != nil {
+			var se *StepError
+			if errors.As(err, &se) { // a shared step's error is no one target's
+				return nil, err
+			}
+			return nil, fmt.Errorf("target %s: %w", t.Name(), err)
+		}
+		if artifacts, err = addArtifacts(artifacts, as, t.Name()); err != nil {
+			return nil, err
+		}
+		// The shared steps this target ran are phases of their own.
+		own := time.Since(start)
+		for _, p := range b.phases[shared:] {
+			own -= p.Duration
+		}
+		res.Phases = append(res.Phases, b.phases[shared:]...)
+		res.Phases = append(res.Phases, Phase{t.Name(), own})
+	}
+	start = time.Now()
+	// Every image records its rootfs (and the baked binaries image.json lists).
+	rootfs, err := b.Rootfs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res.Reused = b.reused
+	cfg := b.config
+	cfg.Rootfs = rootfs
+	cfg.Version = readableVersion(cfg, artifacts)
+	if _, err := opts.Store.PutImage(ctx, cfg, artifacts); err != nil {
+		return nil, err
+	}
+	img, err := opts.Store.Resolve(ctx, cfg.Version)
+	if err != nil {
+		return nil, err
+	}
+	res.Image = img
+	if opts.OutputDir != "" {
+		if err := exportArtifacts(ctx, opts.Store, opts.OutputDir, artifacts); err != nil {
+			return nil, err
+		}
+	}
+	if opts.LockPath != "" && !opts.Locked {
+		if err := plan.Lock.Save(opts.LockPath); err != nil {
+			return nil, fmt.Errorf("writing %s: %w", opts.LockPath, err)
+		}
+	}
+	phase("store", start)
+	log.Info("built image", "digest", img.Digest(), "version", cfg.Version)
+	return res, nil
+}
+
+// addArtifacts appends a target's artifacts. Targets share some (raw and pxe both publish the
+// kernel and the initrd): the same name with the same content is one artifact, whose
+// annotations are merged; the same name with other content is an error.
+func addArtifacts(have, add []manifest.Artifact, target string) ([]manifest.Artifact, error) {
+next:
+	for _, a := range add {
+		for i, h := range have {
+			if h.Name != a.Name {
+				continue
+			}
+			if h.Digest != a.Digest || h.MediaType != a.MediaType {
+				return nil, fmt.Errorf("target %s writes %s (%s) but an earlier target wrote other content under that name (%s)", target, a.Name, a.Digest, h.Digest)
+			}
+			merged := maps.Clone(h.Annotations)
+			for k, v := range a.Annotations {
+				if old, ok := merged[k]; ok && old != v {
+					return nil, fmt.Errorf("target %s annotates %s with %s=%q, an earlier target with %q", target, a.Name, k, v, old)
+				}
+				if merged == nil {
+					merged = map[string]string{}
+				}
+				merged[k] = v
+			}
+			have[i].Annotations = merged
+			continue next
+		}
+		have = append(have, a)
+	}
+	return have, nil
 }

@@ -30,7 +30,7 @@ var bakedRoles = []spec.Role{spec.RoleRuntime, spec.RoleKubelet, spec.RoleBootst
 func (b *Build) finalize(ctx context.Context, files *compose.Files) ([]compose.Generated, error) {
 	var bins []compose.File
 	err := files.Walk(func(f compose.File) error {
-		if f.Mode&0o111 != 0 && f.Input < len(b.Layers) && slices.Contains(bakedRoles, b.Layers[f.Input].Role) {
+		if f.Mode&0o111 != 0 && f.Input < len(b.layers) && slices.Contains(bakedRoles, b.layers[f.Input].Role) {
 			bins = append(bins, f)
 		}
 		return nil
@@ -38,7 +38,7 @@ func (b *Build) finalize(ctx context.Context, files *compose.Files) ([]compose.G
 	if err != nil {
 		return nil, err
 	}
-	sums, err := hashFiles(ctx, bins, b.Parallel)
+	sums, err := hashFiles(ctx, bins, b.opts.Parallel)
 	if err != nil {
 		return nil, err
 	}

@@ -19,9 +19,10 @@ import (
 	"github.com/klauspost/compress/gzip"
 )
 
-// DefaultModules reach a root partition on virtio (qemu, most clouds), NVMe and ENA (EC2
-// Nitro), mount the squashfs root under an overlay, and mount the ext4 STATE partition.
-var DefaultModules = []string{"virtio_pci", "virtio_blk", "virtio_scsi", "nvme", "ena", "squashfs", "overlay", "ext4"}
+// DefaultModules reach a root partition on virtio (qemu, most clouds) and NVMe (EC2 Nitro,
+// modern metal), mount the squashfs root under an overlay, and mount the ext4 STATE
+// partition. Network drivers (ENA included) are optional: see NICModules.
+var DefaultModules = []string{"virtio_pci", "virtio_blk", "virtio_scsi", "nvme", "squashfs", "overlay", "ext4"}
 
 // ModuleListPath is where imgctl-node finds the modules to load, in order, one path per line.
 const ModuleListPath = "etc/imgctl/modules"

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,9 +15,8 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
+	"github.com/imgctl/imgctl/builders"
 	"github.com/imgctl/imgctl/images/store"
-	"github.com/imgctl/imgctl/layers/cache"
-	"github.com/imgctl/imgctl/layers/fetch"
 	"github.com/imgctl/imgctl/layers/limits"
 	"github.com/imgctl/imgctl/layers/source"
 )
@@ -128,29 +128,29 @@ func (a *app) withStore(fn func(cmd *cobra.Command, args []string, st *store.Sto
 	}
 }
 
+// envConfig is the source environment the global flags describe.
+func (a *app) envConfig() builders.EnvConfig {
+	c := builders.EnvConfig{CacheDir: a.cacheDir, Offline: a.offline, Mirrors: a.mirrors, Keyring: a.keyring,
+		Limits: a.limits, Logger: a.logger()}
+	if a.terminal() {
+		c.FetchProgress = newProgressBars(a.err).update
+	}
+	return c
+}
+
 // env builds the source environment: cache, fetch client with mirrors, progress.
 func (a *app) env() (*source.Env, error) {
-	log := a.logger()
-	ca, err := cache.Open(a.cacheDir, log)
-	if err != nil {
-		return nil, err
+	env, err := builders.NewEnv(a.envConfig())
+	return env, flagError(err)
+}
+
+// flagError names the command-line flag of a builders.FieldError.
+func flagError(err error) error {
+	var fe *builders.FieldError
+	if errors.As(err, &fe) {
+		return fmt.Errorf("--%s %q: %w", fe.Field, fe.Value, fe.Err)
 	}
-	if a.limits.RateWindow < 0 {
-		return nil, fmt.Errorf("--transfer-rate-window %s: expected a positive duration such as 30s", a.limits.RateWindow)
-	}
-	client := &fetch.Client{Offline: a.offline, Logger: log, Limits: a.limits}
-	for _, m := range a.mirrors {
-		mm, err := fetch.ParseMirror(m)
-		if err != nil {
-			return nil, fmt.Errorf("--mirror %q: %w", m, err)
-		}
-		client.Mirrors = append(client.Mirrors, mm)
-	}
-	if a.terminal() {
-		client.Progress = newProgressBars(a.err).update
-	}
-	// The bootstrap layer packs the node agent; build's --node-agent overrides this default.
-	return &source.Env{Cache: ca, Fetch: client, Keyring: a.keyring, Logger: log, NodeAgent: defaultAgent(), Limits: a.limits}, nil
+	return err
 }
 
 // limitFlags adds the per-source limits to a command that fetches and converts sources.

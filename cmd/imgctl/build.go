@@ -3,21 +3,20 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/imgctl/imgctl/builders"
-	"github.com/imgctl/imgctl/layers/spec"
+	"github.com/imgctl/imgctl/builders/squashfs"
+	"github.com/imgctl/imgctl/builders/targets"
 )
 
 func (a *app) buildCmd() *cobra.Command {
 	var (
 		file, k8s, lockPath, outputDir string
-		sources, targets               []string
+		sources, targetNames           []string
 		updateLock, locked             bool
 		parallel                       int
 		diskSize, rootSize             string
@@ -30,13 +29,15 @@ func (a *app) buildCmd() *cobra.Command {
 		Short: "Build a node image from a spec (or the embedded default) and its lock",
 		Long: `Build resolves every source of the spec to a digest (recorded in the lock file), fetches and
 verifies them in parallel into the cache, composes the layers into one normalized rootfs and
-writes the targets into the store: raw (a bootable GPT disk: ESP with systemd-boot, ROOT-A
-squashfs, empty ROOT-B, STATE grown at first boot) and rootfs (the rootfs tar). The image
-digest is the last line of standard output; a per-phase timing summary goes to standard error.
+writes the targets into the store (see --target). Targets share their steps: --target raw,pxe
+composes the rootfs once and compresses the root squashfs once, and a rebuild reuses the
+initrd and the squashfs when their inputs did not change. The image digest is the last line of
+standard output; a per-phase timing summary goes to standard error.
 
 SOURCE_DATE_EPOCH, if set, fixes every timestamp; otherwise the spec's sourceDateEpoch, then
 the lock's, then the current time (recorded in the lock) are used.`,
 		Example: `  imgctl build --k8s 1.21.13 --target raw --output out/
+  imgctl build --k8s 1.21.13 --target raw,pxe --output out/
   imgctl build -f node.yaml --target rootfs
   imgctl build --k8s 1.21.13 --source 'kubelet=file:///srv/k8s/kubelet#path=/usr/bin/kubelet&mode=0755'
   imgctl build --k8s 1.21.13 --mirror https://deb.debian.org/debian=http://apt.local/debian --offline`,
@@ -46,78 +47,43 @@ the lock's, then the current time (recorded in the lock) are used.`,
 				return err
 			}
 			ctx := cmd.Context()
-			var n *spec.NodeImage
-			var err error
-			switch {
-			case file != "" && cmd.Flags().Changed("k8s"):
+			if file != "" && cmd.Flags().Changed("k8s") {
 				return fmt.Errorf("give either -f SPEC or --k8s VERSION, not both")
-			case file != "":
-				n, err = spec.Load(file)
-			default:
-				n, err = spec.Default(k8s)
 			}
+			setup := builders.Setup{SpecFile: file, Sources: sources, SourceDateEpoch: os.Getenv("SOURCE_DATE_EPOCH"), Env: a.envConfig()}
+			setup.Env.NodeAgent = agent
+			if file == "" {
+				setup.Kubernetes = k8s
+			}
+			topts := targets.Options{Squashfs: builders.SquashfsOptions{Compression: compression, Level: level}}
+			var err error
+			if topts.DiskSize, err = parseSize(diskSize); err != nil {
+				return fmt.Errorf("--disk-size: %w", err)
+			}
+			if topts.RootSize, err = parseSize(rootSize); err != nil {
+				return fmt.Errorf("--root-size: %w", err)
+			}
+			opts, err := builders.Prepare(setup)
 			if err != nil {
-				return err
+				return flagError(err)
 			}
-			for _, s := range sources {
-				role, uri, ok := strings.Cut(s, "=")
-				if !ok || uri == "" {
-					return fmt.Errorf("--source %q: expected ROLE=URI", s)
-				}
-				r, err := spec.ParseRole(role)
-				if err != nil {
-					return fmt.Errorf("--source %q: %w", s, err)
-				}
-				var uris []string
-				for _, other := range sources { // repeated flags for one role add sources in order
-					if ro, u, _ := strings.Cut(other, "="); ro == role {
-						uris = append(uris, u)
-					}
-				}
-				if err := n.SetSources(r, uris); err != nil {
-					return fmt.Errorf("--source %q: %w", s, err)
-				}
+			names := targetNames
+			if len(names) == 0 {
+				names = opts.Spec.Spec.Targets
 			}
-			if err := n.Validate(); err != nil {
-				return err
+			if len(names) == 0 {
+				names = []string{"rootfs"}
 			}
-			var epoch *int64
-			if v := os.Getenv("SOURCE_DATE_EPOCH"); v != "" {
-				e, err := strconv.ParseInt(v, 10, 64)
-				if err != nil || e < 0 {
-					return fmt.Errorf("SOURCE_DATE_EPOCH=%q: expected seconds since 1970", v)
-				}
-				epoch = &e
-			}
-			env, err := a.env()
-			if err != nil {
+			if opts.Targets, err = targets.New(names, topts); err != nil {
 				return err
 			}
 			st, err := a.openStore(ctx)
 			if err != nil {
 				return err
 			}
-			var ts []string
-			for _, t := range targets {
-				ts = append(ts, strings.Split(t, ",")...)
-			}
-			raw := builders.RawOptions{Compression: compression, CompressionLevel: level, Agent: agent}
-			if raw.DiskSize, err = parseSize(diskSize); err != nil {
-				return fmt.Errorf("--disk-size: %w", err)
-			}
-			if raw.RootSize, err = parseSize(rootSize); err != nil {
-				return fmt.Errorf("--root-size: %w", err)
-			}
-			if raw.Agent == "" {
-				raw.Agent = env.NodeAgent // the default beside imgctl or on $PATH
-			}
-			env.NodeAgent = raw.Agent
-			res, err := builders.Run(ctx, builders.Options{
-				Raw:  raw,
-				Spec: n, LockPath: lockPath, UpdateLock: updateLock, Locked: locked,
-				SourceDateEpoch: epoch, Env: env, Store: st, Targets: ts, OutputDir: outputDir,
-				Parallel: parallel, ImgctlVersion: version, Logger: a.logger(),
-			})
+			opts.Store, opts.LockPath, opts.UpdateLock, opts.Locked = st, lockPath, updateLock, locked
+			opts.OutputDir, opts.Parallel, opts.ImgctlVersion = outputDir, parallel, version
+			res, err := builders.Run(ctx, opts)
 			if err != nil {
 				return err
 			}
@@ -152,7 +118,7 @@ the lock's, then the current time (recorded in the lock) are used.`,
 	f.StringVarP(&file, "file", "f", "", "NodeImage spec file (default: the embedded default spec)")
 	f.StringVar(&k8s, "k8s", "1.21.13", "Kubernetes version for the embedded default spec")
 	f.StringArrayVar(&sources, "source", nil, "replace a role's sources: ROLE=URI (repeat for several sources of one role)")
-	f.StringArrayVar(&targets, "target", nil, "target to write (default: the spec's targets; supported: "+strings.Join(builders.TargetNames(), ", ")+")")
+	f.StringArrayVar(&targetNames, "target", nil, "targets to write, comma-separated or repeated (default: the spec's targets, else rootfs): "+targetHelp())
 	f.StringVar(&lockPath, "lock", "imgctl.lock", "lock file recording every source's digest")
 	f.BoolVar(&updateLock, "update-lock", false, "resolve every source again instead of trusting the lock")
 	f.BoolVar(&locked, "locked", false, "fail instead of changing the lock file (CI)")
@@ -160,8 +126,8 @@ the lock's, then the current time (recorded in the lock) are used.`,
 	f.IntVar(&parallel, "parallel", 0, "concurrent fetches (default: max(4, CPUs))")
 	f.StringVar(&diskSize, "disk-size", "", "raw target: disk size, e.g. 3GiB (default 3GiB; STATE grows to fill larger disks at first boot)")
 	f.StringVar(&rootSize, "root-size", "", "raw target: size of each of ROOT-A and ROOT-B (default 1GiB)")
-	f.StringVar(&compression, "compression", "zstd", "raw target: squashfs compressor (zstd, xz, gzip, lz4)")
-	f.IntVar(&level, "compression-level", 0, "raw target: compressor level (default: zstd 3, otherwise the compressor's default)")
+	f.StringVar(&compression, "compression", "zstd", "raw and pxe targets: root squashfs compressor ("+strings.Join(squashfs.Compressors(), ", ")+")")
+	f.IntVar(&level, "compression-level", 0, "raw and pxe targets: compressor level (default: zstd 3, otherwise the compressor's default)")
 	f.StringVar(&signKey, "sign-key", "", "sign the built image with this private key (imgctl key generate)")
 	a.limitFlags(f)
 	f.StringVar(&agent, "node-agent", "", "the static imgctl-node binary: /init of the raw target's initrd and /usr/bin/imgctl-node of the bootstrap layer (default: imgctl-node beside imgctl, then $PATH)")
@@ -191,16 +157,11 @@ func parseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
-// defaultAgent finds imgctl-node beside the running imgctl, then on $PATH.
-func defaultAgent() string {
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "imgctl-node")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
+// targetHelp lists the targets for --help.
+func targetHelp() string {
+	var parts []string
+	for _, t := range targets.List() {
+		parts = append(parts, t.Name+" ("+t.Summary+")")
 	}
-	if p, err := exec.LookPath("imgctl-node"); err == nil {
-		return p
-	}
-	return ""
+	return strings.Join(parts, "; ")
 }

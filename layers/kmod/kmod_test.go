@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/imgctl/imgctl/layers/kmod/kmodtest"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -25,25 +26,7 @@ type testMod struct {
 	needs   []string
 }
 
-func (m testMod) elf() []byte {
-	var modinfo []byte
-	for _, s := range m.info {
-		modinfo = append(modinfo, s...)
-		modinfo = append(modinfo, 0)
-	}
-	var ksymStrings []byte
-	var syms []testSym
-	for _, e := range m.exports {
-		ksymStrings = append(ksymStrings, e...)
-		ksymStrings = append(ksymStrings, 0)
-		syms = append(syms, testSym{name: e, defined: true}, testSym{name: "__crc_" + e, defined: true})
-	}
-	for _, n := range m.needs {
-		syms = append(syms, testSym{name: n})
-	}
-	secs := map[string][]byte{".text": {0xc3}, ".modinfo": modinfo, "__ksymtab_strings": ksymStrings}
-	return buildTestELF(secs, []string{".text", ".modinfo", "__ksymtab_strings"}, syms)
-}
+func (m testMod) elf() []byte { return kmodtest.Module(m.info, m.exports, m.needs) }
 
 func compress(t *testing.T, name string, data []byte) []byte {
 	t.Helper()
@@ -365,7 +348,7 @@ func TestCorruptModule(t *testing.T) {
 		"kernel/drivers/bad.ko":         []byte("this is not an ELF file"),
 		"kernel/drivers/truncated.ko":   good[:100],
 		"kernel/drivers/badxz.ko.xz":    []byte("not xz"),
-		"kernel/drivers/nomodinfo.ko":   buildTestELF(map[string][]byte{".text": {0}}, []string{".text"}, nil),
+		"kernel/drivers/nomodinfo.ko":   kmodtest.ELF(map[string][]byte{".text": {0}}, []string{".text"}, nil),
 		"kernel/drivers/badzstd.ko.zst": []byte("not zstd at all"),
 	} {
 		tarball := makeTar(t, []tarEntry{{name: root + "kernel/good.ko", data: good}, {name: root + name, data: data}})

@@ -1,4 +1,6 @@
-package kmod
+// Package kmodtest builds minimal kernel modules (ELF relocatable objects with .modinfo and
+// symbols) for tests of code that indexes or loads modules.
+package kmodtest
 
 import (
 	"bytes"
@@ -6,14 +8,15 @@ import (
 	"encoding/binary"
 )
 
-type testSym struct {
-	name    string
-	defined bool
+// Sym is one symbol: defined (exported) or needed.
+type Sym struct {
+	Name    string
+	Defined bool
 }
 
-// buildTestELF writes a minimal little-endian ELF64 relocatable object
+// ELF writes a minimal little-endian ELF64 relocatable object
 // with the given sections (name → contents, in order) and symbols.
-func buildTestELF(sections map[string][]byte, order []string, syms []testSym) []byte {
+func ELF(sections map[string][]byte, order []string, syms []Sym) []byte {
 	le := binary.LittleEndian
 	var shstr bytes.Buffer
 	shstr.WriteByte(0)
@@ -42,10 +45,10 @@ func buildTestELF(sections map[string][]byte, order []string, syms []testSym) []
 		for _, s := range syms {
 			ent := make([]byte, 24)
 			le.PutUint32(ent[0:], uint32(strtab.Len()))
-			strtab.WriteString(s.name)
+			strtab.WriteString(s.Name)
 			strtab.WriteByte(0)
 			ent[4] = byte(elf.STB_GLOBAL)<<4 | byte(elf.STT_NOTYPE)
-			if s.defined {
+			if s.Defined {
 				le.PutUint16(ent[6:], firstProgbits)
 			}
 			symtab = append(symtab, ent...)
@@ -97,4 +100,26 @@ func buildTestELF(sections map[string][]byte, order []string, syms []testSym) []
 	le.PutUint16(out[60:], uint16(len(secs)))
 	le.PutUint16(out[62:], uint16(shstrIdx))
 	return out
+}
+
+// Module is a kernel module whose .modinfo holds info ("license=GPL", "alias=…"), which
+// exports the symbols exports (with their __crc_ twins) and needs the symbols needs.
+func Module(info, exports, needs []string) []byte {
+	var modinfo []byte
+	for _, s := range info {
+		modinfo = append(modinfo, s...)
+		modinfo = append(modinfo, 0)
+	}
+	var ksymStrings []byte
+	var syms []Sym
+	for _, e := range exports {
+		ksymStrings = append(ksymStrings, e...)
+		ksymStrings = append(ksymStrings, 0)
+		syms = append(syms, Sym{Name: e, Defined: true}, Sym{Name: "__crc_" + e, Defined: true})
+	}
+	for _, n := range needs {
+		syms = append(syms, Sym{Name: n})
+	}
+	secs := map[string][]byte{".text": {0xc3}, ".modinfo": modinfo, "__ksymtab_strings": ksymStrings}
+	return ELF(secs, []string{".text", ".modinfo", "__ksymtab_strings"}, syms)
 }

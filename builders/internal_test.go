@@ -1,0 +1,4 @@
+package builders
+
+// ReadableVersion is readableVersion, for the external tests.
+var ReadableVersion = readableVersion

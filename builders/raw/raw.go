@@ -1,0 +1,217 @@
+// Package raw is the raw disk target: disk.simg (a sparse GPT disk image with an ESP holding
+// systemd-boot and slot A's kernel and initrd, ROOT-A with the root squashfs, an empty ROOT-B
+// and an unformatted STATE partition), plus the kernel and initrd as artifacts of their own.
+package raw
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/imgctl/imgctl/builders"
+	"github.com/imgctl/imgctl/builders/disk"
+	"github.com/imgctl/imgctl/builders/sparse"
+	"github.com/imgctl/imgctl/images/manifest"
+	"github.com/imgctl/imgctl/images/store"
+	"github.com/imgctl/imgctl/layers/progress"
+)
+
+// Name is the target's name on the command line and in specs.
+const Name = "raw"
+
+// bootTries is systemd-boot's boot counter for a new slot: after this many boots that never
+// reach boot-complete.target the entry is marked bad and the other slot boots instead.
+const bootTries = 3
+
+// Options configure the raw disk target.
+type Options struct {
+	DiskSize int64 // 0 = disk.DefaultDiskSize
+	RootSize int64 // size of ROOT-A and ROOT-B; 0 = disk.DefaultRootSize
+	Squashfs builders.SquashfsOptions
+}
+
+// Target writes the raw disk.
+type Target struct{ Options Options }
+
+// New returns the raw target with o.
+func New(o Options) *Target { return &Target{Options: o} }
+
+// Name implements builders.Target.
+func (*Target) Name() string { return Name }
+
+// Write implements builders.Target.
+func (t *Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifact, error) {
+	o := t.Options
+	sqOpts, err := o.Squashfs.Normalize()
+	if err != nil {
+		return nil, err
+	}
+	// The initrd first: it fails fast when the node agent is missing or the kernel lacks a
+	// module root needs.
+	ird, err := s.Initrd(ctx, builders.BootInitrd)
+	if err != nil {
+		return nil, err
+	}
+	kernel, err := s.Kernel(ctx)
+	if err != nil {
+		return nil, err
+	}
+	boot, err := s.Bootloader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	root, err := s.RootSquashfs(ctx, sqOpts)
+	if err != nil {
+		return nil, err
+	}
+	st := s.Store()
+	rootf, err := openBlob(st, root.Digest)
+	if err != nil {
+		return nil, err
+	}
+	defer rootf.Close()
+	irdBytes, err := readBlob(ctx, st, ird.Blob)
+	if err != nil {
+		return nil, err
+	}
+	rootfs, err := s.Rootfs(ctx) // composed by RootSquashfs: the disk's identity
+	if err != nil {
+		return nil, err
+	}
+
+	work, err := st.TempDir("raw-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	mtime := time.Unix(s.Epoch(), 0).UTC()
+	seed := []byte(rootfs.Digest)
+	dopts := disk.Options{DiskSize: o.DiskSize, RootSize: o.RootSize, Seed: seed, MTime: mtime, Logger: s.Logger()}
+	layout, err := disk.Plan(dopts, root.Size)
+	if err != nil {
+		return nil, err
+	}
+	rootA, _ := layout.Find("ROOT-A")
+	state, _ := layout.Find("STATE")
+	cmdline := append(append([]string{}, s.Spec().Spec.Kernel.Cmdline...),
+		"imgctl.root=PARTUUID="+strings.ToLower(rootA.GUID), "imgctl.state=PARTUUID="+strings.ToLower(state.GUID))
+	esp := []disk.File{
+		sectionFile("EFI/BOOT/BOOTX64.EFI", boot),
+		sectionFile("EFI/systemd/systemd-bootx64.efi", boot),
+		bytesFile("loader/loader.conf", []byte("timeout 0\neditor no\nauto-entries no\nauto-firmware no\n")),
+		bytesFile(fmt.Sprintf("loader/entries/imgctl-a+%d.conf", bootTries), loaderEntry("a", s.Epoch(), cmdline)),
+		sectionFile("imgctl/a/vmlinuz", kernel.Vmlinuz()),
+		bytesFile("imgctl/a/initrd.img", irdBytes),
+	}
+	step := progress.Start(ctx, "write disk")
+	diskPath := filepath.Join(work, "disk.raw")
+	err = disk.Write(ctx, diskPath, layout, esp, rootf, root.Size, dopts)
+	step.Done(err)
+	if err != nil {
+		return nil, fmt.Errorf("writing disk: %w", err)
+	}
+	// The store keeps the disk as a sparse image: hashing gigabytes of zeros would cost more
+	// than the rest of the build.
+	dd, dsize, err := writeSparse(ctx, st, diskPath)
+	if err != nil {
+		return nil, err
+	}
+	kd, ksize, err := st.WriteBlob(ctx, kernel.Vmlinuz(), -1, "")
+	if err != nil {
+		return nil, err
+	}
+	parts, err := json.Marshal(layout.Partitions)
+	if err != nil {
+		return nil, err
+	}
+	return []manifest.Artifact{
+		{Name: "disk.simg", MediaType: manifest.DiskSparseMediaType, Digest: dd, Size: dsize, Annotations: map[string]string{
+			"dev.imgctl.disk.size":       fmt.Sprint(layout.DiskSize),
+			"dev.imgctl.disk.partitions": string(parts),
+			"dev.imgctl.disk.guid":       layout.DiskGUID,
+			"dev.imgctl.root.digest":     string(root.Digest),
+			"dev.imgctl.root.size":       fmt.Sprint(root.Size),
+			"dev.imgctl.root.compressor": sqOpts.Compression,
+			"dev.imgctl.kernel.cmdline":  strings.Join(cmdline, " "),
+		}},
+		{Name: "vmlinuz", MediaType: manifest.KernelMediaType, Digest: kd, Size: ksize, Annotations: map[string]string{"dev.imgctl.kernel.release": kernel.Release}},
+		{Name: "initrd.img", MediaType: manifest.InitrdMediaType, Digest: ird.Digest, Size: ird.Size, Annotations: builders.InitrdAnnotations(ird)},
+	}, nil
+}
+
+// loaderEntry is a Boot Loader Specification entry for one slot. Its version is the build's
+// SOURCE_DATE_EPOCH, so systemd-boot prefers the newer image and falls back to the other
+// slot when the newer one has used up its boot tries.
+func loaderEntry(slot string, version int64, cmdline []string) []byte {
+	return []byte(fmt.Sprintf("title imgctl node (slot %s)\nsort-key imgctl\nversion %d\nlinux /imgctl/%s/vmlinuz\ninitrd /imgctl/%s/initrd.img\noptions %s\n",
+		strings.ToUpper(slot), version, slot, slot, strings.Join(cmdline, " ")))
+}
+
+func bytesFile(path string, data []byte) disk.File {
+	return disk.File{Path: path, Size: int64(len(data)), Open: func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(data)), nil
+	}}
+}
+
+func sectionFile(path string, s *io.SectionReader) disk.File {
+	return disk.File{Path: path, Size: s.Size(), Open: func() (io.ReadCloser, error) {
+		return io.NopCloser(io.NewSectionReader(s, 0, s.Size())), nil
+	}}
+}
+
+// writeSparse encodes the disk at src as an Android sparse image straight into the store
+// (one pass: the blob writer hashes what it writes).
+func writeSparse(ctx context.Context, st *store.Store, src string) (digest.Digest, int64, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", 0, err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return "", 0, err
+	}
+	w, err := st.NewBlobWriter(ctx)
+	if err != nil {
+		return "", 0, err
+	}
+	defer w.Abort()
+	step := progress.Start(ctx, "encode disk.simg")
+	step.SetTotal(fi.Size())
+	_, err = sparse.Write(ctx, w, in, fi.Size())
+	step.Done(err)
+	if err != nil {
+		return "", 0, fmt.Errorf("encoding disk.simg: %w", err)
+	}
+	return w.Commit(ctx, -1, "")
+}
+
+func openBlob(st *store.Store, d digest.Digest) (*os.File, error) {
+	p, err := st.BlobPath(d)
+	if err != nil {
+		return nil, err
+	}
+	return os.Open(p)
+}
+
+// readBlob reads a small stored blob (an initrd) into memory, verified.
+func readBlob(ctx context.Context, st *store.Store, b builders.Blob) ([]byte, error) {
+	rc, err := st.OpenBlob(ctx, b.Digest)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		return nil, fmt.Errorf("reading blob %s: %w", b.Digest, err)
+	}
+	return data, nil
+}

@@ -1,0 +1,347 @@
+package builders
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/imgctl/imgctl/builders/initrd"
+	"github.com/imgctl/imgctl/builders/squashfs"
+	"github.com/imgctl/imgctl/builders/squashfs/blockcache"
+	"github.com/imgctl/imgctl/layers/progress"
+	"github.com/imgctl/imgctl/layers/source"
+	"github.com/imgctl/imgctl/layers/spec"
+)
+
+// Cache key versions: bump one when what its step writes changes for the same inputs.
+const (
+	initrdVersion   = "initrd/1"
+	squashfsVersion = "squashfs/1"
+)
+
+// bootloaderPath is where the bootloader layer (Debian's systemd-boot-efi) puts systemd-boot.
+const bootloaderPath = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+
+// layerFile opens the role layer's tar in the cache, if the build has that role.
+func (b *Build) layerFile(role spec.Role) (*os.File, int64, digest.Digest, bool) {
+	for _, l := range b.layers {
+		if l.Role == role {
+			f, err := b.opts.Env.Cache.Open(l.Digest)
+			if err != nil {
+				return nil, 0, "", false
+			}
+			b.files = append(b.files, f)
+			return f, l.Size, l.Digest, true
+		}
+	}
+	return nil, 0, "", false
+}
+
+// rootfsFile opens the stored rootfs, composing it first if needed. Call with b.mu held.
+func (b *Build) rootfsFile(ctx context.Context) (*os.File, int64, error) {
+	r, err := b.rootfsLocked(ctx, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	p, err := b.opts.Store.BlobPath(r.Digest)
+	if err != nil {
+		return nil, 0, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, 0, err
+	}
+	b.files = append(b.files, f)
+	return f, r.Size, nil
+}
+
+// kernelSource identifies where the kernel was read from, for the initrd cache key.
+func (b *Build) kernelLocked(ctx context.Context) (*initrd.Kernel, string, error) {
+	if b.kernel != nil {
+		return b.kernel, b.kernelFrom, nil
+	}
+	// The kernel layer holds the kernel and its modules: no need to compose the rootfs.
+	if f, size, d, ok := b.layerFile(spec.RoleKernel); ok {
+		if k, err := initrd.Scan(ctx, f, size); err == nil {
+			b.kernel, b.kernelFrom = k, "layer "+string(d)
+			return k, b.kernelFrom, nil
+		}
+	}
+	f, size, err := b.rootfsFile(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	k, err := initrd.Scan(ctx, f, size)
+	if err != nil {
+		return nil, "", err
+	}
+	b.kernel, b.kernelFrom = k, "rootfs "+string(b.rootfs.Digest)
+	return k, b.kernelFrom, nil
+}
+
+// Kernel implements Steps.
+func (b *Build) Kernel(ctx context.Context) (*initrd.Kernel, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	k, _, err := b.kernelLocked(ctx)
+	return k, err
+}
+
+// Bootloader implements Steps.
+func (b *Build) Bootloader(ctx context.Context) (*io.SectionReader, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.bootloader != nil {
+		return b.bootloader, nil
+	}
+	if f, size, _, ok := b.layerFile(spec.RoleBootloader); ok {
+		if s, err := findRegular(ctx, f, size, bootloaderPath); err == nil {
+			b.bootloader = s
+			return s, nil
+		}
+	}
+	f, size, err := b.rootfsFile(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s, err := findRegular(ctx, f, size, bootloaderPath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the bootloader layer should provide it (Debian package systemd-boot-efi)", err)
+	}
+	b.bootloader = s
+	return s, nil
+}
+
+// Initrd implements Steps.
+func (b *Build) Initrd(ctx context.Context, o InitrdOptions) (Initrd, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	agent := b.opts.Env.NodeAgent
+	if agent == "" {
+		return Initrd{}, errors.New("the initrd needs the imgctl-node binary as /init (--node-agent PATH; make build puts it in bin/)")
+	}
+	k, from, err := b.kernelLocked(ctx)
+	if err != nil {
+		return Initrd{}, err
+	}
+	required := o.Modules
+	if required == nil {
+		required = initrd.DefaultModules
+	}
+	out := Initrd{}
+	for _, m := range o.Optional {
+		if _, err := k.Closure([]string{m}); err == nil {
+			out.Included = append(out.Included, m)
+		} else {
+			out.Absent = append(out.Absent, m)
+		}
+	}
+	names := append(append([]string{}, required...), out.Included...)
+	if out.Modules, err = k.Closure(names); err != nil {
+		return Initrd{}, err
+	}
+	if b.agent == "" {
+		if b.agent, err = source.HashFile(ctx, agent); err != nil {
+			return Initrd{}, fmt.Errorf("node agent (imgctl-node, installed as /init): %w", err)
+		}
+	}
+	key := strings.Join([]string{initrdVersion, from, k.Release, "agent " + string(b.agent), o.key(), fmt.Sprint(b.epoch)}, "\n")
+	if blob, ok := b.initrds[key]; ok {
+		out.Blob = blob.Blob
+		return out, nil
+	}
+	if blob, ok := b.cachedBlob("initrd", key); ok {
+		out.Blob = blob
+	} else {
+		start := time.Now()
+		step := progress.Start(ctx, "write initrd")
+		var ird bytes.Buffer
+		_, err := initrd.Write(ctx, &ird, k, initrd.Options{Agent: agent, Modules: names, MTime: b.mtime()})
+		if err == nil {
+			out.Digest, out.Size, err = b.opts.Store.WriteBlob(ctx, bytes.NewReader(ird.Bytes()), -1, "")
+		}
+		if err == nil {
+			err = b.opts.Env.Cache.SetRef("initrd", key, out.Digest)
+		}
+		step.Add(int64(ird.Len()), int64(len(out.Modules)))
+		step.Done(err)
+		b.timed("initrd", start)
+		if err != nil {
+			return Initrd{}, &StepError{"write initrd", err}
+		}
+	}
+	if b.initrds == nil {
+		b.initrds = map[string]Initrd{}
+	}
+	b.initrds[key] = out
+	return out, nil
+}
+
+// cachedBlob finds the blob a step stored under key in an earlier build, if it is still in
+// the store (and marks it in use, so a concurrent gc spares it).
+func (b *Build) cachedBlob(kind, key string) (Blob, bool) {
+	d, err := b.opts.Env.Cache.Ref(kind, key)
+	if err != nil || b.opts.Store.TouchBlob(d) != nil {
+		return Blob{}, false
+	}
+	p, err := b.opts.Store.BlobPath(d)
+	if err != nil {
+		return Blob{}, false
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return Blob{}, false
+	}
+	return Blob{Digest: d, Size: fi.Size()}, true
+}
+
+// RootSquashfs implements Steps. When the rootfs is not composed yet, it is composed into the
+// store and the squashfs writer at once (two cores, two jobs, one pass over the layers).
+func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, error) {
+	o, err := o.Normalize()
+	if err != nil {
+		return Blob{}, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if blob, ok := b.squashfs[o]; ok {
+		return blob, nil
+	}
+	key := func(rootfs digest.Digest) string {
+		return strings.Join([]string{squashfsVersion, string(rootfs), o.Compression, fmt.Sprint(o.Level), fmt.Sprint(b.epoch)}, "\n")
+	}
+	if b.rootfs.Digest == "" {
+		b.findStoredRootfs(ctx)
+	}
+	if b.rootfs.Digest != "" {
+		if blob, ok := b.cachedBlob("squashfs", key(b.rootfs.Digest)); ok {
+			b.remember(o, blob)
+			return blob, nil
+		}
+	}
+
+	work, err := b.opts.Store.TempDir("squashfs-")
+	if err != nil {
+		return Blob{}, err
+	}
+	defer os.RemoveAll(work)
+	sqPath := filepath.Join(work, "rootfs.squashfs")
+	sq, err := os.Create(sqPath)
+	if err != nil {
+		return Blob{}, err
+	}
+	defer sq.Close()
+	sqOpts := squashfs.Options{Compression: o.Compression, Level: o.Level, MTime: b.epoch, Logger: b.log}
+	// Compressed blocks of earlier builds: a rebuild compresses only the blocks that changed.
+	blocks, err := blockcache.Open(filepath.Join(b.opts.Env.Cache.Dir(), "squashfs-blocks"), blockcache.Options{Logger: b.log})
+	if err != nil {
+		b.log.Warn("squashfs block cache unavailable, compressing every block", "err", err)
+	} else {
+		sqOpts.Blocks = blocks
+	}
+	phaseName := "squashfs"
+	if b.rootfs.Digest == "" {
+		phaseName = "compose+squashfs" // one pass does both
+	}
+	defer b.timed(phaseName, time.Now())
+	step := progress.Start(ctx, fmt.Sprintf("compress root squashfs (%s %d)", o.Compression, o.Level))
+	var sqRes squashfs.Result
+	if b.rootfs.Digest != "" {
+		f, size, ferr := b.rootfsFile(ctx)
+		if ferr != nil {
+			step.Done(ferr)
+			return Blob{}, ferr
+		}
+		step.SetTotal(size)
+		sqRes, err = squashfs.Write(ctx, sq, io.TeeReader(io.NewSectionReader(f, 0, size), step.Writer()), sqOpts)
+	} else {
+		// Compose into the store and, through a pipe, into the squashfs writer.
+		pr, pw := io.Pipe()
+		composed := make(chan error, 1)
+		go func() {
+			_, err := b.rootfsLocked(ctx, pw)
+			pw.CloseWithError(err)
+			composed <- err
+		}()
+		sqRes, err = squashfs.Write(ctx, sq, io.TeeReader(pr, step.Writer()), sqOpts)
+		if err != nil {
+			pr.CloseWithError(err) // unblock compose
+		} else {
+			_, _ = io.Copy(io.Discard, pr) // the tar's end padding: let compose finish
+		}
+		if cerr := <-composed; cerr != nil {
+			err = cerr // the root cause: the squashfs writer saw only a broken stream
+		}
+	}
+	if blocks != nil {
+		if err != nil {
+			blocks.Discard()
+		} else if cerr := blocks.Close(); cerr != nil {
+			b.log.Warn("squashfs block cache", "err", cerr)
+		}
+	}
+	if err != nil {
+		step.Done(err)
+		var se *StepError
+		if errors.As(err, &se) {
+			return Blob{}, err
+		}
+		return Blob{}, &StepError{"compress root squashfs", fmt.Errorf("writing squashfs: %w", err)}
+	}
+	if err := sq.Sync(); err != nil {
+		step.Done(err)
+		return Blob{}, err
+	}
+	d, size, err := b.opts.Store.AddFile(ctx, sqPath)
+	if err == nil && size != sqRes.Size {
+		err = fmt.Errorf("internal: squashfs writer reported %d bytes, file has %d", sqRes.Size, size)
+	}
+	if err == nil {
+		err = b.opts.Env.Cache.SetRef("squashfs", key(b.rootfs.Digest), d)
+	}
+	step.Done(err)
+	if err != nil {
+		return Blob{}, err
+	}
+	blob := Blob{Digest: d, Size: size}
+	b.remember(o, blob)
+	return blob, nil
+}
+
+func (b *Build) remember(o SquashfsOptions, blob Blob) {
+	if b.squashfs == nil {
+		b.squashfs = map[SquashfsOptions]Blob{}
+	}
+	b.squashfs[o] = blob
+}
+
+// findRegular returns the content of one regular file of a tar.
+func findRegular(ctx context.Context, r io.ReaderAt, size int64, name string) (*io.SectionReader, error) {
+	sr := io.NewSectionReader(r, 0, size)
+	tr := tar.NewReader(sr)
+	for n := 0; ; n++ {
+		if n%4096 == 0 && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("the rootfs has no %s", name)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if hdr.Name == name && hdr.Typeflag == tar.TypeReg {
+			off, _ := sr.Seek(0, io.SeekCurrent)
+			return io.NewSectionReader(r, off, hdr.Size), nil
+		}
+	}
+}

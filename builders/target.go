@@ -1,0 +1,128 @@
+package builders
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/imgctl/imgctl/builders/initrd"
+	"github.com/imgctl/imgctl/builders/squashfs"
+	"github.com/imgctl/imgctl/images/manifest"
+	"github.com/imgctl/imgctl/images/store"
+	"github.com/imgctl/imgctl/layers/spec"
+)
+
+// Target writes one kind of artifact (a raw disk, a netboot set, the rootfs tar, …) from a
+// build's shared steps. Each target is its own package under builders/ with its own options;
+// the steps it asks for are computed once per build and cached across builds by their inputs.
+type Target interface {
+	Name() string
+	Write(ctx context.Context, s Steps) ([]manifest.Artifact, error)
+}
+
+// Steps are the shared, cached work targets write from. Every method may be called by several
+// targets of one build: the first call does the work, the others get its result.
+type Steps interface {
+	Spec() *spec.NodeImage
+	// Epoch is the build's SOURCE_DATE_EPOCH: every timestamp a target writes.
+	Epoch() int64
+	Store() *store.Store
+	Logger() *slog.Logger
+	// Rootfs is the composed rootfs tar, stored in the store.
+	Rootfs(ctx context.Context) (manifest.Rootfs, error)
+	// Kernel indexes the kernel and its modules (from the kernel layer, else the rootfs).
+	Kernel(ctx context.Context) (*initrd.Kernel, error)
+	// Bootloader is systemd-boot's EFI binary (from the bootloader layer, else the rootfs).
+	Bootloader(ctx context.Context) (*io.SectionReader, error)
+	// Initrd is the node agent as /init plus modules, stored; cached by kernel, agent, module
+	// set and epoch.
+	Initrd(ctx context.Context, o InitrdOptions) (Initrd, error)
+	// RootSquashfs is the rootfs as a squashfs image, stored; cached by rootfs digest,
+	// compressor and level, so every target of a build (and a rebuild) compresses once.
+	RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, error)
+}
+
+// Blob is a stored artifact's content.
+type Blob struct {
+	Digest digest.Digest
+	Size   int64
+}
+
+// InitrdOptions choose an initrd's module set beyond initrd.DefaultModules.
+type InitrdOptions struct {
+	// Modules must all be in the kernel (built in or as modules): nil = initrd.DefaultModules.
+	Modules []string
+	// Optional are included, with their dependencies, where the kernel has them.
+	Optional []string
+}
+
+func (o InitrdOptions) key() string {
+	req := o.Modules
+	if req == nil {
+		req = initrd.DefaultModules
+	}
+	req, opt := slices.Clone(req), slices.Clone(o.Optional)
+	slices.Sort(req)
+	slices.Sort(opt)
+	return "required=" + strings.Join(req, ",") + "\noptional=" + strings.Join(opt, ",")
+}
+
+// Initrd is a stored initrd.
+type Initrd struct {
+	Blob
+	// Modules are the module files it loads, in order.
+	Modules []string
+	// Included and Absent split InitrdOptions.Optional by whether the kernel has them.
+	Included, Absent []string
+}
+
+// SquashfsOptions choose the root squashfs's compression.
+type SquashfsOptions struct {
+	Compression string // one of squashfs.Compressors(); "" = zstd
+	// Level 0 picks a fast level for zstd (3: compression is the build's hot spot, and level 3
+	// is within a few percent of level 15's size on a node rootfs), else the compressor's
+	// default.
+	Level int
+}
+
+// Normalize fills in the defaults and checks the compressor.
+func (o SquashfsOptions) Normalize() (SquashfsOptions, error) {
+	if o.Compression == "" {
+		o.Compression = "zstd"
+	}
+	if !slices.Contains(squashfs.Compressors(), o.Compression) {
+		return o, fmt.Errorf("unknown compressor %q (supported: %s)", o.Compression, strings.Join(squashfs.Compressors(), ", "))
+	}
+	if o.Level == 0 && o.Compression == "zstd" {
+		o.Level = 3
+	}
+	return o, nil
+}
+
+// BootInitrd is the module set of the initrd every boot target writes: the root's modules,
+// plus the storage and network drivers the kernel has. Raw and pxe share it, so an image has
+// one initrd.img, and a disk node's initrd can reach the network too.
+var BootInitrd = InitrdOptions{Optional: append(append([]string{}, initrd.StorageModules...), initrd.NICModules...)}
+
+// InitrdAnnotations record which optional drivers an initrd includes.
+func InitrdAnnotations(ird Initrd) map[string]string {
+	return map[string]string{
+		"dev.imgctl.initrd.drivers": strings.Join(ird.Included, ","),
+	}
+}
+
+// Intersect returns the elements of a that are also in b, in a's order.
+func Intersect(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}

@@ -1,0 +1,74 @@
+// Package targets names the build targets imgctl knows and makes them from one set of options:
+// the command line, a Packer plugin and a server all build through it.
+package targets
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/imgctl/imgctl/builders"
+	"github.com/imgctl/imgctl/builders/pxe"
+	"github.com/imgctl/imgctl/builders/raw"
+	"github.com/imgctl/imgctl/builders/rootfs"
+)
+
+// Options are every target's options; each target reads the ones it needs.
+type Options struct {
+	// Squashfs is the root squashfs's compression (raw and pxe share the image).
+	Squashfs builders.SquashfsOptions
+	DiskSize int64 // raw: 0 = the default
+	RootSize int64 // raw: size of ROOT-A and ROOT-B; 0 = the default
+}
+
+// Info describes one target.
+type Info struct {
+	Name    string
+	Summary string
+}
+
+// List returns the known targets in the order they are documented.
+func List() []Info {
+	return []Info{
+		{raw.Name, "bootable GPT disk (disk.simg; --output writes disk.raw): ESP with systemd-boot, ROOT-A squashfs, empty ROOT-B, STATE"},
+		{pxe.Name, "netboot set: vmlinuz, initrd.img (with NIC drivers), rootfs.squashfs, boot.ipxe"},
+		{rootfs.Name, "the canonical rootfs tar (rootfs.tar)"},
+	}
+}
+
+// Names returns the known targets' names.
+func Names() []string {
+	var out []string
+	for _, i := range List() {
+		out = append(out, i.Name)
+	}
+	return out
+}
+
+// New returns the targets named, in order ("raw,pxe" lists are split; repeats are dropped).
+func New(names []string, o Options) ([]builders.Target, error) {
+	var out []builders.Target
+	seen := map[string]bool{}
+	for _, list := range names {
+		for _, n := range strings.Split(list, ",") {
+			n = strings.TrimSpace(n)
+			if seen[n] {
+				continue
+			}
+			seen[n] = true
+			switch n {
+			case raw.Name:
+				out = append(out, raw.New(raw.Options{DiskSize: o.DiskSize, RootSize: o.RootSize, Squashfs: o.Squashfs}))
+			case pxe.Name:
+				out = append(out, pxe.New(pxe.Options{Squashfs: o.Squashfs}))
+			case rootfs.Name:
+				out = append(out, rootfs.New())
+			default:
+				return nil, fmt.Errorf("unknown target %q (supported: %s)", n, strings.Join(Names(), ", "))
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no target given (supported: %s)", strings.Join(Names(), ", "))
+	}
+	return out, nil
+}
