@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/imgctl/imgctl/builders"
+	"github.com/imgctl/imgctl/layers/kubeversion"
 	"github.com/imgctl/imgctl/layers/spec"
 )
 
@@ -150,7 +151,7 @@ the lock's, then the current time (recorded in the lock) are used.`,
 	}
 	f := cmd.Flags()
 	f.StringVarP(&file, "file", "f", "", "NodeImage spec file (default: the embedded default spec)")
-	f.StringVar(&k8s, "k8s", "1.21.13", "Kubernetes version for the embedded default spec")
+	f.StringVar(&k8s, "k8s", "1.21.13", "Kubernetes version for the embedded default spec, "+kubeversion.Range())
 	f.StringArrayVar(&sources, "source", nil, "replace a role's sources: ROLE=URI (repeat for several sources of one role)")
 	f.StringArrayVar(&targets, "target", nil, "target to write (default: the spec's targets; supported: "+strings.Join(builders.TargetNames(), ", ")+")")
 	f.StringVar(&lockPath, "lock", "imgctl.lock", "lock file recording every source's digest")

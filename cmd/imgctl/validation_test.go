@@ -174,3 +174,14 @@ func TestBuildRefusesUnsupportedKubernetes(t *testing.T) {
 		})
 	}
 }
+
+// TestBuildHelpNamesKubernetesRange: --k8s help says which versions are supported.
+func TestBuildHelpNamesKubernetesRange(t *testing.T) {
+	out, _, err := run(t, t.TempDir(), "build", "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `--k8s string`; !strings.Contains(out, want) || !strings.Contains(out, "embedded default spec, 1.21 to 1.36") {
+		t.Errorf("build --help does not give the supported Kubernetes range:\n%s", out)
+	}
+}
