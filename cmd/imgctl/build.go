@@ -11,6 +11,7 @@ import (
 	"github.com/imgctl/imgctl/builders"
 	"github.com/imgctl/imgctl/builders/squashfs"
 	"github.com/imgctl/imgctl/builders/targets"
+	"github.com/imgctl/imgctl/layers/kubeversion"
 )
 
 func (a *app) buildCmd() *cobra.Command {
@@ -116,7 +117,7 @@ the lock's, then the current time (recorded in the lock) are used.`,
 	}
 	f := cmd.Flags()
 	f.StringVarP(&file, "file", "f", "", "NodeImage spec file (default: the embedded default spec)")
-	f.StringVar(&k8s, "k8s", "1.21.13", "Kubernetes version for the embedded default spec")
+	f.StringVar(&k8s, "k8s", "1.21.13", "Kubernetes version for the embedded default spec, "+kubeversion.Range())
 	f.StringArrayVar(&sources, "source", nil, "replace a role's sources: ROLE=URI (repeat for several sources of one role)")
 	f.StringArrayVar(&targetNames, "target", nil, "targets to write, comma-separated or repeated (default: the spec's targets, else rootfs): "+targetHelp())
 	f.StringVar(&lockPath, "lock", "imgctl.lock", "lock file recording every source's digest")

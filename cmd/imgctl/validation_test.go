@@ -4,9 +4,12 @@ import (
 	"archive/tar"
 	"bytes"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/imgctl/imgctl/layers/tarentry/tartest"
@@ -116,5 +119,69 @@ func TestBuildNamesTheSourceAcrossLayers(t *testing.T) {
 				t.Fatalf("build: err = %v\nwant %s", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestBuildRefusesUnsupportedKubernetes: a Kubernetes version the node agent cannot configure
+// fails the build before anything is fetched or written, naming the supported range, whether it
+// comes from --k8s or from a spec file. (It used to build, and fail only at node configuration.)
+func TestBuildRefusesUnsupportedKubernetes(t *testing.T) {
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	pin := "#sha256=" + strings.Repeat("ab", 32)
+	var overrides []string // every role from the loopback server: nothing can reach the internet
+	for _, role := range []string{"base", "kernel", "bootloader", "runtime", "kubelet", "bootstrap", "extra"} {
+		overrides = append(overrides, "--source", role+"="+srv.URL+"/"+role+".tar"+pin)
+	}
+	specFile := writeSpec(t, t.TempDir(), srv.URL+"/extra.tar"+pin)
+	body, err := os.ReadFile(specFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body = bytes.Replace(body, []byte("version: 1.21.13"), []byte("version: 1.20.15"), 1)
+	if err := os.WriteFile(specFile, body, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const unsupported = `unsupported Kubernetes version "1.20.15" (supported: 1.21 to 1.36)`
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"k8s flag", append([]string{"--k8s", "1.20.15"}, overrides...), "default spec: " + unsupported},
+		{"spec file", append([]string{"-f", specFile}, overrides...), specFile + ":7:5: spec.kubernetes.version: " + unsupported},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			lock, out := filepath.Join(dir, "imgctl.lock"), filepath.Join(dir, "out")
+			args := append([]string{"-q", "build", "--lock", lock, "--output", out}, tc.args...)
+			_, _, err := run(t, dir, args...)
+			if err == nil || err.Error() != tc.want {
+				t.Errorf("build: err = %v\nwant %s", err, tc.want)
+			}
+			if n := hits.Swap(0); n != 0 {
+				t.Errorf("build fetched %d URLs before refusing the version", n)
+			}
+			for _, p := range []string{filepath.Join(dir, "store"), filepath.Join(dir, "cache"), lock, out} {
+				if _, err := os.Lstat(p); err == nil {
+					t.Errorf("build wrote %s before refusing the version", p)
+				}
+			}
+		})
+	}
+}
+
+// TestBuildHelpNamesKubernetesRange: --k8s help says which versions are supported.
+func TestBuildHelpNamesKubernetesRange(t *testing.T) {
+	out, _, err := run(t, t.TempDir(), "build", "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `--k8s string`; !strings.Contains(out, want) || !strings.Contains(out, "embedded default spec, 1.21 to 1.36") {
+		t.Errorf("build --help does not give the supported Kubernetes range:\n%s", out)
 	}
 }

@@ -21,10 +21,7 @@ func (n *NodeImage) Canonical() []byte {
 			"sources": nonNil(l.Sources),
 		})
 	}
-	version := n.Spec.Kubernetes.Version
-	if v, err := ParseKubernetesVersion(version); err == nil {
-		version = v
-	}
+	version := normalVersion(n.Spec.Kubernetes.Version)
 	targets := nonNil(n.Spec.Targets)
 	slices.Sort(targets)
 	spec := map[string]any{

@@ -82,9 +82,3 @@ func TestDefaultBadVersion(t *testing.T) {
 		}
 	}
 }
-
-func TestMinorOf(t *testing.T) {
-	if got := minorOf("1.21.13"); got != "1.21" {
-		t.Errorf("minorOf = %q", got)
-	}
-}

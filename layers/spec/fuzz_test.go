@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/imgctl/imgctl/layers/kubeversion"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -12,8 +13,11 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(validYAML))
 	f.Add([]byte(reorderedYAML))
 	var def bytes.Buffer
-	data := struct{ Version, Minor, Pause string }{"1.21.13", "1.21", sandboxImages["1.21"]}
-	if err := defaultTemplate.Execute(&def, data); err != nil {
+	v, err := kubeversion.Parse("1.21.13")
+	if err != nil {
+		f.Fatal(err)
+	}
+	if err := defaultTemplate.Execute(&def, defaultData(v)); err != nil {
 		f.Fatal(err)
 	}
 	f.Add(def.Bytes())

@@ -154,7 +154,7 @@ func TestValidateAfterEdits(t *testing.T) {
 		msgs = append(msgs, e.Error())
 	}
 	want := []string{
-		`node.yaml:7:5: spec.kubernetes.version: invalid Kubernetes version "1.2" (expected X.Y.Z such as 1.21.13)`,
+		`node.yaml:7:5: spec.kubernetes.version: invalid Kubernetes version "1.2" (expected X.Y.Z such as 1.21.13; supported: 1.21 to 1.36)`,
 		`spec.layers[1].sources[1]: source "bad" is not a URI (expected SCHEME://..., e.g. oci://, https://, deb://, mmdebstrap://)`,
 		`spec.targets[1]: duplicate target "rootfs" (first as spec.targets[0] at node.yaml:20:13)`,
 	}

@@ -341,10 +341,7 @@ func (d *decoder) spec(v *yaml.Node) {
 			d.fields(v, f, []string{"version"}, func(key string, k, v *yaml.Node) {
 				f := join(f, key)
 				d.record(f, k)
-				s.Kubernetes.Version = d.str(v, f)
-				if norm, err := ParseKubernetesVersion(s.Kubernetes.Version); err == nil {
-					s.Kubernetes.Version = norm
-				}
+				s.Kubernetes.Version = normalVersion(d.str(v, f))
 			})
 		case "sourceDateEpoch":
 			s.SourceDateEpoch = d.epoch(v, f)

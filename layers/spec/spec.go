@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/imgctl/imgctl/layers/kubeversion"
 )
 
 // APIVersion and Kind identify a NodeImage document.
@@ -79,7 +81,7 @@ type Spec struct {
 	Targets         []string
 }
 
-// Kubernetes pins the Kubernetes version, X.Y.Z without a leading v.
+// Kubernetes pins the Kubernetes version, X.Y.Z without a leading v (see package kubeversion).
 type Kubernetes struct {
 	Version string
 }
@@ -214,18 +216,13 @@ func checkSource(s string) string {
 	return ""
 }
 
-var versionRE = regexp.MustCompile(`^v?(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})$`)
-
-// ParseKubernetesVersion checks that s is a Kubernetes version X.Y.Z (optionally with a leading
-// v) and returns it without the v.
-func ParseKubernetesVersion(s string) (string, error) {
-	if !versionRE.MatchString(s) {
-		return "", fmt.Errorf("invalid Kubernetes version %q (expected X.Y.Z such as 1.21.13)", s)
+// normalVersion returns the Kubernetes version s without a leading v if it is a supported
+// version, else s unchanged (Validate reports it as the user wrote it).
+func normalVersion(s string) string {
+	if v, err := kubeversion.Parse(s); err == nil {
+		return v.String()
 	}
-	return strings.TrimPrefix(s, "v"), nil
+	return s
 }
-
-// minorOf returns X.Y of a valid version X.Y.Z.
-func minorOf(v string) string { return v[:strings.LastIndexByte(v, '.')] }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$`)

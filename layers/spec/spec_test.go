@@ -2,6 +2,7 @@ package spec
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -368,15 +369,31 @@ func TestRoles(t *testing.T) {
 	}
 }
 
-func TestParseKubernetesVersion(t *testing.T) {
-	for in, want := range map[string]string{"1.21.13": "1.21.13", "v1.21.13": "1.21.13", "0.0.0": "0.0.0", "v1.100.0": "1.100.0"} {
-		if got, err := ParseKubernetesVersion(in); err != nil || got != want {
-			t.Errorf("ParseKubernetesVersion(%q) = %q, %v", in, got, err)
-		}
+// TestUnsupportedKubernetesVersion: a version the node agent cannot configure (older than 1.21,
+// newer than the newest minor whose kubeadm API and sandbox image are known, or not 1.x) is
+// refused by Default, Parse (so Load) and Validate, naming the version and the supported range.
+func TestUnsupportedKubernetesVersion(t *testing.T) {
+	const supported = "(supported: 1.21 to 1.36)"
+	for _, v := range []string{"1.20.15", "v1.19.16", "1.0.0", "0.0.0", "2.21.0", "1.37.0"} {
+		t.Run(v, func(t *testing.T) {
+			want := fmt.Sprintf("spec.kubernetes.version: unsupported Kubernetes version %q %s", v, supported)
+			if n, err := Default(v); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("unsupported Kubernetes version %q %s", v, supported)) {
+				t.Errorf("Default(%q) = %v, %v; want the supported range", v, n != nil, err)
+			}
+			_, err := Parse("node.yaml", []byte(edit(t, "version: v1.21.13", "version: "+v)))
+			if err == nil || err.Error() != "node.yaml:7:5: "+want {
+				t.Errorf("Parse: error = %v\nwant node.yaml:7:5: %s", err, want)
+			}
+			n := mustParse(t, validYAML)
+			n.Spec.Kubernetes.Version = v
+			if err := n.Validate(); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("unsupported Kubernetes version %q %s", v, supported)) {
+				t.Errorf("Validate: error = %v", err)
+			}
+		})
 	}
-	for _, in := range []string{"", "1.21", "1.21.13.1", "V1.21.13", "1.021.3", "1.21.13-rc.0", " 1.21.13", "vv1.2.3", "1.2.3\n", "1.2.99999999999"} {
-		if _, err := ParseKubernetesVersion(in); err == nil {
-			t.Errorf("ParseKubernetesVersion(%q) succeeded", in)
+	for _, v := range []string{"1.21.0", "v1.21.13", "1.30.2", "1.36.0"} {
+		if _, err := Default(v); err != nil {
+			t.Errorf("Default(%q): %v", v, err)
 		}
 	}
 }

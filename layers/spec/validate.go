@@ -3,6 +3,8 @@ package spec
 import (
 	"fmt"
 	"strings"
+
+	"github.com/imgctl/imgctl/layers/kubeversion"
 )
 
 // Validate checks n and returns every problem found, joined (see Errors), or nil. Problems in
@@ -73,8 +75,8 @@ func (n *NodeImage) validate() []error {
 	}
 
 	if v := n.Spec.Kubernetes.Version; v == "" {
-		missing(n.fieldPos("spec.kubernetes.version", "spec.kubernetes", "spec", ""), "a Kubernetes version X.Y.Z such as 1.21.13")
-	} else if _, err := ParseKubernetesVersion(v); err != nil {
+		missing(n.fieldPos("spec.kubernetes.version", "spec.kubernetes", "spec", ""), "a Kubernetes version X.Y.Z such as 1.21.13, supported: "+kubeversion.Range())
+	} else if _, err := kubeversion.Parse(v); err != nil {
 		add(n.fieldPos("spec.kubernetes.version"), "%s", err.Error())
 	}
 

@@ -206,7 +206,7 @@ func Run(ctx context.Context, o Options) error {
 			}
 		}
 		if sandbox == "" {
-			sandbox = render.DefaultSandboxImage(info.Kubernetes) + " (not baked: pulled at the first pod)"
+			sandbox = p.SandboxImage + " (not baked: pulled at the first pod)"
 		}
 		return p, []any{"files", len(p.Files), "sandbox", sandbox}, nil
 	})

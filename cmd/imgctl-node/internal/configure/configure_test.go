@@ -188,6 +188,9 @@ func TestNodeWithCertificate(t *testing.T) {
 			t.Errorf("%s: mode %o, want %o", p, st.Mode().Perm(), mode)
 		}
 	}
+	if !strings.Contains(f.steps.String(), `sandbox="registry.k8s.io/pause:3.4.1 (not baked: pulled at the first pod)"`) {
+		t.Errorf("render line does not name the sandbox image to pull:\n%s", f.steps.String())
+	}
 	if !strings.Contains(f.steps.String(), "source=\"file "+filepath.Join(f.root, "etc/imgctl/node.yaml")+"\"") {
 		t.Errorf("metadata line does not name the source:\n%s", f.steps.String())
 	}

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
+
+	"github.com/imgctl/imgctl/layers/kubeversion"
 )
 
 // The kubeadm configuration types below are the fields Render sets, shaped as kubeadm's
@@ -132,7 +134,7 @@ func (r *renderer) nodeRegistration() nodeRegistration {
 	if k.MaxPods > 0 {
 		args[flagMaxPods] = strconv.Itoa(k.MaxPods)
 	}
-	nr.KubeletExtraArgs = extraArgs{list: r.v.kubeadmAPIVersion() == kubeadmV1beta4, flags: extraArgFlags(args)}
+	nr.KubeletExtraArgs = extraArgs{list: r.v.KubeadmAPIVersion() == kubeversion.KubeadmV1beta4, flags: extraArgFlags(args)}
 	return nr
 }
 
@@ -156,7 +158,7 @@ func (r *renderer) localAPIEndpoint() *apiEndpoint {
 func (r *renderer) join(controlPlane bool) (File, error) {
 	cr := r.creds()
 	jc := joinConfiguration{
-		typeMeta:         typeMeta{APIVersion: r.v.kubeadmAPIVersion(), Kind: "JoinConfiguration"},
+		typeMeta:         typeMeta{APIVersion: r.v.KubeadmAPIVersion(), Kind: "JoinConfiguration"},
 		NodeRegistration: r.nodeRegistration(),
 		Discovery: discovery{BootstrapToken: bootstrapTokenDiscovery{
 			APIServerEndpoint: r.apiEndpoint(),
@@ -178,7 +180,7 @@ func (r *renderer) join(controlPlane bool) (File, error) {
 // the CA kubeadm then uses instead of generating one.
 func (r *renderer) master() ([]File, error) {
 	cl := r.cfg.Spec.Cluster
-	apiVersion := r.v.kubeadmAPIVersion()
+	apiVersion := r.v.KubeadmAPIVersion()
 	ic := initConfiguration{
 		typeMeta:         typeMeta{APIVersion: apiVersion, Kind: "InitConfiguration"},
 		NodeRegistration: r.nodeRegistration(),
@@ -186,7 +188,7 @@ func (r *renderer) master() ([]File, error) {
 	}
 	cc := clusterConfiguration{
 		typeMeta:          typeMeta{APIVersion: apiVersion, Kind: "ClusterConfiguration"},
-		KubernetesVersion: "v" + r.v.raw,
+		KubernetesVersion: "v" + r.v.String(),
 		ClusterName:       cl.Name,
 		Networking:        networking{ServiceSubnet: cl.ServiceCIDR, PodSubnet: cl.PodCIDR, DNSDomain: cl.DNSDomain},
 	}

@@ -141,17 +141,17 @@ func extraArgFlags(args map[string]string) []kubeletFlag {
 func (r *renderer) certNodeFlags() []kubeletFlag {
 	k := r.cfg.Spec.Kubelet
 	var flags []kubeletFlag
-	if !r.v.atLeast(24) {
+	if !r.v.AtLeast(24) {
 		flags = append(flags, kubeletFlag{"container-runtime", "remote"})
 	}
-	if !r.v.atLeast(27) {
+	if !r.v.AtLeast(27) {
 		flags = append(flags, kubeletFlag{"container-runtime-endpoint", ContainerdSocket})
 	}
 	flags = append(flags, kubeletFlag{"hostname-override", r.in.NodeName})
 	if len(k.NodeLabels) > 0 {
 		flags = append(flags, kubeletFlag{flagNodeLabels, labelsFlag(k.NodeLabels)})
 	}
-	if !r.v.atLeast(35) {
+	if !r.v.AtLeast(35) {
 		flags = append(flags, kubeletFlag{"pod-infra-container-image", r.sandbox})
 	}
 	flags = append(flags, kubeletFlag{"register-node", "true"})
@@ -223,7 +223,7 @@ func (r *renderer) kubeletConfiguration(withMaxPods bool) ([]byte, error) {
 	if withMaxPods {
 		c.MaxPods = int32(r.cfg.Spec.Kubelet.MaxPods) // nodeconfig admits 32-bit integers only
 	}
-	if r.v.atLeast(27) {
+	if r.v.AtLeast(27) {
 		c.ContainerRuntimeEndpoint = ContainerdSocket
 	}
 	return marshalYAML(c)

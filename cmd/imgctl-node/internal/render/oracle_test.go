@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgctl/imgctl/layers/kubeversion"
 	"github.com/imgctl/imgctl/layers/testenv"
 )
 
@@ -148,7 +149,7 @@ func TestKubeadmOracle(t *testing.T) {
 		if !strings.Contains(stdout, "/kube-apiserver:v"+oracleVersion+"\n") {
 			t.Errorf("kube-apiserver v%s not listed: kubernetesVersion was not read", oracleVersion)
 		}
-		wantTag := strings.TrimPrefix(DefaultSandboxImage(oracleVersion), sandboxImageRepository+":")
+		wantTag := strings.TrimPrefix(sandboxOf(t, oracleVersion), kubeversion.SandboxRepository+":")
 		var pause string
 		for l := range strings.SplitSeq(stdout, "\n") {
 			if _, tag, ok := strings.Cut(l, "/pause:"); ok {
@@ -156,7 +157,7 @@ func TestKubeadmOracle(t *testing.T) {
 			}
 		}
 		if pause != wantTag {
-			t.Errorf("kubeadm expects pause:%s, DefaultSandboxImage(%s) has %s", pause, oracleVersion, wantTag)
+			t.Errorf("kubeadm expects pause:%s, kubeversion has %s for %s", pause, wantTag, oracleVersion)
 		}
 	})
 
@@ -216,7 +217,7 @@ func TestKubeadmOracle(t *testing.T) {
 				keys []string
 				want any
 			}{
-				{[]string{"apiVersion"}, kubeadmV1beta2},
+				{[]string{"apiVersion"}, kubeversion.KubeadmV1beta2},
 				{[]string{"discovery", "bootstrapToken", "apiServerEndpoint"}, "10.0.0.10:6443"},
 				{[]string{"discovery", "bootstrapToken", "token"}, testToken},
 				{[]string{"discovery", "tlsBootstrapToken"}, testToken}, // kubeadm's default from the token
@@ -321,7 +322,7 @@ func TestContainerdOracle(t *testing.T) {
 	const cri = `plugins."io.containerd.grpc.v1.cri"`
 	for _, c := range []struct{ section, key, want string }{
 		{"", "version", "2"},
-		{cri, "sandbox_image", `"` + DefaultSandboxImage(oracleVersion) + `"`},
+		{cri, "sandbox_image", `"` + sandboxOf(t, oracleVersion) + `"`},
 		{cri + ".containerd", "default_runtime_name", `"runc"`},
 		{cri + ".containerd.runtimes.runc", "runtime_type", `"io.containerd.runc.v2"`},
 		{cri + ".containerd.runtimes.runc.options", "SystemdCgroup", "true"},

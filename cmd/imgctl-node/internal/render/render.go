@@ -28,6 +28,7 @@ import (
 	"strings"
 
 	"github.com/imgctl/imgctl/images/nodeconfig"
+	"github.com/imgctl/imgctl/layers/kubeversion"
 )
 
 // Paths on the node.
@@ -53,9 +54,10 @@ const ContainerdSocket = "unix:///run/containerd/containerd.sock"
 // Input is what Render needs to know about the node.
 type Input struct {
 	Config     *nodeconfig.NodeConfig // validated, Defaults() applied
-	Kubernetes string                 // the image's Kubernetes version, e.g. "1.21.13"
+	Kubernetes string                 // the image's Kubernetes version, e.g. "1.21.13" (see kubeversion.Parse)
 	NodeName   string                 // resolved node name (= hostname)
-	// SandboxImage is containerd's sandbox (pause) image; "" means DefaultSandboxImage(Kubernetes).
+	// SandboxImage is containerd's sandbox (pause) image; "" means the one the Kubernetes
+	// version's kubeadm expects (kubeversion.Version.SandboxImage).
 	SandboxImage string
 	// AdvertiseAddress is, for master and masterFollower, the IP address this node's API server
 	// advertises; "" lets kubeadm pick the address of the default route's interface. Ignored for
@@ -76,6 +78,9 @@ type Plan struct {
 	// Command brings the node in: kubeadm init or join. It is nil for a node with a client
 	// certificate, which only needs its kubelet started.
 	Command []string
+	// SandboxImage is the sandbox (pause) image the files name: Input.SandboxImage, or by default
+	// the one the Kubernetes version's kubeadm expects.
+	SandboxImage string
 }
 
 // fieldError is nodeconfig's error type: one problem with one named field.
@@ -89,7 +94,7 @@ func Render(in Input) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	var p Plan
+	p := Plan{SandboxImage: r.sandbox}
 	p.Files = append(p.Files, r.containerdConfig())
 	cr := r.creds()
 	switch r.cfg.Spec.Role {
@@ -131,7 +136,7 @@ func Render(in Input) (*Plan, error) {
 type renderer struct {
 	in      Input
 	cfg     *nodeconfig.NodeConfig
-	v       kubeVersion
+	v       kubeversion.Version
 	sandbox string
 	// apiHost and apiPort split cluster.apiServer ("" when unset); the port defaults to 443.
 	apiHost, apiPort string
@@ -161,12 +166,9 @@ func newRenderer(in Input) (*renderer, error) {
 	}
 	r := &renderer{in: in, cfg: in.Config}
 
-	v, verr := parseVersion(in.Kubernetes)
-	switch {
-	case verr != nil:
+	v, verr := kubeversion.Parse(in.Kubernetes)
+	if verr != nil {
 		add("Kubernetes", "%v", verr)
-	case !v.patch:
-		add("Kubernetes", "%q has no patch number (expected MAJOR.MINOR.PATCH such as 1.21.13: kubeadm deploys that exact version)", in.Kubernetes)
 	}
 	r.v = v
 
@@ -187,7 +189,7 @@ func newRenderer(in Input) (*renderer, error) {
 
 	r.sandbox = in.SandboxImage
 	if r.sandbox == "" && verr == nil {
-		r.sandbox = v.sandboxImage()
+		r.sandbox = v.SandboxImage()
 	}
 	if in.SandboxImage != "" && !imageRefRE.MatchString(in.SandboxImage) {
 		add("SandboxImage", "%q is not an image reference (expected e.g. registry.k8s.io/pause:3.4.1)", in.SandboxImage)

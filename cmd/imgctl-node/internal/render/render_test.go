@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/imgctl/imgctl/images/nodeconfig"
+	"github.com/imgctl/imgctl/layers/kubeversion"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -137,54 +138,6 @@ func TestPlanShape(t *testing.T) {
 	}
 }
 
-func TestKubeadmAPIVersion(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"1.21.13", "kubeadm.k8s.io/v1beta2"},
-		{"v1.21.0", "kubeadm.k8s.io/v1beta2"},
-		{"1.21", "kubeadm.k8s.io/v1beta2"},
-		{"1.22.0", "kubeadm.k8s.io/v1beta3"},
-		{"1.25.16", "kubeadm.k8s.io/v1beta3"},
-		{"1.30.14", "kubeadm.k8s.io/v1beta3"},
-		{"1.31.0-rc.1", "kubeadm.k8s.io/v1beta4"},
-		{"1.31.4", "kubeadm.k8s.io/v1beta4"},
-		{"1.35.1", "kubeadm.k8s.io/v1beta4"},
-	} {
-		got, err := KubeadmAPIVersion(tc.in)
-		if err != nil || got != tc.want {
-			t.Errorf("KubeadmAPIVersion(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
-		}
-	}
-	for _, in := range []string{"1.20.15", "1.0.0", "", "banana", "2.0.0", "1.21.x", "01.21.1", "1.21.13 ", "v1.021.1"} {
-		got, err := KubeadmAPIVersion(in)
-		if err == nil {
-			t.Errorf("KubeadmAPIVersion(%q) = %q, want an error", in, got)
-			continue
-		}
-		if msg := err.Error(); !strings.Contains(msg, fmt.Sprintf("%q", in)) || !strings.Contains(msg, "1.21 or newer") {
-			t.Errorf("KubeadmAPIVersion(%q): error %q should name the version and the supported range", in, msg)
-		}
-	}
-}
-
-func TestDefaultSandboxImage(t *testing.T) {
-	want := map[string]string{
-		"1.21.13": "3.4.1", "1.22.17": "3.5", "1.23.17": "3.6", "1.24.17": "3.7", "1.25.16": "3.8",
-		"1.26.15": "3.9", "1.27.16": "3.9", "1.28.15": "3.9", "1.29.14": "3.9", "1.30.14": "3.9",
-		"1.31.4": "3.10", "1.32.0": "3.10", "1.33.1": "3.10", "1.34.0": "3.10.1", "1.35.0": "3.10.1",
-		"1.36.0": "3.10.2", "1.40.0": "3.10.2", "v1.21": "3.4.1",
-	}
-	for v, tag := range want {
-		if got := DefaultSandboxImage(v); got != "registry.k8s.io/pause:"+tag {
-			t.Errorf("DefaultSandboxImage(%q) = %q, want registry.k8s.io/pause:%s", v, got, tag)
-		}
-	}
-	for _, v := range []string{"1.20.15", "", "latest"} {
-		if got := DefaultSandboxImage(v); got != "" {
-			t.Errorf("DefaultSandboxImage(%q) = %q, want \"\"", v, got)
-		}
-	}
-}
-
 // envFlags parses NAME="--a=b --c=d" from an environment file into flag name → value.
 func envFlags(t *testing.T, data, name string) map[string]string {
 	t.Helper()
@@ -248,7 +201,7 @@ func TestCertNodeVersionGates(t *testing.T) {
 			}
 			check("container-runtime", tc.runtime, "remote")
 			check("container-runtime-endpoint", tc.endpointFlag, ContainerdSocket)
-			check("pod-infra-container-image", tc.infra, DefaultSandboxImage(tc.v))
+			check("pod-infra-container-image", tc.infra, sandboxOf(t, tc.v))
 			check("hostname-override", true, testNode)
 			check("register-node", true, "true")
 			check("node-labels", true, "pool=gpu,topology.kubernetes.io/zone=eu-west-1a")
@@ -386,10 +339,11 @@ func get(m any, keys ...string) any {
 // TestKubeadmShapes checks the fields that differ by role and by kubeadm API version.
 func TestKubeadmShapes(t *testing.T) {
 	for _, v := range goldenVersions {
-		apiVersion, err := KubeadmAPIVersion(v)
+		kv, err := kubeversion.Parse(v)
 		if err != nil {
 			t.Fatal(err)
 		}
+		apiVersion := kv.KubeadmAPIVersion()
 		t.Run(v, func(t *testing.T) {
 			// kubeletExtraArgs: a map before v1beta4, a list of {name, value} sorted by name from it.
 			join := kubeadmDocs(t, fileData(t, mustRender(t, testInput(t, caseNodeToken, v)), KubeadmConfigPath))["JoinConfiguration"]
@@ -398,7 +352,7 @@ func TestKubeadmShapes(t *testing.T) {
 			args := get(join, "nodeRegistration", "kubeletExtraArgs")
 			switch a := args.(type) {
 			case map[string]any:
-				if apiVersion == kubeadmV1beta4 || len(a) != len(wantArgs) {
+				if apiVersion == kubeversion.KubeadmV1beta4 || len(a) != len(wantArgs) {
 					t.Errorf("kubeletExtraArgs = %v for %s", a, apiVersion)
 				}
 				for _, w := range wantArgs {
@@ -407,7 +361,7 @@ func TestKubeadmShapes(t *testing.T) {
 					}
 				}
 			case []any:
-				if apiVersion != kubeadmV1beta4 || len(a) != len(wantArgs) {
+				if apiVersion != kubeversion.KubeadmV1beta4 || len(a) != len(wantArgs) {
 					t.Fatalf("kubeletExtraArgs = %v for %s", a, apiVersion)
 				}
 				for i, w := range wantArgs {
@@ -593,6 +547,16 @@ func TestSandboxImageInput(t *testing.T) {
 	if got := envFlags(t, fileData(t, p, KubeletFlagsPath), "KUBELET_KUBEADM_ARGS")["pod-infra-container-image"]; got != in.SandboxImage {
 		t.Errorf("--pod-infra-container-image = %q, want the given sandbox image", got)
 	}
+	if p.SandboxImage != in.SandboxImage {
+		t.Errorf("Plan.SandboxImage = %q, want the given sandbox image", p.SandboxImage)
+	}
+	// Without one, the plan names the version's default, which the files use.
+	for _, v := range []string{"1.21.13", "1.31.4"} {
+		p := mustRender(t, testInput(t, caseNodeCert, v))
+		if want := sandboxOf(t, v); p.SandboxImage != want || !strings.Contains(fileData(t, p, ContainerdConfigPath), `sandbox_image = "`+want+`"`) {
+			t.Errorf("%s: Plan.SandboxImage = %q, want %q in it and in the containerd config", v, p.SandboxImage, want)
+		}
+	}
 }
 
 // TestRenderErrors checks that each bad input is reported naming its field and what was expected,
@@ -605,9 +569,11 @@ func TestRenderErrors(t *testing.T) {
 		want   []string
 	}{
 		{"no config", caseNodeToken, func(in *Input) { in.Config = nil }, []string{"Config: missing"}},
-		{"old version", caseNodeToken, func(in *Input) { in.Kubernetes = "1.20.15" }, []string{`Kubernetes: unsupported Kubernetes version "1.20.15" (expected 1.21 or newer)`}},
-		{"bad version", caseNodeToken, func(in *Input) { in.Kubernetes = "latest" }, []string{`Kubernetes: "latest" is not a Kubernetes version`, "1.21 or newer"}},
-		{"no patch", caseMaster, func(in *Input) { in.Kubernetes = "1.21" }, []string{`Kubernetes: "1.21" has no patch number`}},
+		{"old version", caseNodeToken, func(in *Input) { in.Kubernetes = "1.20.15" }, []string{`Kubernetes: unsupported Kubernetes version "1.20.15" (supported: 1.21 to 1.36)`}},
+		{"new version", caseNodeToken, func(in *Input) { in.Kubernetes = "1.37.0" }, []string{`Kubernetes: unsupported Kubernetes version "1.37.0" (supported: 1.21 to 1.36)`}},
+		{"bad version", caseNodeToken, func(in *Input) { in.Kubernetes = "latest" }, []string{`Kubernetes: invalid Kubernetes version "latest" (expected X.Y.Z such as 1.21.13; supported: 1.21 to 1.36)`}},
+		{"no patch", caseMaster, func(in *Input) { in.Kubernetes = "1.21" }, []string{`Kubernetes: invalid Kubernetes version "1.21" (expected X.Y.Z`}},
+		{"pre-release", caseMaster, func(in *Input) { in.Kubernetes = "1.31.0-rc.1" }, []string{`Kubernetes: invalid Kubernetes version "1.31.0-rc.1" (expected X.Y.Z`}},
 		{"no node name", caseNodeToken, func(in *Input) { in.NodeName = "" }, []string{`NodeName: "" is not a DNS-1123 subdomain`}},
 		{"bad node name", caseNodeCert, func(in *Input) { in.NodeName = "Node 1" }, []string{`NodeName: "Node 1" is not a DNS-1123 subdomain`}},
 		{"bad sandbox", caseNodeToken, func(in *Input) { in.SandboxImage = `pause" x` }, []string{`SandboxImage: "pause\" x" is not an image reference`}},
@@ -678,4 +644,14 @@ func TestAdvertiseAddressIgnoredForNode(t *testing.T) {
 	if strings.Contains(fileData(t, p, KubeadmConfigPath), "not used") {
 		t.Errorf("a node's AdvertiseAddress reached its JoinConfiguration")
 	}
+}
+
+// sandboxOf is the sandbox image Render uses for Kubernetes v when Input.SandboxImage is "".
+func sandboxOf(t *testing.T, v string) string {
+	t.Helper()
+	kv, err := kubeversion.Parse(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv.SandboxImage()
 }
