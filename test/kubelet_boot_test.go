@@ -220,25 +220,7 @@ func TestNodeJoinsWithRealKubelet(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ca, cert, key := nodePKI(t, "node-e2e")
-	imds := &fakeIMDS{userData: fmt.Sprintf(`apiVersion: imgctl/v1alpha1
-kind: NodeConfig
-metadata:
-  name: node-e2e
-spec:
-  role: node
-  cluster:
-    apiServer: https://169.254.0.2:6443
-    caCertificate: |
-%s
-  kubelet:
-    nodeLabels: {imgctl.dev/test: e2e}
-  credentials:
-    clientCertificate: |
-%s
-    clientKey: |
-%s
-`, yamlBlock(ca), yamlBlock(cert), yamlBlock(key))}
+	imds := &fakeIMDS{userData: nodeConfig(t, "node-e2e")}
 	srv := httptest.NewServer(imds)
 	defer srv.Close()
 	self, err := os.Executable()
@@ -277,13 +259,46 @@ spec:
 	report := regexp.MustCompile(`IMGCTL-TEST-REPORT [^\r\n]*`).FindString(log)
 	t.Log(report)
 
+	checkKubeletBoot(t, log, report, pause, "node-e2e", imds)
+}
+
+// nodeConfig is the user data of a role node named name: a NodeConfig with a test cluster CA and
+// kubelet client credentials (there is no API server).
+func nodeConfig(t *testing.T, name string) string {
+	t.Helper()
+	ca, cert, key := nodePKI(t, name)
+	return fmt.Sprintf(`apiVersion: imgctl/v1alpha1
+kind: NodeConfig
+metadata:
+  name: %s
+spec:
+  role: node
+  cluster:
+    apiServer: https://169.254.0.2:6443
+    caCertificate: |
+%s
+  kubelet:
+    nodeLabels: {imgctl.dev/test: e2e}
+  credentials:
+    clientCertificate: |
+%s
+    clientKey: |
+%s
+`, name, yamlBlock(ca), yamlBlock(cert), yamlBlock(key))
+}
+
+// checkKubeletBoot checks the console log and the report line of a node named name that booted
+// the kubelet test image (kubeletTestLayer) with role node metadata from imds, and logs the
+// boot-to-kubelet latency.
+func checkKubeletBoot(t *testing.T, log, report string, pause sandboxImage, name string, imds *fakeIMDS) {
+	t.Helper()
 	for _, want := range []string{
 		"step=verify-binaries status=ok", "step=modules status=ok", "step=sysctl status=ok",
 		"step=directories status=ok", "step=metadata status=ok", `source="imds http://169.254.169.254/latest/user-data"`,
 		"step=hostname status=ok", "step=render status=ok", "sandbox=" + pause.name, "step=containerd status=ok",
 		"step=images status=ok", "imported=" + pause.name,
 		"step=kubelet-start status=ok", "step=kubelet-healthy status=ok",
-		"step=hook status=ok", "IMGCTL-TEST-HOOK phase=post-configure role=node name=node-e2e source=imds http://169.254.169.254/latest/user-data",
+		"step=hook status=ok", "IMGCTL-TEST-HOOK phase=post-configure role=node name=" + name + " source=imds http://169.254.169.254/latest/user-data",
 	} {
 		if !strings.Contains(log, want) {
 			t.Errorf("console lacks %q", want)
@@ -291,7 +306,7 @@ spec:
 	}
 	for _, want := range []string{
 		"installation=active", "configuration=active", "kubelet=active", "containerd=active",
-		"monitors=active,active,", "healthz=ok", "kubelet_version=[Kubernetes v1.21.13]", "hostname=node-e2e",
+		"monitors=active,active,", "healthz=ok", "kubelet_version=[Kubernetes v1.21.13]", "hostname=" + name,
 		"Server: Version: 1.6.20", "RuntimeName: containerd",
 		"images=[" + pause.name + "]", `sandbox_image = "` + pause.name + `"`, "logrotate=success",
 	} {
