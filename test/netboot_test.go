@@ -55,7 +55,7 @@ type fileServer struct {
 	reqs      []fileRequest
 }
 
-type fileRequest struct{ path, rng string }
+type fileRequest struct{ method, path, rng string }
 
 func newFileServer(dir string) *fileServer {
 	return &fileServer{dir: dir, root: pxe.RootName, flip: -1}
@@ -64,7 +64,7 @@ func newFileServer(dir string) *fileServer {
 func (s *fileServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	name := strings.TrimPrefix(path.Clean("/"+r.URL.Path), "/")
 	s.mu.Lock()
-	s.reqs = append(s.reqs, fileRequest{path: name, rng: r.Header.Get("Range")})
+	s.reqs = append(s.reqs, fileRequest{method: r.Method, path: name, rng: r.Header.Get("Range")})
 	flip, drop := s.flip, s.dropAfter > 0 && !s.dropped
 	if name == s.root && drop {
 		s.dropped = true
@@ -102,11 +102,11 @@ func (s *fileServer) requests() []fileRequest {
 	return append([]fileRequest(nil), s.reqs...)
 }
 
-// rootRequests returns the Range header of each request for the root ("" for none).
+// rootRequests returns the Range header of each GET of the root ("" for none).
 func (s *fileServer) rootRequests() []string {
 	var out []string
 	for _, r := range s.requests() {
-		if r.path == s.root {
+		if r.path == s.root && r.method == http.MethodGet {
 			out = append(out, r.rng)
 		}
 	}
