@@ -174,6 +174,7 @@ func Write(ctx context.Context, dst io.WriterAt, src io.Reader, opts Options) (R
 		b.pipe.abort()
 		return Result{}, err
 	}
+	b.logDropped()
 	if err := b.finishData(); err != nil {
 		return Result{}, err
 	}
@@ -209,6 +210,9 @@ type builder struct {
 	zero    []byte
 	start   uint64 // first data byte: after superblock and compressor options
 	dataEnd uint64
+	// posix ACL xattrs dropped (squashfs has no system.* namespace), and the paths carrying them
+	aclDropped int
+	aclPaths   []string
 }
 
 func newBuilder(ctx context.Context, dst io.WriterAt, cfg config) (*builder, error) {
@@ -363,10 +367,36 @@ func (b *builder) setXattrs(ino *inode, hdr *tar.Header) {
 				break
 			}
 		}
-		if !known {
+		switch {
+		case known:
+		case strings.HasPrefix(full, "system.posix_acl_"):
+			// Expected: Debian ships ACLs (e.g. on var/log/journal); summarized by logDropped.
+			b.aclDropped++
+			if p := cleanName(hdr.Name); len(b.aclPaths) == 0 || b.aclPaths[len(b.aclPaths)-1] != p {
+				b.aclPaths = append(b.aclPaths, p)
+			}
+		default:
 			// squashfs can only store user., trusted. and security.
 			b.cfg.log.Warn("squashfs: dropping unsupported xattr", "path", hdr.Name, "xattr", full)
 		}
 	}
 	sortXattrs(ino.xattrs)
+}
+
+// maxLoggedPaths bounds the paths the INFO summary of dropped ACLs names.
+const maxLoggedPaths = 20
+
+// logDropped summarizes the posix ACL xattrs squashfs cannot store in one INFO line (the
+// complete list of paths at debug level when it is longer than maxLoggedPaths).
+func (b *builder) logDropped() {
+	if b.aclDropped == 0 {
+		return
+	}
+	paths := strings.Join(b.aclPaths[:min(len(b.aclPaths), maxLoggedPaths)], ",")
+	if more := len(b.aclPaths) - maxLoggedPaths; more > 0 {
+		paths += fmt.Sprintf(",… (%d more at debug level)", more)
+		b.cfg.log.Debug("squashfs: dropped posix ACL xattrs: all paths", "paths", strings.Join(b.aclPaths, ","))
+	}
+	b.cfg.log.Info("squashfs: dropped posix ACL xattrs (squashfs cannot store system.* xattrs; expected for a Debian rootfs)",
+		"count", b.aclDropped, "files", len(b.aclPaths), "paths", paths)
 }
