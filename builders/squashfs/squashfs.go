@@ -15,6 +15,8 @@ import (
 	"path"
 	"runtime"
 	"strings"
+
+	"github.com/imgctl/imgctl/layers/progress"
 )
 
 // Options configures Write. The zero value writes zstd at level 15 with
@@ -166,11 +168,22 @@ func Write(ctx context.Context, dst io.WriterAt, src io.Reader, opts Options) (R
 	if err != nil {
 		return Result{}, err
 	}
+	step := progress.Start(ctx, "compress squashfs ("+cfg.name+")")
+	res, err := writeSteps(ctx, dst, src, cfg, step)
+	step.Done(err)
+	return res, err
+}
+
+func writeSteps(ctx context.Context, dst io.WriterAt, src io.Reader, cfg config, step *progress.Step) (Result, error) {
+	if s, ok := src.(interface{ Size() int64 }); ok { // bytes.Reader, io.SectionReader: a stored rootfs
+		step.SetTotal(s.Size())
+	}
 	b, err := newBuilder(ctx, dst, cfg)
 	if err != nil {
 		return Result{}, err
 	}
-	if err := b.readTar(ctx, src); err != nil {
+	b.step = step
+	if err := b.readTar(ctx, io.TeeReader(src, step.Writer())); err != nil {
 		b.pipe.abort()
 		return Result{}, err
 	}
@@ -213,6 +226,7 @@ type builder struct {
 	// posix ACL xattrs dropped (squashfs has no system.* namespace), and the paths carrying them
 	aclDropped int
 	aclPaths   []string
+	step       *progress.Step // counts the entries read (the input bytes are counted as read)
 }
 
 func newBuilder(ctx context.Context, dst io.WriterAt, cfg config) (*builder, error) {
@@ -261,6 +275,7 @@ func (b *builder) readTar(ctx context.Context, src io.Reader) error {
 		if err := b.addEntry(ctx, hdr, tr); err != nil {
 			return err
 		}
+		b.step.Add(0, 1)
 	}
 }
 
