@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"sync"
+	"slices"
 	"testing"
 
-	"github.com/imgctl/imgctl/layers/progress"
+	"github.com/imgctl/imgctl/layers/progress/progresstest"
 )
 
 // Encoding a disk reports two steps a person can follow: finding the data in the disk (bytes
@@ -21,28 +21,21 @@ func TestWriteReportsProgress(t *testing.T) {
 	}
 	defer f.Close()
 	st, _ := f.Stat()
-	var mu sync.Mutex
-	done := map[string]progress.Event{}
-	ctx := progress.With(context.Background(), progress.New(func(e progress.Event) {
-		mu.Lock()
-		defer mu.Unlock()
-		if e.Kind == progress.Finished {
-			done[e.Step] = e
-		}
-	}))
+	ctx, rec := progresstest.Context(context.Background())
 	var buf bytes.Buffer
 	s, err := Write(ctx, &buf, f, st.Size())
 	if err != nil {
 		t.Fatal(err)
 	}
-	scan, write := done["find data in disk image"], done["write sparse image"]
+	if names := rec.Names(); !slices.Equal(names, []string{"find data in disk image", "write sparse image"}) {
+		t.Fatalf("steps = %q", names)
+	}
+	scan, _ := rec.Step("find data in disk image")
+	write, _ := rec.Step("write sparse image")
 	if scan.Bytes != st.Size() || scan.Total != st.Size() || scan.Err != nil {
 		t.Errorf("scan step = %+v, want %d of %d bytes", scan, st.Size(), st.Size())
 	}
 	if n := int64(buf.Len()); write.Bytes != n || write.Total != n || write.Entries != int64(s.Chunks) || write.Err != nil {
 		t.Errorf("write step = %+v, want %d of %d bytes, %d chunks", write, n, n, s.Chunks)
-	}
-	if len(done) != 2 {
-		t.Errorf("steps = %v, want the two", done)
 	}
 }
