@@ -45,6 +45,8 @@ the lock's, then the current time (recorded in the lock) are used.`,
 			if err := a.checkFormat(); err != nil {
 				return err
 			}
+			stopProgress := a.showProgress(cmd)
+			defer stopProgress()
 			ctx := cmd.Context()
 			var n *spec.NodeImage
 			var err error
@@ -118,6 +120,7 @@ the lock's, then the current time (recorded in the lock) are used.`,
 				SourceDateEpoch: epoch, Env: env, Store: st, Targets: ts, OutputDir: outputDir,
 				Parallel: parallel, ImgctlVersion: version, Logger: a.logger(),
 			})
+			stopProgress()
 			if err != nil {
 				return err
 			}
