@@ -54,7 +54,7 @@ type Options struct {
 
 // Result of a successful download.
 type Result struct {
-	Bytes       int64         // the image's size
+	Bytes       int64         // the image's size (on a digest mismatch: the bytes received)
 	Attempts    int           // requests made, 1 without trouble
 	ResumedFrom []int64       // offsets a Range request continued from
 	Restarts    int           // times the server ignored a Range request and the download began again
@@ -80,19 +80,15 @@ func (p permanent) Unwrap() error { return p.error }
 // o.Dest or o.Dest+".part".
 func Download(ctx context.Context, o Options) (Result, error) {
 	o.defaults()
-	want, ok := strings.CutPrefix(o.Digest, "sha256:")
-	if o.Digest == "" || !ok || len(want) != 64 {
-		if o.Digest == "" {
-			return Result{}, fmt.Errorf("no digest for %s: an unverified root never boots (end the URL in /sha256:HEX or set imgctl.root-digest=sha256:HEX)", o.URL)
-		}
-		return Result{}, fmt.Errorf("root digest %q: want sha256:HEX", o.Digest)
+	if err := CheckDigest(o.URL, o.Digest); err != nil {
+		return Result{}, err
 	}
 	part := o.Dest + partSuffix
 	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return Result{}, fmt.Errorf("download %s: %w", o.URL, err)
 	}
-	ok = false
+	ok := false
 	defer func() {
 		if !ok {
 			f.Close()
@@ -105,6 +101,7 @@ func Download(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	res.Bytes = d.off
 	got := "sha256:" + hex.EncodeToString(d.h.Sum(nil))
 	if got != o.Digest {
 		return res, fmt.Errorf("download %s: digest mismatch: want %s, got %s (%d bytes)", o.URL, o.Digest, got, d.off)
@@ -120,8 +117,19 @@ func Download(ctx context.Context, o Options) (Result, error) {
 		return res, fmt.Errorf("download %s: %w", o.URL, err)
 	}
 	ok = true
-	res.Bytes, res.Digest, res.Duration = d.off, got, time.Since(start)
+	res.Digest, res.Duration = got, time.Since(start)
 	return res, nil
+}
+
+// CheckDigest refuses a root without a sha256 digest: an unverified root never boots.
+func CheckDigest(url, digest string) error {
+	if digest == "" {
+		return fmt.Errorf("no digest for %s: an unverified root never boots (end the URL in /sha256:HEX or set imgctl.root-digest=sha256:HEX)", url)
+	}
+	if hex, ok := strings.CutPrefix(digest, "sha256:"); !ok || len(hex) != 64 {
+		return fmt.Errorf("root digest %q for %s: want sha256: and 64 hex digits", digest, url)
+	}
+	return nil
 }
 
 func (o *Options) defaults() {
