@@ -248,3 +248,26 @@ func TestLinkFailures(t *testing.T) {
 		}
 	})
 }
+
+// TestDHCPOnEveryNICWithLink: without BOOTIF= or ip=, every Ethernet NIC with carrier is
+// asked, and one without carrier is left out.
+func TestDHCPOnEveryNICWithLink(t *testing.T) {
+	p := newPair(t)
+	serveDHCP(t, p)
+	// A second NIC whose far end is down: no carrier, never asked.
+	run(t, "ip", "-n", p.node, "link", "add", "veth-dead", "type", "veth", "peer", "name", "veth-far", "netns", p.srv)
+	c, log, err := up(t, p, Options{LinkTimeout: 5 * time.Second, CarrierGrace: 300 * time.Millisecond, DHCPTimeout: 5 * time.Second, DHCPWait: 300 * time.Millisecond})
+	t.Log(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Iface != "veth-node" || c.Addr != netip.MustParsePrefix("10.77.0.50/24") {
+		t.Errorf("config %+v", c)
+	}
+	if !strings.Contains(log, "iface=veth-node mac="+p.nodeMAC.String()+" picked-by=carrier nics=2") {
+		t.Errorf("link step line should name veth-node, the one of 2 NICs with carrier:\n%s", log)
+	}
+	if out := run(t, "ip", "-n", p.node, "link", "show", "veth-dead"); !strings.Contains(out, "NO-CARRIER") || !strings.Contains(out, ",UP") {
+		t.Errorf("veth-dead should be up without carrier:\n%s", out)
+	}
+}
