@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -229,6 +230,10 @@ func (d *download) attempt(ctx context.Context, res *Result) (done bool, err err
 	})
 	resp, err := d.o.Client.Do(req)
 	hdr.Stop()
+	var certErr *tls.CertificateVerificationError
+	if errors.As(err, &certErr) {
+		return false, permanent{fmt.Errorf("download %s: %w (the initrd trusts only the CA certificates it carries; the digest, not TLS, protects the root: plain http:// works)", d.o.URL, err)}
+	}
 	if err != nil {
 		return false, d.cause(actx, err)
 	}

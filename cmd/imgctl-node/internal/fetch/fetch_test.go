@@ -344,3 +344,20 @@ func TestMemAvailable(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+// TestDownloadUntrustedTLSIsFinal: an https root whose certificate the initrd cannot verify
+// fails at once (retrying cannot fix it), saying so.
+func TestDownloadUntrustedTLSIsFinal(t *testing.T) {
+	var calls atomic.Int32
+	s := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { calls.Add(1) }))
+	t.Cleanup(s.Close)
+	o := options(t, s.URL+"/b", digestOf([]byte("x")))
+	start := time.Now()
+	res, err := Download(context.Background(), o)
+	if err == nil || !strings.Contains(err.Error(), "certificate") || res.Attempts != 1 {
+		t.Fatalf("err = %v, attempts %d", err, res.Attempts)
+	}
+	if time.Since(start) > time.Second {
+		t.Errorf("took %s", time.Since(start))
+	}
+}
