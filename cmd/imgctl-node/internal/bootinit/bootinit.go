@@ -92,7 +92,7 @@ func Run(ctx context.Context, log *steplog.Logger, args []string) (cmdline.Confi
 
 	sys := blockdev.Sys{SysDir: "/sys", DevDir: "/dev"}
 	if cfg.RootURL != "" {
-		loop, image, err := netRoot(ctx, log, cfg)
+		loop, image, err := netRoot(ctx, log, cfg, netEnv{})
 		if err != nil {
 			return cfg, err
 		}

@@ -31,23 +31,45 @@ func refuseUnverified(log *steplog.Logger, cfg cmdline.Config) error {
 	return nil
 }
 
+// netEnv is where netRoot works; the zero value is the initrd's (tests point it elsewhere).
+type netEnv struct {
+	RAMDir string        // NetRootDir: a tmpfs is mounted here for the image
+	DevDir string        // /dev: loop-control and the loop devices
+	Net    netup.Options // BootIF and IP are taken from the command line
+	Fetch  fetch.Options // URL, Digest and Dest are set from the command line and RAMDir
+}
+
 // netRoot brings up the boot NIC, downloads the root image into RAM, verifies it and
 // attaches it to a read-only loop device. It returns the device, open (close it once
 // mounted), and the image's path.
-func netRoot(ctx context.Context, log *steplog.Logger, cfg cmdline.Config) (*os.File, string, error) {
+func netRoot(ctx context.Context, log *steplog.Logger, cfg cmdline.Config, env netEnv) (*os.File, string, error) {
+	if env.RAMDir == "" {
+		env.RAMDir = NetRootDir
+	}
+	if env.DevDir == "" {
+		env.DevDir = "/dev"
+	}
 	details := slog.New(slog.NewTextHandler(os.Stdout, nil))
-	if _, err := netup.Up(ctx, netup.Options{BootIF: cfg.BootIF, IP: cfg.IP, Steps: log, Logger: details}); err != nil {
+	if env.Net.Logger == nil {
+		env.Net.Logger = details
+	}
+	if env.Fetch.Logger == nil {
+		env.Fetch.Logger = details
+	}
+	env.Net.BootIF, env.Net.IP, env.Net.Steps = cfg.BootIF, cfg.IP, log
+	if _, err := netup.Up(ctx, env.Net); err != nil {
 		return nil, "", err
 	}
-	path, err := mountRAM()
+	path, err := mountRAM(env.RAMDir)
 	if err != nil {
 		return nil, "", log.Start("fetch-root").Fail(err, "url", cfg.RootURL)
 	}
-	if err := fetchRoot(ctx, log, cfg, fetch.Options{Dest: path, Logger: details}); err != nil {
+	env.Fetch.Dest = path
+	if err := fetchRoot(ctx, log, cfg, env.Fetch); err != nil {
 		return nil, "", err
 	}
 	s := log.Start("attach-root")
-	loop, err := loopdev.Attach(path, "/dev")
+	loop, err := loopdev.Attach(path, env.DevDir)
 	if err != nil {
 		return nil, "", s.Fail(err, "file", path)
 	}
@@ -72,19 +94,19 @@ func fetchRoot(ctx context.Context, log *steplog.Logger, cfg cmdline.Config, o f
 // mountRAM mounts a tmpfs for the image, as large as the RAM available (tmpfs takes pages
 // only as they are written; its default cap, half the RAM, would refuse a larger root that
 // still fits), and returns the image's path on it.
-func mountRAM() (string, error) {
+func mountRAM(dir string) (string, error) {
 	avail, err := fetch.MemAvailable("/proc/meminfo")
 	if err != nil {
 		return "", err
 	}
-	if err := os.MkdirAll(NetRootDir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
 	opts := "mode=0700,size=" + strconv.FormatInt(avail, 10)
-	if err := unix.Mount("tmpfs", NetRootDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, opts); err != nil {
-		return "", fmt.Errorf("mount tmpfs on %s (%s): %w", NetRootDir, opts, err)
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, opts); err != nil {
+		return "", fmt.Errorf("mount tmpfs on %s (%s): %w", dir, opts, err)
 	}
-	return filepath.Join(NetRootDir, "root.img"), nil
+	return filepath.Join(dir, "root.img"), nil
 }
 
 // fetchKV are the fetch-root step's fields: bytes, MB/s, attempts, resumed-from when a Range
