@@ -260,9 +260,7 @@ func (d *download) attempt(ctx context.Context, res *Result) (done bool, err err
 				return false, permanent{err}
 			}
 		}
-		if d.size < 0 || resp.ContentLength >= 0 {
-			d.size = resp.ContentLength
-		}
+		d.size = resp.ContentLength // -1: unknown, checked against RAM as it arrives
 		d.validator = validator(resp.Header)
 	default:
 		err := fmt.Errorf("GET %s: %s", d.o.URL, resp.Status)
