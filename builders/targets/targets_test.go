@@ -1,6 +1,8 @@
 package targets_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -211,11 +213,25 @@ func TestPxeArtifactsAndScript(t *testing.T) {
 	if got := ird.Annotations["dev.imgctl.initrd.drivers"]; got != "nvme,virtio_net,e1000e,ena" {
 		t.Errorf("initrd drivers annotation = %q, want the storage and NIC drivers the kernel has", got)
 	}
+	// The network root is mounted through a loop device: the initrd loads loop.
+	rc, err := e.Opts.Store.OpenBlob(context.Background(), ird.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := gzip.NewReader(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpio, _ := io.ReadAll(zr)
+	rc.Close()
+	if !bytes.Contains(cpio, []byte("kernel/drivers/block/loop.ko\n")) {
+		t.Error("the initrd's module list lacks loop.ko")
+	}
 	script := artifact(t, res.Image.Config, arts, "boot.ipxe")
 	if script.Annotations["dev.imgctl.root.digest"] != string(sq.Digest) || script.Annotations["dev.imgctl.root.size"] == "" {
 		t.Errorf("boot.ipxe annotations = %v", script.Annotations)
 	}
-	rc, err := e.Opts.Store.OpenBlob(context.Background(), script.Digest)
+	rc, err = e.Opts.Store.OpenBlob(context.Background(), script.Digest)
 	if err != nil {
 		t.Fatal(err)
 	}
