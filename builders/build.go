@@ -26,7 +26,6 @@ import (
 	"github.com/imgctl/imgctl/layers/assemble"
 	"github.com/imgctl/imgctl/layers/compose"
 	"github.com/imgctl/imgctl/layers/lock"
-	"github.com/imgctl/imgctl/layers/progress"
 	"github.com/imgctl/imgctl/layers/source"
 	"github.com/imgctl/imgctl/layers/spec"
 )
@@ -196,36 +195,32 @@ func (b *Build) rootfsLocked(ctx context.Context, also io.Writer) (manifest.Root
 	if also == nil && b.findStoredRootfs(ctx) {
 		return b.rootfs, nil
 	}
-	step := progress.Start(ctx, "compose rootfs")
 	if also == nil { // else the caller times compose and its consumer as one phase
 		defer b.timed("compose", time.Now())
 	}
 	inputs, closeInputs, err := openLayers(b.opts.Env, b.layers)
 	if err != nil {
-		step.Done(err)
 		return manifest.Rootfs{}, err
 	}
 	defer closeInputs()
 	w, err := b.opts.Store.NewBlobWriter(ctx)
 	if err != nil {
-		step.Done(err)
 		return manifest.Rootfs{}, err
 	}
 	defer w.Abort()
-	var dst io.Writer = io.MultiWriter(w, step.Writer())
+	var dst io.Writer = w
 	if also != nil {
-		dst = io.MultiWriter(w, also, step.Writer())
+		dst = io.MultiWriter(w, also)
 	}
+	// compose reports its own progress step ("compose rootfs").
 	cres, err := compose.Compose(ctx, dst, inputs, compose.Options{Mode: compose.Rootfs, MTime: time.Unix(b.epoch, 0), Finalize: b.finalize})
 	if err != nil {
-		step.Done(err)
 		return manifest.Rootfs{}, &StepError{"compose rootfs", err}
 	}
 	d, size, err := w.Commit(ctx, -1, "")
 	if err == nil {
 		err = b.opts.Env.Cache.SetRef("rootfs", b.rootfsKey(), d)
 	}
-	step.Done(err)
 	if err != nil {
 		return manifest.Rootfs{}, &StepError{"compose rootfs", err}
 	}
@@ -395,9 +390,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if opts.UpdateLock {
 		pinsFrom = nil
 	}
-	step := progress.Start(ctx, "resolve sources")
 	plan, err := assemble.Resolve(ctx, n, pinsFrom, epoch, assemble.Options{Env: opts.Env, Parallel: opts.Parallel, Logger: log})
-	step.Done(err)
 	if err != nil {
 		return nil, err
 	}
@@ -418,9 +411,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 
 	// Fetch: materialize sources and compose role layers.
 	start = time.Now()
-	step = progress.Start(ctx, "fetch and convert layers")
 	layers, err := assemble.Layers(ctx, plan, epoch, assemble.Options{Env: opts.Env, Parallel: opts.Parallel, Logger: log})
-	step.Done(err)
 	if err != nil {
 		return nil, err
 	}

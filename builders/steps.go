@@ -253,16 +253,14 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, erro
 		phaseName = "compose+squashfs" // one pass does both
 	}
 	defer b.timed(phaseName, time.Now())
-	step := progress.Start(ctx, fmt.Sprintf("compress root squashfs (%s %d)", o.Compression, o.Level))
 	var sqRes squashfs.Result
 	if b.rootfs.Digest != "" {
 		f, size, ferr := b.rootfsFile(ctx)
 		if ferr != nil {
-			step.Done(ferr)
 			return Blob{}, ferr
 		}
-		step.SetTotal(size)
-		sqRes, err = squashfs.Write(ctx, sq, io.TeeReader(io.NewSectionReader(f, 0, size), step.Writer()), sqOpts)
+		// squashfs.Write reports its own progress step ("compress squashfs").
+		sqRes, err = squashfs.Write(ctx, sq, io.NewSectionReader(f, 0, size), sqOpts)
 	} else {
 		// Compose into the store and, through a pipe, into the squashfs writer.
 		pr, pw := io.Pipe()
@@ -272,7 +270,7 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, erro
 			pw.CloseWithError(err)
 			composed <- err
 		}()
-		sqRes, err = squashfs.Write(ctx, sq, io.TeeReader(pr, step.Writer()), sqOpts)
+		sqRes, err = squashfs.Write(ctx, sq, pr, sqOpts)
 		if err != nil {
 			pr.CloseWithError(err) // unblock compose
 		} else {
@@ -290,7 +288,6 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, erro
 		}
 	}
 	if err != nil {
-		step.Done(err)
 		var se *StepError
 		if errors.As(err, &se) {
 			return Blob{}, err
@@ -298,7 +295,6 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, erro
 		return Blob{}, &StepError{"compress root squashfs", fmt.Errorf("writing squashfs: %w", err)}
 	}
 	if err := sq.Sync(); err != nil {
-		step.Done(err)
 		return Blob{}, err
 	}
 	d, size, err := b.opts.Store.AddFile(ctx, sqPath)
@@ -308,7 +304,6 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, erro
 	if err == nil {
 		err = b.opts.Env.Cache.SetRef("squashfs", key(b.rootfs.Digest), d)
 	}
-	step.Done(err)
 	if err != nil {
 		return Blob{}, err
 	}

@@ -107,7 +107,12 @@ func (o SquashfsOptions) Normalize() (SquashfsOptions, error) {
 // BootInitrd is the module set of the initrd every boot target writes: the root's modules,
 // plus the storage and network drivers the kernel has. Raw and pxe share it, so an image has
 // one initrd.img, and a disk node's initrd can reach the network too.
-var BootInitrd = InitrdOptions{Optional: append(append([]string{}, initrd.StorageModules...), initrd.NICModules...)}
+var BootInitrd = InitrdOptions{
+	// loop: the network root is a squashfs file in RAM, mounted through a loop device (a
+	// module in Debian's kernels: CONFIG_BLK_DEV_LOOP=m).
+	Modules:  append(append([]string{}, initrd.DefaultModules...), "loop"),
+	Optional: append(append([]string{}, initrd.StorageModules...), initrd.NICModules...),
+}
 
 // InitrdAnnotations record which optional drivers an initrd includes.
 func InitrdAnnotations(ird Initrd) map[string]string {

@@ -203,6 +203,7 @@ func (f *Fixture) WithBoot(t *testing.T, o BootOptions) string {
 	mods := map[string]mod{ // module path -> symbols (kmod derives the dependencies from them)
 		"kernel/fs/squashfs/squashfs.ko":            {},
 		"kernel/fs/overlayfs/overlay.ko":            {},
+		"kernel/drivers/block/loop.ko":              {},
 		"kernel/drivers/virtio/virtio.ko":           {exports: []string{"register_virtio_driver"}},
 		"kernel/drivers/virtio/virtio_ring.ko":      {exports: []string{"virtqueue_add"}, needs: []string{"register_virtio_driver"}},
 		"kernel/drivers/block/virtio_blk.ko":        {needs: []string{"virtqueue_add", "register_virtio_driver"}},

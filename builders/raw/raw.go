@@ -184,11 +184,7 @@ func writeSparse(ctx context.Context, st *store.Store, src string) (digest.Diges
 		return "", 0, err
 	}
 	defer w.Abort()
-	step := progress.Start(ctx, "encode disk.simg")
-	step.SetTotal(fi.Size())
-	_, err = sparse.Write(ctx, w, in, fi.Size())
-	step.Done(err)
-	if err != nil {
+	if _, err := sparse.Write(ctx, w, in, fi.Size()); err != nil {
 		return "", 0, fmt.Errorf("encoding disk.simg: %w", err)
 	}
 	return w.Commit(ctx, -1, "")

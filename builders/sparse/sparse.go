@@ -13,6 +13,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/imgctl/imgctl/layers/progress"
 )
 
 // BlockSize is the block size of the images this package writes.
@@ -52,12 +54,31 @@ func Write(ctx context.Context, w io.Writer, f *os.File, size int64) (Stats, err
 	if size%BlockSize != 0 {
 		return Stats{}, fmt.Errorf("sparse: image size %d is not a multiple of %d", size, BlockSize)
 	}
-	runs, err := scan(ctx, f, size)
+	step := progress.Start(ctx, "find data in disk image")
+	step.SetTotal(size)
+	runs, err := scan(ctx, f, size, step)
+	step.Done(err)
 	if err != nil {
 		return Stats{}, err
 	}
+	step = progress.Start(ctx, "write sparse image")
+	st, err := write(ctx, w, f, size, runs, step)
+	step.Done(err)
+	return st, err
+}
+
+// write encodes runs of f, reporting bytes written and chunks to step.
+func write(ctx context.Context, w io.Writer, f *os.File, size int64, runs []run, step *progress.Step) (Stats, error) {
 	st := Stats{Size: size, Chunks: len(runs)}
-	bw := bufio.NewWriterSize(w, 1<<20)
+	out := int64(fileHeaderLen)
+	for _, r := range runs {
+		out += chunkHeadLen
+		if r.data {
+			out += r.blocks * BlockSize
+		}
+	}
+	step.SetTotal(out)
+	bw := bufio.NewWriterSize(io.MultiWriter(w, step.Writer()), 1<<20)
 	hdr := make([]byte, fileHeaderLen)
 	binary.LittleEndian.PutUint32(hdr[0:], magic)
 	binary.LittleEndian.PutUint16(hdr[4:], 1) // major version
@@ -102,12 +123,13 @@ func Write(ctx context.Context, w io.Writer, f *os.File, size int64) (Stats, err
 			}
 		}
 		off += n
+		step.Add(0, 1)
 	}
 	return st, bw.Flush()
 }
 
 // scan classifies every block, reading only the file's data extents.
-func scan(ctx context.Context, f *os.File, size int64) ([]run, error) {
+func scan(ctx context.Context, f *os.File, size int64, step *progress.Step) ([]run, error) {
 	var runs []run
 	add := func(data bool, blocks int64) {
 		if blocks == 0 {
@@ -126,6 +148,7 @@ func scan(ctx context.Context, f *os.File, size int64) ([]run, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		step.Set(pos, 0)
 		start, err := unix.Seek(int(f.Fd()), pos, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) || (err == nil && start >= size) {
 			start = size // only holes from pos to the end
@@ -154,8 +177,10 @@ func scan(ctx context.Context, f *os.File, size int64) ([]run, error) {
 				add(!bytes.Equal(buf[i:i+BlockSize], zero), 1)
 			}
 			pos += n
+			step.Set(pos, 0)
 		}
 	}
+	step.Set(size, 0)
 	return runs, nil
 }
 

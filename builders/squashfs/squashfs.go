@@ -15,6 +15,8 @@ import (
 	"path"
 	"runtime"
 	"strings"
+
+	"github.com/imgctl/imgctl/layers/progress"
 )
 
 // Options configures Write. The zero value writes zstd at level 15 with
@@ -166,14 +168,26 @@ func Write(ctx context.Context, dst io.WriterAt, src io.Reader, opts Options) (R
 	if err != nil {
 		return Result{}, err
 	}
+	step := progress.Start(ctx, "compress squashfs ("+cfg.name+")")
+	res, err := writeSteps(ctx, dst, src, cfg, step)
+	step.Done(err)
+	return res, err
+}
+
+func writeSteps(ctx context.Context, dst io.WriterAt, src io.Reader, cfg config, step *progress.Step) (Result, error) {
+	if s, ok := src.(interface{ Size() int64 }); ok { // bytes.Reader, io.SectionReader: a stored rootfs
+		step.SetTotal(s.Size())
+	}
 	b, err := newBuilder(ctx, dst, cfg)
 	if err != nil {
 		return Result{}, err
 	}
-	if err := b.readTar(ctx, src); err != nil {
+	b.step = step
+	if err := b.readTar(ctx, io.TeeReader(src, step.Writer())); err != nil {
 		b.pipe.abort()
 		return Result{}, err
 	}
+	b.logDropped()
 	if err := b.finishData(); err != nil {
 		return Result{}, err
 	}
@@ -209,6 +223,10 @@ type builder struct {
 	zero    []byte
 	start   uint64 // first data byte: after superblock and compressor options
 	dataEnd uint64
+	// posix ACL xattrs dropped (squashfs has no system.* namespace), and the paths carrying them
+	aclDropped int
+	aclPaths   []string
+	step       *progress.Step // counts the entries read (the input bytes are counted as read)
 }
 
 func newBuilder(ctx context.Context, dst io.WriterAt, cfg config) (*builder, error) {
@@ -257,6 +275,7 @@ func (b *builder) readTar(ctx context.Context, src io.Reader) error {
 		if err := b.addEntry(ctx, hdr, tr); err != nil {
 			return err
 		}
+		b.step.Add(0, 1)
 	}
 }
 
@@ -363,10 +382,36 @@ func (b *builder) setXattrs(ino *inode, hdr *tar.Header) {
 				break
 			}
 		}
-		if !known {
+		switch {
+		case known:
+		case strings.HasPrefix(full, "system.posix_acl_"):
+			// Expected: Debian ships ACLs (e.g. on var/log/journal); summarized by logDropped.
+			b.aclDropped++
+			if p := cleanName(hdr.Name); len(b.aclPaths) == 0 || b.aclPaths[len(b.aclPaths)-1] != p {
+				b.aclPaths = append(b.aclPaths, p)
+			}
+		default:
 			// squashfs can only store user., trusted. and security.
 			b.cfg.log.Warn("squashfs: dropping unsupported xattr", "path", hdr.Name, "xattr", full)
 		}
 	}
 	sortXattrs(ino.xattrs)
+}
+
+// maxLoggedPaths bounds the paths the INFO summary of dropped ACLs names.
+const maxLoggedPaths = 20
+
+// logDropped summarizes the posix ACL xattrs squashfs cannot store in one INFO line (the
+// complete list of paths at debug level when it is longer than maxLoggedPaths).
+func (b *builder) logDropped() {
+	if b.aclDropped == 0 {
+		return
+	}
+	paths := strings.Join(b.aclPaths[:min(len(b.aclPaths), maxLoggedPaths)], ",")
+	if more := len(b.aclPaths) - maxLoggedPaths; more > 0 {
+		paths += fmt.Sprintf(",… (%d more at debug level)", more)
+		b.cfg.log.Debug("squashfs: dropped posix ACL xattrs: all paths", "paths", strings.Join(b.aclPaths, ","))
+	}
+	b.cfg.log.Info("squashfs: dropped posix ACL xattrs (squashfs cannot store system.* xattrs; expected for a Debian rootfs)",
+		"count", b.aclDropped, "files", len(b.aclPaths), "paths", paths)
 }

@@ -63,7 +63,9 @@ func main() {
 
 const usageText = `usage: imgctl-node COMMAND [flags]
 
-  init                      PID 1 of the initrd (also when run as /init): mount the root image, switch root
+  init                      PID 1 of the initrd (also when run as /init): mount the root image, switch root;
+                            imgctl.root=http(s)://…/sha256:HEX (or imgctl.root-digest=) brings up the boot NIC
+                            (BOOTIF=, ip=, DHCP) and boots a verified copy downloaded into RAM
   install [--root DIR]      kube-node-installation: verify the baked binaries against /etc/imgctl/image.json,
                             load modules, set sysctls, create directories, turn swap off; hooks pre-/post-install
   configure [--root DIR --dry-run]

@@ -35,6 +35,7 @@ type app struct {
 	verbose  int
 	quiet    bool
 	limits   limits.Limits // per-source limits: build and layers inspect (limitFlags)
+	progress *renderer     // while a command shows progress (showProgress), else nil
 }
 
 func newApp(in io.Reader, out, err io.Writer) *app {
@@ -92,12 +93,26 @@ func (a *app) logger() *slog.Logger {
 	case a.verbose > 1:
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(a.err, &slog.HandlerOptions{Level: level}))
+	w := a.err
+	if a.progress != nil {
+		w = a.progress.logWriter() // log lines go above the live progress block
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
 func (a *app) terminal() bool {
 	f, ok := a.err.(*os.File)
 	return ok && !a.quiet && term.IsTerminal(int(f.Fd()))
+}
+
+// termWidth is the width of the terminal on stderr (80 if unknown).
+func (a *app) termWidth() int {
+	if f, ok := a.err.(*os.File); ok {
+		if w, _, err := term.GetSize(int(f.Fd())); err == nil && w > 0 {
+			return w
+		}
+	}
+	return 80
 }
 
 func (a *app) json() bool { return a.format == "json" }
@@ -132,8 +147,8 @@ func (a *app) withStore(fn func(cmd *cobra.Command, args []string, st *store.Sto
 func (a *app) envConfig() builders.EnvConfig {
 	c := builders.EnvConfig{CacheDir: a.cacheDir, Offline: a.offline, Mirrors: a.mirrors, Keyring: a.keyring,
 		Limits: a.limits, Logger: a.logger()}
-	if a.terminal() {
-		c.FetchProgress = newProgressBars(a.err).update
+	if a.progress != nil {
+		c.FetchProgress = a.progress.download
 	}
 	return c
 }

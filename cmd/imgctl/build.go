@@ -47,6 +47,8 @@ the lock's, then the current time (recorded in the lock) are used.`,
 			if err := a.checkFormat(); err != nil {
 				return err
 			}
+			stopProgress := a.showProgress(cmd)
+			defer stopProgress()
 			ctx := cmd.Context()
 			if file != "" && cmd.Flags().Changed("k8s") {
 				return fmt.Errorf("give either -f SPEC or --k8s VERSION, not both")
@@ -85,6 +87,7 @@ the lock's, then the current time (recorded in the lock) are used.`,
 			opts.Store, opts.LockPath, opts.UpdateLock, opts.Locked = st, lockPath, updateLock, locked
 			opts.OutputDir, opts.Parallel, opts.ImgctlVersion = outputDir, parallel, version
 			res, err := builders.Run(ctx, opts)
+			stopProgress()
 			if err != nil {
 				return err
 			}

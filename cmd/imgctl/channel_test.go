@@ -221,6 +221,9 @@ func TestPushPullWithChannel(t *testing.T) {
 	if !strings.Contains(out, img[0]) {
 		t.Errorf("push printed %q, want the digest %s", out, img[0])
 	}
+	if !strings.Contains(stderr, "✓ push ") {
+		t.Errorf("push stderr lacks its phase line:\n%s", stderr)
+	}
 	other := t.TempDir()
 	out, stderr, err = run(t, other, "pull", repo+":nightly")
 	if err != nil {
@@ -228,6 +231,9 @@ func TestPushPullWithChannel(t *testing.T) {
 	}
 	if !strings.Contains(out, img[0]) {
 		t.Errorf("pull printed %q, want %s", out, img[0])
+	}
+	if !strings.Contains(stderr, "✓ pull ") {
+		t.Errorf("pull stderr lacks its phase line:\n%s", stderr)
 	}
 	if out, _, err := run(t, other, "store", "verify"); err != nil {
 		t.Errorf("store verify after pull: %v\n%s", err, out)

@@ -67,6 +67,8 @@ layer tar digest, its size and entry count.`,
 			if err != nil {
 				return err
 			}
+			stopProgress := a.showProgress(cmd)
+			defer stopProgress()
 			env, err := a.env()
 			if err != nil {
 				return err
@@ -76,6 +78,7 @@ layer tar digest, its size and entry count.`,
 				return err
 			}
 			t, err := env.Materialize(cmd.Context(), u, pin)
+			stopProgress()
 			if err != nil {
 				return err
 			}

@@ -27,6 +27,8 @@ signatures (imgctl sign) go along, as OCI referrers and in tag sha256-<hex>.sig,
 for loopback registries or with --insecure.`,
 		Args: cobra.ExactArgs(2),
 		RunE: a.withChannels(func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error {
+			stopProgress := a.showProgress(cmd)
+			defer stopProgress()
 			o.Logger = a.logger()
 			img, err := l.Mover(st).Resolve(cmd.Context(), args[0])
 			if err != nil {
@@ -45,6 +47,7 @@ for loopback registries or with --insecure.`,
 				}
 			}
 			d, err := registry.Push(cmd.Context(), st, img, args[1], o)
+			stopProgress()
 			if err != nil {
 				return err
 			}
@@ -84,8 +87,11 @@ image, or made by another tool) is refused before any download; pull by digest, 
 --allow-tag-mismatch to store what the tag serves. Manifests over 4 MiB are refused.`,
 		Args: cobra.ExactArgs(1),
 		RunE: a.withStore(func(cmd *cobra.Command, args []string, st *store.Store) error {
+			stopProgress := a.showProgress(cmd)
+			defer stopProgress()
 			o.Logger = a.logger()
 			img, err := registry.Pull(cmd.Context(), st, args[0], o)
+			stopProgress()
 			if err != nil {
 				return err
 			}

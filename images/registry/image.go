@@ -14,6 +14,7 @@ import (
 	"github.com/imgctl/imgctl/images/channel"
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/store"
+	"github.com/imgctl/imgctl/layers/progress"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -83,6 +84,14 @@ func Push(ctx context.Context, st *store.Store, img store.Image, repo string, o 
 	}
 
 	log.Info("pushing image", "blobs", len(blobs))
+	// Bytes: uploaded as read from the store, plus the size of blobs the registry has.
+	step := progress.Start(ctx, "push "+version+" to "+r.String())
+	var total int64
+	for _, b := range blobs {
+		total += b.desc.Size
+		b.step = step
+	}
+	step.SetTotal(total)
 	var uploaded, bytesUp atomic.Int64
 	err = forEach(ctx, c.jobs, len(blobs), func(ctx context.Context, i int) error {
 		b := blobs[i]
@@ -92,17 +101,22 @@ func Push(ctx context.Context, st *store.Store, img store.Image, repo string, o 
 		if b.opened.Load() {
 			uploaded.Add(1)
 			bytesUp.Add(b.desc.Size)
+			step.Add(0, 1)
 			log.Debug("uploaded blob", "blob", b.desc.Digest, "name", b.name, "size", b.desc.Size)
 		} else {
+			step.Add(b.desc.Size, 1)
 			log.Debug("blob already in registry", "blob", b.desc.Digest, "name", b.name)
 		}
 		return nil
 	})
+	if err == nil {
+		if err = c.pusher.Put(ctx, tag, rawManifest{raw: raw, mediaType: types.MediaType(m.MediaType)}); err != nil {
+			err = fmt.Errorf("manifest %s: %w", img.Digest(), err)
+		}
+	}
+	step.Done(err)
 	if err != nil {
 		return fail("%w", err)
-	}
-	if err := c.pusher.Put(ctx, tag, rawManifest{raw: raw, mediaType: types.MediaType(m.MediaType)}); err != nil {
-		return fail("manifest %s: %w", img.Digest(), err)
 	}
 	log.Info("pushed image", "uploadedBlobs", uploaded.Load(), "uploadedBytes", bytesUp.Load())
 	if err := c.pushSignatures(ctx, st, img, r, log); err != nil {
@@ -137,8 +151,9 @@ type storeBlob struct {
 	ctx    context.Context // for OpenBlob: the layer interface passes none
 	st     *store.Store
 	desc   ocispec.Descriptor
-	name   string      // for messages: the artifact's title, or "config"
-	opened atomic.Bool // Compressed was called: the registry lacked the blob
+	name   string         // for messages: the artifact's title, or "config"
+	opened atomic.Bool    // Compressed was called: the registry lacked the blob
+	step   *progress.Step // counts the bytes read for the upload
 }
 
 // check makes sure the store has the blob with the manifest's size.
@@ -166,7 +181,23 @@ func (b *storeBlob) MediaType() (types.MediaType, error) {
 }
 func (b *storeBlob) Compressed() (io.ReadCloser, error) {
 	b.opened.Store(true)
-	return b.st.OpenBlob(b.ctx, b.desc.Digest)
+	rc, err := b.st.OpenBlob(b.ctx, b.desc.Digest)
+	if err != nil || b.step == nil {
+		return rc, err
+	}
+	return countingReadCloser{rc, b.step}, nil
+}
+
+// countingReadCloser adds what is read through it to a progress step.
+type countingReadCloser struct {
+	io.ReadCloser
+	step *progress.Step
+}
+
+func (c countingReadCloser) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.step.Add(int64(n), 0)
+	return n, err
 }
 func (b *storeBlob) Uncompressed() (io.ReadCloser, error) { return b.Compressed() }
 
@@ -254,10 +285,17 @@ func Pull(ctx context.Context, st *store.Store, ref string, o Options) (_ store.
 	}
 
 	log.Info("pulling image", "version", cfg.Version, "artifacts", len(arts))
+	// Bytes: downloaded, plus the size of blobs the store has.
+	step := progress.Start(ctx, "pull "+cfg.Version+" from "+repo.String())
+	var total int64
+	for _, a := range arts {
+		total += a.Size
+	}
+	step.SetTotal(total)
 	var fetched, bytesDown atomic.Int64
 	err = forEach(ctx, c.jobs, len(arts), func(ctx context.Context, i int) error {
 		a := arts[i]
-		rb := &remoteBlob{want: a.Digest, size: a.Size, open: func() (io.ReadCloser, error) {
+		rb := &remoteBlob{want: a.Digest, size: a.Size, step: step, open: func() (io.ReadCloser, error) {
 			return c.openBlob(ctx, repo, a.Digest)
 		}}
 		defer rb.Close()
@@ -267,12 +305,15 @@ func Pull(ctx context.Context, st *store.Store, ref string, o Options) (_ store.
 		if rb.rc != nil {
 			fetched.Add(1)
 			bytesDown.Add(a.Size)
+			step.Add(0, 1)
 			log.Debug("downloaded blob", "blob", a.Digest, "name", a.Name, "size", a.Size)
 		} else {
+			step.Add(a.Size, 1)
 			log.Debug("blob already in store", "blob", a.Digest, "name", a.Name)
 		}
 		return nil
 	})
+	step.Done(err)
 	if err != nil {
 		return fail("%w", err)
 	}
@@ -402,10 +443,11 @@ type remoteBlob struct {
 	want digest.Digest
 	size int64
 
-	rc  io.ReadCloser
-	err error
-	h   digest.Digester
-	n   int64
+	rc   io.ReadCloser
+	err  error
+	h    digest.Digester
+	n    int64
+	step *progress.Step // counts the bytes read
 }
 
 func (b *remoteBlob) Read(p []byte) (int, error) {
@@ -419,6 +461,7 @@ func (b *remoteBlob) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	b.h.Hash().Write(p[:n])
 	b.n += int64(n)
+	b.step.Add(int64(n), 0)
 	switch {
 	case b.n > b.size:
 		b.err = fmt.Errorf("registry sent more than the %d bytes the manifest says: %w", b.size, store.ErrDigestMismatch)

@@ -20,6 +20,7 @@ import (
 	"github.com/imgctl/imgctl/layers/compose"
 	"github.com/imgctl/imgctl/layers/kmod"
 	"github.com/imgctl/imgctl/layers/lock"
+	"github.com/imgctl/imgctl/layers/progress"
 	"github.com/imgctl/imgctl/layers/source"
 	"github.com/imgctl/imgctl/layers/spec"
 )
@@ -101,6 +102,7 @@ func Resolve(ctx context.Context, n *spec.NodeImage, old *lock.File, epoch int64
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	step := progress.Start(ctx, "resolve "+sources(plan))
 	err := forEach(ctx, plan, opts.parallel(), func(ctx context.Context, li, si int) error {
 		pl := &plan.Layers[li]
 		var locked *source.Pin
@@ -112,8 +114,10 @@ func Resolve(ctx context.Context, n *spec.NodeImage, old *lock.File, epoch int64
 			return err
 		}
 		pl.Pins[si] = p
+		step.Add(0, 1)
 		return nil
 	})
+	step.Done(err)
 	if err != nil {
 		return nil, err
 	}
@@ -131,6 +135,18 @@ func Resolve(ctx context.Context, n *spec.NodeImage, old *lock.File, epoch int64
 		}
 	}
 	return plan, nil
+}
+
+// sources says how many sources plan has: "1 source", "23 sources".
+func sources(plan *Plan) string {
+	n := 0
+	for _, pl := range plan.Layers {
+		n += len(pl.URIs)
+	}
+	if n == 1 {
+		return "1 source"
+	}
+	return fmt.Sprintf("%d sources", n)
 }
 
 // forEach runs fn for every source of the plan with at most n at a time; the first error
@@ -175,6 +191,7 @@ func Layers(ctx context.Context, plan *Plan, epoch int64, opts Options) ([]Layer
 	for i, pl := range plan.Layers {
 		tars[i] = make([]source.Tar, len(pl.URIs))
 	}
+	step := progress.Start(ctx, "fetch and convert "+sources(plan))
 	err := forEach(ctx, plan, opts.parallel(), func(ctx context.Context, li, si int) error {
 		pl := plan.Layers[li]
 		t, err := opts.Env.Materialize(ctx, pl.URIs[si], pl.Pins[si])
@@ -182,8 +199,10 @@ func Layers(ctx context.Context, plan *Plan, epoch int64, opts Options) ([]Layer
 			return fmt.Errorf("layer %s: %w", pl.Role, err)
 		}
 		tars[li][si] = t
+		step.Add(t.Size, 1)
 		return nil
 	})
+	step.Done(err)
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +273,7 @@ func roleLayer(ctx context.Context, pl PlannedLayer, tars []source.Tar, epoch in
 		return Layer{}, err
 	}
 	defer func() { _ = w.Abort() }()
-	if _, err := compose.Compose(ctx, w, inputs, compose.Options{Mode: compose.Layer, MTime: time.Unix(epoch, 0), Logger: opts.Logger}); err != nil {
+	if _, err := compose.Compose(ctx, w, inputs, compose.Options{Mode: compose.Layer, MTime: time.Unix(epoch, 0), Logger: opts.Logger, Step: "compose layer " + string(pl.Role)}); err != nil {
 		return Layer{}, err
 	}
 	d, size, err := w.Commit("", -1)

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imgctl/imgctl/layers/progress"
 	"github.com/imgctl/imgctl/layers/tarentry"
 )
 
@@ -53,6 +54,9 @@ type Options struct {
 	// sees the merged tree's regular files and returns generated files that are added on top
 	// of the last input (for example a list of file digests that must be part of the rootfs).
 	Finalize func(ctx context.Context, files *Files) ([]Generated, error)
+	// Step names the progress step Compose reports (tar bytes and entries written), e.g.
+	// "compose layer kernel"; "" means "compose rootfs" or "compose layer" by Mode.
+	Step string
 }
 
 // Generated is a file Finalize adds to the composed tree. Missing parent directories are
@@ -167,6 +171,17 @@ func newDir(input int, implicit bool) *node {
 
 // Compose reads inputs in order (lowest first) and writes the merged tree to w.
 func Compose(ctx context.Context, w io.Writer, inputs []Input, opts Options) (Result, error) {
+	name := opts.Step
+	if name == "" {
+		name = map[Mode]string{Rootfs: "compose rootfs", Layer: "compose layer"}[opts.Mode]
+	}
+	step := progress.Start(ctx, name)
+	res, err := compose(ctx, io.MultiWriter(w, step.Writer()), inputs, opts, step)
+	step.Done(err)
+	return res, err
+}
+
+func compose(ctx context.Context, w io.Writer, inputs []Input, opts Options, step *progress.Step) (Result, error) {
 	t := &tree{root: newDir(-1, true), mode: opts.Mode}
 	for i, in := range inputs {
 		if err := t.add(ctx, i, in); err != nil {
@@ -191,7 +206,7 @@ func Compose(ctx context.Context, w io.Writer, inputs []Input, opts Options) (Re
 	}
 	// Headers and padding are 512-byte writes: buffer them (one syscall per MiB, not per block).
 	bw := bufio.NewWriterSize(w, 1<<20)
-	wr := &writer{tw: tar.NewWriter(bw), inputs: inputs, mtime: opts.MTime.UTC(), mode: opts.Mode, ctx: ctx}
+	wr := &writer{tw: tar.NewWriter(bw), inputs: inputs, mtime: opts.MTime.UTC(), mode: opts.Mode, ctx: ctx, step: step}
 	if err := wr.emitTree(t.root); err != nil {
 		return Result{}, err
 	}
@@ -438,6 +453,7 @@ type writer struct {
 	mode    Mode
 	entries int
 	bytes   int64
+	step    *progress.Step // counts entries (the bytes are counted as written)
 }
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
@@ -449,6 +465,7 @@ func (w *writer) header(name string, hdr tar.Header) error {
 		return fmt.Errorf("writing %q: %w", name, err)
 	}
 	w.entries++
+	w.step.Add(0, 1)
 	return nil
 }
 

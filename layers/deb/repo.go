@@ -21,6 +21,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/clearsign"
 	"github.com/imgctl/imgctl/layers/localfile"
+	"github.com/imgctl/imgctl/layers/progress"
 	"github.com/klauspost/compress/gzip"
 )
 
@@ -195,6 +196,15 @@ func (r *Repo) index(ctx context.Context) (*index, error) {
 }
 
 func (r *Repo) load(ctx context.Context) (*index, error) {
+	step := progress.Start(ctx, "Debian package index "+r.Suite+" "+r.component()+"/"+r.arch())
+	idx, err := r.loadIndex(ctx, step)
+	step.Done(err)
+	return idx, err
+}
+
+// loadIndex fetches and verifies InRelease and the Packages index; step counts the index's
+// bytes and the entries parsed.
+func (r *Repo) loadIndex(ctx context.Context, step *progress.Step) (*index, error) {
 	if r.Getter == nil {
 		return nil, errors.New("deb: Repo.Getter is nil")
 	}
@@ -268,7 +278,7 @@ func (r *Repo) load(ctx context.Context) (*index, error) {
 	}
 	var errs []error
 	for _, u := range urls {
-		idx, err := r.fetchIndex(ctx, u, file, sum)
+		idx, err := r.fetchIndex(ctx, u, file, sum, step)
 		if err == nil {
 			n := 0
 			for _, v := range idx.pkgs {
@@ -336,7 +346,7 @@ func (r *Repo) getAll(ctx context.Context, url string, limit int64) ([]byte, err
 
 // fetchIndex downloads a Packages file, decompresses and parses it while
 // hashing, and only returns the result if size and SHA256 match.
-func (r *Repo) fetchIndex(ctx context.Context, url, file string, want checksum) (*index, error) {
+func (r *Repo) fetchIndex(ctx context.Context, url, file string, want checksum, step *progress.Step) (*index, error) {
 	if want.size > maxIndex {
 		return nil, fmt.Errorf("deb: %s is listed as %d bytes, more than the %d allowed", file, want.size, maxIndex)
 	}
@@ -348,7 +358,9 @@ func (r *Repo) fetchIndex(ctx context.Context, url, file string, want checksum) 
 	defer rc.Close()
 	h := sha256.New()
 	counted := &hashCounter{h: h}
-	body := io.TeeReader(io.LimitReader(rc, want.size+1), counted)
+	step.Set(0, 0) // a second URL starts over
+	step.SetTotal(want.size)
+	body := io.TeeReader(io.LimitReader(rc, want.size+1), io.MultiWriter(counted, step.Writer()))
 
 	var plain io.Reader = body
 	switch path.Ext(file) {
@@ -359,7 +371,7 @@ func (r *Repo) fetchIndex(ctx context.Context, url, file string, want checksum) 
 	}
 	var idx *index
 	if err == nil {
-		idx, err = r.parseIndex(ctx, plain)
+		idx, err = r.parseIndex(ctx, plain, step)
 	}
 	// Hash whatever is left so a mismatch is reported as such, which is
 	// the more useful error when the content is corrupt.
@@ -390,7 +402,7 @@ func (c *hashCounter) Write(p []byte) (int, error) {
 
 // parseIndex parses a Packages file. Malformed entries are skipped (and
 // reported when asked for) rather than failing the whole index.
-func (r *Repo) parseIndex(ctx context.Context, rd io.Reader) (*index, error) {
+func (r *Repo) parseIndex(ctx context.Context, rd io.Reader, step *progress.Step) (*index, error) {
 	pkgs := map[string][]Resolved{}
 	invalid := map[string]error{}
 	base := r.base()
@@ -408,6 +420,7 @@ func (r *Repo) parseIndex(ctx context.Context, rd io.Reader) (*index, error) {
 		if name == "" {
 			continue
 		}
+		step.Add(0, 1)
 		res, err := entry(base, p)
 		if err != nil {
 			r.logger().WarnContext(ctx, "skipping malformed index entry", "package", name, "version", p.Get("Version"), "err", err)

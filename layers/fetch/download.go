@@ -91,7 +91,7 @@ func (c *Client) Fetch(ctx context.Context, ca *cache.Cache, rawURL string, expe
 	} else {
 		d, err = c.fetchHTTP(ctx, ca, rawURL, target, expected, p)
 	}
-	p.finish()
+	p.finish(err)
 	if err != nil {
 		return "", err
 	}

@@ -50,6 +50,7 @@ type Progress struct {
 	URL             string
 	Complete, Total int64
 	Done            bool
+	Err             error // with Done: why the download failed (nil: it succeeded)
 }
 
 // Mirror rewrites URLs starting with From to start with To instead,
@@ -456,8 +457,8 @@ func (p *progress) update(complete, total int64) {
 	}
 }
 
-func (p *progress) finish() {
+func (p *progress) finish(err error) {
 	if p.fn != nil {
-		p.fn(Progress{URL: p.url, Complete: p.done, Total: p.total, Done: true})
+		p.fn(Progress{URL: p.url, Complete: p.done, Total: p.total, Done: true, Err: err})
 	}
 }

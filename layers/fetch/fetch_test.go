@@ -815,3 +815,25 @@ func TestParseContentRange(t *testing.T) {
 		}
 	}
 }
+
+// A failed download ends with a Done event that says why, so a progress display does not
+// show it as finished.
+func TestProgressReportsFailure(t *testing.T) {
+	data := blob(64 << 10)
+	srv, _ := serve(t, func(w http.ResponseWriter, r *http.Request, n int) { serveContent(w, r, data, `"g"`) })
+	var mu sync.Mutex
+	var last Progress
+	c := fastClient()
+	c.Progress = func(p Progress) {
+		mu.Lock()
+		last = p
+		mu.Unlock()
+	}
+	_, err := c.Fetch(context.Background(), newCache(t), srv.URL+"/p", digest.FromString("something else"))
+	if !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("err = %v, want a digest mismatch", err)
+	}
+	if !last.Done || !errors.Is(last.Err, ErrDigestMismatch) {
+		t.Fatalf("last event %+v, want Done with the mismatch", last)
+	}
+}

@@ -31,6 +31,7 @@ import (
 	"github.com/imgctl/imgctl/layers/fetch"
 	"github.com/imgctl/imgctl/layers/limits"
 	"github.com/imgctl/imgctl/layers/localfile"
+	"github.com/imgctl/imgctl/layers/progress"
 	"github.com/imgctl/imgctl/layers/tarentry"
 )
 
@@ -246,6 +247,19 @@ func (e *Env) materialize(ctx context.Context, u URI, pin Pin) (Tar, error) {
 		return Tar{}, err
 	}
 	defer in.Close()
+	step := progress.Start(ctx, "convert "+u.label(pin))
+	t, err := e.convertInput(ctx, u, pin, key, in, step)
+	step.Done(err)
+	if err != nil {
+		return Tar{}, err
+	}
+	e.logger().Debug("materialized source", "uri", u.Raw, "tar", t.Digest, "entries", t.Entries, "duration", time.Since(start))
+	return t, nil
+}
+
+// convertInput converts in into a layer tar in the cache, recorded under key; step counts the
+// tar's bytes and entries.
+func (e *Env) convertInput(ctx context.Context, u URI, pin Pin, key string, in *input, step *progress.Step) (Tar, error) {
 	w, err := e.Cache.NewWriter(ctx)
 	if err != nil {
 		return Tar{}, err
@@ -255,7 +269,8 @@ func (e *Env) materialize(ctx context.Context, u URI, pin Pin) (Tar, error) {
 	if u.Kind == KindOCI || u.Kind == KindOCILayout {
 		inSize = -1 // the layers are the input: convertOCI bounds each one
 	}
-	out := e.boundedTarOut(w, u.Prefix, inSize)
+	out := e.boundedTarOut(io.MultiWriter(w, step.Writer()), u.Prefix, inSize)
+	out.step = step
 	if err := e.convert(ctx, u, in, out); err != nil {
 		return Tar{}, err
 	}
@@ -272,8 +287,26 @@ func (e *Env) materialize(ctx context.Context, u URI, pin Pin) (Tar, error) {
 	if err := e.Cache.SetRef("source", key, d); err != nil {
 		return Tar{}, err
 	}
-	e.logger().Debug("materialized source", "uri", u.Raw, "tar", d, "entries", out.entries, "duration", time.Since(start))
 	return Tar{Pin: pin, Digest: d, Size: size, Entries: out.entries}, nil
+}
+
+// label names a source briefly for progress lines: the package a .deb resolved to, the
+// image of an OCI source, the file name of anything else.
+func (u URI) label(pin Pin) string {
+	switch {
+	case u.Kind == KindDebRepo && pin.Resolved != "":
+		return pin.Resolved
+	case u.Kind == KindDebRepo:
+		return u.Package
+	case u.Kind == KindMmdebstrap:
+		return "Debian base " + u.Suite
+	case u.Kind == KindOCI:
+		return u.Location
+	}
+	if b := path.Base(u.Location); b != "." && b != "/" {
+		return b
+	}
+	return u.Raw
 }
 
 func (e *Env) cachedTar(ctx context.Context, key string, pin Pin) (Tar, bool) {
@@ -485,6 +518,7 @@ type tarOut struct {
 	prefix  string
 	entries int
 	bound   *boundedWriter // nil: unbounded
+	step    *progress.Step // counts entries; nil: none
 }
 
 // boundedTarOut is a tarOut whose tar may grow to e.Limits.MaxOutput(inputSize) bytes
@@ -567,6 +601,7 @@ func (o *tarOut) add(hdr *tar.Header, body io.Reader) error {
 		return fmt.Errorf("entry %q: %w", name, err)
 	}
 	o.entries++
+	o.step.Add(0, 1)
 	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
 		n, err := io.Copy(o.tw, body)
 		if err != nil {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/imgctl/imgctl/layers/progress"
 )
 
 // RunError reports an external tool that failed, with the tail of its output.
@@ -56,6 +58,25 @@ func (e *Env) mmdebstrap(ctx context.Context, u URI, want digest.Digest) (digest
 	if err != nil {
 		return "", fmt.Errorf("the base layer needs mmdebstrap (apt-get install mmdebstrap), or point --source base=URI at a prebuilt rootfs: %w", err)
 	}
+	name := "mmdebstrap " + u.Suite + " (" + u.Variant
+	if len(u.Packages) > 0 {
+		name += fmt.Sprintf(" +%d packages", len(u.Packages))
+	}
+	step := progress.Start(ctx, name+")")
+	d, err := e.runMmdebstrap(ctx, u, bin, key, step)
+	step.Done(err)
+	if err != nil {
+		return "", err
+	}
+	if want != "" && d != want {
+		return "", fmt.Errorf("mmdebstrap produced %s but the lock pins %s: the mirror changed since the lock was written; pin a snapshot mirror (https://snapshot.debian.org/archive/debian/TIMESTAMP) or refresh the lock with --update-lock", d, want)
+	}
+	return d, nil
+}
+
+// runMmdebstrap runs mmdebstrap and adds its tar to the cache under key; step counts the tar's
+// bytes as mmdebstrap writes it.
+func (e *Env) runMmdebstrap(ctx context.Context, u URI, bin, key string, step *progress.Step) (digest.Digest, error) {
 	tmp, err := os.MkdirTemp(filepath.Join(e.Cache.Dir(), "tmp"), "mmdebstrap-")
 	if err != nil {
 		return "", err
@@ -83,7 +104,10 @@ func (e *Env) mmdebstrap(ctx context.Context, u URI, want digest.Digest) (digest
 	cmd.Cancel = func() error { return killGroup(cmd.Process.Pid, syscall.SIGTERM) }
 	cmd.WaitDelay = 10 * time.Second
 	e.logger().Info("running mmdebstrap", "suite", u.Suite, "mirror", mirror, "packages", len(u.Packages))
-	if err := cmd.Run(); err != nil {
+	stopWatch := watchSize(out, step)
+	err = cmd.Run()
+	stopWatch()
+	if err != nil {
 		if ctx.Err() != nil {
 			if cmd.Process != nil {
 				_ = killGroup(cmd.Process.Pid, syscall.SIGKILL)
@@ -112,10 +136,37 @@ func (e *Env) mmdebstrap(ctx context.Context, u URI, want digest.Digest) (digest
 	if err := e.Cache.SetRef("mmdebstrap", key, d); err != nil {
 		return "", err
 	}
-	if want != "" && d != want {
-		return "", fmt.Errorf("mmdebstrap produced %s but the lock pins %s: the mirror changed since the lock was written; pin a snapshot mirror (https://snapshot.debian.org/archive/debian/TIMESTAMP) or refresh the lock with --update-lock", d, want)
-	}
 	return d, nil
+}
+
+// watchSize reports the size of the file at p to step twice a second until stop is called,
+// and once more then.
+func watchSize(p string, step *progress.Step) (stop func()) {
+	if step == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	report := func() {
+		if fi, err := os.Stat(p); err == nil {
+			step.Set(fi.Size(), 0)
+		}
+	}
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				report()
+				return
+			case <-t.C:
+				report()
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }
 
 // killGroup signals the process group led by pid; a group already gone is no error.

@@ -103,7 +103,7 @@ func (e *Env) convertOCI(ctx context.Context, u URI, out *tarOut) error {
 	pr, pw := io.Pipe()
 	errc := make(chan error, 1)
 	go func() {
-		_, err := compose.Compose(ctx, pw, inputs, compose.Options{Mode: compose.Layer, MTime: e.MTime})
+		_, err := compose.Compose(ctx, pw, inputs, compose.Options{Mode: compose.Layer, MTime: e.MTime, Step: "merge the layers of " + u.Location})
 		pw.CloseWithError(err)
 		errc <- err
 	}()

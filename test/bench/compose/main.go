@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/imgctl/imgctl/layers/compose"
@@ -36,6 +37,19 @@ func main() {
 	out := flag.String("out", "", "write the rootfs tar to `FILE` (overwritten by every run)")
 	runs := flag.Int("runs", 1, "number of timed runs")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of all runs to `FILE`")
+	var generated []compose.Generated
+	flag.Func("generated", "add `PATH=FILE` to the rootfs as compose's finalize step does (imgctl build adds etc/imgctl/image.json so)", func(v string) error {
+		p, file, ok := strings.Cut(v, "=")
+		if !ok || p == "" {
+			return fmt.Errorf("expected PATH=FILE")
+		}
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return err
+		}
+		generated = append(generated, compose.Generated{Path: p, Mode: 0o644, Data: data})
+		return nil
+	})
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: %s -out FILE [-runs N] [-cpuprofile FILE] LAYER.tar...\n", filepath.Base(os.Args[0]))
 		flag.PrintDefaults()
@@ -45,13 +59,13 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := run(context.Background(), *out, *runs, *cpuprofile, flag.Args()); err != nil {
+	if err := run(context.Background(), *out, *runs, *cpuprofile, generated, flag.Args()); err != nil {
 		fmt.Fprintln(os.Stderr, "compose bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, out string, runs int, cpuprofile string, layers []string) error {
+func run(ctx context.Context, out string, runs int, cpuprofile string, generated []compose.Generated, layers []string) error {
 	var inputs []compose.Input
 	for _, p := range layers {
 		f, err := os.Open(p)
@@ -78,7 +92,7 @@ func run(ctx context.Context, out string, runs int, cpuprofile string, layers []
 	}
 	var res result
 	for range runs {
-		secs, r, err := once(ctx, out, inputs)
+		secs, r, err := once(ctx, out, inputs, generated)
 		if err != nil {
 			return err
 		}
@@ -97,7 +111,7 @@ func run(ctx context.Context, out string, runs int, cpuprofile string, layers []
 }
 
 // once composes inputs into out and returns the wall time from opening out to closing it.
-func once(ctx context.Context, out string, inputs []compose.Input) (float64, result, error) {
+func once(ctx context.Context, out string, inputs []compose.Input, generated []compose.Generated) (float64, result, error) {
 	// A new file every run, like the store's blob writer: rewriting a truncated file makes ext4
 	// start writeback on close (auto_da_alloc), which would slow every run after the first.
 	if err := os.Remove(out); err != nil && !os.IsNotExist(err) {
@@ -111,7 +125,8 @@ func once(ctx context.Context, out string, inputs []compose.Input) (float64, res
 	defer f.Close()
 	h := sha256.New()
 	cw := &countingWriter{w: io.MultiWriter(f, h)}
-	cres, err := compose.Compose(ctx, cw, inputs, compose.Options{Mode: compose.Rootfs, MTime: time.Unix(1700000000, 0)})
+	cres, err := compose.Compose(ctx, cw, inputs, compose.Options{Mode: compose.Rootfs, MTime: time.Unix(1700000000, 0),
+		Finalize: func(context.Context, *compose.Files) ([]compose.Generated, error) { return generated, nil }})
 	if err != nil {
 		return 0, result{}, err
 	}

@@ -1,5 +1,7 @@
 // Package bootinit is PID 1 of the initrd: it mounts the read-only root image under a tmpfs
-// overlay, sets up the STATE partition as /var, and switches root to the image's init.
+// overlay, sets up the STATE partition as /var, and switches root to the image's init. The
+// root image is a partition, or (imgctl.root=http(s)://…) downloaded into RAM after bringing
+// up the boot NIC, verified against its sha256 digest and attached to a loop device.
 //
 // Every step prints one line to the console (see package steplog), so a failed boot can be
 // diagnosed from the serial console alone.
@@ -81,15 +83,32 @@ func Run(ctx context.Context, log *steplog.Logger, args []string) (cmdline.Confi
 	if err != nil {
 		return cfg, err
 	}
+	if cfg.RootURL != "" {
+		if err := refuseUnverified(log, cfg); err != nil {
+			return cfg, err
+		}
+	}
 	loadModules(ctx, log)
 
 	sys := blockdev.Sys{SysDir: "/sys", DevDir: "/dev"}
-	root, rootPath, err := findDevice(ctx, log, sys, "find-root", cfg.Root, cfg.RootTimeout)
-	if err != nil {
-		return cfg, err
-	}
-	if err := mountRoot(log, root, rootPath); err != nil {
-		return cfg, err
+	if cfg.RootURL != "" {
+		loop, image, err := netRoot(ctx, log, cfg, netEnv{})
+		if err != nil {
+			return cfg, err
+		}
+		err = mountRoot(log, loop.Name(), "file", image)
+		loop.Close() // the mount holds the device now; autoclear frees it with the mount
+		if err != nil {
+			return cfg, err
+		}
+	} else {
+		root, rootPath, err := findDevice(ctx, log, sys, "find-root", cfg.Root, cfg.RootTimeout)
+		if err != nil {
+			return cfg, err
+		}
+		if err := mountRoot(log, rootPath, "label", root.PartName); err != nil {
+			return cfg, err
+		}
 	}
 	if !cfg.State.IsZero() {
 		if err := setupState(ctx, log, sys, cfg.State); err != nil {
@@ -164,6 +183,12 @@ func readCmdline(log *steplog.Logger) (cmdline.Config, error) {
 		return cfg, s.Fail(err)
 	}
 	kv := []any{"root", cfg.Root, "init", cfg.Init, "root-timeout", cfg.RootTimeout.String()}
+	if cfg.RootURL != "" {
+		kv = []any{"root", cfg.RootURL, "root-digest", cfg.RootDigest, "init", cfg.Init}
+		if cfg.BootIF != nil {
+			kv = append(kv, "bootif", cfg.BootIF.String())
+		}
+	}
 	if !cfg.State.IsZero() {
 		kv = append(kv, "state", cfg.State)
 	}
@@ -232,7 +257,9 @@ func findDevice(ctx context.Context, log *steplog.Logger, sys blockdev.Sys, step
 	return d, p, nil
 }
 
-func mountRoot(log *steplog.Logger, d blockdev.Dev, dev string) error {
+// mountRoot mounts the root image on dev read-only under a tmpfs overlay; kv says where dev
+// came from, for the step line.
+func mountRoot(log *steplog.Logger, dev string, kv ...any) error {
 	s := log.Start("mount-root")
 	fstype, err := detectImage(dev)
 	if err != nil {
@@ -244,7 +271,7 @@ func mountRoot(log *steplog.Logger, d blockdev.Dev, dev string) error {
 	if err := unix.Mount(dev, LowerDir, fstype, unix.MS_RDONLY, ""); err != nil {
 		return s.Fail(fmt.Errorf("mount %s %s on %s: %w", fstype, dev, LowerDir, err), "device", dev)
 	}
-	s.Done("device", dev, "label", d.PartName, "fstype", fstype, "dir", LowerDir)
+	s.Done(append(append([]any{"device", dev}, kv...), "fstype", fstype, "dir", LowerDir)...)
 
 	s = log.Start("mount-overlay")
 	if err := os.MkdirAll(RWDir, 0o755); err != nil {

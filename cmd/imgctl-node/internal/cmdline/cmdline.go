@@ -3,6 +3,10 @@ package cmdline
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -99,24 +103,41 @@ func isGUID(s string) bool {
 
 // Config is what the initrd's init takes from the kernel command line.
 type Config struct {
-	Root        Device        // imgctl.root (required)
-	State       Device        // imgctl.state (optional)
-	Init        string        // imgctl.init, default /sbin/init
-	InitSet     bool          // imgctl.init was given: no fallback to FallbackInit
-	RootTimeout time.Duration // imgctl.root-timeout, default 30s ("3s", "500ms" or seconds "3")
-	Debug       bool          // imgctl.debug: do not reboot on failure
+	Root        Device           // imgctl.root naming a local device (this or RootURL is required)
+	RootURL     string           // imgctl.root=http(s)://…: the root image is downloaded into RAM
+	RootDigest  string           // sha256:HEX the root image must have: imgctl.root-digest, or the URL's last path element
+	BootIF      net.HardwareAddr // BOOTIF=01-aa-bb-cc-dd-ee-ff (iPXE, pxelinux): the NIC to boot from; only with RootURL
+	IP          *IPConfig        // ip= (dracut, kernel): how to configure the boot NIC; only with RootURL
+	State       Device           // imgctl.state (optional)
+	Init        string           // imgctl.init, default /sbin/init
+	InitSet     bool             // imgctl.init was given: no fallback to FallbackInit
+	RootTimeout time.Duration    // imgctl.root-timeout, default 30s ("3s", "500ms" or seconds "3")
+	Debug       bool             // imgctl.debug: do not reboot on failure
 }
 
 // Parse reads the imgctl.* options from a kernel command line (the contents of /proc/cmdline).
 // Other options are ignored; the last occurrence of an option wins, as with the kernel's own.
 func Parse(line string) (Config, error) {
 	c := Config{Init: DefaultInit, RootTimeout: DefaultRootTimeout}
+	var rootDigest, bootIF, ip string
+	var ipSet bool
 	for _, f := range Fields(line) {
 		key, val, hasVal := strings.Cut(f, "=")
 		var err error
 		switch key {
 		case "imgctl.root":
-			c.Root, err = ParseDevice(val)
+			c.Root, c.RootURL = Device{}, ""
+			if strings.HasPrefix(val, "http://") || strings.HasPrefix(val, "https://") {
+				c.RootURL, err = parseRootURL(val)
+			} else {
+				c.Root, err = ParseDevice(val)
+			}
+		case KeyRootDigest:
+			rootDigest, err = ParseDigest(val)
+		case "BOOTIF":
+			bootIF = val
+		case "ip":
+			ip, ipSet = val, true
 		case "imgctl.state":
 			c.State, err = ParseDevice(val)
 		case "imgctl.init":
@@ -135,10 +156,180 @@ func Parse(line string) (Config, error) {
 			return c, fmt.Errorf("kernel cmdline: %s: %w", key, err)
 		}
 	}
-	if c.Root.IsZero() {
+	if c.Root.IsZero() && c.RootURL == "" {
 		return c, fmt.Errorf("kernel cmdline: imgctl.root is missing")
 	}
+	if c.RootURL == "" {
+		return c, nil // BOOTIF=, ip= and the digest concern only the network root
+	}
+	var err error
+	if c.RootDigest, err = rootURLDigest(c.RootURL, rootDigest); err != nil {
+		return c, fmt.Errorf("kernel cmdline: %w", err)
+	}
+	if bootIF != "" {
+		if c.BootIF, err = ParseBootIF(bootIF); err != nil {
+			return c, fmt.Errorf("kernel cmdline: BOOTIF: %w", err)
+		}
+	}
+	if ipSet {
+		ipc, err := ParseIP(ip)
+		if err != nil {
+			return c, fmt.Errorf("kernel cmdline: ip: %w", err)
+		}
+		c.IP = &ipc
+	}
 	return c, nil
+}
+
+// KeyRootDigest names the digest the network root must have, when the URL does not end in it.
+const KeyRootDigest = "imgctl.root-digest"
+
+func parseRootURL(s string) (string, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("bad root URL: %w", err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", fmt.Errorf("bad root URL %q: want http(s)://HOST/PATH", s)
+	}
+	return s, nil
+}
+
+// rootURLDigest picks the network root's digest: the URL's last path element when it is
+// sha256:HEX, and imgctl.root-digest (which must then agree). "" when neither gives one: the
+// init refuses such a root (an unverified root never boots), after saying so on the console.
+func rootURLDigest(rawURL, given string) (string, error) {
+	u, _ := url.Parse(rawURL) // parsed before
+	last := path.Base(u.Path)
+	var fromURL string
+	if strings.HasPrefix(strings.ToLower(last), "sha256:") {
+		d, err := ParseDigest(last)
+		if err != nil {
+			return "", fmt.Errorf("imgctl.root=%s: last path element: %w", rawURL, err)
+		}
+		fromURL = d
+	}
+	if fromURL != "" && given != "" && fromURL != given {
+		return "", fmt.Errorf("imgctl.root=%s ends in digest %s but %s=%s", rawURL, fromURL, KeyRootDigest, given)
+	}
+	if given != "" {
+		return given, nil
+	}
+	return fromURL, nil
+}
+
+// ParseDigest checks a sha256:HEX digest (64 hex digits) and returns it in lower case.
+func ParseDigest(s string) (string, error) {
+	d := strings.ToLower(s)
+	hex, ok := strings.CutPrefix(d, "sha256:")
+	if !ok || len(hex) != 64 || strings.Trim(hex, "0123456789abcdef") != "" {
+		return "", fmt.Errorf("bad digest %q: want sha256: and 64 hex digits", s)
+	}
+	return d, nil
+}
+
+// ParseBootIF parses pxelinux's and iPXE's BOOTIF=01-aa-bb-cc-dd-ee-ff (hardware type 01,
+// Ethernet, then the MAC), also accepting the MAC alone with - or : separators.
+func ParseBootIF(s string) (net.HardwareAddr, error) {
+	parts := strings.FieldsFunc(s, func(r rune) bool { return r == '-' || r == ':' })
+	if len(parts) == 7 {
+		if parts[0] != "01" {
+			return nil, fmt.Errorf("%q: hardware type %s is not Ethernet (01)", s, parts[0])
+		}
+		parts = parts[1:]
+	}
+	mac, err := net.ParseMAC(strings.Join(parts, ":"))
+	if err != nil || len(mac) != 6 {
+		return nil, fmt.Errorf("%q: want 01-aa-bb-cc-dd-ee-ff", s)
+	}
+	return mac, nil
+}
+
+// IPConfig is the boot NIC's configuration from ip=: DHCP on Iface (any NIC when empty), or a
+// static address.
+type IPConfig struct {
+	Iface    string       // the NIC's name; "" for the one BOOTIF names, or any with link
+	DHCP     bool         // false: the static fields below
+	Addr     netip.Prefix // static: the client address and netmask
+	Gateway  netip.Addr   // static: the default route (invalid: none)
+	DNS      []netip.Addr // static: name servers
+	Hostname string       // static: the client's host name, if given
+}
+
+// ParseIP parses the ip= forms dracut and the kernel use for IPv4:
+//
+//	ip=dhcp (also on, any)
+//	ip=IFACE:dhcp
+//	ip=CLIENT:[PEER]:[GW]:NETMASK:[HOSTNAME]:[IFACE]:none|off[:DNS1[:DNS2]]
+//	ip=:::::IFACE:dhcp
+//
+// NETMASK is dotted (255.255.255.0) or a prefix length (24).
+func ParseIP(s string) (IPConfig, error) {
+	isDHCP := func(m string) bool { return m == "dhcp" || m == "on" || m == "any" }
+	if strings.ContainsAny(s, "[]") {
+		return IPConfig{}, fmt.Errorf("%q: IPv6 is not supported here (IPv4 only)", s)
+	}
+	f := strings.Split(s, ":")
+	switch {
+	case len(f) == 1 && isDHCP(f[0]):
+		return IPConfig{DHCP: true}, nil
+	case len(f) >= 2 && len(f) <= 4 && f[0] != "" && isDHCP(f[1]):
+		return IPConfig{Iface: f[0], DHCP: true}, nil
+	case len(f) < 7 || len(f) > 9:
+		return IPConfig{}, fmt.Errorf("%q: want dhcp, IFACE:dhcp or CLIENT::GW:NETMASK:HOSTNAME:IFACE:none (IPv4)", s)
+	}
+	client, gw, mask, host, iface, method := f[0], f[2], f[3], f[4], f[5], f[6]
+	if client == "" && isDHCP(method) {
+		return IPConfig{Iface: iface, DHCP: true}, nil
+	}
+	if method != "none" && method != "off" && method != "" {
+		return IPConfig{}, fmt.Errorf("%q: method %q with a static address: want none (static) or dhcp without a client address", s, method)
+	}
+	c := IPConfig{Iface: iface, Hostname: host}
+	addr, err := netip.ParseAddr(client)
+	if err != nil || !addr.Is4() {
+		return IPConfig{}, fmt.Errorf("%q: client address %q: want an IPv4 address", s, client)
+	}
+	bits, err := maskBits(mask)
+	if err != nil {
+		return IPConfig{}, fmt.Errorf("%q: netmask %q: %w", s, mask, err)
+	}
+	c.Addr = netip.PrefixFrom(addr, bits)
+	if gw != "" {
+		if c.Gateway, err = netip.ParseAddr(gw); err != nil || !c.Gateway.Is4() {
+			return IPConfig{}, fmt.Errorf("%q: gateway %q: want an IPv4 address", s, gw)
+		}
+	}
+	for _, d := range f[7:] {
+		if d == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(d)
+		if err != nil {
+			return IPConfig{}, fmt.Errorf("%q: name server %q: %w", s, d, err)
+		}
+		c.DNS = append(c.DNS, a)
+	}
+	return c, nil
+}
+
+func maskBits(s string) (int, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 0 || n > 32 {
+			return 0, fmt.Errorf("prefix length %d out of 0..32", n)
+		}
+		return n, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is4() {
+		return 0, fmt.Errorf("want 255.255.255.0 or 24")
+	}
+	b := a.As4()
+	ones, bits := net.IPMask(b[:]).Size()
+	if bits == 0 {
+		return 0, fmt.Errorf("%s is not a contiguous netmask", s)
+	}
+	return ones, nil
 }
 
 func parseTimeout(s string) (time.Duration, error) {
