@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,7 +52,11 @@ func relay(addr string) int {
 	}()
 	go func() {
 		_, _ = io.Copy(os.Stdout, c)
-		_ = os.Stdout.Close()
+		// libslirp gives the command one socket as stdin, stdout and stderr: closing fd 1
+		// alone sends nothing, so the guest would wait for more. Half-close the socket.
+		if err := syscall.Shutdown(int(os.Stdout.Fd()), syscall.SHUT_WR); err != nil {
+			_ = os.Stdout.Close() // not a socket (a pipe): closing it is the end
+		}
 		done <- struct{}{}
 	}()
 	<-done
@@ -362,4 +367,52 @@ func testSandboxImage(t *testing.T) sandboxImage {
 		t.Fatal(err)
 	}
 	return sandboxImage{uri: "oci://" + name + "@" + d.String() + "#image=/usr/lib/imgctl/images/pause.tar", name: name}
+}
+
+// TestRelayPassesOnServerClose runs the relay as libslirp runs a guestfwd cmd: (one socket as
+// stdin, stdout and stderr) and checks that a server closing its connection ends the guest's
+// connection too, at once: a response delimited by the close (or cut off, as the netboot
+// tests' dropped download) must not look to the guest like a stalled one.
+func TestRelayPassesOnServerClose(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Write([]byte("partial"))
+		c.Close()
+	}()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guestEnd, relayEnd := os.NewFile(uintptr(fds[0]), "guest"), os.NewFile(uintptr(fds[1]), "relay")
+	guest, err := net.FileConn(guestEnd)
+	guestEnd.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer guest.Close()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), relayEnv+"="+ln.Addr().String())
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = relayEnd, relayEnd, relayEnd
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	relayEnd.Close()
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	guest.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(guest)
+	if err != nil || string(got) != "partial" {
+		t.Fatalf("the guest read %q, %v; want \"partial\" and then the end of the connection", got, err)
+	}
 }
