@@ -561,6 +561,13 @@ func TestNetbootResumesDroppedDownload(t *testing.T) {
 			t.Errorf("the fetch-root line lacks %q: %s", want, ok)
 		}
 	}
+	// The first attempt ended because the connection was closed, not because it stalled: the
+	// guest saw the drop.
+	retry := regexp.MustCompile(`root download attempt failed[^\r\n]*`).FindString(log)
+	t.Log(retry)
+	if !strings.Contains(retry, "unexpected EOF") && !strings.Contains(retry, "connection closed") {
+		t.Errorf("the first attempt did not end with the dropped connection: %q", retry)
+	}
 	if !strings.Contains(log, "IMGCTL-TEST-NETROOT pid=1 id="+id+" root=overlay") {
 		t.Errorf("the guest did not boot the served root (want its init's line with id=%s)\nconsole:\n%s", id, tail(log, 4000))
 	}
