@@ -190,7 +190,7 @@ func TestProtectiveMBR(t *testing.T) {
 	if len(mbr) != MBRSize || mbr[450] != ProtectiveType || le.Uint32(mbr[454:]) != 1 || le.Uint32(mbr[458:]) != 1<<20-1 || mbr[510] != 0x55 || mbr[511] != 0xaa {
 		t.Fatalf("protective MBR entry % x", mbr[446:462])
 	}
-	if le.Uint32(ProtectiveMBR(1<<40)[458:]) != 0xffffffff {
+	if le.Uint32(ProtectiveMBR(1 << 40)[458:]) != 0xffffffff {
 		t.Error("size not clamped to 32 bits")
 	}
 	if FixProtectiveMBR(mbr, 1<<20) {
