@@ -1,4 +1,5 @@
-// Package gpt reads a GUID partition table and grows its last partition to the end of the disk.
+// Package gpt reads a GUID partition table and grows its last partition to the end of the disk,
+// through the one GPT codec the builders write it with (images/boot/gpt).
 package gpt
 
 import (
