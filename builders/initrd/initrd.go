@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imgctl/imgctl/images/boot"
 	"github.com/imgctl/imgctl/layers/localfile"
 	"github.com/klauspost/compress/gzip"
 )
@@ -23,9 +24,6 @@ import (
 // modern metal), mount the squashfs root under an overlay, and mount the ext4 STATE
 // partition. Network drivers (ENA included) are optional: see NICModules.
 var DefaultModules = []string{"virtio_pci", "virtio_blk", "virtio_scsi", "nvme", "squashfs", "overlay", "ext4"}
-
-// ModuleListPath is where imgctl-node finds the modules to load, in order, one path per line.
-const ModuleListPath = "etc/imgctl/modules"
 
 type span struct{ off, size int64 }
 
@@ -268,7 +266,7 @@ func Write(ctx context.Context, w io.Writer, k *Kernel, opts Options) (Result, e
 	for _, m := range mods {
 		list.WriteString(modDir + "/" + m + "\n")
 	}
-	if err := c.file(ModuleListPath, 0o644, []byte(list.String())); err != nil {
+	if err := c.file(boot.ModuleListPath, 0o644, []byte(list.String())); err != nil {
 		return Result{}, err
 	}
 	if err := c.trailer(); err != nil {

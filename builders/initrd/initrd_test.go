@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgctl/imgctl/images/boot"
 	"github.com/imgctl/imgctl/layers/testenv"
 	"github.com/klauspost/compress/gzip"
 )
@@ -148,7 +149,7 @@ func TestWriteIsReproducibleCpio(t *testing.T) {
 		t.Fatalf("cpio cannot read our archive: %v", err)
 	}
 	listing := string(out)
-	for _, want := range []string{" init\n", "dev/console", "lib/modules/" + rel + "/kernel/fs/squashfs/squashfs.ko", ModuleListPath} {
+	for _, want := range []string{" init\n", "dev/console", "lib/modules/" + rel + "/kernel/fs/squashfs/squashfs.ko", boot.ModuleListPath} {
 		if !strings.Contains(listing, want) {
 			t.Errorf("initrd lacks %s:\n%s", want, listing)
 		}
