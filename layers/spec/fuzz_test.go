@@ -1,7 +1,6 @@
 package spec
 
 import (
-	"bytes"
 	"strings"
 	"testing"
 
@@ -11,12 +10,13 @@ import (
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(validYAML))
 	f.Add([]byte(reorderedYAML))
-	var def bytes.Buffer
-	data := struct{ Version, Minor, Pause string }{"1.21.13", "1.21", sandboxImages["1.21"]}
-	if err := defaultTemplate.Execute(&def, data); err != nil {
-		f.Fatal(err)
+	for _, fl := range Flavors() {
+		def, err := renderDefault("1.21.13", fl)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(def)
 	}
-	f.Add(def.Bytes())
 	f.Add([]byte(""))
 	f.Add([]byte("~"))
 	f.Add([]byte("a: [\n"))

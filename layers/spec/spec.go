@@ -72,6 +72,9 @@ type Metadata struct {
 
 // Spec is the body of a NodeImage.
 type Spec struct {
+	// Flavor names the variant of the image (e.g. cloud or metal for the embedded default); it is
+	// recorded in the image manifest. Empty: not set.
+	Flavor          string
 	Kubernetes      Kubernetes
 	SourceDateEpoch *int64 // nil: not set
 	Layers          []Layer
@@ -229,3 +232,6 @@ func ParseKubernetesVersion(s string) (string, error) {
 func minorOf(v string) string { return v[:strings.LastIndexByte(v, '.')] }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$`)
+
+// flavorRE is a flavor name: a DNS label.
+var flavorRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
