@@ -16,7 +16,8 @@ import (
 
 func (a *app) buildCmd() *cobra.Command {
 	var (
-		file, k8s, lockPath, outputDir string
+		file, k8s, flavor, lockPath    string
+		outputDir                      string
 		sources, targets               []string
 		updateLock, locked             bool
 		parallel                       int
@@ -37,6 +38,7 @@ digest is the last line of standard output; a per-phase timing summary goes to s
 SOURCE_DATE_EPOCH, if set, fixes every timestamp; otherwise the spec's sourceDateEpoch, then
 the lock's, then the current time (recorded in the lock) are used.`,
 		Example: `  imgctl build --k8s 1.21.13 --target raw --output out/
+  imgctl build --k8s 1.21.13 --flavor metal --target raw
   imgctl build -f node.yaml --target rootfs
   imgctl build --k8s 1.21.13 --source 'kubelet=file:///srv/k8s/kubelet#path=/usr/bin/kubelet&mode=0755'
   imgctl build --k8s 1.21.13 --mirror https://deb.debian.org/debian=http://apt.local/debian --offline`,
@@ -51,10 +53,12 @@ the lock's, then the current time (recorded in the lock) are used.`,
 			switch {
 			case file != "" && cmd.Flags().Changed("k8s"):
 				return fmt.Errorf("give either -f SPEC or --k8s VERSION, not both")
+			case file != "" && cmd.Flags().Changed("flavor"):
+				return fmt.Errorf("--flavor chooses a variant of the embedded default spec: give it with --k8s, not with -f SPEC (a spec file names its own kernel; spec.flavor records its flavor)")
 			case file != "":
 				n, err = spec.Load(file)
 			default:
-				n, err = spec.Default(k8s)
+				n, err = spec.DefaultFlavor(k8s, flavor)
 			}
 			if err != nil {
 				return err
@@ -151,6 +155,7 @@ the lock's, then the current time (recorded in the lock) are used.`,
 	f := cmd.Flags()
 	f.StringVarP(&file, "file", "f", "", "NodeImage spec file (default: the embedded default spec)")
 	f.StringVar(&k8s, "k8s", "1.21.13", "Kubernetes version for the embedded default spec")
+	f.StringVar(&flavor, "flavor", spec.FlavorCloud, "variant of the embedded default spec: "+flavorHelp())
 	f.StringArrayVar(&sources, "source", nil, "replace a role's sources: ROLE=URI (repeat for several sources of one role)")
 	f.StringArrayVar(&targets, "target", nil, "target to write (default: the spec's targets; supported: "+strings.Join(builders.TargetNames(), ", ")+")")
 	f.StringVar(&lockPath, "lock", "imgctl.lock", "lock file recording every source's digest")
@@ -166,6 +171,15 @@ the lock's, then the current time (recorded in the lock) are used.`,
 	a.limitFlags(f)
 	f.StringVar(&agent, "node-agent", "", "the static imgctl-node binary: /init of the raw target's initrd and /usr/bin/imgctl-node of the bootstrap layer (default: imgctl-node beside imgctl, then $PATH)")
 	return cmd
+}
+
+// flavorHelp lists the default spec's flavors for --flavor's help, from the spec library.
+func flavorHelp() string {
+	var parts []string
+	for _, f := range spec.Flavors() {
+		parts = append(parts, f.Name+" ("+f.About+")")
+	}
+	return strings.Join(parts, "; ")
 }
 
 // parseSize reads sizes like 3GiB, 512MiB, 3G, 1024M or plain bytes; "" is 0 (the default).
