@@ -16,15 +16,15 @@ import (
 
 func (a *app) buildCmd() *cobra.Command {
 	var (
-		file, k8s, flavor, lockPath string
-		outputDir                   string
-		sources, targets            []string
-		updateLock, locked          bool
-		parallel                    int
-		diskSize, rootSize          string
-		compression, agent          string
-		signKey                     string
-		level                       int
+		file, k8s, lockPath, outputDir string
+		sources, targets               []string
+		updateLock, locked             bool
+		parallel                       int
+		diskSize, rootSize             string
+		compression, agent             string
+		signKey                        string
+		flavor                         string
+		level                          int
 	)
 	cmd := &cobra.Command{
 		Use:   "build [--k8s VERSION | -f SPEC]",
