@@ -23,6 +23,18 @@ import (
 // Nitro), mount the squashfs root under an overlay, and mount the ext4 STATE partition.
 var DefaultModules = []string{"virtio_pci", "virtio_blk", "virtio_scsi", "nvme", "ena", "squashfs", "overlay", "ext4"}
 
+// StorageModules drive the disks of common servers and VMs: SATA/AHCI, NVMe, the SCSI disk
+// driver that SAS/RAID controllers and virtio-scsi present their disks through, Broadcom/LSI
+// MegaRAID, SAS HBAs (mpt3sas, mpi3mr), Microchip SmartPQI, HPE Smart Array, Adaptec, and virtio.
+// Pass them as Options.Optional: each kernel has the ones it has (the cloud kernel lacks the
+// RAID and HBA drivers).
+var StorageModules = []string{"ahci", "nvme", "sd_mod", "megaraid_sas", "mpt3sas", "mpi3mr", "smartpqi", "hpsa", "aacraid", "virtio_blk", "virtio_scsi"}
+
+// NICModules drive the network cards of common servers and VMs: virtio, Intel (e1000, e1000e,
+// igb, ixgbe, i40e, ice), Mellanox/NVIDIA ConnectX-4 and later, Broadcom (bnxt_en, tg3, bnx2x),
+// and EC2's ENA. Pass them as Options.Optional to boot from the network.
+var NICModules = []string{"virtio_net", "e1000", "e1000e", "igb", "ixgbe", "i40e", "ice", "mlx5_core", "bnxt_en", "bnx2x", "tg3", "ena"}
+
 // ModuleListPath is where imgctl-node finds the modules to load, in order, one path per line.
 const ModuleListPath = "etc/imgctl/modules"
 
@@ -155,31 +167,45 @@ func (k *Kernel) readIndexes() error {
 // Closure returns the module files (relative to the modules directory) that load names, in
 // load order: every module after its dependencies. Built-in modules need nothing.
 func (k *Kernel) Closure(names []string) ([]string, error) {
-	var order []string
-	seen := map[string]bool{}
-	var visit func(p string)
-	visit = func(p string) {
-		if seen[p] {
-			return
-		}
-		seen[p] = true
-		for _, d := range k.deps[p] {
-			visit(d)
-		}
-		order = append(order, p)
-	}
+	c := closure{k: k, seen: map[string]bool{}}
 	for _, n := range names {
-		n = strings.ReplaceAll(n, "-", "_")
-		if k.builtin[n] {
-			continue
+		if !c.add(n) {
+			return nil, fmt.Errorf("kernel %s has no module %s, neither built in nor in modules.dep: it cannot reach the root device this image needs", k.Release, moduleName(n))
 		}
-		p, ok := k.byName[n]
-		if !ok {
-			return nil, fmt.Errorf("kernel %s has no module %s, neither built in nor in modules.dep: it cannot reach the root device this image needs", k.Release, n)
-		}
-		visit(p)
 	}
-	return order, nil
+	return c.order, nil
+}
+
+// closure collects module files in load order.
+type closure struct {
+	k     *Kernel
+	order []string
+	seen  map[string]bool // module files
+}
+
+// add includes module name and its dependencies; it reports whether the kernel has the module
+// (built in, which needs no file, or in modules.dep).
+func (c *closure) add(name string) bool {
+	name = moduleName(name)
+	if c.k.builtin[name] {
+		return true
+	}
+	p, ok := c.k.byName[name]
+	if ok {
+		c.visit(p)
+	}
+	return ok
+}
+
+func (c *closure) visit(p string) {
+	if c.seen[p] {
+		return
+	}
+	c.seen[p] = true
+	for _, d := range c.k.deps[p] {
+		c.visit(d)
+	}
+	c.order = append(c.order, p)
 }
 
 // Vmlinuz returns the kernel image.
@@ -190,13 +216,20 @@ func (k *Kernel) Vmlinuz() *io.SectionReader {
 // Options configure Write.
 type Options struct {
 	Agent   string   // path of the static imgctl-node binary, installed as /init
-	Modules []string // module names; nil = DefaultModules
-	MTime   time.Time
+	Modules []string // required module names (a missing one is an error); nil = DefaultModules
+	// Optional module names are included, with their dependencies and after the required
+	// modules, where the kernel has them (e.g. StorageModules, NICModules); the others are
+	// reported in Result.Absent.
+	Optional []string
+	MTime    time.Time
 }
 
 // Result describes a written initrd.
 type Result struct {
 	Modules []string // module files included, in load order
+	// Optional are the optional modules the kernel has (as a file in the initrd or built in),
+	// Absent those it has not; both by name as modprobe spells it, once each, in the order given.
+	Optional, Absent []string
 }
 
 // Write writes the gzip-compressed newc initrd for k to w.
@@ -205,10 +238,26 @@ func Write(ctx context.Context, w io.Writer, k *Kernel, opts Options) (Result, e
 	if names == nil {
 		names = DefaultModules
 	}
-	mods, err := k.Closure(names)
-	if err != nil {
-		return Result{}, err
+	cl := closure{k: k, seen: map[string]bool{}}
+	for _, n := range names {
+		if !cl.add(n) {
+			return Result{}, fmt.Errorf("kernel %s has no module %s, neither built in nor in modules.dep: it cannot reach the root device this image needs", k.Release, moduleName(n))
+		}
 	}
+	var res Result
+	for _, n := range opts.Optional {
+		n = moduleName(n)
+		if slices.Contains(res.Optional, n) || slices.Contains(res.Absent, n) {
+			continue
+		}
+		if cl.add(n) {
+			res.Optional = append(res.Optional, n)
+		} else {
+			res.Absent = append(res.Absent, n)
+		}
+	}
+	mods := cl.order
+	res.Modules = mods
 	agent, err := localfile.ReadFile(opts.Agent, 512<<20)
 	if err != nil {
 		return Result{}, fmt.Errorf("node agent (imgctl-node, installed as /init): %w", err)
@@ -276,5 +325,5 @@ func Write(ctx context.Context, w io.Writer, k *Kernel, opts Options) (Result, e
 	if err := zw.Close(); err != nil {
 		return Result{}, err
 	}
-	return Result{Modules: mods}, nil
+	return res, nil
 }

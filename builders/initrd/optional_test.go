@@ -1,0 +1,168 @@
+package initrd
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+)
+
+// serverRootfs is rootfs with igb (two dependencies, one spelled with dashes) and ahci built in.
+func serverRootfs(t *testing.T) *Kernel {
+	t.Helper()
+	mods := "usr/lib/modules/" + rel + "/"
+	dep := "kernel/fs/squashfs/squashfs.ko:\n" +
+		"kernel/fs/overlayfs/overlay.ko:\n" +
+		"kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n" +
+		"kernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko\n" +
+		"kernel/drivers/virtio/virtio.ko:\n" +
+		"kernel/drivers/net/ethernet/amazon/ena/ena.ko:\n" +
+		"kernel/drivers/net/ethernet/intel/igb/igb.ko: kernel/drivers/dca/dca.ko kernel/drivers/i2c/algos/i2c-algo-bit.ko\n" +
+		"kernel/drivers/dca/dca.ko:\n" +
+		"kernel/drivers/i2c/algos/i2c-algo-bit.ko:\n"
+	r := rootfs(t, map[string]string{
+		mods + "modules.dep":     dep,
+		mods + "modules.builtin": "kernel/drivers/nvme/host/nvme.ko\nkernel/fs/ext4/ext4.ko\nkernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/scsi/virtio_scsi.ko\nkernel/drivers/ata/ahci.ko\n",
+		mods + "kernel/drivers/net/ethernet/intel/igb/igb.ko": "MODULE igb",
+		mods + "kernel/drivers/dca/dca.ko":                     "MODULE dca",
+		mods + "kernel/drivers/i2c/algos/i2c-algo-bit.ko":      "MODULE i2c-algo-bit",
+	})
+	k, err := Scan(context.Background(), r, r.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// moduleList returns the module list file of a written initrd, read as newc cpio.
+func moduleList(t *testing.T, initrd []byte) string {
+	t.Helper()
+	zr, err := gzip.NewReader(bytes.NewReader(initrd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw bytes.Buffer
+	if _, err := raw.ReadFrom(zr); err != nil {
+		t.Fatal(err)
+	}
+	b := raw.Bytes()
+	pad4 := func(n int) int { return (n + 3) &^ 3 }
+	for off := 0; off+110 <= len(b); {
+		if string(b[off:off+6]) != "070701" {
+			t.Fatalf("no newc header at %d", off)
+		}
+		field := func(i int) int {
+			v, err := strconv.ParseUint(string(b[off+6+8*i:off+14+8*i]), 16, 32)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return int(v)
+		}
+		size, nameSize := field(6), field(11)
+		name := string(b[off+110 : off+110+nameSize-1])
+		data := off + pad4(110+nameSize)
+		if name == ModuleListPath {
+			return string(b[data : data+size])
+		}
+		if name == "TRAILER!!!" {
+			break
+		}
+		off = data + pad4(size)
+	}
+	t.Fatalf("no %s in the initrd", ModuleListPath)
+	return ""
+}
+
+func TestOptionalModules(t *testing.T) {
+	k := serverRootfs(t)
+	agent, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mdir := "lib/modules/" + rel + "/kernel/"
+	required := mdir + "drivers/virtio/virtio.ko\n" + mdir + "drivers/virtio/virtio_ring.ko\n" + mdir + "drivers/block/virtio_blk.ko\n" +
+		mdir + "drivers/net/ethernet/amazon/ena/ena.ko\n" + mdir + "fs/squashfs/squashfs.ko\n" + mdir + "fs/overlayfs/overlay.ko\n"
+	igb := mdir + "drivers/dca/dca.ko\n" + mdir + "drivers/i2c/algos/i2c-algo-bit.ko\n" + mdir + "drivers/net/ethernet/intel/igb/igb.ko\n"
+	for _, tc := range []struct {
+		name             string
+		optional         []string
+		included, absent []string
+		list             string // the module list, in load order
+	}{
+		{"none", nil, nil, nil, required},
+		{"present, built in and absent", []string{"igb", "ahci", "ice", "mlx5_core"}, []string{"igb", "ahci"}, []string{"ice", "mlx5_core"}, required + igb},
+		// A name already required, repeated, or spelled with dashes is included once, reported once.
+		{"repeats and dashes", []string{"virtio-blk", "i2c-algo-bit", "igb", "igb", "ice", "ice"}, []string{"virtio_blk", "i2c_algo_bit", "igb"}, []string{"ice"},
+			required + mdir + "drivers/i2c/algos/i2c-algo-bit.ko\n" + mdir + "drivers/dca/dca.ko\n" + mdir + "drivers/net/ethernet/intel/igb/igb.ko\n"},
+		{"all absent", []string{"tg3", "bnxt_en"}, nil, []string{"tg3", "bnxt_en"}, required},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			res, err := Write(context.Background(), &buf, k, Options{Agent: agent, Optional: tc.optional, MTime: time.Unix(1700000000, 0)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(res.Optional, tc.included) || !slices.Equal(res.Absent, tc.absent) {
+				t.Errorf("optional included %q, absent %q; want %q, %q", res.Optional, res.Absent, tc.included, tc.absent)
+			}
+			if got := moduleList(t, buf.Bytes()); got != tc.list {
+				t.Errorf("module list =\n%s\nwant\n%s", got, tc.list)
+			}
+			if want := strings.Count(tc.list, "\n"); len(res.Modules) != want {
+				t.Errorf("Result.Modules = %q, want %d files", res.Modules, want)
+			}
+		})
+	}
+	// Optional modules never excuse a missing required one.
+	_, err = Write(context.Background(), &bytes.Buffer{}, k, Options{Agent: agent, Modules: []string{"xfs"}, Optional: []string{"xfs", "igb"}})
+	if err == nil || !strings.Contains(err.Error(), "no module xfs") {
+		t.Errorf("missing required module with optional ones: err = %v", err)
+	}
+	// Without optional modules the initrd is byte for byte what it was before they existed.
+	var a, b bytes.Buffer
+	if _, err := Write(context.Background(), &a, k, Options{Agent: agent, MTime: time.Unix(1, 0)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Write(context.Background(), &b, k, Options{Agent: agent, Optional: []string{}, MTime: time.Unix(1, 0)}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a.Bytes(), b.Bytes()) {
+		t.Error("an empty optional list changed the initrd")
+	}
+}
+
+// TestModuleLists: the exported lists name the drivers a server needs, each once, as modprobe
+// spells them, and no module is in two lists.
+func TestModuleLists(t *testing.T) {
+	for name, tc := range map[string]struct {
+		list []string
+		want []string
+	}{
+		"StorageModules": {StorageModules, []string{"ahci", "nvme", "sd_mod", "megaraid_sas", "mpt3sas", "virtio_blk", "virtio_scsi"}},
+		"NICModules":     {NICModules, []string{"virtio_net", "e1000", "e1000e", "igb", "ixgbe", "i40e", "ice", "mlx5_core", "bnxt_en", "ena", "tg3"}},
+	} {
+		for _, w := range tc.want {
+			if !slices.Contains(tc.list, w) {
+				t.Errorf("%s lacks %s: %q", name, w, tc.list)
+			}
+		}
+		seen := map[string]bool{}
+		for _, m := range tc.list {
+			if seen[m] || m != strings.ReplaceAll(m, "-", "_") || m == "" {
+				t.Errorf("%s: %q repeated or not as modprobe names it", name, m)
+			}
+			seen[m] = true
+		}
+	}
+	for _, m := range NICModules {
+		if slices.Contains(StorageModules, m) {
+			t.Errorf("%s is in both lists", m)
+		}
+	}
+}
