@@ -27,11 +27,11 @@ func serverRootfs(t *testing.T) *Kernel {
 		"kernel/drivers/dca/dca.ko:\n" +
 		"kernel/drivers/i2c/algos/i2c-algo-bit.ko:\n"
 	r := rootfs(t, map[string]string{
-		mods + "modules.dep":     dep,
-		mods + "modules.builtin": "kernel/drivers/nvme/host/nvme.ko\nkernel/fs/ext4/ext4.ko\nkernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/scsi/virtio_scsi.ko\nkernel/drivers/ata/ahci.ko\n",
+		mods + "modules.dep":                                  dep,
+		mods + "modules.builtin":                              "kernel/drivers/nvme/host/nvme.ko\nkernel/fs/ext4/ext4.ko\nkernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/scsi/virtio_scsi.ko\nkernel/drivers/ata/ahci.ko\n",
 		mods + "kernel/drivers/net/ethernet/intel/igb/igb.ko": "MODULE igb",
-		mods + "kernel/drivers/dca/dca.ko":                     "MODULE dca",
-		mods + "kernel/drivers/i2c/algos/i2c-algo-bit.ko":      "MODULE i2c-algo-bit",
+		mods + "kernel/drivers/dca/dca.ko":                    "MODULE dca",
+		mods + "kernel/drivers/i2c/algos/i2c-algo-bit.ko":     "MODULE i2c-algo-bit",
 	})
 	k, err := Scan(context.Background(), r, r.Size())
 	if err != nil {
