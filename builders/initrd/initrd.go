@@ -50,6 +50,10 @@ type Kernel struct {
 	deps    map[string][]string
 	byName  map[string]string // module name -> path
 	builtin map[string]bool
+	// From modules.softdep and modules.alias, where the kernel layer has them: soft
+	// dependencies by module name, and the modules each plain alias names.
+	softPre, softPost map[string][]string
+	aliases           map[string][]string
 }
 
 // Scan indexes the kernel in a rootfs tar (as composed by imgctl: one kernel release, module
@@ -161,7 +165,55 @@ func (k *Kernel) readIndexes() error {
 			return fmt.Errorf("kernel %s: modules.builtin: %w", k.Release, err)
 		}
 	}
-	return nil
+	return k.readSoftdeps()
+}
+
+// readSoftdeps reads modules.softdep ("softdep MOD pre: A B post: C", as depmod writes it from
+// the modules' softdep= info) and the plain (pattern-free) aliases of modules.alias, which
+// soft dependencies name: Debian's ext4 needs "pre: crypto-crc32c". Both files are optional.
+func (k *Kernel) readSoftdeps() error {
+	k.softPre, k.softPost, k.aliases = map[string][]string{}, map[string][]string{}, map[string][]string{}
+	lines := func(name string, fn func(f []string)) error {
+		r, err := k.open(name)
+		if err != nil {
+			return nil // not generated: no soft dependencies
+		}
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			if f := strings.Fields(sc.Text()); len(f) >= 3 && !strings.HasPrefix(f[0], "#") {
+				fn(f)
+			}
+		}
+		if err := sc.Err(); err != nil {
+			return fmt.Errorf("kernel %s: %s: %w", k.Release, name, err)
+		}
+		return nil
+	}
+	err := lines("modules.softdep", func(f []string) {
+		if f[0] != "softdep" {
+			return
+		}
+		mod, mode := moduleName(f[1]), ""
+		for _, w := range f[2:] {
+			switch {
+			case w == "pre:" || w == "post:":
+				mode = w
+			case mode == "pre:":
+				k.softPre[mod] = append(k.softPre[mod], w)
+			case mode == "post:":
+				k.softPost[mod] = append(k.softPost[mod], w)
+			} // names before any pre: or post: are ignored
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return lines("modules.alias", func(f []string) {
+		if f[0] == "alias" && !strings.ContainsAny(f[1], "*?[") {
+			k.aliases[f[1]] = append(k.aliases[f[1]], moduleName(f[2]))
+		}
+	})
 }
 
 // Closure returns the module files (relative to the modules directory) that load names, in
@@ -202,10 +254,28 @@ func (c *closure) visit(p string) {
 		return
 	}
 	c.seen[p] = true
+	name := moduleName(p)
+	for _, s := range c.k.softPre[name] {
+		c.soft(s)
+	}
 	for _, d := range c.k.deps[p] {
 		c.visit(d)
 	}
 	c.order = append(c.order, p)
+	for _, s := range c.k.softPost[name] {
+		c.soft(s)
+	}
+}
+
+// soft includes a soft dependency: a module name, or an alias naming modules (all of them, as
+// modprobe loads them). One the kernel has not, or has built in, is skipped: it is soft.
+func (c *closure) soft(name string) {
+	if c.add(name) {
+		return
+	}
+	for _, m := range c.k.aliases[name] {
+		c.add(m)
+	}
 }
 
 // Vmlinuz returns the kernel image.

@@ -166,3 +166,51 @@ func TestModuleLists(t *testing.T) {
 		}
 	}
 }
+
+// TestSoftdeps: a module's soft dependencies (modules.softdep, names resolved through
+// modules.alias as modprobe does) load with it: Debian's generic kernel has ext4 and jbd2
+// "pre: crypto-crc32c", and without crc32c loaded first ext4 cannot mount ("Cannot load crc32c
+// driver"). Unresolvable soft dependencies (built in, or not in this kernel) are skipped.
+func TestSoftdeps(t *testing.T) {
+	mods := "usr/lib/modules/" + rel + "/"
+	files := map[string]string{
+		mods + "modules.dep": "kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko kernel/fs/mbcache.ko\n" +
+			"kernel/fs/jbd2/jbd2.ko:\n" +
+			"kernel/fs/mbcache.ko:\n" +
+			"kernel/arch/x86/crypto/crc32c-intel.ko:\n" +
+			"kernel/crypto/crc32c_generic.ko:\n" +
+			"kernel/fs/squashfs/squashfs.ko:\n" +
+			"kernel/drivers/post/after.ko:\n",
+		mods + "modules.softdep": "# Soft dependencies extracted from modules themselves.\n" +
+			"softdep ext4 pre: crypto-crc32c\n" +
+			"softdep jbd2 pre: crypto-crc32c\n" +
+			"softdep squashfs pre: nonexistent post: after\n" +
+			"softdep cifs gcm\n",
+		mods + "modules.alias": "# Aliases extracted from modules themselves.\n" +
+			"alias crypto-crc32c crc32c_intel\n" +
+			"alias crypto-crc32c crc32c_generic\n" +
+			"alias crc32c crc32c_intel\n" +
+			"alias pci:v00008086d*sv*sd*bc*sc*i* after\n",
+		mods + "modules.builtin": "",
+	}
+	for _, m := range []string{"fs/ext4/ext4", "fs/jbd2/jbd2", "fs/mbcache", "arch/x86/crypto/crc32c-intel", "crypto/crc32c_generic", "fs/squashfs/squashfs", "drivers/post/after"} {
+		files[mods+"kernel/"+m+".ko"] = "MODULE " + m
+	}
+	for _, m := range []string{"fs/overlayfs/overlay", "drivers/block/virtio_blk", "drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/net/ethernet/amazon/ena/ena"} {
+		files[mods+"kernel/"+m+".ko"] = ""
+	}
+	r := rootfs(t, files)
+	k, err := Scan(context.Background(), r, r.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := k.Closure([]string{"ext4", "squashfs"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"kernel/arch/x86/crypto/crc32c-intel.ko", "kernel/crypto/crc32c_generic.ko", "kernel/fs/jbd2/jbd2.ko", "kernel/fs/mbcache.ko", "kernel/fs/ext4/ext4.ko",
+		"kernel/fs/squashfs/squashfs.ko", "kernel/drivers/post/after.ko"}
+	if !slices.Equal(got, want) {
+		t.Errorf("closure =\n%q\nwant\n%q", got, want)
+	}
+}
