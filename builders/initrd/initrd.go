@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imgctl/imgctl/layers/kmod"
 	"github.com/imgctl/imgctl/layers/localfile"
 	"github.com/klauspost/compress/gzip"
 )
@@ -54,6 +55,9 @@ type Kernel struct {
 	// dependencies by module name, and the modules each plain alias names.
 	softPre, softPost map[string][]string
 	aliases           map[string][]string
+	// The rootfs's firmware files and symlinks, by path under lib/firmware.
+	firmware map[string]span
+	fwLinks  map[string]string
 }
 
 // Scan indexes the kernel in a rootfs tar (as composed by imgctl: one kernel release, module
@@ -61,7 +65,7 @@ type Kernel struct {
 func Scan(ctx context.Context, rootfs io.ReaderAt, size int64) (*Kernel, error) {
 	sr := io.NewSectionReader(rootfs, 0, size)
 	tr := tar.NewReader(sr)
-	k := &Kernel{r: rootfs, files: map[string]span{}}
+	k := &Kernel{r: rootfs, files: map[string]span{}, firmware: map[string]span{}, fwLinks: map[string]string{}}
 	vmlinuz := map[string]span{}
 	for n := 0; ; n++ {
 		if n%4096 == 0 && ctx.Err() != nil {
@@ -74,11 +78,21 @@ func Scan(ctx context.Context, rootfs io.ReaderAt, size int64) (*Kernel, error) 
 		if err != nil {
 			return nil, fmt.Errorf("reading rootfs: %w", err)
 		}
+		name := hdr.Name
+		if fw, ok := firmwarePath(name); ok {
+			switch hdr.Typeflag {
+			case tar.TypeSymlink:
+				k.fwLinks[fw] = hdr.Linkname
+			case tar.TypeReg:
+				off, _ := sr.Seek(0, io.SeekCurrent)
+				k.firmware[fw] = span{off, hdr.Size}
+			}
+			continue
+		}
 		if hdr.Typeflag != tar.TypeReg {
 			continue
 		}
 		off, _ := sr.Seek(0, io.SeekCurrent)
-		name := hdr.Name
 		if rel, ok := strings.CutPrefix(name, "boot/vmlinuz-"); ok {
 			vmlinuz[rel] = span{off, hdr.Size}
 			continue
@@ -112,6 +126,42 @@ func Scan(ctx context.Context, rootfs io.ReaderAt, size int64) (*Kernel, error) 
 		return nil, err
 	}
 	return k, nil
+}
+
+// firmwarePath returns the path of a rootfs entry under the firmware directory.
+func firmwarePath(name string) (string, bool) {
+	for _, dir := range []string{"usr/lib/firmware/", "lib/firmware/"} {
+		if rel, ok := strings.CutPrefix(name, dir); ok && rel != "" {
+			return rel, true
+		}
+	}
+	return "", false
+}
+
+// firmwareFile finds the firmware file the kernel loads for name (relative to lib/firmware),
+// following symlinks within the firmware directory.
+func (k *Kernel) firmwareFile(name string) (span, bool) {
+	name = path.Clean(name)
+	for range 16 {
+		if name == ".." || strings.HasPrefix(name, "../") || path.IsAbs(name) {
+			return span{}, false
+		}
+		if s, ok := k.firmware[name]; ok {
+			return s, true
+		}
+		target, ok := k.fwLinks[name]
+		if !ok {
+			return span{}, false
+		}
+		if path.IsAbs(target) {
+			if name, ok = firmwarePath(strings.TrimPrefix(path.Clean(target), "/")); !ok {
+				return span{}, false
+			}
+			continue
+		}
+		name = path.Join(path.Dir(name), target)
+	}
+	return span{}, false
 }
 
 func (k *Kernel) open(p string) (io.Reader, error) {
@@ -300,6 +350,10 @@ type Result struct {
 	// Optional are the optional modules the kernel has (as a file in the initrd or built in),
 	// Absent those it has not; both by name as modprobe spells it, once each, in the order given.
 	Optional, Absent []string
+	// Firmware are the files under lib/firmware the included modules may request (modinfo
+	// firmware=) that the rootfs has, included; MissingFirmware those it has not (drivers list
+	// every chip revision's file). Both sorted.
+	Firmware, MissingFirmware []string
 }
 
 // Write writes the gzip-compressed newc initrd for k to w.
@@ -328,6 +382,31 @@ func Write(ctx context.Context, w io.Writer, k *Kernel, opts Options) (Result, e
 	}
 	mods := cl.order
 	res.Modules = mods
+	fwSpans := map[string]span{}
+	for _, m := range mods {
+		r, err := k.open(m)
+		if err != nil {
+			return Result{}, err
+		}
+		names, err := kmod.Modinfo(m, r, "firmware")
+		if err != nil {
+			return Result{}, fmt.Errorf("kernel %s: reading which firmware %s/%s requests: %w", k.Release, k.modRoot, m, err)
+		}
+		for _, fw := range names {
+			fw = path.Clean(fw)
+			if _, ok := fwSpans[fw]; ok || slices.Contains(res.MissingFirmware, fw) {
+				continue
+			}
+			if s, ok := k.firmwareFile(fw); ok {
+				fwSpans[fw] = s
+				res.Firmware = append(res.Firmware, fw)
+			} else {
+				res.MissingFirmware = append(res.MissingFirmware, fw)
+			}
+		}
+	}
+	slices.Sort(res.Firmware)
+	slices.Sort(res.MissingFirmware)
 	agent, err := localfile.ReadFile(opts.Agent, 512<<20)
 	if err != nil {
 		return Result{}, fmt.Errorf("node agent (imgctl-node, installed as /init): %w", err)
@@ -380,6 +459,19 @@ func Write(ctx context.Context, w io.Writer, k *Kernel, opts Options) (Result, e
 			return Result{}, err
 		}
 		if err := c.entry(dst, modeReg|0o644, k.files[m].size, 0, 0, r); err != nil {
+			return Result{}, err
+		}
+	}
+	for _, fw := range res.Firmware {
+		if err := ctx.Err(); err != nil {
+			return Result{}, err
+		}
+		dst := "lib/firmware/" + fw
+		if err := mkdirs(path.Dir(dst)); err != nil {
+			return Result{}, err
+		}
+		s := fwSpans[fw]
+		if err := c.entry(dst, modeReg|0o644, s.size, 0, 0, io.NewSectionReader(k.r, s.off, s.size)); err != nil {
 			return Result{}, err
 		}
 	}

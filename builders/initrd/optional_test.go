@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/gzip"
+
+	"github.com/imgctl/imgctl/layers/kmod/kmodtest"
 )
 
 // serverRootfs is rootfs with igb (two dependencies, one spelled with dashes) and ahci built in.
@@ -29,9 +31,9 @@ func serverRootfs(t *testing.T) *Kernel {
 	r := rootfs(t, map[string]string{
 		mods + "modules.dep":                                  dep,
 		mods + "modules.builtin":                              "kernel/drivers/nvme/host/nvme.ko\nkernel/fs/ext4/ext4.ko\nkernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/scsi/virtio_scsi.ko\nkernel/drivers/ata/ahci.ko\n",
-		mods + "kernel/drivers/net/ethernet/intel/igb/igb.ko": "MODULE igb",
-		mods + "kernel/drivers/dca/dca.ko":                    "MODULE dca",
-		mods + "kernel/drivers/i2c/algos/i2c-algo-bit.ko":     "MODULE i2c-algo-bit",
+		mods + "kernel/drivers/net/ethernet/intel/igb/igb.ko": string(kmodtest.Module("name=igb")),
+		mods + "kernel/drivers/dca/dca.ko":                    string(kmodtest.Module("name=dca")),
+		mods + "kernel/drivers/i2c/algos/i2c-algo-bit.ko":     string(kmodtest.Module("name=i2c_algo_bit")),
 	})
 	k, err := Scan(context.Background(), r, r.Size())
 	if err != nil {
@@ -40,43 +42,14 @@ func serverRootfs(t *testing.T) *Kernel {
 	return k
 }
 
-// moduleList returns the module list file of a written initrd, read as newc cpio.
+// moduleList returns the module list file of a written initrd.
 func moduleList(t *testing.T, initrd []byte) string {
 	t.Helper()
-	zr, err := gzip.NewReader(bytes.NewReader(initrd))
-	if err != nil {
-		t.Fatal(err)
+	list, ok := cpioFiles(t, initrd)[ModuleListPath]
+	if !ok {
+		t.Fatalf("no %s in the initrd", ModuleListPath)
 	}
-	var raw bytes.Buffer
-	if _, err := raw.ReadFrom(zr); err != nil {
-		t.Fatal(err)
-	}
-	b := raw.Bytes()
-	pad4 := func(n int) int { return (n + 3) &^ 3 }
-	for off := 0; off+110 <= len(b); {
-		if string(b[off:off+6]) != "070701" {
-			t.Fatalf("no newc header at %d", off)
-		}
-		field := func(i int) int {
-			v, err := strconv.ParseUint(string(b[off+6+8*i:off+14+8*i]), 16, 32)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return int(v)
-		}
-		size, nameSize := field(6), field(11)
-		name := string(b[off+110 : off+110+nameSize-1])
-		data := off + pad4(110+nameSize)
-		if name == ModuleListPath {
-			return string(b[data : data+size])
-		}
-		if name == "TRAILER!!!" {
-			break
-		}
-		off = data + pad4(size)
-	}
-	t.Fatalf("no %s in the initrd", ModuleListPath)
-	return ""
+	return list
 }
 
 func TestOptionalModules(t *testing.T) {
@@ -212,5 +185,107 @@ func TestSoftdeps(t *testing.T) {
 		"kernel/fs/squashfs/squashfs.ko", "kernel/drivers/post/after.ko"}
 	if !slices.Equal(got, want) {
 		t.Errorf("closure =\n%q\nwant\n%q", got, want)
+	}
+}
+
+// cpioFiles returns the regular files of a written initrd by name.
+func cpioFiles(t *testing.T, initrd []byte) map[string]string {
+	t.Helper()
+	zr, err := gzip.NewReader(bytes.NewReader(initrd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw bytes.Buffer
+	if _, err := raw.ReadFrom(zr); err != nil {
+		t.Fatal(err)
+	}
+	b := raw.Bytes()
+	pad4 := func(n int) int { return (n + 3) &^ 3 }
+	files := map[string]string{}
+	for off := 0; off+110 <= len(b); {
+		field := func(i int) int {
+			v, err := strconv.ParseUint(string(b[off+6+8*i:off+14+8*i]), 16, 32)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return int(v)
+		}
+		mode, size, nameSize := field(1), field(6), field(11)
+		name := string(b[off+110 : off+110+nameSize-1])
+		if name == "TRAILER!!!" {
+			break
+		}
+		data := off + pad4(110+nameSize)
+		if mode&0o170000 == 0o100000 {
+			files[name] = string(b[data : data+size])
+		}
+		off = data + pad4(size)
+	}
+	return files
+}
+
+// TestFirmware: the firmware files the included modules request (modinfo firmware=) go into
+// the initrd where the rootfs has them (under lib/firmware or usr/lib/firmware, through
+// symlinks), so a NIC that needs firmware comes up before switch-root; the others are reported.
+func TestFirmware(t *testing.T) {
+	mods := "usr/lib/modules/" + rel + "/"
+	r := rootfs(t, map[string]string{
+		mods + "modules.dep": "kernel/fs/squashfs/squashfs.ko:\nkernel/fs/overlayfs/overlay.ko:\n" +
+			"kernel/drivers/block/virtio_blk.ko:\nkernel/drivers/net/ethernet/amazon/ena/ena.ko:\n" +
+			"kernel/drivers/net/ethernet/broadcom/tg3.ko:\n" +
+			"kernel/drivers/net/ethernet/intel/ice/ice.ko:\n",
+		mods + "kernel/drivers/net/ethernet/broadcom/tg3.ko":  string(kmodtest.Module("firmware=tigon/tg3_tso.bin", "license=GPL", "firmware=tigon/tg3.bin")),
+		mods + "kernel/drivers/net/ethernet/intel/ice/ice.ko": string(kmodtest.Module("firmware=intel/ice/ddp/ice.pkg", "firmware=tigon/tg3.bin")),
+		"usr/lib/firmware/tigon/tg3.bin":                      "TG3 FIRMWARE",
+		"lib/firmware/intel/ice/ddp/ice-1.3.30.0.pkg":         "ICE DDP",
+		"lib/firmware/intel/ice/ddp/ice.pkg":                  "-> ice-1.3.30.0.pkg",
+		"usr/lib/firmware/unrelated.bin":                      "NOT REQUESTED",
+		mods + "kernel/drivers/virtio/virtio_ring.ko":         "",
+		mods + "kernel/drivers/virtio/virtio.ko":              "",
+	})
+	k, err := Scan(context.Background(), r, r.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	res, err := Write(context.Background(), &buf, k, Options{Agent: agent, Optional: []string{"tg3", "ice"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"intel/ice/ddp/ice.pkg", "tigon/tg3.bin"}; !slices.Equal(res.Firmware, want) {
+		t.Errorf("Result.Firmware = %q, want %q", res.Firmware, want)
+	}
+	if want := []string{"tigon/tg3_tso.bin"}; !slices.Equal(res.MissingFirmware, want) {
+		t.Errorf("Result.MissingFirmware = %q, want %q", res.MissingFirmware, want)
+	}
+	files := cpioFiles(t, buf.Bytes())
+	for name, want := range map[string]string{"lib/firmware/tigon/tg3.bin": "TG3 FIRMWARE", "lib/firmware/intel/ice/ddp/ice.pkg": "ICE DDP"} {
+		if files[name] != want {
+			t.Errorf("initrd %s = %q, want %q", name, files[name], want)
+		}
+	}
+	for name := range files {
+		if strings.Contains(name, "unrelated") || strings.Contains(name, "tg3_tso") {
+			t.Errorf("initrd has %s", name)
+		}
+	}
+	// A module file that is not a kernel module fails the build, naming it.
+	bad := rootfs(t, map[string]string{mods + "kernel/fs/squashfs/squashfs.ko": "NOT ELF"})
+	kb, err := Scan(context.Background(), bad, bad.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Write(context.Background(), &bytes.Buffer{}, kb, Options{Agent: agent}); err == nil || !strings.Contains(err.Error(), "reading which firmware "+mods+"kernel/fs/squashfs/squashfs.ko requests") {
+		t.Errorf("non-ELF module: err = %v", err)
+	}
+	// Without modules that request firmware, no firmware and the same initrd as before.
+	var plain bytes.Buffer
+	res, err = Write(context.Background(), &plain, k, Options{Agent: agent})
+	if err != nil || res.Firmware != nil || res.MissingFirmware != nil {
+		t.Errorf("default modules: firmware %q, missing %q, %v", res.Firmware, res.MissingFirmware, err)
 	}
 }
