@@ -35,6 +35,7 @@ type flavorBuild struct {
 	disk     string
 	kernel   string   // Config.Kernel
 	sources  []string // the kernel layer's source URIs
+	locked   []string // what the lock resolved them to
 	rootLen  int64    // the root squashfs
 	rootfs   int64    // the rootfs tar
 	duration time.Duration
@@ -81,6 +82,25 @@ func buildFlavor(ctx context.Context, t *testing.T, work, flavor string) flavorB
 		t.Fatalf("%v: %s", err, res)
 	}
 	b.kernel, b.rootfs = r.Config.Kernel, r.Config.Rootfs.Size
+	// The lock pins the flavor's kernel and firmware packages like any other source.
+	lockData, err := os.ReadFile(filepath.Join(dir, "imgctl.lock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lock struct {
+		Sources []struct{ Role, URI, Digest, Resolved string }
+	}
+	if err := json.Unmarshal(lockData, &lock); err != nil {
+		t.Fatalf("imgctl.lock: %v", err)
+	}
+	for _, s := range lock.Sources {
+		if s.Role == "kernel" {
+			b.locked = append(b.locked, s.Resolved)
+			if !strings.HasPrefix(s.Digest, "sha256:") {
+				t.Errorf("lock: kernel source %s has digest %q", s.URI, s.Digest)
+			}
+		}
+	}
 	for _, l := range r.Config.Layers {
 		if l.Role == "kernel" {
 			for _, s := range l.Sources {
@@ -139,6 +159,11 @@ func TestFlavorsBoot(t *testing.T) {
 			}
 			if want := map[string]int{"cloud": 0, "metal": 3}[tc.flavor]; firmware != want {
 				t.Errorf("kernel layer sources = %q: %d from non-free-firmware, want %d", b.sources, firmware, want)
+			}
+			t.Logf("kernel layer locked: %q", b.locked)
+			if len(b.locked) != len(b.sources) || !strings.HasPrefix(b.locked[0], "linux-image-") ||
+				(tc.flavor == "metal" && !strings.HasPrefix(b.locked[1], "firmware-misc-nonfree=")) {
+				t.Errorf("lock resolved the kernel layer's %d sources to %q", len(b.sources), b.locked)
 			}
 			disk := filepath.Join(work, "boot.raw")
 			run(t, "cp", "--sparse=always", b.disk, disk)

@@ -272,10 +272,15 @@ func (k *Kernel) Closure(names []string) ([]string, error) {
 	c := closure{k: k, seen: map[string]bool{}}
 	for _, n := range names {
 		if !c.add(n) {
-			return nil, fmt.Errorf("kernel %s has no module %s, neither built in nor in modules.dep: it cannot reach the root device this image needs", k.Release, moduleName(n))
+			return nil, k.noModule(n)
 		}
 	}
 	return c.order, nil
+}
+
+// noModule is the error for a required module the kernel has not.
+func (k *Kernel) noModule(name string) error {
+	return fmt.Errorf("kernel %s has no module %s, neither built in nor in modules.dep: it cannot reach the root device this image needs", k.Release, moduleName(name))
 }
 
 // closure collects module files in load order.
@@ -365,7 +370,7 @@ func Write(ctx context.Context, w io.Writer, k *Kernel, opts Options) (Result, e
 	cl := closure{k: k, seen: map[string]bool{}}
 	for _, n := range names {
 		if !cl.add(n) {
-			return Result{}, fmt.Errorf("kernel %s has no module %s, neither built in nor in modules.dep: it cannot reach the root device this image needs", k.Release, moduleName(n))
+			return Result{}, k.noModule(n)
 		}
 	}
 	var res Result
