@@ -3,6 +3,7 @@
 package cmdline
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/redact"
 	"github.com/imgctl/imgctl/images/boot"
 )
 
@@ -174,10 +176,14 @@ func Parse(line string) (Config, error) {
 func parseRootURL(s string) (string, error) {
 	u, err := url.Parse(s)
 	if err != nil {
+		var ue *url.Error // its text quotes the whole URL, secrets included
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return "", fmt.Errorf("bad root URL: %w", err)
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return "", fmt.Errorf("bad root URL %q: want http(s)://HOST/PATH", s)
+		return "", fmt.Errorf("bad root URL %q: want http(s)://HOST/PATH", redact.URL(u))
 	}
 	return s, nil
 }
@@ -192,12 +198,12 @@ func rootURLDigest(rawURL, given string) (string, error) {
 	if strings.HasPrefix(strings.ToLower(last), "sha256:") {
 		d, err := ParseDigest(last)
 		if err != nil {
-			return "", fmt.Errorf("%s=%s: last path element: %w", boot.KeyRoot, rawURL, err)
+			return "", fmt.Errorf("%s=%s: last path element: %w", boot.KeyRoot, redact.String(rawURL), err)
 		}
 		fromURL = d
 	}
 	if fromURL != "" && given != "" && fromURL != given {
-		return "", fmt.Errorf("%s=%s ends in digest %s but %s=%s", boot.KeyRoot, rawURL, fromURL, boot.KeyRootDigest, given)
+		return "", fmt.Errorf("%s=%s ends in digest %s but %s=%s", boot.KeyRoot, redact.String(rawURL), fromURL, boot.KeyRootDigest, given)
 	}
 	if given != "" {
 		return given, nil

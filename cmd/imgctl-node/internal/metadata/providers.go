@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	redactpkg "github.com/imgctl/imgctl/cmd/imgctl-node/internal/redact"
+
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/cmdline"
 	"github.com/imgctl/imgctl/images/boot"
 )
@@ -282,17 +284,8 @@ func (p *Imgctl) Fetch(ctx context.Context) ([]byte, string, error) {
 	return data, u, nil
 }
 
-// redact returns u as messages may show it: without user info, with the query replaced by
-// REDACTED (it may carry a token) and without the fragment.
-func redact(u *url.URL) string {
-	r := *u
-	r.User = nil
-	if r.RawQuery != "" || r.ForceQuery {
-		r.RawQuery, r.ForceQuery = "REDACTED", false
-	}
-	r.Fragment, r.RawFragment = "", ""
-	return r.String()
-}
+// redact returns u as messages may show it (see package redact).
+func redact(u *url.URL) string { return redactpkg.URL(u) }
 
 func isRedirect(code int) bool { return code >= 300 && code < 400 }
 
