@@ -284,6 +284,7 @@ func imageConfig(n *spec.NodeImage, plan *assemble.Plan, layers []assemble.Layer
 		Name:            n.Metadata.Name,
 		SpecDigest:      sd.Digest(),
 		Kubernetes:      n.Spec.Kubernetes.Version,
+		Flavor:          n.Spec.Flavor,
 		Imgctl:          imgctlVersion,
 		SourceDateEpoch: epoch,
 	}

@@ -29,7 +29,6 @@ import (
 // Aliases for the test kit (builders/buildtest) keep the tests short.
 var (
 	tarOf      = buildtest.TarOf
-	gz         = buildtest.Gz
 	sha        = buildtest.Sha
 	newFixture = buildtest.NewFixture
 	newEnv     = buildtest.NewEnv

@@ -82,6 +82,7 @@ func DefaultNodeAgent() string {
 type Setup struct {
 	SpecFile   string // "" = the embedded default spec
 	Kubernetes string // the embedded default's Kubernetes version (not with SpecFile)
+	Flavor     string // the embedded default's flavor (spec.Flavors; "" = cloud; not with SpecFile)
 	// Sources replace a role's sources: ROLE=URI, repeated for several sources of one role.
 	Sources []string
 	// SourceDateEpoch is SOURCE_DATE_EPOCH's value ("" = unset: the spec's, then the lock's,
@@ -96,12 +97,16 @@ func Prepare(s Setup) (Options, error) {
 	var n *spec.NodeImage
 	var err error
 	switch {
-	case s.SpecFile != "" && s.Kubernetes != "":
-		return Options{}, fmt.Errorf("give either a spec file or a Kubernetes version for the default spec, not both")
+	case s.SpecFile != "" && (s.Kubernetes != "" || s.Flavor != ""):
+		return Options{}, fmt.Errorf("give either a spec file or a Kubernetes version and flavor for the default spec, not both")
 	case s.SpecFile != "":
 		n, err = spec.Load(s.SpecFile)
 	default:
-		n, err = spec.Default(s.Kubernetes)
+		flavor := s.Flavor
+		if flavor == "" {
+			flavor = spec.FlavorCloud
+		}
+		n, err = spec.DefaultFlavor(s.Kubernetes, flavor)
 	}
 	if err != nil {
 		return Options{}, err

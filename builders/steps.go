@@ -24,7 +24,7 @@ import (
 
 // Cache key versions: bump one when what its step writes changes for the same inputs.
 const (
-	initrdVersion   = "initrd/1"
+	initrdVersion   = "initrd/2" // 2: soft dependencies and firmware
 	squashfsVersion = "squashfs/1"
 )
 
@@ -133,22 +133,12 @@ func (b *Build) Initrd(ctx context.Context, o InitrdOptions) (Initrd, error) {
 	if err != nil {
 		return Initrd{}, err
 	}
-	required := o.Modules
-	if required == nil {
-		required = initrd.DefaultModules
-	}
-	out := Initrd{}
-	for _, m := range o.Optional {
-		if _, err := k.Closure([]string{m}); err == nil {
-			out.Included = append(out.Included, m)
-		} else {
-			out.Absent = append(out.Absent, m)
-		}
-	}
-	names := append(append([]string{}, required...), out.Included...)
-	if out.Modules, err = k.Closure(names); err != nil {
+	iopts := initrd.Options{Agent: agent, Modules: o.Modules, Optional: o.Optional, MTime: b.mtime()}
+	plan, err := k.Plan(iopts)
+	if err != nil {
 		return Initrd{}, err
 	}
+	out := Initrd{Modules: plan.Modules, Included: plan.Optional, Absent: plan.Absent, Firmware: plan.Firmware}
 	if b.agent == "" {
 		if b.agent, err = source.HashFile(ctx, agent); err != nil {
 			return Initrd{}, fmt.Errorf("node agent (imgctl-node, installed as /init): %w", err)
@@ -165,7 +155,7 @@ func (b *Build) Initrd(ctx context.Context, o InitrdOptions) (Initrd, error) {
 		start := time.Now()
 		step := progress.Start(ctx, "write initrd")
 		var ird bytes.Buffer
-		_, err := initrd.Write(ctx, &ird, k, initrd.Options{Agent: agent, Modules: names, MTime: b.mtime()})
+		_, err := initrd.Write(ctx, &ird, k, iopts)
 		if err == nil {
 			out.Digest, out.Size, err = b.opts.Store.WriteBlob(ctx, bytes.NewReader(ird.Bytes()), -1, "")
 		}

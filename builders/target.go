@@ -79,6 +79,8 @@ type Initrd struct {
 	Modules []string
 	// Included and Absent split InitrdOptions.Optional by whether the kernel has them.
 	Included, Absent []string
+	// Firmware are the firmware files the modules request that the image has, included.
+	Firmware []string
 }
 
 // SquashfsOptions choose the root squashfs's compression.

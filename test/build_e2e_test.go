@@ -88,7 +88,7 @@ func TestDebianNodeImageReproducible(t *testing.T) {
 			firstDir = dir
 		}
 		out, err := imgctl(ctx, t, dir, "-o", "json", "build", "--k8s", "1.21.13", "--lock", lockPath,
-			"--target", "rootfs", "--target", "raw", "--node-agent", nodeAgent(t),
+			"--target", "rootfs", "--target", "raw,pxe", "--node-agent", nodeAgent(t), "--output", filepath.Join(dir, "out"),
 			"--source", "kubelet=file://"+kubelet+"#path=/usr/bin/kubelet&mode=0755")
 		if err != nil {
 			t.Fatal(err)
@@ -100,9 +100,11 @@ func TestDebianNodeImageReproducible(t *testing.T) {
 		results = append(results, b)
 		if i == 0 {
 			checkNodeRootfs(t, dir, b)
+			checkPxeRootIsRootA(t, filepath.Join(dir, "out"))
 		}
 	}
-	// The image digest covers every artifact: rootfs.tar, disk.raw, vmlinuz, initrd.img.
+	// The image digest covers every artifact: rootfs.tar, disk.raw, vmlinuz, initrd.img,
+	// rootfs.squashfs, boot.ipxe.
 	if results[0].Digest != results[1].Digest || results[0].Config.Rootfs.Digest != results[1].Config.Rootfs.Digest {
 		t.Fatalf("builds from fresh caches differ:\n%+v\n%+v", results[0], results[1])
 	}
@@ -130,7 +132,7 @@ func TestDebianNodeImageReproducible(t *testing.T) {
 	cmd := exec.CommandContext(ctx, "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
 		imgctlBin, "--store", filepath.Join(dir, "store"), "--cache", filepath.Join(dir, "cache"), "--offline",
 		"-o", "json", "build", "--k8s", "1.21.13", "--lock", lockPath, "--locked",
-		"--target", "rootfs", "--target", "raw", "--node-agent", nodeAgent(t),
+		"--target", "rootfs", "--target", "raw,pxe", "--node-agent", nodeAgent(t),
 		"--source", "kubelet=file://"+kubelet+"#path=/usr/bin/kubelet&mode=0755")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1764115200", "HOME="+dir)
@@ -145,6 +147,37 @@ func TestDebianNodeImageReproducible(t *testing.T) {
 	var b built
 	if err := json.Unmarshal(out, &b); err != nil || b.Digest != results[0].Digest {
 		t.Fatalf("unprivileged build gave %s (%v), want %s", b.Digest, err, results[0].Digest)
+	}
+}
+
+// checkPxeRootIsRootA checks that one build of raw and pxe compressed the root once: pxe's
+// rootfs.squashfs is byte for byte what raw's ROOT-A holds.
+func checkPxeRootIsRootA(t *testing.T, out string) {
+	t.Helper()
+	sq, err := os.ReadFile(filepath.Join(out, "rootfs.squashfs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(out, "disk.raw")
+	part := partInfo(t, disk, 2)
+	if part.name != "ROOT-A" {
+		t.Fatalf("partition 2 is %q, want ROOT-A", part.name)
+	}
+	f, err := os.Open(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rootA := make([]byte, len(sq))
+	if _, err := f.ReadAt(rootA, part.first*512); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(rootA, sq) {
+		t.Errorf("pxe's rootfs.squashfs (%d bytes) differs from raw's ROOT-A content", len(sq))
+	}
+	ipxe, err := os.ReadFile(filepath.Join(out, "boot.ipxe"))
+	if err != nil || !bytes.HasPrefix(ipxe, []byte("#!ipxe\n")) {
+		t.Errorf("boot.ipxe: %v\n%s", err, ipxe)
 	}
 }
 

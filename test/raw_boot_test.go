@@ -120,7 +120,7 @@ func buildRaw(ctx context.Context, t *testing.T, work, dir string) rawBuild {
 
 type gptPart struct {
 	first, last int64 // sectors
-	guid        string
+	guid, name  string
 }
 
 func partInfo(t *testing.T, disk string, n int) gptPart {
@@ -136,6 +136,8 @@ func partInfo(t *testing.T, disk string, n int) gptPart {
 			p.first, _ = strconv.ParseInt(strings.Fields(l)[2], 10, 64)
 		case strings.HasPrefix(l, "Last sector:"):
 			p.last, _ = strconv.ParseInt(strings.Fields(l)[2], 10, 64)
+		case strings.HasPrefix(l, "Partition name:"):
+			p.name = strings.Trim(strings.TrimSpace(strings.TrimPrefix(l, "Partition name:")), "'")
 		case strings.HasPrefix(l, "Partition unique GUID:"):
 			p.guid = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(l, "Partition unique GUID:")))
 		}

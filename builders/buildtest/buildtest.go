@@ -234,7 +234,7 @@ func (f *Fixture) WithBoot(t *testing.T, o BootOptions) string {
 				files[dir+d+"/"] = "DIR"
 			}
 		}
-		files[dir+p] = string(kmodtest.Module([]string{"license=GPL", "name=" + strings.TrimSuffix(path.Base(p), ".ko")}, mods[p].exports, mods[p].needs))
+		files[dir+p] = string(kmodtest.ModuleWithSymbols([]string{"license=GPL", "name=" + strings.TrimSuffix(path.Base(p), ".ko")}, mods[p].exports, mods[p].needs))
 	}
 	var rest []string
 	for n := range files {

@@ -16,6 +16,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/imgctl/imgctl/images/boot"
+	"github.com/imgctl/imgctl/images/boot/gpt"
 )
 
 // Sizes.
@@ -30,21 +33,6 @@ const (
 	DefaultESPSize      = 128 * MiB
 	DefaultRootSize     = 1 * GiB
 	DefaultMinStateSize = 256 * MiB
-)
-
-// Partition names (GPT labels): an initrd finds them as PARTNAME in /sys/class/block/*/uevent.
-const (
-	NameESP   = "ESP"
-	NameRootA = "ROOT-A"
-	NameRootB = "ROOT-B"
-	NameState = "STATE"
-)
-
-// Partition type GUIDs (UEFI and the Discoverable Partitions Specification).
-const (
-	TypeESP        = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
-	TypeRootX86_64 = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
-	TypeLinuxData  = "0fc63daf-8483-4772-8e79-3d69d8477de4"
 )
 
 // align is the alignment of every partition start and of the sizes in Options.
@@ -145,7 +133,7 @@ func Plan(opts Options, rootImageSize int64) (Layout, error) {
 	}
 	if rootImageSize > o.RootSize {
 		return Layout{}, fmt.Errorf("root image is %s but %s is %s: raise --disk-size/--root-size",
-			sizeString(rootImageSize), NameRootA, sizeString(o.RootSize))
+			sizeString(rootImageSize), boot.LabelRootA, sizeString(o.RootSize))
 	}
 	stateMin := (o.MinStateSize + align - 1) / align * align
 	need := align + o.ESPSize + 2*o.RootSize + stateMin + align
@@ -154,21 +142,21 @@ func Plan(opts Options, rootImageSize int64) (Layout, error) {
 			sizeString(o.DiskSize), sizeString(need), sizeString(o.ESPSize), sizeString(o.RootSize), sizeString(stateMin))
 	}
 
-	l := Layout{DiskSize: o.DiskSize, DiskGUID: formatGUID(deriveGUID(o.Seed, "disk"))}
+	l := Layout{DiskSize: o.DiskSize, DiskGUID: deriveGUID(o.Seed, "disk").String()}
 	off := int64(align)
 	for i, p := range []struct {
 		name, typ string
 		size      int64
 	}{
-		{NameESP, TypeESP, o.ESPSize},
-		{NameRootA, TypeRootX86_64, o.RootSize},
-		{NameRootB, TypeRootX86_64, o.RootSize},
-		{NameState, TypeLinuxData, o.DiskSize - align - (off + o.ESPSize + 2*o.RootSize)},
+		{boot.LabelESP, gpt.TypeESP, o.ESPSize},
+		{boot.LabelRootA, gpt.TypeRootX86_64, o.RootSize},
+		{boot.LabelRootB, gpt.TypeRootX86_64, o.RootSize},
+		{boot.LabelState, gpt.TypeLinuxData, o.DiskSize - align - (off + o.ESPSize + 2*o.RootSize)},
 	} {
 		l.Partitions = append(l.Partitions, Partition{
 			Name:  p.name,
 			Type:  p.typ,
-			GUID:  formatGUID(deriveGUID(o.Seed, "partition/"+p.name)),
+			GUID:  deriveGUID(o.Seed, "partition/"+p.name).String(),
 			Start: off,
 			Size:  p.size,
 			Index: i + 1,
@@ -180,7 +168,7 @@ func Plan(opts Options, rootImageSize int64) (Layout, error) {
 
 // fatVolumeID derives the ESP's FAT volume serial number from the seed.
 func fatVolumeID(seed []byte) uint32 {
-	u := deriveGUID(seed, "fat-volume-id/"+NameESP)
+	u := deriveGUID(seed, "fat-volume-id/"+boot.LabelESP)
 	return binary.BigEndian.Uint32(u[0:4])
 }
 
@@ -212,31 +200,31 @@ func Write(ctx context.Context, path string, l Layout, esp []File, rootA io.Read
 	if len(opts.Seed) == 0 {
 		return errors.New("disk: Options.Seed is required")
 	}
-	if want := formatGUID(deriveGUID(opts.Seed, "disk")); !strings.EqualFold(l.DiskGUID, want) {
+	if want := deriveGUID(opts.Seed, "disk").String(); !strings.EqualFold(l.DiskGUID, want) {
 		return fmt.Errorf("layout disk GUID %s was not planned with this Options.Seed (which gives %s)", l.DiskGUID, want)
 	}
-	espPart, ok := l.Find(NameESP)
+	espPart, ok := l.Find(boot.LabelESP)
 	if !ok {
-		return fmt.Errorf("layout has no %s partition", NameESP)
+		return fmt.Errorf("layout has no %s partition", boot.LabelESP)
 	}
-	rootPart, ok := l.Find(NameRootA)
+	rootPart, ok := l.Find(boot.LabelRootA)
 	if !ok {
-		return fmt.Errorf("layout has no %s partition", NameRootA)
+		return fmt.Errorf("layout has no %s partition", boot.LabelRootA)
 	}
 	if rootASize < 0 || rootASize > 0 && rootA == nil {
 		return fmt.Errorf("root image: size %d without a reader", rootASize)
 	}
 	if rootASize > rootPart.Size {
 		return fmt.Errorf("root image is %s but %s is %s: raise --disk-size/--root-size",
-			sizeString(rootASize), NameRootA, sizeString(rootPart.Size))
+			sizeString(rootASize), boot.LabelRootA, sizeString(rootPart.Size))
 	}
-	gpt, err := buildGPT(l)
+	tables, err := buildGPT(l)
 	if err != nil {
 		return fmt.Errorf("GPT: %w", err)
 	}
 	fs, err := planFAT(espPart.Size, esp, fatOptions{
 		volumeID: fatVolumeID(opts.Seed),
-		label:    NameESP,
+		label:    boot.LabelESP,
 		mtime:    opts.MTime,
 		hidden:   uint32(espPart.Start / sectorSize),
 	})
@@ -260,7 +248,7 @@ func Write(ctx context.Context, path string, l Layout, esp []File, rootA io.Read
 	if err := f.Truncate(l.DiskSize); err != nil {
 		return fmt.Errorf("size disk image: %w", err)
 	}
-	for _, r := range gpt {
+	for _, r := range tables {
 		if err := writeNonZero(f, r.data, r.off); err != nil {
 			return fmt.Errorf("write GPT: %w", err)
 		}
@@ -270,7 +258,7 @@ func Write(ctx context.Context, path string, l Layout, esp []File, rootA io.Read
 	}
 	if rootASize > 0 {
 		if err := copyRoot(ctx, f, rootPart.Start, rootA, rootASize); err != nil {
-			return fmt.Errorf("write %s: %w", NameRootA, err)
+			return fmt.Errorf("write %s: %w", boot.LabelRootA, err)
 		}
 	}
 	if err := ctx.Err(); err != nil {

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgctl/imgctl/images/boot"
 	"github.com/imgctl/imgctl/layers/testenv"
 	"golang.org/x/sys/unix"
 )
@@ -140,7 +141,7 @@ func TestWriteOracles(t *testing.T) {
 	need(t, "sgdisk", "fsck.fat", "mdir", "mtype")
 	dir := t.TempDir()
 	path, l, root := writeTestDisk(t, dir, "sha256:feedface")
-	esp, _ := l.Find(NameESP)
+	esp, _ := l.Find(boot.LabelESP)
 
 	t.Run("sgdisk", func(t *testing.T) {
 		out := run(t, "sgdisk", "-v", path)
@@ -286,7 +287,7 @@ func TestWriteOracles(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer f.Close()
-		ra, _ := l.Find(NameRootA)
+		ra, _ := l.Find(boot.LabelRootA)
 		got := make([]byte, ra.Size)
 		if _, err := f.ReadAt(got, ra.Start); err != nil {
 			t.Fatal(err)
@@ -297,14 +298,14 @@ func TestWriteOracles(t *testing.T) {
 		if !allZero(got[len(root):]) {
 			t.Error("ROOT-A past the root image is not zero")
 		}
-		for _, name := range []string{NameRootB, NameState} {
+		for _, name := range []string{boot.LabelRootB, boot.LabelState} {
 			p, _ := l.Find(name)
 			if !allZero(readRange(t, f, p.Start, p.Size)) {
 				t.Errorf("%s is not zero", name)
 			}
 		}
 		// ROOT-B and STATE are holes: the next data after ROOT-B's start is the backup GPT.
-		rb, _ := l.Find(NameRootB)
+		rb, _ := l.Find(boot.LabelRootB)
 		next, err := unix.Seek(int(f.Fd()), rb.Start, unix.SEEK_DATA)
 		if err != nil {
 			t.Fatalf("SEEK_DATA: %v", err)
@@ -399,7 +400,7 @@ func TestWriteDeterministic(t *testing.T) {
 		}
 	}
 	// The FAT volume ID follows the seed too (boot sector offset 67).
-	esp, _ := l1.Find(NameESP)
+	esp, _ := l1.Find(boot.LabelESP)
 	id := func(p string) []byte {
 		f, err := os.Open(p)
 		if err != nil {
@@ -447,7 +448,7 @@ func testWriteDefaults(t *testing.T, espSize int64) {
 	if out := run(t, "sgdisk", "-v", path); !strings.Contains(out, "No problems found") {
 		t.Errorf("sgdisk -v:\n%s", out)
 	}
-	esp, _ := l.Find(NameESP)
+	esp, _ := l.Find(boot.LabelESP)
 	espPath := filepath.Join(dir, "esp.img")
 	extract(t, path, espPath, esp.Start, esp.Size)
 	out, err := exec.Command("fsck.fat", "-n", espPath).CombinedOutput()

@@ -4,6 +4,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imgctl/imgctl/images/boot"
+	"github.com/imgctl/imgctl/images/boot/gpt"
 )
 
 func TestPlan(t *testing.T) {
@@ -24,10 +27,10 @@ func TestPlan(t *testing.T) {
 					t.Errorf("disk size %d", l.DiskSize)
 				}
 				want := []Partition{
-					{Name: "ESP", Type: TypeESP, Start: 1 * MiB, Size: 128 * MiB, Index: 1},
-					{Name: "ROOT-A", Type: TypeRootX86_64, Start: 129 * MiB, Size: 1 * GiB, Index: 2},
-					{Name: "ROOT-B", Type: TypeRootX86_64, Start: 1153 * MiB, Size: 1 * GiB, Index: 3},
-					{Name: "STATE", Type: TypeLinuxData, Start: 2177 * MiB, Size: 3*GiB - 2178*MiB, Index: 4},
+					{Name: "ESP", Type: gpt.TypeESP, Start: 1 * MiB, Size: 128 * MiB, Index: 1},
+					{Name: "ROOT-A", Type: gpt.TypeRootX86_64, Start: 129 * MiB, Size: 1 * GiB, Index: 2},
+					{Name: "ROOT-B", Type: gpt.TypeRootX86_64, Start: 1153 * MiB, Size: 1 * GiB, Index: 3},
+					{Name: "STATE", Type: gpt.TypeLinuxData, Start: 2177 * MiB, Size: 3*GiB - 2178*MiB, Index: 4},
 				}
 				if len(l.Partitions) != len(want) {
 					t.Fatalf("partitions %+v", l.Partitions)
@@ -46,7 +49,7 @@ func TestPlan(t *testing.T) {
 			opts: Options{Seed: seed, DiskSize: 1 * GiB, ESPSize: 64 * MiB, RootSize: 256 * MiB, MinStateSize: 64 * MiB},
 			root: 256 * MiB,
 			check: func(t *testing.T, l Layout) {
-				p, ok := l.Find(NameState)
+				p, ok := l.Find(boot.LabelState)
 				if !ok || p.Start != 577*MiB || p.Size != 1*GiB-578*MiB {
 					t.Errorf("STATE %+v", p)
 				}
@@ -56,7 +59,7 @@ func TestPlan(t *testing.T) {
 			name: "smallest disk",
 			opts: Options{Seed: seed, DiskSize: 450 * MiB, ESPSize: 64 * MiB, RootSize: 64 * MiB},
 			check: func(t *testing.T, l Layout) {
-				if p, _ := l.Find(NameState); p.Size != 256*MiB {
+				if p, _ := l.Find(boot.LabelState); p.Size != 256*MiB {
 					t.Errorf("STATE %+v", p)
 				}
 			},

@@ -6,17 +6,21 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/imgctl/imgctl/images/boot"
+	"github.com/imgctl/imgctl/layers/kmod/kmodtest"
 	"github.com/imgctl/imgctl/layers/testenv"
 	"github.com/klauspost/compress/gzip"
 )
 
 const rel = "6.1.0-50-cloud-amd64"
 
-// rootfs builds a small merged-/usr rootfs tar with a kernel and fake modules.
+// rootfs builds a small merged-/usr rootfs tar with a kernel and fake modules; extra adds
+// files (a body "-> TARGET" is a symlink) or removes them ("").
 func rootfs(t *testing.T, extra map[string]string) *bytes.Reader {
 	t.Helper()
 	files := map[string]string{
@@ -30,7 +34,7 @@ func rootfs(t *testing.T, extra map[string]string) *bytes.Reader {
 		"usr/lib/modules/" + rel + "/modules.builtin": "kernel/drivers/nvme/host/nvme.ko\nkernel/fs/ext4/ext4.ko\nkernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/scsi/virtio_scsi.ko\n",
 	}
 	for _, m := range []string{"fs/squashfs/squashfs", "fs/overlayfs/overlay", "drivers/block/virtio_blk", "drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/net/ethernet/amazon/ena/ena"} {
-		files["usr/lib/modules/"+rel+"/kernel/"+m+".ko"] = "MODULE " + m
+		files["usr/lib/modules/"+rel+"/kernel/"+m+".ko"] = string(kmodtest.Module("name=" + path.Base(m)))
 	}
 	for k, v := range extra {
 		if v == "" {
@@ -42,6 +46,10 @@ func rootfs(t *testing.T, extra map[string]string) *bytes.Reader {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for name, body := range files {
+		if target, ok := strings.CutPrefix(body, "-> "); ok { // a symlink
+			tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target, Mode: 0o777})
+			continue
+		}
 		tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))})
 		tw.Write([]byte(body))
 	}
@@ -148,7 +156,7 @@ func TestWriteIsReproducibleCpio(t *testing.T) {
 		t.Fatalf("cpio cannot read our archive: %v", err)
 	}
 	listing := string(out)
-	for _, want := range []string{" init\n", "dev/console", "lib/modules/" + rel + "/kernel/fs/squashfs/squashfs.ko", ModuleListPath} {
+	for _, want := range []string{" init\n", "dev/console", "lib/modules/" + rel + "/kernel/fs/squashfs/squashfs.ko", boot.ModuleListPath} {
 		if !strings.Contains(listing, want) {
 			t.Errorf("initrd lacks %s:\n%s", want, listing)
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/imgctl/imgctl/builders"
 	"github.com/imgctl/imgctl/builders/initrd"
+	"github.com/imgctl/imgctl/images/boot"
 	"github.com/imgctl/imgctl/images/manifest"
 )
 
@@ -107,9 +108,9 @@ func Script(o ScriptOptions) string {
 	b.WriteString("echo imgctl: booting from ${imgctl-base}\n")
 	args := append([]string{"initrd=" + InitrdName}, o.Cmdline...)
 	args = append(args,
-		"imgctl.root=${imgctl-base}"+RootName,
-		"imgctl.root-digest="+o.RootDigest,
-		"BOOTIF=01-${netX/mac:hexhyp}")
+		boot.Param(boot.KeyRoot, "${imgctl-base}"+RootName),
+		boot.Param(boot.KeyRootDigest, o.RootDigest),
+		boot.Param(boot.KeyBootIF, "01-${netX/mac:hexhyp}"))
 	fmt.Fprintf(&b, "kernel ${imgctl-base}%s %s || goto failed\n", KernelName, strings.Join(args, " "))
 	fmt.Fprintf(&b, "initrd --name %s ${imgctl-base}%s || goto failed\n", InitrdName, InitrdName)
 	b.WriteString("boot || goto failed\n")

@@ -19,6 +19,7 @@ import (
 	"github.com/imgctl/imgctl/builders"
 	"github.com/imgctl/imgctl/builders/disk"
 	"github.com/imgctl/imgctl/builders/sparse"
+	bootc "github.com/imgctl/imgctl/images/boot" // not boot: the bootloader variable below
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/progress"
@@ -99,10 +100,10 @@ func (t *Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifa
 	if err != nil {
 		return nil, err
 	}
-	rootA, _ := layout.Find("ROOT-A")
-	state, _ := layout.Find("STATE")
+	rootA, _ := layout.Find(bootc.LabelRootA)
+	state, _ := layout.Find(bootc.LabelState)
 	cmdline := append(append([]string{}, s.Spec().Spec.Kernel.Cmdline...),
-		"imgctl.root=PARTUUID="+strings.ToLower(rootA.GUID), "imgctl.state=PARTUUID="+strings.ToLower(state.GUID))
+		bootc.Param(bootc.KeyRoot, bootc.PartUUIDDevice(rootA.GUID)), bootc.Param(bootc.KeyState, bootc.PartUUIDDevice(state.GUID)))
 	esp := []disk.File{
 		sectionFile("EFI/BOOT/BOOTX64.EFI", boot),
 		sectionFile("EFI/systemd/systemd-bootx64.efi", boot),

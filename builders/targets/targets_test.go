@@ -210,7 +210,7 @@ func TestPxeArtifactsAndScript(t *testing.T) {
 	arts := manifest.Artifacts(res.Image.Manifest)
 	sq := artifact(t, res.Image.Config, arts, "rootfs.squashfs")
 	ird := artifact(t, res.Image.Config, arts, "initrd.img")
-	if got := ird.Annotations["dev.imgctl.initrd.drivers"]; got != "nvme,virtio_net,e1000e,ena" {
+	if got := ird.Annotations["dev.imgctl.initrd.drivers"]; got != "nvme,virtio_blk,virtio_scsi,virtio_net,e1000e,ena" {
 		t.Errorf("initrd drivers annotation = %q, want the storage and NIC drivers the kernel has", got)
 	}
 	// The network root is mounted through a loop device: the initrd loads loop.

@@ -12,6 +12,7 @@ import (
 	"github.com/imgctl/imgctl/builders/squashfs"
 	"github.com/imgctl/imgctl/builders/targets"
 	"github.com/imgctl/imgctl/layers/kubeversion"
+	"github.com/imgctl/imgctl/layers/spec"
 )
 
 func (a *app) buildCmd() *cobra.Command {
@@ -23,6 +24,7 @@ func (a *app) buildCmd() *cobra.Command {
 		diskSize, rootSize             string
 		compression, agent             string
 		signKey                        string
+		flavor                         string
 		level                          int
 	)
 	cmd := &cobra.Command{
@@ -39,6 +41,7 @@ SOURCE_DATE_EPOCH, if set, fixes every timestamp; otherwise the spec's sourceDat
 the lock's, then the current time (recorded in the lock) are used.`,
 		Example: `  imgctl build --k8s 1.21.13 --target raw --output out/
   imgctl build --k8s 1.21.13 --target raw,pxe --output out/
+  imgctl build --k8s 1.21.13 --flavor metal --target pxe --output out/pxe
   imgctl build -f node.yaml --target rootfs
   imgctl build --k8s 1.21.13 --source 'kubelet=file:///srv/k8s/kubelet#path=/usr/bin/kubelet&mode=0755'
   imgctl build --k8s 1.21.13 --mirror https://deb.debian.org/debian=http://apt.local/debian --offline`,
@@ -53,10 +56,17 @@ the lock's, then the current time (recorded in the lock) are used.`,
 			if file != "" && cmd.Flags().Changed("k8s") {
 				return fmt.Errorf("give either -f SPEC or --k8s VERSION, not both")
 			}
+			if file != "" && cmd.Flags().Changed("flavor") {
+				return fmt.Errorf("--flavor chooses a variant of the embedded default spec: give it with --k8s, not with -f SPEC (a spec file names its own kernel; spec.flavor records its flavor)")
+			}
 			setup := builders.Setup{SpecFile: file, Sources: sources, SourceDateEpoch: os.Getenv("SOURCE_DATE_EPOCH"), Env: a.envConfig()}
 			setup.Env.NodeAgent = agent
 			if file == "" {
-				setup.Kubernetes = k8s
+				if flavor == "" { // Setup reads "" as the default: --flavor "" is a mistake
+					_, err := spec.DefaultFlavor(k8s, flavor)
+					return err
+				}
+				setup.Kubernetes, setup.Flavor = k8s, flavor
 			}
 			topts := targets.Options{Squashfs: builders.SquashfsOptions{Compression: compression, Level: level}}
 			var err error
@@ -121,6 +131,7 @@ the lock's, then the current time (recorded in the lock) are used.`,
 	f := cmd.Flags()
 	f.StringVarP(&file, "file", "f", "", "NodeImage spec file (default: the embedded default spec)")
 	f.StringVar(&k8s, "k8s", "1.21.13", "Kubernetes version for the embedded default spec, "+kubeversion.Range())
+	f.StringVar(&flavor, "flavor", spec.FlavorCloud, "variant of the embedded default spec: "+flavorHelp())
 	f.StringArrayVar(&sources, "source", nil, "replace a role's sources: ROLE=URI (repeat for several sources of one role)")
 	f.StringArrayVar(&targetNames, "target", nil, "targets to write, comma-separated or repeated (default: the spec's targets, else rootfs): "+targetHelp())
 	f.StringVar(&lockPath, "lock", "imgctl.lock", "lock file recording every source's digest")
@@ -136,6 +147,15 @@ the lock's, then the current time (recorded in the lock) are used.`,
 	a.limitFlags(f)
 	f.StringVar(&agent, "node-agent", "", "the static imgctl-node binary: /init of the raw target's initrd and /usr/bin/imgctl-node of the bootstrap layer (default: imgctl-node beside imgctl, then $PATH)")
 	return cmd
+}
+
+// flavorHelp lists the default spec's flavors for --flavor's help, from the spec library.
+func flavorHelp() string {
+	var parts []string
+	for _, f := range spec.Flavors() {
+		parts = append(parts, f.Name+" ("+f.About+")")
+	}
+	return strings.Join(parts, "; ")
 }
 
 // parseSize reads sizes like 3GiB, 512MiB, 3G, 1024M or plain bytes; "" is 0 (the default).

@@ -56,8 +56,8 @@ script must not take the list for the whole store.`,
 				return a.printJSON(map[string]any{"digest": img.Digest(), "manifest": img.Manifest, "config": img.Config})
 			}
 			c := img.Config
-			fmt.Fprintf(a.out, "digest      %s\nname        %s\nversion     %s\nkubernetes  %s\nkernel      %s\nbootstrap   %s\nimgctl      %s\ncreated     %s\nspec        %s\nrootfs      %s (%s, %d entries)\n",
-				img.Digest(), c.Name, c.Version, c.Kubernetes, c.Kernel, c.Bootstrap, c.Imgctl, c.Created().Format("2006-01-02T15:04:05Z"), c.SpecDigest, c.Rootfs.Digest, human(c.Rootfs.Size), c.Rootfs.Entries)
+			fmt.Fprintf(a.out, "digest      %s\nname        %s\nversion     %s\nkubernetes  %s\nflavor      %s\nkernel      %s\nbootstrap   %s\nimgctl      %s\ncreated     %s\nspec        %s\nrootfs      %s (%s, %d entries)\n",
+				img.Digest(), c.Name, c.Version, c.Kubernetes, cmp.Or(c.Flavor, "-"), c.Kernel, c.Bootstrap, c.Imgctl, c.Created().Format("2006-01-02T15:04:05Z"), c.SpecDigest, c.Rootfs.Digest, human(c.Rootfs.Size), c.Rootfs.Entries)
 			fmt.Fprintln(a.out, "layers")
 			for _, l := range c.Layers {
 				fmt.Fprintf(a.out, "  %-10s %s  %s  %s\n", l.Role, l.Digest, human(l.Size), l.Version)

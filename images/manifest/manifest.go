@@ -68,6 +68,9 @@ type Config struct {
 	// SpecDigest is the digest of the NodeImage spec (with its lock) the image was built from.
 	SpecDigest digest.Digest `json:"specDigest"`
 	Kubernetes string        `json:"kubernetes"`
+	// Flavor is the spec's flavor (e.g. cloud or metal for the embedded default); empty when the
+	// spec names none.
+	Flavor string `json:"flavor,omitempty"`
 	// Kernel is the kernel release (uname -r); empty for an image without a kernel.
 	Kernel string `json:"kernel,omitempty"`
 	// Bootstrap is the version of the bootstrap layer.
@@ -120,6 +123,9 @@ var versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
 // nameRE is what a Name may look like.
 var nameRE = regexp.MustCompile(`^[a-z0-9]+([._-][a-z0-9]+)*$`)
 
+// flavorRE is what a Flavor may look like (a DNS label, as the spec's flavor).
+var flavorRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
 // Validate reports the first rule the config breaks, wrapping ErrInvalid.
 func (c Config) Validate() error {
 	var errs []error
@@ -137,6 +143,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.SpecDigest.Validate(); err != nil {
 		bad("specDigest %q: %v", c.SpecDigest, err)
+	}
+	if c.Flavor != "" && !flavorRE.MatchString(c.Flavor) {
+		bad("flavor %q: want at most 63 lower-case alphanumerics or '-', starting and ending with an alphanumeric", c.Flavor)
 	}
 	if c.SourceDateEpoch < 0 {
 		bad("sourceDateEpoch %d is negative", c.SourceDateEpoch)

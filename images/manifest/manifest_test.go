@@ -58,6 +58,9 @@ func TestValidate(t *testing.T) {
 	}{
 		{"valid", func(*Config) {}, ""},
 		{"no kernel", func(c *Config) { c.Kernel = "" }, ""},
+		{"flavor", func(c *Config) { c.Flavor = "metal" }, ""},
+		{"upper flavor", func(c *Config) { c.Flavor = "Metal" }, `flavor "Metal"`},
+		{"flavor with dot", func(c *Config) { c.Flavor = "a.b" }, `flavor "a.b"`},
 		{"no layers", func(c *Config) { c.Layers = nil }, ""},
 		{"schema 0", func(c *Config) { c.SchemaVersion = 0 }, "schemaVersion 0"},
 		{"schema 2", func(c *Config) { c.SchemaVersion = 2 }, "schemaVersion 2"},
@@ -274,5 +277,29 @@ func TestDecode(t *testing.T) {
 		if err := tt.fn([]byte(tt.data)); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: err = %v, want ErrInvalid", tt.name, err)
 		}
+	}
+}
+
+func TestFlavorRoundTrip(t *testing.T) {
+	cfg := testConfig()
+	cfg.Flavor = "metal"
+	r, err := Render(cfg, testArtifacts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(r.ConfigJSON, []byte(`"kubernetes":"1.21.13","flavor":"metal"`)) {
+		t.Errorf("config without the flavor: %s", r.ConfigJSON)
+	}
+	got, err := DecodeConfig(r.ConfigJSON)
+	if err != nil || got.Flavor != "metal" || !reflect.DeepEqual(got, cfg) {
+		t.Fatalf("DecodeConfig = %+v, %v", got, err)
+	}
+	// Without a flavor the config has no flavor key (images built before flavors keep their bytes).
+	plain, err := Render(testConfig(), testArtifacts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(plain.ConfigJSON, []byte("flavor")) {
+		t.Errorf("config of a spec without flavor: %s", plain.ConfigJSON)
 	}
 }

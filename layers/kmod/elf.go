@@ -5,6 +5,7 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 )
 
@@ -132,4 +133,32 @@ func parseModule(data []byte) (*modMeta, error) {
 		}
 	}
 	return m, nil
+}
+
+// Modinfo returns the values of key in the .modinfo of the module file name read from r (a
+// .ko, or .ko.gz, .ko.xz, .ko.zst by name), in order: e.g. the firmware files a driver may
+// request ("firmware"). A module without the key has none.
+func Modinfo(name string, r io.Reader, key string) ([]string, error) {
+	var d decoders
+	defer d.close()
+	data, err := d.readModule(name, r)
+	if err != nil {
+		return nil, fmt.Errorf("module %s: %w", name, err)
+	}
+	f, err := elf.NewFile(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("module %s: %w", name, err)
+	}
+	defer f.Close()
+	info, _, err := sectionData(f, ".modinfo")
+	if err != nil {
+		return nil, fmt.Errorf("module %s: %w", name, err)
+	}
+	var out []string
+	for _, s := range splitStrings(info) {
+		if k, v, ok := strings.Cut(s, "="); ok && k == key {
+			out = append(out, v)
+		}
+	}
+	return out, nil
 }

@@ -26,7 +26,7 @@ type testMod struct {
 	needs   []string
 }
 
-func (m testMod) elf() []byte { return kmodtest.Module(m.info, m.exports, m.needs) }
+func (m testMod) elf() []byte { return kmodtest.ModuleWithSymbols(m.info, m.exports, m.needs) }
 
 func compress(t *testing.T, name string, data []byte) []byte {
 	t.Helper()

@@ -30,6 +30,9 @@ func (n *NodeImage) Canonical() []byte {
 		"kernel":     map[string]any{"cmdline": nonNil(n.Spec.Kernel.Cmdline)},
 		"targets":    targets,
 	}
+	if n.Spec.Flavor != "" {
+		spec["flavor"] = n.Spec.Flavor // absent when unset: specs without a flavor keep their digest
+	}
 	if n.Spec.SourceDateEpoch != nil {
 		spec["sourceDateEpoch"] = *n.Spec.SourceDateEpoch
 	}

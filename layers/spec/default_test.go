@@ -14,6 +14,9 @@ func TestDefault(t *testing.T) {
 	if err := n.Validate(); err != nil {
 		t.Fatalf("Validate: %v", err)
 	}
+	if n.Spec.Flavor != FlavorCloud {
+		t.Errorf("flavor = %q, want cloud", n.Spec.Flavor)
+	}
 	if n.APIVersion != APIVersion || n.Kind != Kind || n.Metadata.Name != "k8s-node-1.21.13" || n.Spec.Kubernetes.Version != "1.21.13" {
 		t.Errorf("header = %q %q %q %q", n.APIVersion, n.Kind, n.Metadata.Name, n.Spec.Kubernetes.Version)
 	}

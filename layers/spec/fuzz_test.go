@@ -1,7 +1,6 @@
 package spec
 
 import (
-	"bytes"
 	"strings"
 	"testing"
 
@@ -12,15 +11,17 @@ import (
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(validYAML))
 	f.Add([]byte(reorderedYAML))
-	var def bytes.Buffer
 	v, err := kubeversion.Parse("1.21.13")
 	if err != nil {
 		f.Fatal(err)
 	}
-	if err := defaultTemplate.Execute(&def, defaultData(v)); err != nil {
-		f.Fatal(err)
+	for _, fl := range Flavors() {
+		def, err := renderDefault(v, fl)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(def)
 	}
-	f.Add(def.Bytes())
 	f.Add([]byte(""))
 	f.Add([]byte("~"))
 	f.Add([]byte("a: [\n"))

@@ -333,10 +333,12 @@ func (d *decoder) metadata(v *yaml.Node) {
 
 func (d *decoder) spec(v *yaml.Node) {
 	s := &d.n.Spec
-	d.fields(v, "spec", []string{"kubernetes", "sourceDateEpoch", "layers", "kernel", "targets"}, func(key string, k, v *yaml.Node) {
+	d.fields(v, "spec", []string{"flavor", "kubernetes", "sourceDateEpoch", "layers", "kernel", "targets"}, func(key string, k, v *yaml.Node) {
 		f := join("spec", key)
 		d.record(f, k)
 		switch key {
+		case "flavor":
+			s.Flavor = d.str(v, f)
 		case "kubernetes":
 			d.fields(v, f, []string{"version"}, func(key string, k, v *yaml.Node) {
 				f := join(f, key)

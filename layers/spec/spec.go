@@ -74,6 +74,9 @@ type Metadata struct {
 
 // Spec is the body of a NodeImage.
 type Spec struct {
+	// Flavor names the variant of the image (e.g. cloud or metal for the embedded default); it is
+	// recorded in the image manifest. Empty: not set.
+	Flavor          string
 	Kubernetes      Kubernetes
 	SourceDateEpoch *int64 // nil: not set
 	Layers          []Layer
@@ -226,3 +229,6 @@ func normalVersion(s string) string {
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$`)
+
+// flavorRE is a flavor name: a DNS label.
+var flavorRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)

@@ -80,6 +80,10 @@ func (n *NodeImage) validate() []error {
 		add(n.fieldPos("spec.kubernetes.version"), "%s", err.Error())
 	}
 
+	if f := n.Spec.Flavor; f != "" && !flavorRE.MatchString(f) {
+		add(n.fieldPos("spec.flavor"), "invalid flavor %q (expected at most 63 lowercase letters, digits or '-', starting and ending with a letter or digit, such as %s)", f, strings.Join(FlavorNames(), " or "))
+	}
+
 	if e := n.Spec.SourceDateEpoch; e != nil && *e < 0 {
 		add(n.fieldPos("spec.sourceDateEpoch"), "negative value %d (expected seconds since 1970-01-01 UTC, >= 0)", *e)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/kmod"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/switchroot"
+	"github.com/imgctl/imgctl/images/boot"
 )
 
 // Where things are mounted in the initrd (and, after the switch, under /run of the real root).
@@ -32,8 +33,8 @@ const (
 	StateDir = "/run/imgctl/state" // the STATE partition (ext4); /var's upper layer lives here
 	Staging  = "/sysroot"          // on the initrd's rootfs: where the root is moved to switch
 
-	// StateLabel is the filesystem label format-state gives the STATE partition.
-	StateLabel = "STATE"
+	// moduleList is where the initrd lists the modules to load.
+	moduleList = "/" + boot.ModuleListPath
 
 	rebootDelay = 2 * time.Second
 	pollEvery   = 50 * time.Millisecond
@@ -203,9 +204,9 @@ func readCmdline(log *steplog.Logger) (cmdline.Config, error) {
 // shows up as a missing root device, and the module's error is then on the console above it.
 func loadModules(ctx context.Context, log *steplog.Logger) {
 	s := log.Start("modules")
-	f, err := os.Open(kmod.ListFile)
+	f, err := os.Open(moduleList)
 	if errors.Is(err, os.ErrNotExist) {
-		s.Skip("list", kmod.ListFile, "reason", "no module list")
+		s.Skip("list", moduleList, "reason", "no module list")
 		return
 	}
 	if err != nil {

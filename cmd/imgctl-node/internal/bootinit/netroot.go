@@ -15,6 +15,7 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/fetch"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/loopdev"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/netup"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/redact"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
 )
 
@@ -26,7 +27,7 @@ const NetRootDir = "/run/imgctl/netroot"
 // root URL comes without a digest.
 func refuseUnverified(log *steplog.Logger, cfg cmdline.Config) error {
 	if err := fetch.CheckDigest(cfg.RootURL, cfg.RootDigest); err != nil {
-		return log.Start("fetch-root").Fail(err, "url", cfg.RootURL)
+		return log.Start("fetch-root").Fail(err, "url", redact.String(cfg.RootURL))
 	}
 	return nil
 }
@@ -62,7 +63,7 @@ func netRoot(ctx context.Context, log *steplog.Logger, cfg cmdline.Config, env n
 	}
 	path, err := mountRAM(env.RAMDir)
 	if err != nil {
-		return nil, "", log.Start("fetch-root").Fail(err, "url", cfg.RootURL)
+		return nil, "", log.Start("fetch-root").Fail(err, "url", redact.String(cfg.RootURL))
 	}
 	env.Fetch.Dest = path
 	if err := fetchRoot(ctx, log, cfg, env.Fetch); err != nil {
@@ -112,7 +113,7 @@ func mountRAM(dir string) (string, error) {
 // fetchKV are the fetch-root step's fields: bytes, MB/s, attempts, resumed-from when a Range
 // request continued a dropped download, restarts when a server ignored one, and the digest.
 func fetchKV(cfg cmdline.Config, res fetch.Result) []any {
-	kv := []any{"url", cfg.RootURL}
+	kv := []any{"url", redact.String(cfg.RootURL)}
 	if res.Bytes > 0 {
 		kv = append(kv, "bytes", res.Bytes)
 	}

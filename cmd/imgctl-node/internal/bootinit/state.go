@@ -18,6 +18,7 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/cmdline"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/gpt"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
+	"github.com/imgctl/imgctl/images/boot"
 )
 
 // setupState finds the STATE partition; on first boot (no ext4 on it) grows it to the end of
@@ -202,7 +203,7 @@ func formatState(ctx context.Context, log *steplog.Logger, dev string) error {
 		bound = append(bound, target)
 	}
 	// nodiscard: a fresh cloud volume reads as zeros already, and discarding a large one is slow.
-	args := []string{"-F", "-q", "-E", "nodiscard", "-L", StateLabel, dev}
+	args := []string{"-F", "-q", "-E", "nodiscard", "-L", boot.LabelState, dev}
 	cmd := exec.CommandContext(ctx, mkfs, args...)
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"}
@@ -211,7 +212,7 @@ func formatState(ctx context.Context, log *steplog.Logger, dev string) error {
 	if err != nil {
 		return s.Fail(fmt.Errorf("%s %s: %w: %s", mkfs, strings.Join(args, " "), err, bytes.TrimSpace(out)), "device", dev)
 	}
-	s.Done("device", dev, "mkfs", mkfs, "label", StateLabel)
+	s.Done("device", dev, "mkfs", mkfs, "label", boot.LabelState)
 	return nil
 }
 

@@ -1,7 +1,9 @@
-// Package cmdline parses the imgctl.* options of the kernel command line.
+// Package cmdline parses the imgctl.* options of the kernel command line. The keys and the
+// device forms are the boot contract's (package images/boot), shared with the builders.
 package cmdline
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -10,6 +12,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/redact"
+	"github.com/imgctl/imgctl/images/boot"
 )
 
 // Defaults.
@@ -17,19 +22,6 @@ const (
 	DefaultInit        = "/sbin/init"
 	FallbackInit       = "/lib/systemd/systemd"
 	DefaultRootTimeout = 30 * time.Second
-)
-
-// Keys the node agent's configure step reads from the kernel command line (the init's own keys
-// are parsed by Parse).
-const (
-	// KeyMetadata is the imgctl metadata server's base URL.
-	KeyMetadata = "imgctl.metadata"
-	// KeyCredential is the node credential sent to it as a bearer token.
-	KeyCredential = "imgctl.credential"
-	// KeyMetadataInsecure allows sending the credential over plain http:// (a Flag).
-	KeyMetadataInsecure = "imgctl.metadata-insecure"
-	// KeyMetadataOrder lists the metadata providers to ask, comma-separated.
-	KeyMetadataOrder = "imgctl.metadata-order"
 )
 
 // Flag is the value of a boolean option: true when given alone (imgctl.debug) or with any
@@ -43,8 +35,8 @@ type Kind string
 
 // Device kinds.
 const (
-	PartLabel Kind = "PARTLABEL"
-	PartUUID  Kind = "PARTUUID"
+	PartLabel Kind = boot.PartLabel
+	PartUUID  Kind = boot.PartUUID
 	Path      Kind = "path"
 )
 
@@ -67,16 +59,16 @@ func (d Device) String() string {
 // ParseDevice parses a device spec.
 func ParseDevice(s string) (Device, error) {
 	switch {
-	case strings.HasPrefix(s, "PARTLABEL="):
-		if v := strings.TrimPrefix(s, "PARTLABEL="); v != "" {
+	case strings.HasPrefix(s, boot.PartLabel+"="):
+		if v := strings.TrimPrefix(s, boot.PartLabel+"="); v != "" {
 			return Device{Kind: PartLabel, Value: v}, nil
 		}
-	case strings.HasPrefix(s, "PARTUUID="):
-		v := strings.ToLower(strings.TrimPrefix(s, "PARTUUID="))
+	case strings.HasPrefix(s, boot.PartUUID+"="):
+		v := strings.ToLower(strings.TrimPrefix(s, boot.PartUUID+"="))
 		if isGUID(v) {
 			return Device{Kind: PartUUID, Value: v}, nil
 		}
-	case strings.HasPrefix(s, "/dev/") && len(s) > len("/dev/"):
+	case strings.HasPrefix(s, boot.DevPrefix) && len(s) > len(boot.DevPrefix):
 		return Device{Kind: Path, Value: s}, nil
 	}
 	return Device{}, fmt.Errorf("bad device %q: want PARTLABEL=NAME, PARTUUID=GUID or /dev/PATH", s)
@@ -125,29 +117,29 @@ func Parse(line string) (Config, error) {
 		key, val, hasVal := strings.Cut(f, "=")
 		var err error
 		switch key {
-		case "imgctl.root":
+		case boot.KeyRoot:
 			c.Root, c.RootURL = Device{}, ""
 			if strings.HasPrefix(val, "http://") || strings.HasPrefix(val, "https://") {
 				c.RootURL, err = parseRootURL(val)
 			} else {
 				c.Root, err = ParseDevice(val)
 			}
-		case KeyRootDigest:
+		case boot.KeyRootDigest:
 			rootDigest, err = ParseDigest(val)
-		case "BOOTIF":
+		case boot.KeyBootIF:
 			bootIF = val
-		case "ip":
+		case boot.KeyIP:
 			ip, ipSet = val, true
-		case "imgctl.state":
+		case boot.KeyState:
 			c.State, err = ParseDevice(val)
-		case "imgctl.init":
+		case boot.KeyInit:
 			if !strings.HasPrefix(val, "/") {
-				err = fmt.Errorf("imgctl.init=%q: want an absolute path", val)
+				err = fmt.Errorf("%s=%q: want an absolute path", boot.KeyInit, val)
 			}
 			c.Init, c.InitSet = val, true
-		case "imgctl.root-timeout":
+		case boot.KeyRootTimeout:
 			c.RootTimeout, err = parseTimeout(val)
-		case "imgctl.debug":
+		case boot.KeyDebug:
 			c.Debug = Flag(val, hasVal)
 		default:
 			continue
@@ -157,7 +149,7 @@ func Parse(line string) (Config, error) {
 		}
 	}
 	if c.Root.IsZero() && c.RootURL == "" {
-		return c, fmt.Errorf("kernel cmdline: imgctl.root is missing")
+		return c, fmt.Errorf("kernel cmdline: %s is missing", boot.KeyRoot)
 	}
 	if c.RootURL == "" {
 		return c, nil // BOOTIF=, ip= and the digest concern only the network root
@@ -181,16 +173,17 @@ func Parse(line string) (Config, error) {
 	return c, nil
 }
 
-// KeyRootDigest names the digest the network root must have, when the URL does not end in it.
-const KeyRootDigest = "imgctl.root-digest"
-
 func parseRootURL(s string) (string, error) {
 	u, err := url.Parse(s)
 	if err != nil {
+		var ue *url.Error // its text quotes the whole URL, secrets included
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return "", fmt.Errorf("bad root URL: %w", err)
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return "", fmt.Errorf("bad root URL %q: want http(s)://HOST/PATH", s)
+		return "", fmt.Errorf("bad root URL %q: want http(s)://HOST/PATH", redact.URL(u))
 	}
 	return s, nil
 }
@@ -205,12 +198,12 @@ func rootURLDigest(rawURL, given string) (string, error) {
 	if strings.HasPrefix(strings.ToLower(last), "sha256:") {
 		d, err := ParseDigest(last)
 		if err != nil {
-			return "", fmt.Errorf("imgctl.root=%s: last path element: %w", rawURL, err)
+			return "", fmt.Errorf("%s=%s: last path element: %w", boot.KeyRoot, redact.String(rawURL), err)
 		}
 		fromURL = d
 	}
 	if fromURL != "" && given != "" && fromURL != given {
-		return "", fmt.Errorf("imgctl.root=%s ends in digest %s but %s=%s", rawURL, fromURL, KeyRootDigest, given)
+		return "", fmt.Errorf("%s=%s ends in digest %s but %s=%s", boot.KeyRoot, redact.String(rawURL), fromURL, boot.KeyRootDigest, given)
 	}
 	if given != "" {
 		return given, nil

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imgctl/imgctl/images/boot"
 )
 
 func TestParse(t *testing.T) {
@@ -115,5 +117,30 @@ func TestFlag(t *testing.T) {
 		if got := Flag(val, hasVal); got != tc.want {
 			t.Errorf("Flag(%s) = %v, want %v", tc.field, got, tc.want)
 		}
+	}
+}
+
+// TestParseContractLine: a command line formatted with the boot contract's helpers, as the
+// builders write it, parses into the devices they meant.
+func TestParseContractLine(t *testing.T) {
+	const root, state = "6A1F5C2E-0B7D-4A8E-9C3B-2D1E0F9A8B7C", "11111111-2222-3333-4444-555555555555"
+	line := strings.Join([]string{"console=ttyS0",
+		boot.Param(boot.KeyRoot, boot.PartUUIDDevice(root)),
+		boot.Param(boot.KeyState, boot.PartLabelDevice(boot.LabelState)),
+		boot.Param(boot.KeyInit, DefaultInit),
+		boot.Param(boot.KeyRootTimeout, "5s"),
+		boot.KeyDebug,
+	}, " ")
+	c, err := Parse(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{Root: Device{PartUUID, strings.ToLower(root)}, State: Device{PartLabel, boot.LabelState},
+		Init: DefaultInit, InitSet: true, RootTimeout: 5 * time.Second, Debug: true}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("Parse(%q) = %+v, want %+v", line, c, want)
+	}
+	if got := c.Root.String(); got != boot.PartUUIDDevice(root) {
+		t.Errorf("Root.String() = %q, want %q", got, boot.PartUUIDDevice(root))
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/metadata"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/render"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
+	"github.com/imgctl/imgctl/images/boot"
 	"github.com/imgctl/imgctl/images/imageinfo"
 	"github.com/imgctl/imgctl/images/nodeconfig"
 )
@@ -138,7 +139,7 @@ func Run(ctx context.Context, o Options) error {
 		providers := o.Providers
 		if providers == nil {
 			order := metadata.DefaultOrder
-			if v, ok := cmdlineValue(o.Cmdline, cmdline.KeyMetadataOrder); ok {
+			if v, ok := cmdlineValue(o.Cmdline, boot.KeyMetadataOrder); ok {
 				order = strings.Split(v, ",")
 			}
 			var err error

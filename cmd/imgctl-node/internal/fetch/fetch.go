@@ -16,10 +16,13 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/redact"
 )
 
 // Defaults for the zero fields of Options.
@@ -84,6 +87,10 @@ func Download(ctx context.Context, o Options) (Result, error) {
 	if err := CheckDigest(o.URL, o.Digest); err != nil {
 		return Result{}, err
 	}
+	// Every message shows the URL redacted (user info and query may be secrets and reach the
+	// console); only the request gets the real one.
+	rawURL := o.URL
+	o.URL = redact.String(rawURL)
 	part := o.Dest + partSuffix
 	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -96,7 +103,7 @@ func Download(ctx context.Context, o Options) (Result, error) {
 			_ = os.Remove(part)
 		}
 	}()
-	d := &download{o: o, f: f, h: sha256.New(), size: -1}
+	d := &download{o: o, rawURL: rawURL, f: f, h: sha256.New(), size: -1}
 	start := time.Now()
 	res, err := d.run(ctx)
 	if err != nil {
@@ -125,10 +132,10 @@ func Download(ctx context.Context, o Options) (Result, error) {
 // CheckDigest refuses a root without a sha256 digest: an unverified root never boots.
 func CheckDigest(url, digest string) error {
 	if digest == "" {
-		return fmt.Errorf("no digest for %s: an unverified root never boots (end the URL in /sha256:HEX or set imgctl.root-digest=sha256:HEX)", url)
+		return fmt.Errorf("no digest for %s: an unverified root never boots (end the URL in /sha256:HEX or set imgctl.root-digest=sha256:HEX)", redact.String(url))
 	}
 	if hex, ok := strings.CutPrefix(digest, "sha256:"); !ok || len(hex) != 64 {
-		return fmt.Errorf("root digest %q for %s: want sha256: and 64 hex digits", digest, url)
+		return fmt.Errorf("root digest %q for %s: want sha256: and 64 hex digits", digest, redact.String(url))
 	}
 	return nil
 }
@@ -162,6 +169,7 @@ func (o *Options) defaults() {
 
 // download is the state carried from one attempt to the next.
 type download struct {
+	rawURL    string // o.URL is the redacted form, for messages
 	o         Options
 	f         *os.File
 	h         hash.Hash
@@ -214,7 +222,7 @@ var (
 func (d *download) attempt(ctx context.Context, res *Result) (done bool, err error) {
 	actx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	req, err := http.NewRequestWithContext(actx, http.MethodGet, d.o.URL, nil)
+	req, err := http.NewRequestWithContext(actx, http.MethodGet, d.rawURL, nil)
 	if err != nil {
 		return false, permanent{fmt.Errorf("download %s: %w", d.o.URL, err)}
 	}
@@ -230,6 +238,10 @@ func (d *download) attempt(ctx context.Context, res *Result) (done bool, err err
 	})
 	resp, err := d.o.Client.Do(req)
 	hdr.Stop()
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		uerr.URL = d.o.URL // net/http's errors name the request's URL: show the redacted one
+	}
 	var certErr *tls.CertificateVerificationError
 	if errors.As(err, &certErr) {
 		return false, permanent{fmt.Errorf("download %s: %w (the initrd trusts only the CA certificates it carries; the digest, not TLS, protects the root: plain http:// works)", d.o.URL, err)}

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -359,5 +360,49 @@ func TestDownloadUntrustedTLSIsFinal(t *testing.T) {
 	}
 	if time.Since(start) > time.Second {
 		t.Errorf("took %s", time.Since(start))
+	}
+}
+
+// TestDownloadNeverShowsURLSecrets: a root URL may carry user info or a token in its query;
+// errors and log lines (both reach the serial console) show neither.
+func TestDownloadNeverShowsURLSecrets(t *testing.T) {
+	b := newBlob(t, 64<<10)
+	bad := bytes.Clone(b.data)
+	bad[7] ^= 0x01
+	for _, tc := range []struct {
+		name  string
+		serve func(n int, w http.ResponseWriter, r *http.Request) bool
+	}{
+		{"wrong digest", func(n int, w http.ResponseWriter, r *http.Request) bool {
+			http.ServeContent(w, r, "root", time.Unix(1700000000, 0), bytes.NewReader(bad))
+			return true
+		}},
+		{"dropped then not found", func(n int, w http.ResponseWriter, r *http.Request) bool {
+			if n == 1 {
+				halfThenDrop(b.data, w)
+			}
+			http.NotFound(w, r)
+			return true
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer(t, b.data, tc.serve)
+			u := strings.Replace(s.URL, "http://", "http://node:hunter2@", 1) + "/blobs/" + b.digest + "?token=s3cr3t"
+			o := options(t, u, b.digest)
+			var logs bytes.Buffer
+			o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			_, err := Download(context.Background(), o)
+			if err == nil {
+				t.Fatal("download succeeded")
+			}
+			for _, secret := range []string{"hunter2", "s3cr3t"} {
+				if strings.Contains(err.Error(), secret) || strings.Contains(logs.String(), secret) {
+					t.Errorf("%q shown:\nerr: %v\nlog: %s", secret, err, logs.String())
+				}
+			}
+			if !strings.Contains(err.Error(), "/blobs/"+b.digest+"?REDACTED") {
+				t.Errorf("the error should still name the URL (redacted): %v", err)
+			}
+		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"unicode/utf16"
 
+	bootgpt "github.com/imgctl/imgctl/images/boot/gpt"
 	"github.com/imgctl/imgctl/layers/testenv"
 )
 
@@ -55,7 +56,7 @@ func makeGPT(ss int, sectors uint64, entries uint32, parts ...part) []byte {
 	le := binary.LittleEndian
 	disk := make([]byte, uint64(ss)*sectors)
 	mbr := disk[446:]
-	mbr[4] = protectiveType
+	mbr[4] = bootgpt.ProtectiveType
 	le.PutUint32(mbr[8:], 1)
 	le.PutUint32(mbr[12:], uint32(min(sectors-1, 0xffffffff)))
 	disk[510], disk[511] = 0x55, 0xaa
@@ -74,9 +75,9 @@ func makeGPT(ss int, sectors uint64, entries uint32, parts ...part) []byte {
 	last := sectors - 1
 	hdr := func(my, alt, entLBA uint64) []byte {
 		h := make([]byte, ss)
-		copy(h, signature)
+		copy(h, bootgpt.Signature)
 		le.PutUint32(h[8:], 0x00010000)
-		le.PutUint32(h[12:], minHeaderSize)
+		le.PutUint32(h[12:], bootgpt.HeaderSize)
 		le.PutUint64(h[24:], my)
 		le.PutUint64(h[32:], alt)
 		le.PutUint64(h[40:], 2+entSectors)
@@ -86,7 +87,7 @@ func makeGPT(ss int, sectors uint64, entries uint32, parts ...part) []byte {
 		le.PutUint32(h[80:], entries)
 		le.PutUint32(h[84:], 128)
 		le.PutUint32(h[88:], crc32.ChecksumIEEE(ents))
-		le.PutUint32(h[16:], headerCRC(h[:minHeaderSize]))
+		le.PutUint32(h[16:], bootgpt.HeaderCRC(h[:bootgpt.HeaderSize]))
 		return h
 	}
 	copy(disk[ss:], hdr(1, last, 2))
@@ -100,7 +101,7 @@ func makeGPT(ss int, sectors uint64, entries uint32, parts ...part) []byte {
 // entry array get past them.
 func fixCRCs(disk []byte, ss int) {
 	le := binary.LittleEndian
-	if len(disk) < 2*ss || string(disk[ss:ss+8]) != signature {
+	if len(disk) < 2*ss || string(disk[ss:ss+8]) != bootgpt.Signature {
 		return
 	}
 	h := disk[ss : 2*ss]
@@ -108,8 +109,8 @@ func fixCRCs(disk []byte, ss int) {
 	if off := entLBA * uint64(ss); entLBA < uint64(len(disk)) && off+n*size <= uint64(len(disk)) {
 		le.PutUint32(h[88:], crc32.ChecksumIEEE(disk[off:off+n*size]))
 	}
-	if hs := le.Uint32(h[12:]); hs >= minHeaderSize && int(hs) <= ss {
-		le.PutUint32(h[16:], headerCRC(h[:hs]))
+	if hs := le.Uint32(h[12:]); hs >= bootgpt.HeaderSize && int(hs) <= ss {
+		le.PutUint32(h[16:], bootgpt.HeaderCRC(h[:hs]))
 	}
 }
 
@@ -152,13 +153,13 @@ func checkTable(t *testing.T, tab *Table) {
 		if p.FirstLBA < tab.FirstUsableLBA || p.FirstLBA > p.LastLBA || p.LastLBA > tab.LastUsableLBA {
 			t.Fatalf("partition %d spans %d..%d, outside the usable %d..%d", p.Number, p.FirstLBA, p.LastLBA, tab.FirstUsableLBA, tab.LastUsableLBA)
 		}
-		if p.Number < 1 || p.Number > int(tab.entNum) {
-			t.Fatalf("partition number %d of %d entries", p.Number, tab.entNum)
+		if p.Number < 1 || p.Number > int(tab.hdr.NumEntries) {
+			t.Fatalf("partition number %d of %d entries", p.Number, tab.hdr.NumEntries)
 		}
 	}
 	ss := uint64(tab.SectorSize)
-	if end := tab.entLBA + (uint64(len(tab.entries))+ss-1)/ss; tab.entLBA < 2 || end > tab.FirstUsableLBA {
-		t.Fatalf("entry array at %d..%d overlaps the headers or the usable area from %d", tab.entLBA, end, tab.FirstUsableLBA)
+	if end := tab.hdr.EntriesLBA + (uint64(len(tab.entries))+ss-1)/ss; tab.hdr.EntriesLBA < 2 || end > tab.FirstUsableLBA {
+		t.Fatalf("entry array at %d..%d overlaps the headers or the usable area from %d", tab.hdr.EntriesLBA, end, tab.FirstUsableLBA)
 	}
 }
 
@@ -271,7 +272,7 @@ func FuzzGrow(f *testing.F) {
 		// The backup header: valid, pointing back at the primary, with the same entries.
 		b := disk[after.AlternateLBA*uint64(ss):][:ss]
 		le := binary.LittleEndian
-		if string(b[:8]) != signature || le.Uint32(b[16:]) != headerCRC(b[:le.Uint32(b[12:])]) || le.Uint64(b[32:]) != 1 {
+		if string(b[:8]) != bootgpt.Signature || le.Uint32(b[16:]) != bootgpt.HeaderCRC(b[:le.Uint32(b[12:])]) || le.Uint64(b[32:]) != 1 {
 			t.Fatal("backup header invalid after Grow")
 		}
 		be := le.Uint64(b[72:]) * uint64(ss)

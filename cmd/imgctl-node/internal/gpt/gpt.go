@@ -1,15 +1,15 @@
-// Package gpt reads a GUID partition table and grows its last partition to the end of the disk.
+// Package gpt reads a GUID partition table and grows its last partition to the end of the disk,
+// through the one GPT codec the builders write it with (images/boot/gpt).
 package gpt
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"math"
-	"unicode/utf16"
+
+	bootgpt "github.com/imgctl/imgctl/images/boot/gpt"
 )
 
 // Device is what Read and Grow need: a disk image file or an opened block device.
@@ -21,12 +21,11 @@ type Device interface {
 // ErrNoGPT is returned when the primary header is missing or corrupt.
 var ErrNoGPT = errors.New("no valid primary GPT header")
 
+// Limits of what Read accepts, far beyond any real table: they bound what a corrupt header
+// can make it read.
 const (
-	signature      = "EFI PART"
-	minHeaderSize  = 92
-	maxEntries     = 1 << 16
-	maxEntrySize   = 4096
-	protectiveType = 0xEE
+	maxEntries   = 1 << 16
+	maxEntrySize = 4096
 )
 
 // Partition is one used entry of the table.
@@ -48,11 +47,9 @@ type Table struct {
 	AlternateLBA   uint64 // where the backup header is
 	Partitions     []Partition
 
-	header  []byte // primary header sector
-	entries []byte // raw entry array
-	entLBA  uint64
-	entNum  uint32
-	entSize uint32
+	header  []byte         // primary header sector, as read
+	hdr     bootgpt.Header // decoded
+	entries []byte         // raw entry array
 }
 
 // Read parses the primary GPT of dev. sectorSize is the logical sector size (512 or 4096).
@@ -64,44 +61,35 @@ func Read(dev Device, sectorSize int) (*Table, error) {
 	if _, err := dev.ReadAt(hdr, int64(sectorSize)); err != nil {
 		return nil, fmt.Errorf("gpt: read primary header: %w", err)
 	}
-	if string(hdr[:8]) != signature {
-		return nil, ErrNoGPT
-	}
-	le := binary.LittleEndian
-	hsize := le.Uint32(hdr[12:])
-	if hsize < minHeaderSize || int(hsize) > sectorSize {
-		return nil, fmt.Errorf("%w: header size %d", ErrNoGPT, hsize)
-	}
-	if got, want := headerCRC(hdr[:hsize]), le.Uint32(hdr[16:]); got != want {
-		return nil, fmt.Errorf("%w: header crc %08x, want %08x", ErrNoGPT, got, want)
+	h, err := bootgpt.DecodeHeader(hdr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoGPT, err)
 	}
 	t := &Table{
 		SectorSize:     sectorSize,
-		AlternateLBA:   le.Uint64(hdr[32:]),
-		FirstUsableLBA: le.Uint64(hdr[40:]),
-		LastUsableLBA:  le.Uint64(hdr[48:]),
-		DiskGUID:       guidString(hdr[56:72]),
+		AlternateLBA:   h.AlternateLBA,
+		FirstUsableLBA: h.FirstUsableLBA,
+		LastUsableLBA:  h.LastUsableLBA,
+		DiskGUID:       h.DiskGUID.String(),
 		header:         hdr,
-		entLBA:         le.Uint64(hdr[72:]),
-		entNum:         le.Uint32(hdr[80:]),
-		entSize:        le.Uint32(hdr[84:]),
+		hdr:            h,
 	}
-	if t.entNum == 0 || t.entNum > maxEntries || t.entSize < 128 || t.entSize > maxEntrySize || t.entSize%8 != 0 {
-		return nil, fmt.Errorf("%w: %d entries of %d bytes", ErrNoGPT, t.entNum, t.entSize)
+	if h.NumEntries == 0 || h.NumEntries > maxEntries || h.EntrySize < bootgpt.EntrySize || h.EntrySize > maxEntrySize || h.EntrySize%8 != 0 {
+		return nil, fmt.Errorf("%w: %d entries of %d bytes", ErrNoGPT, h.NumEntries, h.EntrySize)
 	}
 	// The entry array lies between the primary header and the first usable sector (UEFI 5.3.2):
 	// Grow rewrites it in place, which must not touch a header or a partition.
 	ss := uint64(sectorSize)
-	entBytes := uint64(t.entNum) * uint64(t.entSize)
-	entSectors := (entBytes + ss - 1) / ss
+	entBytes := uint64(h.NumEntries) * uint64(h.EntrySize)
+	entSectors := bootgpt.ArraySectors(sectorSize, h.NumEntries, h.EntrySize)
 	if t.FirstUsableLBA > t.LastUsableLBA || t.LastUsableLBA > math.MaxInt64/ss ||
-		t.entLBA < 2 || t.FirstUsableLBA < entSectors || t.entLBA > t.FirstUsableLBA-entSectors {
+		h.EntriesLBA < bootgpt.PrimaryEntriesLBA || t.FirstUsableLBA < entSectors || h.EntriesLBA > t.FirstUsableLBA-entSectors {
 		return nil, fmt.Errorf("%w: entry array at sector %d (%d sectors) and usable sectors %d..%d overlap",
-			ErrNoGPT, t.entLBA, entSectors, t.FirstUsableLBA, t.LastUsableLBA)
+			ErrNoGPT, h.EntriesLBA, entSectors, t.FirstUsableLBA, t.LastUsableLBA)
 	}
 	// Read through a section so the buffer grows with what the disk holds, not with what a
 	// corrupt header claims (up to 256 MiB).
-	entries, err := io.ReadAll(io.NewSectionReader(dev, int64(t.entLBA*ss), int64(entBytes)))
+	entries, err := io.ReadAll(io.NewSectionReader(dev, int64(h.EntriesLBA*ss), int64(entBytes)))
 	if err == nil && uint64(len(entries)) != entBytes {
 		err = io.ErrUnexpectedEOF
 	}
@@ -109,21 +97,21 @@ func Read(dev Device, sectorSize int) (*Table, error) {
 		return nil, fmt.Errorf("gpt: read entries: %w", err)
 	}
 	t.entries = entries
-	if got, want := crc32.ChecksumIEEE(t.entries), le.Uint32(hdr[88:]); got != want {
+	if got, want := bootgpt.ArrayCRC(t.entries), h.EntriesCRC; got != want {
 		return nil, fmt.Errorf("%w: entry array crc %08x, want %08x", ErrNoGPT, got, want)
 	}
-	for i := 0; i < int(t.entNum); i++ {
-		e := t.entries[i*int(t.entSize):]
-		if isZero(e[:16]) {
+	for i := 0; i < int(h.NumEntries); i++ {
+		e := bootgpt.DecodeEntry(t.entries[i*int(h.EntrySize):])
+		if !e.Used() {
 			continue
 		}
 		p := Partition{
 			Number:   i + 1,
-			TypeGUID: guidString(e[0:16]),
-			GUID:     guidString(e[16:32]),
-			FirstLBA: le.Uint64(e[32:]),
-			LastLBA:  le.Uint64(e[40:]),
-			Name:     utf16Name(e[56:128]),
+			TypeGUID: e.Type.String(),
+			GUID:     e.GUID.String(),
+			FirstLBA: e.FirstLBA,
+			LastLBA:  e.LastLBA,
+			Name:     e.Name.String(),
 		}
 		if p.FirstLBA < t.FirstUsableLBA || p.FirstLBA > p.LastLBA || p.LastLBA > t.LastUsableLBA {
 			return nil, fmt.Errorf("%w: partition %d (%q) spans sectors %d..%d, outside the usable %d..%d",
@@ -157,14 +145,12 @@ func Grow(dev Device, sectorSize int, diskSize int64, number int) (GrowResult, e
 	}
 	ss := uint64(sectorSize)
 	sectors := uint64(diskSize) / ss
-	entBytes := uint64(t.entNum) * uint64(t.entSize)
-	entSectors := (entBytes + ss - 1) / ss
-	if sectors < 2+2*entSectors+2 {
-		return GrowResult{}, fmt.Errorf("gpt: disk of %d sectors is too small", sectors)
+	entSectors := bootgpt.ArraySectors(sectorSize, t.hdr.NumEntries, t.hdr.EntrySize)
+	geo, err := bootgpt.NewGeometry(sectors, entSectors)
+	if err != nil {
+		return GrowResult{}, fmt.Errorf("gpt: %w", err)
 	}
-	lastLBA := sectors - 1
-	backupEntLBA := lastLBA - entSectors
-	lastUsable := backupEntLBA - 1
+	lastLBA, backupEntLBA, lastUsable := geo.BackupLBA, geo.BackupEntriesLBA, geo.LastUsableLBA
 	if lastUsable < t.LastUsableLBA {
 		return GrowResult{}, fmt.Errorf("gpt: disk shrank: last usable sector %d < %d in the table", lastUsable, t.LastUsableLBA)
 	}
@@ -195,25 +181,22 @@ func Grow(dev Device, sectorSize int, diskSize int64, number int) (GrowResult, e
 		return res, nil
 	}
 
-	le := binary.LittleEndian
-	binary.LittleEndian.PutUint64(t.entries[(number-1)*int(t.entSize)+40:], lastUsable)
-	entCRC := crc32.ChecksumIEEE(t.entries)
-	hsize := le.Uint32(t.header[12:])
+	entry := t.entries[(number-1)*int(t.hdr.EntrySize):]
+	e := bootgpt.DecodeEntry(entry)
+	e.LastLBA = lastUsable
+	e.Put(entry)
 
-	primary := bytes.Clone(t.header)
-	le.PutUint64(primary[24:], 1)
-	le.PutUint64(primary[32:], lastLBA)
-	le.PutUint64(primary[48:], lastUsable)
-	le.PutUint32(primary[88:], entCRC)
-	le.PutUint32(primary[16:], headerCRC(primary[:hsize]))
-
-	backup := bytes.Clone(t.header)
-	le.PutUint64(backup[24:], lastLBA)
-	le.PutUint64(backup[32:], 1)
-	le.PutUint64(backup[48:], lastUsable)
-	le.PutUint64(backup[72:], backupEntLBA)
-	le.PutUint32(backup[88:], entCRC)
-	le.PutUint32(backup[16:], headerCRC(backup[:hsize]))
+	ph := t.hdr
+	ph.MyLBA, ph.AlternateLBA = 1, lastLBA
+	ph.LastUsableLBA = lastUsable
+	ph.EntriesCRC = bootgpt.ArrayCRC(t.entries)
+	primary, backup := bytes.Clone(t.header), bytes.Clone(t.header)
+	if err := ph.Put(primary); err != nil {
+		return res, fmt.Errorf("gpt: %w", err)
+	}
+	if err := ph.Backup(backupEntLBA).Put(backup); err != nil {
+		return res, fmt.Errorf("gpt: %w", err)
+	}
 
 	// Backup first: until the primary is rewritten, the old primary (and its old backup) still
 	// describe a consistent table.
@@ -225,7 +208,7 @@ func Grow(dev Device, sectorSize int, diskSize int64, number int) (GrowResult, e
 	if _, err := dev.WriteAt(backup, int64(lastLBA*ss)); err != nil {
 		return res, fmt.Errorf("gpt: write backup header: %w", err)
 	}
-	if _, err := dev.WriteAt(t.entries, int64(t.entLBA*ss)); err != nil {
+	if _, err := dev.WriteAt(t.entries, int64(t.hdr.EntriesLBA*ss)); err != nil {
 		return res, fmt.Errorf("gpt: write primary entries: %w", err)
 	}
 	if _, err := dev.WriteAt(primary, int64(ss)); err != nil {
@@ -247,63 +230,15 @@ func Grow(dev Device, sectorSize int, diskSize int64, number int) (GrowResult, e
 
 // fixProtectiveMBR makes a protective MBR entry cover the whole (grown) disk.
 func fixProtectiveMBR(dev Device, sectors uint64) error {
-	mbr := make([]byte, 512)
+	mbr := make([]byte, bootgpt.MBRSize)
 	if _, err := dev.ReadAt(mbr, 0); err != nil {
 		return fmt.Errorf("gpt: read mbr: %w", err)
 	}
-	if mbr[510] != 0x55 || mbr[511] != 0xAA {
+	if !bootgpt.FixProtectiveMBR(mbr, sectors) {
 		return nil
 	}
-	size := sectors - 1
-	if size > 0xFFFFFFFF {
-		size = 0xFFFFFFFF
-	}
-	for i := 0; i < 4; i++ {
-		e := mbr[446+16*i : 446+16*(i+1)]
-		if e[4] != protectiveType || binary.LittleEndian.Uint32(e[8:]) != 1 {
-			continue
-		}
-		if binary.LittleEndian.Uint32(e[12:]) == uint32(size) {
-			return nil
-		}
-		binary.LittleEndian.PutUint32(e[12:], uint32(size))
-		if _, err := dev.WriteAt(mbr, 0); err != nil {
-			return fmt.Errorf("gpt: write mbr: %w", err)
-		}
-		return nil
+	if _, err := dev.WriteAt(mbr, 0); err != nil {
+		return fmt.Errorf("gpt: write mbr: %w", err)
 	}
 	return nil
-}
-
-func headerCRC(h []byte) uint32 {
-	c := bytes.Clone(h)
-	clear(c[16:20])
-	return crc32.ChecksumIEEE(c)
-}
-
-func isZero(b []byte) bool {
-	for _, x := range b {
-		if x != 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// guidString formats a GPT mixed-endian GUID.
-func guidString(b []byte) string {
-	le := binary.LittleEndian
-	return fmt.Sprintf("%08x-%04x-%04x-%x-%x", le.Uint32(b[0:]), le.Uint16(b[4:]), le.Uint16(b[6:]), b[8:10], b[10:16])
-}
-
-func utf16Name(b []byte) string {
-	u := make([]uint16, 0, len(b)/2)
-	for i := 0; i+1 < len(b); i += 2 {
-		c := binary.LittleEndian.Uint16(b[i:])
-		if c == 0 {
-			break
-		}
-		u = append(u, c)
-	}
-	return string(utf16.Decode(u))
 }

@@ -1,4 +1,4 @@
-// Package kmod loads the kernel modules the initrd lists in /etc/imgctl/modules.
+// Package kmod loads the kernel modules the initrd lists (in images/boot.ModuleListPath).
 package kmod
 
 import (
@@ -13,9 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// ListFile is where the initrd lists its modules, in load order, one path relative to / a line.
-const ListFile = "/etc/imgctl/modules"
 
 // ParseList reads a module list: one path a line, relative to the root; blank lines and
 // lines starting with # are ignored.

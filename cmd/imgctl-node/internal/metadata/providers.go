@@ -17,7 +17,10 @@ import (
 	"sync"
 	"time"
 
+	redactpkg "github.com/imgctl/imgctl/cmd/imgctl-node/internal/redact"
+
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/cmdline"
+	"github.com/imgctl/imgctl/images/boot"
 )
 
 // Provider defaults.
@@ -215,11 +218,11 @@ func ImgctlFromCmdline(line string) *Imgctl {
 	for _, f := range cmdline.Fields(line) {
 		key, val, hasVal := strings.Cut(f, "=")
 		switch key {
-		case cmdline.KeyMetadata:
+		case boot.KeyMetadata:
 			p.URL = val
-		case cmdline.KeyCredential:
+		case boot.KeyCredential:
 			p.Credential = val
-		case cmdline.KeyMetadataInsecure:
+		case boot.KeyMetadataInsecure:
 			p.Insecure = cmdline.Flag(val, hasVal)
 		}
 	}
@@ -233,15 +236,15 @@ func (p *Imgctl) Name() string { return "imgctl" }
 // credential refused for plain http are Permanent. The source it returns is redacted.
 func (p *Imgctl) Fetch(ctx context.Context) ([]byte, string, error) {
 	if p.URL == "" {
-		return nil, "", NotConfigured("no " + cmdline.KeyMetadata + "= on the kernel command line")
+		return nil, "", NotConfigured("no " + boot.KeyMetadata + "= on the kernel command line")
 	}
 	base, err := url.Parse(p.URL)
 	if err != nil {
 		// url.Parse's error quotes the whole value, user info and all.
-		return nil, "", Permanent(fmt.Errorf("%s= is not a URL (value not shown: it may carry a credential)", cmdline.KeyMetadata))
+		return nil, "", Permanent(fmt.Errorf("%s= is not a URL (value not shown: it may carry a credential)", boot.KeyMetadata))
 	}
 	if (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return nil, redact(base), Permanent(fmt.Errorf("%s=%s: expected an http(s) URL", cmdline.KeyMetadata, redact(base)))
+		return nil, redact(base), Permanent(fmt.Errorf("%s=%s: expected an http(s) URL", boot.KeyMetadata, redact(base)))
 	}
 	base.Path = strings.TrimSuffix(base.Path, "/") + "/v1/nodeconfig"
 	base.RawPath = ""
@@ -250,7 +253,7 @@ func (p *Imgctl) Fetch(ctx context.Context) ([]byte, string, error) {
 	if base.Scheme == "http" && (p.Credential != "" || base.User != nil) && !p.Insecure {
 		return nil, u, Permanent(fmt.Errorf("%s: refusing to send the node credential over plain http "+
 			"(anyone on the boot network can read it): use an https:// URL, or add %s=1 to the kernel command line to allow it",
-			u, cmdline.KeyMetadataInsecure))
+			u, boot.KeyMetadataInsecure))
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base.String(), nil)
 	if err != nil {
@@ -281,17 +284,8 @@ func (p *Imgctl) Fetch(ctx context.Context) ([]byte, string, error) {
 	return data, u, nil
 }
 
-// redact returns u as messages may show it: without user info, with the query replaced by
-// REDACTED (it may carry a token) and without the fragment.
-func redact(u *url.URL) string {
-	r := *u
-	r.User = nil
-	if r.RawQuery != "" || r.ForceQuery {
-		r.RawQuery, r.ForceQuery = "REDACTED", false
-	}
-	r.Fragment, r.RawFragment = "", ""
-	return r.String()
-}
+// redact returns u as messages may show it (see package redact).
+func redact(u *url.URL) string { return redactpkg.URL(u) }
 
 func isRedirect(code int) bool { return code >= 300 && code < 400 }
 

@@ -1,5 +1,4 @@
-// Package kmodtest builds minimal kernel modules (ELF relocatable objects with .modinfo and
-// symbols) for tests of code that indexes or loads modules.
+// Package kmodtest builds kernel module files for tests.
 package kmodtest
 
 import (
@@ -8,14 +7,14 @@ import (
 	"encoding/binary"
 )
 
-// Sym is one symbol: defined (exported) or needed.
+// Sym is a symbol of ELF: defined ones belong to the first section.
 type Sym struct {
 	Name    string
 	Defined bool
 }
 
-// ELF writes a minimal little-endian ELF64 relocatable object
-// with the given sections (name → contents, in order) and symbols.
+// ELF writes a minimal little-endian ELF64 relocatable object (a kernel module as far as
+// depmod and modinfo care) with the given sections (name → contents, in order) and symbols.
 func ELF(sections map[string][]byte, order []string, syms []Sym) []byte {
 	le := binary.LittleEndian
 	var shstr bytes.Buffer
@@ -102,9 +101,20 @@ func ELF(sections map[string][]byte, order []string, syms []Sym) []byte {
 	return out
 }
 
-// Module is a kernel module whose .modinfo holds info ("license=GPL", "alias=…"), which
-// exports the symbols exports (with their __crc_ twins) and needs the symbols needs.
-func Module(info, exports, needs []string) []byte {
+// Module returns a module file whose .modinfo holds the given key=value strings.
+func Module(modinfo ...string) []byte {
+	var info bytes.Buffer
+	for _, s := range modinfo {
+		info.WriteString(s)
+		info.WriteByte(0)
+	}
+	return ELF(map[string][]byte{".text": {0}, ".modinfo": info.Bytes()}, []string{".text", ".modinfo"}, nil)
+}
+
+// ModuleWithSymbols returns a module file whose .modinfo holds info (key=value strings), which
+// exports the symbols exports (with their __crc_ twins, as modversions writes them) and needs
+// the symbols needs: depmod derives dependencies from them.
+func ModuleWithSymbols(info, exports, needs []string) []byte {
 	var modinfo []byte
 	for _, s := range info {
 		modinfo = append(modinfo, s...)
