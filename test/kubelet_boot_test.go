@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,7 +52,11 @@ func relay(addr string) int {
 	}()
 	go func() {
 		_, _ = io.Copy(os.Stdout, c)
-		_ = os.Stdout.Close()
+		// libslirp gives the command one socket as stdin, stdout and stderr: closing fd 1
+		// alone sends nothing, so the guest would wait for more. Half-close the socket.
+		if err := syscall.Shutdown(int(os.Stdout.Fd()), syscall.SHUT_WR); err != nil {
+			_ = os.Stdout.Close() // not a socket (a pipe): closing it is the end
+		}
 		done <- struct{}{}
 	}()
 	<-done
@@ -220,25 +225,7 @@ func TestNodeJoinsWithRealKubelet(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ca, cert, key := nodePKI(t, "node-e2e")
-	imds := &fakeIMDS{userData: fmt.Sprintf(`apiVersion: imgctl/v1alpha1
-kind: NodeConfig
-metadata:
-  name: node-e2e
-spec:
-  role: node
-  cluster:
-    apiServer: https://169.254.0.2:6443
-    caCertificate: |
-%s
-  kubelet:
-    nodeLabels: {imgctl.dev/test: e2e}
-  credentials:
-    clientCertificate: |
-%s
-    clientKey: |
-%s
-`, yamlBlock(ca), yamlBlock(cert), yamlBlock(key))}
+	imds := &fakeIMDS{userData: nodeConfig(t, "node-e2e")}
 	srv := httptest.NewServer(imds)
 	defer srv.Close()
 	self, err := os.Executable()
@@ -277,13 +264,46 @@ spec:
 	report := regexp.MustCompile(`IMGCTL-TEST-REPORT [^\r\n]*`).FindString(log)
 	t.Log(report)
 
+	checkKubeletBoot(t, log, report, pause, "node-e2e", imds)
+}
+
+// nodeConfig is the user data of a role node named name: a NodeConfig with a test cluster CA and
+// kubelet client credentials (there is no API server).
+func nodeConfig(t *testing.T, name string) string {
+	t.Helper()
+	ca, cert, key := nodePKI(t, name)
+	return fmt.Sprintf(`apiVersion: imgctl/v1alpha1
+kind: NodeConfig
+metadata:
+  name: %s
+spec:
+  role: node
+  cluster:
+    apiServer: https://169.254.0.2:6443
+    caCertificate: |
+%s
+  kubelet:
+    nodeLabels: {imgctl.dev/test: e2e}
+  credentials:
+    clientCertificate: |
+%s
+    clientKey: |
+%s
+`, name, yamlBlock(ca), yamlBlock(cert), yamlBlock(key))
+}
+
+// checkKubeletBoot checks the console log and the report line of a node named name that booted
+// the kubelet test image (kubeletTestLayer) with role node metadata from imds, and logs the
+// boot-to-kubelet latency.
+func checkKubeletBoot(t *testing.T, log, report string, pause sandboxImage, name string, imds *fakeIMDS) {
+	t.Helper()
 	for _, want := range []string{
 		"step=verify-binaries status=ok", "step=modules status=ok", "step=sysctl status=ok",
 		"step=directories status=ok", "step=metadata status=ok", `source="imds http://169.254.169.254/latest/user-data"`,
 		"step=hostname status=ok", "step=render status=ok", "sandbox=" + pause.name, "step=containerd status=ok",
 		"step=images status=ok", "imported=" + pause.name,
 		"step=kubelet-start status=ok", "step=kubelet-healthy status=ok",
-		"step=hook status=ok", "IMGCTL-TEST-HOOK phase=post-configure role=node name=node-e2e source=imds http://169.254.169.254/latest/user-data",
+		"step=hook status=ok", "IMGCTL-TEST-HOOK phase=post-configure role=node name=" + name + " source=imds http://169.254.169.254/latest/user-data",
 	} {
 		if !strings.Contains(log, want) {
 			t.Errorf("console lacks %q", want)
@@ -291,7 +311,7 @@ spec:
 	}
 	for _, want := range []string{
 		"installation=active", "configuration=active", "kubelet=active", "containerd=active",
-		"monitors=active,active,", "healthz=ok", "kubelet_version=[Kubernetes v1.21.13]", "hostname=node-e2e",
+		"monitors=active,active,", "healthz=ok", "kubelet_version=[Kubernetes v1.21.13]", "hostname=" + name,
 		"Server: Version: 1.6.20", "RuntimeName: containerd",
 		"images=[" + pause.name + "]", `sandbox_image = "` + pause.name + `"`, "logrotate=success",
 	} {
@@ -347,4 +367,52 @@ func testSandboxImage(t *testing.T) sandboxImage {
 		t.Fatal(err)
 	}
 	return sandboxImage{uri: "oci://" + name + "@" + d.String() + "#image=/usr/lib/imgctl/images/pause.tar", name: name}
+}
+
+// TestRelayPassesOnServerClose runs the relay as libslirp runs a guestfwd cmd: (one socket as
+// stdin, stdout and stderr) and checks that a server closing its connection ends the guest's
+// connection too, at once: a response delimited by the close (or cut off, as the netboot
+// tests' dropped download) must not look to the guest like a stalled one.
+func TestRelayPassesOnServerClose(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Write([]byte("partial"))
+		c.Close()
+	}()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guestEnd, relayEnd := os.NewFile(uintptr(fds[0]), "guest"), os.NewFile(uintptr(fds[1]), "relay")
+	guest, err := net.FileConn(guestEnd)
+	guestEnd.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer guest.Close()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), relayEnv+"="+ln.Addr().String())
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = relayEnd, relayEnd, relayEnd
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	relayEnd.Close()
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	guest.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(guest)
+	if err != nil || string(got) != "partial" {
+		t.Fatalf("the guest read %q, %v; want \"partial\" and then the end of the connection", got, err)
+	}
 }

@@ -66,6 +66,11 @@ type vmOptions struct {
 	// netdev, when set, replaces -nic none: a -netdev user,... spec (id n0) that the guest
 	// sees as a virtio NIC. Keep restrict=on: no guest traffic leaves the machine.
 	netdev string
+	// bios boots SeaBIOS instead of OVMF (vars is then unused).
+	bios bool
+	// bootNIC boots from the NIC (-boot n) with its option ROM, qemu's iPXE (ipxe-qemu);
+	// otherwise the NIC has no ROM. disk may then be empty.
+	bootNIC bool
 }
 
 func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
@@ -76,15 +81,25 @@ func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
 	args := []string{
 		"-accel", "tcg", "-cpu", "max", "-machine", "q35", "-m", fmt.Sprint(o.memoryMiB), "-smp", "2",
 		"-nographic", "-serial", "stdio", "-monitor", "none",
-		"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmfCode,
-		"-drive", "if=pflash,format=raw,file=" + o.vars,
-		"-drive", "file=" + o.disk + ",format=raw,if=virtio",
+	}
+	if !o.bios {
+		args = append(args,
+			"-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode,
+			"-drive", "if=pflash,format=raw,file="+o.vars)
+	}
+	if o.disk != "" {
+		args = append(args, "-drive", "file="+o.disk+",format=raw,if=virtio")
 	}
 	if o.netdev != "" {
 		if !strings.Contains(o.netdev, "restrict=on") {
 			t.Fatalf("netdev %q: guests stay on this machine (restrict=on)", o.netdev)
 		}
-		args = append(args, "-netdev", o.netdev, "-device", "virtio-net-pci,netdev=n0,romfile=")
+		nic := "virtio-net-pci,netdev=n0,romfile="
+		if o.bootNIC {
+			nic = "virtio-net-pci,netdev=n0" // qemu's default ROM: iPXE from ipxe-qemu
+			args = append(args, "-boot", "n")
+		}
+		args = append(args, "-netdev", o.netdev, "-device", nic)
 	} else {
 		args = append(args, "-nic", "none")
 	}
