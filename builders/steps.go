@@ -48,7 +48,7 @@ func (b *Build) layerFile(role spec.Role) (*os.File, int64, digest.Digest, bool)
 
 // rootfsFile opens the stored rootfs, composing it first if needed. Call with b.mu held.
 func (b *Build) rootfsFile(ctx context.Context) (*os.File, int64, error) {
-	r, err := b.rootfsLocked(ctx, nil)
+	r, err := b.rootfsLocked(ctx, true, nil)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -194,8 +194,9 @@ func (b *Build) cachedBlob(kind, key string) (Blob, bool) {
 	return Blob{Digest: d, Size: fi.Size()}, true
 }
 
-// RootSquashfs implements Steps. When the rootfs is not composed yet, it is composed into the
-// store and the squashfs writer at once (two cores, two jobs, one pass over the layers).
+// RootSquashfs implements Steps. Unless the rootfs is in the store already, it is composed
+// straight into the squashfs writer (two cores, two jobs, one pass over the layers) and only
+// hashed: a build that needs the tar itself asks for Rootfs.
 func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, error) {
 	o, err := o.Normalize()
 	if err != nil {
@@ -210,7 +211,7 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, erro
 		return strings.Join([]string{squashfsVersion, string(rootfs), o.Compression, fmt.Sprint(o.Level), fmt.Sprint(b.epoch)}, "\n")
 	}
 	if b.rootfs.Digest == "" {
-		b.findStoredRootfs(ctx)
+		b.findRootfs(ctx, false)
 	}
 	if b.rootfs.Digest != "" {
 		if blob, ok := b.cachedBlob("squashfs", key(b.rootfs.Digest)); ok {
@@ -239,12 +240,12 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, erro
 		sqOpts.Blocks = blocks
 	}
 	phaseName := "squashfs"
-	if b.rootfs.Digest == "" {
+	if !b.rootfsStored {
 		phaseName = "compose+squashfs" // one pass does both
 	}
 	defer b.timed(phaseName, time.Now())
 	var sqRes squashfs.Result
-	if b.rootfs.Digest != "" {
+	if b.rootfsStored {
 		f, size, ferr := b.rootfsFile(ctx)
 		if ferr != nil {
 			return Blob{}, ferr
@@ -252,11 +253,11 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, erro
 		// squashfs.Write reports its own progress step ("compress squashfs").
 		sqRes, err = squashfs.Write(ctx, sq, io.NewSectionReader(f, 0, size), sqOpts)
 	} else {
-		// Compose into the store and, through a pipe, into the squashfs writer.
+		// Compose (hashed, not stored) through a pipe into the squashfs writer.
 		pr, pw := io.Pipe()
 		composed := make(chan error, 1)
 		go func() {
-			_, err := b.rootfsLocked(ctx, pw)
+			_, err := b.rootfsLocked(ctx, false, pw)
 			pw.CloseWithError(err)
 			composed <- err
 		}()

@@ -25,6 +25,13 @@ type Target interface {
 	Write(ctx context.Context, s Steps) ([]manifest.Artifact, error)
 }
 
+// RootfsStorer is implemented by a target that reads or publishes the rootfs tar itself: the
+// build then composes the rootfs into the store before any target runs, so a raw or pxe target
+// compresses from the stored tar instead of composing it a second time.
+type RootfsStorer interface {
+	StoresRootfs() bool
+}
+
 // Steps are the shared, cached work targets write from. Every method may be called by several
 // targets of one build: the first call does the work, the others get its result.
 type Steps interface {
@@ -33,8 +40,11 @@ type Steps interface {
 	Epoch() int64
 	Store() *store.Store
 	Logger() *slog.Logger
-	// Rootfs is the composed rootfs tar, stored in the store.
+	// Rootfs is the composed rootfs: its digest (the image's identity, e.g. the disk GUIDs'
+	// seed), size and entries; the tar itself need not be stored.
 	Rootfs(ctx context.Context) (manifest.Rootfs, error)
+	// StoredRootfs is Rootfs with the tar in the store, for a target that publishes or reads it.
+	StoredRootfs(ctx context.Context) (manifest.Rootfs, error)
 	// Kernel indexes the kernel and its modules (from the kernel layer, else the rootfs).
 	Kernel(ctx context.Context) (*initrd.Kernel, error)
 	// Bootloader is systemd-boot's EFI binary (from the bootloader layer, else the rootfs).

@@ -86,14 +86,15 @@ bench_kubelet() {
   fi
 }
 
-# bench_build TIMEOUT: builds the default spec (its default targets) into $bench/cache and
+# bench_build TIMEOUT: builds the default spec (targets rootfs and raw: the benchmarks read the
+# rootfs tar, which a raw-only build does not store) into $bench/cache and
 # $bench/store with the lock $bench/imgctl.lock (cold: network and mmdebstrap) and prints the
 # image digest. Needs bench_kubelet first.
 bench_build() {
   local image
   echo "building the layers of the default spec (k8s $K8S) into $bench" >&2
   image=$(SOURCE_DATE_EPOCH=$epoch timeout "$1" bin/imgctl -q --cache "$bench/cache" --store "$bench/store" \
-    build --k8s "$K8S" --lock "$bench/imgctl.lock" \
+    build --k8s "$K8S" --lock "$bench/imgctl.lock" --target rootfs,raw \
     --source "kubelet=file://$kubelet#path=/usr/bin/kubelet&mode=0755" | tail -n 1)
   case $image in sha256:*) ;; *) die "imgctl build printed no image digest" ;; esac
   echo "$image"

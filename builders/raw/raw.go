@@ -83,7 +83,7 @@ func (t *Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifa
 	if err != nil {
 		return nil, err
 	}
-	rootfs, err := s.Rootfs(ctx) // composed by RootSquashfs: the disk's identity
+	rootfs, err := s.Rootfs(ctx) // known since RootSquashfs: the disk's identity
 	if err != nil {
 		return nil, err
 	}

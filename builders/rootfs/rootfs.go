@@ -21,9 +21,12 @@ func New() *Target { return &Target{} }
 // Name implements builders.Target.
 func (*Target) Name() string { return Name }
 
+// StoresRootfs implements builders.RootfsStorer: this target publishes the tar.
+func (*Target) StoresRootfs() bool { return true }
+
 // Write implements builders.Target.
 func (*Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifact, error) {
-	r, err := s.Rootfs(ctx)
+	r, err := s.StoredRootfs(ctx)
 	if err != nil {
 		return nil, err
 	}
