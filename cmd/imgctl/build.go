@@ -145,7 +145,7 @@ the lock's, then the current time (recorded in the lock) are used.`,
 	f.IntVar(&level, "compression-level", 0, "raw and pxe targets: compressor level (default: zstd 3, otherwise the compressor's default)")
 	f.StringVar(&signKey, "sign-key", "", "sign the built image with this private key (imgctl key generate)")
 	a.limitFlags(f)
-	f.StringVar(&agent, "node-agent", "", "the static imgctl-node binary: /init of the raw target's initrd and /usr/bin/imgctl-node of the bootstrap layer (default: imgctl-node beside imgctl, then $PATH)")
+	f.StringVar(&agent, "node-agent", "", "the static imgctl-node binary: /init of the initrd (raw and pxe) and /usr/bin/imgctl-node of the bootstrap layer (default: imgctl-node beside imgctl, then $PATH)")
 	return cmd
 }
 
