@@ -126,6 +126,7 @@ type Build struct {
 	kernel       *initrd.Kernel
 	kernelFrom   string // where the kernel was read: part of the initrd cache key
 	bootloader   *io.SectionReader
+	kernelBlob   Blob          // the kernel image, once stored
 	agent        digest.Digest // of the node agent file, for the initrd cache key
 	initrds      map[string]Initrd
 	squashfs     map[SquashfsOptions]Blob

@@ -96,6 +96,25 @@ func (b *Build) Kernel(ctx context.Context) (*initrd.Kernel, error) {
 	return k, err
 }
 
+// Vmlinuz implements Steps.
+func (b *Build) Vmlinuz(ctx context.Context) (Blob, error) {
+	k, err := b.Kernel(ctx)
+	if err != nil {
+		return Blob{}, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.kernelBlob.Digest != "" {
+		return b.kernelBlob, nil
+	}
+	d, size, err := b.opts.Store.WriteBlob(ctx, k.Vmlinuz(), -1, "")
+	if err != nil {
+		return Blob{}, err
+	}
+	b.kernelBlob = Blob{Digest: d, Size: size}
+	return b.kernelBlob, nil
+}
+
 // Bootloader implements Steps.
 func (b *Build) Bootloader(ctx context.Context) (*io.SectionReader, error) {
 	b.mu.Lock()

@@ -47,6 +47,8 @@ type Steps interface {
 	StoredRootfs(ctx context.Context) (manifest.Rootfs, error)
 	// Kernel indexes the kernel and its modules (from the kernel layer, else the rootfs).
 	Kernel(ctx context.Context) (*initrd.Kernel, error)
+	// Vmlinuz is the kernel image, stored (once per build, whichever targets publish it).
+	Vmlinuz(ctx context.Context) (Blob, error)
 	// Bootloader is systemd-boot's EFI binary (from the bootloader layer, else the rootfs).
 	Bootloader(ctx context.Context) (*io.SectionReader, error)
 	// Initrd is the node agent as /init plus modules, stored; cached by kernel, agent, module
@@ -124,6 +126,24 @@ var BootInitrd = InitrdOptions{
 	// module in Debian's kernels: CONFIG_BLK_DEV_LOOP=m).
 	Modules:  append(append([]string{}, initrd.DefaultModules...), "loop"),
 	Optional: append(append([]string{}, initrd.StorageModules...), initrd.NICModules...),
+}
+
+// Names of the artifacts every boot target publishes (raw and pxe share them).
+const (
+	KernelArtifactName = "vmlinuz"
+	InitrdArtifactName = "initrd.img"
+)
+
+// KernelArtifact is the vmlinuz artifact every boot target publishes.
+func KernelArtifact(release string, b Blob) manifest.Artifact {
+	return manifest.Artifact{Name: KernelArtifactName, MediaType: manifest.KernelMediaType, Digest: b.Digest, Size: b.Size,
+		Annotations: map[string]string{"dev.imgctl.kernel.release": release}}
+}
+
+// InitrdArtifact is the initrd.img artifact every boot target publishes.
+func InitrdArtifact(ird Initrd) manifest.Artifact {
+	return manifest.Artifact{Name: InitrdArtifactName, MediaType: manifest.InitrdMediaType, Digest: ird.Digest, Size: ird.Size,
+		Annotations: InitrdAnnotations(ird)}
 }
 
 // InitrdAnnotations record which optional drivers an initrd includes.

@@ -19,8 +19,8 @@ const Name = "pxe"
 
 // Artifact names: other tools (imgctl serve, a static web server) find the files by them.
 const (
-	KernelName = "vmlinuz"
-	InitrdName = "initrd.img"
+	KernelName = builders.KernelArtifactName
+	InitrdName = builders.InitrdArtifactName
 	RootName   = "rootfs.squashfs"
 	ScriptName = "boot.ipxe"
 )
@@ -63,7 +63,7 @@ func (t *Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifa
 		return nil, err
 	}
 	st := s.Store()
-	kd, ksize, err := st.WriteBlob(ctx, kernel.Vmlinuz(), -1, "")
+	kblob, err := s.Vmlinuz(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -74,8 +74,8 @@ func (t *Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifa
 		return nil, err
 	}
 	return []manifest.Artifact{
-		{Name: KernelName, MediaType: manifest.KernelMediaType, Digest: kd, Size: ksize, Annotations: map[string]string{"dev.imgctl.kernel.release": kernel.Release}},
-		{Name: InitrdName, MediaType: manifest.InitrdMediaType, Digest: ird.Digest, Size: ird.Size, Annotations: builders.InitrdAnnotations(ird)},
+		builders.KernelArtifact(kernel.Release, kblob),
+		builders.InitrdArtifact(ird),
 		{Name: RootName, MediaType: manifest.SquashfsMediaType, Digest: root.Digest, Size: root.Size, Annotations: map[string]string{
 			"dev.imgctl.root.compressor": sqOpts.Compression,
 			"dev.imgctl.kernel.cmdline":  strings.Join(cmdline, " "),

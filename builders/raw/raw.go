@@ -125,7 +125,7 @@ func (t *Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifa
 	if err != nil {
 		return nil, err
 	}
-	kd, ksize, err := st.WriteBlob(ctx, kernel.Vmlinuz(), -1, "")
+	kblob, err := s.Vmlinuz(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -143,8 +143,8 @@ func (t *Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifa
 			"dev.imgctl.root.compressor": sqOpts.Compression,
 			"dev.imgctl.kernel.cmdline":  strings.Join(cmdline, " "),
 		}},
-		{Name: "vmlinuz", MediaType: manifest.KernelMediaType, Digest: kd, Size: ksize, Annotations: map[string]string{"dev.imgctl.kernel.release": kernel.Release}},
-		{Name: "initrd.img", MediaType: manifest.InitrdMediaType, Digest: ird.Digest, Size: ird.Size, Annotations: builders.InitrdAnnotations(ird)},
+		builders.KernelArtifact(kernel.Release, kblob),
+		builders.InitrdArtifact(ird),
 	}, nil
 }
 
