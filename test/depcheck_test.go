@@ -33,8 +33,8 @@ func TestDependencyDirection(t *testing.T) {
 		checked++
 		for _, imp := range fields[1:] {
 			// The boot contract is a leaf both sides import: the standard library and itself only.
-			if strings.HasPrefix(pkg, "images/boot") && !isStandard(imp) && !strings.HasPrefix(imp, module+"images/boot") {
-				t.Errorf("%s imports %s: the boot contract imports nothing but the standard library and images/boot*", pkg, imp)
+			if (strings.HasPrefix(pkg, "images/boot") || pkg == "images/nodeapi") && !isStandard(imp) && !strings.HasPrefix(imp, module+"images/boot") {
+				t.Errorf("%s imports %s: the boot and node API contracts import nothing but the standard library and images/boot*", pkg, imp)
 			}
 			if imp == "github.com/spf13/cobra" && !strings.HasPrefix(pkg, "cmd/") {
 				t.Errorf("%s imports cobra: CLI code belongs in cmd/", pkg)
@@ -65,6 +65,7 @@ func TestDependencyDirection(t *testing.T) {
 // schema, image.json and the boot contract (command-line keys, partition labels, GPT codec).
 var nodeLeaves = map[string]bool{
 	"images/nodeconfig": true, "images/imageinfo": true, "images/boot": true, "images/boot/gpt": true,
+	"images/nodeapi": true,
 }
 
 // isStandard reports whether an import path is the standard library's (no dot in its first

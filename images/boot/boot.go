@@ -29,6 +29,10 @@ const (
 	KeyCredential = "imgctl.credential"
 	// KeyMetadataInsecure (a flag) allows sending the credential over plain http://.
 	KeyMetadataInsecure = "imgctl.metadata-insecure"
+	// KeyMetadataPin pins the metadata server's TLS certificate: sha256:HEX of the leaf
+	// certificate's DER bytes (imgctl serve passes it when it serves TLS). With a pin, the node
+	// accepts exactly that certificate, whatever signed it.
+	KeyMetadataPin = "imgctl.metadata-pin"
 	// KeyMetadataOrder lists the metadata providers to ask, comma-separated.
 	KeyMetadataOrder = "imgctl.metadata-order"
 
