@@ -97,6 +97,11 @@ func (c *conn) read(path string) (status int, n int64, keep bool, err error) {
 	switch {
 	case chunked:
 		n, err = c.discard(httputil.NewChunkedReader(c.br), -1)
+		for err == nil { // the chunked reader stops after the last chunk: the trailer and its end are ours
+			if line, err = c.line(); err == nil && len(line) == 0 {
+				break
+			}
+		}
 	case length >= 0:
 		n, err = c.discard(c.br, length)
 	default:
