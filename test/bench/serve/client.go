@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http/httputil"
+	"os"
 	"strconv"
 )
 
@@ -22,6 +23,9 @@ type conn struct {
 	br   *bufio.Reader
 	req  []byte // reused request buffer
 	buf  []byte // body sink
+	// null, if set, is /dev/null: bodies with a Content-Length go there from the socket by
+	// splice(2), without being copied to user space (see fetch -splice)
+	null *os.File
 }
 
 func dialConn(ctx context.Context, addr string, sink int) (*conn, error) {
@@ -102,6 +106,8 @@ func (c *conn) read(path string) (status int, n int64, keep bool, err error) {
 				break
 			}
 		}
+	case length >= 0 && c.null != nil:
+		n, err = c.splice(length)
 	case length >= 0:
 		n, err = c.discard(c.br, length)
 	default:
@@ -112,6 +118,22 @@ func (c *conn) read(path string) (status int, n int64, keep bool, err error) {
 		return status, n, false, fmt.Errorf("GET %s: reading the body (%d bytes in): %w", path, n, err)
 	}
 	return status, n, keep, nil
+}
+
+// splice drops want bytes: what bufio already holds, then the rest from the socket to /dev/null
+// (os.File.ReadFrom splices from a TCP connection).
+func (c *conn) splice(want int64) (int64, error) {
+	k, err := c.br.Discard(int(min(want, int64(c.br.Buffered()))))
+	n := int64(k)
+	if err != nil || n == want {
+		return n, err
+	}
+	m, err := io.CopyN(c.null, c.c, want-n)
+	n += m
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
 }
 
 // line returns the next header line without its CRLF; it is valid until the next read.

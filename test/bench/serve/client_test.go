@@ -58,6 +58,24 @@ func TestConnGet(t *testing.T) {
 	if _, err := c.getOK("/close"); err == nil || !strings.Contains(err.Error(), "closed the keep-alive connection") {
 		t.Errorf("GET /close: %v, want a closed-connection error", err)
 	}
+	// -splice: bodies with a Content-Length go from the socket to /dev/null
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	cs, err := dialConn(context.Background(), addr, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	cs.null = null
+	for _, p := range []string{"/length", "/chunked", "/length"} {
+		n, err := cs.getOK(p)
+		if err != nil || n != 3<<20 {
+			t.Fatalf("GET %s (splice): %d bytes, %v; want %d bytes", p, n, err, 3<<20)
+		}
+	}
 	c2, err := dialConn(context.Background(), addr, 64<<10)
 	if err != nil {
 		t.Fatal(err)
@@ -65,6 +83,15 @@ func TestConnGet(t *testing.T) {
 	defer c2.Close()
 	if n, err := c2.getOK("/short"); !errors.Is(err, io.ErrUnexpectedEOF) || n != 16 {
 		t.Errorf("GET /short: %d bytes, %v; want 16 bytes and an unexpected EOF", n, err)
+	}
+	c2.Close()
+	c2, err = dialConn(context.Background(), addr, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.null = null
+	if n, err := c2.getOK("/short"); !errors.Is(err, io.ErrUnexpectedEOF) || n != 16 {
+		t.Errorf("GET /short (splice): %d bytes, %v; want 16 bytes and an unexpected EOF", n, err)
 	}
 }
 

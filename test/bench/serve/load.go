@@ -74,6 +74,7 @@ func fetch(ctx context.Context, args []string) (any, error) {
 	addr := fs.String("addr", "", "server HOST:PORT")
 	clients := fs.Int("clients", 1, "concurrent clients")
 	sink := fs.Int("buffer", 256<<10, "read buffer per client, bytes")
+	splice := fs.Bool("splice", false, "discard bodies by splice(2) to /dev/null instead of reading them")
 	if err := parse(fs, args, -1); err != nil {
 		return nil, err
 	}
@@ -82,6 +83,16 @@ func fetch(ctx context.Context, args []string) (any, error) {
 		return nil, err
 	}
 	defer closeAll(conns)
+	if *splice {
+		null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+		if err != nil {
+			return nil, err
+		}
+		defer null.Close()
+		for _, c := range conns {
+			c.null = null
+		}
+	}
 	counts := make([]int64, len(conns))
 	start := time.Now()
 	err = each(conns, len(conns), func(i int, c *conn) error {
