@@ -105,7 +105,7 @@ func TestStatus(t *testing.T) {
 		failed, lastStep       string
 	}
 	type ch struct {
-		name, version                string
+		name, version                          string
 		nodes, onHead, failed, stale, mismatch int
 	}
 	for _, c := range []struct {
