@@ -6,7 +6,8 @@
 // two server replicas on one store see the same: per node, NODE.json holds the newest record
 // and history/NODE.json the last HistoryLimit records, oldest first. Both are replaced
 // atomically (temp + fsync + rename) under a per-node flock (locks/NODE.lock), which excludes
-// other goroutines, processes and replicas alike.
+// other goroutines, processes and replicas alike. A history that cannot be read is renamed to
+// history/.corrupt-NODE.json-TIME (kept for inspection) by the node's next Save.
 package rollout
 
 import (
@@ -209,8 +210,14 @@ func (r *Reports) Save(ctx context.Context, rec Record) error {
 
 	h, err := r.readHistory(rec.Node)
 	if err != nil {
-		// A corrupt history must not stop reports from being recorded: start it anew.
-		r.log.Warn("replacing an unreadable boot report history", "node", rec.Node, "err", err)
+		// A corrupt history must not stop reports from being recorded: keep it aside for
+		// inspection (readers skip dot files) and start anew.
+		p := r.historyPath(rec.Node)
+		aside := filepath.Join(filepath.Dir(p), fmt.Sprintf(".corrupt-%s-%d", filepath.Base(p), time.Now().UnixNano()))
+		if rerr := os.Rename(p, aside); rerr != nil {
+			return fmt.Errorf("saving the boot report of %s: %w (and setting it aside: %w)", rec.Node, err, rerr)
+		}
+		r.log.Warn("set an unreadable boot report history aside", "node", rec.Node, "err", err, "keptAs", aside)
 		h = nil
 	}
 	i, _ := slices.BinarySearchFunc(h, rec.Received, func(e Record, t time.Time) int {

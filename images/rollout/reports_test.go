@@ -257,3 +257,34 @@ func TestConcurrentSave(t *testing.T) {
 		}
 	}
 }
+
+// TestSaveSetsACorruptHistoryAside: a history that cannot be read does not stop a report from
+// being recorded, and is kept (renamed) for inspection rather than overwritten.
+func TestSaveSetsACorruptHistoryAside(t *testing.T) {
+	ctx := t.Context()
+	r := openReports(t)
+	img := digest.FromString("image")
+	if err := r.Save(ctx, record("a", img, 1)); err != nil {
+		t.Fatal(err)
+	}
+	hp := filepath.Join(r.Dir(), "history", "a.json")
+	if err := os.WriteFile(hp, []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.History(ctx, "a"); err == nil || !strings.Contains(err.Error(), hp) {
+		t.Fatalf("History of a corrupt file = %v, want an error naming %s", err, hp)
+	}
+	if err := r.Save(ctx, record("a", img, 2)); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := r.History(ctx, "a"); err != nil || len(h) != 1 || h[0].BootID != record("a", img, 2).BootID {
+		t.Errorf("History after saving = %+v, %v", h, err)
+	}
+	kept, _ := filepath.Glob(filepath.Join(r.Dir(), "history", ".corrupt-a.json-*"))
+	if len(kept) != 1 {
+		t.Fatalf("corrupt history kept as %v, want one file", kept)
+	}
+	if data, _ := os.ReadFile(kept[0]); string(data) != "garbage" {
+		t.Errorf("kept %q", data)
+	}
+}
