@@ -185,7 +185,8 @@ type historyFile struct {
 // Save records rec: it joins the node's history (in time order; the oldest beyond HistoryLimit
 // are dropped) and becomes the node's latest unless that is newer (a late report from another
 // replica). Received is set to now (UTC) when zero. rec is validated first: a bad record writes
-// nothing.
+// nothing. The history is written before NODE.json: a crash between the two leaves the history
+// one record ahead, and the node's next report puts them in step.
 func (r *Reports) Save(ctx context.Context, rec Record) error {
 	if rec.Received.IsZero() {
 		rec.Received = time.Now()

@@ -188,6 +188,10 @@ func TestLatestReportsCorruptFiles(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(r.Dir(), "d.json"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A killed writer's temp file is no record.
+	if err := os.WriteFile(filepath.Join(r.Dir(), ".tmp-a.json-123"), []byte("{"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	recs, err := r.Latest(ctx)
 	var ce *CorruptError
 	if err == nil || !errors.As(err, &ce) || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), filepath.Join(r.Dir(), "d.json")) {
