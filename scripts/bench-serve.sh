@@ -63,7 +63,7 @@ esac
 load=$tmp/load
 go build -o "$load" ./test/bench/serve
 
-# The image, its channel and the inventory.
+# The image (promoted to channel nightly when imgctl serve starts) and the inventory.
 store=$tmp/store
 "$load" setup -store "$store" -out "$tmp" -machines "$machines" -root-mb "$root_mb" >"$tmp/setup.json"
 image=$(json_field image "$tmp/setup.json")
@@ -71,14 +71,7 @@ blobs=()
 for a in kernel initrd root; do blobs+=("/blobs/$(json_field "$a" "$tmp/setup.json")"); done
 bytes_one=$(awk -v k="$(json_field kernel_bytes "$tmp/setup.json")" -v i="$(json_field initrd_bytes "$tmp/setup.json")" \
   -v r="$(json_field root_bytes "$tmp/setup.json")" 'BEGIN {print k + i + r}')
-inventory=$tmp/inventory.yaml
-{
-  echo "# scripts/bench-serve.sh: $machines machines on channel nightly"
-  echo "apiVersion: imgctl/v1alpha1"
-  echo "kind: Inventory"
-  echo "machines:"
-  awk -F'\t' '{printf "  - name: %s\n    role: worker\n    channel: nightly\n    macs: [\"%s\"]\n    uuid: %s\n    serial: %s\n", $1, $2, $3, $4}' "$tmp/machines.tsv"
-} >"$inventory"
+inventory=$tmp/inventory.yaml # written by setup: one group on channel nightly
 
 # start_server NAME: starts it, sets addr_NAME and pid_NAME.
 start_server() {

@@ -28,6 +28,7 @@ type setupResult struct {
 	InitrdBytes  int64  `json:"initrd_bytes"`
 	RootBytes    int64  `json:"root_bytes"`
 	Machines     int    `json:"machines"`
+	Inventory    string `json:"inventory"`
 	MachinesFile string `json:"machines_file"`
 	PathsFile    string `json:"paths_file"`
 }
@@ -35,8 +36,9 @@ type setupResult struct {
 // setup stores a netboot image (kernel, initrd, root squashfs and boot.ipxe, named and typed as
 // the pxe target writes them) made of random bytes, and writes into -out:
 //
-//	machines.tsv  NAME MAC UUID SERIAL, one machine a line
-//	ipxe.paths    the per-node script request of every machine, as iPXE sends it after boot.ipxe
+//	inventory.yaml  the machines for imgctl serve: one group on channel -channel
+//	machines.tsv    NAME MAC UUID SERIAL, one machine a line
+//	ipxe.paths      the per-node script request of every machine, as iPXE sends it after boot.ipxe
 func setup(ctx context.Context, args []string) (any, error) {
 	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
 	storeDir := fs.String("store", "", "the store to put the image in (created if missing)")
@@ -46,6 +48,7 @@ func setup(ctx context.Context, args []string) (any, error) {
 	initrdMB := fs.Int64("initrd-mb", 10, "initrd size, MB")
 	rootMB := fs.Int64("root-mb", 300, "root squashfs size, MB")
 	version := fs.String("version", "bench-1", "the image's version")
+	channel := fs.String("channel", "nightly", "the channel the inventory's machines follow")
 	seed := fs.Uint64("seed", 1, "seed of the random bytes")
 	if err := parse(fs, args, 0); err != nil {
 		return nil, err
@@ -114,17 +117,36 @@ func setup(ctx context.Context, args []string) (any, error) {
 	res.Image, res.Kernel, res.Initrd, res.Root = desc.Digest.String(), kd.String(), id.String(), rd.String()
 	res.KernelBytes, res.InitrdBytes, res.RootBytes = kn, in, rn
 
-	var tsv, paths bytes.Buffer
+	var inv, tsv, paths bytes.Buffer
+	fmt.Fprintf(&inv, `# test/bench/serve setup: %d machines of one group
+apiVersion: imgctl/v1alpha1
+kind: Inventory
+groups:
+  - name: bench
+    role: node
+    channel: %s
+    kernelArgs: ["console=ttyS0,115200n8"]
+    config:
+      cluster:
+        name: bench
+        apiServer: https://10.0.0.10:6443
+machines:
+`, *machines, *channel)
 	for i := range *machines {
 		m := benchMachine(i)
+		fmt.Fprintf(&inv, "  - name: %s\n    group: bench\n    macs: [%q]\n    uuid: %s\n    serial: %s\n", m.name, m.mac, m.uuid, m.serial)
 		fmt.Fprintf(&tsv, "%s\t%s\t%s\t%s\n", m.name, m.mac, m.uuid, m.serial)
 		fmt.Fprintf(&paths, "%s\n", m.path())
 	}
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return nil, err
 	}
+	res.Inventory = filepath.Join(*out, "inventory.yaml")
 	res.MachinesFile = filepath.Join(*out, "machines.tsv")
 	res.PathsFile = filepath.Join(*out, "ipxe.paths")
+	if err := os.WriteFile(res.Inventory, inv.Bytes(), 0o644); err != nil {
+		return nil, err
+	}
 	if err := os.WriteFile(res.MachinesFile, tsv.Bytes(), 0o644); err != nil {
 		return nil, err
 	}
