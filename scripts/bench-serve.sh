@@ -80,7 +80,9 @@ start_server() {
   imgctl)
     bin/imgctl --store "$store" promote "$image" --to nightly >/dev/null
     port=$("$load" freeport)
-    bin/imgctl --store "$store" serve --inventory "$inventory" --listen "127.0.0.1:$port" --max-conns $((idle_conns + 1000)) 2>"$tmp/imgctl.log" &
+    # with TLS, as a fleet would run it: node scripts carry a boot credential and the pin
+    bin/imgctl --store "$store" serve --inventory "$inventory" --listen "127.0.0.1:$port" \
+      --tls-cert "$tmp/tls.crt" --tls-key "$tmp/tls.key" 2>"$tmp/imgctl.log" &
     ;;
   nginx)
     port=$("$load" freeport)
@@ -180,7 +182,7 @@ lowest() { sort -g "$1" | head -n 1; }
 median() { stats "$1" | cut -d' ' -f2; }
 label() {
   case $1 in
-  imgctl) echo "imgctl serve" ;;
+  imgctl) echo "imgctl serve --tls-cert" ;;
   nginx) echo "nginx $(nginx -v 2>&1 | sed 's|.*nginx/||'), sendfile on" ;;
   go) echo "plain Go net/http (test/bench/serve standin)" ;;
   esac
@@ -193,7 +195,7 @@ section=$tmp/section.md
   echo
   echo "- Machine: $(machine), $(nginx -v 2>&1 | sed 's|.*: ||'). Load generator and servers share the CPUs (loopback)."
   echo "- Load: CPUs ${busy}% busy just before; 1-min load average $load0 before, $load1 after (these include the benchmark)."
-  echo "- Input: a netboot image of random bytes in a store, promoted to channel nightly: kernel $(json_field kernel_bytes "$tmp/setup.json") B, initrd $(json_field initrd_bytes "$tmp/setup.json") B, root $(json_field root_bytes "$tmp/setup.json") B ($((bytes_one / 1000000)) MB per client); an inventory of $machines machines (one per MAC). nginx serves the store's blob files by digest (\`alias STORE/blobs/sha256/\$1\`) under the same URLs, and one of imgctl serve's per-node scripts ($(stat -c %s "$tmp/www/script.ipxe") B) as its static small file."
+  echo "- Input: a netboot image of random bytes in a store, promoted to channel nightly: kernel $(json_field kernel_bytes "$tmp/setup.json") B, initrd $(json_field initrd_bytes "$tmp/setup.json") B, root $(json_field root_bytes "$tmp/setup.json") B ($((bytes_one / 1000000)) MB per client); an inventory of $machines machines (one per MAC). nginx serves the store's blob files by digest (\`alias STORE/blobs/sha256/\$1\`) under the same URLs, and one of imgctl serve's per-node scripts ($(stat -c %s "$tmp/www/script.ipxe") B) as its static small file. imgctl serve runs with \`--tls-cert\` (self-signed) as a fleet's would: every node script carries a fresh boot credential and the certificate's pin; the requests are plain HTTP, as iPXE's are."
   echo "- Method: $RUNS run(s) of each measurement, servers interleaved; best and median of the runs; bodies read and discarded; every blob checked by sha256 against its digest on every server first. Reproduce: \`scripts/bench-serve.sh\` (\`make bench\` runs it; \`RUNS\`, \`SERVE_*\` variables in its header)."
   echo
   echo "### throughput: N clients each fetch kernel + initrd + root (keep-alive)"

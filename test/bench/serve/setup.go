@@ -3,13 +3,22 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"io"
+	"math/big"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/imgctl/imgctl/builders/pxe"
 	"github.com/imgctl/imgctl/images/manifest"
@@ -39,6 +48,8 @@ type setupResult struct {
 //	inventory.yaml  the machines for imgctl serve: one group on channel -channel
 //	machines.tsv    NAME MAC UUID SERIAL, one machine a line
 //	ipxe.paths      the per-node script request of every machine, as iPXE sends it after boot.ipxe
+//	tls.crt, tls.key  a self-signed certificate for 127.0.0.1: with it imgctl serve puts a boot
+//	                credential and the certificate's pin in every node script, as in production
 func setup(ctx context.Context, args []string) (any, error) {
 	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
 	storeDir := fs.String("store", "", "the store to put the image in (created if missing)")
@@ -141,6 +152,9 @@ machines:
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return nil, err
 	}
+	if err := writeCert(filepath.Join(*out, "tls.crt"), filepath.Join(*out, "tls.key")); err != nil {
+		return nil, err
+	}
 	res.Inventory = filepath.Join(*out, "inventory.yaml")
 	res.MachinesFile = filepath.Join(*out, "machines.tsv")
 	res.PathsFile = filepath.Join(*out, "ipxe.paths")
@@ -171,4 +185,34 @@ func benchMachine(i int) machine {
 // path is the request iPXE makes for the machine after the static boot.ipxe.
 func (m machine) path() string {
 	return "/ipxe?mac=" + m.mac + "&uuid=" + m.uuid + "&serial=" + m.serial
+}
+
+// writeCert writes a self-signed ECDSA P-256 certificate for 127.0.0.1, valid for a day.
+func writeCert(certFile, keyFile string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "imgctl serve bench"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
 }
