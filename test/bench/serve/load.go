@@ -199,7 +199,7 @@ func rate(ctx context.Context, args []string) (any, error) {
 	start := time.Now()
 	end := start.Add(*duration)
 	err = each(conns, len(conns), func(i int, c *conn) error {
-		lat[i] = make([]time.Duration, 0, 1<<16)
+		lat[i] = make([]time.Duration, 0, 4096)
 		k := i * len(paths) / len(conns)
 		for t0 := time.Now(); t0.Before(end) && ctx.Err() == nil; {
 			if _, err := c.getOK(paths[k%len(paths)]); err != nil {
