@@ -113,7 +113,7 @@ func (d *decoder) decodeYAML(file string, data []byte, what string) (root *yaml.
 		d.errs = append(d.errs, &Error{File: file, Line: e.Line, Column: e.Column, Msg: e.Msg})
 		return nil
 	default:
-		d.fail(Pos{file, next.Line}, "", "more than one YAML document (expected a single %s)", what)
+		d.fail(Pos{file, next.Line}, "", "more than one YAML document (the file holds one: %s)", what)
 		return nil
 	}
 	if len(doc.Content) != 1 {
@@ -395,6 +395,7 @@ func (d *decoder) entry(n *yaml.Node, path string, machine bool) *entry {
 	var secretFile string
 	var secretNode *yaml.Node
 	var imagePos Pos
+	hasIdentity := false // macs, uuid or serial is given (valid or not)
 	if !d.fields(n, path, known, func(key string, k, v *yaml.Node) {
 		f := join(path, key)
 		p := d.at(k)
@@ -444,6 +445,7 @@ func (d *decoder) entry(n *yaml.Node, path string, machine bool) *entry {
 				}
 			}
 		case "macs":
+			hasIdentity = hasIdentity || !isNull(v)
 			macs, pos, _ := d.list(v, f, MaxMACs)
 			e.macPos = pos
 			for i, s := range macs {
@@ -461,6 +463,7 @@ func (d *decoder) entry(n *yaml.Node, path string, machine bool) *entry {
 				e.macs = append(e.macs, mac)
 			}
 		case "uuid":
+			hasIdentity = true
 			s, _ := d.str(v, f)
 			e.uuidPos = p
 			u, err := ParseUUID(s)
@@ -473,6 +476,7 @@ func (d *decoder) entry(n *yaml.Node, path string, machine bool) *entry {
 				e.uuid = u
 			}
 		case "serial":
+			hasIdentity = true
 			s, _ := d.str(v, f)
 			e.serialPos = p
 			ser, err := ParseSerial(s)
@@ -523,7 +527,7 @@ func (d *decoder) entry(n *yaml.Node, path string, machine bool) *entry {
 			e.secretPrefix = ""
 		}
 	}
-	if machine && len(e.macs) == 0 && e.uuidPos == (Pos{}) && e.serialPos == (Pos{}) {
+	if machine && !hasIdentity {
 		d.fail(e.pos, path, "machine %s has no identity (expected macs, uuid or serial)", quote(e.name))
 	}
 	e.ok = len(d.errs) == errs
@@ -649,9 +653,10 @@ func lookup(pos map[string]Pos, rel string, def Pos) Pos {
 	return def
 }
 
-// has reports whether rel or a field above it is set in pos.
-func has(pos map[string]Pos, rel string) bool {
-	return lookup(pos, rel, Pos{}) != Pos{}
+// hasExact reports whether rel itself is set in pos.
+func hasExact(pos map[string]Pos, rel string) bool {
+	_, ok := pos[rel]
+	return ok
 }
 
 // secret decodes credentials from n (in file) strictly. Shape errors come from a copy whose
@@ -833,7 +838,7 @@ func expectedOf(names []string, none string) string {
 func (d *decoder) unique(inv *Inventory, owner map[*Machine]*entry, e *entry, m *Machine) {
 	clash := func(p Pos, f, what string, other *Machine) {
 		o := owner[other]
-		d.fail(p, f, "%s of machine %s is also %s of machine %s (%s at %s:%d)", what, quote(e.name), what, quote(other.Name), o.path, o.pos.File, o.pos.Line)
+		d.fail(p, f, "%s of machine %s is also machine %s's (%s at %s:%d)", what, quote(e.name), quote(other.Name), o.path, o.pos.File, o.pos.Line)
 	}
 	owner[m] = e
 	if e.name != "" {
@@ -986,16 +991,16 @@ func (d *decoder) placeConfigError(m *Machine, e, g *entry, fe *nodeconfig.Field
 	case strings.HasPrefix(rel, "credentials."):
 		c := strings.TrimPrefix(rel, "credentials.")
 		switch {
-		case has(e.secretPos, c):
+		case hasExact(e.secretPos, c):
 			p, f = lookup(e.secretPos, c, e.pos), join(e.secretPrefix, c)
-		case has(g.secretPos, c):
+		case hasExact(g.secretPos, c):
 			p, f = lookup(g.secretPos, c, g.pos), join(g.secretPrefix, c)
 		}
 	default:
 		switch {
-		case has(e.configPos, rel):
+		case hasExact(e.configPos, rel):
 			p, f = lookup(e.configPos, rel, e.pos), join(e.path, "config."+rel)
-		case has(g.configPos, rel):
+		case hasExact(g.configPos, rel):
 			p, f = lookup(g.configPos, rel, g.pos), join(g.path, "config."+rel)
 		}
 	}
