@@ -101,16 +101,14 @@ func (d *decoder) decodeYAML(file string, data []byte, what string) (root *yaml.
 			d.fail(Pos{file, 1}, "", "empty document (expected %s)", what)
 			return nil
 		}
-		e := spec.YAMLError(file, data, err)
-		d.errs = append(d.errs, &Error{File: file, Line: e.Line, Column: e.Column, Msg: e.Msg})
+		d.yamlError(file, data, err)
 		return nil
 	}
 	var next yaml.Node
 	switch err := dec.Decode(&next); {
 	case errors.Is(err, io.EOF):
 	case err != nil:
-		e := spec.YAMLError(file, data, err)
-		d.errs = append(d.errs, &Error{File: file, Line: e.Line, Column: e.Column, Msg: e.Msg})
+		d.yamlError(file, data, err)
 		return nil
 	default:
 		d.fail(Pos{file, next.Line}, "", "more than one YAML document (the file holds one: %s)", what)
@@ -125,6 +123,24 @@ func (d *decoder) decodeYAML(file string, data []byte, what string) (root *yaml.
 		return nil
 	}
 	return root
+}
+
+var unknownAnchorRE = regexp.MustCompile(`unknown anchor '([^']*)' referenced`)
+
+// yamlError records a yaml.v3 syntax error with its line; yaml.v3 gives none for an alias to an
+// unknown anchor, so that one is looked up.
+func (d *decoder) yamlError(file string, data []byte, err error) {
+	e := spec.YAMLError(file, data, err)
+	line, col := e.Line, e.Column
+	if m := unknownAnchorRE.FindStringSubmatch(e.Msg); m != nil {
+		for i, l := range strings.Split(string(data), "\n") {
+			if strings.Contains(l, "*"+m[1]) {
+				line, col = i+1, 0
+				break
+			}
+		}
+	}
+	d.errs = append(d.errs, &Error{File: file, Line: line, Column: col, Msg: e.Msg})
 }
 
 // budget counts n's values with aliases expanded, failing past maxValues or maxDepth: the
@@ -221,6 +237,9 @@ func (d *decoder) fields(n *yaml.Node, path string, known []string, fn func(key 
 			continue
 		}
 		p := join(path, k.Value)
+		if !fieldNameRE.MatchString(k.Value) {
+			p = join(path, "(key not shown)") // not a field name: a misplaced secret?
+		}
 		if first, dup := seen[k.Value]; dup {
 			d.fail(d.at(k), p, "duplicate field (first at line %d)", first.Line)
 			ok = false
@@ -703,7 +722,7 @@ func redact(n *yaml.Node, depth int) *yaml.Node {
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k := deref(n.Content[i])
-			kc := &yaml.Node{Kind: k.Kind, Tag: k.Tag, Line: k.Line, Column: k.Column, Value: "…"}
+			kc := &yaml.Node{Kind: k.Kind, Tag: k.Tag, Line: k.Line, Column: k.Column, Value: "(key not shown)"}
 			if k.Kind == yaml.ScalarNode && fieldNameRE.MatchString(k.Value) {
 				kc.Value = k.Value
 			}
