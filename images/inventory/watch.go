@@ -33,6 +33,7 @@ type Watcher struct {
 	stamps    []stamp    // the files of the last load attempt, as stat saw them before it
 	stampedAt time.Time
 	lastSum   [32]byte // their content, hashed together
+	lastOK    bool     // and whether that attempt became current
 }
 
 // stamp is what stat says of a file: cheap to compare on every poll.
@@ -156,9 +157,15 @@ func (w *Watcher) attempt() (*Inventory, error) {
 	if err != nil {
 		h.Write([]byte("failed"))
 	}
-	copy(w.lastSum[:], h.Sum(nil))
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	same := sum == w.lastSum && w.lastOK
+	w.lastSum, w.lastOK = sum, err == nil
 	if err != nil {
 		return nil, err
+	}
+	if same { // what readers have is this content already: keep it
+		return w.cur.Load(), nil
 	}
 	for _, warning := range inv.Warnings {
 		w.logger.Warn("inventory: "+warning, "file", w.path)
