@@ -905,9 +905,15 @@ func (d *decoder) merge(m *Machine, e, g *entry) {
 	}
 	switch {
 	case e.channel != "" || e.image != "":
-		m.Channel, m.Image, m.channelPos, m.channelField = e.channel, e.image, e.channelPos, join(e.path, "channel")
+		m.Channel, m.Image = e.channel, e.image
+		if m.Channel != "" {
+			m.channelPos, m.channelField = e.channelPos, join(e.path, "channel")
+		}
 	case g.channel != "" || g.image != "":
-		m.Channel, m.Image, m.channelPos, m.channelField = g.channel, g.image, g.channelPos, join(g.path, "channel")
+		m.Channel, m.Image = g.channel, g.image
+		if m.Channel != "" {
+			m.channelPos, m.channelField = g.channelPos, join(g.path, "channel")
+		}
 	default:
 		d.fail(e.pos, e.path, "machine %s boots nothing (expected channel: or image:, on the machine or its group)", quote(m.Name))
 	}

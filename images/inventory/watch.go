@@ -193,8 +193,11 @@ func (w *Watcher) changedOnDisk() bool {
 		if now != s {
 			return true
 		}
-		if s.exists && !s.mtime.Before(w.stampedAt.Add(-time.Second)) {
-			return true // "racy": rehash; the content hash decides whether anything changed
+		if s.exists && s.mtime.After(w.stampedAt.Add(-time.Second)) && s.mtime.Before(w.stampedAt.Add(time.Second)) {
+			// "Racy": on a file system with coarse timestamps, a write in the same tick as the
+			// load would not change the stat. Rehash; the content hash decides. A later load
+			// ends the window.
+			return true
 		}
 	}
 	return false
