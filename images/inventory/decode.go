@@ -420,8 +420,11 @@ func (d *decoder) entry(n *yaml.Node, path string, machine bool) *entry {
 		p := d.at(k)
 		switch key {
 		case "name":
-			e.name, _ = d.str(v, f)
+			var ok bool
 			e.namePos = p
+			if e.name, ok = d.str(v, f); !ok {
+				return
+			}
 			switch {
 			case e.name == "":
 				d.fail(p, f, "empty name")
@@ -433,23 +436,38 @@ func (d *decoder) entry(n *yaml.Node, path string, machine bool) *entry {
 				d.fail(p, f, "%s is not a DNS-1123 label (lower-case letters, digits and '-', at most 63)", quote(e.name))
 			}
 		case "group":
-			e.group, _ = d.str(v, f)
+			var ok bool
 			e.groupPos = p
+			if e.group, ok = d.str(v, f); !ok {
+				return
+			}
+			if e.group == "" {
+				d.fail(p, f, "empty group name")
+			}
 		case "role":
-			s, _ := d.str(v, f)
+			s, ok := d.str(v, f)
+			if !ok {
+				return
+			}
 			e.role, e.rolePos = nodeconfig.Role(s), p
 			if !slices.Contains(nodeconfig.Roles, e.role) {
 				d.fail(p, f, "unknown role %s (expected %s)", quote(s), roleList())
 			}
 		case "channel":
-			e.channel, _ = d.str(v, f)
+			var ok bool
 			e.channelPos = p
+			if e.channel, ok = d.str(v, f); !ok {
+				return
+			}
 			if err := channel.ValidateName(e.channel); err != nil {
 				d.fail(p, f, "%v", err)
 			}
 		case "image":
-			e.image, _ = d.str(v, f)
+			var ok bool
 			imagePos = p
+			if e.image, ok = d.str(v, f); !ok {
+				return
+			}
 			if err := checkImageRef(e.image); err != nil {
 				d.fail(p, f, "%v", err)
 			}
@@ -483,8 +501,11 @@ func (d *decoder) entry(n *yaml.Node, path string, machine bool) *entry {
 			}
 		case "uuid":
 			hasIdentity = true
-			s, _ := d.str(v, f)
 			e.uuidPos = p
+			s, ok := d.str(v, f)
+			if !ok {
+				return
+			}
 			u, err := ParseUUID(s)
 			switch {
 			case err != nil:
@@ -496,8 +517,11 @@ func (d *decoder) entry(n *yaml.Node, path string, machine bool) *entry {
 			}
 		case "serial":
 			hasIdentity = true
-			s, _ := d.str(v, f)
 			e.serialPos = p
+			s, ok := d.str(v, f)
+			if !ok {
+				return
+			}
 			ser, err := ParseSerial(s)
 			switch {
 			case err != nil:
@@ -519,8 +543,10 @@ func (d *decoder) entry(n *yaml.Node, path string, machine bool) *entry {
 			e.secret, e.secretPos = d.secret(d.file, v, f)
 			e.secretPrefix = f
 		case "secretFile":
-			secretFileKey = k
-			secretFile, _ = d.str(v, f)
+			var ok bool
+			if secretFile, ok = d.str(v, f); ok {
+				secretFileKey = k
+			}
 		}
 	}) {
 		return e
