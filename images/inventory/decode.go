@@ -33,24 +33,24 @@ func sumOf(path string, data []byte) fileSum { return fileSum{path, sha256.Sum25
 // entry is one group or machine as written, before groups are applied.
 type entry struct {
 	path string // groups[0], machines[2]
-	pos  Pos
+	pos  position
 	ok   bool // no problem found in the entry itself
 
 	name, group, channel, image, uuid, serial string
 	role                                      nodeconfig.Role
-	namePos, groupPos, rolePos, channelPos    Pos
-	uuidPos, serialPos                        Pos
+	namePos, groupPos, rolePos, channelPos    position
+	uuidPos, serialPos                        position
 	labels                                    map[string]string
-	labelPos                                  map[string]Pos
+	labelPos                                  map[string]position
 	kernelArgs                                []string
 	macs                                      []string
-	macPos                                    []Pos
+	macPos                                    []position
 
-	config    *yaml.Node     // the config mapping without role and credentials; nil if none
-	configPos map[string]Pos // relative field path (cluster.apiServer) → where it is set
+	config    *yaml.Node          // the config mapping without role and credentials; nil if none
+	configPos map[string]position // relative field path (cluster.apiServer) → where it is set
 
 	secret       *nodeconfig.Credentials // nil if none
-	secretPos    map[string]Pos          // relative field path (bootstrapToken) → where it is set
+	secretPos    map[string]position     // relative field path (bootstrapToken) → where it is set
 	secretPrefix string                  // field path prefix of secretPos in its file
 	inlineSecret bool
 }
@@ -58,7 +58,7 @@ type entry struct {
 // secretDoc is one secretFile, read once per parse however many entries name it.
 type secretDoc struct {
 	cred   *nodeconfig.Credentials
-	pos    map[string]Pos
+	pos    map[string]position
 	err    error
 	failed bool
 }
@@ -78,19 +78,19 @@ func newDecoder(file, dir string) *decoder {
 	return &decoder{file: file, dir: dir, secrets: map[string]*secretDoc{}}
 }
 
-func (d *decoder) fail(p Pos, field, format string, args ...any) {
+func (d *decoder) fail(p position, field, format string, args ...any) {
 	d.errs = append(d.errs, &Error{File: p.File, Line: p.Line, Field: field, Msg: fmt.Sprintf(format, args...)})
 }
 
 func (d *decoder) joined() error { return joinErrors(d.errs) }
 
-func (d *decoder) at(n *yaml.Node) Pos { return Pos{File: d.file, Line: n.Line} }
+func (d *decoder) at(n *yaml.Node) position { return position{File: d.file, Line: n.Line} }
 
 // decodeYAML decodes the single YAML document in data (from file), within the value budget.
 func (d *decoder) decodeYAML(file string, data []byte, what string) (root *yaml.Node) {
 	defer func() {
 		if r := recover(); r != nil { // yaml.v3 is not supposed to panic; report, do not crash a server
-			d.fail(Pos{file, 1}, "", "malformed YAML: parser failure")
+			d.fail(position{file, 1}, "", "malformed YAML: parser failure")
 			root = nil
 		}
 	}()
@@ -98,7 +98,7 @@ func (d *decoder) decodeYAML(file string, data []byte, what string) (root *yaml.
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
-			d.fail(Pos{file, 1}, "", "empty document (expected %s)", what)
+			d.fail(position{file, 1}, "", "empty document (expected %s)", what)
 			return nil
 		}
 		d.yamlError(file, data, err)
@@ -111,11 +111,11 @@ func (d *decoder) decodeYAML(file string, data []byte, what string) (root *yaml.
 		d.yamlError(file, data, err)
 		return nil
 	default:
-		d.fail(Pos{file, next.Line}, "", "more than one YAML document (the file holds one: %s)", what)
+		d.fail(position{file, next.Line}, "", "more than one YAML document (the file holds one: %s)", what)
 		return nil
 	}
 	if len(doc.Content) != 1 {
-		d.fail(Pos{file, 1}, "", "empty document (expected %s)", what)
+		d.fail(position{file, 1}, "", "empty document (expected %s)", what)
 		return nil
 	}
 	root = doc.Content[0]
@@ -147,20 +147,20 @@ func (d *decoder) yamlError(file string, data []byte, err error) {
 // bound on "billion laughs" documents, checked before anything else walks them.
 func (d *decoder) budget(file string, n *yaml.Node, path string, depth int) bool {
 	if depth > maxDepth {
-		d.fail(Pos{file, n.Line}, field(path), "nested more than %d levels deep", maxDepth)
+		d.fail(position{file, n.Line}, field(path), "nested more than %d levels deep", maxDepth)
 		return false
 	}
 	if d.values++; d.values > maxValues {
 		if !d.overflow {
 			d.overflow = true
-			d.fail(Pos{file, n.Line}, field(path), "document too large (more than %d values after expanding aliases)", maxValues)
+			d.fail(position{file, n.Line}, field(path), "document too large (more than %d values after expanding aliases)", maxValues)
 		}
 		return false
 	}
 	switch n.Kind {
 	case yaml.AliasNode:
 		if n.Alias == nil {
-			d.fail(Pos{file, n.Line}, field(path), "dangling alias")
+			d.fail(position{file, n.Line}, field(path), "dangling alias")
 			return false
 		}
 		return d.budget(file, n.Alias, path, depth+1)
@@ -274,7 +274,7 @@ func (d *decoder) str(v *yaml.Node, path string) (string, bool) {
 }
 
 // list decodes a list of strings, at most limit long.
-func (d *decoder) list(v *yaml.Node, path string, limit int) (items []string, pos []Pos, ok bool) {
+func (d *decoder) list(v *yaml.Node, path string, limit int) (items []string, pos []position, ok bool) {
 	v = deref(v)
 	if isNull(v) {
 		return nil, nil, true
@@ -298,7 +298,7 @@ func (d *decoder) list(v *yaml.Node, path string, limit int) (items []string, po
 }
 
 // strMap decodes a mapping of strings to strings, at most limit entries.
-func (d *decoder) strMap(v *yaml.Node, path string, limit int) (map[string]string, map[string]Pos, bool) {
+func (d *decoder) strMap(v *yaml.Node, path string, limit int) (map[string]string, map[string]position, bool) {
 	v = deref(v)
 	if isNull(v) {
 		return nil, nil, true
@@ -311,7 +311,7 @@ func (d *decoder) strMap(v *yaml.Node, path string, limit int) (map[string]strin
 		d.fail(d.at(v), path, "%d entries (expected at most %d)", len(v.Content)/2, limit)
 		return nil, nil, false
 	}
-	m, pos, ok := map[string]string{}, map[string]Pos{}, true
+	m, pos, ok := map[string]string{}, map[string]position{}, true
 	for i := 0; i+1 < len(v.Content); i += 2 {
 		k := deref(v.Content[i])
 		key, good := d.str(k, path)
@@ -413,7 +413,7 @@ func (d *decoder) entry(n *yaml.Node, path string, machine bool) *entry {
 	var secretFileKey *yaml.Node
 	var secretFile string
 	var secretNode *yaml.Node
-	var imagePos Pos
+	var imagePos position
 	hasIdentity := false // macs, uuid or serial is given (valid or not)
 	if !d.fields(n, path, known, func(key string, k, v *yaml.Node) {
 		f := join(path, key)
@@ -474,7 +474,7 @@ func (d *decoder) entry(n *yaml.Node, path string, machine bool) *entry {
 		case "labels":
 			e.labels, e.labelPos, _ = d.strMap(v, f, MaxLabels)
 		case "kernelArgs":
-			var pos []Pos
+			var pos []position
 			e.kernelArgs, pos, _ = d.list(v, f, MaxKernelArgs)
 			for i, a := range e.kernelArgs {
 				if err := spec.CheckKernelArg(a); err != nil {
@@ -551,10 +551,10 @@ func (d *decoder) entry(n *yaml.Node, path string, machine bool) *entry {
 	}) {
 		return e
 	}
-	if machine && e.name == "" && e.namePos == (Pos{}) {
+	if machine && e.name == "" && e.namePos == (position{}) {
 		d.fail(e.pos, path, "missing name (the node name, e.g. node-1)")
 	}
-	if !machine && e.namePos == (Pos{}) {
+	if !machine && e.namePos == (position{}) {
 		d.fail(e.pos, path, "missing name (machines refer to the group by it)")
 	}
 	if e.channel != "" && e.image != "" {
@@ -624,7 +624,7 @@ func hexVal(c byte) byte {
 
 // config checks a config mapping (NodeConfig spec fields but role and credentials) with
 // nodeconfig's own schema and records where each field is set.
-func (d *decoder) config(v *yaml.Node, path string) (*yaml.Node, map[string]Pos) {
+func (d *decoder) config(v *yaml.Node, path string) (*yaml.Node, map[string]position) {
 	v = deref(v)
 	if isNull(v) {
 		return nil, nil
@@ -648,7 +648,7 @@ func (d *decoder) config(v *yaml.Node, path string) (*yaml.Node, map[string]Pos)
 		}
 		c.Content = append(c.Content, v.Content[i], v.Content[i+1])
 	}
-	pos := map[string]Pos{}
+	pos := map[string]position{}
 	record(d.file, &c, "", pos, 0)
 	var s nodeconfig.Spec
 	for _, p := range nodeconfig.DecodeNode(path, &c, &s) {
@@ -659,7 +659,7 @@ func (d *decoder) config(v *yaml.Node, path string) (*yaml.Node, map[string]Pos)
 }
 
 // record maps each field path under n (relative: cluster.apiServer, clusterDNS[0]) to where it is.
-func record(file string, n *yaml.Node, path string, pos map[string]Pos, depth int) {
+func record(file string, n *yaml.Node, path string, pos map[string]position, depth int) {
 	n = deref(n)
 	if n == nil || depth > maxDepth {
 		return
@@ -670,21 +670,21 @@ func record(file string, n *yaml.Node, path string, pos map[string]Pos, depth in
 			k := deref(n.Content[i])
 			p := join(path, k.Value)
 			if _, dup := pos[p]; !dup {
-				pos[p] = Pos{file, k.Line}
+				pos[p] = position{file, k.Line}
 			}
 			record(file, n.Content[i+1], p, pos, depth+1)
 		}
 	case yaml.SequenceNode:
 		for i, c := range n.Content {
 			p := fmt.Sprintf("%s[%d]", path, i)
-			pos[p] = Pos{file, deref(c).Line}
+			pos[p] = position{file, deref(c).Line}
 			record(file, c, p, pos, depth+1)
 		}
 	}
 }
 
 // lookup finds where rel, or the closest field above it, is set; def if nowhere.
-func lookup(pos map[string]Pos, rel string, def Pos) Pos {
+func lookup(pos map[string]position, rel string, def position) position {
 	for rel != "" {
 		if p, ok := pos[rel]; ok {
 			return p
@@ -699,27 +699,27 @@ func lookup(pos map[string]Pos, rel string, def Pos) Pos {
 }
 
 // hasExact reports whether rel itself is set in pos.
-func hasExact(pos map[string]Pos, rel string) bool {
+func hasExact(pos map[string]position, rel string) bool {
 	_, ok := pos[rel]
 	return ok
 }
 
 // secret decodes credentials from n (in file) strictly. Shape errors come from a copy whose
 // values are blanked, so that no secret is ever quoted.
-func (d *decoder) secret(file string, n *yaml.Node, path string) (*nodeconfig.Credentials, map[string]Pos) {
+func (d *decoder) secret(file string, n *yaml.Node, path string) (*nodeconfig.Credentials, map[string]position) {
 	n = deref(n)
-	pos := map[string]Pos{}
+	pos := map[string]position{}
 	record(file, n, "", pos, 0)
 	var c nodeconfig.Credentials
 	if probs := nodeconfig.DecodeNode(path, redact(n, 0), &c); len(probs) > 0 {
 		for _, p := range probs {
 			rel := strings.TrimPrefix(strings.TrimPrefix(p.Field, path), ".")
-			d.errs = append(d.errs, &Error{File: file, Line: lookup(pos, rel, Pos{file, n.Line}).Line, Field: p.Field, Msg: p.Detail})
+			d.errs = append(d.errs, &Error{File: file, Line: lookup(pos, rel, position{file, n.Line}).Line, Field: p.Field, Msg: p.Detail})
 		}
 		return nil, nil
 	}
 	if probs := nodeconfig.DecodeNode(path, n, &c); len(probs) > 0 { // cannot happen: same shape
-		d.fail(Pos{file, n.Line}, field(path), "malformed credentials")
+		d.fail(position{file, n.Line}, field(path), "malformed credentials")
 		return nil, nil
 	}
 	if c.IsZero() {
@@ -763,7 +763,7 @@ func redact(n *yaml.Node, depth int) *yaml.Node {
 }
 
 // secretFile reads the credentials file name (relative to the inventory's directory) once.
-func (d *decoder) secretFile(name string, at Pos, f string) (*nodeconfig.Credentials, map[string]Pos) {
+func (d *decoder) secretFile(name string, at position, f string) (*nodeconfig.Credentials, map[string]position) {
 	path := name
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(d.dir, name)
@@ -881,7 +881,7 @@ func expectedOf(names []string, none string) string {
 
 // unique indexes m by name, MACs, UUID and serial, reporting any already taken by another machine.
 func (d *decoder) unique(inv *Inventory, owner map[*Machine]*entry, e *entry, m *Machine) {
-	clash := func(p Pos, f, what string, other *Machine) {
+	clash := func(p position, f, what string, other *Machine) {
 		o := owner[other]
 		d.fail(p, f, "%s of machine %s is also machine %s's (%s at %s:%d)", what, quote(e.name), quote(other.Name), o.path, o.pos.File, o.pos.Line)
 	}
@@ -1000,7 +1000,7 @@ func cmpOr[T comparable](a, b T) T {
 	return b
 }
 
-func labelAt(e, g *entry, k string) (Pos, string) {
+func labelAt(e, g *entry, k string) (position, string) {
 	if p, ok := e.labelPos[k]; ok {
 		return p, join(e.path, "labels."+k)
 	}
@@ -1030,7 +1030,7 @@ func fieldErrors(err error) []*nodeconfig.FieldError {
 // machines. A field set nowhere (required for the role) is reported at the machine.
 func (d *decoder) placeConfigError(m *Machine, e, g *entry, fe *nodeconfig.FieldError) {
 	rel, _ := strings.CutPrefix(fe.Field, "spec.")
-	var p Pos
+	var p position
 	var f string
 	switch {
 	case fe.Field == "metadata.name":
@@ -1055,7 +1055,7 @@ func (d *decoder) placeConfigError(m *Machine, e, g *entry, fe *nodeconfig.Field
 			p, f = lookup(g.configPos, rel, g.pos), join(g.path, "config."+rel)
 		}
 	}
-	if p == (Pos{}) { // set nowhere: the machine's NodeConfig lacks it
+	if p == (position{}) { // set nowhere: the machine's NodeConfig lacks it
 		d.fail(e.pos, e.path, "machine %s: NodeConfig %s: %s", quote(m.Name), fe.Field, fe.Detail)
 		return
 	}

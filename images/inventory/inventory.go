@@ -93,13 +93,13 @@ type Machine struct {
 	// Secret is the secret part: the group's secret or secretFile, then the machine's over it.
 	Secret nodeconfig.Credentials
 
-	pos          Pos    // the machine's entry
-	channelPos   Pos    // where Channel was set
-	channelField string // and its field path: machines[2].channel or groups[0].channel
+	pos          position // the machine's entry
+	channelPos   position // where Channel was set
+	channelField string   // and its field path: machines[2].channel or groups[0].channel
 }
 
-// Pos locates a value in an inventory (or secret) file.
-type Pos struct {
+// position locates a value in an inventory (or secret) file.
+type position struct {
 	File string
 	Line int
 }
@@ -242,7 +242,7 @@ func (inv *Inventory) Channels() []string {
 // located where the channel was set: a check for NewWatcher.
 func (inv *Inventory) CheckChannels(known []string) error {
 	var errs []*Error
-	seen := map[Pos]bool{}
+	seen := map[position]bool{}
 	for _, m := range inv.Machines {
 		if m.Channel == "" || slices.Contains(known, m.Channel) {
 			continue

@@ -107,7 +107,7 @@ func TestParseMerge(t *testing.T) {
 		Secret: nodeconfig.Credentials{BootstrapToken: token, CACertHashes: []string{oneHash}, CertificateKey: strings.Repeat("ab", 32)},
 	}
 	got := *n2
-	got.pos, got.channelPos, got.channelField = Pos{}, Pos{}, ""
+	got.pos, got.channelPos, got.channelField = position{}, position{}, ""
 	if !reflect.DeepEqual(&got, want) {
 		t.Errorf("node-2:\n got %+v\nwant %+v", got, *want)
 	}
