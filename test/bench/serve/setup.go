@@ -141,6 +141,9 @@ groups:
       cluster:
         name: bench
         apiServer: https://10.0.0.10:6443
+    secret: # fake: kubeadm's documentation token and an all-zero CA hash
+      bootstrapToken: abcdef.0123456789abcdef
+      caCertHashes: ["sha256:0000000000000000000000000000000000000000000000000000000000000000"]
 machines:
 `, *machines, *channel)
 	for i := range *machines {
