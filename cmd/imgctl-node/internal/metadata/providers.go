@@ -21,6 +21,7 @@ import (
 
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/cmdline"
 	"github.com/imgctl/imgctl/images/boot"
+	"github.com/imgctl/imgctl/images/nodeapi"
 )
 
 // Provider defaults.
@@ -197,8 +198,8 @@ func (m *IMDS) getToken(ctx context.Context, renew bool) (string, error) {
 	return tok, nil
 }
 
-// Imgctl reads the NodeConfig from the imgctl metadata server: GET URL/v1/nodeconfig, with
-// "Authorization: Bearer CREDENTIAL" for the full config; without a credential the server answers
+// Imgctl reads the NodeConfig from the imgctl metadata server: GET URL + nodeapi.NodeConfigPath,
+// with the node credential as a bearer token (nodeapi.Bearer) for the full config; without a credential the server answers
 // the public part only (enough for a master that lets kubeadm make its CA).
 //
 // A credential (Credential, or user info in URL) goes over https, or over plain http only when
@@ -246,7 +247,7 @@ func (p *Imgctl) Fetch(ctx context.Context) ([]byte, string, error) {
 	if (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
 		return nil, redact(base), Permanent(fmt.Errorf("%s=%s: expected an http(s) URL", boot.KeyMetadata, redact(base)))
 	}
-	base.Path = strings.TrimSuffix(base.Path, "/") + "/v1/nodeconfig"
+	base.Path = strings.TrimSuffix(base.Path, "/") + nodeapi.NodeConfigPath
 	base.RawPath = ""
 	base.Fragment, base.RawFragment = "", ""
 	u := redact(base) // the only form of the URL any message shows
@@ -261,7 +262,7 @@ func (p *Imgctl) Fetch(ctx context.Context) ([]byte, string, error) {
 	}
 	req.Header.Set("Accept", "application/yaml, application/json")
 	if p.Credential != "" {
-		req.Header.Set("Authorization", "Bearer "+p.Credential)
+		req.Header.Set(nodeapi.AuthorizationHeader, nodeapi.Bearer(p.Credential))
 	}
 	resp, err := noRedirects(p.Client).Do(req)
 	if err != nil {
