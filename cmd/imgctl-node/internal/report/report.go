@@ -85,7 +85,9 @@ func FromCmdline(line string, o Options) *Sender {
 }
 
 // New returns a Sender for target (tests; FromCmdline on a node).
-func New(target *metadata.Imgctl, o Options) *Sender { return &Sender{target: target, o: o.withDefaults()} }
+func New(target *metadata.Imgctl, o Options) *Sender {
+	return &Sender{target: target, o: o.withDefaults()}
+}
 
 // Build makes the report of a phase from the steps finished so far: ok unless failed is not nil,
 // then Failed names the last failed step. Step errors lose URLs' secrets, the node credential
