@@ -69,8 +69,17 @@ func (o Options) withDefaults() Options {
 
 // Sender posts reports to one metadata server.
 type Sender struct {
-	target *metadata.Imgctl
-	o      Options
+	target  *metadata.Imgctl
+	o       Options
+	secrets []string // besides the credential, never sent (Redact)
+}
+
+// Redact adds secrets (a NodeConfig's keys and tokens) that Build removes from step errors,
+// besides the node credential.
+func (s *Sender) Redact(secrets ...string) {
+	if s != nil {
+		s.secrets = append(s.secrets, secrets...)
+	}
 }
 
 // FromCmdline returns a Sender for the metadata server on a kernel command line
@@ -100,7 +109,7 @@ func (s *Sender) Build(phase nodeapi.Phase, steps []steplog.Record, failed error
 	}
 	var secrets []string
 	if s != nil {
-		secrets = []string{s.target.Credential}
+		secrets = append([]string{s.target.Credential}, s.secrets...)
 	}
 	r.Steps = make([]nodeapi.Step, 0, len(steps))
 	for _, st := range steps {
