@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -29,6 +30,7 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/health"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/metadata"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/render"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/report"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
 	"github.com/imgctl/imgctl/images/imageinfo"
 	"github.com/imgctl/imgctl/images/nodeapi"
@@ -672,5 +674,42 @@ func TestReport(t *testing.T) {
 	}
 	if got := reports(); len(got) != 3 {
 		t.Errorf("%d reports after a dry run and a run without a credential, want still 3", len(got))
+	}
+}
+
+// TestReportRefused: a server that refuses the report (400) or never answers costs a log line
+// and a bounded wait, never the configuration's result.
+func TestReportRefused(t *testing.T) {
+	var posts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case nodeapi.NodeConfigPath:
+			fmt.Fprint(w, tokenConfig)
+		case nodeapi.ReportPath:
+			if posts.Add(1) > 1 {
+				_, _ = io.Copy(io.Discard, r.Body)
+				<-r.Context().Done() // hangs
+				return
+			}
+			http.Error(w, "report: time: required", http.StatusBadRequest)
+		}
+	}))
+	defer srv.Close()
+	for _, want := range []string{"400 Bad Request: report: time: required", "context deadline exceeded"} {
+		f, o := newFixture(t, "")
+		var logs bytes.Buffer
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		o.Cmdline = "imgctl.metadata-order=imgctl imgctl.metadata=" + srv.URL + " imgctl.credential=s3cret imgctl.metadata-insecure=1"
+		o.Report = report.Options{Timeout: 200 * time.Millisecond, Backoff: time.Millisecond, Budget: time.Second}
+		start := time.Now()
+		if err := Run(context.Background(), o); err != nil {
+			t.Fatalf("%v\n%s", err, f.steps.String())
+		}
+		if el := time.Since(start); el > 2*time.Second {
+			t.Errorf("Run took %s", el)
+		}
+		if !strings.Contains(logs.String(), `level=WARN msg="boot report not sent" phase=configure`) || !strings.Contains(logs.String(), want) {
+			t.Errorf("log = %s, want a warning with %q", logs.String(), want)
+		}
 	}
 }
