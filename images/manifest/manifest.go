@@ -142,6 +142,15 @@ func (c Config) Created() time.Time { return time.Unix(c.SourceDateEpoch, 0).UTC
 // "oci:DIR:VERSION" reference, so no ':' or '/' and no leading separator.
 var versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
 
+// CheckVersion reports whether v can be an image version (what a store resolves besides a
+// digest, and what a netboot inventory may pin a machine to).
+func CheckVersion(v string) error {
+	if !versionRE.MatchString(v) {
+		return fmt.Errorf("version %q: want [A-Za-z0-9][A-Za-z0-9._+-]* (at most 128 characters)", v)
+	}
+	return nil
+}
+
 // nameRE is what a Name may look like.
 var nameRE = regexp.MustCompile(`^[a-z0-9]+([._-][a-z0-9]+)*$`)
 
@@ -160,8 +169,8 @@ func (c Config) Validate() error {
 	if !nameRE.MatchString(c.Name) {
 		bad("name %q: want lower-case alphanumerics separated by '.', '_' or '-'", c.Name)
 	}
-	if !versionRE.MatchString(c.Version) {
-		bad("version %q: want [A-Za-z0-9][A-Za-z0-9._+-]* (at most 128 characters)", c.Version)
+	if err := CheckVersion(c.Version); err != nil {
+		bad("%v", err)
 	}
 	if err := c.SpecDigest.Validate(); err != nil {
 		bad("specDigest %q: %v", c.SpecDigest, err)
