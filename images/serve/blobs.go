@@ -28,8 +28,12 @@ import (
 type catalog struct {
 	key     string
 	images  map[digest.Digest]store.Image
-	refused map[digest.Digest]error // images in the index that are never served, and why
+	refused map[digest.Digest]error  // images in the index that are never served, and why
 	blobs   map[digest.Digest]string // reachable blob → media type
+	// versions maps each servable image's version to its digest (for pinned images).
+	versions map[string]digest.Digest
+	// netboot is each servable image's netboot artifacts, or why it cannot netboot.
+	netboot map[digest.Digest]netbootImage
 }
 
 // catalogs keeps the current catalog, looking at the store at most every Options.Refresh.
@@ -104,7 +108,8 @@ func (c *catalogs) build(ctx context.Context, key string) (*catalog, error) {
 	if err != nil {
 		return nil, err
 	}
-	cat := &catalog{key: key, images: map[digest.Digest]store.Image{}, refused: map[digest.Digest]error{}, blobs: map[digest.Digest]string{}}
+	cat := &catalog{key: key, images: map[digest.Digest]store.Image{}, refused: map[digest.Digest]error{}, blobs: map[digest.Digest]string{},
+		versions: map[string]digest.Digest{}, netboot: map[digest.Digest]netbootImage{}}
 	for _, b := range bad {
 		cat.refused[b.Descriptor.Digest] = b
 		c.s.log.Warn("not serving an image that cannot be read", "image", b.Descriptor.Digest, "version", b.Version(), "err", b.Err)
@@ -118,6 +123,8 @@ func (c *catalogs) build(ctx context.Context, key string) (*catalog, error) {
 			}
 		}
 		cat.images[img.Digest()] = img
+		cat.versions[img.Config.Version] = img.Digest()
+		cat.netboot[img.Digest()] = netbootOf(img)
 		cat.blobs[img.Digest()] = ocispec.MediaTypeImageManifest
 		cat.blobs[img.Manifest.Config.Digest] = img.Manifest.Config.MediaType
 		for _, l := range img.Manifest.Layers {

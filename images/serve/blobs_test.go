@@ -22,16 +22,9 @@ import (
 
 func newTestServer(t *testing.T, st *store.Store, o Options) (*Server, *logBuffer) {
 	t.Helper()
-	var logs logBuffer
-	o.Store = st
-	if o.Logger == nil {
-		o.Logger = testLogger(&logs)
-	}
-	s, err := New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, &logs
+	f := newFixture(t, st, o)
+	f.s.o.Now = time.Now // real time for network tests
+	return f.s, f.logs
 }
 
 func TestBlobServesReachableBlobs(t *testing.T) {

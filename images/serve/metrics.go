@@ -143,3 +143,6 @@ func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// InventoryReloadFailed counts a failed inventory reload (imgctl_serve_inventory_reload_errors_total).
+func (s *Server) InventoryReloadFailed() { s.m.reloadErrors.Inc() }

@@ -14,10 +14,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/imgctl/imgctl/images/bootauth"
+	"github.com/imgctl/imgctl/images/channel"
+	"github.com/imgctl/imgctl/images/inventory"
+	"github.com/imgctl/imgctl/images/nodeapi"
+	"github.com/imgctl/imgctl/images/rollout"
 	"github.com/imgctl/imgctl/images/store"
 )
 
@@ -38,9 +45,23 @@ const (
 	DefaultRefresh = time.Second
 )
 
-// Options configure a Server. Store is required.
+// Options configure a Server. Store, Channels, Inventory, Auth and Reports are required.
 type Options struct {
-	Store *store.Store
+	Store    *store.Store
+	Channels channel.Backend
+	// Inventory returns the current inventory (an inventory.Watcher's Current).
+	Inventory func() *inventory.Inventory
+	// Auth issues and checks the nodes' per-boot credentials.
+	Auth *bootauth.Authority
+	// Reports keeps the nodes' boot reports.
+	Reports *rollout.Reports
+	// AdvertiseURL is the base URL nodes reach this server at (http://HOST:PORT[/PATH]);
+	// empty: the scheme and Host of each request.
+	AdvertiseURL string
+	// InsecureSecrets allows credentials and secrets over plain HTTP (without TLS, node
+	// scripts then carry imgctl.metadata-insecure). Without it and without TLS, node scripts
+	// carry no credential and nodes get their public config only.
+	InsecureSecrets bool
 	// TLS, if set, serves TLS on the same listener as plain HTTP (told apart by the first byte
 	// of each connection).
 	TLS *tls.Config
@@ -62,17 +83,32 @@ type Options struct {
 
 // Server serves one store. Its handlers are safe for concurrent use.
 type Server struct {
-	o   Options
-	st  *store.Store
-	log *slog.Logger
-	m   *metrics
-	cat *catalogs
+	o         Options
+	st        *store.Store
+	log       *slog.Logger
+	m         *metrics
+	cat       *catalogs
+	heads     *heads
+	scripts   scriptCache
+	advertise *url.URL // parsed AdvertiseURL, nil if none
+	pin       string   // imgctl.metadata-pin of the TLS certificate
+	// credentials: node scripts carry a boot credential (TLS, or InsecureSecrets).
+	credentials bool
 }
 
 // New checks o and returns a server.
 func New(o Options) (*Server, error) {
-	if o.Store == nil {
+	switch {
+	case o.Store == nil:
 		return nil, errors.New("serve: no store")
+	case o.Channels == nil:
+		return nil, errors.New("serve: no channels")
+	case o.Inventory == nil:
+		return nil, errors.New("serve: no inventory")
+	case o.Auth == nil:
+		return nil, errors.New("serve: no boot credential authority")
+	case o.Reports == nil:
+		return nil, errors.New("serve: no boot reports")
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -103,6 +139,27 @@ func New(o Options) (*Server, error) {
 	}
 	s := &Server{o: o, st: o.Store, log: o.Logger, m: newMetrics(o.Registry)}
 	s.cat = newCatalogs(s)
+	s.heads = &heads{s: s}
+	if o.AdvertiseURL != "" {
+		u, err := url.Parse(o.AdvertiseURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || !hostRE.MatchString(u.Host) || u.User != nil ||
+			u.RawQuery != "" || u.Fragment != "" || strings.ContainsAny(u.Path, "${} \t\n") {
+			return nil, fmt.Errorf("advertise URL %q: expected http(s)://HOST[:PORT][/PATH] with no user, query or fragment", o.AdvertiseURL)
+		}
+		u.Path = strings.TrimSuffix(u.Path, "/")
+		s.advertise = u
+	}
+	if o.TLS != nil {
+		if len(o.TLS.Certificates) != 1 {
+			return nil, fmt.Errorf("serve: TLS needs exactly one certificate (nodes pin it), got %d", len(o.TLS.Certificates))
+		}
+		pin, err := CertificatePin(o.TLS.Certificates[0])
+		if err != nil {
+			return nil, fmt.Errorf("serve: %w", err)
+		}
+		s.pin = pin
+	}
+	s.credentials = o.TLS != nil || o.InsecureSecrets
 	if _, err := s.cat.get(context.Background(), true); err != nil {
 		return nil, err
 	}
@@ -116,6 +173,10 @@ func (s *Server) Handler() http.Handler {
 	route("GET /healthz", "healthz", s.healthz)
 	mux.Handle("GET /metrics", s.instrument("metrics", s.m.handler()))
 	route("GET /blobs/{digest}", "blobs", s.blob)
+	route("GET "+ChainScriptPath, "boot.ipxe", s.chainScript)
+	route("GET "+NodeScriptPath, "ipxe", s.nodeScript)
+	route("GET "+nodeapi.NodeConfigPath, "nodeconfig", s.nodeConfig)
+	route("POST "+nodeapi.ReportPath, "reports", s.report)
 	route("/", "other", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
 	return mux
 }

@@ -262,3 +262,31 @@ func (w *readFromWriter) ReadFrom(r io.Reader) (int64, error) {
 	w.called = true
 	return io.Copy(io.Discard, r)
 }
+
+// A client that stops reading a blob is cut off once the blob's write deadline passes
+// (WriteTimeout + size/MinBlobRate), so it cannot hold a connection forever.
+func TestSlowBlobReaderIsCutOff(t *testing.T) {
+	st := storetest.Open(t)
+	img := putPXE(t, st, "1.0.0", 1700000000, 64<<20, "")
+	s, _ := newTestServer(t, st, Options{WriteTimeout: 300 * time.Millisecond, MinBlobRate: 1 << 40})
+	base := start(t, s)
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(4096)
+	}
+	if _, err := io.WriteString(c, "GET /blobs/"+string(img.Root)+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	// The client reads nothing: the server gives up at the deadline and frees the connection.
+	deadline := time.Now().Add(5 * time.Second)
+	for gaugeValue(t, s) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the server still holds the connection of a client that stopped reading: no write deadline")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
