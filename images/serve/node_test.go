@@ -2,7 +2,16 @@ package serve
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -216,4 +225,51 @@ func TestTwoReplicasOnOneStore(t *testing.T) {
 	if w.Code != 403 {
 		t.Errorf("replica 1 after replica 2 bound the credential: %d, want 403", w.Code)
 	}
+}
+
+// Over the network: the script fetched over plain HTTP carries the pin of the certificate the
+// same port serves over TLS, and a client that accepts exactly that certificate gets the
+// node's secrets with the script's credential.
+func TestNodeConfigOverPinnedTLS(t *testing.T) {
+	st := storetest.Open(t)
+	img := putPXE(t, st, "1.0.0", 1700000000, 0, "")
+	cert := selfSigned(t)
+	f := newFixture(t, st, Options{TLS: &tls.Config{Certificates: []tls.Certificate{cert}}})
+	f.promote(t, img.Digest().String(), "prod")
+	f.s.o.Now = time.Now
+	base := start(t, f.s)
+	_, script := get(t, "GET", base+"/ipxe?mac=52:54:00:00:00:0a")
+	meta := regexp.MustCompile(`imgctl\.metadata=(\S+)`).FindStringSubmatch(script)
+	pin := regexp.MustCompile(`imgctl\.metadata-pin=(sha256:[0-9a-f]{64})`).FindStringSubmatch(script)
+	tok := credentialRE.FindStringSubmatch(script)
+	if meta == nil || pin == nil || tok == nil {
+		t.Fatalf("script lacks metadata URL, pin or credential:\n%s", script)
+	}
+	u, err := url.Parse(meta[1])
+	if err != nil || u.Scheme != "https" {
+		t.Fatalf("metadata URL %q: want https", meta[1])
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/") + nodeapi.NodeConfigPath
+	pinned := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		InsecureSkipVerify: true, // verified by the pin instead
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			sum := sha256.Sum256(raw[0])
+			if "sha256:"+hex.EncodeToString(sum[:]) != pin[1] {
+				return errors.New("certificate does not match the pin")
+			}
+			return nil
+		},
+	}}}
+	req, _ := http.NewRequest("GET", u.String(), nil)
+	req.Header.Set(nodeapi.AuthorizationHeader, nodeapi.Bearer(tok[1]))
+	resp, err := pinned.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), secretA) {
+		t.Errorf("pinned TLS: %s\n%s", resp.Status, body)
+	}
+	pinned.CloseIdleConnections()
 }
