@@ -185,6 +185,16 @@ func TestServeProcess(t *testing.T) {
 
 func TestServeUsageErrors(t *testing.T) {
 	dir := t.TempDir()
+	// An inventory naming a channel the store does not have.
+	canary := filepath.Join(dir, "etc", "inventory.yaml")
+	example, err := os.ReadFile("../../examples/inventory.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, "../../examples/inventory-secrets/workers.yaml", filepath.Join(dir, "etc", "inventory-secrets", "workers.yaml"), 0o600)
+	if err := os.WriteFile(canary, []byte(strings.Replace(string(example), "channel: prod", "channel: canary", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		args []string
 		want string
@@ -193,6 +203,8 @@ func TestServeUsageErrors(t *testing.T) {
 		{[]string{"serve", "--inventory", "x.yaml"}, "--listen ADDR is required"},
 		{[]string{"serve", "--inventory", "x.yaml", "--listen", ":0", "--tls-cert", "c.pem"}, "--tls-cert and --tls-key go together"},
 		{[]string{"serve", "--inventory", filepath.Join(dir, "missing.yaml"), "--listen", "127.0.0.1:0"}, "loading inventory"},
+		{[]string{"serve", "--inventory", canary, "--listen", "127.0.0.1:0"}, canary + ":"},
+		{[]string{"serve", "--inventory", canary, "--listen", "127.0.0.1:0"}, `unknown channel "canary" (expected one of nightly, staging, prod)`},
 	} {
 		_, _, err := run(t, dir, c.args...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
