@@ -391,7 +391,7 @@ func (s *Server) tryNodeImage(ctx context.Context, m *inventory.Machine, force b
 			if errors.As(why, &u) {
 				return netbootImage{}, "", fmt.Errorf("%s, which cannot be read (run imgctl store verify)", what)
 			}
-			return netbootImage{}, "", fmt.Errorf("%s, which the store's trust policy refuses (%v)", what, why)
+			return netbootImage{}, "", fmt.Errorf("%s, which the trust policy of the store refuses (%v)", what, why)
 		}
 		return netbootImage{}, "", fmt.Errorf("%s, which is not in the store", what)
 	}

@@ -12,6 +12,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/imgctl/imgctl/images/channel"
+	"github.com/imgctl/imgctl/images/sign"
 	"github.com/imgctl/imgctl/images/store/storetest"
 )
 
@@ -198,4 +199,30 @@ func BenchmarkNodeScript(b *testing.B) {
 			}
 		}
 	})
+}
+
+// Under the store's trust policy, a channel pointing at an unsigned image boots nothing.
+func TestNodeScriptUnsignedImage(t *testing.T) {
+	st := storetest.Open(t)
+	unsigned := putPXE(t, st, "2.0.0", 1700000100, 0, "")
+	_, pub, err := sign.GenerateKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubKey, err := sign.LoadPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, st, Options{InsecureSecrets: true})
+	f.promote(t, unsigned.Digest().String(), "prod") // before the policy: promote checks it too
+	if _, _, err := sign.AddStoreKey(context.Background(), st.Dir(), pubKey); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(2 * DefaultRefresh)
+	w := f.do(t, "GET", "/ipxe?mac=52:54:00:00:00:0a", "10.0.0.1:1000", false, "")
+	body := w.Body.String()
+	if !strings.Contains(body, "cannot boot node-a: channel prod points to image "+string(unsigned.Digest())+", which the trust policy of the store refuses") ||
+		strings.Contains(body, "kernel ") {
+		t.Errorf("unsigned image under a trust policy:\n%s", body)
+	}
 }

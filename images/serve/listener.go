@@ -54,14 +54,12 @@ func (l *listener) acceptLoop() {
 		c, err := l.inner.Accept()
 		if err != nil {
 			<-l.slots
-			var ne net.Error
-			temporary := errors.As(err, &ne) && ne.Timeout()
 			select {
-			case l.errc <- err:
+			case l.errc <- err: // http.Server backs off and retries a temporary error, else stops
 			case <-l.done:
 				return
 			}
-			if !temporary && !isTemporary(err) {
+			if !isTemporary(err) {
 				return
 			}
 			continue
