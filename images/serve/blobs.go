@@ -34,6 +34,8 @@ type catalog struct {
 	versions map[string]digest.Digest
 	// netboot is each servable image's netboot artifacts, or why it cannot netboot.
 	netboot map[digest.Digest]netbootImage
+	// err: the store could not be read; nothing is served.
+	err error
 }
 
 // catalogs keeps the current catalog, looking at the store at most every Options.Refresh.
@@ -46,33 +48,44 @@ type catalogs struct {
 
 func newCatalogs(s *Server) *catalogs { return &catalogs{s: s} }
 
-// get returns the current catalog; force looks at the store's files now.
+// get returns the current catalog; force looks at the store's files now. A store that cannot
+// be read (a broken index.json or trust policy) gives an error until it is fixed: the server
+// never falls back to an older view, or to no policy.
 func (c *catalogs) get(ctx context.Context, force bool) (*catalog, error) {
 	cur := c.cur.Load()
 	now := c.s.o.Now()
-	if cur != nil && !force && now.UnixNano()-c.checked.Load() < int64(c.s.o.Refresh) {
-		return cur, nil
+	// A broken store is looked at again after Refresh only, even when forced.
+	if cur != nil && (!force || cur.err != nil) && now.UnixNano()-c.checked.Load() < int64(c.s.o.Refresh) {
+		return cur.result()
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if cur2 := c.cur.Load(); cur2 != cur && cur2 != nil { // another goroutine just rebuilt it
-		return cur2, nil
-	}
-	key, err := c.key()
-	if err != nil {
-		return nil, err
+	if cur2 := c.cur.Load(); cur2 != cur && cur2 != nil { // another goroutine just looked
+		return cur2.result()
 	}
 	c.checked.Store(now.UnixNano())
-	if cur != nil && cur.key == key {
+	key, err := c.key()
+	if err == nil && cur != nil && cur.key == key && cur.err == nil {
 		return cur, nil
 	}
-	cat, err := c.build(ctx, key)
+	var cat *catalog
+	if err == nil {
+		// Not the request's context: a client that goes away must not fail the store for others.
+		cat, err = c.build(context.WithoutCancel(ctx), key)
+	}
 	if err != nil {
-		c.s.log.Error("reading the store", "store", c.s.st.Dir(), "err", err)
-		return nil, err
+		c.s.log.Error("reading the store: serving none of its images until it is fixed", "store", c.s.st.Dir(), "err", err)
+		cat = &catalog{key: key, err: err}
 	}
 	c.cur.Store(cat)
-	return cat, nil
+	return cat.result()
+}
+
+func (c *catalog) result() (*catalog, error) {
+	if c.err != nil {
+		return nil, c.err
+	}
+	return c, nil
 }
 
 // key identifies the state of index.json and trust.json cheaply (inode, size, mtime): writers

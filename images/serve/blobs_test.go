@@ -288,3 +288,41 @@ func TestBlobTrustPolicy(t *testing.T) {
 		t.Errorf("no log line for the refused image:\n%s", logs)
 	}
 }
+
+// A trust policy that does not load serves nothing (never "no policy"), until it is fixed.
+func TestBrokenTrustPolicyServesNothing(t *testing.T) {
+	st := storetest.Open(t)
+	img := putPXE(t, st, "1.0.0", 1700000000, 0, "")
+	f := newFixture(t, st, Options{InsecureSecrets: true})
+	f.promote(t, img.Digest().String(), "prod")
+	blob := "/blobs/" + string(img.Kernel)
+	if w := f.do(t, "GET", blob, "10.0.0.1:1", false, ""); w.Code != 200 {
+		t.Fatalf("before: %d", w.Code)
+	}
+	policy := filepath.Join(st.Dir(), sign.PolicyFile)
+	if err := os.WriteFile(policy, []byte(`{"publicKeys": []}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(2 * DefaultRefresh)
+	for i := range 3 { // also within Refresh of the failure
+		if w := f.do(t, "GET", blob, "10.0.0.1:1", false, ""); w.Code != 503 {
+			t.Errorf("blob under a broken policy (%d): %d, want 503", i, w.Code)
+		}
+		if w := f.do(t, "GET", "/healthz", "10.0.0.1:1", false, ""); w.Code != 503 {
+			t.Errorf("healthz under a broken policy: %d, want 503", w.Code)
+		}
+		if body := f.do(t, "GET", "/ipxe?mac=52:54:00:00:00:0a", "10.0.0.1:1", false, "").Body.String(); !strings.Contains(body, "cannot boot node-a: the store cannot be read") {
+			t.Errorf("script under a broken policy:\n%s", body)
+		}
+	}
+	if n := strings.Count(f.logs.String(), "serving none of its images until it is fixed"); n != 1 {
+		t.Errorf("%d ERROR lines for the broken store within Refresh, want 1", n)
+	}
+	if err := os.Remove(policy); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(2 * DefaultRefresh)
+	if w := f.do(t, "GET", blob, "10.0.0.1:1", false, ""); w.Code != 200 {
+		t.Errorf("after the fix: %d", w.Code)
+	}
+}
