@@ -160,6 +160,13 @@ func (s *Server) nodeScript(w http.ResponseWriter, r *http.Request) {
 		writeScript(w, unknownScript(base, id, "it is not in the inventory"))
 		return
 	}
+	if remote := remoteAddr(r); !m.AllowsAddr(remote) {
+		s.m.bootFailures.WithLabelValues(m.Channel).Inc()
+		s.log.Warn("boot request for a machine from outside its addresses: a spoofed identity?", "node", m.Name,
+			"mac", id.MAC, "uuid", id.UUID, "serial", id.Serial, "remote", r.RemoteAddr)
+		writeScript(w, errorScript(base, m.Name, "this address is not allowed to boot it (see the inventory's addresses)"))
+		return
+	}
 	nb, imgDigest, err := s.nodeImage(ctx, m)
 	if err != nil {
 		s.m.bootFailures.WithLabelValues(m.Channel).Inc()

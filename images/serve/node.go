@@ -60,6 +60,15 @@ func (s *Server) publicConfig(w http.ResponseWriter, r *http.Request) {
 	writeYAML(w, &cfg)
 }
 
+// remoteAddr is the client's address (IPv4-mapped IPv6 as IPv4); the zero Addr if unknown.
+func remoteAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
 func writeYAML(w http.ResponseWriter, cfg *nodeconfig.NodeConfig) {
 	data, err := yaml.Marshal(cfg)
 	if err != nil {
@@ -87,12 +96,23 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (bootauth.Boo
 		http.Error(w, "credentials and secrets are served over https only: use the https metadata URL of the node's script", http.StatusForbidden)
 		return bootauth.Boot{}, false
 	}
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
+	remote := remoteAddr(r)
+	if !remote.IsValid() {
 		http.Error(w, "cannot tell the client's address", http.StatusForbidden)
 		return bootauth.Boot{}, false
 	}
-	b, err := s.o.Auth.Authorize(r.Context(), token, ap.Addr().Unmap())
+	// A machine's addresses are checked before the credential is bound: a credential sniffed
+	// and used from elsewhere must not lock the real node out.
+	b, err := s.o.Auth.Check(token, remote)
+	if err == nil {
+		if m, ok := s.o.Inventory().Machine(b.Node); ok && !m.AllowsAddr(remote) {
+			s.log.Warn("boot credential used from outside its machine's addresses: a duplicate or spoofed node?",
+				"node", b.Node, "boot", b.ID, "remote", r.RemoteAddr)
+			http.Error(w, "credential refused: this address is not one of the node's", http.StatusForbidden)
+			return bootauth.Boot{}, false
+		}
+		b, err = s.o.Auth.Authorize(r.Context(), token, remote)
+	}
 	switch {
 	case err == nil:
 		return b, true

@@ -273,3 +273,38 @@ func TestNodeConfigOverPinnedTLS(t *testing.T) {
 	}
 	pinned.CloseIdleConnections()
 }
+
+// A machine with addresses: (its DHCP reservation) gets its script and credential only from
+// them; a credential sniffed and used from elsewhere is refused before it is bound, so the
+// real node is not locked out.
+func TestMachineAddresses(t *testing.T) {
+	st := storetest.Open(t)
+	img := putPXE(t, st, "1.0.0", 1700000000, 0, "")
+	f := newFixture(t, st, Options{InsecureSecrets: true})
+	f.setInventory(t, strings.Replace(testInventory, `    macs: ["52:54:00:00:00:0a"]`, `    macs: ["52:54:00:00:00:0a"]
+    addresses: [10.0.0.1]`, 1))
+	f.promote(t, img.Digest().String(), "prod")
+	script, tok := f.boot(t, "52:54:00:00:00:0a", "10.0.0.66:1000")
+	if tok != "" || !strings.Contains(script, "not allowed") {
+		t.Errorf("script for node-a requested from 10.0.0.66 carries a credential or no reason:\n%s", script)
+	}
+	if !strings.Contains(f.logs.String(), "outside its addresses") {
+		t.Errorf("no WARN line for the request from outside the machine's addresses:\n%s", f.logs)
+	}
+	_, tok = f.boot(t, "52:54:00:00:00:0a", "10.0.0.1:1000")
+	if tok == "" {
+		t.Fatal("no credential for node-a from its own address")
+	}
+	cfg := func(remote string) (int, string) {
+		w := f.do(t, "GET", "/v1/nodeconfig", remote, true, "", "Authorization", nodeapi.Bearer(tok))
+		return w.Code, w.Body.String()
+	}
+	code, body := cfg("10.0.0.66:4000")
+	if code != 403 {
+		t.Errorf("credential used from outside the machine's addresses: %d, want 403", code)
+	}
+	noSecrets(t, "credential from outside the addresses", body)
+	if code, body := cfg("10.0.0.1:4000"); code != 200 || !strings.Contains(body, secretA) {
+		t.Errorf("node-a from its address after the refused use: %d\n%s", code, body)
+	}
+}
