@@ -29,6 +29,7 @@ const inventoryPoll = 2 * time.Second
 func (a *app) serveCmd() *cobra.Command {
 	var (
 		inventoryPath, listen, tlsCert, tlsKey, advertise string
+		tftpAddr, tftpDir                                 string
 		tokenTTL                                          time.Duration
 		insecureSecrets                                   bool
 		maxConns                                          int
@@ -53,7 +54,11 @@ agent to https with the certificate's pin, and secrets never cross the boot netw
 Without TLS, secrets are only served with --insecure-secrets; otherwise nodes get their public
 config only. If the store has a trust policy, unsigned images are never served. SIGTERM or
 SIGINT shut down gracefully. State (credential key, boot records, reports) lives in STORE/serve,
-so replicas on one store answer alike.`,
+so replicas on one store answer alike.
+
+For firmware without iPXE, --tftp also serves Debian's iPXE builds (undionly.kpxe for BIOS,
+snponly.efi or ipxe.efi for UEFI) to chainload; have DHCP answer iPXE's own request (user class
+"iPXE") with http://SERVER:PORT/boot.ipxe.`,
 		Example: `  imgctl serve --store /srv/imgctl --inventory /etc/imgctl/inventory.yaml --listen :8080 \
       --tls-cert /etc/imgctl/serve.crt --tls-key /etc/imgctl/serve.key
   # DHCP: hand iPXE clients http://SERVER:8080/boot.ipxe as their boot file
@@ -81,6 +86,7 @@ so replicas on one store answer alike.`,
 			return runServe(cmd.Context(), logger, serveConfig{
 				storeDir: a.storeDir, inventory: inventoryPath, listen: listen, tlsCert: tlsCert, tlsKey: tlsKey,
 				advertise: advertise, tokenTTL: tokenTTL, insecureSecrets: insecureSecrets, maxConns: maxConns,
+				tftpAddr: tftpAddr, tftpDir: tftpDir,
 			})
 		},
 	}
@@ -93,11 +99,14 @@ so replicas on one store answer alike.`,
 	f.DurationVar(&tokenTTL, "token-ttl", bootauth.DefaultTTL, "lifetime of a node's per-boot credential")
 	f.BoolVar(&insecureSecrets, "insecure-secrets", false, "without TLS: serve credentials and secrets over plain HTTP (anyone on the boot network can read them)")
 	f.IntVar(&maxConns, "max-conns", serve.DefaultMaxConns, "cap on connections open at once")
+	f.StringVar(&tftpAddr, "tftp", "", "also serve iPXE binaries over TFTP on this UDP address (e.g. :69), for firmware without iPXE to chainload")
+	f.StringVar(&tftpDir, "tftp-dir", serve.DefaultTFTPDir, "with --tftp: the directory of the iPXE binaries (Debian's ipxe package)")
 	return cmd
 }
 
 type serveConfig struct {
 	storeDir, inventory, listen, tlsCert, tlsKey, advertise string
+	tftpAddr, tftpDir                                       string
 	tokenTTL                                                time.Duration
 	insecureSecrets                                         bool
 	maxConns                                                int
@@ -163,6 +172,28 @@ func runServe(ctx context.Context, logger *slog.Logger, c serveConfig) error {
 	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
+	tftpDone := make(chan error, 1)
+	if c.tftpAddr != "" {
+		if err := serve.CheckTFTPDir(c.tftpDir); err != nil {
+			_ = ln.Close()
+			return err
+		}
+		pc, err := net.ListenPacket("udp", c.tftpAddr)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("--tftp %s: %w", c.tftpAddr, err)
+		}
+		go func() {
+			err := srv.ServeTFTP(ctx, pc, c.tftpDir)
+			if err != nil {
+				logger.Error("TFTP failed: shutting down", "err", err)
+				stop()
+			}
+			tftpDone <- err
+		}()
+	} else {
+		tftpDone <- nil
+	}
 	go watcher.Run(ctx, inventoryPoll)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -178,7 +209,12 @@ func runServe(ctx context.Context, logger *slog.Logger, c serveConfig) error {
 			}
 		}
 	}()
-	return srv.Serve(ctx, ln)
+	err = srv.Serve(ctx, ln)
+	stop()
+	if terr := <-tftpDone; err == nil {
+		err = terr
+	}
+	return err
 }
 
 // countErrors calls count for every ERROR record it passes on.

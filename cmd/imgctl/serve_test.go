@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"net/http"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pin/tftp/v3"
 )
 
 // serveProcess is a running `imgctl serve` whose stderr is collected line by line.
@@ -110,12 +113,32 @@ func TestServeProcess(t *testing.T) {
 	inv := filepath.Join(dir, "etc", "inventory.yaml")
 	copyFile(t, "../../examples/inventory.yaml", inv, 0o644)
 	copyFile(t, "../../examples/inventory-secrets/workers.yaml", filepath.Join(dir, "etc", "inventory-secrets", "workers.yaml"), 0o600)
-	p := startServe(t, dir, "--inventory", inv, "--listen", "127.0.0.1:0", "--insecure-secrets")
+	tftpDir := filepath.Join(dir, "ipxe")
+	copyFile(t, "../../examples/inventory.yaml", filepath.Join(tftpDir, "undionly.kpxe"), 0o644) // any bytes
+	p := startServe(t, dir, "--inventory", inv, "--listen", "127.0.0.1:0", "--insecure-secrets", "--tftp", "127.0.0.1:0", "--tftp-dir", tftpDir)
 	var addr string
 	select {
 	case addr = <-p.addr:
 	case <-time.After(20 * time.Second):
 		t.Fatalf("imgctl serve did not start:\n%s", p.logs())
+	}
+	// The iPXE binary over TFTP.
+	p.waitLog(t, "msg=\"serving TFTP\" addr=")
+	tftpAddr := regexp.MustCompile(`msg="serving TFTP" addr=(\S+)`).FindStringSubmatch(p.logs())[1]
+	tc, err := tftp.NewClient(tftpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wt, err := tc.Receive("undionly.kpxe", "octet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	if _, err := wt.WriteTo(&got); err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := os.ReadFile(filepath.Join(tftpDir, "undionly.kpxe")); !bytes.Equal(got.Bytes(), want) {
+		t.Errorf("TFTP undionly.kpxe: %d bytes, want %d", got.Len(), len(want))
 	}
 	base := "http://" + addr
 	if code, body := httpGet(t, base+"/healthz"); code != 200 || body != "ok\n" {
@@ -204,6 +227,7 @@ func TestServeUsageErrors(t *testing.T) {
 		{[]string{"serve", "--inventory", "x.yaml", "--listen", ":0", "--tls-cert", "c.pem"}, "--tls-cert and --tls-key go together"},
 		{[]string{"serve", "--inventory", filepath.Join(dir, "missing.yaml"), "--listen", "127.0.0.1:0"}, "loading inventory"},
 		{[]string{"serve", "--inventory", canary, "--listen", "127.0.0.1:0"}, canary + ":"},
+		{[]string{"serve", "--inventory", "../../examples/inventory.yaml", "--listen", "127.0.0.1:0", "--tftp", "127.0.0.1:0", "--tftp-dir", dir}, "holds none of undionly.kpxe"},
 		{[]string{"serve", "--inventory", canary, "--listen", "127.0.0.1:0"}, `unknown channel "canary" (expected one of nightly, staging, prod)`},
 	} {
 		_, _, err := run(t, dir, c.args...)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -43,7 +44,16 @@ type catalogs struct {
 	s       *Server
 	cur     atomic.Pointer[catalog]
 	checked atomic.Int64 // unix nanoseconds of the last look at the store's files
-	mu      sync.Mutex   // one rebuild at a time
+	mu      sync.Mutex   // one rebuild at a time; guards what follows
+	// verified are the images the trust policy accepted, while the policy file is policyKey.
+	verified  map[digest.Digest]bool
+	policyKey string
+}
+
+// policyKey is the trust policy's part of a catalog key.
+func policyKey(key string) string {
+	_, p, _ := strings.Cut(key, sign.PolicyFile+":")
+	return p
 }
 
 func newCatalogs(s *Server) *catalogs { return &catalogs{s: s} }
@@ -58,7 +68,15 @@ func (c *catalogs) get(ctx context.Context, force bool) (*catalog, error) {
 	if cur != nil && (!force || cur.err != nil) && now.UnixNano()-c.checked.Load() < int64(c.s.o.Refresh) {
 		return cur.result()
 	}
-	c.mu.Lock()
+	// One goroutine looks; the others go on with what is current meanwhile (a rebuild reads
+	// every manifest), unless they must know (force) or there is nothing yet.
+	if cur != nil && !force {
+		if !c.mu.TryLock() {
+			return cur.result()
+		}
+	} else {
+		c.mu.Lock()
+	}
 	defer c.mu.Unlock()
 	if cur2 := c.cur.Load(); cur2 != cur && cur2 != nil { // another goroutine just looked
 		return cur2.result()
@@ -127,13 +145,17 @@ func (c *catalogs) build(ctx context.Context, key string) (*catalog, error) {
 		cat.refused[b.Descriptor.Digest] = b
 		c.s.log.Warn("not serving an image that cannot be read", "image", b.Descriptor.Digest, "version", b.Version(), "err", b.Err)
 	}
+	if c.policyKey != policyKey(key) {
+		c.verified, c.policyKey = map[digest.Digest]bool{}, policyKey(key)
+	}
 	for _, img := range imgs {
-		if policy != nil {
+		if policy != nil && !c.verified[img.Digest()] {
 			if err := policy.Verify(ctx, c.s.st, img); err != nil {
 				cat.refused[img.Digest()] = err
 				c.s.log.Warn("not serving an image the store's trust policy refuses", "image", img.Digest(), "version", img.Config.Version, "err", err)
 				continue
 			}
+			c.verified[img.Digest()] = true // images are immutable: accepted until the policy changes
 		}
 		cat.images[img.Digest()] = img
 		cat.versions[img.Config.Version] = img.Digest()

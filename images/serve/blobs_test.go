@@ -287,6 +287,22 @@ func TestBlobTrustPolicy(t *testing.T) {
 	if !strings.Contains(logs.String(), "trust policy refuses") {
 		t.Errorf("no log line for the refused image:\n%s", logs)
 	}
+	// A policy that trusts another key only: what the old one accepted is refused now.
+	_, pub2, err := sign.GenerateKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := `{"publicKeys": ["` + pub2 + `"]}`
+	if err := os.WriteFile(filepath.Join(st.Dir(), sign.PolicyFile+".tmp"), []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(st.Dir(), sign.PolicyFile+".tmp"), filepath.Join(st.Dir(), sign.PolicyFile)); err != nil {
+		t.Fatal(err)
+	}
+	s.cat.checked.Store(0)
+	if resp, _ := get(t, "GET", base+"/blobs/"+string(signed.Kernel)); resp.StatusCode != 404 {
+		t.Errorf("image signed by a key the new policy does not trust: %s, want 404", resp.Status)
+	}
 }
 
 // A trust policy that does not load serves nothing (never "no policy"), until it is fixed.

@@ -430,7 +430,16 @@ func (h *heads) get(ctx context.Context, ch string) (digest.Digest, error) {
 			return e.d, e.err
 		}
 	}
-	h.mu.Lock()
+	// One goroutine reads the history; the others go on with the head they had meanwhile.
+	if _, ok := h.m.Load(ch); ok {
+		if !h.mu.TryLock() {
+			v, _ := h.m.Load(ch)
+			e := v.(*headEntry)
+			return e.d, e.err
+		}
+	} else {
+		h.mu.Lock()
+	}
 	defer h.mu.Unlock()
 	if v, ok := h.m.Load(ch); ok {
 		if e := v.(*headEntry); now-e.at.Load() < int64(h.s.o.Refresh) {
