@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"maps"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -45,6 +46,8 @@ type entry struct {
 	kernelArgs                                []string
 	macs                                      []string
 	macPos                                    []position
+	addresses                                 []netip.Prefix
+	addressesSet                              bool // addresses: is given (an empty list too)
 
 	config    *yaml.Node          // the config mapping without role and credentials; nil if none
 	configPos map[string]position // relative field path (cluster.apiServer) → where it is set
@@ -397,8 +400,8 @@ func (d *decoder) entries(v *yaml.Node, path string, limit int, machine bool) []
 }
 
 var (
-	groupFields   = []string{"name", "role", "channel", "image", "labels", "kernelArgs", "config", "secret", "secretFile"}
-	machineFields = []string{"name", "group", "macs", "uuid", "serial", "role", "channel", "image", "labels", "kernelArgs", "config", "secret", "secretFile"}
+	groupFields   = []string{"name", "addresses", "role", "channel", "image", "labels", "kernelArgs", "config", "secret", "secretFile"}
+	machineFields = []string{"name", "group", "macs", "uuid", "serial", "addresses", "role", "channel", "image", "labels", "kernelArgs", "config", "secret", "secretFile"}
 	labelRE       = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 )
 
@@ -498,6 +501,23 @@ func (d *decoder) entry(n *yaml.Node, path string, machine bool) *entry {
 					d.fail(pos[i], fi, "%s is listed twice (also %s[%d])", mac, f, j)
 				}
 				e.macs = append(e.macs, mac)
+			}
+		case "addresses":
+			e.addressesSet = !isNull(v)
+			list, pos, _ := d.list(v, f, MaxAddresses)
+			for i, s := range list {
+				fi := fmt.Sprintf("%s[%d]", f, i)
+				pfx, err := parseAddress(s)
+				switch {
+				case err != nil:
+					d.fail(pos[i], fi, "%v", err)
+				case slices.Contains(e.addresses, pfx):
+					d.fail(pos[i], fi, "%s is listed twice (also %s[%d])", showPrefix(pfx), f, slices.Index(e.addresses, pfx))
+				default:
+					e.addresses = append(e.addresses, pfx)
+					continue
+				}
+				e.addresses = append(e.addresses, netip.Prefix{}) // keep indexes aligned with the list
 			}
 		case "uuid":
 			hasIdentity = true
@@ -600,6 +620,45 @@ func checkImageRef(ref string) error {
 		return fmt.Errorf("%s is neither an image digest (sha256:HEX) nor an image version: %w", quote(ref), err)
 	}
 	return nil
+}
+
+// parseAddress parses one entry of addresses: an IP address (a /32 or /128) or a CIDR prefix,
+// IPv4-mapped IPv6 turned into IPv4.
+func parseAddress(s string) (netip.Prefix, error) {
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return netip.Prefix{}, fmt.Errorf("%s is not an IP address or CIDR prefix (expected e.g. 10.0.0.11 or 10.0.0.0/24)", quote(s))
+		}
+		if p.Masked() != p {
+			return netip.Prefix{}, fmt.Errorf("%s has host bits set (expected %s, or %s for that one address)", quote(s), p.Masked(), p.Addr())
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		switch {
+		case err != nil:
+			return netip.Prefix{}, fmt.Errorf("%s is not an IP address or CIDR prefix (expected e.g. 10.0.0.11 or 10.0.0.0/24)", quote(s))
+		case a.Zone() != "":
+			return netip.Prefix{}, fmt.Errorf("%s has a zone (expected an address without %%ZONE)", quote(s))
+		case a.Unmap().IsUnspecified():
+			a = a.Unmap()
+			return netip.Prefix{}, fmt.Errorf("%s is the unspecified address: no machine sends from it (expected the machine's address, or %s for any)", a, netip.PrefixFrom(a, 0))
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if p.Addr().Is4In6() { // masked, so at least /96: the ::ffff: part is in the prefix
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p, nil
+}
+
+// showPrefix shows a single address without /32 or /128.
+func showPrefix(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
 }
 
 // checkNICAddress refuses MACs no NIC has: all zero, broadcast and multicast (group) addresses.
@@ -944,6 +1003,14 @@ func (d *decoder) merge(m *Machine, e, g *entry) {
 		d.fail(e.pos, e.path, "machine %s boots nothing (expected channel: or image:, on the machine or its group)", quote(m.Name))
 	}
 	m.KernelArgs = append(slices.Clone(g.kernelArgs), e.kernelArgs...)
+	if e.addressesSet {
+		m.Addresses = slices.Clone(e.addresses)
+	} else {
+		m.Addresses = slices.Clone(g.addresses)
+	}
+	if len(m.Addresses) == 0 {
+		m.Addresses = nil
+	}
 	m.Labels = maps.Clone(g.labels)
 	if len(e.labels) > 0 {
 		if m.Labels == nil {

@@ -1,6 +1,7 @@
 package inventory
 
 import (
+	"net/netip"
 	"slices"
 	"testing"
 
@@ -26,6 +27,9 @@ func TestLoadExample(t *testing.T) {
 	}
 	if n1.Role != nodeconfig.RoleNode || n1.Channel != "prod" || n1.Secret.BootstrapToken == "" || n1.Config.Spec.Credentials != nil {
 		t.Errorf("node-1 = %+v: want the workers group's role, channel and secret file, and no credentials in Config", n1)
+	}
+	if !n1.AllowsAddr(netip.MustParseAddr("10.0.0.21")) || n1.AllowsAddr(netip.MustParseAddr("10.0.0.22")) {
+		t.Errorf("node-1.Addresses = %v: want its reservation 10.0.0.21 only", n1.Addresses)
 	}
 	if got := inv.Channels(); !slices.Equal(got, []string{"prod"}) {
 		t.Errorf("Channels() = %q", got)

@@ -24,6 +24,7 @@ func FuzzParse(f *testing.F) {
 	f.Add(head + okMachine + machine2 + "- name: n3\n  role: master\n  image: v1\n  serial: S3\n  config: {cluster: {name: c}}\n")
 	f.Add(head + "- name: a\n  group: workers\n  macs: [\"52:54:zz:12:34:56\"]\n  secretFile: s.yaml\n")
 	f.Add("apiVersion: imgctl/v1alpha1\nkind: Inventory\nmachines: &m [*m]\n")
+	f.Add(head + okMachine + "- name: a2\n  group: workers\n  serial: S2\n  addresses: [10.0.0.11, \"::ffff:10.1.0.0/112\", \"fd00::/64\"]\n")
 	f.Add(head + "- &x {name: a, group: workers, macs: [\"52:54:00:12:34:56\"]}\n- *x\n")
 	f.Fuzz(func(t *testing.T, src string) {
 		dir := t.TempDir()
@@ -71,6 +72,11 @@ func FuzzParse(f *testing.F) {
 			if m.UUID != "" {
 				if got, ok := inv.Lookup(Identity{UUID: m.UUID}); !ok || got != m {
 					t.Fatalf("Lookup(%s) is not machine %s", m.UUID, m.Name)
+				}
+			}
+			for _, p := range m.Addresses {
+				if !p.IsValid() || p.Masked() != p || p.Addr().Is4In6() || p.Addr().Zone() != "" || !m.AllowsAddr(p.Addr()) {
+					t.Fatalf("machine %s: address %v", m.Name, p)
 				}
 			}
 			if got, ok := inv.Machine(m.Name); !ok || got != m {

@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -52,6 +53,7 @@ const (
 	MaxMACs           = 16      // per machine
 	MaxKernelArgs     = 64      // per machine or group
 	MaxLabels         = 64      // per machine or group
+	MaxAddresses      = 64      // per machine or group
 	maxDepth          = 32      // nesting
 	maxValues         = 1 << 21 // YAML values after expanding aliases
 )
@@ -84,6 +86,10 @@ type Machine struct {
 	MACs    []string // lower-case aa:bb:cc:dd:ee:ff, unique across machines
 	UUID    string   // SMBIOS UUID, lower case; "" if not given
 	Serial  string   // "" if not given
+	// Addresses are where the machine's requests may come from (e.g. its DHCP reservation):
+	// addresses (/32, /128) and prefixes, masked, IPv4 as IPv4 (never IPv4-mapped IPv6). The
+	// machine's list, else its group's; nil: any address. See AllowsAddr.
+	Addresses []netip.Prefix
 	// KernelArgs are extra kernel arguments: the group's, then the machine's.
 	KernelArgs []string
 	// Config is the public NodeConfig: apiVersion and kind set, metadata.name = Name, spec.role
@@ -218,6 +224,23 @@ func (inv *Inventory) Lookup(id Identity) (*Machine, bool) {
 		return m, true
 	}
 	return nil, false
+}
+
+// AllowsAddr reports whether a request from a may be the machine's: true if m has no
+// Addresses, else whether one of them contains a. An IPv4-mapped IPv6 address (what a
+// dual-stack listener reports for an IPv4 client) counts as its IPv4 address, and a zone (the
+// listener's interface) is ignored. The zero Addr is allowed only when any address is.
+func (m *Machine) AllowsAddr(a netip.Addr) bool {
+	if len(m.Addresses) == 0 {
+		return true
+	}
+	a = a.Unmap().WithZone("")
+	for _, p := range m.Addresses {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // Machine finds a machine by name.

@@ -51,6 +51,28 @@ const (
 	AnnotationName              = "dev.imgctl.name"
 )
 
+// Artifact annotation keys the boot targets write (raw, pxe) and readers (imgctl serve) use.
+const (
+	AnnotationKernelRelease  = "dev.imgctl.kernel.release"  // vmlinuz: the kernel release
+	AnnotationKernelCmdline  = "dev.imgctl.kernel.cmdline"  // the spec's kernel command line, space-separated
+	AnnotationInitrdDrivers  = "dev.imgctl.initrd.drivers"  // initrd.img: optional drivers included, comma-separated
+	AnnotationRootDigest     = "dev.imgctl.root.digest"     // the root squashfs's digest, sha256:HEX
+	AnnotationRootSize       = "dev.imgctl.root.size"       // the root squashfs's size in bytes
+	AnnotationRootCompressor = "dev.imgctl.root.compressor" // the root squashfs's compressor
+	AnnotationDiskSize       = "dev.imgctl.disk.size"       // disk image size in bytes
+	AnnotationDiskPartitions = "dev.imgctl.disk.partitions" // disk partition table (JSON)
+	AnnotationDiskGUID       = "dev.imgctl.disk.guid"       // disk GUID
+)
+
+// Names of the boot artifacts (file names in an export and org.opencontainers.image.title):
+// the raw and pxe targets write them, netboot servers find them by them.
+const (
+	KernelArtifact       = "vmlinuz"
+	InitrdArtifact       = "initrd.img"
+	RootSquashfsArtifact = "rootfs.squashfs"
+	IPXEScriptArtifact   = "boot.ipxe"
+)
+
 // SchemaVersion is the only Config.SchemaVersion this package writes and accepts.
 const SchemaVersion = 1
 
