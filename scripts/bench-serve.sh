@@ -78,7 +78,7 @@ start_server() {
   local port
   case $1 in
   imgctl)
-    bin/imgctl --store "$store" promote "$image" --to nightly >/dev/null
+    bin/imgctl --store "$store" promote "$image" --to nightly >"$tmp/promote.log" 2>&1 || { cat "$tmp/promote.log" >&2; die "imgctl promote failed"; }
     port=$("$load" freeport)
     # with TLS, as a fleet would run it: node scripts carry a boot credential and the pin
     bin/imgctl --store "$store" serve --inventory "$inventory" --listen "127.0.0.1:$port" \
@@ -247,7 +247,9 @@ section=$tmp/section.md
     small_ratio=$(awk -v a="$(median "$(col rate imgctl rps)")" -v b="$(median "$(col rate nginx rps)")" 'BEGIN {printf "%.2f", a/b}')
     p99=$(median "$(col latency imgctl p99_us)")
     echo
-    echo "Goals: throughput at 100 clients ≥ 1.0× nginx: $(verdict "$t100" 1.0 '>=') (${t100}×); per-node scripts ≥ 0.5× nginx's static rate: $(verdict "$small_ratio" 0.5 '>=') (${small_ratio}×); p99 ≤ 1 ms at 2,000 req/s: $(verdict "$p99" 1000 '<=') ($(printf %.0f "$p99") µs)."
+    echo "Goals: throughput at 100 clients ≥ 1.0× nginx: $(verdict "$t100" 1.0 '>=') (${t100}×); per-node scripts ≥ 0.5× nginx's static rate: $(verdict "$small_ratio" 0.5 '>=') (${small_ratio}×); p99 ≤ 1 ms at 2,000 req/s: $(verdict "$p99" 1000 '<=') ($(printf %.0f "$p99") µs); memory with $idle_conns idle connections: $(awk -v b="$(json_field rss_before_kib "$tmp/m/idle.imgctl")" -v a="$(json_field rss_after_kib "$tmp/m/idle.imgctl")" 'BEGIN {printf "%+.1f MiB", (a - b) / 1024}') (nginx $(awk -v b="$(json_field rss_before_kib "$tmp/m/idle.nginx")" -v a="$(json_field rss_after_kib "$tmp/m/idle.nginx")" 'BEGIN {printf "%+.1f MiB", (a - b) / 1024}'))."
+    echo
+    echo "imgctl serve logged $(grep -c . "$tmp/imgctl.log") lines during the run (one INFO line per node script: each is a boot), to a file."
   fi
 } >"$section"
 cat "$section"
