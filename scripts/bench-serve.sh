@@ -118,7 +118,8 @@ http {
   }
 }
 EOF
-    nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" 2>>"$tmp/nginx/error.log" &
+    # -e: not even the startup log goes to the package's /var/log/nginx
+    nginx -p "$tmp/nginx" -e "$tmp/nginx/error.log" -c "$tmp/nginx/nginx.conf" 2>"$tmp/nginx.log" &
     ;;
   go)
     "$load" standin -store "$store" -machines "$tmp/machines.tsv" >"$tmp/go.addr" &
