@@ -122,7 +122,7 @@ EOF
     nginx -p "$tmp/nginx" -e "$tmp/nginx/error.log" -c "$tmp/nginx/nginx.conf" 2>"$tmp/nginx.log" &
     ;;
   go)
-    "$load" standin -store "$store" -machines "$tmp/machines.tsv" >"$tmp/go.addr" &
+    "$load" standin -store "$store" -machines "$tmp/machines.tsv" -size "$(stat -c %s "$tmp/www/script.ipxe")" >"$tmp/go.addr" &
     ;;
   esac
   pids+=($!)
@@ -142,16 +142,17 @@ EOF
 addr() { local v="addr_$1"; echo "${!v}"; }
 pid() { local v="pid_$1"; echo "${!v}"; }
 
-for s in $servers; do [ "$s" = nginx ] || start_server "$s"; done
-# nginx's static file is one of the small answers of the server under test, so both send as many
-# bytes (the per-node script of imgctl serve, else the Go server's)
+# nginx's static file is one of imgctl serve's per-node scripts, and the Go server pads its
+# scripts to that size, so all three send as many bytes (1 KiB without imgctl serve)
 first=$(head -n 1 "$tmp/ipxe.paths")
 case " $servers " in
-*" imgctl "*) "$load" get -addr "$(addr imgctl)" "$first" >"$tmp/www/script.ipxe" ;;
-*" go "*) "$load" get -addr "$(addr go)" "$first" >"$tmp/www/script.ipxe" ;;
-*) head -c 1024 /dev/urandom | base64 >"$tmp/www/script.ipxe" ;;
+*" imgctl "*)
+  start_server imgctl
+  "$load" get -addr "$(addr imgctl)" "$first" >"$tmp/www/script.ipxe"
+  ;;
+*) head -c 768 /dev/urandom | base64 -w 64 >"$tmp/www/script.ipxe" ;;
 esac
-start_server nginx
+for s in $servers; do [ "$s" = imgctl ] || start_server "$s"; done
 for s in $servers; do "$load" verify -addr "$(addr "$s")" "${blobs[@]}" >/dev/null; done
 
 # measure NAME SERVER SUBCOMMAND ARGS...: one measurement by the load generator, its JSON line
@@ -179,7 +180,6 @@ load1=$(loadavg)
 # col NAME SERVER FIELD: the values of FIELD in the server's measurements, one a line
 col() { json_field "$3" "$tmp/m/$1.$2" >"$tmp/m/$1.$2.$3"; echo "$tmp/m/$1.$2.$3"; }
 best() { sort -g "$1" | tail -n 1; }    # highest
-lowest() { sort -g "$1" | head -n 1; }
 median() { stats "$1" | cut -d' ' -f2; }
 label() {
   case $1 in
@@ -196,7 +196,7 @@ section=$tmp/section.md
   echo
   echo "- Machine: $(machine), $(nginx -v 2>&1 | sed 's|.*: ||'). Load generator and servers share the CPUs (loopback)."
   echo "- Load: CPUs ${busy}% busy just before; 1-min load average $load0 before, $load1 after (these include the benchmark)."
-  echo "- Input: a netboot image of random bytes in a store, promoted to channel nightly: kernel $(json_field kernel_bytes "$tmp/setup.json") B, initrd $(json_field initrd_bytes "$tmp/setup.json") B, root $(json_field root_bytes "$tmp/setup.json") B ($((bytes_one / 1000000)) MB per client); an inventory of $machines machines (one per MAC). nginx serves the store's blob files by digest (\`alias STORE/blobs/sha256/\$1\`) under the same URLs, and one of imgctl serve's per-node scripts ($(stat -c %s "$tmp/www/script.ipxe") B) as its static small file. imgctl serve runs with \`--tls-cert\` (self-signed) as a fleet's would: every node script carries a fresh boot credential and the certificate's pin; the requests are plain HTTP, as iPXE's are."
+  echo "- Input: a netboot image of random bytes in a store, promoted to channel nightly: kernel $(json_field kernel_bytes "$tmp/setup.json") B, initrd $(json_field initrd_bytes "$tmp/setup.json") B, root $(json_field root_bytes "$tmp/setup.json") B ($((bytes_one / 1000000)) MB per client); an inventory of $machines machines (one per MAC). nginx serves the store's blob files by digest (\`alias STORE/blobs/sha256/\$1\`) under the same URLs, and one of imgctl serve's per-node scripts ($(stat -c %s "$tmp/www/script.ipxe") B) as its static small file; the Go server pads its scripts to that size. imgctl serve runs with \`--tls-cert\` (self-signed) as a fleet's would: every node script carries a fresh boot credential and the certificate's pin; the requests are plain HTTP, as iPXE's are."
   echo "- Method: $RUNS run(s) of each measurement, servers interleaved; best and median of the runs; bodies read and discarded; every blob checked by sha256 against its digest on every server first. Reproduce: \`scripts/bench-serve.sh\` (\`make bench\` runs it; \`RUNS\`, \`SERVE_*\` variables in its header)."
   echo
   echo "### throughput: N clients each fetch kernel + initrd + root (keep-alive)"

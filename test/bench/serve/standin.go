@@ -27,6 +27,7 @@ func standin(ctx context.Context, args []string) (any, error) {
 	storeDir := fs.String("store", "", "the store whose blobs to serve")
 	machinesFile := fs.String("machines", "", "machines.tsv written by setup")
 	listen := fs.String("listen", "127.0.0.1:0", "address")
+	size := fs.Int("size", 0, "pad each node script with a comment to this many bytes (the size of imgctl serve's)")
 	if err := parse(fs, args, 0); err != nil {
 		return nil, err
 	}
@@ -62,9 +63,15 @@ func standin(ctx context.Context, args []string) (any, error) {
 		}
 		var tok [16]byte
 		_, _ = rand.Read(tok[:])
-		w.Header().Set("Content-Type", "text/plain")
-		fmt.Fprintf(w, "#!ipxe\n# %s\nkernel http://%s/blobs/sha256:%064x initrd=initrd.img console=ttyS0 quiet imgctl.root=http://%s/blobs/sha256:%064x imgctl.credential=%s\ninitrd --name initrd.img http://%s/blobs/sha256:%064x\nboot\n",
+		b := fmt.Appendf(make([]byte, 0, max(*size, 512)), "#!ipxe\n# %s\nkernel http://%s/blobs/sha256:%064x initrd=initrd.img console=ttyS0 quiet imgctl.root=http://%s/blobs/sha256:%064x imgctl.credential=%s\ninitrd --name initrd.img http://%s/blobs/sha256:%064x\nboot\n",
 			name, r.Host, 1, r.Host, 2, hex.EncodeToString(tok[:]), r.Host, 3)
+		if pad := *size - len(b) - 3; pad > 0 {
+			b = append(b, "# "...)
+			b = append(b, strings.Repeat("-", pad)...)
+			b = append(b, '\n')
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write(b)
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	ln, err := net.Listen("tcp", *listen)
