@@ -33,7 +33,7 @@ func TestDependencyDirection(t *testing.T) {
 		checked++
 		for _, imp := range fields[1:] {
 			// The boot contract is a leaf both sides import: the standard library and itself only.
-			if (strings.HasPrefix(pkg, "images/boot") || pkg == "images/nodeapi") && !isStandard(imp) && !strings.HasPrefix(imp, module+"images/boot") {
+			if (isBootContract(pkg) || pkg == "images/nodeapi") && !isStandard(imp) && !isBootContract(strings.TrimPrefix(imp, module)) {
 				t.Errorf("%s imports %s: the boot and node API contracts import nothing but the standard library and images/boot*", pkg, imp)
 			}
 			if imp == "github.com/spf13/cobra" && !strings.HasPrefix(pkg, "cmd/") {
@@ -66,6 +66,24 @@ func TestDependencyDirection(t *testing.T) {
 var nodeLeaves = map[string]bool{
 	"images/nodeconfig": true, "images/imageinfo": true, "images/boot": true, "images/boot/gpt": true,
 	"images/nodeapi": true,
+}
+
+// isBootContract reports whether pkg (relative to the module) is the boot contract: images/boot
+// and the packages under it, not every package whose name starts with "boot" (images/bootauth
+// is server code).
+func isBootContract(pkg string) bool {
+	return pkg == "images/boot" || strings.HasPrefix(pkg, "images/boot/")
+}
+
+func TestIsBootContract(t *testing.T) {
+	for pkg, want := range map[string]bool{
+		"images/boot": true, "images/boot/gpt": true, "images/bootauth": false, "images/nodeapi": false,
+		"github.com/other/images/boot": false,
+	} {
+		if got := isBootContract(pkg); got != want {
+			t.Errorf("isBootContract(%q) = %v, want %v", pkg, got, want)
+		}
+	}
 }
 
 // isStandard reports whether an import path is the standard library's (no dot in its first
