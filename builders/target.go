@@ -130,14 +130,14 @@ var BootInitrd = InitrdOptions{
 
 // Names of the artifacts every boot target publishes (raw and pxe share them).
 const (
-	KernelArtifactName = "vmlinuz"
-	InitrdArtifactName = "initrd.img"
+	KernelArtifactName = manifest.KernelArtifact
+	InitrdArtifactName = manifest.InitrdArtifact
 )
 
 // KernelArtifact is the vmlinuz artifact every boot target publishes.
 func KernelArtifact(release string, b Blob) manifest.Artifact {
 	return manifest.Artifact{Name: KernelArtifactName, MediaType: manifest.KernelMediaType, Digest: b.Digest, Size: b.Size,
-		Annotations: map[string]string{"dev.imgctl.kernel.release": release}}
+		Annotations: map[string]string{manifest.AnnotationKernelRelease: release}}
 }
 
 // InitrdArtifact is the initrd.img artifact every boot target publishes.
@@ -149,7 +149,7 @@ func InitrdArtifact(ird Initrd) manifest.Artifact {
 // InitrdAnnotations record which optional drivers an initrd includes.
 func InitrdAnnotations(ird Initrd) map[string]string {
 	return map[string]string{
-		"dev.imgctl.initrd.drivers": strings.Join(ird.Included, ","),
+		manifest.AnnotationInitrdDrivers: strings.Join(ird.Included, ","),
 	}
 }
 

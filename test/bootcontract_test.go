@@ -74,3 +74,64 @@ func TestBootContractSingleCopy(t *testing.T) {
 		t.Fatalf("only %d Go files read: the check is not looking at the repository", files)
 	}
 }
+
+// TestNodeAPISingleCopy: the metadata server's paths (images/nodeapi) are spelled there only. A
+// string literal elsewhere in the non-test code of builders/, cmd/ and images/ that starts with
+// one of them (alone or as a ServeMux pattern "GET /v1/…") is a second copy that can drift; in the
+// node agent, so is a hand-made bearer header.
+func TestNodeAPISingleCopy(t *testing.T) {
+	paths := []string{"/v1/nodeconfig", "/v1/reports"}
+	agentOnly := []string{"Bearer ", "Authorization"}
+	files := 0
+	for _, root := range []string{"../builders", "../cmd", "../images"} {
+		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if d.IsDir() && (d.Name() == "testdata" || filepath.ToSlash(path) == "../images/nodeapi") {
+				return filepath.SkipDir
+			}
+			if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+				return nil
+			}
+			fset := token.NewFileSet()
+			f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
+			if err != nil {
+				return err
+			}
+			files++
+			agent := strings.HasPrefix(filepath.ToSlash(path), "../cmd/imgctl-node/")
+			ast.Inspect(f, func(n ast.Node) bool {
+				lit, ok := n.(*ast.BasicLit)
+				if !ok || lit.Kind != token.STRING {
+					return true
+				}
+				s, err := strconv.Unquote(lit.Value)
+				if err != nil {
+					return true
+				}
+				if method, rest, ok := strings.Cut(s, " "); ok && method != "" && strings.ToUpper(method) == method {
+					s = rest // a ServeMux pattern: METHOD /path
+				}
+				for _, p := range paths {
+					if strings.HasPrefix(s, p) {
+						t.Errorf("%s: string %q repeats %q: use the constant from images/nodeapi", fset.Position(lit.Pos()), s, p)
+					}
+				}
+				for _, a := range agentOnly {
+					if agent && strings.HasPrefix(s, a) {
+						t.Errorf("%s: string %q repeats %q: use images/nodeapi (Bearer, AuthorizationHeader)", fset.Position(lit.Pos()), s, a)
+					}
+				}
+				return true
+			})
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if files < 30 {
+		t.Fatalf("only %d Go files read: the check is not looking at the repository", files)
+	}
+}

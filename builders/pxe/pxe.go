@@ -21,8 +21,8 @@ const Name = "pxe"
 const (
 	KernelName = builders.KernelArtifactName
 	InitrdName = builders.InitrdArtifactName
-	RootName   = "rootfs.squashfs"
-	ScriptName = "boot.ipxe"
+	RootName   = manifest.RootSquashfsArtifact
+	ScriptName = manifest.IPXEScriptArtifact
 )
 
 // Options configure the pxe target.
@@ -77,13 +77,13 @@ func (t *Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifa
 		builders.KernelArtifact(kernel.Release, kblob),
 		builders.InitrdArtifact(ird),
 		{Name: RootName, MediaType: manifest.SquashfsMediaType, Digest: root.Digest, Size: root.Size, Annotations: map[string]string{
-			"dev.imgctl.root.compressor": sqOpts.Compression,
-			"dev.imgctl.kernel.cmdline":  strings.Join(cmdline, " "),
+			manifest.AnnotationRootCompressor: sqOpts.Compression,
+			manifest.AnnotationKernelCmdline:  strings.Join(cmdline, " "),
 		}},
 		{Name: ScriptName, MediaType: manifest.IPXEScriptMediaType, Digest: sd, Size: ssize, Annotations: map[string]string{
-			"dev.imgctl.kernel.cmdline": strings.Join(cmdline, " "),
-			"dev.imgctl.root.digest":    string(root.Digest),
-			"dev.imgctl.root.size":      fmt.Sprint(root.Size),
+			manifest.AnnotationKernelCmdline: strings.Join(cmdline, " "),
+			manifest.AnnotationRootDigest:    string(root.Digest),
+			manifest.AnnotationRootSize:      fmt.Sprint(root.Size),
 		}},
 	}, nil
 }

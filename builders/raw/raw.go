@@ -135,13 +135,13 @@ func (t *Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifa
 	}
 	return []manifest.Artifact{
 		{Name: "disk.simg", MediaType: manifest.DiskSparseMediaType, Digest: dd, Size: dsize, Annotations: map[string]string{
-			"dev.imgctl.disk.size":       fmt.Sprint(layout.DiskSize),
-			"dev.imgctl.disk.partitions": string(parts),
-			"dev.imgctl.disk.guid":       layout.DiskGUID,
-			"dev.imgctl.root.digest":     string(root.Digest),
-			"dev.imgctl.root.size":       fmt.Sprint(root.Size),
-			"dev.imgctl.root.compressor": sqOpts.Compression,
-			"dev.imgctl.kernel.cmdline":  strings.Join(cmdline, " "),
+			manifest.AnnotationDiskSize:       fmt.Sprint(layout.DiskSize),
+			manifest.AnnotationDiskPartitions: string(parts),
+			manifest.AnnotationDiskGUID:       layout.DiskGUID,
+			manifest.AnnotationRootDigest:     string(root.Digest),
+			manifest.AnnotationRootSize:       fmt.Sprint(root.Size),
+			manifest.AnnotationRootCompressor: sqOpts.Compression,
+			manifest.AnnotationKernelCmdline:  strings.Join(cmdline, " "),
 		}},
 		builders.KernelArtifact(kernel.Release, kblob),
 		builders.InitrdArtifact(ird),

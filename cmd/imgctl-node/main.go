@@ -73,7 +73,10 @@ const usageText = `usage: imgctl-node COMMAND [flags]
                             /etc/imgctl/node.yaml; order: imgctl.metadata-order=), write the kubelet, kubeadm
                             and containerd configuration for the role, start containerd and the kubelet or run
                             kubeadm init/join; hooks pre-/post-configure. The credential (imgctl.credential=)
-                            goes to an http:// imgctl.metadata URL only with imgctl.metadata-insecure=1.
+                            goes to an http:// imgctl.metadata URL only with imgctl.metadata-insecure=1;
+                            imgctl.metadata-pin=sha256:HEX (the server certificate's) accepts only that
+                            certificate over https. With imgctl.metadata= and imgctl.credential=, init (network
+                            root) and configure POST their step results to the server (a boot report)
                             --root DIR --dry-run writes everything under DIR and runs nothing (no command,
                             hook or sethostname; a status=skip line says what each step would have run)
   monitor kubelet|runtime   health loop: restart the kubelet (its /healthz) or containerd (its CRI) when they

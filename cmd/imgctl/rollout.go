@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/imgctl/imgctl/images/channel"
+	"github.com/imgctl/imgctl/images/inventory"
 	"github.com/imgctl/imgctl/images/rollout"
 	"github.com/imgctl/imgctl/images/store"
 )
@@ -17,7 +18,8 @@ func (a *app) rolloutCmd() *cobra.Command {
 		Use:   "rollout",
 		Short: "Follow a fleet upgrade: which image each netbooted node was served and how its boot went",
 	}
-	cmd.AddCommand(&cobra.Command{
+	var invPath string
+	status := &cobra.Command{
 		Use:   "status [CHANNEL]",
 		Short: "Show per node the image it runs and its last boot report, per channel how many nodes run the head",
 		Long: `Nodes booted by imgctl serve report after init and after configuration (or on failure); the
@@ -28,9 +30,13 @@ whether the root the node reports differs from the served image's rootfs.squashf
 its head, how many of its nodes run the head (served it, ok, root as served), how many still
 run another image (not rebooted since the move), and how many failed. With CHANNEL, only that
 channel and its nodes. A report file that cannot be read is named on stderr (in "problems"
-with -o json); the other nodes still show.`,
+with -o json); the other nodes still show.
+
+With --inventory (the file imgctl serve uses), its machines that never reported show too, as
+"never reported" ("reported": false with -o json), and count in their channel's nodes: a
+channel of two machines, one on the head and one that never came up, is 1/2 on head.`,
 		Example: `  imgctl rollout status
-  imgctl rollout status prod
+  imgctl rollout status prod --inventory /etc/imgctl/inventory.yaml
   imgctl rollout status nightly -o json --store /srv/imgctl`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: a.withStore(func(cmd *cobra.Command, args []string, st *store.Store) error {
@@ -46,7 +52,18 @@ with -o json); the other nodes still show.`,
 			if len(args) == 1 {
 				only = args[0]
 			}
-			ro, err := rollout.Status(cmd.Context(), reports, l, st, only)
+			var opts []rollout.Option
+			if invPath != "" {
+				inv, err := inventory.Load(invPath)
+				if err != nil {
+					return err
+				}
+				for _, w := range inv.Warnings {
+					fmt.Fprintln(a.err, "warning:", w)
+				}
+				opts = append(opts, rollout.WithInventory(inv))
+			}
+			ro, err := rollout.Status(cmd.Context(), reports, l, st, only, opts...)
 			if err != nil {
 				return err
 			}
@@ -58,19 +75,21 @@ with -o json); the other nodes still show.`,
 			}
 			return a.printRollout(ro)
 		}),
-	})
+	}
+	status.Flags().StringVar(&invPath, "inventory", "", "also show the machines of this inventory (imgctl serve's) that never reported")
+	cmd.AddCommand(status)
 	return cmd
 }
 
 func (a *app) printRollout(ro rollout.Rollout) error {
 	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CHANNEL\tHEAD\tVERSION\tON HEAD\tSTALE\tFAILED\tROOT MISMATCH")
+	fmt.Fprintln(tw, "CHANNEL\tHEAD\tVERSION\tON HEAD\tSTALE\tFAILED\tROOT MISMATCH\tNEVER REPORTED")
 	for _, c := range ro.Channels {
 		head := "-"
 		if c.Head != "" {
 			head = c.Head.Encoded()[:12]
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%d\t%d\t%d\n", c.Name, head, orDash(c.Version), c.OnHead, c.Nodes, c.Stale, c.Failed, c.RootMismatch)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%d\t%d\t%d\t%d\n", c.Name, head, orDash(c.Version), c.OnHead, c.Nodes, c.Stale, c.Failed, c.RootMismatch, c.NeverReported)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -84,6 +103,13 @@ func (a *app) printRollout(ro rollout.Rollout) error {
 	fmt.Fprintln(tw, "NODE\tCHANNEL\tROLE\tIMAGE\tVERSION\tHEAD\tPHASE\tLAST STEP\tRESULT\tREPORTED")
 	for _, n := range ro.Nodes {
 		ch, head := "(pinned)", "-"
+		if !n.Reported {
+			if n.Channel != "" {
+				ch = n.Channel
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\t-\tnever reported\t-\n", n.Node, ch, orDash(n.Role))
+			continue
+		}
 		if n.Channel != "" {
 			ch, head = n.Channel, "no"
 			if n.OnHead {

@@ -118,3 +118,103 @@ func TestRolloutStatus(t *testing.T) {
 		t.Errorf("help lacks an example:\n%s", help)
 	}
 }
+
+// TestRolloutStatusInventory: with --inventory, a machine that never reported shows (and
+// counts in its channel), so "1/2" says one of the channel's two machines runs the head.
+func TestRolloutStatusInventory(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := store.Open(ctx, filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := []byte("squashfs of 1.0.1")
+	files := append(storetest.DefaultFiles("1.0.1"), storetest.File{Name: "rootfs.squashfs", MediaType: manifest.SquashfsMediaType, Content: root})
+	img := storetest.PutImage(t, st, storetest.Config("1.0.1", 1000), files)
+	must := func(args ...string) (string, string) {
+		t.Helper()
+		out, stderr, err := run(t, dir, args...)
+		if err != nil {
+			t.Fatalf("imgctl %s: %v\n%s", strings.Join(args, " "), err, stderr)
+		}
+		return out, stderr
+	}
+	must("promote", "1.0.1", "--to", "nightly")
+	reports, err := rollout.Open(rollout.StoreDir(st.Dir()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	when := time.Date(2026, 12, 5, 0, 10, 0, 0, time.UTC)
+	rec := rollout.Record{Node: "node-a", Channel: "nightly", Role: "node", Image: img.Digest(), Received: when,
+		Report: nodeapi.Report{Phase: nodeapi.PhaseConfigure, OK: true, RootDigest: digest.FromBytes(root).String(), Time: when,
+			Steps: []nodeapi.Step{{Name: "kubelet", Status: nodeapi.StatusOK}}}}
+	if err := reports.Save(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	inv := filepath.Join(dir, "inventory.yaml")
+	src := `apiVersion: imgctl/v1alpha1
+kind: Inventory
+groups:
+- name: workers
+  role: node
+  channel: nightly
+  config: {cluster: {apiServer: "https://10.0.0.10:6443"}}
+  secret: {bootstrapToken: abcdef.0123456789abcdef, caCertHashes: ["sha256:` + strings.Repeat("0", 64) + `"]}
+machines:
+- {name: node-a, group: workers, macs: ["52:54:00:00:00:0a"]}
+- {name: node-b, group: workers, macs: ["52:54:00:00:00:0b"]}
+`
+	if err := os.WriteFile(inv, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// Without --inventory, node-b is unknown: 1/1.
+	out, _ := must("rollout", "status")
+	if !strings.Contains(out, "1/1") || strings.Contains(out, "node-b") {
+		t.Errorf("status without --inventory:\n%s", out)
+	}
+	out, stderr := must("rollout", "status", "--inventory", inv)
+	for _, want := range []string{
+		"nightly  " + img.Digest().Encoded()[:12] + "  1.0.1    1/2",
+		"node-a  nightly  node  " + img.Digest().Encoded()[:12],
+		"node-b  nightly  node  -",
+		"never reported",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status --inventory lacks %q:\n%s", want, out)
+		}
+	}
+	if stderr != "" {
+		t.Errorf("stderr: %s", stderr)
+	}
+	t.Logf("imgctl rollout status --inventory:\n%s", out)
+
+	out, _ = must("-o", "json", "rollout", "status", "--inventory", inv, "nightly")
+	var ro struct {
+		Channels []map[string]any `json:"channels"`
+		Nodes    []map[string]any `json:"nodes"`
+	}
+	if err := json.Unmarshal([]byte(out), &ro); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if len(ro.Channels) != 1 || ro.Channels[0]["nodes"] != 2.0 || ro.Channels[0]["onHead"] != 1.0 || ro.Channels[0]["neverReported"] != 1.0 {
+		t.Errorf("channels = %v", ro.Channels)
+	}
+	if len(ro.Nodes) != 2 || ro.Nodes[0]["reported"] != true || ro.Nodes[1]["node"] != "node-b" || ro.Nodes[1]["reported"] != false ||
+		ro.Nodes[1]["channel"] != "nightly" || ro.Nodes[1]["when"] != nil {
+		t.Errorf("nodes = %v", ro.Nodes)
+	}
+
+	// A broken inventory is an error naming file, line and field; so is a missing one.
+	if err := os.WriteFile(inv, []byte(strings.Replace(src, "52:54:00:00:00:0b", "52:54:00:00:00:0a", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = run(t, dir, "rollout", "status", "--inventory", inv)
+	if err == nil || !strings.Contains(err.Error(), inv+`:11: machines[1].macs[0]: MAC 52:54:00:00:00:0a of machine "node-b" is also machine "node-a"'s`) {
+		t.Errorf("rollout status with a duplicate MAC: %v", err)
+	}
+	_, _, err = run(t, dir, "rollout", "status", "--inventory", filepath.Join(dir, "nope.yaml"))
+	if err == nil || !strings.Contains(err.Error(), "load inventory") || !strings.Contains(err.Error(), filepath.Join(dir, "nope.yaml")) {
+		t.Errorf("rollout status with a missing inventory: %v", err)
+	}
+}

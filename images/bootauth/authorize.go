@@ -29,19 +29,11 @@ type record struct {
 // rules. Refusals wrap ErrInvalidToken, ErrExpired, ErrSuperseded or ErrAddressMismatch; other
 // errors are the record's I/O (or ctx ending while waiting for its lock).
 func (a *Authority) Authorize(ctx context.Context, token string, remote netip.Addr) (Boot, error) {
-	remote = remote.Unmap()
-	if !remote.IsValid() {
-		return Boot{}, errors.New("authorizing a boot credential: no caller address")
-	}
-	caller := remote.String()
-	b, err := a.parse(token)
+	b, err := a.Check(token, remote)
 	if err != nil {
-		return Boot{}, fmt.Errorf("boot credential used from %s: %w", caller, err)
+		return Boot{}, err
 	}
-	if now := a.now(); !now.Before(b.Expires) {
-		return Boot{}, fmt.Errorf("node %s: the credential of boot %s expired at %s (used from %s): %w",
-			b.Node, b.ID, b.Expires.Format(time.RFC3339), caller, ErrExpired)
-	}
+	caller := remote.Unmap().String()
 
 	boots := filepath.Join(a.dir, BootsDir)
 	lockPath := filepath.Join(boots, b.Node+".lock") // a node name is a safe file name
@@ -83,6 +75,27 @@ func (a *Authority) Authorize(ctx context.Context, token string, remote netip.Ad
 	}
 	if err := atomicfile.Write("", path, append(data, '\n'), 0o600); err != nil {
 		return Boot{}, fmt.Errorf("node %s: writing boot record %s: %w", b.Node, path, err)
+	}
+	return b, nil
+}
+
+// Check verifies a token's signature, fields and expiry, as Authorize does first, and
+// returns its boot without reading or changing any record: the caller can apply its own rules
+// (a machine's allowed addresses) before Authorize binds the credential to remote. Refusals
+// wrap ErrInvalidToken or ErrExpired.
+func (a *Authority) Check(token string, remote netip.Addr) (Boot, error) {
+	remote = remote.Unmap()
+	if !remote.IsValid() {
+		return Boot{}, errors.New("authorizing a boot credential: no caller address")
+	}
+	caller := remote.String()
+	b, err := a.parse(token)
+	if err != nil {
+		return Boot{}, fmt.Errorf("boot credential used from %s: %w", caller, err)
+	}
+	if now := a.now(); !now.Before(b.Expires) {
+		return Boot{}, fmt.Errorf("node %s: the credential of boot %s expired at %s (used from %s): %w",
+			b.Node, b.ID, b.Expires.Format(time.RFC3339), caller, ErrExpired)
 	}
 	return b, nil
 }

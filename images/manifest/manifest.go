@@ -51,6 +51,28 @@ const (
 	AnnotationName              = "dev.imgctl.name"
 )
 
+// Artifact annotation keys the boot targets write (raw, pxe) and readers (imgctl serve) use.
+const (
+	AnnotationKernelRelease  = "dev.imgctl.kernel.release"  // vmlinuz: the kernel release
+	AnnotationKernelCmdline  = "dev.imgctl.kernel.cmdline"  // the spec's kernel command line, space-separated
+	AnnotationInitrdDrivers  = "dev.imgctl.initrd.drivers"  // initrd.img: optional drivers included, comma-separated
+	AnnotationRootDigest     = "dev.imgctl.root.digest"     // the root squashfs's digest, sha256:HEX
+	AnnotationRootSize       = "dev.imgctl.root.size"       // the root squashfs's size in bytes
+	AnnotationRootCompressor = "dev.imgctl.root.compressor" // the root squashfs's compressor
+	AnnotationDiskSize       = "dev.imgctl.disk.size"       // disk image size in bytes
+	AnnotationDiskPartitions = "dev.imgctl.disk.partitions" // disk partition table (JSON)
+	AnnotationDiskGUID       = "dev.imgctl.disk.guid"       // disk GUID
+)
+
+// Names of the boot artifacts (file names in an export and org.opencontainers.image.title):
+// the raw and pxe targets write them, netboot servers find them by them.
+const (
+	KernelArtifact       = "vmlinuz"
+	InitrdArtifact       = "initrd.img"
+	RootSquashfsArtifact = "rootfs.squashfs"
+	IPXEScriptArtifact   = "boot.ipxe"
+)
+
 // SchemaVersion is the only Config.SchemaVersion this package writes and accepts.
 const SchemaVersion = 1
 
@@ -120,6 +142,15 @@ func (c Config) Created() time.Time { return time.Unix(c.SourceDateEpoch, 0).UTC
 // "oci:DIR:VERSION" reference, so no ':' or '/' and no leading separator.
 var versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
 
+// CheckVersion reports whether v can be an image version (what a store resolves besides a
+// digest, and what a netboot inventory may pin a machine to).
+func CheckVersion(v string) error {
+	if !versionRE.MatchString(v) {
+		return fmt.Errorf("version %q: want [A-Za-z0-9][A-Za-z0-9._+-]* (at most 128 characters)", v)
+	}
+	return nil
+}
+
 // nameRE is what a Name may look like.
 var nameRE = regexp.MustCompile(`^[a-z0-9]+([._-][a-z0-9]+)*$`)
 
@@ -138,8 +169,8 @@ func (c Config) Validate() error {
 	if !nameRE.MatchString(c.Name) {
 		bad("name %q: want lower-case alphanumerics separated by '.', '_' or '-'", c.Name)
 	}
-	if !versionRE.MatchString(c.Version) {
-		bad("version %q: want [A-Za-z0-9][A-Za-z0-9._+-]* (at most 128 characters)", c.Version)
+	if err := CheckVersion(c.Version); err != nil {
+		bad("%v", err)
 	}
 	if err := c.SpecDigest.Validate(); err != nil {
 		bad("specDigest %q: %v", c.SpecDigest, err)

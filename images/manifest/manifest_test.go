@@ -303,3 +303,16 @@ func TestFlavorRoundTrip(t *testing.T) {
 		t.Errorf("config of a spec without flavor: %s", plain.ConfigJSON)
 	}
 }
+
+func TestCheckVersion(t *testing.T) {
+	for _, v := range []string{"1.21.13-6.1.0-20261126.1", "v1", "a+b_c"} {
+		if err := CheckVersion(v); err != nil {
+			t.Errorf("CheckVersion(%q) = %v", v, err)
+		}
+	}
+	for _, v := range []string{"", "-x", "a:b", "a/b", strings.Repeat("a", 129), "sha256:0"} {
+		if err := CheckVersion(v); err == nil || !strings.Contains(err.Error(), "want [A-Za-z0-9]") {
+			t.Errorf("CheckVersion(%q) = %v, want an error", v, err)
+		}
+	}
+}

@@ -559,3 +559,44 @@ func TestCheckNodeName(t *testing.T) {
 		}
 	}
 }
+
+func TestDecodeNode(t *testing.T) {
+	node := func(src string) *yaml.Node {
+		t.Helper()
+		var doc yaml.Node
+		if err := yaml.Unmarshal([]byte(src), &doc); err != nil {
+			t.Fatal(err)
+		}
+		return doc.Content[0]
+	}
+	var s Spec
+	if probs := DecodeNode("config", node("cluster: {name: prod}\nkubelet: {maxPods: 20}\n"), &s); len(probs) > 0 {
+		t.Fatalf("DecodeNode: %v", probs)
+	}
+	if s.Cluster.Name != "prod" || s.Kubelet.MaxPods != 20 {
+		t.Errorf("DecodeNode decoded %+v", s)
+	}
+	var s2 Spec
+	probs := DecodeNode("machines[1].config", node("cluster: {nmae: x}\nkubelet: {maxPods: many}\n"), &s2)
+	var got []string
+	for _, p := range probs {
+		got = append(got, p.Error())
+	}
+	want := []string{
+		"machines[1].config.cluster.nmae: unknown field (expected name, apiServer, dnsDomain, serviceCIDR, podCIDR, clusterDNS or caCertificate)",
+		`machines[1].config.kubelet.maxPods: expected an integer, got str "many"`,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("DecodeNode problems:\n got %q\nwant %q", got, want)
+	}
+	if s2.Cluster.Name != "" {
+		t.Errorf("DecodeNode decoded despite problems: %+v", s2)
+	}
+	var c Credentials
+	if probs := DecodeNode("secret", node("bootstrapToken: abcdef.0123456789abcdef\n"), &c); len(probs) > 0 || c.BootstrapToken == "" {
+		t.Errorf("DecodeNode(Credentials) = %v, %+v", probs, c)
+	}
+	if probs := DecodeNode("x", node("a: b\n"), c); len(probs) != 1 || !strings.Contains(probs[0].Error(), "non-nil pointer") {
+		t.Errorf("DecodeNode(non-pointer) = %v", probs)
+	}
+}

@@ -184,3 +184,25 @@ func orList[T ~string](xs []T) string {
 	}
 	return strings.Join(s[:len(s)-1], ", ") + " or " + s[len(s)-1]
 }
+
+// DecodeNode decodes n into v, a pointer to a NodeConfig or one of its parts (Spec, Cluster,
+// Kubelet, Credentials), as strictly as Parse: unknown and duplicate fields and values of the
+// wrong shape are reported by path (prefixed with path, e.g. machines[2].config.cluster.name),
+// aliases are followed within Parse's depth and size bounds, and nothing is decoded unless the
+// shape is right. Values are not validated: that is Validate's job on the whole NodeConfig.
+// Documents that embed NodeConfig parts (the netboot inventory) use it so that the fields are
+// described in one place. A wrong-shape error quotes the offending scalar: callers decoding
+// Credentials must not show those errors as they are.
+func DecodeNode(path string, n *yaml.Node, v any) []*FieldError {
+	rv := reflect.ValueOf(v)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() {
+		return []*FieldError{{field(path), fmt.Sprintf("DecodeNode needs a non-nil pointer, got %T", v)}}
+	}
+	if probs := checkSchema(path, n, rv.Type().Elem()); len(probs) > 0 {
+		return probs
+	}
+	if err := n.Decode(v); err != nil { // checkSchema should have caught it
+		return []*FieldError{{field(path), err.Error()}}
+	}
+	return nil
+}

@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +15,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/imgctl/imgctl/images/channel"
+	"github.com/imgctl/imgctl/images/inventory"
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/nodeapi"
 	"github.com/imgctl/imgctl/images/store"
@@ -97,23 +99,52 @@ func (e *statusEnv) save(t *testing.T, node, ch string, img digest.Digest, phase
 	}
 }
 
+// testInventory parses an inventory of machines (YAML list items) that may use the workers
+// group (role node).
+func testInventory(t *testing.T, machines string) *inventory.Inventory {
+	t.Helper()
+	inv, err := inventory.Parse("inv.yaml", []byte(`apiVersion: imgctl/v1alpha1
+kind: Inventory
+groups:
+- name: workers
+  role: node
+  config: {cluster: {apiServer: "https://10.0.0.10:6443"}}
+  secret: {bootstrapToken: abcdef.0123456789abcdef, caCertHashes: ["sha256:`+strings.Repeat("0", 64)+`"]}
+machines:
+`+machines), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return inv
+}
+
+// fleet is an inventory of a (nightly), c (nightly), p (pinned) and s2 (staging).
+const fleet = `- {name: a, group: workers, channel: nightly, macs: ["52:54:00:00:00:0a"]}
+- {name: c, group: workers, channel: nightly, macs: ["52:54:00:00:00:0c"]}
+- {name: p, group: workers, image: 1.0.3, serial: P1}
+- {name: s2, group: workers, channel: staging, serial: S2}
+`
+
 func TestStatus(t *testing.T) {
 	type node struct {
 		node, channel, version string
 		onHead, ok, mismatch   bool
 		phase                  nodeapi.Phase
 		failed, lastStep       string
+		neverReported          bool
 	}
 	type ch struct {
 		name, version                          string
 		nodes, onHead, failed, stale, mismatch int
+		neverReported                          int
 	}
 	for _, c := range []struct {
-		name     string
-		setup    func(t *testing.T, e *statusEnv)
-		only     string
-		nodes    []node
-		channels []ch
+		name      string
+		setup     func(t *testing.T, e *statusEnv)
+		only      string
+		inventory string // machines of an inventory given with WithInventory; "": none
+		nodes     []node
+		channels  []ch
 	}{
 		{
 			name:  "no reports",
@@ -182,11 +213,64 @@ func TestStatus(t *testing.T) {
 			},
 			channels: []ch{{name: "staging", version: "1.0.1", nodes: 1, onHead: 1}},
 		},
+		{
+			name: "inventory machines that never reported count in their channel",
+			setup: func(t *testing.T, e *statusEnv) {
+				e.save(t, "a", "nightly", e.v2.Digest(), nodeapi.PhaseConfigure, "", e.root2, 1)
+				e.save(t, "gone", "nightly", e.v1.Digest(), nodeapi.PhaseConfigure, "", e.root1, 2) // not in the inventory: still shown
+			},
+			inventory: fleet,
+			nodes: []node{
+				{node: "a", channel: "nightly", version: "1.0.2", onHead: true, ok: true, phase: nodeapi.PhaseConfigure, lastStep: "network"},
+				{node: "c", channel: "nightly", neverReported: true},
+				{node: "gone", channel: "nightly", version: "1.0.1", ok: true, phase: nodeapi.PhaseConfigure, lastStep: "network"},
+				{node: "p", neverReported: true},
+				{node: "s2", channel: "staging", neverReported: true},
+			},
+			channels: []ch{
+				{name: "nightly", version: "1.0.2", nodes: 3, onHead: 1, stale: 1, neverReported: 1},
+				{name: "staging", version: "1.0.1", nodes: 1, neverReported: 1},
+				{name: "prod"},
+			},
+		},
+		{
+			name: "inventory filtered by channel",
+			setup: func(t *testing.T, e *statusEnv) {
+				e.save(t, "a", "nightly", e.v2.Digest(), nodeapi.PhaseConfigure, "", e.root2, 1)
+			},
+			inventory: fleet,
+			only:      "nightly",
+			nodes: []node{
+				{node: "a", channel: "nightly", version: "1.0.2", onHead: true, ok: true, phase: nodeapi.PhaseConfigure, lastStep: "network"},
+				{node: "c", channel: "nightly", neverReported: true},
+			},
+			channels: []ch{{name: "nightly", version: "1.0.2", nodes: 2, onHead: 1, neverReported: 1}},
+		},
+		{
+			name:      "inventory, no reports at all",
+			setup:     func(*testing.T, *statusEnv) {},
+			inventory: fleet,
+			nodes: []node{
+				{node: "a", channel: "nightly", neverReported: true},
+				{node: "c", channel: "nightly", neverReported: true},
+				{node: "p", neverReported: true},
+				{node: "s2", channel: "staging", neverReported: true},
+			},
+			channels: []ch{
+				{name: "nightly", version: "1.0.2", nodes: 2, neverReported: 2},
+				{name: "staging", version: "1.0.1", nodes: 1, neverReported: 1},
+				{name: "prod"},
+			},
+		},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			e := newStatusEnv(t)
 			c.setup(t, e)
-			got, err := Status(t.Context(), e.r, e.channels, e.st, c.only)
+			var opts []Option
+			if c.inventory != "" {
+				opts = append(opts, WithInventory(testInventory(t, c.inventory)))
+			}
+			got, err := Status(t.Context(), e.r, e.channels, e.st, c.only, opts...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -199,11 +283,15 @@ func TestStatus(t *testing.T) {
 			for i, w := range c.nodes {
 				g := got.Nodes[i]
 				if g.Node != w.node || g.Channel != w.channel || g.Version != w.version || g.OnHead != w.onHead || g.OK != w.ok ||
-					g.RootMismatch != w.mismatch || g.Phase != w.phase || g.Failed != w.failed || g.LastStep != w.lastStep || g.Role != "node" {
+					g.RootMismatch != w.mismatch || g.Phase != w.phase || g.Failed != w.failed || g.LastStep != w.lastStep || g.Role != "node" ||
+					g.Reported == w.neverReported {
 					t.Errorf("nodes[%d] = %+v,\nwant %+v", i, g, w)
 				}
-				if g.When.IsZero() || g.Image == "" {
+				if g.Reported && (g.When.IsZero() || g.Image == "") {
 					t.Errorf("nodes[%d]: no time or image: %+v", i, g)
+				}
+				if !g.Reported && (!g.When.IsZero() || g.Image != "" || g.BootID != "" || g.Addr != "") {
+					t.Errorf("nodes[%d]: never reported, but has a report's fields: %+v", i, g)
 				}
 			}
 			if len(got.Channels) != len(c.channels) {
@@ -211,7 +299,8 @@ func TestStatus(t *testing.T) {
 			}
 			for i, w := range c.channels {
 				g := got.Channels[i]
-				if g.Name != w.name || g.Version != w.version || g.Nodes != w.nodes || g.OnHead != w.onHead || g.Failed != w.failed || g.Stale != w.stale || g.RootMismatch != w.mismatch {
+				if g.Name != w.name || g.Version != w.version || g.Nodes != w.nodes || g.OnHead != w.onHead || g.Failed != w.failed || g.Stale != w.stale || g.RootMismatch != w.mismatch ||
+					g.NeverReported != w.neverReported {
 					t.Errorf("channels[%d] = %+v, want %+v", i, g, w)
 				}
 			}
@@ -270,5 +359,63 @@ func TestStatusWithoutImages(t *testing.T) {
 	}
 	if n := got.Nodes[0]; n.Version != "1.0.1" || n.RootMismatch || n.ServedRoot != "" {
 		t.Errorf("node = %+v", n)
+	}
+}
+
+// TestStatusInventoryUnknownChannel: an inventory machine in a channel the store does not have
+// is shown, and named in the problems.
+func TestStatusInventoryUnknownChannel(t *testing.T) {
+	e := newStatusEnv(t)
+	inv := testInventory(t, `- {name: q, group: workers, channel: qa, serial: Q1}
+`)
+	got, err := Status(t.Context(), e.r, e.channels, e.st, "", WithInventory(inv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Nodes) != 1 || got.Nodes[0].Node != "q" || got.Nodes[0].Channel != "qa" || got.Nodes[0].Reported {
+		t.Errorf("nodes = %+v", got.Nodes)
+	}
+	want := `inventory inv.yaml: machine "q": channel "qa" is not in the store (known channels: nightly, staging, prod)`
+	if !slices.Equal(got.Problems, []string{want}) {
+		t.Errorf("problems = %q, want %q", got.Problems, want)
+	}
+}
+
+// TestStatusNeverReportedJSON: a machine that never reported is "reported": false in JSON,
+// without a report's time or image.
+func TestStatusNeverReportedJSON(t *testing.T) {
+	e := newStatusEnv(t)
+	got, err := Status(t.Context(), e.r, e.channels, e.st, "nightly", WithInventory(testInventory(t, fleet)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(got.Nodes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"node":"a","channel":"nightly","role":"node","reported":false,"onHead":false,"ok":false}`; string(b) != want {
+		t.Errorf("JSON %s,\nwant %s", b, want)
+	}
+}
+
+// TestStatusInventoryCorruptReport: a machine whose report file cannot be read did report: it
+// is named in the problems, not shown as never reported.
+func TestStatusInventoryCorruptReport(t *testing.T) {
+	e := newStatusEnv(t)
+	e.save(t, "a", "nightly", e.v2.Digest(), nodeapi.PhaseConfigure, "", e.root2, 1)
+	e.save(t, "c", "nightly", e.v2.Digest(), nodeapi.PhaseConfigure, "", e.root2, 2)
+	bad := filepath.Join(e.r.Dir(), "c.json")
+	if err := os.WriteFile(bad, []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Status(t.Context(), e.r, e.channels, e.st, "nightly", WithInventory(testInventory(t, fleet)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Nodes) != 1 || got.Nodes[0].Node != "a" || len(got.Problems) != 1 || !strings.Contains(got.Problems[0], bad) {
+		t.Fatalf("Status = nodes %+v, problems %q: want node a only and a problem naming %s", got.Nodes, got.Problems, bad)
+	}
+	if c := got.Channels[0]; c.Nodes != 1 || c.NeverReported != 0 {
+		t.Errorf("channel = %+v", c)
 	}
 }

@@ -79,6 +79,11 @@ func decodeYAML(file string, data []byte) (root *yaml.Node, errs []error) {
 	return doc.Content[0], nil
 }
 
+// YAMLError turns an error from yaml.v3's Decode of data (read from file) into an *Error with
+// the line of the problem, for other strict YAML readers (the netboot inventory). yaml.v3's
+// syntax errors quote no document content.
+func YAMLError(file string, data []byte, err error) *Error { return yamlError(file, data, err) }
+
 // yamlError turns a yaml.v3 syntax error into an *Error with a line. yaml.v3 leaves the line out
 // for problems on the first line and for bad characters; we locate the latter ourselves.
 func yamlError(file string, data []byte, err error) *Error {

@@ -397,3 +397,26 @@ func TestUnsupportedKubernetesVersion(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckKernelArg: the exported rule the netboot inventory shares with the spec.
+func TestCheckKernelArg(t *testing.T) {
+	for arg, want := range map[string]string{
+		"console=ttyS0":         "",
+		`foo="a b"`:             "",
+		"":                      "empty kernel argument",
+		"a b":                   "white space",
+		"x=${uuid}":             `"$" is not allowed`,
+		"a\nkernel evil":        "control characters",
+		`foo="a b`:              "unbalanced double quote",
+		"caf\u00e9":             "printable ASCII",
+		"initrd=http://x/y\x7f": "control characters",
+	} {
+		err := CheckKernelArg(arg)
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("CheckKernelArg(%q) = %v, want nil", arg, err)
+		case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+			t.Errorf("CheckKernelArg(%q) = %v, want an error containing %q", arg, err, want)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package spec
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -94,8 +95,8 @@ func (n *NodeImage) validate() []error {
 		f := fmt.Sprintf("spec.kernel.cmdline[%d]", i)
 		if strings.TrimSpace(arg) == "" {
 			add(n.itemPos(f, arg), "empty kernel argument (expected e.g. console=ttyS0)")
-		} else if msg := checkKernelArg(arg); msg != "" {
-			add(n.itemPos(f, arg), "kernel argument %q: %s", arg, msg)
+		} else if err := CheckKernelArg(arg); err != nil {
+			add(n.itemPos(f, arg), "kernel argument %q: %v", arg, err)
 		}
 	}
 
@@ -175,27 +176,31 @@ func at(p Position) string {
 	return " at " + p.String()
 }
 
-// checkKernelArg refuses what would let a kernel argument escape its place in a loader entry
+// CheckKernelArg refuses what would let one kernel argument escape its place in a loader entry
 // or an iPXE script: control characters (a newline starts a new command), white space outside
-// double quotes (a second argument), and "$" (iPXE expands ${...} settings).
-func checkKernelArg(arg string) string {
+// double quotes (a second argument), and "$" (iPXE expands ${...} settings). The spec and the
+// netboot inventory both check extra kernel arguments with it.
+func CheckKernelArg(arg string) error {
+	if arg == "" {
+		return errors.New("empty kernel argument")
+	}
 	quoted := false
 	for _, r := range arg {
 		switch {
 		case r < 0x20 || r == 0x7f:
-			return "control characters are not allowed"
+			return errors.New("control characters are not allowed")
 		case r > 0x7e:
-			return "only printable ASCII is allowed"
+			return errors.New("only printable ASCII is allowed")
 		case r == '"':
 			quoted = !quoted
 		case r == '$':
-			return `"$" is not allowed (iPXE would expand it)`
+			return errors.New(`"$" is not allowed (iPXE would expand it)`)
 		case r == ' ' && !quoted:
-			return "white space is allowed only inside double quotes (one argument per list item)"
+			return errors.New("white space is allowed only inside double quotes (one argument per list item)")
 		}
 	}
 	if quoted {
-		return "unbalanced double quote"
+		return errors.New("unbalanced double quote")
 	}
-	return ""
+	return nil
 }

@@ -13,6 +13,7 @@ import (
 // a new Version (and a new line here) fails: nodes report the version, so it must mean one thing.
 var released = map[string]string{
 	"1.0.0": "sha256:ef69e869954d0a6874d07e51baf96e10ad6119fba4c0b481f111998072a9a32c",
+	"1.0.1": "sha256:930305d5e86b33f277c303fffa21d3c427e97d66a94cda33889c2a3a724afa5c",
 }
 
 func TestVersionRecordsContent(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/blockdev"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/cmdline"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/kmod"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/report"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/switchroot"
 	"github.com/imgctl/imgctl/images/boot"
@@ -76,14 +78,24 @@ func consoleOrStdout() *os.File {
 
 // Run performs the boot; the caller must be PID 1 of an initramfs. It returns only on failure (after printing the failed step) together
 // with whatever configuration it had parsed; on success it execs the real init.
-func Run(ctx context.Context, log *steplog.Logger, args []string) (cmdline.Config, error) {
+//
+// A network root whose command line names an imgctl metadata server and a node credential
+// reports the init phase to it once the network is up (package report): ok just before the
+// switch, or the failed step before Main reboots.
+func Run(ctx context.Context, log *steplog.Logger, args []string) (cfg cmdline.Config, err error) {
 	if err := mountAPI(log); err != nil {
 		return cmdline.Config{}, err
 	}
-	cfg, err := readCmdline(log)
+	cfg, line, err := readCmdline(log)
 	if err != nil {
 		return cfg, err
 	}
+	rep := newInitReport(line, cfg, report.Options{Logger: slog.New(slog.NewTextHandler(os.Stdout, nil))})
+	defer func() {
+		if err != nil {
+			rep.send(ctx, log, err)
+		}
+	}()
 	if cfg.RootURL != "" {
 		if err := refuseUnverified(log, cfg); err != nil {
 			return cfg, err
@@ -93,7 +105,7 @@ func Run(ctx context.Context, log *steplog.Logger, args []string) (cmdline.Confi
 
 	sys := blockdev.Sys{SysDir: "/sys", DevDir: "/dev"}
 	if cfg.RootURL != "" {
-		loop, image, err := netRoot(ctx, log, cfg, netEnv{})
+		loop, image, err := netRoot(ctx, log, cfg, netEnv{Up: rep.netUp})
 		if err != nil {
 			return cfg, err
 		}
@@ -116,6 +128,7 @@ func Run(ctx context.Context, log *steplog.Logger, args []string) (cmdline.Confi
 			return cfg, err
 		}
 	}
+	rep.send(ctx, log, nil)
 	return cfg, switchRoot(log, cfg, args)
 }
 
@@ -173,15 +186,16 @@ func attachConsole(log *steplog.Logger) {
 	log.SetOutput(f)
 }
 
-func readCmdline(log *steplog.Logger) (cmdline.Config, error) {
+// readCmdline parses /proc/cmdline; it returns the line too (the boot report reads its keys).
+func readCmdline(log *steplog.Logger) (cmdline.Config, string, error) {
 	s := log.Start("cmdline")
 	b, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
-		return cmdline.Config{}, s.Fail(fmt.Errorf("read kernel cmdline: %w", err))
+		return cmdline.Config{}, "", s.Fail(fmt.Errorf("read kernel cmdline: %w", err))
 	}
 	cfg, err := cmdline.Parse(string(b))
 	if err != nil {
-		return cfg, s.Fail(err)
+		return cfg, "", s.Fail(err)
 	}
 	kv := []any{"root", cfg.Root, "init", cfg.Init, "root-timeout", cfg.RootTimeout.String()}
 	if cfg.RootURL != "" {
@@ -197,7 +211,7 @@ func readCmdline(log *steplog.Logger) (cmdline.Config, error) {
 		kv = append(kv, "debug", true)
 	}
 	s.Done(kv...)
-	return cfg, nil
+	return cfg, string(b), nil
 }
 
 // loadModules loads /etc/imgctl/modules. Failures are printed but not fatal: a missing driver

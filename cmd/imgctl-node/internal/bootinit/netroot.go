@@ -38,6 +38,7 @@ type netEnv struct {
 	DevDir string        // /dev: loop-control and the loop devices
 	Net    netup.Options // BootIF and IP are taken from the command line
 	Fetch  fetch.Options // URL, Digest and Dest are set from the command line and RAMDir
+	Up     func()        // if set, called once the boot NIC is configured (the boot report may go out)
 }
 
 // netRoot brings up the boot NIC, downloads the root image into RAM, verifies it and
@@ -60,6 +61,9 @@ func netRoot(ctx context.Context, log *steplog.Logger, cfg cmdline.Config, env n
 	env.Net.BootIF, env.Net.IP, env.Net.Steps = cfg.BootIF, cfg.IP, log
 	if _, err := netup.Up(ctx, env.Net); err != nil {
 		return nil, "", err
+	}
+	if env.Up != nil {
+		env.Up()
 	}
 	path, err := mountRAM(env.RAMDir)
 	if err != nil {

@@ -171,10 +171,15 @@ func TestNetRootInNetns(t *testing.T) {
 		Fetch: fetch.Options{Backoff: 10 * time.Millisecond,
 			Client: &http.Client{Transport: &http.Transport{DialContext: netuptest.DialContextIn(p.Node)}}},
 	}
+	var ups int
+	env.Up = func() { ups++ }
 	var out bytes.Buffer
 	var loop *os.File
 	var image string
 	netuptest.In(t, p.Node, func() { loop, image, err = netRoot(context.Background(), steplog.New(&out), cfg, env) })
+	if ups != 1 {
+		t.Errorf("netRoot called Up %d times, want once (the boot report needs the network)", ups)
+	}
 	t.Log(out.String())
 	if err != nil {
 		t.Fatal(err)

@@ -20,9 +20,11 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/hooks"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/metadata"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/render"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/report"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
 	"github.com/imgctl/imgctl/images/boot"
 	"github.com/imgctl/imgctl/images/imageinfo"
+	"github.com/imgctl/imgctl/images/nodeapi"
 	"github.com/imgctl/imgctl/images/nodeconfig"
 )
 
@@ -57,6 +59,10 @@ type Options struct {
 	// Providers overrides the metadata providers chosen from Cmdline (imgctl.metadata-order=).
 	Providers []metadata.Provider
 	Metadata  metadata.Options
+	// Report bounds the boot report (nodeapi.PhaseConfigure) Run sends when it ends, ok or
+	// failed, to the imgctl metadata server on Cmdline; none without imgctl.metadata= and
+	// imgctl.credential=, and none in a dry run. It never changes Run's result.
+	Report report.Options
 
 	// Run executes a command (systemctl, kubeadm) with Output as its stdout and stderr.
 	Run         func(ctx context.Context, name string, args ...string) error
@@ -116,13 +122,48 @@ func (o *Options) defaults() {
 	if o.Metadata.Logger == nil {
 		o.Metadata.Logger = o.Logger
 	}
+	if o.Report.Logger == nil {
+		o.Report.Logger = o.Logger
+	}
 }
 
 // Run configures the node. It returns the first error; the step line for it has been written.
 // The node name (metadata.name, or the host name when that is empty) is checked in the
-// metadata step, before it reaches /etc/hostname, the hooks' environment or any file.
+// metadata step, before it reaches /etc/hostname, the hooks' environment or any file. At the
+// end it reports its steps to the imgctl metadata server, if the command line names one with a
+// credential (see Options.Report).
 func Run(ctx context.Context, o Options) error {
 	o.defaults()
+	var st runState
+	err := o.run(ctx, &st)
+	if !o.DryRun {
+		o.report(ctx, st, err)
+	}
+	return err
+}
+
+// runState is what the boot report needs from a run: the role, and the NodeConfig's secrets
+// that must not leave the node in a step's error.
+type runState struct {
+	role    string
+	secrets []string
+}
+
+// report sends the configure phase's boot report: bounded, and a failure is a log line only.
+func (o *Options) report(ctx context.Context, st runState, failed error) {
+	s := report.FromCmdline(o.Cmdline, o.Report)
+	if s == nil {
+		return
+	}
+	s.Redact(st.secrets...)
+	var digest string
+	if c, err := cmdline.Parse(o.Cmdline); err == nil {
+		digest = c.RootDigest // a network root's; a disk boot's image digest is not on the node
+	}
+	_ = s.Send(ctx, s.Build(nodeapi.PhaseConfigure, o.Steps.Steps(), failed, digest, st.role))
+}
+
+func (o Options) run(ctx context.Context, st *runState) error {
 	info, err := step(o.Steps, "image-info", func() (*imageinfo.Info, []any, error) {
 		i, err := imageinfo.Load(filepath.Join(o.Root, imageinfo.Path))
 		if err != nil {
@@ -156,7 +197,10 @@ func Run(ctx context.Context, o Options) error {
 		if err != nil {
 			return nil, nil, err
 		}
-		source = src
+		source, st.role = src, string(c.Spec.Role)
+		if cr := c.Spec.Credentials; cr != nil {
+			st.secrets = []string{cr.BootstrapToken, cr.ClientKey, cr.CertificateKey, cr.CAKey}
+		}
 		kv := []any{"source", src, "role", string(c.Spec.Role)}
 		if name, err = nodeName(c, o.Hostname); err != nil {
 			return nil, kv, err

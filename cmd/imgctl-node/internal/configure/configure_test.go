@@ -12,6 +12,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -28,8 +30,10 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/health"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/metadata"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/render"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/report"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
 	"github.com/imgctl/imgctl/images/imageinfo"
+	"github.com/imgctl/imgctl/images/nodeapi"
 )
 
 func testPEM(t *testing.T) (cert, key string) {
@@ -564,5 +568,148 @@ func TestInvalidNodeName(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(f.root, "etc/hostname")); string(b) != "localhost-x\n" {
 		t.Errorf("etc/hostname = %q", b)
+	}
+}
+
+// reportServer is an imgctl metadata server: the NodeConfig for the credential, and the boot
+// reports it accepts (nodeapi.ParseReport, as imgctl serve checks them).
+func reportServer(t *testing.T) (*httptest.Server, func() []*nodeapi.Report) {
+	var mu sync.Mutex
+	var reports []*nodeapi.Report
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if nodeapi.CredentialFromHeader(r.Header.Get(nodeapi.AuthorizationHeader)) != "s3cret" {
+			http.Error(w, "no", http.StatusUnauthorized)
+			return
+		}
+		switch {
+		case r.Method == http.MethodGet && r.URL.Path == "/boot"+nodeapi.NodeConfigPath:
+			fmt.Fprint(w, tokenConfig)
+		case r.Method == http.MethodPost && r.URL.Path == "/boot"+nodeapi.ReportPath:
+			body, _ := io.ReadAll(io.LimitReader(r.Body, nodeapi.MaxReportBytes+1))
+			rep, err := nodeapi.ParseReport(body)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			mu.Lock()
+			reports = append(reports, rep)
+			mu.Unlock()
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv, func() []*nodeapi.Report {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]*nodeapi.Report(nil), reports...)
+	}
+}
+
+// TestReport: configure reports its steps, the role and the root digest (from the command
+// line) to the metadata server when it ends, ok or failed; not in a dry run, and not without a
+// metadata server and credential.
+func TestReport(t *testing.T) {
+	srv, reports := reportServer(t)
+	digest := "sha256:" + strings.Repeat("cd", 32)
+	line := "imgctl.metadata-order=imgctl imgctl.metadata=" + srv.URL + "/boot imgctl.credential=s3cret imgctl.metadata-insecure=1" +
+		" imgctl.root=http://10.0.0.1/blobs/" + digest
+
+	f, o := newFixture(t, "")
+	o.Cmdline = line
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s", err, f.steps.String())
+	}
+	got := reports()
+	if len(got) != 1 {
+		t.Fatalf("%d reports, want 1", len(got))
+	}
+	r := got[0]
+	var names []string
+	for _, s := range r.Steps {
+		names = append(names, s.Name+"="+s.Status)
+	}
+	if r.Phase != nodeapi.PhaseConfigure || !r.OK || r.Role != "node" || r.RootDigest != digest || !slices.Equal(names, f.lines()) {
+		t.Errorf("report = %+v, steps %q; want configure, ok, node, %s, steps %q", r, names, digest, f.lines())
+	}
+
+	f, o = newFixture(t, "")
+	o.Cmdline = line
+	f.healthy = false
+	if err := Run(context.Background(), o); err == nil {
+		t.Fatal("Run with an unhealthy kubelet succeeded")
+	}
+	if got := reports(); len(got) != 2 || got[1].OK || got[1].Failed != "kubelet-healthy" || got[1].Role != "node" {
+		t.Errorf("reports = %d, last %+v; want a failed report naming kubelet-healthy", len(got), got[len(got)-1])
+	}
+
+	// A step's error never carries a NodeConfig secret to the server.
+	f, o = newFixture(t, "")
+	o.Cmdline = line
+	f.cmdErr = map[string]error{"kubeadm join --config " + render.KubeadmConfigPath: errors.New("token abcdef.0123456789abcdef refused")}
+	if err := Run(context.Background(), o); err == nil {
+		t.Fatal("Run with a failing kubeadm succeeded")
+	}
+	got = reports()
+	if len(got) != 3 || got[2].Failed != "kubeadm" {
+		t.Fatalf("%d reports, last %+v; want a third naming kubeadm", len(got), got[len(got)-1])
+	}
+	for _, st := range got[2].Steps {
+		if st.Name == "kubeadm" && st.Error != "token REDACTED refused" {
+			t.Errorf("kubeadm step error in the report = %q", st.Error)
+		}
+	}
+
+	f, o = newFixture(t, "")
+	o.Cmdline = line
+	o.DryRun = true
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s", err, f.steps.String())
+	}
+	f, o = newFixture(t, tokenConfig)
+	o.Cmdline = "imgctl.metadata-order=file imgctl.metadata=" + srv.URL + "/boot"
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s", err, f.steps.String())
+	}
+	if got := reports(); len(got) != 3 {
+		t.Errorf("%d reports after a dry run and a run without a credential, want still 3", len(got))
+	}
+}
+
+// TestReportRefused: a server that refuses the report (400) or never answers costs a log line
+// and a bounded wait, never the configuration's result.
+func TestReportRefused(t *testing.T) {
+	var posts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case nodeapi.NodeConfigPath:
+			fmt.Fprint(w, tokenConfig)
+		case nodeapi.ReportPath:
+			if posts.Add(1) > 1 {
+				_, _ = io.Copy(io.Discard, r.Body)
+				<-r.Context().Done() // hangs
+				return
+			}
+			http.Error(w, "report: time: required", http.StatusBadRequest)
+		}
+	}))
+	defer srv.Close()
+	for _, want := range []string{"400 Bad Request: report: time: required", "context deadline exceeded"} {
+		f, o := newFixture(t, "")
+		var logs bytes.Buffer
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		o.Cmdline = "imgctl.metadata-order=imgctl imgctl.metadata=" + srv.URL + " imgctl.credential=s3cret imgctl.metadata-insecure=1"
+		o.Report = report.Options{Timeout: 200 * time.Millisecond, Backoff: time.Millisecond, Budget: time.Second}
+		start := time.Now()
+		if err := Run(context.Background(), o); err != nil {
+			t.Fatalf("%v\n%s", err, f.steps.String())
+		}
+		if el := time.Since(start); el > 2*time.Second {
+			t.Errorf("Run took %s", el)
+		}
+		if !strings.Contains(logs.String(), `level=WARN msg="boot report not sent" phase=configure`) || !strings.Contains(logs.String(), want) {
+			t.Errorf("log = %s, want a warning with %q", logs.String(), want)
+		}
 	}
 }

@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +25,7 @@ import (
 
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/cmdline"
 	"github.com/imgctl/imgctl/images/boot"
+	"github.com/imgctl/imgctl/images/nodeapi"
 )
 
 // Provider defaults.
@@ -197,22 +202,33 @@ func (m *IMDS) getToken(ctx context.Context, renew bool) (string, error) {
 	return tok, nil
 }
 
-// Imgctl reads the NodeConfig from the imgctl metadata server: GET URL/v1/nodeconfig, with
-// "Authorization: Bearer CREDENTIAL" for the full config; without a credential the server answers
-// the public part only (enough for a master that lets kubeadm make its CA).
+// Imgctl reads the NodeConfig from the imgctl metadata server: GET URL + nodeapi.NodeConfigPath,
+// with the node credential as a bearer token (nodeapi.Bearer) for the full config; without a
+// credential the server answers the public part only (enough for a master that lets kubeadm
+// make its CA).
 //
 // A credential (Credential, or user info in URL) goes over https, or over plain http only when
-// Insecure is set: anyone on the boot network reads plain http. No message ever shows the
-// credential, the URL's user info or its query (see redact).
+// Insecure is set: anyone on the boot network reads plain http. With Pin, the URL must be https
+// and the server must present exactly the pinned certificate, whatever CA signed it. No message
+// ever shows the credential, the URL's user info or its query (see redact).
 type Imgctl struct {
-	URL        string       // base URL; empty: ErrNotConfigured
-	Credential string       // node credential; empty: public part only
-	Insecure   bool         // allow sending a credential over plain http
-	Client     *http.Client // default: no proxy; redirects are refused with any client
+	URL        string // base URL; empty: ErrNotConfigured
+	Credential string // node credential; empty: public part only
+	Insecure   bool   // allow sending a credential over plain http
+	// Pin is imgctl.metadata-pin: sha256:HEX of the server's leaf certificate (DER). When set,
+	// only https is used and only that certificate is accepted; the CA does not matter.
+	Pin    string
+	Client *http.Client // default: no proxy; redirects are refused with any client
+
+	pinGiven bool // imgctl.metadata-pin was on the command line, even empty
+
+	mu     sync.Mutex
+	pinned *http.Client // Client (or the default) with the pin check, made once
 }
 
 // ImgctlFromCmdline configures an Imgctl provider from imgctl.metadata=URL,
-// imgctl.credential=TOKEN and imgctl.metadata-insecure on a kernel command line.
+// imgctl.credential=TOKEN, imgctl.metadata-insecure and imgctl.metadata-pin=sha256:HEX on a
+// kernel command line.
 func ImgctlFromCmdline(line string) *Imgctl {
 	p := &Imgctl{}
 	for _, f := range cmdline.Fields(line) {
@@ -224,6 +240,8 @@ func ImgctlFromCmdline(line string) *Imgctl {
 			p.Credential = val
 		case boot.KeyMetadataInsecure:
 			p.Insecure = cmdline.Flag(val, hasVal)
+		case boot.KeyMetadataPin:
+			p.Pin, p.pinGiven = val, true // an empty value is a pin that does not parse
 		}
 	}
 	return p
@@ -232,46 +250,20 @@ func ImgctlFromCmdline(line string) *Imgctl {
 // Name implements Provider.
 func (p *Imgctl) Name() string { return "imgctl" }
 
-// Fetch implements Provider. 401, 403 (credential refused), 404 (node unknown), a redirect and a
-// credential refused for plain http are Permanent. The source it returns is redacted.
+// Fetch implements Provider. 401, 403 (credential refused), 404 (node unknown), a redirect, a
+// certificate that does not match the pin and a credential refused for plain http are
+// Permanent. The source it returns is redacted.
 func (p *Imgctl) Fetch(ctx context.Context) ([]byte, string, error) {
 	if p.URL == "" {
 		return nil, "", NotConfigured("no " + boot.KeyMetadata + "= on the kernel command line")
 	}
-	base, err := url.Parse(p.URL)
+	resp, u, err := p.Do(ctx, http.MethodGet, nodeapi.NodeConfigPath, nil, "")
 	if err != nil {
-		// url.Parse's error quotes the whole value, user info and all.
-		return nil, "", Permanent(fmt.Errorf("%s= is not a URL (value not shown: it may carry a credential)", boot.KeyMetadata))
-	}
-	if (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return nil, redact(base), Permanent(fmt.Errorf("%s=%s: expected an http(s) URL", boot.KeyMetadata, redact(base)))
-	}
-	base.Path = strings.TrimSuffix(base.Path, "/") + "/v1/nodeconfig"
-	base.RawPath = ""
-	base.Fragment, base.RawFragment = "", ""
-	u := redact(base) // the only form of the URL any message shows
-	if base.Scheme == "http" && (p.Credential != "" || base.User != nil) && !p.Insecure {
-		return nil, u, Permanent(fmt.Errorf("%s: refusing to send the node credential over plain http "+
-			"(anyone on the boot network can read it): use an https:// URL, or add %s=1 to the kernel command line to allow it",
-			u, boot.KeyMetadataInsecure))
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base.String(), nil)
-	if err != nil {
-		return nil, u, Permanent(fmt.Errorf("%s: %w", u, unwrapURL(err)))
-	}
-	req.Header.Set("Accept", "application/yaml, application/json")
-	if p.Credential != "" {
-		req.Header.Set("Authorization", "Bearer "+p.Credential)
-	}
-	resp, err := noRedirects(p.Client).Do(req)
-	if err != nil {
-		return nil, u, fmt.Errorf("%s: %w", u, unwrapURL(err))
+		return nil, u, err
 	}
 	defer resp.Body.Close()
 	data, err := readLimited(resp.Body)
 	switch {
-	case isRedirect(resp.StatusCode):
-		return nil, u, redirectError(u, resp)
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		return nil, u, Permanent(fmt.Errorf("%s: %s (node credential refused)", u, resp.Status))
 	case resp.StatusCode == http.StatusNotFound:
@@ -282,6 +274,142 @@ func (p *Imgctl) Fetch(ctx context.Context) ([]byte, string, error) {
 		return nil, u, fmt.Errorf("%s: %w", u, err)
 	}
 	return data, u, nil
+}
+
+// Do sends one request to the metadata server: method on URL + path (a nodeapi path), with the
+// credential as a bearer token, body (if not nil) of type contentType, under every rule of
+// Imgctl (https or the opt-in, the pin, no proxy, no redirects). It returns the response (the
+// caller closes its body; never a 3xx) and the URL as messages may show it. Errors marked
+// Permanent are not worth retrying: a bad URL or pin, a credential refused for plain http, a
+// certificate that does not match the pin, a redirect.
+func (p *Imgctl) Do(ctx context.Context, method, path string, body []byte, contentType string) (*http.Response, string, error) {
+	base, err := url.Parse(p.URL)
+	if err != nil {
+		// url.Parse's error quotes the whole value, user info and all.
+		return nil, "", Permanent(fmt.Errorf("%s= is not a URL (value not shown: it may carry a credential)", boot.KeyMetadata))
+	}
+	if (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
+		return nil, redact(base), Permanent(fmt.Errorf("%s=%s: expected an http(s) URL", boot.KeyMetadata, redact(base)))
+	}
+	base.Path = strings.TrimSuffix(base.Path, "/") + path
+	base.RawPath = ""
+	base.Fragment, base.RawFragment = "", ""
+	u := redact(base) // the only form of the URL any message shows
+	client := noRedirects(p.Client)
+	if p.Pin != "" || p.pinGiven {
+		if base.Scheme != "https" {
+			return nil, u, Permanent(fmt.Errorf("%s is set: the metadata server must be an https:// URL, not %s", boot.KeyMetadataPin, u))
+		}
+		if client, err = p.pinnedClient(); err != nil {
+			return nil, u, Permanent(err)
+		}
+	}
+	if base.Scheme == "http" && (p.Credential != "" || base.User != nil) && !p.Insecure {
+		return nil, u, Permanent(fmt.Errorf("%s: refusing to send the node credential over plain http "+
+			"(anyone on the boot network can read it): use an https:// URL, or add %s=1 to the kernel command line to allow it",
+			u, boot.KeyMetadataInsecure))
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base.String(), rd)
+	if err != nil {
+		return nil, u, Permanent(fmt.Errorf("%s: %w", u, unwrapURL(err)))
+	}
+	if method == http.MethodGet {
+		req.Header.Set("Accept", nodeapi.NodeConfigMediaType+", application/json")
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if p.Credential != "" {
+		req.Header.Set(nodeapi.AuthorizationHeader, nodeapi.Bearer(p.Credential))
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		err = unwrapURL(err)
+		var pe *PinError
+		if errors.As(err, &pe) {
+			return nil, u, Permanent(fmt.Errorf("%s: %w", u, pe))
+		}
+		return nil, u, fmt.Errorf("%s: %w", u, err)
+	}
+	if isRedirect(resp.StatusCode) {
+		resp.Body.Close()
+		return nil, u, redirectError(u, resp)
+	}
+	return resp, u, nil
+}
+
+// PinError is a TLS certificate that does not match imgctl.metadata-pin.
+type PinError struct {
+	Got, Want string // sha256:HEX
+}
+
+func (e *PinError) Error() string {
+	return fmt.Sprintf("certificate %s does not match %s=%s (a wrong pin, a renewed server certificate, or another server)",
+		e.Got, boot.KeyMetadataPin, e.Want)
+}
+
+// ParsePin checks an imgctl.metadata-pin value and returns the sha256 it names.
+func ParsePin(v string) ([]byte, error) {
+	hexPart, ok := strings.CutPrefix(strings.ToLower(v), "sha256:")
+	sum, err := hex.DecodeString(hexPart)
+	if !ok || err != nil || len(sum) != sha256.Size {
+		return nil, fmt.Errorf("%s=%s: expected sha256: and 64 hex digits (the sha256 of the server's leaf certificate, DER)",
+			boot.KeyMetadataPin, clip(v))
+	}
+	return sum, nil
+}
+
+// pinnedClient is Client (or the default client) accepting exactly the pinned certificate: the
+// chain is not verified against any CA (InsecureSkipVerify), VerifyConnection compares the
+// leaf's sha256 in constant time instead.
+func (p *Imgctl) pinnedClient() (*http.Client, error) {
+	want, err := ParsePin(p.Pin)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pinned != nil {
+		return p.pinned, nil
+	}
+	base := noRedirects(p.Client)
+	var tr *http.Transport
+	if t, ok := base.Transport.(*http.Transport); ok {
+		tr = t.Clone()
+	} else {
+		tr = defaultTransport.Clone()
+	}
+	wantText := "sha256:" + hex.EncodeToString(want)
+	tr.TLSClientConfig = &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // the pin below replaces the CA check
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return &PinError{Got: "(none)", Want: wantText}
+			}
+			got := sha256.Sum256(cs.PeerCertificates[0].Raw)
+			if subtle.ConstantTimeCompare(got[:], want) != 1 {
+				return &PinError{Got: "sha256:" + hex.EncodeToString(got[:]), Want: wantText}
+			}
+			return nil
+		},
+	}
+	c := *base
+	c.Transport = tr
+	p.pinned = &c
+	return p.pinned, nil
+}
+
+// clip shortens a value for a message.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
 }
 
 // redact returns u as messages may show it (see package redact).
@@ -303,15 +431,17 @@ func redirectError(u string, resp *http.Response) error {
 // environment, and no redirects (a redirect from a metadata server is a misconfiguration or
 // worse: the caller reports the 3xx answer and does not retry).
 var defaultClient = &http.Client{
-	Transport: &http.Transport{
-		Proxy:                 nil,
-		DialContext:           (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          4,
-		IdleConnTimeout:       30 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: 30 * time.Second,
-	},
+	Transport:     defaultTransport,
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+var defaultTransport = &http.Transport{
+	Proxy:                 nil,
+	DialContext:           (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
+	MaxIdleConns:          4,
+	IdleConnTimeout:       30 * time.Second,
+	TLSHandshakeTimeout:   10 * time.Second,
+	ResponseHeaderTimeout: 30 * time.Second,
 }
 
 // noRedirects returns c (default defaultClient) with redirects turned off: the 3xx answer

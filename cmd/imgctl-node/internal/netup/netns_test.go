@@ -31,7 +31,7 @@ func up(t *testing.T, p netuptest.Pair, o Options) (Config, string, error) {
 
 func TestDHCPInNetns(t *testing.T) {
 	p := netuptest.NewPair(t)
-	netuptest.ServeDHCP(t, p)
+	seen := netuptest.ServeDHCP(t, p)
 	resolv := filepath.Join(t.TempDir(), "etc", "resolv.conf")
 	c, log, err := up(t, p, Options{BootIF: p.NodeMAC, ResolvConf: resolv, LinkTimeout: 10 * time.Second, DHCPTimeout: 10 * time.Second, DHCPWait: 500 * time.Millisecond})
 	t.Log(log)
@@ -59,6 +59,19 @@ func TestDHCPInNetns(t *testing.T) {
 	b, err := os.ReadFile(resolv)
 	if err != nil || !strings.Contains(string(b), "nameserver 10.77.0.53\n") || !strings.Contains(string(b), "search boot.test\n") {
 		t.Errorf("resolv.conf: %v\n%s", err, b)
+	}
+	// Every message identifies the client as iPXE and systemd-networkd (ClientIdentifier=mac)
+	// do, type 1 + MAC, so a DHCP server keying leases by client identifier hands the initrd,
+	// iPXE and the booted system one address (a boot credential is bound to it).
+	wantID := append([]byte{1}, p.NodeMAC...)
+	ids := seen.ClientIDs()
+	if len(ids) == 0 {
+		t.Error("the DHCP server saw no message")
+	}
+	for i, id := range ids {
+		if !bytes.Equal(id, wantID) {
+			t.Errorf("message %d: client identifier %x, want %x", i, id, wantID)
+		}
 	}
 	// The node reaches the server's side over the configured link.
 	netuptest.In(t, p.Node, func() {

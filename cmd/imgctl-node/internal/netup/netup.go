@@ -272,7 +272,11 @@ func (o *Options) dhcp(ctx context.Context, nl *rtnl, links []link) (Config, err
 	answers := make(chan answer, len(links))
 	for i, l := range links {
 		go func() {
-			lease, err := clients[i].Request(ctx, dhcpv4.WithRequestedOptions(dhcpv4.OptionDNSDomainSearchList))
+			// Client identifier type 1 + MAC, as iPXE and the booted system's networkd
+			// (ClientIdentifier=mac) send it: a server that keys leases by client identifier
+			// gives all three the same address, which the boot credential is bound to.
+			lease, err := clients[i].Request(ctx, dhcpv4.WithRequestedOptions(dhcpv4.OptionDNSDomainSearchList),
+				dhcpv4.WithOption(dhcpv4.OptClientIdentifier(append([]byte{1}, l.MAC...))))
 			if errors.Is(err, nclient4.ErrNoResponse) || errors.Is(err, context.DeadlineExceeded) {
 				err = errors.New("no answer from a DHCP server")
 			}

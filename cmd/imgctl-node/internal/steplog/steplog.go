@@ -18,11 +18,31 @@ const (
 	Skip = "skip"
 )
 
-// Logger writes step lines to W. It is safe for concurrent use.
+// Logger writes step lines to W and keeps each step's result (Steps) for the boot report. It is
+// safe for concurrent use.
 type Logger struct {
-	mu  sync.Mutex
-	w   io.Writer
-	now func() time.Time
+	mu      sync.Mutex
+	w       io.Writer
+	now     func() time.Time
+	records []Record
+}
+
+// MaxRecords bounds the results a Logger keeps: the newest.
+const MaxRecords = 128
+
+// Record is one finished step.
+type Record struct {
+	Name    string
+	Status  string // OK, Fail or Skip
+	Latency time.Duration
+	Err     string // the error's text, as on the console line
+}
+
+// Steps returns a copy of the steps finished so far, oldest first (at most MaxRecords, the newest).
+func (l *Logger) Steps() []Record {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]Record(nil), l.records...)
 }
 
 // New returns a Logger writing to w.
@@ -84,9 +104,17 @@ func Line(name, status string, latency time.Duration, err error, kv ...any) stri
 
 func (l *Logger) line(name, status string, latency time.Duration, err error, kv []any) {
 	s := Line(name, status, latency, err, kv...) + "\n"
+	r := Record{Name: name, Status: status, Latency: latency}
+	if err != nil {
+		r.Err = err.Error()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	_, _ = io.WriteString(l.w, s)
+	if len(l.records) == MaxRecords {
+		l.records = append(l.records[:0], l.records[1:]...)
+	}
+	l.records = append(l.records, r)
 }
 
 func toString(v any) string {

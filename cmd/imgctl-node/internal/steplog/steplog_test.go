@@ -45,3 +45,39 @@ func TestLogger(t *testing.T) {
 		t.Errorf("got %q\nwant %q", b.String(), want)
 	}
 }
+
+// TestSteps: the logger keeps every step's result, in order, for the boot report; at most
+// MaxRecords, the newest.
+func TestSteps(t *testing.T) {
+	var out strings.Builder
+	l := New(&out)
+	now := time.Unix(0, 0)
+	l.now = func() time.Time { now = now.Add(5 * time.Millisecond); return now }
+	l.Start("cmdline").Done("root", "x")
+	l.Start("modules").Skip()
+	_ = l.Start("fetch-root").Fail(errors.New("digest mismatch"))
+	want := []Record{
+		{Name: "cmdline", Status: OK, Latency: 5 * time.Millisecond},
+		{Name: "modules", Status: Skip, Latency: 5 * time.Millisecond},
+		{Name: "fetch-root", Status: Fail, Latency: 5 * time.Millisecond, Err: "digest mismatch"},
+	}
+	got := l.Steps()
+	if len(got) != len(want) {
+		t.Fatalf("Steps() = %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("Steps()[%d] = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	got[0].Name = "changed"
+	if l.Steps()[0].Name != "cmdline" {
+		t.Error("Steps() returns the logger's own slice")
+	}
+	for i := 0; i < MaxRecords+10; i++ {
+		l.Start("module").Done()
+	}
+	if s := l.Steps(); len(s) != MaxRecords || s[0].Name != "module" {
+		t.Errorf("after %d more steps: %d records, first %q; want %d, all module", MaxRecords+10, len(s), s[0].Name, MaxRecords)
+	}
+}

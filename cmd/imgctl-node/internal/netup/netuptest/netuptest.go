@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -84,10 +86,27 @@ func In(t testing.TB, ns string, fn func()) {
 	}
 }
 
+// DHCPSeen records what the test DHCP server received.
+type DHCPSeen struct {
+	mu        sync.Mutex
+	clientIDs [][]byte // option 61 of each message, nil where absent
+}
+
+// ClientIDs returns option 61 (client identifier) of every message so far, nil where absent.
+func (s *DHCPSeen) ClientIDs() [][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.clientIDs)
+}
+
 // ServeDHCP runs insomniacslk/dhcp's server4 on veth-srv, handing out 10.77.0.50/24.
-func ServeDHCP(t testing.TB, p Pair) {
+func ServeDHCP(t testing.TB, p Pair) *DHCPSeen {
 	t.Helper()
+	seen := &DHCPSeen{}
 	handler := func(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv4) {
+		seen.mu.Lock()
+		seen.clientIDs = append(seen.clientIDs, m.Options.Get(dhcpv4.OptionClientIdentifier))
+		seen.mu.Unlock()
 		var typ dhcpv4.MessageType
 		switch m.MessageType() {
 		case dhcpv4.MessageTypeDiscover:
@@ -129,6 +148,7 @@ func ServeDHCP(t testing.TB, p Pair) {
 	}
 	go func() { _ = srv.Serve() }()
 	t.Cleanup(func() { srv.Close() })
+	return seen
 }
 
 // DialContextIn is an http.Transport DialContext that makes its sockets in the named
