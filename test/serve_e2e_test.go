@@ -460,10 +460,30 @@ func TestServeFleet(t *testing.T) {
 	checkRolloutChannel(t, status, imgs.v2Image, 1, 2, 1)
 
 	checkServeMetrics(t, srv, 3)
+	// Each boot had its own credential (the kernel prints its command line on the console),
+	// and the server never logs one.
+	creds := map[string]bool{}
+	for _, b := range append(boots, again...) {
+		c := credentialLine.FindStringSubmatch(b.log)
+		if c == nil {
+			t.Errorf("%s: no %s= on the kernel command line", b.node.name, boot.KeyCredential)
+			continue
+		}
+		if creds[c[1]] {
+			t.Errorf("%s: a credential was served twice", b.node.name)
+		}
+		creds[c[1]] = true
+		if strings.Contains(srv.log.String(), c[1]) {
+			t.Errorf("the server log shows %s's credential", b.node.name)
+		}
+	}
 	if err := srv.stop(); err != nil {
 		t.Errorf("imgctl serve after SIGTERM: %v", err)
 	}
 }
+
+// credentialLine finds the node credential on the kernel command line the guest printed.
+var credentialLine = regexp.MustCompile(`Command line: [^\r\n]*\b` + regexp.QuoteMeta(boot.KeyCredential) + `=([^\s]+)`)
 
 // rolloutStatus is `imgctl rollout status CHANNEL -o json` on the store in dir.
 func rolloutStatus(ctx context.Context, t *testing.T, dir string) rollout.Rollout {
@@ -491,7 +511,7 @@ func checkRolloutNode(t *testing.T, r rollout.Rollout, node, image string, onHea
 		if n.Node != node {
 			continue
 		}
-		if string(n.Image) != image || !n.OK || n.Phase != nodeapi.PhaseConfigure || n.Channel != serveChannel ||
+		if !n.Reported || string(n.Image) != image || !n.OK || n.Phase != nodeapi.PhaseConfigure || n.Channel != serveChannel ||
 			n.RootMismatch || n.Role != "node" || n.OnHead != onHead {
 			t.Errorf("rollout status: node %s: %+v; want image %s, ok, phase configure, role node, channel %s, onHead %v, the served root",
 				node, n, image, serveChannel, onHead)
@@ -516,17 +536,31 @@ func checkRolloutChannel(t *testing.T, r rollout.Rollout, head string, onHead, n
 	t.Errorf("rollout status lacks channel %s: %+v", serveChannel, r.Channels)
 }
 
-// checkServeMetrics checks the server counted at least boots boots of the channel.
+// checkServeMetrics checks the server counted boots boot scripts of the channel, as many
+// ok boot reports of each phase, and no failure.
 func checkServeMetrics(t *testing.T, s *serveProcess, boots int) {
 	t.Helper()
 	m := s.metrics(t)
-	var got float64
-	for k, v := range m {
-		if strings.Contains(k, "boot") && strings.Contains(k, `channel="`+serveChannel+`"`) {
-			got += v
+	ch := `channel="` + serveChannel + `"`
+	for _, c := range []struct {
+		sample string
+		want   int
+	}{
+		{"imgctl_serve_boots_total{" + ch + "}", boots},
+		{"imgctl_serve_boot_reports_total{" + ch + `,ok="true",phase="init"}`, boots},
+		{"imgctl_serve_boot_reports_total{" + ch + `,ok="true",phase="configure"}`, boots},
+		{"imgctl_serve_boot_failures_total{" + ch + "}", 0},
+	} {
+		if got := m[c.sample]; got != float64(c.want) {
+			t.Errorf("/metrics: %s = %v, want %d", c.sample, got, c.want)
 		}
 	}
-	if got < float64(boots) {
-		t.Errorf("/metrics: %v boots of channel %s, want at least %d", got, serveChannel, boots)
+	var lines []string
+	for k, v := range m {
+		if strings.HasPrefix(k, "imgctl_serve_boot") {
+			lines = append(lines, fmt.Sprintf("%s %v", k, v))
+		}
 	}
+	slices.Sort(lines)
+	t.Logf("/metrics, boots:\n  %s", strings.Join(lines, "\n  "))
 }
