@@ -147,9 +147,14 @@ func TestServeProcess(t *testing.T) {
 	if code, body := httpGet(t, base+"/boot.ipxe"); code != 200 || !strings.Contains(body, "chain --autofree "+base+"/ipxe?mac=${netX/mac}") {
 		t.Errorf("/boot.ipxe: %d\n%s", code, body)
 	}
-	// node-1 of the example; the store's prod channel is empty.
-	if _, body := httpGet(t, base+"/ipxe?mac=52:54:00:12:34:56"); !strings.Contains(body, "cannot boot node-1: its channel prod points to no image yet") {
-		t.Errorf("node-1's script:\n%s", body)
+	// cp-1 of the example; the store's prod channel is empty.
+	if _, body := httpGet(t, base+"/ipxe?mac=52:54:00:00:00:01"); !strings.Contains(body, "cannot boot cp-1: its channel prod points to no image yet") {
+		t.Errorf("cp-1's script:\n%s", body)
+	}
+	// node-1 lists its addresses: a request from 127.0.0.1 gets no script of its own.
+	if _, body := httpGet(t, base+"/ipxe?mac=52:54:00:12:34:56"); !strings.Contains(body, "cannot boot node-1: this address is not allowed") ||
+		strings.Contains(body, "imgctl.credential") {
+		t.Errorf("node-1's script asked from outside its addresses:\n%s", body)
 	}
 
 	// A broken inventory on SIGHUP: logged with file and line, the previous one stays.

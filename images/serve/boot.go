@@ -164,7 +164,7 @@ func (s *Server) nodeScript(w http.ResponseWriter, r *http.Request) {
 		s.m.bootFailures.WithLabelValues(m.Channel).Inc()
 		s.log.Warn("boot request for a machine from outside its addresses: a spoofed identity?", "node", m.Name,
 			"mac", id.MAC, "uuid", id.UUID, "serial", id.Serial, "remote", r.RemoteAddr)
-		writeScript(w, errorScript(base, m.Name, "this address is not allowed to boot it (see the inventory's addresses)"))
+		writeScript(w, errorScript(base, m.Name, "this address is not allowed to boot it (see the addresses of the machine in the inventory)"))
 		return
 	}
 	nb, imgDigest, err := s.nodeImage(ctx, m)
