@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
@@ -31,8 +32,11 @@ import (
 
 	"github.com/imgctl/imgctl/builders/pxe"
 	"github.com/imgctl/imgctl/images/boot"
+	"github.com/imgctl/imgctl/images/inventory"
 	"github.com/imgctl/imgctl/images/nodeapi"
+	"github.com/imgctl/imgctl/images/nodeconfig"
 	"github.com/imgctl/imgctl/images/rollout"
+	"github.com/imgctl/imgctl/images/serve"
 	"github.com/imgctl/imgctl/layers/testenv"
 )
 
@@ -563,4 +567,57 @@ func checkServeMetrics(t *testing.T, s *serveProcess, boots int) {
 	}
 	slices.Sort(lines)
 	t.Logf("/metrics, boots:\n  %s", strings.Join(lines, "\n  "))
+}
+
+// TestServeFleetFixtures checks, without qemu, what TestServeFleet gives the server: the
+// inventory loads as written and tells the two machines apart (by MAC, with their own groups,
+// labels and client certificates), and the pin is the one imgctl serve computes from the
+// certificate.
+func TestServeFleetFixtures(t *testing.T) {
+	dir := t.TempDir()
+	inv, err := inventory.Load(writeInventory(t, dir, testFleet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inv.Warnings) > 0 {
+		t.Errorf("inventory warnings: %q", inv.Warnings)
+	}
+	for _, n := range testFleet {
+		id, err := inventory.ParseIdentity(n.mac, "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, ok := inv.Lookup(id)
+		if !ok || m.Name != n.name {
+			t.Fatalf("MAC %s: machine %v, want %s", n.mac, m, n.name)
+		}
+		if m.Group != n.group || m.Channel != serveChannel || m.Role != nodeconfig.RoleNode || m.Config.Metadata.Name != n.name {
+			t.Errorf("%s: group %q, channel %q, role %q, name %q", n.name, m.Group, m.Channel, m.Role, m.Config.Metadata.Name)
+		}
+		if got := m.Config.Spec.Kubelet.NodeLabels; !maps.Equal(got, n.labels) {
+			t.Errorf("%s: node labels %v, want %v", n.name, got, n.labels)
+		}
+		if m.Config.Spec.Credentials != nil {
+			t.Errorf("%s: the public config carries credentials", n.name)
+		}
+		blk, _ := pem.Decode([]byte(m.Secret.ClientCertificate))
+		if blk == nil || m.Secret.ClientKey == "" {
+			t.Fatalf("%s: no client certificate and key in the secret", n.name)
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil || c.Subject.CommonName != "system:node:"+n.name {
+			t.Errorf("%s: client certificate for %v (%v)", n.name, c.Subject, err)
+		}
+	}
+	if got, want := testFleet[0].labelsString(), "imgctl.dev/machine=one,imgctl.dev/pool=blue"; got != want {
+		t.Errorf("labels string %q, want %q", got, want)
+	}
+	certFile, keyFile, pin := serveCert(t, dir)
+	kp, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := serve.CertificatePin(kp); err != nil || got != pin {
+		t.Errorf("imgctl serve pins %s (%v), the test expects %s", got, err, pin)
+	}
 }
