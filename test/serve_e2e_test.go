@@ -261,6 +261,34 @@ func (s *serveProcess) stop() error {
 	}
 }
 
+// nodeConfig asks the server for a machine's NodeConfig over TLS (trusting the test's
+// certificate) with a credential, as the node agent does; it returns the status and the body.
+func (s *serveProcess) nodeConfig(t *testing.T, certFile, mac, cred string) (int, string) {
+	t.Helper()
+	pool := x509.NewCertPool()
+	b, err := os.ReadFile(certFile)
+	if err != nil || !pool.AppendCertsFromPEM(b) {
+		t.Fatalf("%s: %v", certFile, err)
+	}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequest(http.MethodGet, "https://"+s.addr+nodeapi.NodeConfigPath+"?mac="+mac, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set(nodeapi.AuthorizationHeader, nodeapi.Bearer(cred))
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(body)
+}
+
 // metrics returns the server's /metrics samples: "name{labels}" → value.
 func (s *serveProcess) metrics(t *testing.T) map[string]float64 {
 	t.Helper()
@@ -464,21 +492,54 @@ func TestServeFleet(t *testing.T) {
 	checkRolloutChannel(t, status, imgs.v2Image, 1, 2, 1)
 
 	checkServeMetrics(t, srv, 3)
-	// Each boot had its own credential (the kernel prints its command line on the console),
-	// and the server never logs one.
-	creds := map[string]bool{}
+	// Each boot had its own credential (the kernel prints its command line on the console).
+	var creds []string
 	for _, b := range append(boots, again...) {
 		c := credentialLine.FindStringSubmatch(b.log)
 		if c == nil {
-			t.Errorf("%s: no %s= on the kernel command line", b.node.name, boot.KeyCredential)
-			continue
+			t.Fatalf("%s: no %s= on the kernel command line", b.node.name, boot.KeyCredential)
 		}
-		if creds[c[1]] {
+		if slices.Contains(creds, c[1]) {
 			t.Errorf("%s: a credential was served twice", b.node.name)
 		}
-		creds[c[1]] = true
-		if strings.Contains(srv.log.String(), c[1]) {
-			t.Errorf("the server log shows %s's credential", b.node.name)
+		creds = append(creds, c[1])
+	}
+	// The credentials as the server sees them now: blue's first one was superseded by its
+	// reboot; green's (same address, within its lifetime) and blue's new one still get their
+	// own node's secrets; naming the other machine's MAC gets no one else's secrets.
+	blue, green := testFleet[0], testFleet[1]
+	for _, c := range []struct {
+		cred        string
+		owner, mac  fleetNode // whose credential; whose MAC the query names
+		status      int       // -1: any, as long as no other node's secret comes back
+		wantSecrets bool
+	}{
+		{creds[0], blue, blue, http.StatusForbidden, false},
+		{creds[1], green, green, http.StatusOK, true},
+		{creds[2], blue, blue, http.StatusOK, true},
+		{creds[2], blue, green, -1, false},
+	} {
+		code, body := srv.nodeConfig(t, certFile, c.mac.mac, c.cred)
+		secret := strings.Contains(body, "clientKey")
+		other := blue
+		if c.owner.name == blue.name {
+			other = green
+		}
+		switch {
+		case c.status >= 0 && code != c.status, secret && code != http.StatusOK, c.wantSecrets && !secret,
+			secret && (!strings.Contains(body, "name: "+c.owner.name) || strings.Contains(body, other.name)):
+			t.Errorf("GET %s?mac=%s with %s's credential: %d, secrets %v, body:\n%.400s\nwant %d, secrets %v and only %s's",
+				nodeapi.NodeConfigPath, c.mac.mac, c.owner.name, code, secret, body, c.status, c.wantSecrets, c.owner.name)
+		default:
+			t.Logf("GET %s?mac=%s with %s's credential: %d, secrets %v", nodeapi.NodeConfigPath, c.mac.mac, c.owner.name, code, secret)
+		}
+	}
+	if !strings.Contains(srv.log.String(), "superseded") {
+		t.Errorf("the server did not log the superseded credential")
+	}
+	for i, c := range creds {
+		if strings.Contains(srv.log.String(), c) {
+			t.Errorf("the server log shows credential %d", i)
 		}
 	}
 	if err := srv.stop(); err != nil {
