@@ -505,8 +505,9 @@ func TestServeFleet(t *testing.T) {
 		creds = append(creds, c[1])
 	}
 	// The credentials as the server sees them now: blue's first one was superseded by its
-	// reboot; green's (same address, within its lifetime) and blue's new one still get their
-	// own node's secrets; naming the other machine's MAC gets no one else's secrets.
+	// reboot; green's and blue's new one were retired when their nodes reported configure ok
+	// (they stay in each node's /proc/cmdline, so they must open nothing any more); naming the
+	// other machine's MAC gets no one else's secrets either.
 	blue, green := testFleet[0], testFleet[1]
 	for _, c := range []struct {
 		cred        string
@@ -515,8 +516,8 @@ func TestServeFleet(t *testing.T) {
 		wantSecrets bool
 	}{
 		{creds[0], blue, blue, http.StatusForbidden, false},
-		{creds[1], green, green, http.StatusOK, true},
-		{creds[2], blue, blue, http.StatusOK, true},
+		{creds[1], green, green, http.StatusForbidden, false},
+		{creds[2], blue, blue, http.StatusForbidden, false},
 		{creds[2], blue, green, -1, false},
 	} {
 		code, body := srv.nodeConfig(t, certFile, c.mac.mac, c.cred)
@@ -534,8 +535,10 @@ func TestServeFleet(t *testing.T) {
 			t.Logf("GET %s?mac=%s with %s's credential: %d, secrets %v", nodeapi.NodeConfigPath, c.mac.mac, c.owner.name, code, secret)
 		}
 	}
-	if !strings.Contains(srv.log.String(), "superseded") {
-		t.Errorf("the server did not log the superseded credential")
+	for _, want := range []string{"superseded", "after its node was configured"} {
+		if !strings.Contains(srv.log.String(), want) {
+			t.Errorf("the server did not log a refused credential (%q)", want)
+		}
 	}
 	for i, c := range creds {
 		if strings.Contains(srv.log.String(), c) {
