@@ -182,12 +182,13 @@ images=$(ctr --namespace k8s.io images ls -q 2>&1 | grep pause | tr '\n' ' ' | s
 systemctl start kube-logrotate.service
 logrotate=$(systemctl show -p Result --value kube-logrotate.service)
 sandbox=$(grep sandbox_image /etc/containerd/config.toml | sed 's/^ *//')
+labels=$(grep -o -e '--node-labels=[^ "]*' /var/lib/kubelet/kubeadm-flags.env | cut -d= -f2-)
 echo "IMGCTL-TEST-REPORT installation=$(systemctl is-active kube-node-installation) configuration=$(systemctl is-active kube-node-configuration)" \
   "kubelet=$(systemctl is-active kubelet) containerd=$(systemctl is-active containerd) monitors=$(systemctl is-active kubelet-monitor kube-container-runtime-monitor | tr '\n' ,)" \
   "healthz=$healthz kubelet_version=[$kv] hostname=$(hostname)" \
   "userspace_us=$(systemctl show -p UserspaceTimestampMonotonic --value)" \
   "kubelet_start_us=$(systemctl show -p ExecMainStartTimestampMonotonic --value kubelet)" \
-  "logrotate=$logrotate uptime=$(cut -d' ' -f1 /proc/uptime) ctr=[$ctr] cri=[$cri] images=[$images] $sandbox" > /dev/console
+  "logrotate=$logrotate uptime=$(cut -d' ' -f1 /proc/uptime) ctr=[$ctr] cri=[$cri] images=[$images] labels=[$labels] $sandbox" > /dev/console
 journalctl -b -u kubelet --no-pager -n 15 -o cat > /dev/console 2>&1
 systemctl --no-block poweroff
 `,
@@ -264,7 +265,7 @@ func TestNodeJoinsWithRealKubelet(t *testing.T) {
 	report := regexp.MustCompile(`IMGCTL-TEST-REPORT [^\r\n]*`).FindString(log)
 	t.Log(report)
 
-	checkKubeletBoot(t, log, report, pause, "node-e2e", imds)
+	checkKubeletBoot(t, log, report, pause, "node-e2e", imdsSource, imds)
 }
 
 // nodeConfig is the user data of a role node named name: a NodeConfig with a test cluster CA and
@@ -292,18 +293,22 @@ spec:
 `, name, yamlBlock(ca), yamlBlock(cert), yamlBlock(key))
 }
 
+// imdsSource is the metadata source of a node whose NodeConfig came from the fake IMDS.
+const imdsSource = "imds http://169.254.169.254/latest/user-data"
+
 // checkKubeletBoot checks the console log and the report line of a node named name that booted
-// the kubelet test image (kubeletTestLayer) with role node metadata from imds, and logs the
-// boot-to-kubelet latency.
-func checkKubeletBoot(t *testing.T, log, report string, pause sandboxImage, name string, imds *fakeIMDS) {
+// the kubelet test image (kubeletTestLayer) with role node metadata from source (as the
+// metadata step names it), served by imds if that is not nil, and logs the boot-to-kubelet
+// latency.
+func checkKubeletBoot(t *testing.T, log, report string, pause sandboxImage, name, source string, imds *fakeIMDS) {
 	t.Helper()
 	for _, want := range []string{
 		"step=verify-binaries status=ok", "step=modules status=ok", "step=sysctl status=ok",
-		"step=directories status=ok", "step=metadata status=ok", `source="imds http://169.254.169.254/latest/user-data"`,
+		"step=directories status=ok", "step=metadata status=ok", `source="` + source + `"`,
 		"step=hostname status=ok", "step=render status=ok", "sandbox=" + pause.name, "step=containerd status=ok",
 		"step=images status=ok", "imported=" + pause.name,
 		"step=kubelet-start status=ok", "step=kubelet-healthy status=ok",
-		"step=hook status=ok", "IMGCTL-TEST-HOOK phase=post-configure role=node name=" + name + " source=imds http://169.254.169.254/latest/user-data",
+		"step=hook status=ok", "IMGCTL-TEST-HOOK phase=post-configure role=node name=" + name + " source=" + source,
 	} {
 		if !strings.Contains(log, want) {
 			t.Errorf("console lacks %q", want)
@@ -319,8 +324,10 @@ func checkKubeletBoot(t *testing.T, log, report string, pause sandboxImage, name
 			t.Errorf("report lacks %q", want)
 		}
 	}
-	if r := imds.requests(); len(r) < 2 || r[0] != "PUT /latest/api/token" || r[1] != "GET /latest/user-data" {
-		t.Errorf("IMDS requests = %q, want the IMDSv2 token flow", r)
+	if imds != nil {
+		if r := imds.requests(); len(r) < 2 || r[0] != "PUT /latest/api/token" || r[1] != "GET /latest/user-data" {
+			t.Errorf("IMDS requests = %q, want the IMDSv2 token flow", r)
+		}
 	}
 	// Boot-to-kubelet latency (BENCHMARKS.md): from systemd's start to the kubelet's, guest clock.
 	us := regexp.MustCompile(`userspace_us=(\d+) kubelet_start_us=(\d+)`).FindStringSubmatch(report)

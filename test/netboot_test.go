@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -218,6 +219,9 @@ type pxeArtifacts struct {
 	pause      sandboxImage
 	rootDigest string // sha256:HEX of rootfs.squashfs
 	rootSize   int64
+	image      string // sha256:HEX of the image in the build's store
+	build      string // the directory imgctl ran in: its store and cache (see imgctl)
+	work       string // the lock file and the kubelet test layer
 }
 
 var (
@@ -247,14 +251,7 @@ func buildPXE(t *testing.T) pxeArtifacts {
 		os.MkdirAll(dir, 0o755)
 		pause := testSandboxImage(t)
 		out := filepath.Join(base, "out")
-		if _, err := imgctl(ctx, t, dir, "build", "--k8s", "1.21.13", "--target", pxe.Name,
-			"--lock", filepath.Join(work, "imgctl.lock"), "--node-agent", nodeAgent(t), "--output", out,
-			"--source", "kubelet=file://"+filepath.Join(k8s, "kubelet")+"#path=/usr/bin/kubelet&mode=0755",
-			"--source", "kubelet=file://"+filepath.Join(k8s, "kubeadm")+"#path=/usr/bin/kubeadm&mode=0755",
-			"--source", "kubelet="+pause.uri,
-			"--source", "extra=file://"+kubeletTestLayer(t, work)+"/"); err != nil {
-			t.Fatal(err)
-		}
+		image := buildPXEImage(ctx, t, dir, work, out, k8s, pause, kubeletTestLayer(t, work))
 		d, size := fileDigest(t, filepath.Join(out, pxe.RootName))
 		script, err := os.ReadFile(filepath.Join(out, pxe.ScriptName))
 		if err != nil {
@@ -263,7 +260,7 @@ func buildPXE(t *testing.T) pxeArtifacts {
 		if !strings.Contains(string(script), "imgctl.root-digest="+d) {
 			t.Fatalf("boot.ipxe does not name the exported root's digest %s:\n%s", d, script)
 		}
-		pxeShared = pxeArtifacts{dir: out, pause: pause, rootDigest: d, rootSize: size}
+		pxeShared = pxeArtifacts{dir: out, pause: pause, rootDigest: d, rootSize: size, image: image, build: dir, work: work}
 		pxeErr = nil
 		t.Logf("pxe build: %v wall, root %d MiB", time.Since(start).Round(time.Second), size>>20)
 	})
@@ -271,6 +268,30 @@ func buildPXE(t *testing.T) pxeArtifacts {
 		t.Fatal(pxeErr)
 	}
 	return pxeShared
+}
+
+// buildPXEImage builds the kubelet test image as target pxe in dir (its store and cache) with
+// the lock in work, exports the artifacts to out and returns the image's digest. The image's
+// extra layer is made of the directories extras.
+func buildPXEImage(ctx context.Context, t *testing.T, dir, work, out, k8s string, pause sandboxImage, extras ...string) string {
+	t.Helper()
+	args := []string{"-o", "json", "build", "--k8s", "1.21.13", "--target", pxe.Name,
+		"--lock", filepath.Join(work, "imgctl.lock"), "--node-agent", nodeAgent(t), "--output", out,
+		"--source", "kubelet=file://" + filepath.Join(k8s, "kubelet") + "#path=/usr/bin/kubelet&mode=0755",
+		"--source", "kubelet=file://" + filepath.Join(k8s, "kubeadm") + "#path=/usr/bin/kubeadm&mode=0755",
+		"--source", "kubelet=" + pause.uri}
+	for _, e := range extras {
+		args = append(args, "--source", "extra=file://"+e+"/")
+	}
+	stdout, err := imgctl(ctx, t, dir, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b built
+	if err := json.Unmarshal([]byte(stdout), &b); err != nil || b.Digest == "" {
+		t.Fatalf("imgctl -o json build: %v: %q", err, stdout)
+	}
+	return b.Digest
 }
 
 func fileDigest(t *testing.T, p string) (string, int64) {
@@ -326,11 +347,13 @@ func smallRoot(ctx context.Context, t *testing.T, a pxeArtifacts) (dir, id, dige
 }
 
 // netbootGuest is a guest's network: qemu's TFTP serves start.ipxe (the DHCP boot file),
-// which chains boot.ipxe from the file server; the fake IMDS answers at 169.254.169.254.
+// which chains boot.ipxe from the file server (or from upstream, a server already listening
+// on loopback, such as imgctl serve); the fake IMDS answers at 169.254.169.254.
 type netbootGuest struct {
-	files *fileServer
-	imds  *fakeIMDS
-	tftp  string
+	files    *fileServer
+	upstream string // HOST:PORT on loopback; when set, files is unused
+	imds     *fakeIMDS
+	tftp     string
 }
 
 // netdev returns the -netdev spec: the guest network is 169.254.0.0/16 so that the IMDS
@@ -338,14 +361,16 @@ type netbootGuest struct {
 // everything else off. Both servers are reached through the relay.
 func (g *netbootGuest) netdev(t *testing.T) string {
 	t.Helper()
-	files := httptest.NewServer(g.files)
-	t.Cleanup(files.Close)
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	relayTo := func(srv *httptest.Server) string {
-		return fmt.Sprintf("cmd:env %s=%s %s", relayEnv, strings.TrimPrefix(srv.URL, "http://"), self)
+	relayTo := func(addr string) string { return fmt.Sprintf("cmd:env %s=%s %s", relayEnv, addr, self) }
+	files := g.upstream
+	if files == "" {
+		srv := httptest.NewServer(g.files)
+		t.Cleanup(srv.Close)
+		files = srv.Listener.Addr().String()
 	}
 	g.tftp = t.TempDir()
 	start := "#!ipxe\ndhcp\nset imgctl-base http://" + filesAddr + "/\nchain ${imgctl-base}" + pxe.ScriptName + "\n"
@@ -358,7 +383,7 @@ func (g *netbootGuest) netdev(t *testing.T) string {
 	if g.imds != nil {
 		imds := httptest.NewServer(g.imds)
 		t.Cleanup(imds.Close)
-		spec += ",guestfwd=tcp:169.254.169.254:80-" + relayTo(imds)
+		spec += ",guestfwd=tcp:169.254.169.254:80-" + relayTo(imds.Listener.Addr().String())
 	}
 	return spec
 }
@@ -439,7 +464,7 @@ func bootNetNode(t *testing.T, uefi bool) {
 			t.Errorf("console lacks %q", want)
 		}
 	}
-	checkKubeletBoot(t, log, report, a.pause, name, g.imds)
+	checkKubeletBoot(t, log, report, a.pause, name, imdsSource, g.imds)
 	for _, f := range []string{pxe.ScriptName, pxe.KernelName, pxe.InitrdName, pxe.RootName} {
 		if !servedFile(g.files.requests(), f) {
 			t.Errorf("the guest never asked the file server for %s: %v", f, g.files.requests())

@@ -71,6 +71,8 @@ type vmOptions struct {
 	// bootNIC boots from the NIC (-boot n) with its option ROM, qemu's iPXE (ipxe-qemu);
 	// otherwise the NIC has no ROM. disk may then be empty.
 	bootNIC bool
+	// mac is the NIC's MAC address (aa:bb:cc:dd:ee:ff); empty: qemu's default 52:54:00:12:34:56.
+	mac string
 }
 
 func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
@@ -98,6 +100,9 @@ func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
 		if o.bootNIC {
 			nic = "virtio-net-pci,netdev=n0" // qemu's default ROM: iPXE from ipxe-qemu
 			args = append(args, "-boot", "n")
+		}
+		if o.mac != "" {
+			nic += ",mac=" + o.mac
 		}
 		args = append(args, "-netdev", o.netdev, "-device", nic)
 	} else {

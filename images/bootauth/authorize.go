@@ -22,6 +22,8 @@ type record struct {
 	SchemaVersion int       `json:"schemaVersion"`
 	Boot          Boot      `json:"boot"`  // Addr: the bound address
 	Bound         time.Time `json:"bound"` // the first use (server clock)
+	// Retired is when the node reported it is configured (Retire); zero while in use.
+	Retired time.Time `json:"retired,omitzero"`
 }
 
 // Authorize checks a token presented by the caller at remote and returns its boot, bound to
@@ -51,6 +53,11 @@ func (a *Authority) Authorize(ctx context.Context, token string, remote netip.Ad
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
 		return Boot{}, err
+	case rec.Boot.ID == b.ID && !rec.Retired.IsZero():
+		a.log.Warn("boot credential used after its node was configured: read from the node, or replayed?",
+			"node", b.Node, "boot", b.ID, "bound", rec.Boot.Addr, "caller", caller, "retired", rec.Retired)
+		return Boot{}, fmt.Errorf("node %s: the credential of boot %s was retired at %s when the node reported it is configured, used from %s: %w",
+			b.Node, b.ID, rec.Retired.Format(time.RFC3339), caller, ErrRetired)
 	case rec.Boot.ID == b.ID:
 		if rec.Boot.Addr == caller {
 			b.Addr = caller
@@ -77,6 +84,39 @@ func (a *Authority) Authorize(ctx context.Context, token string, remote netip.Ad
 		return Boot{}, fmt.Errorf("node %s: writing boot record %s: %w", b.Node, path, err)
 	}
 	return b, nil
+}
+
+// Retire ends boot b's credential (b as Authorize returned it): every later use is refused
+// with ErrRetired. The server calls it when the node reports that configuration succeeded, so
+// the credential left in the node's /proc/cmdline opens nothing. A boot that is not its node's
+// newest used boot is left alone (a newer one has superseded it already).
+func (a *Authority) Retire(ctx context.Context, b Boot) error {
+	if err := checkBoot(&b); err != nil {
+		return fmt.Errorf("retiring a boot credential: %w", err)
+	}
+	boots := filepath.Join(a.dir, BootsDir)
+	unlock, err := flock.Lock(ctx, filepath.Join(boots, b.Node+".lock"), 0o600, nil)
+	if err != nil {
+		return fmt.Errorf("node %s: boot record: %w", b.Node, err)
+	}
+	defer func() { _ = unlock() }()
+	path := filepath.Join(boots, b.Node+".json")
+	rec, err := readRecord(path, b.Node)
+	if err != nil || rec.Boot.ID != b.ID || !rec.Retired.IsZero() {
+		if errors.Is(err, fs.ErrNotExist) {
+			err = nil
+		}
+		return err
+	}
+	rec.Retired = a.now().UTC()
+	data, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.Write("", path, append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("node %s: writing boot record %s: %w", b.Node, path, err)
+	}
+	return nil
 }
 
 // Check verifies a token's signature, fields and expiry, as Authorize does first, and

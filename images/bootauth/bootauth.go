@@ -15,7 +15,9 @@
 //     unit that restarts is not locked out;
 //   - the recorded boot from another address is refused (ErrAddressMismatch);
 //   - a boot issued before the recorded one is refused (ErrSuperseded);
-//   - a boot issued after it replaces the record, bound to its caller.
+//   - a boot issued after it replaces the record, bound to its caller;
+//   - a boot its node has retired (Retire: the node reported it is configured) is refused
+//     (ErrRetired): the credential sits in /proc/cmdline, readable by any process on the node.
 //
 // Issue writes nothing, so a newer boot supersedes the older credentials of its node once its
 // own token has been used, not when it is issued: until then an older, unexpired token of the
@@ -80,6 +82,9 @@ var (
 	ErrSuperseded = errors.New("boot credential superseded by a newer boot of the node")
 	// ErrAddressMismatch: the token is bound to another address (duplicate or spoofed node).
 	ErrAddressMismatch = errors.New("boot credential bound to another address")
+	// ErrRetired: its node reported that it finished configuring (Retire); the credential,
+	// which any process on the node can read in /proc/cmdline, opens nothing any more.
+	ErrRetired = errors.New("boot credential retired: its node is configured")
 )
 
 // Options tune an Authority. The zero value is ready for production.

@@ -599,3 +599,50 @@ func BenchmarkIssue(b *testing.B) {
 		}
 	})
 }
+
+// TestRetire: once its node reports it is configured, a boot's credential is retired: every
+// later use is refused, on every replica, and logged; retiring another boot changes nothing.
+func TestRetire(t *testing.T) {
+	f := newFixture(t)
+	r1, r2 := f.a, f.open(t)
+	tok, _ := issue(t, r1, "web-1", imgOld)
+	b, err := r1.Authorize(ctx, tok, addr("10.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := issue(t, r1, "web-2", imgOld)
+	ob, err := r1.Authorize(ctx, other, addr("10.0.0.2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.Retire(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r1.Authorize(ctx, tok, addr("10.0.0.1")); !errors.Is(err, bootauth.ErrRetired) {
+		t.Fatalf("use after retirement: %v, want ErrRetired", err)
+	}
+	if _, err := r2.Authorize(ctx, tok, addr("10.0.0.1")); !errors.Is(err, bootauth.ErrRetired) {
+		t.Fatalf("use after retirement on the other replica: %v, want ErrRetired", err)
+	}
+	if _, err := r1.Authorize(ctx, other, addr("10.0.0.2")); err != nil {
+		t.Fatalf("another node's credential after web-1's retirement: %v", err)
+	}
+	// Retiring a boot that is no longer the node's newest does nothing to the newer one.
+	f.clock.Add(time.Second)
+	newer, _ := issue(t, r1, "web-2", imgNew)
+	if _, err := r1.Authorize(ctx, newer, addr("10.0.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r1.Retire(ctx, ob); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r1.Authorize(ctx, newer, addr("10.0.0.2")); err != nil {
+		t.Fatalf("newer boot after retiring the older one: %v", err)
+	}
+	if !strings.Contains(f.logs.String(), "after its node was configured") {
+		t.Errorf("no WARN line for a retired credential:\n%s", f.logs)
+	}
+	if strings.Contains(f.logs.String(), tok) {
+		t.Errorf("a log line shows the token")
+	}
+}

@@ -34,6 +34,7 @@ import (
 	"strings"
 
 	"github.com/imgctl/imgctl/images/nodeconfig"
+	"github.com/imgctl/imgctl/layers/errtree"
 	"github.com/imgctl/imgctl/layers/localfile"
 )
 
@@ -138,28 +139,7 @@ func (e *Error) Error() string {
 }
 
 // Errors returns every *Error in err (a tree of joined or wrapped errors), in order.
-func Errors(err error) []*Error {
-	var out []*Error
-	var walk func(error)
-	walk = func(e error) {
-		if e == nil {
-			return
-		}
-		if ie, ok := e.(*Error); ok {
-			out = append(out, ie)
-			return
-		}
-		if j, ok := e.(interface{ Unwrap() []error }); ok {
-			for _, x := range j.Unwrap() {
-				walk(x)
-			}
-			return
-		}
-		walk(errors.Unwrap(e))
-	}
-	walk(err)
-	return out
-}
+func Errors(err error) []*Error { return errtree.All[*Error](err) }
 
 // Load reads and parses the inventory file at path; secretFile paths are relative to its
 // directory.

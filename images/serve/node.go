@@ -122,6 +122,9 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (bootauth.Boo
 	case errors.Is(err, bootauth.ErrSuperseded):
 		s.log.Warn("boot credential superseded by a newer boot of its node: a duplicate or spoofed node?", "remote", r.RemoteAddr, "err", err)
 		http.Error(w, "credential refused: a newer boot of this node has used its own", http.StatusForbidden)
+	case errors.Is(err, bootauth.ErrRetired):
+		s.log.Warn("boot credential used after its node was configured: read from the node, or replayed?", "remote", r.RemoteAddr, "err", err)
+		http.Error(w, "credential refused: the node reported it is configured (reboot it for a new credential)", http.StatusForbidden)
 	case errors.Is(err, bootauth.ErrExpired):
 		s.log.Warn("expired boot credential", "remote", r.RemoteAddr, "err", err)
 		w.Header().Set("WWW-Authenticate", "Bearer")
@@ -177,6 +180,13 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("saving a boot report", "node", b.Node, "err", err)
 		http.Error(w, "saving the report failed (see the server's log)", http.StatusInternalServerError)
 		return
+	}
+	if rep.Phase == nodeapi.PhaseConfigure && rep.OK {
+		// The node has its secrets; the credential stays in its /proc/cmdline, readable by any
+		// process there, so it must open nothing from now on.
+		if err := s.o.Auth.Retire(r.Context(), b); err != nil {
+			s.log.Error("retiring a configured node's credential", "node", b.Node, "boot", b.ID, "err", err)
+		}
 	}
 	s.m.reports.WithLabelValues(b.Channel, string(rep.Phase), strconv.FormatBool(rep.OK)).Inc()
 	if !rep.OK {

@@ -308,3 +308,43 @@ func TestMachineAddresses(t *testing.T) {
 		t.Errorf("node-a from its address after the refused use: %d\n%s", code, body)
 	}
 }
+
+// A node's credential opens its secrets until the node reports that configuration
+// succeeded; after that (it stays readable in the node's /proc/cmdline) it opens nothing. A
+// failed configuration keeps it, so a restarted configuration unit can try again.
+func TestCredentialRetiredWhenConfigured(t *testing.T) {
+	f, tokA, tokB := isolationFixture(t, Options{InsecureSecrets: true})
+	configured := func(ok bool) string {
+		r := nodeapi.Report{Phase: nodeapi.PhaseConfigure, OK: ok, Role: "node", Time: time.Date(2026, 12, 5, 0, 2, 0, 0, time.UTC),
+			Steps: []nodeapi.Step{{Name: "kubelet", Status: nodeapi.StatusOK}}}
+		if !ok {
+			r.Failed, r.Steps[0].Status = "kubelet", nodeapi.StatusFail
+		}
+		data, _ := json.Marshal(r)
+		return string(data)
+	}
+	post := func(tok, remote, body string) int {
+		return f.do(t, "POST", "/v1/reports", remote, true, body, "Authorization", nodeapi.Bearer(tok)).Code
+	}
+	cfg := func(tok, remote string) (int, string) {
+		w := f.do(t, "GET", "/v1/nodeconfig", remote, true, "", "Authorization", nodeapi.Bearer(tok))
+		return w.Code, w.Body.String()
+	}
+	if code := post(tokB, "10.0.0.2:5000", configured(false)); code != 204 {
+		t.Fatalf("failed configure report: %d", code)
+	}
+	if code, body := cfg(tokB, "10.0.0.2:5001"); code != 200 || !strings.Contains(body, caKeyB) {
+		t.Errorf("node-b after a failed configuration: %d, want its secrets", code)
+	}
+	if code := post(tokA, "10.0.0.1:5000", configured(true)); code != 204 {
+		t.Fatalf("configure report: %d", code)
+	}
+	code, body := cfg(tokA, "10.0.0.1:5001")
+	if code != 403 {
+		t.Errorf("node-a's credential after it reported configured: %d, want 403", code)
+	}
+	noSecrets(t, "retired credential", body)
+	if !strings.Contains(f.logs.String(), "after its node was configured") {
+		t.Errorf("no WARN line for the retired credential:\n%s", f.logs)
+	}
+}

@@ -1,10 +1,11 @@
 package spec
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/imgctl/imgctl/layers/errtree"
 )
 
 // Position locates a value in a spec file. Line and Column are 1-based; a zero Line means the
@@ -56,28 +57,7 @@ func (e *Error) Error() string {
 
 // Errors returns every *Error in err, which may be a single *Error or a tree of joined or
 // wrapped errors (as returned by Parse, Load, Default and Validate), in order.
-func Errors(err error) []*Error {
-	var out []*Error
-	var walk func(error)
-	walk = func(e error) {
-		if e == nil {
-			return
-		}
-		if se, ok := e.(*Error); ok {
-			out = append(out, se)
-			return
-		}
-		if j, ok := e.(interface{ Unwrap() []error }); ok {
-			for _, x := range j.Unwrap() {
-				walk(x)
-			}
-			return
-		}
-		walk(errors.Unwrap(e))
-	}
-	walk(err)
-	return out
-}
+func Errors(err error) []*Error { return errtree.All[*Error](err) }
 
 func errorf(p Position, format string, args ...any) *Error {
 	return &Error{Position: p, Msg: fmt.Sprintf(format, args...)}
