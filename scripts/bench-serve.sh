@@ -229,7 +229,7 @@ section=$tmp/section.md
     awk -v l="$(label "$s")" -v b="$b" -v m="$m" -v nm="$nm" -v p50="$(median "$(col latency "$s" p50_us)")" \
       -v p90="$(median "$(col latency "$s" p90_us)")" -v p99="$p99" -v p999="$(median "$(col latency "$s" p999_us)")" \
       -v mx="$(median "$(col latency "$s" max_us)")" \
-      'BEGIN {printf "| %s | %d | %d | %.2f× | %d | %d | %d | %d | %d |\n", l, b, m, m/nm, p50, p90, p99, p999, mx}'
+      'BEGIN {printf "| %s | %.0f | %.0f | %.2f× | %.0f | %.0f | %.0f | %.0f | %.0f |\n", l, b, m, m/nm, p50, p90, p99, p999, mx}'
   done
   echo
   echo "Latency is from a request's dispatch to its last byte, median over the runs of each percentile; the schedule's own lateness (Go timers, shared CPUs) is not counted: its p99 was $(median "$(col latency nginx sched_late_p99_us)" | cut -d. -f1) µs."
