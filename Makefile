@@ -50,6 +50,7 @@ bench: deps build demo-image
 	scripts/bench-raw.sh
 	scripts/bench-boot.sh out/demo/disk.raw
 	scripts/bench-registry.sh
+	scripts/bench-serve.sh
 
 # Every fuzz target for FUZZTIME (default 60s) each; new interesting inputs are kept in the
 # packages' testdata/fuzz, which make test runs as seeds. Not part of make test.

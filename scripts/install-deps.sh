@@ -9,12 +9,13 @@
 # openssl: the demo node's throwaway certificates; docker-registry (distribution 2.8): the real
 # registry with TLS and htpasswd auth the registry and cosign tests push to; iproute2: the
 # network namespaces and veth pairs of the network-root init's DHCP tests; ipxe-qemu (NIC
-# option ROMs: iPXE for BIOS netboot) and ipxe (ipxe.efi for UEFI netboot): the netboot e2e tests.
+# option ROMs: iPXE for BIOS netboot) and ipxe (ipxe.efi for UEFI netboot): the netboot e2e tests;
+# nginx: the peer of the imgctl serve benchmark (scripts/bench-serve.sh).
 set -euo pipefail
 packages=(ca-certificates git make mmdebstrap kmod xz-utils zstd skopeo debian-archive-keyring
   binutils dpkg-dev squashfs-tools squashfs-tools-ng time cpio qemu-system-x86 ovmf gdisk
   dosfstools mtools e2fsprogs fdisk util-linux shellcheck android-sdk-libsparse-utils systemd containerd openssl docker-registry
-  iproute2 ipxe-qemu ipxe)
+  iproute2 ipxe-qemu ipxe nginx)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
