@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -240,4 +242,56 @@ func TestServeUsageErrors(t *testing.T) {
 			t.Errorf("%v: %v, want %q", c.args, err, c.want)
 		}
 	}
+}
+
+// The server's log batches INFO lines (flushed within logFlushEvery and on Close) and writes
+// WARN and worse at once.
+func TestBatchedLog(t *testing.T) {
+	var out syncBuffer
+	b := newBatchedLog(&out)
+	log := slog.New(flushAtWarn{Handler: slog.NewTextHandler(b, nil), flush: b.Flush})
+	log.Info("boot", "node", "a")
+	if out.String() != "" {
+		t.Fatalf("an INFO line was written at once: %q", out.String())
+	}
+	log.Warn("spoofed?", "node", "b")
+	if s := out.String(); !strings.Contains(s, "msg=boot") || !strings.Contains(s, "msg=spoofed?") {
+		t.Fatalf("a WARN line did not flush the log: %q", s)
+	}
+	log.Info("boot", "node", "c")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b.FlushEvery(ctx, 10*time.Millisecond); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(out.String(), "node=c") && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if !strings.Contains(out.String(), "node=c") {
+		t.Fatalf("an INFO line was not flushed by the ticker: %q", out.String())
+	}
+	log.Info("last", "node", "d")
+	b.Close()
+	if !strings.Contains(out.String(), "node=d") {
+		t.Fatalf("Close did not flush: %q", out.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -269,6 +269,10 @@ func TestIssueRejects(t *testing.T) {
 		{"bad channel", bootauth.Boot{Node: "a", Channel: "a_b", Image: imgOld}, "channel"},
 		{"no image", bootauth.Boot{Node: "a"}, "image"},
 		{"bad image", bootauth.Boot{Node: "a", Image: "sha256:xyz"}, "image"},
+		{"upper-case image", bootauth.Boot{Node: "a", Image: digest.Digest(strings.ToUpper(string(imgOld)))}, "image"},
+		{"upper-case hex", bootauth.Boot{Node: "a", Image: digest.Digest("sha256:" + strings.ToUpper(imgOld.Encoded()))}, "image"},
+		{"long image", bootauth.Boot{Node: "a", Image: imgOld + "0"}, "image"},
+		{"sha512 image", bootauth.Boot{Node: "a", Image: digest.Digest("sha512:" + strings.Repeat("a", 128))}, "image"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			tok, _, err := f.a.Issue(ctx, c.b)

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -89,8 +88,50 @@ func CertificatePin(cert tls.Certificate) (string, error) {
 	return "sha256:" + hex.EncodeToString(sum[:]), nil
 }
 
-// hostRE is what a Host header may be to appear in a script: a name or IP, and a port.
-var hostRE = regexp.MustCompile(`^([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]{1,5})?$`)
+// validHost reports whether h may appear in a script as a Host: a name or IPv4 address
+// (letters, digits, '.', '-'; 1 to 253) or a bracketed IPv6 address (hex digits, ':', '.'; 2 to
+// 45), then optionally ':' and 1 to 5 digits. A loop, not a regular expression: it runs for
+// every node script.
+func validHost(h string) bool {
+	name, port := h, ""
+	if strings.HasPrefix(h, "[") {
+		end := strings.IndexByte(h, ']')
+		if end < 0 {
+			return false
+		}
+		ip := h[1:end]
+		if len(ip) < 2 || len(ip) > 45 || !allBytes(ip, func(c byte) bool { return isHex(c) || c == ':' || c == '.' }) {
+			return false
+		}
+		name, port = "", h[end+1:]
+	} else if i := strings.IndexByte(h, ':'); i >= 0 {
+		name, port = h[:i], h[i:]
+	}
+	if !strings.HasPrefix(h, "[") && (len(name) < 1 || len(name) > 253 ||
+		!allBytes(name, func(c byte) bool { return isAlnum(c) || c == '.' || c == '-' })) {
+		return false
+	}
+	if port == "" {
+		return true
+	}
+	digits, ok := strings.CutPrefix(port, ":")
+	return ok && len(digits) >= 1 && len(digits) <= 5 && allBytes(digits, func(c byte) bool { return c >= '0' && c <= '9' })
+}
+
+func allBytes(s string, ok func(byte) bool) bool {
+	for i := 0; i < len(s); i++ {
+		if !ok(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
+
+func isAlnum(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+}
 
 // bases returns the base URL of blobs and scripts as a node reaches this server, and the
 // metadata base URL (https when the server has TLS).
@@ -103,7 +144,7 @@ func (s *Server) bases(r *http.Request) (blobBase, metaBase string, err error) {
 		}
 		return blobBase, strings.TrimSuffix(u.String(), "/"), nil
 	}
-	if !hostRE.MatchString(r.Host) {
+	if !validHost(r.Host) {
 		return "", "", fmt.Errorf("the request's Host header is not a host[:port]")
 	}
 	scheme := "http"

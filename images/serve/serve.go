@@ -142,7 +142,7 @@ func New(o Options) (*Server, error) {
 	s.heads = &heads{s: s}
 	if o.AdvertiseURL != "" {
 		u, err := url.Parse(o.AdvertiseURL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || !hostRE.MatchString(u.Host) || u.User != nil ||
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || !validHost(u.Host) || u.User != nil ||
 			u.RawQuery != "" || u.Fragment != "" || strings.ContainsAny(u.Path, "${} \t\n") {
 			return nil, fmt.Errorf("advertise URL %q: expected http(s)://HOST[:PORT][/PATH] with no user, query or fragment", o.AdvertiseURL)
 		}
