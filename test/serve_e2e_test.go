@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -361,6 +362,8 @@ type fleetBoot struct {
 	report string // the IMGCTL-TEST-REPORT line
 	wall   time.Duration
 	err    error
+	// retried is 1 when the guest kernel locked up and the machine was booted once more.
+	retried int
 }
 
 // bootFleet netboots the nodes at once from the server (SeaBIOS and the NIC's iPXE ROM, each
@@ -368,42 +371,80 @@ type fleetBoot struct {
 func bootFleet(ctx context.Context, t *testing.T, s *serveProcess, rootSize int64, nodes ...fleetNode) []fleetBoot {
 	t.Helper()
 	work := t.TempDir()
-	type running struct {
-		vm    *vm
-		start time.Time
-	}
-	vms := make([]running, len(nodes))
-	for i, n := range nodes {
+	launch := func(n fleetNode, attempt int) *vm {
 		g := &netbootGuest{upstream: s.addr}
 		o := vmOptions{bios: true, bootNIC: true, mac: n.mac, netdev: g.netdev(t), memoryMiB: netbootMemory(rootSize),
-			logFile: filepath.Join(work, n.name+".log")}
-		vms[i] = running{startVM(ctx, t, o), time.Now()}
+			logFile: filepath.Join(work, fmt.Sprintf("%s.%d.log", n.name, attempt))}
+		return startVM(ctx, t, o)
 	}
 	results := make([]fleetBoot, len(nodes))
 	done := make(chan int)
-	for i := range nodes {
+	for i, n := range nodes {
+		v, start := launch(n, 0), time.Now()
 		go func() {
-			v := vms[i].vm
-			err := v.waitFor(ctx, "IMGCTL-TEST-REPORT")
-			if err == nil {
-				select {
-				case <-v.done:
-				case <-time.After(2 * time.Minute):
-					err = fmt.Errorf("the guest did not power off after the report")
-				case <-ctx.Done():
-					err = fmt.Errorf("the guest did not power off after the report: %w", ctx.Err())
+			retried := 0
+			for {
+				err := waitReport(ctx, v)
+				if errors.Is(err, errGuestLockup) && retried == 0 {
+					// The guest kernel, not imgctl: under TCG a 6.1 guest sometimes spins in
+					// nf_conntrack for minutes ("soft lockup"). Boot the machine once more, as an
+					// operator would; the server sees a second boot, which checkServeMetrics allows.
+					t.Logf("%s: the guest kernel locked up (%s); booting the machine once more",
+						n.name, guestLockup.FindString(v.console.String()))
+					v.stop()
+					retried++
+					v, start = launch(n, retried), time.Now()
+					continue
 				}
+				if err == nil {
+					select {
+					case <-v.done:
+					case <-time.After(2 * time.Minute):
+						err = fmt.Errorf("the guest did not power off after the report")
+					case <-ctx.Done():
+						err = fmt.Errorf("the guest did not power off after the report: %w", ctx.Err())
+					}
+				}
+				log := cleanConsole(v.console.String())
+				results[i] = fleetBoot{node: n, log: log, wall: time.Since(start), err: err, retried: retried,
+					report: regexp.MustCompile(`IMGCTL-TEST-REPORT [^\r\n]*`).FindString(log)}
+				done <- i
+				return
 			}
-			log := cleanConsole(v.console.String())
-			results[i] = fleetBoot{node: nodes[i], log: log, wall: time.Since(vms[i].start), err: err,
-				report: regexp.MustCompile(`IMGCTL-TEST-REPORT [^\r\n]*`).FindString(log)}
-			done <- i
 		}()
 	}
 	for range nodes {
 		<-done
 	}
 	return results
+}
+
+// guestLockup is the guest kernel's soft-lockup watchdog line.
+var guestLockup = regexp.MustCompile(`watchdog: BUG: soft lockup - CPU#\d+ stuck for \d+s! \[[^\]]*\]`)
+
+var errGuestLockup = errors.New("the guest kernel reported a soft lockup")
+
+// waitReport waits for the guest's report line; a guest kernel soft lockup is errGuestLockup.
+func waitReport(ctx context.Context, v *vm) error {
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		out := v.console.String()
+		switch {
+		case strings.Contains(out, "IMGCTL-TEST-REPORT"):
+			return nil
+		case guestLockup.MatchString(out):
+			return errGuestLockup
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("timed out waiting for %q", "IMGCTL-TEST-REPORT")
+		case <-tick.C:
+			if v.cmd.ProcessState != nil {
+				return fmt.Errorf("guest exited before %q appeared", "IMGCTL-TEST-REPORT")
+			}
+		}
+	}
 }
 
 // checkFleetBoot checks that node b booted root (digest) from the server and came up with its
@@ -491,7 +532,11 @@ func TestServeFleet(t *testing.T) {
 	checkRolloutNode(t, status, testFleet[1].name, a.image, false)
 	checkRolloutChannel(t, status, imgs.v2Image, 1, 2, 1)
 
-	checkServeMetrics(t, srv, 3)
+	retries := 0
+	for _, b := range append(boots, again...) {
+		retries += b.retried
+	}
+	checkServeMetrics(t, srv, 3, retries)
 	// Each boot had its own credential (the kernel prints its command line on the console).
 	var creds []string
 	for _, b := range append(boots, again...) {
@@ -606,21 +651,23 @@ func checkRolloutChannel(t *testing.T, r rollout.Rollout, head string, onHead, n
 
 // checkServeMetrics checks the server counted boots boot scripts of the channel, as many
 // ok boot reports of each phase, and no failure.
-func checkServeMetrics(t *testing.T, s *serveProcess, boots int) {
+func checkServeMetrics(t *testing.T, s *serveProcess, boots, retries int) {
 	t.Helper()
 	m := s.metrics(t)
 	ch := `channel="` + serveChannel + `"`
+	// A boot retried after a guest kernel lockup is a boot for the server, and it may have
+	// reported before it hung.
 	for _, c := range []struct {
-		sample string
-		want   int
+		sample   string
+		min, max int
 	}{
-		{"imgctl_serve_boots_total{" + ch + "}", boots},
-		{"imgctl_serve_boot_reports_total{" + ch + `,ok="true",phase="init"}`, boots},
-		{"imgctl_serve_boot_reports_total{" + ch + `,ok="true",phase="configure"}`, boots},
-		{"imgctl_serve_boot_failures_total{" + ch + "}", 0},
+		{"imgctl_serve_boots_total{" + ch + "}", boots + retries, boots + retries},
+		{"imgctl_serve_boot_reports_total{" + ch + `,ok="true",phase="init"}`, boots, boots + retries},
+		{"imgctl_serve_boot_reports_total{" + ch + `,ok="true",phase="configure"}`, boots, boots + retries},
+		{"imgctl_serve_boot_failures_total{" + ch + "}", 0, 0},
 	} {
-		if got := m[c.sample]; got != float64(c.want) {
-			t.Errorf("/metrics: %s = %v, want %d", c.sample, got, c.want)
+		if got := m[c.sample]; got < float64(c.min) || got > float64(c.max) {
+			t.Errorf("/metrics: %s = %v, want %d to %d", c.sample, got, c.min, c.max)
 		}
 	}
 	var lines []string
@@ -683,5 +730,16 @@ func TestServeFleetFixtures(t *testing.T) {
 	}
 	if got, err := serve.CertificatePin(kp); err != nil || got != pin {
 		t.Errorf("imgctl serve pins %s (%v), the test expects %s", got, err, pin)
+	}
+}
+
+// TestGuestLockupLine: the line the fleet test retries a machine on (seen in CI: a guest
+// spinning in nf_conntrack), and not on an ordinary console.
+func TestGuestLockupLine(t *testing.T) {
+	if !guestLockup.MatchString("[  588.472976] watchdog: BUG: soft lockup - CPU#1 stuck for 459s! [iptables:338]\n") {
+		t.Error("the soft lockup line is not recognized")
+	}
+	if guestLockup.MatchString("imgctl-node step=kubelet-healthy status=ok latency=7198ms\nwatchdog: ok") {
+		t.Error("an ordinary console is taken for a lockup")
 	}
 }

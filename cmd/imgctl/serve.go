@@ -146,7 +146,7 @@ func runServe(ctx context.Context, logger *slog.Logger, c serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("loading inventory: %w", err)
 	}
-	auth, err := bootauth.Open(filepath.Join(st.Dir(), "serve"), bootauth.Options{TTL: c.tokenTTL, Logger: logger})
+	auth, err := bootauth.Open(filepath.Join(st.Dir(), store.ServeDir), bootauth.Options{TTL: c.tokenTTL, Logger: logger})
 	if err != nil {
 		return err
 	}

@@ -30,6 +30,7 @@ import (
 
 	"github.com/imgctl/imgctl/images/channel"
 	"github.com/imgctl/imgctl/images/nodeapi"
+	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/atomicfile"
 	"github.com/imgctl/imgctl/layers/flock"
 )
@@ -41,7 +42,7 @@ const HistoryLimit = 50
 const SchemaVersion = 1
 
 // StoreDir is where a store keeps its boot reports: the dir to Open.
-func StoreDir(storeDir string) string { return filepath.Join(storeDir, "serve", "reports") }
+func StoreDir(storeDir string) string { return filepath.Join(storeDir, store.ServeDir, "reports") }
 
 // Limits on the files read back: a record holds one report (at most nodeapi.MaxReportBytes as
 // JSON) and a few short fields.

@@ -23,6 +23,11 @@ import (
 // DefaultDir is where the imgctl CLI keeps its store unless told otherwise.
 const DefaultDir = ".imgctl/store"
 
+// ServeDir is the directory of a store where imgctl serve keeps its state (the boot credential
+// key, each node's boot record, the boot reports), so that replicas on one store agree. OCI
+// tools ignore it.
+const ServeDir = "serve"
+
 // Errors callers branch on. Returned errors wrap them, so test with errors.Is.
 var (
 	// ErrNotFound: no such blob or image.
