@@ -204,13 +204,16 @@ func fetchOne(ctx context.Context, p Provider, opts Options) ([]byte, string, in
 	}
 }
 
-// backoff is the wait after the given failed attempt: Backoff·2^(attempt-1), capped, then jittered
-// to [½, 1½) of that so a fleet booting together does not retry in lockstep.
-func backoff(o Options, attempt int) time.Duration {
-	d := o.Backoff
-	for i := 1; i < attempt && d < o.MaxBackoff; i++ {
+// backoff is the wait after the given failed attempt (see Backoff).
+func backoff(o Options, attempt int) time.Duration { return Backoff(o.Backoff, o.MaxBackoff, attempt) }
+
+// Backoff is the wait after the given failed attempt: base·2^(attempt-1), capped at max, then
+// jittered to [½, 1½) of that so a fleet booting together does not retry in lockstep.
+func Backoff(base, max time.Duration, attempt int) time.Duration {
+	d := base
+	for i := 1; i < attempt && d < max; i++ {
 		d *= 2
 	}
-	d = min(d, o.MaxBackoff)
+	d = min(d, max)
 	return d/2 + rand.N(d)
 }

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"regexp"
 	"strings"
@@ -188,7 +187,7 @@ func (s *Sender) Send(ctx context.Context, r nodeapi.Report) error {
 		if !retry || attempt >= o.Attempts || ctx.Err() != nil {
 			break
 		}
-		t := time.NewTimer(backoff(o.Backoff, attempt))
+		t := time.NewTimer(metadata.Backoff(o.Backoff, o.Budget, attempt))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -239,10 +238,4 @@ func reportJSON(r nodeapi.Report) ([]byte, error) {
 		return nil, fmt.Errorf("report is %d bytes (the server takes at most %d)", len(b), nodeapi.MaxReportBytes)
 	}
 	return b, nil
-}
-
-// backoff is the wait after the given failed attempt: base·2^(attempt-1), jittered to [½, 1½).
-func backoff(base time.Duration, attempt int) time.Duration {
-	d := base << (attempt - 1)
-	return d/2 + rand.N(d)
 }
