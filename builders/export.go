@@ -11,8 +11,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
-	"github.com/imgctl/imgctl/builders/sparse"
 	"github.com/imgctl/imgctl/images/manifest"
+	"github.com/imgctl/imgctl/images/sparse"
 	"github.com/imgctl/imgctl/images/store"
 )
 

@@ -18,9 +18,9 @@ import (
 
 	"github.com/imgctl/imgctl/builders"
 	"github.com/imgctl/imgctl/builders/disk"
-	"github.com/imgctl/imgctl/builders/sparse"
 	bootc "github.com/imgctl/imgctl/images/boot" // not boot: the bootloader variable below
 	"github.com/imgctl/imgctl/images/manifest"
+	"github.com/imgctl/imgctl/images/sparse"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/progress"
 )
