@@ -80,3 +80,26 @@ func TestLoad(t *testing.T) {
 		t.Fatalf("AWS_REGION: %q, %v", cfg.Region, err)
 	}
 }
+
+func TestClients(t *testing.T) {
+	isolate(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	cfg, err := Load(context.Background(), Options{Region: "us-east-1", EndpointURL: "http://127.0.0.1:1", NoIMDS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewClients(cfg)
+	if c.EC2("eu-west-1") != c.EC2("eu-west-1") || c.EC2("eu-west-1") == c.EC2("us-east-1") {
+		t.Error("EC2 clients are not one per region")
+	}
+	if got := c.EC2("eu-west-1").Options().Region; got != "eu-west-1" {
+		t.Errorf("EC2 client region %q", got)
+	}
+	if !c.S3("us-east-1").Options().UsePathStyle {
+		t.Error("S3 with an endpoint override does not use path-style addressing")
+	}
+	if c.EBS("us-east-1") == nil || c.SSM("us-east-1") == nil || c.Region() != "us-east-1" {
+		t.Error("clients missing")
+	}
+}
