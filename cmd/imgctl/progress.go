@@ -31,16 +31,16 @@ const (
 // downloads on stderr. On a terminal (live) it keeps a block of one line per running step at
 // the bottom, redrawn in place at most 10 times a second, and prints each finished step once
 // above it: "✓ name  12.3s  118.0 MiB". Elsewhere (a CI log) it writes plain lines: one when a
-// step has run startLineAfter ("… name  2.0s"), one every repeatLineEvery (uploadLineEvery for uploads) after that, and one
-// when it finishes.
+// step has run startLineAfter ("… name  2.0s"), one every repeatLineEvery after that
+// (uploadLineEvery for commands that upload), and one when it finishes.
 type renderer struct {
 	w     io.Writer
 	live  bool
 	width func() int // terminal columns (live only)
 	// repeat is how often a running step gets a line in a log (default repeatLineEvery).
 	repeat time.Duration
-	now   func() time.Time
-	rep   *progress.Reporter
+	now    func() time.Time
+	rep    *progress.Reporter
 
 	mu       sync.Mutex
 	running  []*runningStep // in start order
