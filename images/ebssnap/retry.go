@@ -58,10 +58,11 @@ func classify(op string, err error, justStarted bool) verdict {
 			return fail
 		}
 	}
+	// Status 0: no response at all (a dropped connection, a reset, this attempt's timeout).
 	var re *awshttp.ResponseError
 	if errors.As(err, &re) {
 		s := re.HTTPStatusCode()
-		if s >= 500 || s == http.StatusTooManyRequests || s == http.StatusRequestTimeout {
+		if s == 0 || s >= 500 || s == http.StatusTooManyRequests || s == http.StatusRequestTimeout {
 			return retry
 		}
 		if s == http.StatusForbidden {
