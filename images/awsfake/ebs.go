@@ -26,13 +26,13 @@ type Fault int
 
 // Faults.
 const (
-	NoFault       Fault = iota
-	Throttle            // 400 RequestThrottledException
-	ServerError         // 500 InternalServerException
-	Drop                // the connection is closed without an answer
-	Hang                // no answer until the client gives up (or the fake closes)
-	AccessDenied        // 403 AccessDeniedException
-	NotFound            // 404 ResourceNotFoundException: the snapshot does not exist (yet)
+	NoFault      Fault = iota
+	Throttle           // 400 RequestThrottledException
+	ServerError        // 500 InternalServerException
+	Drop               // the connection is closed without an answer
+	Hang               // no answer until the client gives up (or the fake closes)
+	AccessDenied       // 403 AccessDeniedException
+	NotFound           // 404 ResourceNotFoundException: the snapshot does not exist (yet)
 )
 
 // EBSCounters are what the EBS fake received.
