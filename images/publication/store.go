@@ -290,3 +290,28 @@ func LoadHashes(ctx context.Context, st *store.Store, r *Record) error {
 	}
 	return fmt.Errorf("loading the block hashes of image %s's publication in %s: record %s: %w (run `imgctl store verify`)", r.Image, r.Region, r.stored, err)
 }
+
+// ByRegion is where an image's AMIs are, from its records rs (as List returns them, newest
+// first): for each region, its entry in the newest record covering it, with the upload
+// region's snapshot filled in from the record. Regions come in the order they first appear.
+func ByRegion(rs []Record) []Region {
+	seen := map[string]bool{}
+	var out []Region
+	for _, r := range rs {
+		gs := r.Regions
+		if len(gs) == 0 { // a record written before any AMI: the upload alone
+			gs = []Region{{Region: r.Region, State: r.State, Message: r.Message}}
+		}
+		for _, g := range gs {
+			if seen[g.Region] {
+				continue
+			}
+			seen[g.Region] = true
+			if g.Region == r.Region && g.SnapshotID == "" {
+				g.SnapshotID = r.Snapshot.ID
+			}
+			out = append(out, g)
+		}
+	}
+	return out
+}

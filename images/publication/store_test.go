@@ -331,3 +331,24 @@ func TestListCorruptRecord(t *testing.T) {
 		t.Errorf("List with a corrupt record: %v", err)
 	}
 }
+
+func TestByRegion(t *testing.T) {
+	rs := []Record{
+		{Region: "us-east-1", State: StateUploading, Snapshot: Snapshot{ID: "snap-new"}},
+		{Region: "us-east-1", State: StateAvailable, Snapshot: Snapshot{ID: "snap-old"}, Regions: []Region{
+			{Region: "us-east-1", ImageID: "ami-old", State: StateAvailable},
+			{Region: "eu-west-1", ImageID: "ami-copy", SnapshotID: "snap-copy", State: StateFailed, Message: "copy failed"},
+		}},
+	}
+	got := ByRegion(rs)
+	want := []Region{
+		{Region: "us-east-1", SnapshotID: "snap-new", State: StateUploading},
+		{Region: "eu-west-1", ImageID: "ami-copy", SnapshotID: "snap-copy", State: StateFailed, Message: "copy failed"},
+	}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("ByRegion = %+v, want %+v", got, want)
+	}
+	if ByRegion(nil) != nil {
+		t.Errorf("ByRegion(nil) is not empty")
+	}
+}
