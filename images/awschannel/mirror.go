@@ -94,13 +94,25 @@ func (m *Mirror) Prepare(ctx context.Context, ch string, from digest.Digest, to 
 		}
 	}
 	if len(missing) > 0 {
-		problems = append([]error{fmt.Errorf("%w in %s (the store's AWS settings promise %s): publish it there (imgctl publish ami %s --region R --copy-to …)",
-			ErrNotPublished, strings.Join(missing, ", "), strings.Join(m.Settings.Regions, ", "), to.Digest())}, problems...)
+		problems = append([]error{fmt.Errorf("%w in %s (the store's AWS settings promise %s): publish it there (%s)",
+			ErrNotPublished, strings.Join(missing, ", "), strings.Join(m.Settings.Regions, ", "), m.publishCommand(to))}, problems...)
 	}
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("channel %s on AWS (%s): %w", ch, param, errors.Join(problems...))
 	}
 	return func(ctx context.Context) error { return m.commit(ctx, ch, param, to, plans) }, nil
+}
+
+// publishCommand is the command that publishes img as the settings promise.
+func (m *Mirror) publishCommand(img store.Image) string {
+	c := "imgctl publish ami " + img.Digest().String() + " --region " + m.Settings.Regions[0]
+	if len(m.Settings.Regions) > 1 {
+		c += " --copy-to " + strings.Join(m.Settings.Regions[1:], ",")
+	}
+	if len(m.Settings.Share) > 0 {
+		c += " --share " + strings.Join(m.Settings.Share, ",")
+	}
+	return c
 }
 
 // plan checks one region for Prepare.
@@ -117,7 +129,7 @@ func (m *Mirror) plan(ctx context.Context, region, param string, from digest.Dig
 	if p.ami == "" {
 		return p
 	}
-	if err := m.ready(ctx, region, p.ami); err != nil {
+	if err := m.ready(ctx, to, region, p.ami); err != nil {
 		return fail(err)
 	}
 	if from != "" {
@@ -160,7 +172,7 @@ func (m *Mirror) amiOf(ctx context.Context, img digest.Digest, region string) (s
 
 // ready checks that AMI id in region is available and launchable by every Settings.Share
 // account (or public).
-func (m *Mirror) ready(ctx context.Context, region, id string) error {
+func (m *Mirror) ready(ctx context.Context, img store.Image, region, id string) error {
 	c := m.Clients.EC2(region)
 	out, err := c.DescribeImages(ctx, &ec2.DescribeImagesInput{ImageIds: []string{id}})
 	if err != nil {
@@ -175,7 +187,7 @@ func (m *Mirror) ready(ctx context.Context, region, id string) error {
 		if im.StateReason != nil && aws.ToString(im.StateReason.Message) != "" {
 			why = ": " + aws.ToString(im.StateReason.Message)
 		}
-		return fmt.Errorf("%w: AMI %s is %s, not available%s (wait for it: imgctl publish ami waits)", ErrNotReady, id, im.State, why)
+		return fmt.Errorf("%w: AMI %s is %s, not available%s (promote once it is: imgctl publish ami waits for it)", ErrNotReady, id, im.State, why)
 	}
 	if len(m.Settings.Share) == 0 {
 		return nil
@@ -198,8 +210,8 @@ func (m *Mirror) ready(ctx context.Context, region, id string) error {
 		}
 	}
 	if len(unshared) > 0 {
-		return fmt.Errorf("%w: AMI %s is not shared with %s (publish with --share %s)", ErrNotReady, id,
-			strings.Join(unshared, ", "), strings.Join(m.Settings.Share, ","))
+		return fmt.Errorf("%w: AMI %s is not shared with %s (%s shares it)", ErrNotReady, id,
+			strings.Join(unshared, ", "), m.publishCommand(img))
 	}
 	return nil
 }

@@ -302,7 +302,7 @@ func TestMirrorRefusesImageMissingInARegion(t *testing.T) {
 	}
 	for _, force := range []bool{false, true} {
 		_, err := e.mover(force).Promote(ctx, channel.Promotion{Image: "1.0.2", To: "nightly"})
-		wantErr(t, err, ErrNotPublished, "in "+west+" ", e.imgs["1.0.2"].Digest().String(), "imgctl publish ami")
+		wantErr(t, err, ErrNotPublished, "in "+west+" ", "imgctl publish ami "+e.imgs["1.0.2"].Digest().String()+" --region "+east+" --copy-to "+west)
 	}
 	// 1.0.3 has no record at all: both regions are named.
 	_, err := e.mover(false).Promote(ctx, channel.Promotion{Image: "1.0.3", To: "nightly"})
@@ -337,7 +337,7 @@ func TestMirrorRefusesUnsharedAMI(t *testing.T) {
 	a1 := e.publish(t, "1.0.1", east, west)
 	e.share(t, east, a1[east])
 	_, err := e.mover(false).Promote(t.Context(), channel.Promotion{Image: "1.0.1", To: "nightly"})
-	wantErr(t, err, ErrNotReady, west, a1[west], "not shared with "+account)
+	wantErr(t, err, ErrNotReady, west, a1[west], "not shared with "+account, "--share "+account)
 	if strings.Contains(err.Error(), a1[east]) {
 		t.Errorf("error %q names %s, which is shared", err, a1[east])
 	}
