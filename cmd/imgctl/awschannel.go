@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
@@ -42,7 +43,7 @@ func (a *app) awsMirror(ctx context.Context, m *channel.Mover, st *store.Store, 
 	}
 	cfg, err := awsclient.Load(ctx, awsclient.Options{Region: s.Regions[0], Profile: f.profile, EndpointURL: f.endpointURL, NoIMDS: f.noIMDS, Logger: a.logger()})
 	if err != nil {
-		return fmt.Errorf("mirroring channels to AWS (%s): %w", st.Dir()+"/"+awschannel.SettingsFile, err)
+		return fmt.Errorf("mirroring channels to AWS as %s says: %w (or stop mirroring: imgctl store aws --clear)", filepath.Join(st.Dir(), awschannel.SettingsFile), err)
 	}
 	m.Mirror = &awschannel.Mirror{Store: st, Settings: *s, Clients: awsclient.NewClients(cfg), Force: force, Logger: a.logger()}
 	return nil

@@ -172,3 +172,30 @@ func TestPromoteMirrorsToSSM(t *testing.T) {
 	}
 	want(a2)
 }
+
+// TestPromoteWithAWSSettingsNeedsCredentials: with AWS settings and no credentials, promote
+// fails before moving the channel, naming the settings file and how to stop mirroring.
+func TestPromoteWithAWSSettingsNeedsCredentials(t *testing.T) {
+	for k, v := range map[string]string{"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "", "AWS_PROFILE": "",
+		"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+		"AWS_CONTAINER_CREDENTIALS_FULL_URI": "", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "", "AWS_WEB_IDENTITY_TOKEN_FILE": ""} {
+		t.Setenv(k, v)
+	}
+	dir := t.TempDir()
+	st, err := store.Open(t.Context(), filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.PutVersion(t, st, "1.0.1", 1000)
+	if _, _, err := run(t, dir, "store", "aws", "--regions", "us-east-1", "--ssm-prefix", "/imgctl/nodes"); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = run(t, dir, "promote", "1.0.1", "--to", "nightly", "--no-imds")
+	if !errors.Is(err, awsclient.ErrNoCredentials) || !strings.Contains(err.Error(), filepath.Join(dir, "store", "aws.json")) ||
+		!strings.Contains(err.Error(), "imgctl store aws --clear") {
+		t.Fatalf("promote without credentials: %v", err)
+	}
+	if out, _, err := run(t, dir, "channel", "list"); err != nil || !strings.Contains(out, "nightly  -") {
+		t.Fatalf("nightly moved without AWS: %v\n%s", err, out)
+	}
+}
