@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/imgctl/imgctl/images/boot/gpt"
+	"github.com/imgctl/imgctl/images/publication"
+)
+
+func TestDataBlocks(t *testing.T) {
+	const bs = 100
+	for _, c := range []struct {
+		name string
+		in   []extent
+		want []int64
+	}{
+		{"none", nil, nil},
+		{"inside one block", []extent{{10, 20}}, []int64{0}},
+		{"exactly one block", []extent{{100, 100}}, []int64{1}},
+		{"across a boundary", []extent{{190, 20}}, []int64{1, 2}},
+		{"two extents in one block", []extent{{0, 10}, {50, 10}}, []int64{0}},
+		{"adjacent extents sharing a block", []extent{{0, 150}, {150, 100}}, []int64{0, 1, 2}},
+		{"gap", []extent{{0, 1}, {1000, 1}}, []int64{0, 10}},
+		{"empty extent", []extent{{500, 0}}, nil},
+	} {
+		if got := dataBlocks(c.in, bs); !slices.Equal(got, c.want) {
+			t.Errorf("%s: dataBlocks(%v) = %v, want %v", c.name, c.in, got, c.want)
+		}
+	}
+}
+
+// testDisk is a GPT disk of 64 KiB sectors' worth of bytes with the named partitions (start
+// and size in sectors).
+func testDisk(t *testing.T, sectors int64, parts ...[3]any) []byte {
+	t.Helper()
+	d := make([]byte, sectors*sectorSize)
+	array := make([]byte, gpt.DefaultEntries*gpt.EntrySize)
+	typ, err := gpt.ParseGUID(gpt.TypeLinuxData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range parts {
+		name, err := gpt.NewName(p[0].(string))
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := uint64(p[1].(int))
+		e := gpt.Entry{Type: typ, FirstLBA: first, LastLBA: first + uint64(p[2].(int)) - 1, Name: name}
+		e.Put(array[i*gpt.EntrySize:])
+	}
+	copy(d[gpt.PrimaryEntriesLBA*sectorSize:], array)
+	h := gpt.Header{Revision: gpt.Revision, Size: gpt.HeaderSize, MyLBA: 1, AlternateLBA: uint64(sectors - 1),
+		FirstUsableLBA: 34, LastUsableLBA: uint64(sectors - 34), EntriesLBA: gpt.PrimaryEntriesLBA,
+		NumEntries: gpt.DefaultEntries, EntrySize: gpt.EntrySize, EntriesCRC: gpt.ArrayCRC(array)}
+	if err := h.Put(d[sectorSize : 2*sectorSize]); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestPartitions(t *testing.T) {
+	d := testDisk(t, 4096, [3]any{"ROOT-A", 2048, 1024}, [3]any{"ESP", 64, 1984})
+	got, err := partitions(bytes.NewReader(d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []partition{{"ESP", 64 * 512, 1984 * 512}, {"ROOT-A", 2048 * 512, 1024 * 512}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("partitions = %+v, want %+v (by start)", got, want)
+	}
+
+	d[2*sectorSize+100] ^= 1 // an entry byte: the array's CRC no longer matches
+	if _, err := partitions(bytes.NewReader(d)); err == nil || !strings.Contains(err.Error(), "GPT entries: crc") {
+		t.Fatalf("a corrupt entry array: err = %v, want a crc error", err)
+	}
+	if _, err := partitions(bytes.NewReader(make([]byte, 8192))); err == nil || !strings.Contains(err.Error(), "GPT header (LBA 1)") {
+		t.Fatalf("no GPT: err = %v, want it to name the header", err)
+	}
+}
+
+func sum(b byte) [32]byte { return sha256.Sum256([]byte{b}) }
+
+func TestChanges(t *testing.T) {
+	// 10 blocks of 100 bytes: P1 = blocks 1..4, P2 = blocks 5..8; blocks 0 and 9 outside.
+	parts := []partition{{"P1", 100, 400}, {"P2", 500, 400}}
+	old := publication.NewHashes(100, 10)
+	cur := publication.NewHashes(100, 10)
+	for i := range int64(10) {
+		old.Set(i, sum(byte(i)))
+		cur.Set(i, sum(byte(i)))
+	}
+	cur.Set(0, sum(100)) // outside: edited
+	cur.Set(2, sum(102)) // P1: edited in place, block 3 and 4 unchanged
+	cur.Delete(3)        // P1: became zeros: changed, not data
+	old.Delete(6)        // P2: zeros in both: unchanged
+	cur.Delete(6)
+	cur.Set(7, sum(107)) // P2: every data block from 7 on changed
+	cur.Set(8, sum(108))
+	got, err := changes(old, cur, parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []area{
+		{Name: "P1", Blocks: 4, Data: 3, Changed: 2, FirstChanged: 100, DataFromFirst: 2, ChangedFromFirst: 2},
+		{Name: "P2", Blocks: 4, Data: 3, Changed: 2, FirstChanged: 200, DataFromFirst: 2, ChangedFromFirst: 2},
+		{Name: outside, Blocks: 2, Data: 2, Changed: 1, FirstChanged: 0, DataFromFirst: 2, ChangedFromFirst: 1},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("changes =\n%+v\nwant\n%+v", got, want)
+	}
+
+	if _, err := changes(old, publication.NewHashes(100, 11), parts); err == nil {
+		t.Fatal("disks of different sizes compared without an error")
+	}
+}
