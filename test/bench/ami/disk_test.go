@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"slices"
 	"strings"
@@ -115,5 +116,29 @@ func TestChanges(t *testing.T) {
 
 	if _, err := changes(old, publication.NewHashes(100, 11), parts); err == nil {
 		t.Fatal("disks of different sizes compared without an error")
+	}
+}
+
+func TestBlockdiff(t *testing.T) {
+	ctx := context.Background()
+	a := bytes.Repeat([]byte("a"), 250) // blocks of 100: 0, 1, 2 (50 bytes)
+	for _, c := range []struct {
+		name string
+		b    []byte
+		want blockdiffResult
+	}{
+		{"same", bytes.Clone(a), blockdiffResult{Blocks: 3, Changed: 0, First: -1}},
+		{"edited in block 1", append(append(bytes.Clone(a[:150]), 'b'), a[151:]...), blockdiffResult{Blocks: 3, Changed: 1, First: 1}},
+		{"shifted by a byte from 120", append(append(bytes.Clone(a[:120]), 'b'), a[120:]...), blockdiffResult{Blocks: 3, Changed: 2, First: 1}},
+		{"longer", append(bytes.Clone(a), bytes.Repeat([]byte("a"), 100)...), blockdiffResult{Blocks: 4, Changed: 2, First: 2}},
+		{"empty", nil, blockdiffResult{Blocks: 3, Changed: 3, First: 0}},
+	} {
+		got, err := blockdiff(ctx, bytes.NewReader(a), bytes.NewReader(c.b), 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != c.want {
+			t.Errorf("%s: %+v, want %+v", c.name, got, c.want)
+		}
 	}
 }
