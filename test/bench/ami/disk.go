@@ -8,14 +8,12 @@ import (
 
 	"github.com/imgctl/imgctl/images/boot/gpt"
 	"github.com/imgctl/imgctl/images/publication"
+	"github.com/imgctl/imgctl/images/sparse"
 )
-
-// extent is a run of bytes of the expanded disk that may hold data.
-type extent struct{ Off, Len int64 }
 
 // dataBlocks returns the indexes of the blockSize blocks that extents touch, in order, once
 // each: the blocks a zero-skipping uploader reads and sends.
-func dataBlocks(extents []extent, blockSize int64) []int64 {
+func dataBlocks(extents []sparse.Extent, blockSize int64) []int64 {
 	var out []int64
 	for _, e := range extents {
 		if e.Len <= 0 {
@@ -93,12 +91,12 @@ type area struct {
 	Data    int64 `json:"data"`
 	Changed int64 `json:"changed"`
 	// FirstChanged is the offset in bytes of the first changed block from the area's start
-	// (-1: none); DataFromFirst the new disk's data blocks from there on, ChangedFromFirst the
-	// changed ones among them: equal counts mean everything after the first change changed,
-	// the sign of contents shifted, not edited in place.
-	FirstChanged     int64 `json:"first_changed"`
-	DataFromFirst    int64 `json:"data_from_first"`
-	ChangedFromFirst int64 `json:"changed_from_first"`
+	// (-1: none). TailFrom is where the area's last run of changed data blocks starts (-1: the
+	// last data block did not change), TailData the data blocks from there on, every one of
+	// them changed: a long tail is contents shifted, not edited in place.
+	FirstChanged int64 `json:"first_changed"`
+	TailFrom     int64 `json:"tail_from"`
+	TailData     int64 `json:"tail_data"`
 }
 
 // changes compares the block hashes of an old and a new disk (equal block size and count) and
@@ -112,9 +110,9 @@ func changes(old, cur *publication.Hashes, parts []partition) ([]area, error) {
 	bs := cur.BlockSize
 	areas := make([]area, len(parts)+1)
 	for i, p := range parts {
-		areas[i] = area{Name: p.Name, FirstChanged: -1}
+		areas[i] = area{Name: p.Name, FirstChanged: -1, TailFrom: -1}
 	}
-	areas[len(parts)] = area{Name: outside, FirstChanged: -1}
+	areas[len(parts)] = area{Name: outside, FirstChanged: -1, TailFrom: -1}
 	where := func(i int64) (int, int64) { // area index and the area's start
 		off := i * bs
 		for k, p := range parts {
@@ -130,22 +128,24 @@ func changes(old, cur *publication.Hashes, parts []partition) ([]area, error) {
 		a.Blocks++
 		_, data := cur.Get(i)
 		changed := !old.Same(cur, i)
-		if data {
-			a.Data++
-		}
+		off := max(i*bs-start, 0)
 		if changed {
 			a.Changed++
 			if a.FirstChanged < 0 {
-				a.FirstChanged = max(i*bs-start, 0)
+				a.FirstChanged = off
 			}
 		}
-		if a.FirstChanged >= 0 {
-			if data {
-				a.DataFromFirst++
-			}
-			if changed {
-				a.ChangedFromFirst++
-			}
+		if !data {
+			continue
+		}
+		a.Data++
+		switch {
+		case !changed:
+			a.TailFrom, a.TailData = -1, 0
+		case a.TailFrom < 0:
+			a.TailFrom, a.TailData = off, 1
+		default:
+			a.TailData++
 		}
 	}
 	return areas, nil

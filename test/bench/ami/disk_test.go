@@ -10,23 +10,24 @@ import (
 
 	"github.com/imgctl/imgctl/images/boot/gpt"
 	"github.com/imgctl/imgctl/images/publication"
+	"github.com/imgctl/imgctl/images/sparse"
 )
 
 func TestDataBlocks(t *testing.T) {
 	const bs = 100
 	for _, c := range []struct {
 		name string
-		in   []extent
+		in   []sparse.Extent
 		want []int64
 	}{
 		{"none", nil, nil},
-		{"inside one block", []extent{{10, 20}}, []int64{0}},
-		{"exactly one block", []extent{{100, 100}}, []int64{1}},
-		{"across a boundary", []extent{{190, 20}}, []int64{1, 2}},
-		{"two extents in one block", []extent{{0, 10}, {50, 10}}, []int64{0}},
-		{"adjacent extents sharing a block", []extent{{0, 150}, {150, 100}}, []int64{0, 1, 2}},
-		{"gap", []extent{{0, 1}, {1000, 1}}, []int64{0, 10}},
-		{"empty extent", []extent{{500, 0}}, nil},
+		{"inside one block", []sparse.Extent{{Off: 10, Len: 20}}, []int64{0}},
+		{"exactly one block", []sparse.Extent{{Off: 100, Len: 100}}, []int64{1}},
+		{"across a boundary", []sparse.Extent{{Off: 190, Len: 20}}, []int64{1, 2}},
+		{"two extents in one block", []sparse.Extent{{Off: 0, Len: 10}, {Off: 50, Len: 10}}, []int64{0}},
+		{"adjacent extents sharing a block", []sparse.Extent{{Off: 0, Len: 150}, {Off: 150, Len: 100}}, []int64{0, 1, 2}},
+		{"gap", []sparse.Extent{{Off: 0, Len: 1}, {Off: 1000, Len: 1}}, []int64{0, 10}},
+		{"empty extent", []sparse.Extent{{Off: 500, Len: 0}}, nil},
 	} {
 		if got := dataBlocks(c.in, bs); !slices.Equal(got, c.want) {
 			t.Errorf("%s: dataBlocks(%v) = %v, want %v", c.name, c.in, got, c.want)
@@ -34,8 +35,8 @@ func TestDataBlocks(t *testing.T) {
 	}
 }
 
-// testDisk is a GPT disk of 64 KiB sectors' worth of bytes with the named partitions (start
-// and size in sectors).
+// testDisk is a disk of sectors 512-byte sectors with a primary GPT (no backup) listing parts:
+// name, first LBA and size in sectors each.
 func testDisk(t *testing.T, sectors int64, parts ...[3]any) []byte {
 	t.Helper()
 	d := make([]byte, sectors*sectorSize)
@@ -106,9 +107,9 @@ func TestChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []area{
-		{Name: "P1", Blocks: 4, Data: 3, Changed: 2, FirstChanged: 100, DataFromFirst: 2, ChangedFromFirst: 2},
-		{Name: "P2", Blocks: 4, Data: 3, Changed: 2, FirstChanged: 200, DataFromFirst: 2, ChangedFromFirst: 2},
-		{Name: outside, Blocks: 2, Data: 2, Changed: 1, FirstChanged: 0, DataFromFirst: 2, ChangedFromFirst: 1},
+		{Name: "P1", Blocks: 4, Data: 3, Changed: 2, FirstChanged: 100, TailFrom: -1},
+		{Name: "P2", Blocks: 4, Data: 3, Changed: 2, FirstChanged: 200, TailFrom: 200, TailData: 2},
+		{Name: outside, Blocks: 2, Data: 2, Changed: 1, FirstChanged: 0, TailFrom: -1},
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("changes =\n%+v\nwant\n%+v", got, want)
