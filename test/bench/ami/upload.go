@@ -7,8 +7,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"runtime/pprof"
+	"sync/atomic"
+	"syscall"
+
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/awsfake"
@@ -61,10 +67,11 @@ func (d *disk) blocks() []int64 {
 type endpoint struct {
 	ebs    *awsfake.EBS
 	client *awsclient.Clients
+	dials  atomic.Int64 // connections the client opened
 }
 
 // startFake serves a fresh fake EBS on 127.0.0.1 until ctx ends.
-func startFake(ctx context.Context) (*endpoint, error) {
+func startFake(ctx context.Context, idle int) (*endpoint, error) {
 	fake := &awsfake.EBS{}
 	srv := &awsfake.Server{}
 	srv.Use(fake)
@@ -84,7 +91,20 @@ func startFake(ctx context.Context) (*endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &endpoint{ebs: fake, client: awsclient.NewClients(cfg)}, nil
+	ep := &endpoint{ebs: fake}
+	// the SDK's own HTTP client (what awsclient.Load leaves in cfg), counting connections
+	hc := awshttp.NewBuildableClient().WithDialerOptions(func(d *net.Dialer) {
+		d.Control = func(string, string, syscall.RawConn) error {
+			ep.dials.Add(1)
+			return nil
+		}
+	})
+	if idle > 0 {
+		hc = hc.WithTransportOptions(func(t *http.Transport) { t.MaxIdleConnsPerHost = idle })
+	}
+	cfg.HTTPClient = hc
+	ep.client = awsclient.NewClients(cfg)
+	return ep, nil
 }
 
 // uploadResult is one upload through ebssnap.
@@ -98,6 +118,7 @@ type uploadResult struct {
 	BytesSent   int64   `json:"bytes_sent"`
 	Received    int64   `json:"received"`      // block bytes the fake accepted
 	MaxInFlight int     `json:"max_in_flight"` // most blocks the fake served at once (so far)
+	Connections int64   `json:"connections"`   // TCP connections the client opened
 	Seconds     float64 `json:"seconds"`
 	MBps        float64 `json:"mbps"` // bytes sent, 10^6 per second
 	// ZeroSkip is bytes sent ÷ the disk's size.
@@ -105,7 +126,7 @@ type uploadResult struct {
 }
 
 func upload(ctx context.Context, ep *endpoint, d *disk, o ebssnap.Options) (ebssnap.Result, uploadResult, error) {
-	before := ep.ebs.Counters().Bytes
+	before, dials := ep.ebs.Counters().Bytes, ep.dials.Load()
 	res, err := ebssnap.Upload(ctx, ep.client.EBS(region), d, o)
 	if err != nil {
 		return res, uploadResult{}, err
@@ -114,7 +135,8 @@ func upload(ctx context.Context, ep *endpoint, d *disk, o ebssnap.Options) (ebss
 	return res, uploadResult{
 		Concurrency: o.Concurrency, DiskBytes: d.Size(), Blocks: res.Blocks, DataBlocks: res.DataBlocks,
 		Sent: res.Sent, Unchanged: res.Unchanged, BytesSent: res.BytesSent,
-		Received: ep.ebs.Counters().Bytes - before, MaxInFlight: ep.ebs.Counters().MaxInFlight, Seconds: s, MBps: float64(res.BytesSent) / 1e6 / s,
+		Received: ep.ebs.Counters().Bytes - before, MaxInFlight: ep.ebs.Counters().MaxInFlight,
+		Connections: ep.dials.Load() - dials, Seconds: s, MBps: float64(res.BytesSent) / 1e6 / s,
 		ZeroSkip: float64(res.BytesSent) / float64(d.Size()),
 	}, nil
 }
@@ -125,6 +147,7 @@ func uploadCmd(ctx context.Context, args []string) (any, error) {
 	simg := fs.String("simg", "", "the disk (disk.simg)")
 	n := fs.Int("concurrency", ebssnap.DefaultConcurrency, "blocks in flight")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the upload (uploader and fake) to this file")
+	idle := fs.Int("max-idle-conns", 0, "the HTTP client's idle connections kept per host (0: the SDK's default)")
 	if err := parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -135,7 +158,7 @@ func uploadCmd(ctx context.Context, args []string) (any, error) {
 	defer d.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ep, err := startFake(ctx)
+	ep, err := startFake(ctx, *idle)
 	if err != nil {
 		return nil, err
 	}
@@ -244,7 +267,7 @@ func incrementalCmd(ctx context.Context, args []string) (any, error) {
 	defer next.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ep, err := startFake(ctx)
+	ep, err := startFake(ctx, 0)
 	if err != nil {
 		return nil, err
 	}
