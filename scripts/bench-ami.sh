@@ -187,18 +187,21 @@ section=$tmp/section.md
   echo
   echo "### throughput: MB/s at 1, 16 and 64 blocks in flight"
   echo
-  echo "| in flight | ebssnap.Upload → fake EBS, best | median | plain PUT of the same blocks → trivial server, best | median | upload ÷ PUT (median) |"
-  echo "| ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| in flight | ebssnap.Upload → fake EBS, best | median | connections opened (median) | plain PUT of the same blocks → trivial server, best | median | upload ÷ PUT (median) |"
+  echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for c in $conc; do
     # stats: "lowest median"; for MB/s the best is the highest
     um=$(stats "$(col upload "$c")" | cut -d' ' -f2)
     pm=$(stats "$(col put "$c")" | cut -d' ' -f2)
     ub=$(maxof "$tmp/m/upload.$c.mbps")
     pb=$(maxof "$tmp/m/put.$c.mbps")
-    awk -v c="$c" -v ub="$ub" -v um="$um" -v pb="$pb" -v pm="$pm" 'BEGIN {printf "| %d | %.0f | %.0f | %.0f | %.0f | %.2f× |\n", c, ub, um, pb, pm, um / pm}'
+    json_field connections "$tmp/m/upload.$c" >"$tmp/m/upload.$c.conns"
+    cm=$(stats "$tmp/m/upload.$c.conns" | cut -d' ' -f2)
+    awk -v c="$c" -v ub="$ub" -v um="$um" -v cm="$cm" -v pb="$pb" -v pm="$pm" \
+      'BEGIN {printf "| %d | %.0f | %.0f | %.0f | %.0f | %.0f | %.2f× |\n", c, ub, um, cm, pb, pm, um / pm}'
   done
   echo
-  echo "Both send the $(jnum "$tmp/m/put.64" blocks) non-zero blocks ($(jnum "$tmp/m/put.64" bytes) bytes); the upload also reads them from disk.simg, hashes each (sha256, the checksum the API wants) and signs each request (SigV4), and the fake hashes each again; the PUT client reads them and nothing else, its server drops the bodies."
+  echo "Both send the $(jnum "$tmp/m/put.64" blocks) non-zero blocks ($(jnum "$tmp/m/put.64" bytes) bytes); the upload also reads them from disk.simg, hashes each (sha256, the checksum the API wants) and signs each request (SigV4), and the fake hashes each again; the PUT client reads them and nothing else, its server drops the bodies. Connections: the SDK's HTTP client keeps 10 idle connections per host (aws/transport/http's default), so with more blocks in flight it closes and opens connections while uploading (the PUT client keeps as many as it has in flight)."
 } >"$section"
 cat "$section"
 if [ -n "$BENCHMARKS" ]; then
