@@ -56,6 +56,8 @@ type putResult struct {
 	Received    int64   `json:"received"` // bytes the server read: equal to Bytes
 	Seconds     float64 `json:"seconds"`
 	MBps        float64 `json:"mbps"` // 10^6 bytes per second
+	// CPUSeconds is the process's user + system time while putting: client and server.
+	CPUSeconds float64 `json:"cpu_seconds"`
 }
 
 // putBlocks PUTs blocks (block indexes of r, blockSize bytes each, the last one of the disk

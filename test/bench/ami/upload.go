@@ -13,6 +13,7 @@ import (
 	"runtime/pprof"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 
@@ -121,13 +122,23 @@ type uploadResult struct {
 	Connections int64   `json:"connections"`   // TCP connections the client opened
 	Seconds     float64 `json:"seconds"`
 	MBps        float64 `json:"mbps"` // bytes sent, 10^6 per second
+	// CPUSeconds is the process's user + system time during the upload: uploader and fake.
+	CPUSeconds float64 `json:"cpu_seconds"`
 	// ZeroSkip is bytes sent ÷ the disk's size.
 	ZeroSkip float64 `json:"zero_skip"`
 }
 
 func upload(ctx context.Context, ep *endpoint, d *disk, o ebssnap.Options) (ebssnap.Result, uploadResult, error) {
 	before, dials := ep.ebs.Counters().Bytes, ep.dials.Load()
+	cpu0, err := cpuTime()
+	if err != nil {
+		return ebssnap.Result{}, uploadResult{}, err
+	}
 	res, err := ebssnap.Upload(ctx, ep.client.EBS(region), d, o)
+	if err != nil {
+		return res, uploadResult{}, err
+	}
+	cpu1, err := cpuTime()
 	if err != nil {
 		return res, uploadResult{}, err
 	}
@@ -137,7 +148,8 @@ func upload(ctx context.Context, ep *endpoint, d *disk, o ebssnap.Options) (ebss
 		Sent: res.Sent, Unchanged: res.Unchanged, BytesSent: res.BytesSent,
 		Received: ep.ebs.Counters().Bytes - before, MaxInFlight: ep.ebs.Counters().MaxInFlight,
 		Connections: ep.dials.Load() - dials, Seconds: s, MBps: float64(res.BytesSent) / 1e6 / s,
-		ZeroSkip: float64(res.BytesSent) / float64(d.Size()),
+		ZeroSkip:   float64(res.BytesSent) / float64(d.Size()),
+		CPUSeconds: (cpu1 - cpu0).Seconds(),
 	}, nil
 }
 
@@ -201,12 +213,20 @@ func putCmd(ctx context.Context, args []string) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	cpu0, err := cpuTime()
+	if err != nil {
+		return nil, err
+	}
 	sent, dur, err := putBlocks(ctx, url, d, d.Size(), publication.BlockSize, blocks, *n)
 	if err != nil {
 		return nil, err
 	}
+	cpu1, err := cpuTime()
+	if err != nil {
+		return nil, err
+	}
 	return putResult{Concurrency: *n, Blocks: int64(len(blocks)), Bytes: sent, Received: s.bytes.Load(),
-		Seconds: dur.Seconds(), MBps: float64(sent) / 1e6 / dur.Seconds()}, nil
+		Seconds: dur.Seconds(), MBps: float64(sent) / 1e6 / dur.Seconds(), CPUSeconds: (cpu1 - cpu0).Seconds()}, nil
 }
 
 // nonZero keeps the blocks that are not all zeros (read once, before the timed part: the
@@ -326,4 +346,13 @@ func areaRows(areas []area) []byte {
 		fmt.Fprintf(&b, "| %s | %d | %d | %d | %s | %s | %s |\n", a.Name, a.Blocks, a.Data, a.Changed, pct, first, tail)
 	}
 	return b.Bytes()
+}
+
+// cpuTime is the process's user + system CPU time so far.
+func cpuTime() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, fmt.Errorf("getrusage: %w", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }

@@ -75,8 +75,10 @@ func TestUploadIncrementalAndPut(t *testing.T) {
 	if res.Base.Sent != 4 || res.Base.BytesSent != 4*512<<10 || res.Base.Received != res.Base.BytesSent || res.Base.DiskBytes != 4*mib {
 		t.Fatalf("full upload: %+v, want 4 blocks of 512 KiB sent and received of a 4 MiB disk", res.Base)
 	}
-	if res.Base.Connections < 1 || res.Base.Connections > 3 {
-		t.Fatalf("the full upload opened %d connections, want 1 to 3 (3 in flight)", res.Base.Connections)
+	// 6 requests (start, 4 blocks, complete), 3 in flight; the transport may dial for a
+	// request while a connection is being returned, so up to one per request
+	if res.Base.Connections < 1 || res.Base.Connections > 6 {
+		t.Fatalf("the full upload opened %d connections, want 1 to 6 (6 requests)", res.Base.Connections)
 	}
 	if res.Base.ZeroSkip != 0.5 {
 		t.Fatalf("zero-skip %v, want 0.5 (2 of 4 MiB)", res.Base.ZeroSkip)
