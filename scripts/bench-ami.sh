@@ -42,6 +42,7 @@ step_timeout=600   # seconds, any single command
 case $RUNS in '' | *[!0-9]* | 0) die "RUNS=$RUNS: expected a positive number" ;; esac
 if [ "$RUNS" -gt 1 ]; then layout=${AMI_LAYOUT:-1}; else layout=${AMI_LAYOUT:-0}; fi
 { [ -x bin/imgctl ] && [ -x bin/imgctl-node ]; } || die "bin/imgctl or bin/imgctl-node is missing: run make build (make bench does)"
+[ -x /usr/bin/time ] || die "/usr/bin/time is missing (Debian package: time)"
 if [ "$layout" = 1 ]; then
   [ "$(id -u)" = 0 ] || die "AMI_LAYOUT=1 extracts the rootfs with its device nodes: run as root, or set AMI_LAYOUT=0"
   command -v mksquashfs >/dev/null || die "mksquashfs is missing (Debian package squashfs-tools), or set AMI_LAYOUT=0"
@@ -92,17 +93,24 @@ busy=
 wait_idle "$WAIT_IDLE" # sets busy
 load0=$(loadavg)
 echo "measuring: a full upload and the kubelet change on top of it, then $RUNS interleaved runs at 1, 16 and 64 in flight (CPUs ${busy}% busy before)" >&2
+others=$(running)
+read -r j0_busy j0_total < <(jiffies)
 # 1 and 2: deterministic counts, one run
-timeout "$step_timeout" "$tmp/ami" incremental -base "$simg_base" -next "$simg_bump" -areas "$tmp/m/areas.md" >"$tmp/m/incremental.json"
-# 3
+timed incremental "$tmp/ami" incremental -base "$simg_base" -next "$simg_bump" -areas "$tmp/m/areas.md"
+cp "$tmp/m/incremental.stdout" "$tmp/m/incremental.json"
+# 3: each measurement is a process (timed: its CPU counts as ours in others_during)
 conc="1 16 64"
 for i in $(seq "$RUNS"); do
   for c in $conc; do
-    timeout "$step_timeout" "$tmp/ami" upload -simg "$simg_base" -concurrency "$c" >>"$tmp/m/upload.$c"
-    timeout "$step_timeout" "$tmp/ami" put -simg "$simg_base" -concurrency "$c" >>"$tmp/m/put.$c"
+    for k in upload put; do
+      timed "$k.$c" "$tmp/ami" "$k" -simg "$simg_base" -concurrency "$c"
+      cat "$tmp/m/$k.$c.stdout" >>"$tmp/m/$k.$c"
+    done
   done
   echo "  run $i of $RUNS done" >&2
 done
+read -r j1_busy j1_total < <(jiffies)
+others_during=$(others_during "$j0_busy" "$j0_total" "$j1_busy" "$j1_total")
 load1=$(loadavg)
 
 # 4
@@ -142,10 +150,7 @@ inc=$tmp/m/incremental.json
 jnum() { json_field "$2" "$1" | head -n 1; }
 # sub FILE OBJECT FIELD: FIELD inside the object OBJECT ("base", "next") of FILE
 sub() { sed -n "s/.*\"$2\":{\([^}]*\)}.*/{\1}/p" "$1" | json_field "$3" /dev/stdin; }
-col() { # NAME C: the mbps values of $tmp/m/NAME.C, one a line, in a file
-  json_field mbps "$tmp/m/$1.$2" >"$tmp/m/$1.$2.mbps"
-  echo "$tmp/m/$1.$2.mbps"
-}
+med() { stats "$tmp/m/$1.$c.$2" | cut -d' ' -f2; } # NAME FIELD: median of FIELD over the runs at $c
 pct() { awk -v v="$1" 'BEGIN {printf "%.1f%%", 100 * v}'; }
 verdict() { awk -v v="$1" -v g="$2" 'BEGIN {print (v <= g) ? "met" : "**not met**"}'; }
 sent_full=$(jnum "$inc" sent_of_full)
@@ -156,7 +161,7 @@ section=$tmp/section.md
   echo "## AMI upload (EBS direct APIs) against the in-process fake — $(date -u '+%Y-%m-%d %H:%M UTC'), imgctl $(git describe --always --dirty 2>/dev/null || echo dev)"
   echo
   echo "- Machine: $(machine). Uploader, fake EBS endpoint (images/awsfake: checks every block's sha256 and length and the aggregate checksum) and the baseline's server share the CPUs (loopback)."
-  echo "- Load: CPUs ${busy}% busy just before; 1-min load average $load0 before, $load1 after (these include the benchmark)."
+  echo "- Load: CPUs ${busy}% busy just before; other processes used ${others_during}% of all CPU time during the measurements; 1-min load average $load0 before, $load1 after (these include the benchmark); running before: ${others:-nothing else}."
   echo "- Input: the default image (\`imgctl build --k8s $K8S --target raw\`, the bench cache's layers, $kubelet_desc), disk.simg $(stat -c %s "$simg_base") bytes for a $(sub "$inc" base disk_bytes)-byte disk; the kubelet change: the same build with the kubelet with one byte put in front (every kubelet block differs), as in bench-raw.sh."
   echo "- Method: ebssnap.Upload from the stored disk.simg (test/bench/ami); MB/s = bytes sent / 10^6 / the whole upload's time (StartSnapshot to CompleteSnapshot); $RUNS run(s) of each throughput measurement, uploader and baseline interleaved. Reproduce: \`scripts/bench-ami.sh\` (\`make bench\` runs it; \`RUNS\`, \`AMI_LAYOUT\` in its header)."
   echo
@@ -187,21 +192,20 @@ section=$tmp/section.md
   echo
   echo "### throughput: MB/s at 1, 16 and 64 blocks in flight"
   echo
-  echo "| in flight | ebssnap.Upload → fake EBS, best | median | connections opened (median) | plain PUT of the same blocks → trivial server, best | median | upload ÷ PUT (median) |"
-  echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| in flight | ebssnap.Upload → fake EBS, MB/s best | median | CPU s median | connections opened (median) | plain PUT of the same blocks → trivial server, MB/s best | median | CPU s median | upload ÷ PUT (median MB/s) |"
+  echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for c in $conc; do
-    # stats: "lowest median"; for MB/s the best is the highest
-    um=$(stats "$(col upload "$c")" | cut -d' ' -f2)
-    pm=$(stats "$(col put "$c")" | cut -d' ' -f2)
-    ub=$(maxof "$tmp/m/upload.$c.mbps")
-    pb=$(maxof "$tmp/m/put.$c.mbps")
-    json_field connections "$tmp/m/upload.$c" >"$tmp/m/upload.$c.conns"
-    cm=$(stats "$tmp/m/upload.$c.conns" | cut -d' ' -f2)
-    awk -v c="$c" -v ub="$ub" -v um="$um" -v cm="$cm" -v pb="$pb" -v pm="$pm" \
-      'BEGIN {printf "| %d | %.0f | %.0f | %.0f | %.0f | %.0f | %.2f× |\n", c, ub, um, cm, pb, pm, um / pm}'
+    for k in upload put; do
+      for f in mbps cpu_seconds connections; do
+        json_field "$f" "$tmp/m/$k.$c" >"$tmp/m/$k.$c.$f"
+      done
+    done
+    awk -v c="$c" -v ub="$(maxof "$tmp/m/upload.$c.mbps")" -v um="$(med upload mbps)" -v uc="$(med upload cpu_seconds)" \
+      -v cm="$(med upload connections)" -v pb="$(maxof "$tmp/m/put.$c.mbps")" -v pm="$(med put mbps)" -v pc="$(med put cpu_seconds)" \
+      'BEGIN {printf "| %d | %.0f | %.0f | %.2f | %.0f | %.0f | %.0f | %.2f | %.2f× |\n", c, ub, um, uc, cm, pb, pm, pc, um / pm}'
   done
   echo
-  echo "Both send the $(jnum "$tmp/m/put.64" blocks) non-zero blocks ($(jnum "$tmp/m/put.64" bytes) bytes); the upload also reads them from disk.simg, hashes each (sha256, the checksum the API wants) and signs each request (SigV4), and the fake hashes each again; the PUT client reads them and nothing else, its server drops the bodies. Connections: the SDK's HTTP client keeps 10 idle connections per host (aws/transport/http's default), so with more blocks in flight it closes and opens connections while uploading (the PUT client keeps as many as it has in flight)."
+  echo "Both send the $(jnum "$tmp/m/put.64" blocks) non-zero blocks ($(jnum "$tmp/m/put.64" bytes) bytes); the upload also reads them from disk.simg, hashes each (sha256, the checksum the API wants) and signs each request (SigV4), and the fake hashes each again; the PUT client reads them and nothing else, its server drops the bodies. CPU s: user + system of the measuring process while it sends (uploader and fake, or PUT client and server). Connections: the SDK's HTTP client keeps 10 idle connections per host (aws/transport/http's default), so with more blocks in flight it closes and opens connections while uploading (the PUT client keeps as many as it has in flight)."
 } >"$section"
 cat "$section"
 if [ -n "$BENCHMARKS" ]; then
