@@ -253,7 +253,7 @@ func TestUploadFailedTask(t *testing.T) {
 	e := setup(t)
 	e.imp.FailMessage = "ClientError: Disk validation failed [Unsupported specified file format]"
 	data := disk(1 << 20)
-	_, err := Upload(e.ctx, e.clients, region, bytes.NewReader(data), int64(len(data)), Options{Bucket: bucket, Key: "bad.raw", Poll: 10 * time.Millisecond})
+	_, err := Upload(e.ctx, e.clients, region, bytes.NewReader(data), int64(len(data)), Options{Bucket: bucket, Key: "bad.raw", Wait: 20 * time.Second, Poll: 10 * time.Millisecond})
 	if err == nil || !strings.Contains(err.Error(), "Disk validation failed [Unsupported specified file format]") || !strings.Contains(err.Error(), "import-snap-") {
 		t.Fatalf("err = %v, want the task's status message", err)
 	}
@@ -300,7 +300,7 @@ func TestUploadWithoutTheServiceRole(t *testing.T) {
 	e := setup(t)
 	e.imp.NoRole = true
 	data := disk(1 << 20)
-	_, err := Upload(e.ctx, e.clients, region, bytes.NewReader(data), int64(len(data)), Options{Bucket: bucket, Key: "norole.raw", Poll: 10 * time.Millisecond})
+	_, err := Upload(e.ctx, e.clients, region, bytes.NewReader(data), int64(len(data)), Options{Bucket: bucket, Key: "norole.raw", Wait: 20 * time.Second, Poll: 10 * time.Millisecond})
 	if err == nil || !strings.Contains(err.Error(), "ec2:ImportSnapshot") || !strings.Contains(err.Error(), "vmie.amazonaws.com") {
 		t.Fatalf("err = %v, want the vmimport role explained", err)
 	}
