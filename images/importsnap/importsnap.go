@@ -6,7 +6,7 @@ package importsnap
 
 import (
 	"context"
-	"crypto/rand"
+	crand "crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -45,6 +47,12 @@ type Options struct {
 	KMSKeyID    string // needs Encrypted; "" = the account's default EBS key
 	PartSize    int64  // bytes per part (default 8 MiB, at least 5 MiB; raised to fit 10,000 parts)
 	Concurrency int    // parts in flight (default 8); memory stays a few KiB per part
+	// RequestTimeout bounds each attempt to send a part (default 5 m): a hung request is cut
+	// and sent again alone. MaxAttempts bounds the attempts per part (default 8); throttling,
+	// 5xx and dropped connections are retried with backoff and jitter, errors that cannot
+	// succeed (access denied, a bad request) fail at once.
+	RequestTimeout time.Duration
+	MaxAttempts    int
 	// Wait bounds the wait for the import task (default 45 m); Poll is the interval between
 	// DescribeImportSnapshotTasks calls (default 10 s).
 	Wait, Poll time.Duration
@@ -125,6 +133,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Wait <= 0 {
 		o.Wait = 45 * time.Minute
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = 5 * time.Minute
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 8
 	}
 	if o.Poll <= 0 {
 		o.Poll = 10 * time.Second
@@ -238,30 +252,67 @@ send:
 	return parts, first
 }
 
-// part uploads bytes [off, off+ln) as part number num: read once for its sha256, once to
-// send it, so memory does not grow with the part size.
+// part uploads bytes [off, off+ln) as part number num: read once for its sha256, once per
+// attempt to send it, so memory does not grow with the part size. Each attempt is bounded by
+// RequestTimeout; the SDK's own retries are off here so that a hung attempt is retried too.
 func (u *upload) part(ctx context.Context, id string, num int32, off, ln int64) (s3types.CompletedPart, error) {
-	body := io.NewSectionReader(u.disk, off, ln)
 	h := sha256.New()
-	if _, err := io.Copy(h, body); err != nil {
+	if _, err := io.Copy(h, io.NewSectionReader(u.disk, off, ln)); err != nil {
 		return s3types.CompletedPart{}, fmt.Errorf("reading the disk at %d for part %d: %w", off, num, err)
 	}
 	sum := base64.StdEncoding.EncodeToString(h.Sum(nil))
-	if _, err := body.Seek(0, io.SeekStart); err != nil {
-		return s3types.CompletedPart{}, err
+	op := "UploadPart " + strconv.Itoa(int(num))
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, u.o.RequestTimeout)
+		out, err := u.s3.UploadPart(actx, &s3.UploadPartInput{
+			Bucket: &u.o.Bucket, Key: &u.o.Key, UploadId: &id, PartNumber: &num,
+			Body: io.NewSectionReader(u.disk, off, ln), ContentLength: &ln,
+			ChecksumAlgorithm: s3types.ChecksumAlgorithmSha256, ChecksumSHA256: &sum,
+		}, func(o *s3.Options) { o.RetryMaxAttempts = 1 })
+		hung := actx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if err == nil {
+			if got := aws.ToString(out.ChecksumSHA256); got != "" && got != sum {
+				return s3types.CompletedPart{}, fmt.Errorf("%s of %s: S3 computed sha256 %s, the disk's bytes have %s", op, u.object, got, sum)
+			}
+			if aws.ToString(out.ETag) == "" {
+				err = errors.New("the reply has no ETag")
+			} else {
+				u.log.Debug("uploaded a part", "part", num, "bytes", ln, "attempts", attempt)
+				return s3types.CompletedPart{PartNumber: &num, ETag: out.ETag, ChecksumSHA256: &sum}, nil
+			}
+		}
+		if ctx.Err() != nil {
+			return s3types.CompletedPart{}, fmt.Errorf("%s of %s: %w", op, u.object, ctx.Err())
+		}
+		if hung {
+			err = fmt.Errorf("no answer within %s: %w", u.o.RequestTimeout, err)
+		}
+		if !hung && retryables.IsErrorRetryable(err) != aws.TrueTernary {
+			return s3types.CompletedPart{}, u.s3Error(op, "s3:PutObject", err)
+		}
+		if attempt >= u.o.MaxAttempts {
+			return s3types.CompletedPart{}, u.s3Error(fmt.Sprintf("%s (%d attempts)", op, attempt), "s3:PutObject", err)
+		}
+		wait := backoff(attempt)
+		u.log.Warn("retrying a part", "part", num, "attempt", attempt, "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return s3types.CompletedPart{}, fmt.Errorf("%s of %s: %w", op, u.object, ctx.Err())
+		case <-time.After(wait):
+		}
 	}
-	out, err := u.s3.UploadPart(ctx, &s3.UploadPartInput{
-		Bucket: &u.o.Bucket, Key: &u.o.Key, UploadId: &id, PartNumber: &num, Body: body, ContentLength: &ln,
-		ChecksumAlgorithm: s3types.ChecksumAlgorithmSha256, ChecksumSHA256: &sum,
-	})
-	if err != nil {
-		return s3types.CompletedPart{}, u.s3Error("UploadPart "+strconv.Itoa(int(num)), "s3:PutObject", err)
-	}
-	if got := aws.ToString(out.ChecksumSHA256); got != "" && got != sum {
-		return s3types.CompletedPart{}, fmt.Errorf("UploadPart %d of %s: S3 computed sha256 %s, the disk's bytes have %s", num, u.object, got, sum)
-	}
-	u.log.Debug("uploaded a part", "part", num, "bytes", ln)
-	return s3types.CompletedPart{PartNumber: &num, ETag: out.ETag, ChecksumSHA256: &sum}, nil
+}
+
+// retryables are the errors worth sending a part again for: throttling, 5xx, dropped
+// connections, as the SDK's standard retryer decides.
+var retryables = retry.IsErrorRetryables(retry.DefaultRetryables)
+
+// backoff is the wait before attempt+1: doubling from 200 ms up to 20 s, with ±50% jitter so
+// parts throttled together do not come back together.
+func backoff(attempt int) time.Duration {
+	d := min(20*time.Second, 200*time.Millisecond<<min(attempt-1, 10))
+	return d/2 + rand.N(d)
 }
 
 // importSnapshot starts the import and waits for it. keep reports that the object must stay:
@@ -451,6 +502,6 @@ func or(s, alt string) string {
 
 func randomHex(n int) string {
 	b := make([]byte, n)
-	rand.Read(b)
+	crand.Read(b)
 	return hex.EncodeToString(b)
 }

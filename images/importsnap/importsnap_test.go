@@ -41,11 +41,13 @@ type env struct {
 	moto    *awsfake.Moto
 	imp     *awsfake.ImportSnapshot
 	clients *awsclient.Clients
-	// parts records each UploadPart's number and x-amz-checksum-sha256 header; failPart, when
-	// set, answers that part number with 403 AccessDenied.
+	// parts records each UploadPart's number and x-amz-checksum-sha256 header, attempts how
+	// often each part number was sent. onPart, when set, sees each UploadPart first (attempt
+	// counts from 1) and answers it itself by returning true.
 	mu       sync.Mutex
 	parts    map[string]string
-	failPart string
+	attempts map[string]int
+	onPart   func(w http.ResponseWriter, r *http.Request, part string, attempt int) bool
 }
 
 func setup(t *testing.T) *env {
@@ -77,7 +79,7 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{ctx: ctx, moto: m, imp: &awsfake.ImportSnapshot{Upstream: m.URL}, parts: map[string]string{}}
+	e := &env{ctx: ctx, moto: m, imp: &awsfake.ImportSnapshot{Upstream: m.URL}, parts: map[string]string{}, attempts: map[string]int{}}
 	srv := &awsfake.Server{Upstream: up}
 	srv.Use(awsfake.HandlerFunc(e.watchParts), e.imp)
 	base, err := srv.Start(ctx)
@@ -101,16 +103,19 @@ func (e *env) watchParts(w http.ResponseWriter, r *http.Request, body []byte) bo
 	if r.Method != http.MethodPut || !q.Has("partNumber") || !q.Has("uploadId") {
 		return false
 	}
+	part := q.Get("partNumber")
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.parts[q.Get("partNumber")] = r.Header.Get("X-Amz-Checksum-Sha256")
-	if q.Get("partNumber") != e.failPart {
-		return false
-	}
+	e.parts[part] = r.Header.Get("X-Amz-Checksum-Sha256")
+	e.attempts[part]++
+	attempt, hook := e.attempts[part], e.onPart
+	e.mu.Unlock()
+	return hook != nil && hook(w, r, part, attempt)
+}
+
+func s3Error(w http.ResponseWriter, status int, code string) {
 	w.Header().Set("Content-Type", "application/xml")
-	w.WriteHeader(http.StatusForbidden)
-	io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message><RequestId>1</RequestId></Error>`)
-	return true
+	w.WriteHeader(status)
+	io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>`+code+`</Code><Message>`+code+`</Message><RequestId>1</RequestId></Error>`)
 }
 
 // disk returns size bytes of random data with a zero stretch in the middle.
@@ -283,7 +288,13 @@ func TestUploadStuckTask(t *testing.T) {
 
 func TestUploadAbortsOnAFailingPart(t *testing.T) {
 	e := setup(t)
-	e.failPart = "2"
+	e.onPart = func(w http.ResponseWriter, r *http.Request, part string, attempt int) bool {
+		if part != "2" {
+			return false
+		}
+		s3Error(w, http.StatusForbidden, "AccessDenied")
+		return true
+	}
 	data := disk(11 << 20)
 	_, err := Upload(e.ctx, e.clients, region, bytes.NewReader(data), int64(len(data)), Options{Bucket: bucket, Key: "denied.raw", PartSize: 5 << 20, Concurrency: 1, Poll: 10 * time.Millisecond})
 	if err == nil || !strings.Contains(err.Error(), "s3:PutObject") || !strings.Contains(err.Error(), "s3://"+bucket+"/denied.raw") {
@@ -294,6 +305,69 @@ func TestUploadAbortsOnAFailingPart(t *testing.T) {
 	if n := len(e.imp.Requests()); n != 0 {
 		t.Errorf("%d ImportSnapshot calls after a failed upload", n)
 	}
+	if n := e.attempts["2"]; n != 1 {
+		t.Errorf("the denied part was sent %d times, want once (access denied never succeeds)", n)
+	}
+
+	// Cancelled while parts are in flight: the multipart upload is still aborted.
+	ctx, cancel := context.WithCancel(e.ctx)
+	defer cancel()
+	e.onPart = func(w http.ResponseWriter, r *http.Request, part string, attempt int) bool {
+		if part == "2" {
+			cancel()
+		}
+		return false
+	}
+	_, err = Upload(ctx, e.clients, region, bytes.NewReader(data), int64(len(data)), Options{Bucket: bucket, Key: "cancelled.raw", PartSize: 5 << 20, Concurrency: 1})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: err = %v", err)
+	}
+	e.noMultipartUploads(t)
+}
+
+// A hung part request times out and is sent again alone; a throttled one is retried with
+// backoff; the object holds the disk.
+func TestUploadRetriesAPartAlone(t *testing.T) {
+	e := setup(t)
+	e.onPart = func(w http.ResponseWriter, r *http.Request, part string, attempt int) bool {
+		switch {
+		case part == "1" && attempt == 1:
+			select { // hang until the client gives up
+			case <-r.Context().Done():
+			case <-time.After(30 * time.Second):
+			}
+			return true
+		case part == "2" && attempt <= 2:
+			s3Error(w, http.StatusServiceUnavailable, "SlowDown")
+			return true
+		}
+		return false
+	}
+	data := disk(11 << 20)
+	start := time.Now()
+	if _, err := Upload(e.ctx, e.clients, region, bytes.NewReader(data), int64(len(data)), Options{
+		Bucket: bucket, Key: "retried.raw", PartSize: 5 << 20, Concurrency: 3, RequestTimeout: time.Second, Keep: true, Poll: 10 * time.Millisecond,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("the upload took %s: the hung request was not cut short", d)
+	}
+	e.mu.Lock()
+	if e.attempts["1"] != 2 || e.attempts["2"] != 3 || e.attempts["3"] != 1 {
+		t.Errorf("attempts per part %v, want 1:2 2:3 3:1", e.attempts)
+	}
+	e.mu.Unlock()
+	obj, err := e.clients.S3(region).GetObject(e.ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String("retried.raw")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obj.Body.Close()
+	got, err := io.ReadAll(obj.Body)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the object differs from the disk (%d bytes, %v)", len(got), err)
+	}
+	e.noMultipartUploads(t)
 }
 
 func TestUploadWithoutTheServiceRole(t *testing.T) {
