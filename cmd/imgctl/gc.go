@@ -29,11 +29,12 @@ deletes the other imgctl images from the store, then every blob nothing in the s
 (blobs written within the last hour stay: a concurrent build may not have indexed them yet).
 Entries of other tools sharing the layout, and signatures of kept images, are kept.
 
-With --aws, then removes on AWS, in every region the store's publication records or --region
-name, the AMIs (and their snapshots and version parameters) tagged with the digest of an image
-no longer in the store, and snapshots whose upload never completed, all older than
---older-than. Resources without the imgctl:image tag, and AMIs an SSM parameter under a
-record's SSM prefix names (a channel), are never touched.`,
+With --aws, then removes on AWS, in every region the store's publication records, its AWS
+settings (imgctl store aws) or --region name, the AMIs (and their snapshots and version
+parameters) tagged with the digest of an image no longer in the store, and snapshots whose
+upload never completed, all older than --older-than. Resources without the imgctl:image tag,
+and AMIs an SSM parameter PREFIX/NAME/image_id names (PREFIX: the settings' or a record's SSM
+prefix; a channel), are never touched.`,
 		Args: cobra.NoArgs,
 		RunE: a.withChannels(func(cmd *cobra.Command, _ []string, st *store.Store, l *channel.Log) error {
 			aws, err := awsFlags.prepare(cmd.Context(), a, st)

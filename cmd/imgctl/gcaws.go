@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/spf13/pflag"
 
+	"github.com/imgctl/imgctl/images/awschannel"
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/awsgc"
 	"github.com/imgctl/imgctl/images/publication"
@@ -29,7 +30,7 @@ type gcAWSFlags struct {
 
 func (f *gcAWSFlags) add(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.enabled, "aws", false, "also remove on AWS the AMIs and snapshots (tagged imgctl:image) of the images this gc leaves out of the store, and uploads that never completed")
-	fs.StringSliceVar(&f.regions, "region", nil, "with --aws: clean this region too (repeat or comma-separate), besides those the store's publication records name")
+	fs.StringSliceVar(&f.regions, "region", nil, "with --aws: clean this region too (repeat or comma-separate), besides those the store's publication records and AWS settings name")
 	fs.StringVar(&f.endpointURL, "endpoint-url", "", "with --aws: send AWS requests to this URL (a VPC endpoint)")
 	fs.StringVar(&f.profile, "profile", "", "with --aws: AWS shared-config profile")
 	fs.BoolVar(&f.noIMDS, "no-imds", false, "with --aws: never ask the EC2 instance metadata service for credentials or the region")
@@ -62,11 +63,20 @@ func (f *gcAWSFlags) prepare(ctx context.Context, a *app, st *store.Store) (*gcA
 		return nil, err
 	}
 	regions, prefixes := publication.Places(recs)
+	settings, err := awschannel.LoadSettings(st.Dir())
+	if err != nil {
+		return nil, err
+	}
+	if settings != nil {
+		regions = append(regions, settings.Regions...)
+		prefixes = append(prefixes, settings.SSMPrefix)
+	}
 	regions = append(regions, f.regions...)
 	slices.Sort(regions)
-	regions = slices.Compact(regions)
+	slices.Sort(prefixes)
+	regions, prefixes = slices.Compact(regions), slices.Compact(prefixes)
 	if len(regions) == 0 {
-		return nil, errors.New("no AWS region to clean: give --region (no publication record in the store names one)")
+		return nil, errors.New("no AWS region to clean: give --region (neither the store's publication records nor its AWS settings name one)")
 	}
 	cfg, err := awsclient.Load(ctx, awsclient.Options{Region: regions[0], Profile: f.profile, EndpointURL: f.endpointURL,
 		NoIMDS: f.noIMDS, Logger: a.logger()})

@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
+	"github.com/imgctl/imgctl/images/awschannel"
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/awsfake"
 	"github.com/imgctl/imgctl/images/publication"
@@ -24,8 +25,9 @@ import (
 )
 
 // TestGCAWS: gc --aws cleans the regions of the store's records (read before the store gc
-// removes them with their images) and of --region, removing the AMIs of the images the store
-// gc removed, keeping those of kept images and those a channel parameter names.
+// removes them with their images), of its AWS channel settings and of --region, removing the
+// AMIs of the images the store gc removed, keeping those of kept images and those a channel
+// parameter (under a record's or the settings' SSM prefix) names.
 func TestGCAWS(t *testing.T) {
 	testenv.Integration(t, "runs moto_server")
 	testenv.Tools(t, "moto_server")
@@ -93,6 +95,18 @@ func TestGCAWS(t *testing.T) {
 	untaggedWest := ami("eu-west-1", "v2", false)
 	goneSouth := ami("ap-south-1", "v2", true)
 	goneNorth := ami("eu-north-1", "v2", true) // no record nor --region names eu-north-1
+	// The store's AWS channel settings name eu-central-1 and a prefix whose channel parameter
+	// names channelEast.
+	if err := awschannel.SaveSettings(t.Context(), st.Dir(), awschannel.Settings{Regions: []string{"eu-central-1"}, SSMPrefix: "/imgctl/chan"}); err != nil {
+		t.Fatal(err)
+	}
+	goneCentral := ami("eu-central-1", "v2", true)
+	channelEast := ami("us-east-1", "v2", true)
+	if _, err := c.SSM("us-east-1").PutParameter(t.Context(), &ssm.PutParameterInput{
+		Name: aws.String("/imgctl/chan/staging/image_id"), Value: aws.String(channelEast), Type: ssmtypes.ParameterTypeString,
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := c.SSM("eu-west-1").PutParameter(t.Context(), &ssm.PutParameterInput{
 		Name: aws.String(prefix + "/prod/image_id"), Value: aws.String(channelWest), Type: ssmtypes.ParameterTypeString,
 	}); err != nil {
@@ -113,7 +127,7 @@ func TestGCAWS(t *testing.T) {
 	}
 	sorted := func(s ...string) []string { slices.Sort(s); return s }
 	before := map[string][]string{}
-	for _, r := range []string{"us-east-1", "eu-west-1", "ap-south-1", "eu-north-1"} {
+	for _, r := range []string{"us-east-1", "eu-west-1", "ap-south-1", "eu-north-1", "eu-central-1"} {
 		before[r] = amis(r)
 	}
 
@@ -126,7 +140,8 @@ func TestGCAWS(t *testing.T) {
 	for _, want := range []string{
 		"would deregister AMI " + goneWest + " (eu-west-1): image not in the store\n",
 		"would deregister AMI " + goneSouth + " (ap-south-1): image not in the store\n",
-		"AWS (ap-south-1, eu-west-1, us-east-1): would deregister 2 AMIs, delete 2 snapshots and 0 parameters; kept 2\n",
+		"would deregister AMI " + goneCentral + " (eu-central-1): image not in the store\n",
+		"AWS (ap-south-1, eu-central-1, eu-west-1, us-east-1): would deregister 3 AMIs, delete 3 snapshots and 0 parameters; kept 3\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("gc --aws --dry-run output lacks %q:\n%s", want, out)
@@ -149,11 +164,12 @@ func TestGCAWS(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
 		t.Fatalf("%v:\n%s", err, out)
 	}
-	if !slices.Equal(doc.Regions, []string{"ap-south-1", "eu-west-1", "us-east-1"}) || len(doc.AWS.DeregisteredImages) != 2 {
+	if !slices.Equal(doc.Regions, []string{"ap-south-1", "eu-central-1", "eu-west-1", "us-east-1"}) || len(doc.AWS.DeregisteredImages) != 3 {
 		t.Errorf("gc --aws -o json:\n%s", out)
 	}
 	for r, want := range map[string][]string{
-		"us-east-1": {keptEast}, "eu-west-1": sorted(channelWest, untaggedWest), "ap-south-1": nil, "eu-north-1": {goneNorth},
+		"us-east-1": sorted(keptEast, channelEast), "eu-west-1": sorted(channelWest, untaggedWest), "ap-south-1": nil, "eu-north-1": {goneNorth},
+		"eu-central-1": nil,
 	} {
 		if got := amis(r); !slices.Equal(got, want) {
 			t.Errorf("AMIs left in %s: %v, want %v", r, got, want)
