@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -183,5 +184,30 @@ func TestGCAWS(t *testing.T) {
 	}
 	if _, _, err := run(t, empty, "gc", "--region", "us-east-1"); err == nil || !strings.Contains(err.Error(), "--region needs --aws") {
 		t.Errorf("gc --region without --aws: %v", err)
+	}
+}
+
+// TestGCAWSNoCredentialsDeletesNothing: gc --aws checks the AWS configuration before the store
+// gc, so a machine without credentials fails with nothing deleted.
+func TestGCAWSNoCredentialsDeletesNothing(t *testing.T) {
+	for k, v := range map[string]string{
+		"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "", "AWS_PROFILE": "", "AWS_EC2_METADATA_DISABLED": "true",
+		"AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_WEB_IDENTITY_TOKEN_FILE": "",
+		"AWS_CONTAINER_CREDENTIALS_FULL_URI": "", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "",
+	} {
+		t.Setenv(k, v)
+	}
+	dir := t.TempDir()
+	st, err := store.Open(t.Context(), filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := storetest.PutVersion(t, st, "v1", 100)
+	_, _, err = run(t, dir, "gc", "--older-than", "0", "--aws", "--region", "us-east-1", "--no-imds")
+	if !errors.Is(err, awsclient.ErrNoCredentials) {
+		t.Fatalf("gc --aws without credentials: %v", err)
+	}
+	if _, err := st.Resolve(t.Context(), img.Digest().String()); err != nil {
+		t.Errorf("gc --aws without credentials deleted the image: %v", err)
 	}
 }
