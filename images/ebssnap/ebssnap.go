@@ -17,11 +17,13 @@ import (
 	"io"
 	"log/slog"
 	mathbits "math/bits"
+	"net/http"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/service/ebs"
 	"github.com/aws/aws-sdk-go-v2/service/ebs/types"
 
@@ -114,6 +116,7 @@ type uploader struct {
 	blocks int64
 	step   *progress.Step
 	zero   []byte
+	http   aws.HTTPClient
 
 	mu        sync.Mutex
 	hashes    *publication.Hashes
@@ -163,6 +166,7 @@ func Upload(ctx context.Context, c *ebs.Client, src Source, o Options) (Result, 
 		sent:   make([]uint64, (blocks+63)/64),
 	}
 	u.res = Result{VolumeSize: volume, Blocks: blocks, Hashes: u.hashes}
+	u.http = pooled(c, o.Concurrency)
 	u.step = progress.Start(ctx, "upload snapshot "+region)
 	err := u.run(ctx)
 	u.step.Done(err)
@@ -367,6 +371,31 @@ func (u *uploader) read(i int64, buf []byte) ([]byte, error) {
 // each attempt out.
 func noSDKRetries(o *ebs.Options) { o.Retryer = aws.NopRetryer{} }
 
+// pooled returns the client's HTTP client keeping n idle connections per host: the SDK's
+// default keeps 10, so with more blocks in flight most requests opened a new connection (a
+// TLS handshake each on AWS). Other HTTP clients are left as they are.
+func pooled(c *ebs.Client, n int) aws.HTTPClient {
+	hc := c.Options().HTTPClient
+	bc, ok := hc.(*awshttp.BuildableClient)
+	if !ok {
+		return hc
+	}
+	return bc.WithTransportOptions(func(t *http.Transport) {
+		t.MaxIdleConnsPerHost = max(t.MaxIdleConnsPerHost, n)
+		if t.MaxIdleConns != 0 {
+			t.MaxIdleConns = max(t.MaxIdleConns, n)
+		}
+	})
+}
+
+// opts are the options of every request of an upload.
+func (u *uploader) opts(o *ebs.Options) {
+	noSDKRetries(o)
+	if u.http != nil {
+		o.HTTPClient = u.http
+	}
+}
+
 func (u *uploader) start(ctx context.Context) error {
 	in := &ebs.StartSnapshotInput{VolumeSize: aws.Int64(u.res.VolumeSize), Encrypted: aws.Bool(u.o.Encrypted)}
 	if u.o.Parent != "" {
@@ -392,7 +421,7 @@ func (u *uploader) start(ctx context.Context) error {
 	var out *ebs.StartSnapshotOutput
 	err := u.call(ctx, "StartSnapshot", -1, func(ctx context.Context) error {
 		var err error
-		out, err = u.c.StartSnapshot(ctx, in, noSDKRetries)
+		out, err = u.c.StartSnapshot(ctx, in, u.opts)
 		return err
 	})
 	if err != nil {
@@ -425,7 +454,7 @@ func (u *uploader) put(ctx context.Context, i int64, data []byte, sum [sha256.Si
 			DataLength:        aws.Int32(int32(len(data))),
 			Checksum:          aws.String(b64),
 			ChecksumAlgorithm: types.ChecksumAlgorithmChecksumAlgorithmSha256,
-		}, noSDKRetries)
+		}, u.opts)
 		return err
 	})
 }
@@ -468,7 +497,7 @@ func (u *uploader) complete(ctx context.Context) error {
 		ChecksumAggregationMethod: types.ChecksumAggregationMethodChecksumAggregationLinear,
 	}
 	return u.call(ctx, "CompleteSnapshot", -1, func(ctx context.Context) error {
-		out, err := u.c.CompleteSnapshot(ctx, in, noSDKRetries)
+		out, err := u.c.CompleteSnapshot(ctx, in, u.opts)
 		if err == nil && out.Status == types.StatusError {
 			return permanent{fmt.Errorf("the snapshot is in state %s", out.Status)}
 		}

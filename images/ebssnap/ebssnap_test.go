@@ -6,6 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -522,5 +525,37 @@ func TestCandidates(t *testing.T) {
 	u.candidates(func(candidate) bool { n++; return true })
 	if n != 2048 {
 		t.Errorf("encrypted without parent: %d candidates, want all 2048", n)
+	}
+}
+
+// TestUploadReusesConnections: with many blocks in flight, connections are kept for reuse
+// (the SDK's default keeps 10 idle per host, so 32 in flight opened a connection, with a TLS
+// handshake on AWS, for most blocks).
+func TestUploadReusesConnections(t *testing.T) {
+	f := &awsfake.EBS{Delay: 20 * time.Millisecond}
+	s := &awsfake.Server{}
+	s.Use(f)
+	var conns atomic.Int64
+	hs := httptest.NewUnstartedServer(s)
+	hs.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	hs.Start()
+	defer hs.Close()
+	defer f.Close()
+	c := clients(t, hs.URL).EBS(region)
+	blocks := map[int64]byte{}
+	for i := range int64(160) {
+		blocks[i] = byte(i%250 + 1)
+	}
+	src, _ := disk(t, 80<<20, blocks)
+	if _, err := Upload(context.Background(), c, src, fast(Options{Concurrency: 32})); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d connections", conns.Load())
+	if n := conns.Load(); n > 40 {
+		t.Errorf("%d connections for 160 blocks at 32 in flight, want at most 40", n)
 	}
 }
