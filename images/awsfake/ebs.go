@@ -69,6 +69,9 @@ type EBS struct {
 	Fault func(op string, block int64, attempt int) Fault
 	// Delay is slept in each accepted PutSnapshotBlock (to make concurrency visible).
 	Delay time.Duration
+	// Discard keeps only the blocks' checksums, not their data (benchmarks of large disks):
+	// Block and GetSnapshotBlock then have nothing to return.
+	Discard bool
 
 	mu       sync.Mutex
 	snaps    map[string]*EBSSnapshot
@@ -367,9 +370,12 @@ func (e *EBS) put(w http.ResponseWriter, r *http.Request, id string, i int64, bo
 		e.reject(w, "INVALID_SNAPSHOT", "snapshot %s is %s: no more blocks", id, s.Status)
 		return
 	}
-	if sum == zeroBlockSum {
+	switch {
+	case e.Discard:
+		s.blocks[i] = nil
+	case sum == zeroBlockSum:
 		s.blocks[i] = zeroBlock // shared: an encrypted upload writes a GiB of them
-	} else {
+	default:
 		s.blocks[i] = append([]byte(nil), body...)
 	}
 	s.sums[i] = sum
