@@ -430,6 +430,7 @@ func TestUploadFaults(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Fatalf("error %v, want one containing %q", err, tc.err)
 			}
+			t.Logf("error: %v", err)
 			if strings.Contains(tc.name, "denied") && !strings.Contains(err.Error(), "ebs:") {
 				t.Errorf("error %q names no IAM action", err)
 			}
