@@ -72,7 +72,8 @@ type Options struct {
 	Tags      map[string]string
 	// Description of the snapshot.
 	Description string
-	// ClientToken makes StartSnapshot idempotent ("" = none).
+	// ClientToken makes StartSnapshot idempotent across calls of Upload ("" = one the SDK
+	// makes up, which makes the retries of one call idempotent).
 	ClientToken string
 	// RequestTimeout bounds each request (default 60 s): a hung block times out and is retried
 	// alone.
@@ -418,6 +419,8 @@ func (u *uploader) start(ctx context.Context) error {
 	for _, k := range keys {
 		in.Tags = append(in.Tags, types.Tag{Key: aws.String(k), Value: aws.String(u.o.Tags[k])})
 	}
+	// in is shared by every attempt: the SDK fills in a ClientToken (an idempotency token) on
+	// the first, so a retry after a lost answer gets the same snapshot, not a second one.
 	var out *ebs.StartSnapshotOutput
 	err := u.call(ctx, "StartSnapshot", -1, func(ctx context.Context) error {
 		var err error

@@ -384,6 +384,22 @@ func TestUploadFaults(t *testing.T) {
 			}
 			return awsfake.NoFault
 		}, checks: []check{ops("StartSnapshot", 2), ops("CompleteSnapshot", 2)}},
+		{name: "start answer lost", fault: func(op string, b int64, a int) awsfake.Fault {
+			if op == "StartSnapshot" && a == 1 {
+				return awsfake.Lost
+			}
+			return awsfake.NoFault
+		}, checks: []check{ops("StartSnapshot", 2), func(t *testing.T, n awsfake.EBSCounters) {
+			if n.Ops["CompleteSnapshot"] != 1 {
+				t.Errorf("CompleteSnapshot %d times", n.Ops["CompleteSnapshot"])
+			}
+		}}},
+		{name: "block answer lost", fault: func(op string, b int64, a int) awsfake.Fault {
+			if op == "PutSnapshotBlock" && b == 1 && a == 1 {
+				return awsfake.Lost
+			}
+			return awsfake.NoFault
+		}, checks: []check{attempts(1, 2), others(1)}},
 		{name: "access denied on a block", fault: func(op string, b int64, a int) awsfake.Fault {
 			if op == "PutSnapshotBlock" && b == 3 {
 				return awsfake.AccessDenied
@@ -425,6 +441,9 @@ func TestUploadFaults(t *testing.T) {
 					t.Fatal(err)
 				}
 				checkSnapshot(t, f, res.SnapshotID, raw, res)
+				if ids := f.Snapshots(); len(ids) != 1 || f.Snapshot(ids[0]).ClientToken == "" {
+					t.Errorf("snapshots started: %v, want one, with a client token", ids)
+				}
 				return
 			}
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
