@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +26,7 @@ import (
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/awsfake"
 	"github.com/imgctl/imgctl/images/publication"
+	"github.com/imgctl/imgctl/images/sparse"
 	"github.com/imgctl/imgctl/layers/progress/progresstest"
 	"github.com/imgctl/imgctl/layers/testenv"
 )
@@ -153,11 +155,12 @@ func (e *env) objectExists(t *testing.T, key string) bool {
 
 func TestUploadSnapshotHoldsTheDisk(t *testing.T) {
 	e := setup(t)
-	data := disk(11<<20 + 1000) // three 5 MiB parts, the last short; blocks not aligned
+	data := disk(11<<20 + 4096) // three 5 MiB parts, the last short; not a whole 512 KiB block
+	src := sparseDisk(t, data)  // what ami passes: the stored disk.simg's expanded view
 	ctx, rec := progresstest.Context(e.ctx)
 	tags := map[string]string{publication.TagImage: "sha256:" + strings.Repeat("ab", 32), publication.TagName: "node", publication.TagState: publication.TagStateUploading}
 	kms := "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-	res, err := Upload(ctx, e.clients, region, bytes.NewReader(data), int64(len(data)), Options{
+	res, err := Upload(ctx, e.clients, region, src, src.Size(), Options{
 		Bucket: bucket, Key: "disks/node.raw", Tags: tags, Encrypted: true, KMSKeyID: kms,
 		PartSize: 5 << 20, Concurrency: 2, Wait: time.Minute, Poll: 20 * time.Millisecond,
 	})
@@ -247,6 +250,34 @@ func TestUploadSnapshotHoldsTheDisk(t *testing.T) {
 	if len(list.Contents) != 1 || !strings.HasPrefix(aws.ToString(list.Contents[0].Key), "imgctl/import/") || aws.ToInt64(list.Contents[0].Size) != int64(len(small)) {
 		t.Errorf("Keep: the bucket holds %d objects, want the kept one under imgctl/import/", len(list.Contents))
 	}
+}
+
+// sparseDisk stores data in the sparse format (as disk.simg is) and opens it.
+func sparseDisk(t *testing.T, data []byte) *sparse.Reader {
+	t.Helper()
+	f, err := os.Create(filepath.Join(t.TempDir(), "disk.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	var simg bytes.Buffer
+	if _, err := sparse.Write(context.Background(), &simg, f, int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	if simg.Len() >= len(data) {
+		t.Fatalf("the sparse image (%d bytes) skipped no zeros of the %d-byte disk", simg.Len(), len(data))
+	}
+	r, err := sparse.Open(bytes.NewReader(simg.Bytes()), int64(simg.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Size() != int64(len(data)) {
+		t.Fatalf("sparse image of %d bytes expands to %d", len(data), r.Size())
+	}
+	return r
 }
 
 func sum(b []byte) string {
