@@ -361,17 +361,22 @@ func (u *upload) importSnapshot(ctx context.Context) (snap string, keep bool, er
 			if wctx.Err() != nil {
 				return running(fmt.Errorf("still %s after %s (status message %q)", or(status, "active"), u.o.Wait, message))
 			}
-			return running(err)
+			if retryables.IsErrorRetryable(err) != aws.TrueTernary {
+				return running(fmt.Errorf("could not be followed: %w", err))
+			}
+			u.log.Warn("following the import task failed; polling on", "task", id, "err", err)
+		} else {
+			status, message = aws.ToString(d.Status), aws.ToString(d.StatusMessage)
 		}
-		status, message = aws.ToString(d.Status), aws.ToString(d.StatusMessage)
-		switch status {
-		case "completed":
+		switch {
+		case d == nil: // a poll that failed for now: the next one may not
+		case status == "completed":
 			if d.SnapshotId == nil || *d.SnapshotId == "" {
 				return "", false, fmt.Errorf("import snapshot task %s in %s completed without a snapshot ID", id, u.region)
 			}
 			u.log.Info("imported the snapshot", "task", id, "snapshot", *d.SnapshotId)
 			return *d.SnapshotId, false, nil
-		case "active", "pending":
+		case status == "active" || status == "pending":
 			if p, err := strconv.ParseInt(aws.ToString(d.Progress), 10, 64); err == nil {
 				step.Set(p, 0)
 			}
@@ -388,7 +393,7 @@ func (u *upload) importSnapshot(ctx context.Context) (snap string, keep bool, er
 			if ctx.Err() != nil {
 				return running(fmt.Errorf("was left: %w", ctx.Err()))
 			}
-			return running(fmt.Errorf("still %s after %s (status message %q)", status, u.o.Wait, message))
+			return running(fmt.Errorf("still %s after %s (status message %q)", or(status, "active"), u.o.Wait, message))
 		case <-time.After(u.o.Poll):
 		}
 	}

@@ -50,6 +50,9 @@ type env struct {
 	parts    map[string]string
 	attempts map[string]int
 	onPart   func(w http.ResponseWriter, r *http.Request, part string, attempt int) bool
+	// calls counts EC2 query actions; onEC2, when set, may answer one itself.
+	calls map[string]int
+	onEC2 func(w http.ResponseWriter, action string, n int) bool
 }
 
 func setup(t *testing.T) *env {
@@ -81,9 +84,9 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{ctx: ctx, moto: m, imp: &awsfake.ImportSnapshot{Upstream: m.URL}, parts: map[string]string{}, attempts: map[string]int{}}
+	e := &env{ctx: ctx, moto: m, imp: &awsfake.ImportSnapshot{Upstream: m.URL}, parts: map[string]string{}, attempts: map[string]int{}, calls: map[string]int{}}
 	srv := &awsfake.Server{Upstream: up}
-	srv.Use(awsfake.HandlerFunc(e.watchParts), e.imp)
+	srv.Use(awsfake.HandlerFunc(e.watchParts), awsfake.HandlerFunc(e.watchEC2), e.imp)
 	base, err := srv.Start(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -112,6 +115,21 @@ func (e *env) watchParts(w http.ResponseWriter, r *http.Request, body []byte) bo
 	attempt, hook := e.attempts[part], e.onPart
 	e.mu.Unlock()
 	return hook != nil && hook(w, r, part, attempt)
+}
+
+func (e *env) watchEC2(w http.ResponseWriter, r *http.Request, body []byte) bool {
+	if r.Header.Get("Content-Type") != "application/x-www-form-urlencoded" {
+		return false
+	}
+	q, err := url.ParseQuery(string(body))
+	if err != nil || q.Get("Action") == "" {
+		return false
+	}
+	e.mu.Lock()
+	e.calls[q.Get("Action")]++
+	n, hook := e.calls[q.Get("Action")], e.onEC2
+	e.mu.Unlock()
+	return hook != nil && hook(w, q.Get("Action"), n)
 }
 
 func s3Error(w http.ResponseWriter, status int, code string) {
@@ -288,6 +306,15 @@ func sum(b []byte) string {
 func TestUploadFailedTask(t *testing.T) {
 	e := setup(t)
 	e.imp.FailMessage = "ClientError: Disk validation failed [Unsupported specified file format]"
+	// The first polls are throttled (more often than the SDK retries one call): polling goes on.
+	e.onEC2 = func(w http.ResponseWriter, action string, n int) bool {
+		if action != "DescribeImportSnapshotTasks" || n > 4 {
+			return false
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>1</RequestID></Response>`)
+		return true
+	}
 	data := disk(1 << 20)
 	_, err := Upload(e.ctx, e.clients, region, bytes.NewReader(data), int64(len(data)), Options{Bucket: bucket, Key: "bad.raw", Wait: 20 * time.Second, Poll: 10 * time.Millisecond})
 	if err == nil || !strings.Contains(err.Error(), "Disk validation failed [Unsupported specified file format]") || !strings.Contains(err.Error(), "import-snap-") {
