@@ -480,7 +480,7 @@ func (u *upload) ec2Error(op, action string, err error) error {
 	case accessDenied(err):
 		return fmt.Errorf("%s in %s: access denied (the caller needs %s): %w", op, u.region, action, err)
 	case errors.As(err, &api) && mentionsRole(api.ErrorMessage()):
-		return fmt.Errorf("%s in %s (%s): %w; %s", op, u.region, action, err, roleHint(u.o.Bucket))
+		return fmt.Errorf("%s in %s: %w; %s", op, u.region, err, roleHint(u.o.Bucket))
 	}
 	return fmt.Errorf("%s in %s: %w", op, u.region, err)
 }

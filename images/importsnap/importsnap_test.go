@@ -433,12 +433,30 @@ func TestUploadWithoutTheServiceRole(t *testing.T) {
 	e.imp.NoRole = true
 	data := disk(1 << 20)
 	_, err := Upload(e.ctx, e.clients, region, bytes.NewReader(data), int64(len(data)), Options{Bucket: bucket, Key: "norole.raw", Wait: 20 * time.Second, Poll: 10 * time.Millisecond})
-	if err == nil || !strings.Contains(err.Error(), "ec2:ImportSnapshot") || !strings.Contains(err.Error(), "vmie.amazonaws.com") {
+	if err == nil || !strings.Contains(err.Error(), "ImportSnapshot of s3://"+bucket+"/norole.raw") || !strings.Contains(err.Error(), "an IAM role named vmimport that vmie.amazonaws.com may assume") {
 		t.Fatalf("err = %v, want the vmimport role explained", err)
 	}
 	t.Log(err)
 	if e.objectExists(t, "norole.raw") {
 		t.Error("the object of a refused import is still in the bucket")
+	}
+
+	e.imp.NoRole = false
+	e.onEC2 = func(w http.ResponseWriter, action string, n int) bool {
+		if action != "ImportSnapshot" {
+			return false
+		}
+		w.WriteHeader(http.StatusForbidden)
+		io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized to perform this operation.</Message></Error></Errors><RequestID>1</RequestID></Response>`)
+		return true
+	}
+	_, err = Upload(e.ctx, e.clients, region, bytes.NewReader(data), int64(len(data)), Options{Bucket: bucket, Key: "denied.raw", Wait: 20 * time.Second, Poll: 10 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "access denied (the caller needs ec2:ImportSnapshot)") {
+		t.Fatalf("err = %v, want access denied naming ec2:ImportSnapshot", err)
+	}
+	t.Log(err)
+	if e.objectExists(t, "denied.raw") {
+		t.Error("the object of a denied import is still in the bucket")
 	}
 }
 
