@@ -205,7 +205,7 @@ section=$tmp/section.md
       'BEGIN {printf "| %d | %.0f | %.0f | %.2f | %.0f | %.0f | %.0f | %.2f | %.2f× |\n", c, ub, um, uc, cm, pb, pm, pc, um / pm}'
   done
   echo
-  echo "Both send the $(jnum "$tmp/m/put.64" blocks) non-zero blocks ($(jnum "$tmp/m/put.64" bytes) bytes); the upload also reads them from disk.simg, hashes each (sha256, the checksum the API wants) and signs each request (SigV4), and the fake hashes each again; the PUT client reads them and nothing else, its server drops the bodies. CPU s: user + system of the measuring process while it sends (uploader and fake, or PUT client and server). Connections: the SDK's HTTP client keeps 10 idle connections per host (aws/transport/http's default), so with more blocks in flight it closes and opens connections while uploading (the PUT client keeps as many as it has in flight)."
+  echo "Both send the $(jnum "$tmp/m/put.64" blocks) non-zero blocks ($(jnum "$tmp/m/put.64" bytes) bytes); the upload also reads them from disk.simg, hashes each (sha256, the checksum the API wants) and signs each request (SigV4), and the fake hashes each again; the PUT client reads them and nothing else, its server drops the bodies. CPU s: user + system of the measuring process while it sends (uploader and fake, or PUT client and server). Connections: TCP connections the upload's HTTP client opened (ebssnap keeps as many idle as blocks in flight; the SDK's default is 10); the PUT client keeps as many as it has in flight."
 } >"$section"
 cat "$section"
 if [ -n "$BENCHMARKS" ]; then

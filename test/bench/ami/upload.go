@@ -159,7 +159,7 @@ func uploadCmd(ctx context.Context, args []string) (any, error) {
 	simg := fs.String("simg", "", "the disk (disk.simg)")
 	n := fs.Int("concurrency", ebssnap.DefaultConcurrency, "blocks in flight")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the upload (uploader and fake) to this file")
-	idle := fs.Int("max-idle-conns", 0, "the HTTP client's idle connections kept per host (0: the SDK's default)")
+	idle := fs.Int("max-idle-conns", 0, "idle connections the HTTP client keeps per host, if more than ebssnap keeps (0: as ebssnap sets it)")
 	if err := parse(fs, args); err != nil {
 		return nil, err
 	}
