@@ -1,6 +1,16 @@
 // Command ami is the measuring program of scripts/bench-ami.sh (make bench): AMI uploads
 // against the in-process fake EBS endpoint (images/awsfake) on loopback, next to a plain
 // loopback HTTP PUT of the same blocks. Each subcommand prints one line of JSON.
+//
+//	upload -simg FILE [-concurrency N -max-idle-conns N -cpuprofile FILE]
+//	         ebssnap.Upload of the disk to a fresh fake: bytes sent, zero-skip, MB/s, CPU s
+//	put -simg FILE [-concurrency N]
+//	         the baseline: the same non-zero 512 KiB blocks PUT to a trivial loopback server
+//	incremental -base FILE -next FILE [-concurrency N -areas FILE]
+//	         a full upload of base, then next on top of it (parent snapshot and hashes): blocks
+//	         sent, and where they changed by GPT partition (-areas: as Markdown table rows)
+//	blockdiff FILE1 FILE2
+//	         512 KiB blocks that differ between two files at the same offsets
 package main
 
 import (
