@@ -20,6 +20,7 @@ import (
 
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/publication"
+	"github.com/imgctl/imgctl/layers/progress"
 )
 
 // rootDevice is the AMI's root device: its one block device mapping holds the disk.
@@ -256,6 +257,8 @@ var errWait = errors.New("timed out")
 // waitImage polls AMI id in region every poll until it is available, for at most wait. It
 // returns the AMI's root snapshot. A failed AMI's error carries AWS's reason.
 func waitImage(ctx context.Context, e *ec2.Client, region, id string, wait, poll time.Duration) (snapshotID string, err error) {
+	step := progress.Start(ctx, "wait for AMI "+id+" in "+region)
+	defer func() { step.Done(err) }()
 	deadline := time.Now().Add(wait)
 	state := "not visible yet"
 	for {

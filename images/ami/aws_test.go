@@ -32,7 +32,11 @@ func TestStepsAgainstMoto(t *testing.T) {
 		t.Fatalf("Find before anything: %q %q %q %v\n%s", id, snap, st, err, e.moto.Log())
 	}
 	snap := e.snapshot(t, home, map[string]string{publication.TagImage: img.String(), publication.TagState: publication.TagStateComplete}, map[int32]byte{0: 1})
-	e.snapshot(t, home, map[string]string{publication.TagImage: digest.FromString("other").String()}, map[int32]byte{0: 2})
+	other := digest.FromString("other")
+	left := e.snapshot(t, home, map[string]string{publication.TagImage: other.String(), publication.TagState: publication.TagStateUploading}, map[int32]byte{0: 2})
+	if id, got, st, err := Find(ctx, e.clients, home, other); err != nil || id != "" || got != left || st != publication.StateUploading {
+		t.Errorf("Find with an unfinished upload: %q %q %q %v, want %s uploading", id, got, st, err, left)
+	}
 	if id, got, st, err := Find(ctx, e.clients, home, img); err != nil || id != "" || got != snap || st != publication.StateSnapshot {
 		t.Fatalf("Find with a snapshot: %q %q %q %v, want snapshot %s", id, got, st, err, snap)
 	}

@@ -30,6 +30,7 @@ const (
 // env is one test's AWS: a moto_server behind the EC2 recorder, and clients pointed at it.
 type env struct {
 	moto    *awsfake.Moto
+	srv     *awsfake.Server
 	fake    *awsfake.EC2
 	clients *awsclient.Clients
 	url     string
@@ -89,7 +90,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{moto: motoSrv, fake: fake, clients: awsclient.NewClients(cfg), url: base}
+	return &env{moto: motoSrv, srv: srv, fake: fake, clients: awsclient.NewClients(cfg), url: base}
 }
 
 // snapshot writes blocks (index → content, 512 KiB each) to a new completed snapshot in
