@@ -86,7 +86,9 @@ func (o Options) withDefaults() (Options, error) {
 		o.Method = publication.MethodEBSDirect
 	case publication.MethodEBSDirect:
 	case publication.MethodImportSnapshot:
-		return o, errors.New("--method import-snapshot: not in this build yet (images/importsnap is being merged)")
+		if o.Bucket == "" {
+			return o, errors.New("--method import-snapshot needs --s3-bucket (the disk is uploaded there first)")
+		}
 	default:
 		return o, fmt.Errorf("--method %q: expected %s or %s", o.Method, publication.MethodEBSDirect, publication.MethodImportSnapshot)
 	}

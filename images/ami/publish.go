@@ -18,6 +18,7 @@ import (
 
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/ebssnap"
+	"github.com/imgctl/imgctl/images/importsnap"
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/sparse"
@@ -268,62 +269,87 @@ func (p *publisher) reuse(ctx context.Context, prev *publication.Record, snapID 
 
 // uploadDisk writes the disk to a new snapshot and waits until it is completed.
 func (p *publisher) uploadDisk(ctx context.Context) error {
-	home := p.o.Region
 	f, src, err := p.openDisk(ctx)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	ec2c := p.c.EC2(home)
-	var snapID string
-	{
-		// Tagged uploading until completed: gc --aws removes what an interrupted run leaves.
-		tags := maps.Clone(p.tags)
-		tags[publication.TagState] = publication.TagStateUploading
-		uo := ebssnap.Options{
-			Concurrency: p.o.Concurrency, Encrypted: p.o.Encrypted, KMSKeyARN: p.o.KMSKeyID,
-			Tags: tags, Description: p.description, Logger: p.o.Logger,
-		}
-		parent, err := p.parent(ctx)
-		if err != nil {
-			return err
-		}
-		if parent != nil {
-			uo.Parent, uo.ParentHashes = parent.Snapshot.ID, parent.Hashes
-			tags[publication.TagParent] = parent.Snapshot.ID
-		}
-		res, err := ebssnap.Upload(ctx, p.c.EBS(home), src, uo)
-		if err != nil {
-			return p.failed(ctx, err)
-		}
-		p.upload = &res
-		snapID = res.SnapshotID
-		p.rec.Hashes = res.Hashes
-		p.rec.Snapshot = publication.Snapshot{ID: snapID, VolumeSize: res.VolumeSize, BlockSize: publication.BlockSize,
-			Blocks: res.Blocks, DataBlocks: res.DataBlocks, Sent: res.Sent, BytesSent: res.BytesSent}
-		if parent != nil {
-			p.rec.Snapshot.Parent, p.rec.Snapshot.ParentFrom = parent.Snapshot.ID, parent.Image.String()
-		}
-		p.log.Info("uploaded snapshot", "snapshot", snapID, "sent", res.Sent, "blocks", res.Blocks, "parent", uo.Parent, "took", res.Duration)
-		step := progress.Start(ctx, "wait for snapshot "+snapID+" in "+home)
-		err = ebssnap.WaitCompleted(ctx, ec2c, snapID, p.o.Wait, p.o.Poll)
-		step.Done(err)
-		if err != nil {
-			// The reason a snapshot failed on AWS's side is in its state message.
-			if out, derr := ec2c.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: []string{snapID}}); derr == nil &&
-				len(out.Snapshots) == 1 && out.Snapshots[0].State == types.SnapshotStateError {
-				msg := aws.ToString(out.Snapshots[0].StateMessage)
-				if msg == "" {
-					msg = "no reason given"
-				}
-				err = fmt.Errorf("snapshot %s in %s failed on AWS's side: %s (nothing registered)", snapID, home, msg)
-			}
-			return p.failed(ctx, err)
-		}
-		if err := tagResource(ctx, ec2c, home, snapID, map[string]string{publication.TagState: publication.TagStateComplete}); err != nil {
-			return p.failed(ctx, err)
-		}
+	if p.o.Method == publication.MethodImportSnapshot {
+		return p.importDisk(ctx, src)
 	}
+	return p.uploadEBS(ctx, src)
+}
+
+// uploadEBS writes the disk with the EBS direct APIs, on top of the previous publication's
+// snapshot when there is one.
+func (p *publisher) uploadEBS(ctx context.Context, src *sparse.Reader) error {
+	home := p.o.Region
+	// Tagged uploading until completed: gc --aws removes what an interrupted run leaves.
+	tags := maps.Clone(p.tags)
+	tags[publication.TagState] = publication.TagStateUploading
+	uo := ebssnap.Options{
+		Concurrency: p.o.Concurrency, Encrypted: p.o.Encrypted, KMSKeyARN: p.o.KMSKeyID,
+		Tags: tags, Description: p.description, Logger: p.o.Logger,
+	}
+	parent, err := p.parent(ctx)
+	if err != nil {
+		return err
+	}
+	if parent != nil {
+		uo.Parent, uo.ParentHashes = parent.Snapshot.ID, parent.Hashes
+		tags[publication.TagParent] = parent.Snapshot.ID
+	}
+	res, err := ebssnap.Upload(ctx, p.c.EBS(home), src, uo)
+	if err != nil {
+		return p.failed(ctx, err)
+	}
+	p.upload = &res
+	snapID := res.SnapshotID
+	p.rec.Hashes = res.Hashes
+	p.rec.Snapshot = publication.Snapshot{ID: snapID, VolumeSize: res.VolumeSize, BlockSize: publication.BlockSize,
+		Blocks: res.Blocks, DataBlocks: res.DataBlocks, Sent: res.Sent, BytesSent: res.BytesSent}
+	if parent != nil {
+		p.rec.Snapshot.Parent, p.rec.Snapshot.ParentFrom = parent.Snapshot.ID, parent.Image.String()
+	}
+	p.log.Info("uploaded snapshot", "snapshot", snapID, "sent", res.Sent, "blocks", res.Blocks, "parent", uo.Parent, "took", res.Duration)
+	ec2c := p.c.EC2(home)
+	step := progress.Start(ctx, "wait for snapshot "+snapID+" in "+home)
+	err = ebssnap.WaitCompleted(ctx, ec2c, snapID, p.o.Wait, p.o.Poll)
+	step.Done(err)
+	if err != nil {
+		// The reason a snapshot failed on AWS's side is in its state message.
+		if out, derr := ec2c.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: []string{snapID}}); derr == nil &&
+			len(out.Snapshots) == 1 && out.Snapshots[0].State == types.SnapshotStateError {
+			msg := aws.ToString(out.Snapshots[0].StateMessage)
+			if msg == "" {
+				msg = "no reason given"
+			}
+			err = fmt.Errorf("snapshot %s in %s failed on AWS's side: %s (nothing registered)", snapID, home, msg)
+		}
+		return p.failed(ctx, err)
+	}
+	if err := tagResource(ctx, ec2c, home, snapID, map[string]string{publication.TagState: publication.TagStateComplete}); err != nil {
+		return p.failed(ctx, err)
+	}
+	return nil
+}
+
+// importDisk writes the expanded disk to S3 and imports it as a snapshot (importsnap waits
+// for the import and tags the snapshot).
+func (p *publisher) importDisk(ctx context.Context, src *sparse.Reader) error {
+	home := p.o.Region
+	res, err := importsnap.Upload(ctx, p.c, home, src, src.Size(), importsnap.Options{
+		Bucket: p.o.Bucket, Key: "imgctl/" + p.img.Digest().Encoded() + ".raw", Tags: p.tags,
+		Description: p.description, Encrypted: p.o.Encrypted, KMSKeyID: p.o.KMSKeyID,
+		Wait: p.o.Wait, Poll: p.o.Poll, Logger: p.o.Logger,
+	})
+	if err != nil {
+		return p.failed(ctx, err)
+	}
+	size := src.Size()
+	p.rec.Snapshot = publication.Snapshot{ID: res.SnapshotID, VolumeSize: (size + 1<<30 - 1) >> 30, BlockSize: publication.BlockSize,
+		Blocks: ((size + 1<<30 - 1) >> 30 << 30) / publication.BlockSize, BytesSent: res.Bytes}
+	p.log.Info("imported snapshot", "snapshot", res.SnapshotID, "bytes", res.Bytes, "took", res.Duration)
 	return nil
 }
 

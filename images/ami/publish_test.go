@@ -340,7 +340,7 @@ func TestOptions(t *testing.T) {
 		{Options{Region: home, CopyTo: []string{away, away}}, "--copy-to: region eu-west-1 named twice or equal to --region"},
 		{Options{Region: home, Share: []string{"123"}}, `--share: "123" is not an AWS account ID (expected 12 digits)`},
 		{Options{Region: home, Method: "ftp"}, `--method "ftp": expected ebs-direct or import-snapshot`},
-		{Options{Region: home, Method: publication.MethodImportSnapshot}, "--method import-snapshot: not in this build yet (images/importsnap is being merged)"},
+		{Options{Region: home, Method: publication.MethodImportSnapshot}, "--method import-snapshot needs --s3-bucket (the disk is uploaded there first)"},
 		{Options{Region: home, SSMPrefix: "nodes"}, `--ssm-prefix: SSM prefix "nodes": must start with / and not end with one (expected a path like /imgctl/nodes)`},
 		{Options{Region: home, Concurrency: -1}, "--concurrency -1: expected a positive number"},
 		{Options{Region: home, KMSKeyID: "1234abcd-12ab-34cd-56ef-1234567890ab"}, `--kms-key-id "1234abcd-12ab-34cd-56ef-1234567890ab": the EBS direct APIs take the key's ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)`},
