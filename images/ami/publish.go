@@ -133,6 +133,14 @@ func (p *publisher) run(ctx context.Context) error {
 	for i := range found {
 		p.seed(found[i], prev)
 	}
+	if p.reused && prev != nil {
+		// Regions an earlier run copied to and this one does not name stay in the record.
+		for _, g := range prev.Regions {
+			if _, ok := p.rec.RegionState(g.Region); !ok && g.ImageID != "" {
+				p.rec.Regions = append(p.rec.Regions, g)
+			}
+		}
+	}
 	if err := p.save(ctx); err != nil {
 		return err
 	}

@@ -182,6 +182,19 @@ func TestPublish(t *testing.T) {
 		t.Errorf("rerun stored %d records (had %d): %v", len(after), len(records), err)
 	}
 	t.Logf("%d AWS calls on the rerun", len(e.fake.Calls(""))-calls)
+
+	// Once more without --copy-to: the copy stays in the record, which does not change.
+	o.CopyTo = nil
+	res3, err := Publish(ctx, st, img, e.clients, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, ok := res3.Record.RegionState(away); !ok || g.ImageID != ids[away] || g.State != publication.StateAvailable || res3.Record.State != publication.StateAvailable {
+		t.Errorf("rerun without --copy-to: %+v", res3.Record)
+	}
+	if after, err := publication.List(ctx, st, img.Digest()); err != nil || len(after) != len(records) {
+		t.Errorf("rerun without --copy-to stored %d records (had %d): %v", len(after), len(records), err)
+	}
 }
 
 func tagKey(i int) string {
