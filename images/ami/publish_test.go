@@ -407,3 +407,40 @@ func TestPublishFailedAMI(t *testing.T) {
 		t.Errorf("rerun: reused %v, state %s, AMI %s (failed one %s)", res.Reused, res.Record.State, g2.ImageID, g.ImageID)
 	}
 }
+
+// TestPublishCopiesInParallel: copies to two regions are made and waited for at the same
+// time, and the error of two stuck copies names both.
+func TestPublishCopiesInParallel(t *testing.T) {
+	e := newEnv(t)
+	st := storetest.Open(t)
+	img := diskImage(t, st, "v1", 1, 1)
+	const third = "us-west-2"
+	e.fake.SetImageState(away, "", "pending", "")
+	e.fake.SetImageState(third, "", "pending", "")
+	o := fast(Options{Region: home, CopyTo: []string{away, third}})
+	o.Wait = 500 * time.Millisecond
+	res, err := Publish(context.Background(), st, img, e.clients, o)
+	if err == nil {
+		t.Fatal("published with two copies stuck pending")
+	}
+	for _, r := range []string{away, third} {
+		g, _ := res.Record.RegionState(r)
+		if g.ImageID == "" || !strings.Contains(err.Error(), "AMI "+g.ImageID+" in "+r+" is still pending") {
+			t.Errorf("error %q does not name %s's copy %s", err, r, g.ImageID)
+		}
+	}
+	// Both copies were started before either region's wait ended.
+	calls := e.fake.Calls("")
+	lastCopy, lastWait := -1, map[string]int{}
+	for i, c := range calls {
+		switch {
+		case c.Action == "CopyImage":
+			lastCopy = i
+		case c.Action == "DescribeImages" && c.Region != home:
+			lastWait[c.Region] = i
+		}
+	}
+	if lastCopy < 0 || lastCopy > lastWait[away] || lastCopy > lastWait[third] {
+		t.Errorf("copies one after the other: last CopyImage is call %d, last polls %v", lastCopy, lastWait)
+	}
+}
