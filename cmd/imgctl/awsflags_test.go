@@ -5,12 +5,16 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/imgctl/imgctl/images/ami"
 )
 
 // parseAMIFlags parses args as publish ami's flags and checks them.
@@ -132,5 +136,22 @@ func TestAWSFlagsNoIMDS(t *testing.T) {
 	f = awsFlags{noIMDS: true}
 	if _, err := f.clients(ctx, nil); err == nil || err.Error() != "no AWS region: give --region or set AWS_REGION" {
 		t.Errorf("no region: err = %v", err)
+	}
+}
+
+// TestAMIFlagsToOptions: every publish flag reaches ami.Publish's options.
+func TestAMIFlagsToOptions(t *testing.T) {
+	_, af, err := parseAMIFlags(t, "--region", "us-east-1", "--copy-to", "eu-west-1", "--share", "123456789012", "--public",
+		"--name-prefix", "nodes-", "--method", "import-snapshot", "--s3-bucket", "disks", "--kms-key-id", "alias/nodes",
+		"--concurrency", "16", "--wait", "10m", "--ssm-prefix", "/imgctl/nodes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := af.options("us-east-1")
+	want := ami.Options{Region: "us-east-1", CopyTo: []string{"eu-west-1"}, Share: []string{"123456789012"}, Public: true,
+		NamePrefix: "nodes-", Method: "import-snapshot", Bucket: "disks", Encrypted: true, KMSKeyID: "alias/nodes",
+		Concurrency: 16, Wait: 10 * time.Minute, SSMPrefix: "/imgctl/nodes", Tool: "imgctl " + version}
+	if !reflect.DeepEqual(o, want) {
+		t.Errorf("options\n got %+v\nwant %+v", o, want)
 	}
 }

@@ -109,12 +109,8 @@ func (a *app) amiPublisher(ctx context.Context, aws awsFlags, af amiFlags) (amit
 	if err := af.check(region); err != nil { // the region may have come from the environment
 		return nil, err
 	}
-	o := ami.Options{
-		Region: region, CopyTo: af.copyTo, Share: af.share, Public: af.public,
-		NamePrefix: af.namePrefix, Method: af.method, Bucket: af.bucket,
-		Encrypted: af.encrypted, KMSKeyID: af.kmsKeyID, Concurrency: af.concurrency,
-		SSMPrefix: af.ssmPrefix, Wait: af.wait, Tool: "imgctl " + version, Logger: log,
-	}
+	o := af.options(region)
+	o.Logger = log
 	return func(ctx context.Context, st *store.Store, img store.Image) (any, error) {
 		res, err := ami.Publish(ctx, st, img, clients, o)
 		if err != nil {
@@ -122,6 +118,16 @@ func (a *app) amiPublisher(ctx context.Context, aws awsFlags, af amiFlags) (amit
 		}
 		return res, nil
 	}, nil
+}
+
+// options are the checked flags as ami.Publish's options for the upload region.
+func (af amiFlags) options(region string) ami.Options {
+	return ami.Options{
+		Region: region, CopyTo: af.copyTo, Share: af.share, Public: af.public,
+		NamePrefix: af.namePrefix, Method: af.method, Bucket: af.bucket,
+		Encrypted: af.encrypted, KMSKeyID: af.kmsKeyID, Concurrency: af.concurrency,
+		SSMPrefix: af.ssmPrefix, Wait: af.wait, Tool: "imgctl " + version,
+	}
 }
 
 // uploadJSON is an upload's statistics in -o json.
