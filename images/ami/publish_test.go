@@ -381,7 +381,7 @@ func TestPublishFailedAMI(t *testing.T) {
 	o := fast(Options{Region: home, CopyTo: []string{away}})
 	res, err := Publish(context.Background(), st, img, e.clients, o)
 	g, _ := res.Record.RegionState(home)
-	want := "AMI " + g.ImageID + " in us-east-1 is failed: InvalidSnapshot: the root volume is unreadable"
+	want := "AMI " + g.ImageID + " in us-east-1 failed: InvalidSnapshot: the root volume is unreadable"
 	if err == nil || g.ImageID == "" || err.Error() != want {
 		t.Fatalf("error %v\nwant %s", err, want)
 	}
