@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -442,5 +443,26 @@ func TestPublishCopiesInParallel(t *testing.T) {
 	}
 	if lastCopy < 0 || lastCopy > lastWait[away] || lastCopy > lastWait[third] {
 		t.Errorf("copies one after the other: last CopyImage is call %d, last polls %v", lastCopy, lastWait)
+	}
+}
+
+// TestPublishShareRefused: AWS refusing to share a copy: the error names the call, region and
+// AMI, and the record keeps that region short of available with the reason.
+func TestPublishShareRefused(t *testing.T) {
+	e := newEnv(t)
+	st := storetest.Open(t)
+	img := diskImage(t, st, "v1", 1, 1)
+	e.fake.Fail("ModifyImageAttribute", away, http.StatusForbidden, "UnauthorizedOperation", "You are not authorized to perform this operation.")
+	res, err := Publish(context.Background(), st, img, e.clients, fast(Options{Region: home, CopyTo: []string{away}, Share: []string{account}}))
+	g, _ := res.Record.RegionState(away)
+	if err == nil || g.ImageID == "" || !strings.HasPrefix(err.Error(), "sharing AMI "+g.ImageID+" in eu-west-1 (ec2:ModifyImageAttribute launchPermission): ") ||
+		!strings.Contains(err.Error(), "UnauthorizedOperation") {
+		t.Fatalf("error %v", err)
+	}
+	if g.State != publication.StateRegistered || g.Message != err.Error() || res.Record.State != publication.StateRegistered {
+		t.Errorf("record %s, %s: %+v", res.Record.State, away, g)
+	}
+	if rec, _ := publication.Latest(context.Background(), st, img.Digest(), away); rec == nil || rec.Message != err.Error() {
+		t.Errorf("stored record %+v", rec)
 	}
 }
