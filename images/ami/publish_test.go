@@ -466,3 +466,31 @@ func TestPublishShareRefused(t *testing.T) {
 		t.Errorf("stored record %+v", rec)
 	}
 }
+
+// TestPublishCorruptDisk: a disk.simg blob that does not hash to its digest is not uploaded.
+func TestPublishCorruptDisk(t *testing.T) {
+	e := newEnv(t)
+	st := storetest.Open(t)
+	img := diskImage(t, st, "v1", 1, 1)
+	d, err := disk(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := st.BlobPath(d.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)-1] ^= 0xff
+	storetest.Corrupt(t, st, d.Digest, b)
+	_, err = Publish(context.Background(), st, img, e.clients, fast(Options{Region: home}))
+	if !errors.Is(err, store.ErrDigestMismatch) || !strings.HasPrefix(err.Error(), "image v1: disk.simg: ") {
+		t.Errorf("error %v", err)
+	}
+	if n := len(e.fake.Calls("StartSnapshot")); n != 0 {
+		t.Errorf("%d StartSnapshot calls for a corrupt disk", n)
+	}
+}
