@@ -592,13 +592,15 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		start = time.Now()
 		out, err := p.Publish(ctx, opts.Store, img)
 		phase("publish "+t.Name(), start)
+		if out != nil { // with an error: how far publishing got
+			if res.Published == nil {
+				res.Published = map[string]any{}
+			}
+			res.Published[t.Name()] = out
+		}
 		if err != nil {
 			return res, &PublishError{Target: t.Name(), Image: img, Err: err}
 		}
-		if res.Published == nil {
-			res.Published = map[string]any{}
-		}
-		res.Published[t.Name()] = out
 	}
 	return res, nil
 }

@@ -28,7 +28,7 @@ func (p *publishingTarget) Publish(ctx context.Context, st *store.Store, img sto
 	_, err := st.Resolve(ctx, string(img.Digest()))
 	p.stored = err == nil
 	if p.err != nil {
-		return nil, p.err
+		return "partly published " + img.Config.Version, p.err
 	}
 	return "published " + img.Config.Version, nil
 }
@@ -87,5 +87,9 @@ func TestBuildPublishFailureKeepsImage(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), res.Image.Config.Version) {
 		t.Errorf("err %q does not name the image", err)
+	}
+	// What the publisher returned with its error (how far it got) is kept.
+	if got := res.Published["pub"]; got != "partly published "+res.Image.Config.Version {
+		t.Errorf("Published = %v, want the failed publisher's partial result", res.Published)
 	}
 }

@@ -27,7 +27,8 @@ type Target interface {
 
 // Publisher is implemented by a target that publishes the image somewhere once it is built
 // (an AMI): Run calls Publish after the image is stored, with the stored image, and keeps what
-// it returns in Result.Published. A failed publish leaves the image built (PublishError).
+// it returns in Result.Published (also with an error: how far it got, if not nil). A failed
+// publish leaves the image built (PublishError).
 type Publisher interface {
 	Publish(ctx context.Context, st *store.Store, img store.Image) (any, error)
 }

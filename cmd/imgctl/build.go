@@ -148,7 +148,8 @@ publish flags are checked before the build starts; when publishing fails the ima
 				fmt.Fprintf(a.err, "phases: %s\n", strings.Join(parts, ", "))
 			}
 			img := res.Image
-			published, hasAMI := res.Published[amitarget.Name].(ami.Result)
+			published, _ := res.Published[amitarget.Name].(ami.Result)
+			hasAMI := published.Record.Image != "" // also how far a failed publish got
 			if a.json() {
 				out := map[string]any{
 					"digest": img.Digest(), "version": img.Config.Version, "config": img.Config,

@@ -81,14 +81,15 @@ AWS_PROFILE (shared config, SSO, web identity), container and instance roles (no
 			}
 			out, err := publish(ctx, st, img)
 			stop()
-			if err != nil {
+			res, _ := out.(ami.Result)
+			if res.Record.Image == "" { // failed before anything was recorded
 				return err
 			}
-			res := out.(ami.Result)
+			// A failed publication is printed too: which regions are done, which are not.
 			if a.json() {
-				return a.printJSON(amiJSON(res))
+				return cmp.Or(a.printJSON(amiJSON(res)), err)
 			}
-			return a.printAMI(res)
+			return cmp.Or(a.printAMI(res), err)
 		},
 	}
 	aws.add(cmd.Flags())
@@ -112,11 +113,8 @@ func (a *app) amiPublisher(ctx context.Context, aws awsFlags, af amiFlags) (amit
 	o := af.options(region)
 	o.Logger = log
 	return func(ctx context.Context, st *store.Store, img store.Image) (any, error) {
-		res, err := ami.Publish(ctx, st, img, clients, o)
-		if err != nil {
-			return nil, err
-		}
-		return res, nil
+		// With an error, the result is how far the publication got (its record).
+		return ami.Publish(ctx, st, img, clients, o)
 	}, nil
 }
 

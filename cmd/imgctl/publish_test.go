@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -285,3 +286,68 @@ func lastLine(s string) string {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestPublishAMIPartial: when a region does not become available in time, publish ami fails
+// naming it, and still prints how far the publication got (-o json: the record), so CI can
+// see which regions are done; a rerun then finds everything by tag.
+func TestPublishAMIPartial(t *testing.T) {
+	testenv.Integration(t, "publish ami against moto_server")
+	testenv.Tools(t, "moto_server")
+	testAWS(t, false)
+	ctx := context.Background()
+	moto, err := awsfake.StartMoto(ctx, time.Minute, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer moto.Close()
+	up, err := url.Parse(moto.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := &awsfake.EC2{Upstream: up}
+	srv := &awsfake.Server{Upstream: up}
+	srv.Use(fake)
+	endpoint, err := srv.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	fake.SetImageState("eu-west-1", "", "pending", "") // the copy never becomes available
+
+	dir := t.TempDir()
+	f := buildtest.NewFixture(t)
+	agent := f.WithBoot(t, buildtest.BootOptions{})
+	stdout, stderr, err := run(t, dir, "-q", "build", "-f", bootSpec(t, f, dir), "--lock", filepath.Join(dir, "imgctl.lock"), "--node-agent", agent, "--target", "raw")
+	if err != nil {
+		t.Fatalf("build: %v\n%s", err, stderr)
+	}
+	img := lastLine(stdout)
+	args := []string{"-q", "-o", "json", "publish", "ami", img, "--region", "us-east-1", "--copy-to", "eu-west-1", "--endpoint-url", endpoint, "--no-imds", "--wait", "2s"}
+	stdout, _, err = run(t, dir, args...)
+	if err == nil || !strings.Contains(err.Error(), "eu-west-1") {
+		t.Fatalf("publish with a stuck copy: err = %v, want it to name eu-west-1", err)
+	}
+	var rec publication.Record
+	if jerr := json.Unmarshal([]byte(stdout), &rec); jerr != nil {
+		t.Fatalf("no record on stdout after a partial publish (%v):\n%s", jerr, stdout)
+	}
+	home, _ := rec.RegionState("us-east-1")
+	away, _ := rec.RegionState("eu-west-1")
+	if rec.State == publication.StateAvailable || home.State != publication.StateAvailable || home.ImageID == "" || away.State == publication.StateAvailable || away.ImageID == "" {
+		t.Errorf("partial record: %s", stdout)
+	}
+	// Text output says the same.
+	stdout, _, err = run(t, dir, append([]string{"-q"}, args[3:]...)...)
+	if err == nil || !strings.Contains(stdout, "eu-west-1  "+away.ImageID) || !strings.Contains(stdout, "state     "+string(rec.State)) {
+		t.Errorf("text output of a partial publish (%v):\n%s", err, stdout)
+	}
+	// build --target ami prints the image and how far publishing got, then fails saying so.
+	stdout, _, err = run(t, dir, "-q", "build", "-f", filepath.Join(dir, "ami.yaml"), "--lock", filepath.Join(dir, "imgctl.lock"), "--node-agent", agent, "--target", "ami",
+		"--region", "us-east-1", "--copy-to", "eu-west-1", "--endpoint-url", endpoint, "--no-imds", "--wait", "2s")
+	if err == nil || !strings.Contains(err.Error(), "is built and stored, but target ami could not publish it") || !strings.Contains(err.Error(), "eu-west-1") {
+		t.Errorf("build --target ami with a stuck copy: err = %v", err)
+	}
+	if lastLine(stdout) != img || !strings.Contains(stdout, "ami      us-east-1      "+home.ImageID+" available") || !strings.Contains(stdout, "ami      eu-west-1      "+away.ImageID+" ") {
+		t.Errorf("build --target ami with a stuck copy:\n%s", stdout)
+	}
+}
