@@ -197,7 +197,7 @@ func TestPublishAMIMoto(t *testing.T) {
 	img := lastLine(stdout)
 	aws := []string{"--region", "us-east-1", "--endpoint-url", moto.URL, "--no-imds", "--wait", "5m"}
 	publish := func(args ...string) (stdout, stderr string, err error) {
-		return run(t, dir, append(append([]string{"-q", "-o", "json", "publish", "ami", img}, aws...), args...)...)
+		return run(t, dir, append(append([]string{"-o", "json", "publish", "ami", img}, aws...), args...)...)
 	}
 	type result struct {
 		publication.Record
@@ -215,6 +215,12 @@ func TestPublishAMIMoto(t *testing.T) {
 	stdout, stderr, err = publish("--copy-to", "eu-west-1", "--share", "123456789012", "--ssm-prefix", "/imgctl/test")
 	if err != nil {
 		t.Fatalf("publish ami: %v\n%s\nmoto:\n%s", err, stderr, moto.Log())
+	}
+	// Progress (stderr is no terminal here: log lines) names the upload and the waits.
+	for _, want := range []string{"✓ upload snapshot us-east-1", "✓ wait for AMI "} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
 	}
 	first := parse(stdout)
 	if first.State != publication.StateAvailable || first.Image.String() != img || first.Reused || first.Upload == nil || first.Upload.Sent == 0 ||
