@@ -25,15 +25,29 @@ type awsFlags struct {
 // add adds all four flags.
 func (f *awsFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.region, "region", "", "AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the profile's region)")
-	f.addConnection(fs)
+	f.addConnection(fs, "")
 }
 
 // addConnection adds the flags of a command whose regions come from elsewhere (the store's AWS
-// settings): --endpoint-url, --profile, --no-imds.
-func (f *awsFlags) addConnection(fs *pflag.FlagSet) {
-	fs.StringVar(&f.endpointURL, "endpoint-url", "", "send every AWS request to this URL (a VPC endpoint, or a test endpoint like moto_server)")
-	fs.StringVar(&f.profile, "profile", "", "AWS shared-config profile (default: AWS_PROFILE, else default)")
-	fs.BoolVar(&f.noIMDS, "no-imds", false, "never ask the EC2 instance metadata service for credentials or the region (also AWS_EC2_METADATA_DISABLED=true)")
+// settings or publication records): --endpoint-url, --profile, --no-imds. when, if not "",
+// starts each help text ("with --aws: ").
+func (f *awsFlags) addConnection(fs *pflag.FlagSet, when string) {
+	fs.StringVar(&f.endpointURL, "endpoint-url", "", when+"send every AWS request to this URL (a VPC endpoint, or a test endpoint like moto_server)")
+	fs.StringVar(&f.profile, "profile", "", when+"AWS shared-config profile (default: AWS_PROFILE, else default)")
+	fs.BoolVar(&f.noIMDS, "no-imds", false, when+"never ask the EC2 instance metadata service for credentials or the region (also AWS_EC2_METADATA_DISABLED=true)")
+}
+
+// connectionSet names the first connection flag given, or "".
+func (f *awsFlags) connectionSet() string {
+	switch {
+	case f.endpointURL != "":
+		return "--endpoint-url"
+	case f.profile != "":
+		return "--profile"
+	case f.noIMDS:
+		return "--no-imds"
+	}
+	return ""
 }
 
 // check checks the flags' grammar, so that a typo fails before any work starts.
@@ -54,10 +68,16 @@ func (f *awsFlags) check() error {
 // clients loads the AWS configuration (credentials and region must be there) and returns the
 // clients every AWS package takes.
 func (f *awsFlags) clients(ctx context.Context, log *slog.Logger) (*awsclient.Clients, error) {
+	return f.clientsIn(ctx, log, f.region)
+}
+
+// clientsIn is clients with region as the default region (a command whose regions come from
+// the store, not from --region).
+func (f *awsFlags) clientsIn(ctx context.Context, log *slog.Logger, region string) (*awsclient.Clients, error) {
 	if err := f.check(); err != nil {
 		return nil, err
 	}
-	cfg, err := awsclient.Load(ctx, awsclient.Options{Region: f.region, Profile: f.profile, EndpointURL: f.endpointURL, NoIMDS: f.noIMDS, Logger: log})
+	cfg, err := awsclient.Load(ctx, awsclient.Options{Region: region, Profile: f.profile, EndpointURL: f.endpointURL, NoIMDS: f.noIMDS, Logger: log})
 	if err != nil {
 		return nil, err
 	}
