@@ -113,7 +113,7 @@ func TestAWSFlagsNoIMDS(t *testing.T) {
 	ctx := context.Background()
 	f := awsFlags{region: "us-east-1", noIMDS: true}
 	_, err := f.clients(ctx, nil)
-	want := "no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, give --profile or set AWS_PROFILE (the instance metadata service is disabled))"
+	want := "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, give --profile or set AWS_PROFILE (the instance metadata service is not asked); looking for them: "
 	if err == nil || !strings.HasPrefix(err.Error(), want) {
 		t.Errorf("--no-imds: err = %v\nwant %s", err, want)
 	}

@@ -74,7 +74,7 @@ func TestPublishAMIUsageErrors(t *testing.T) {
 		{false, []string{"publish", "ami", img, "--region", "us-east-1", "--share", "1234"}, `--share: "1234" is not an AWS account ID (expected 12 digits)`},
 		{false, []string{"publish", "ami", img, "--region", "us-east-1", "--method", "import-snapshot"}, "--method import-snapshot uploads the disk to S3 first: give --s3-bucket BUCKET (a bucket in the upload region the caller can write)"},
 		{false, []string{"publish", "ami", "sha256:" + strings.Repeat("0", 64), "--region", "us-east-1"}, "not found"},
-		{true, []string{"publish", "ami", img, "--region", "us-east-1", "--no-imds"}, "no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, give --profile or set AWS_PROFILE (the instance metadata service is disabled))"},
+		{true, []string{"publish", "ami", img, "--region", "us-east-1", "--no-imds"}, "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, give --profile or set AWS_PROFILE (the instance metadata service is not asked); looking for them: "},
 		{false, []string{"publish", "ami", img}, "no AWS region: give --region or set AWS_REGION"},
 		{false, []string{"-o", "yaml", "publish", "ami", img, "--region", "us-east-1"}, `--format "yaml": expected text or json`},
 		{false, []string{"build", "-f", spec, "--target", "rootfs", "--region", "us-east-1"}, "--region is a flag of --target ami, which this build does not write (targets: rootfs)"},
