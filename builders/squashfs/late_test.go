@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -144,4 +145,31 @@ func testOracle(t *testing.T, tarball, img []byte) {
 	out := filepath.Join(t.TempDir(), "out")
 	run(t, "unsquashfs", "-q", "-n", "-d", out, p)
 	compareTrees(t, tree, out)
+}
+
+// Late files wait in a spool file in Options.TempDir, removed when Write returns, also when
+// it fails.
+func TestLateSpoolRemoved(t *testing.T) {
+	dir := t.TempDir()
+	opts := lateOpts()
+	opts.TempDir = dir
+	tarball := lateTar(t, 0)
+	write(t, tarball, opts)
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("after Write, TempDir holds %v", ents)
+	}
+	// Cut inside usr/lib/big: the kubelet (earlier) is spooled, then the tar breaks.
+	cut := bytes.Index(tarball, []byte("usr/lib/big")) + 5000
+	opts.MTime = sde
+	if _, err := Write(t.Context(), &memImage{}, bytes.NewReader(tarball[:cut]), opts); err == nil {
+		t.Fatal("a truncated tar was accepted")
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("after a failed Write, TempDir holds %v", ents)
+	}
+	opts.TempDir = filepath.Join(dir, "missing")
+	_, err := Write(t.Context(), &memImage{}, bytes.NewReader(tarball), opts)
+	if err == nil || !strings.Contains(err.Error(), "etc/imgctl/image.json") || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("err = %v, want one naming the late file and the spool directory", err)
+	}
 }
