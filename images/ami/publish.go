@@ -494,9 +494,16 @@ func (p *publisher) setRegion(region string, fn func(*publication.Region)) {
 	}
 }
 
+// saveTimeout bounds writing a record once the run's context has ended.
+const saveTimeout = 30 * time.Second
+
 // save stores the record with the image unless it equals the last one stored, its state
-// being the least advanced region's (StateAvailable only when every region is).
+// being the least advanced region's (StateAvailable only when every region is). The record is
+// written even when ctx has just been cancelled: it says what now exists on AWS (a copy
+// CopyImage made, a snapshot), which an interrupted run must not forget.
 func (p *publisher) save(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), saveTimeout)
+	defer cancel()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.rec.State = overall(p.rec.Regions)

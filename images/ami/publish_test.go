@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
+	"github.com/imgctl/imgctl/images/awsfake"
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/sparse"
@@ -213,10 +215,22 @@ func TestPublishCopyStuck(t *testing.T) {
 	e.fake.SetImageState(away, "", "pending", "")
 	o := fast(Options{Region: home, CopyTo: []string{away}})
 
-	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	// The run is interrupted once it waits for the copy (it asks eu-west-1 about the copy's
+	// AMI), however long moto takes to get there.
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	go func() {
+		for ctx.Err() == nil {
+			for _, c := range e.fake.Calls("DescribeImages") {
+				if c.Region == away && strings.HasPrefix(c.Params.Get("ImageId.1"), "ami-") {
+					cancel()
+				}
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
 	_, err := Publish(ctx, st, img, e.clients, o)
-	if !errors.Is(err, context.DeadlineExceeded) {
+	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("interrupted: %v", err)
 	}
 	rec, err := publication.Latest(context.Background(), st, img.Digest(), away)
@@ -492,5 +506,39 @@ func TestPublishCorruptDisk(t *testing.T) {
 	}
 	if n := len(e.fake.Calls("StartSnapshot")); n != 0 {
 		t.Errorf("%d StartSnapshot calls for a corrupt disk", n)
+	}
+}
+
+// TestPublishInterruptedAfterCopy: a run interrupted right after CopyImage answered still
+// records the copy's AMI, so that the record says what exists on AWS (the record is written
+// even while the run is being cancelled).
+func TestPublishInterruptedAfterCopy(t *testing.T) {
+	e := newEnv(t)
+	st := storetest.Open(t)
+	img := diskImage(t, st, "v1", 1, 1)
+	e.fake.SetImageState(away, "", "pending", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e.srv.Use(awsfake.HandlerFunc(func(w http.ResponseWriter, r *http.Request, body []byte) bool {
+		if q, err := url.ParseQuery(string(body)); err == nil && q.Get("Action") == "CreateTags" && strings.HasPrefix(q.Get("ResourceId.1"), "ami-") &&
+			strings.Contains(r.Header.Get("Authorization"), "/"+away+"/") {
+			cancel() // the copy exists; the run is interrupted while tagging it
+		}
+		return false
+	}))
+	_, err := Publish(ctx, st, img, e.clients, fast(Options{Region: home, CopyTo: []string{away}}))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted: %v", err)
+	}
+	copies := e.fake.Calls("CopyImage")
+	if len(copies) != 1 {
+		t.Fatalf("%d CopyImage calls", len(copies))
+	}
+	rec, err := publication.Latest(context.Background(), st, img.Digest(), away)
+	if err != nil || rec == nil {
+		t.Fatalf("no record after the interruption: %v", err)
+	}
+	if a, _ := rec.RegionState(away); a.ImageID == "" || a.State != publication.StateRegistered {
+		t.Errorf("record after an interruption right after CopyImage: %+v (the copy exists on AWS)", a)
 	}
 }
