@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	amitarget "github.com/imgctl/imgctl/builders/ami"
 	"github.com/imgctl/imgctl/images/ami"
+	"github.com/imgctl/imgctl/images/awschannel"
 	"github.com/imgctl/imgctl/images/ebssnap"
 	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/store"
@@ -36,6 +38,9 @@ EBS snapshot in --region and registers it as an AMI (x86_64, UEFI, ENA, IMDSv2 o
 /dev/xvda), copies it to the --copy-to regions in parallel, gives the --share accounts (or, with
 --public, everyone) launch permission, and with --ssm-prefix writes PREFIX/VERSION/image_id in
 every region. It reports the image published only when every region's AMI is available.
+With the store's AWS settings (imgctl store aws), --copy-to, --share and --ssm-prefix default
+to the settings' other regions, accounts and prefix: what promote checks before it moves a
+channel.
 
 The EBS direct APIs send only the blocks that hold data, many in flight; when an earlier image of
 the same name was published in the region, only the blocks that changed since (incremental,
@@ -113,9 +118,41 @@ func (a *app) amiPublisher(ctx context.Context, aws awsFlags, af amiFlags) (amit
 	o := af.options(region)
 	o.Logger = log
 	return func(ctx context.Context, st *store.Store, img store.Image) (any, error) {
+		o := o
+		s, err := awschannel.LoadSettings(st.Dir())
+		if err != nil {
+			return nil, err
+		}
+		if s != nil && withSettings(&o, *s) {
+			log.Info("publishing where the store's AWS settings promise channels (imgctl store aws)",
+				"copyTo", strings.Join(o.CopyTo, ","), "share", strings.Join(o.Share, ","), "ssmPrefix", o.SSMPrefix)
+		}
 		// With an error, the result is how far the publication got (its record).
 		return ami.Publish(ctx, st, img, clients, o)
 	}, nil
+}
+
+// withSettings fills the options the flags left empty from the store's AWS settings, so that a
+// publication reaches what promote will check: the settings' other regions (--copy-to), their
+// accounts (--share, unless --public) and their SSM prefix (--ssm-prefix). It reports whether
+// it changed anything.
+func withSettings(o *ami.Options, s awschannel.Settings) bool {
+	changed := false
+	if len(o.CopyTo) == 0 {
+		for _, r := range s.Regions {
+			if r != o.Region {
+				o.CopyTo = append(o.CopyTo, r)
+			}
+		}
+		changed = len(o.CopyTo) > 0
+	}
+	if len(o.Share) == 0 && !o.Public && len(s.Share) > 0 {
+		o.Share, changed = slices.Clone(s.Share), true
+	}
+	if o.SSMPrefix == "" && s.SSMPrefix != "" {
+		o.SSMPrefix, changed = s.SSMPrefix, true
+	}
+	return changed
 }
 
 // options are the checked flags as ami.Publish's options for the upload region.
