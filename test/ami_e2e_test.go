@@ -172,4 +172,3 @@ func uploadDisk(ctx context.Context, t *testing.T, c *awsclient.Clients, region,
 	t.Logf("uploaded %d blocks to %s", n, aws.ToString(s.SnapshotId))
 	return aws.ToString(s.SnapshotId)
 }
-
