@@ -11,7 +11,18 @@
 # network namespaces and veth pairs of the network-root init's DHCP tests; ipxe-qemu (NIC
 # option ROMs: iPXE for BIOS netboot) and ipxe (ipxe.efi for UEFI netboot): the netboot e2e tests;
 # nginx: the peer of the imgctl serve benchmark (scripts/bench-serve.sh).
+# Not from Debian: moto 5.2.1 (moto_server, the AWS peer of the AMI tests), which these machines
+# have preinstalled; the script installs it with pip only when it is missing and pip can reach an
+# index, and otherwise says so (under CI=true the AMI tests then fail rather than skip).
 set -euo pipefail
+
+check_moto() {
+  command -v moto_server >/dev/null && return 0
+  echo "install-deps.sh: moto_server is missing; trying pip install 'moto[server]==5.2.1'" >&2
+  python3 -m pip install -q 'moto[server]==5.2.1' >&2 ||
+    echo "install-deps.sh: could not install moto 5.2.1: the AMI tests need moto_server in PATH" >&2
+}
+trap check_moto EXIT
 packages=(ca-certificates git make mmdebstrap kmod xz-utils zstd skopeo debian-archive-keyring
   binutils dpkg-dev squashfs-tools squashfs-tools-ng time cpio qemu-system-x86 ovmf gdisk
   dosfstools mtools e2fsprogs fdisk util-linux shellcheck android-sdk-libsparse-utils systemd containerd openssl docker-registry
