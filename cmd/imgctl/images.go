@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/store"
 )
 
@@ -52,8 +53,16 @@ script must not take the list for the whole store.`,
 			if err != nil {
 				return err
 			}
+			recs, err := publication.List(cmd.Context(), st, img.Digest())
+			if err != nil {
+				return err
+			}
+			amis := publication.ByRegion(recs)
 			if a.json() {
-				return a.printJSON(map[string]any{"digest": img.Digest(), "manifest": img.Manifest, "config": img.Config})
+				if amis == nil {
+					amis = []publication.Region{}
+				}
+				return a.printJSON(map[string]any{"digest": img.Digest(), "manifest": img.Manifest, "config": img.Config, "publications": amis})
 			}
 			c := img.Config
 			fmt.Fprintf(a.out, "digest      %s\nname        %s\nversion     %s\nkubernetes  %s\nflavor      %s\nkernel      %s\nbootstrap   %s\nimgctl      %s\ncreated     %s\nspec        %s\nrootfs      %s (%s, %d entries)\n",
@@ -69,7 +78,20 @@ script must not take the list for the whole store.`,
 			for _, l := range img.Manifest.Layers {
 				fmt.Fprintf(a.out, "  %-16s %s  %s  %s\n", l.Annotations["org.opencontainers.image.title"], l.Digest, human(l.Size), l.MediaType)
 			}
-			return nil
+			if len(amis) == 0 {
+				fmt.Fprintln(a.out, "amis        -")
+				return nil
+			}
+			fmt.Fprintln(a.out, "amis")
+			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+			for _, g := range amis {
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s", g.Region, cmp.Or(g.ImageID, "-"), cmp.Or(g.SnapshotID, "-"), g.State)
+				if g.Message != "" {
+					fmt.Fprintf(tw, "\t%s", g.Message)
+				}
+				fmt.Fprintln(tw)
+			}
+			return tw.Flush()
 		}),
 	})
 	return cmd

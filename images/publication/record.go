@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // Media and artifact types of a publication record in the store.
@@ -64,6 +65,11 @@ type Record struct {
 	// Hashes are the uploaded disk's block hashes; stored as the record's layer, not in the
 	// JSON. Nil when the record was read without them.
 	Hashes *Hashes `json:"-"`
+
+	// Where a record read from the store is: its manifest, and its block hashes layer (zero
+	// when it has none). Set by List.
+	stored digest.Digest
+	hashes ocispec.Descriptor
 }
 
 // Region is an image's AMI in one region.
