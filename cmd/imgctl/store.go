@@ -41,5 +41,6 @@ func (a *app) storeCmd() *cobra.Command {
 			return nil
 		}),
 	})
+	cmd.AddCommand(a.storeAWSCmd())
 	return cmd
 }

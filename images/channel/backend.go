@@ -41,6 +41,19 @@ type Mover struct {
 	// Verify, if set, must accept an image before a channel moves to it (a trust policy).
 	Verify func(ctx context.Context, img store.Image) error
 	Logger *slog.Logger // nil: discard
+	// Mirror, if set, copies each move elsewhere (images/awschannel: SSM parameters). It is
+	// asked after every rule accepted the move and before the move; the move is then made and
+	// the mirror's commit run. Promoting or rolling back to the image already at the head
+	// prepares and commits again, so a rerun finishes a mirror that failed half-way.
+	Mirror Mirror
+}
+
+// Mirror copies channel moves outside the Backend.
+type Mirror interface {
+	// Prepare checks that channel ch may move from image from ("" = empty channel) to image to
+	// and returns the commit that makes the move there; an error refuses the move. commit runs
+	// only after the channel moved.
+	Prepare(ctx context.Context, ch string, from digest.Digest, to store.Image) (commit func(context.Context) error, err error)
 }
 
 // LocalImages are the images of a local store: Check hashes every blob, Hold runs the move

@@ -67,9 +67,14 @@ func (m *Mover) Promote(ctx context.Context, p Promotion) (Entry, error) {
 		return Entry{}, fmt.Errorf("promoting to channel %s: %w", p.To, err)
 	}
 	name := describe(img)
+	repair := "imgctl promote " + img.Digest().String() + " --to " + p.To
 	if img.Digest() == head {
 		m.logger().Info("channel already points to the image", "channel", p.To, "image", img.Digest(), "version", img.Config.Version)
-		return h.Entries[len(h.Entries)-1], nil
+		last := h.Entries[len(h.Entries)-1]
+		if err := m.mirrorHead(ctx, last, img, repair); err != nil {
+			return last, fmt.Errorf("promoting %s to channel %s: %w", name, p.To, err)
+		}
+		return last, nil
 	}
 
 	forced := false
@@ -91,11 +96,18 @@ func (m *Mover) Promote(ctx context.Context, p Promotion) (Entry, error) {
 	if err := m.check(ctx, img); err != nil {
 		return Entry{}, fmt.Errorf("promoting %s to channel %s: %w", name, p.To, err)
 	}
+	commit, err := m.prepare(ctx, p.To, head, img)
+	if err != nil {
+		return Entry{}, fmt.Errorf("promoting %s to channel %s: %w", name, p.To, err)
+	}
 	e, err := m.move(ctx, p.To, head, img, Entry{Action: ActionPromote, Reason: p.Reason, Forced: forced, Who: p.Who, Tool: p.Tool})
 	if err != nil && !errors.Is(err, ErrConflict) { // a conflict's message names all
 		err = fmt.Errorf("promoting %s: %w", name, err)
 	}
-	return e, err
+	if err != nil {
+		return e, err
+	}
+	return e, m.commit(ctx, commit, e, repair)
 }
 
 // Rollback asks to point a channel back at an image it pointed to before.
@@ -152,7 +164,11 @@ func (m *Mover) Rollback(ctx context.Context, r Rollback) (Entry, error) {
 		}
 		if img.Digest() == head {
 			m.logger().Info("channel already points to the image", "channel", r.Channel, "image", head, "version", img.Config.Version)
-			return h.Entries[len(h.Entries)-1], nil
+			last := h.Entries[len(h.Entries)-1]
+			if err := m.mirrorHead(ctx, last, img, rollbackRepair(r.Channel, img)); err != nil {
+				return last, fmt.Errorf("rolling back channel %s to %s: %w", r.Channel, describe(img), err)
+			}
+			return last, nil
 		}
 		if !h.contains(img.Digest()) {
 			if !r.Force {
@@ -166,11 +182,55 @@ func (m *Mover) Rollback(ctx context.Context, r Rollback) (Entry, error) {
 	if err := m.check(ctx, img); err != nil {
 		return Entry{}, fmt.Errorf("rolling back channel %s to %s: %w", r.Channel, name, err)
 	}
+	commit, err := m.prepare(ctx, r.Channel, head, img)
+	if err != nil {
+		return Entry{}, fmt.Errorf("rolling back channel %s to %s: %w", r.Channel, name, err)
+	}
 	e, err := m.move(ctx, r.Channel, head, img, Entry{Action: ActionRollback, Reason: r.Reason, Forced: forced, Who: r.Who, Tool: r.Tool})
 	if err != nil && !errors.Is(err, ErrConflict) {
 		err = fmt.Errorf("rolling back to %s: %w", name, err)
 	}
-	return e, err
+	if err != nil {
+		return e, err
+	}
+	return e, m.commit(ctx, commit, e, rollbackRepair(r.Channel, img))
+}
+
+// rollbackRepair is the command that finishes a rollback's mirror: with the target named, as
+// a bare rollback would go further back.
+func rollbackRepair(ch string, img store.Image) string {
+	return "imgctl rollback " + ch + " --to " + img.Digest().String()
+}
+
+// prepare asks the Mirror, if any, whether channel ch may move from head to img.
+func (m *Mover) prepare(ctx context.Context, ch string, head digest.Digest, img store.Image) (func(context.Context) error, error) {
+	if m.Mirror == nil {
+		return nil, nil
+	}
+	return m.Mirror.Prepare(ctx, ch, head, img)
+}
+
+// commit runs the Mirror's commit after move e was made; its error says that the channel moved
+// here and which command finishes the mirror.
+func (m *Mover) commit(ctx context.Context, commit func(context.Context) error, e Entry, repair string) error {
+	if commit == nil {
+		return nil
+	}
+	if err := commit(ctx); err != nil {
+		return fmt.Errorf("channel %s moved to %s (entry %d), but mirroring the move failed: %w (run `%s` again to finish it)",
+			e.Channel, e.To, e.Seq, err, repair)
+	}
+	return nil
+}
+
+// mirrorHead mirrors the channel's last move again (a rerun at the head): from that move's
+// From to the head, so a mirror left half-way by a failed commit is finished.
+func (m *Mover) mirrorHead(ctx context.Context, last Entry, img store.Image, repair string) error {
+	commit, err := m.prepare(ctx, last.Channel, last.From, img)
+	if err != nil {
+		return err
+	}
+	return m.commit(ctx, commit, last, repair)
 }
 
 // move points channel ch from head to img with entry e (To and ToVersion filled in here), while

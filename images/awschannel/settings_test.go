@@ -1,0 +1,81 @@
+package awschannel
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestSettingsRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	if s, err := LoadSettings(dir); s != nil || err != nil {
+		t.Fatalf("no aws.json: %v, %v; want nil, nil", s, err)
+	}
+	want := Settings{Regions: []string{"us-east-1", "eu-west-1"}, SSMPrefix: "/imgctl/nodes", Share: []string{"123456789012"}}
+	if err := SaveSettings(t.Context(), dir, want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadSettings(dir)
+	if err != nil || got == nil || !reflect.DeepEqual(*got, want) {
+		t.Fatalf("LoadSettings: %+v, %v; want %+v", got, err, want)
+	}
+	fi, err := os.Stat(filepath.Join(dir, SettingsFile))
+	if err != nil || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("aws.json: %v, %v", fi, err)
+	}
+	if err := RemoveSettings(dir); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := LoadSettings(dir); s != nil || err != nil {
+		t.Fatalf("after RemoveSettings: %v, %v; want nil, nil", s, err)
+	}
+	if err := RemoveSettings(dir); err != nil {
+		t.Fatalf("removing absent settings: %v", err)
+	}
+}
+
+func TestSettingsErrorsNameFileAndField(t *testing.T) {
+	cases := []struct {
+		name, content string
+		want          []string
+	}{
+		{"not json", `{"regions": [`, []string{"unexpected EOF"}},
+		{"unknown field", `{"regions":["us-east-1"],"ssmPrefix":"/p","prefix":"/x"}`, []string{`"prefix"`}},
+		{"no regions", `{"ssmPrefix":"/p"}`, []string{"regions", "at least one"}},
+		{"bad region", `{"regions":["us-east-1","Mars"],"ssmPrefix":"/p"}`, []string{"regions[1]", `"Mars"`}},
+		{"duplicate region", `{"regions":["us-east-1","us-east-1"],"ssmPrefix":"/p"}`, []string{"regions[1]", "twice"}},
+		{"no prefix", `{"regions":["us-east-1"]}`, []string{"ssmPrefix", "required"}},
+		{"bad prefix", `{"regions":["us-east-1"],"ssmPrefix":"/aws/x"}`, []string{"ssmPrefix", "reserved"}},
+		{"bad account", `{"regions":["us-east-1"],"ssmPrefix":"/p","share":["12345"]}`, []string{"share[0]", "12 digits"}},
+		{"trailing data", `{"regions":["us-east-1"],"ssmPrefix":"/p"} {}`, []string{"after the JSON object"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, SettingsFile)
+			if err := os.WriteFile(path, []byte(c.content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s, err := LoadSettings(dir)
+			if err == nil {
+				t.Fatalf("LoadSettings accepted %s: %+v", c.content, s)
+			}
+			for _, w := range append([]string{path}, c.want...) {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
+	}
+	// SaveSettings refuses what LoadSettings would, and writes nothing.
+	dir := t.TempDir()
+	err := SaveSettings(t.Context(), dir, Settings{Regions: []string{"us-east-1"}, SSMPrefix: "imgctl"})
+	if err == nil || !strings.Contains(err.Error(), "ssmPrefix") {
+		t.Fatalf("SaveSettings of a bad prefix: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, SettingsFile)); !os.IsNotExist(err) {
+		t.Fatalf("a refused SaveSettings wrote the file: %v", err)
+	}
+}
