@@ -48,6 +48,7 @@ bench: deps build demo-image
 	$(GO) test -run '^$$' -bench . -benchmem ./layers/compose/
 	scripts/bench-compose.sh
 	scripts/bench-raw.sh
+	scripts/bench-ami.sh
 	scripts/bench-boot.sh out/demo/disk.raw
 	scripts/bench-registry.sh
 	scripts/bench-serve.sh

@@ -86,6 +86,19 @@ bench_kubelet() {
   fi
 }
 
+# cache_copy DIR [blocks]: the bench cache ($bench/cache) with its blobs hard-linked (they are
+# immutable), so what a run adds is dropped with $tmp. Without "blocks" the squashfs block cache
+# is left out: a full build then compresses every block, as a first build does.
+cache_copy() {
+  rm -rf "$1"
+  mkdir -p "$1/tmp" "$1/locks"
+  cp -a "$bench/cache/refs" "$1/"
+  cp -al "$bench/cache/blobs" "$1/"
+  if [ "${2:-}" = blocks ] && [ -d "$bench/cache/squashfs-blocks" ]; then
+    cp -al "$bench/cache/squashfs-blocks" "$1/"
+  fi
+}
+
 # bench_build TIMEOUT: builds the default spec (targets rootfs and raw: the benchmarks read the
 # rootfs tar, which a raw-only build does not store) into $bench/cache and
 # $bench/store with the lock $bench/imgctl.lock (cold: network and mmdebstrap) and prints the

@@ -73,19 +73,6 @@ go build -o "$tmp/sqbench" ./test/bench/squashfs
 tar -xpf "$rootfs" --numeric-owner -C "$tmp/tree" # the peers' tree, not timed
 entries=$(tar -tf "$rootfs" | wc -l)
 
-# cache_copy DIR [blocks]: the bench cache with its blobs hard-linked (they are immutable), so
-# what a run adds is dropped with $tmp. Without "blocks" the squashfs block cache is left out:
-# a full build then compresses every block, as a first build does.
-cache_copy() {
-  rm -rf "$1"
-  mkdir -p "$1/tmp" "$1/locks"
-  cp -a "$bench/cache/refs" "$1/"
-  cp -al "$bench/cache/blobs" "$1/"
-  if [ "${2:-}" = blocks ] && [ -d "$bench/cache/squashfs-blocks" ]; then
-    cp -al "$bench/cache/squashfs-blocks" "$1/"
-  fi
-}
-
 # raw_build NAME STORE CACHE KUBELET [TARGETS]: one timed `imgctl build --target TARGETS`
 # (default raw; stderr to $tmp/m/NAME.err, its phases line appended to NAME.phases).
 raw_build() {

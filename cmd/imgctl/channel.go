@@ -188,6 +188,7 @@ func (a *app) promoteCmd() *cobra.Command {
 	var p channel.Promotion
 	var signKey string
 	var reg registryFlags
+	var aws mirrorFlags
 	cmd := &cobra.Command{
 		Use:   "promote IMAGE --to CHANNEL",
 		Short: "Point a channel at an image (compare-and-swap, recorded in the channel's history)",
@@ -197,7 +198,11 @@ are re-hashed first; with a trust policy (STORE/trust.json, or with --registry R
 imgctl trust) it must carry a valid signature, and without one a warning says so.
 Promoting into a channel requires that the image was in the previous channel of the order,
 unless --force (recorded). If another promotion moves the channel at the same time, exactly one
-wins; the other fails with a conflict and changes nothing.`,
+wins; the other fails with a conflict and changes nothing.
+With AWS settings (imgctl store aws), the image's AMI must be available (and shared as set) in
+every region listed, and PREFIX/CHANNEL/image_id is written there after the move; a parameter
+someone else changed is refused unless --force. Promoting the image already in the channel
+writes the parameters again (finishing a mirror that failed half-way).`,
 		Args: cobra.ExactArgs(1),
 		RunE: a.withChannels(func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error {
 			if p.To == "" {
@@ -223,6 +228,9 @@ wins; the other fails with a conflict and changes nothing.`,
 			if err := a.applyTrust(cmd.Context(), m, st, l, reg, "promoting"); err != nil {
 				return err
 			}
+			if err := a.awsMirror(cmd.Context(), m, st, reg, aws, p.Force); err != nil {
+				return err
+			}
 			e, err := m.Promote(cmd.Context(), p)
 			if err != nil {
 				return err
@@ -233,21 +241,25 @@ wins; the other fails with a conflict and changes nothing.`,
 	f := cmd.Flags()
 	f.StringVar(&p.To, "to", "", "channel to move (required)")
 	f.StringVar(&p.Reason, "reason", "", "why, recorded in the history")
-	f.BoolVar(&p.Force, "force", false, "promote even if the image was never in the previous channel (recorded)")
+	f.BoolVar(&p.Force, "force", false, "promote even if the image was never in the previous channel (recorded); with AWS settings, also overwrite a channel parameter someone else changed")
 	f.StringVar(&signKey, "sign-key", "", "sign the image with this private key (imgctl key generate) before promoting")
 	reg.add(f)
+	aws.add(f)
 	return cmd
 }
 
 func (a *app) rollbackCmd() *cobra.Command {
 	var r channel.Rollback
 	var reg registryFlags
+	var aws mirrorFlags
 	cmd := &cobra.Command{
 		Use:   "rollback CHANNEL [--to IMAGE]",
 		Short: "Point a channel back at the image it had before its current one (or at --to IMAGE)",
 		Long: `Without --to, the channel goes back to the image it pointed to before its current image was
 promoted into it; rolling back again goes further back. --to IMAGE must have been in the
-channel before, unless --force. Recorded in the channel's history like a promotion.`,
+channel before, unless --force. Recorded in the channel's history like a promotion.
+With AWS settings (imgctl store aws), PREFIX/CHANNEL/image_id is moved back in every region as
+for promote (a parameter someone else changed is refused unless --force).`,
 		Args: cobra.ExactArgs(1),
 		RunE: a.withChannels(func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error {
 			r.Channel, r.Tool = args[0], "imgctl "+version
@@ -256,6 +268,9 @@ channel before, unless --force. Recorded in the channel's history like a promoti
 				return err
 			}
 			if err := a.applyTrust(cmd.Context(), m, st, l, reg, "rolling back to"); err != nil {
+				return err
+			}
+			if err := a.awsMirror(cmd.Context(), m, st, reg, aws, r.Force); err != nil {
 				return err
 			}
 			e, err := m.Rollback(cmd.Context(), r)
@@ -268,8 +283,9 @@ channel before, unless --force. Recorded in the channel's history like a promoti
 	f := cmd.Flags()
 	f.StringVar(&r.To, "to", "", "image to go back to (digest, prefix, version or channel)")
 	f.StringVar(&r.Reason, "reason", "", "why, recorded in the history")
-	f.BoolVar(&r.Force, "force", false, "allow --to an image that was never in this channel (recorded)")
+	f.BoolVar(&r.Force, "force", false, "allow --to an image that was never in this channel (recorded); with AWS settings, also overwrite a channel parameter someone else changed")
 	reg.add(f)
+	aws.add(f)
 	return cmd
 }
 

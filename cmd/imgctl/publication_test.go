@@ -73,6 +73,10 @@ func TestInspectShowsAMIs(t *testing.T) {
 	if got, _ := json.Marshal(doc.Publications); string(got) != mustJSON(wantJSON) {
 		t.Errorf("publications = %s, want %s", got, mustJSON(wantJSON))
 	}
+	// The records are referrers store verify checks and accepts.
+	if out, _, err := run(t, dir, "store", "verify"); err != nil {
+		t.Errorf("store verify with publication records (%v):\n%s", err, out)
+	}
 	out, _, err = run(t, dir, "-o", "json", "images", "inspect", plain.Digest().String())
 	if err != nil || !strings.Contains(out, `"publications": []`) {
 		t.Errorf("images inspect -o json of an unpublished image (%v):\n%s", err, out)

@@ -33,6 +33,7 @@ const (
 	Hang               // no answer until the client gives up (or the fake closes)
 	AccessDenied       // 403 AccessDeniedException
 	NotFound           // 404 ResourceNotFoundException: the snapshot does not exist (yet)
+	Lost               // the request is served, then the connection closed before the answer
 )
 
 // EBSCounters are what the EBS fake received.
@@ -69,6 +70,9 @@ type EBS struct {
 	Fault func(op string, block int64, attempt int) Fault
 	// Delay is slept in each accepted PutSnapshotBlock (to make concurrency visible).
 	Delay time.Duration
+	// Discard keeps only the blocks' checksums, not their data (benchmarks of large disks):
+	// Block and GetSnapshotBlock then have nothing to return.
+	Discard bool
 
 	mu       sync.Mutex
 	snaps    map[string]*EBSSnapshot
@@ -132,6 +136,19 @@ func (e *EBS) Snapshot(id string) *EBSSnapshot {
 	c.Tags = copyMap(s.Tags)
 	c.blocks, c.sums = nil, nil
 	return &c
+}
+
+// Snapshots returns the IDs of every snapshot started, in order.
+func (e *EBS) Snapshots() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.init()
+	ids := make([]string, 0, len(e.snaps))
+	for id := range e.snaps {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
 }
 
 // Block returns block i of snapshot id as a reader of the snapshot sees it (its own write,
@@ -221,6 +238,28 @@ func (e *EBS) ServeAWS(w http.ResponseWriter, r *http.Request, body []byte) bool
 			panic(http.ErrAbortHandler)
 		}
 	}
+	if fault != nil && fault(op, block, attempt) == Lost {
+		e.serve(discardWriter{h: http.Header{}}, r, op, id, block, body)
+		if hj, ok := w.(http.Hijacker); ok {
+			if conn, _, err := hj.Hijack(); err == nil {
+				conn.Close()
+				return true
+			}
+		}
+		panic(http.ErrAbortHandler)
+	}
+	e.serve(w, r, op, id, block, body)
+	return true
+}
+
+// discardWriter takes an answer nobody will read.
+type discardWriter struct{ h http.Header }
+
+func (d discardWriter) Header() http.Header         { return d.h }
+func (d discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (d discardWriter) WriteHeader(int)             {}
+
+func (e *EBS) serve(w http.ResponseWriter, r *http.Request, op, id string, block int64, body []byte) {
 	switch op {
 	case "StartSnapshot":
 		e.start(w, body)
@@ -233,7 +272,6 @@ func (e *EBS) ServeAWS(w http.ResponseWriter, r *http.Request, body []byte) bool
 	case "GetSnapshotBlock":
 		e.get(w, r, id, block)
 	}
-	return true
 }
 
 func ebsError(w http.ResponseWriter, status int, typ, reason, msg string) {
@@ -367,9 +405,12 @@ func (e *EBS) put(w http.ResponseWriter, r *http.Request, id string, i int64, bo
 		e.reject(w, "INVALID_SNAPSHOT", "snapshot %s is %s: no more blocks", id, s.Status)
 		return
 	}
-	if sum == zeroBlockSum {
+	switch {
+	case e.Discard:
+		s.blocks[i] = nil
+	case sum == zeroBlockSum:
 		s.blocks[i] = zeroBlock // shared: an encrypted upload writes a GiB of them
-	} else {
+	default:
 		s.blocks[i] = append([]byte(nil), body...)
 	}
 	s.sums[i] = sum

@@ -80,7 +80,7 @@ func (s *Server) Close() error {
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	body, err := readBody(w, r)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -108,4 +108,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	proxy := httputil.NewSingleHostReverseProxy(s.Upstream)
 	proxy.ErrorLog = nil
 	proxy.ServeHTTP(w, r)
+}
+
+// readBody reads r's whole body, at most maxBody bytes, into a buffer of its declared length
+// (io.ReadAll would grow one from 512 bytes, allocating and clearing about 2.5 times each
+// 512 KiB block).
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	var b bytes.Buffer
+	if n := r.ContentLength; n > 0 {
+		b.Grow(int(min(n, maxBody) + bytes.MinRead))
+	}
+	_, err := b.ReadFrom(http.MaxBytesReader(w, r.Body, maxBody))
+	return b.Bytes(), err
 }

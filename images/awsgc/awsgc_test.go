@@ -1,7 +1,11 @@
 package awsgc
 
 import (
+	"bytes"
 	"context"
+	"io"
+	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -276,4 +280,72 @@ func TestCollectRefuses(t *testing.T) {
 			t.Errorf("Collect(%+v) = %v, want %q", tc.o, err, tc.want)
 		}
 	}
+}
+
+// errorSnapshots passes every request to upstream and reports every snapshot DescribeSnapshots
+// lists in state error (moto never fails a snapshot).
+func errorSnapshots(t *testing.T, upstream string) awsfake.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, body []byte) bool {
+		if !bytes.Contains(body, []byte("Action=DescribeSnapshots")) {
+			return false
+		}
+		req, err := http.NewRequestWithContext(r.Context(), r.Method, upstream+r.URL.RequestURI(), bytes.NewReader(body))
+		if err != nil {
+			t.Error(err)
+			return false
+		}
+		req.Header = r.Header.Clone()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			return false
+		}
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(resp.Body)
+		out = bytes.ReplaceAll(out, []byte("<status>completed</status>"), []byte("<status>error</status><statusMessage>disk on fire</statusMessage>"))
+		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+		w.WriteHeader(resp.StatusCode)
+		w.Write(out)
+		return true
+	}
+}
+
+// TestCollectErrorSnapshots: a snapshot in state error goes once older than the cutoff, even of
+// an image still in the store; a young one stays.
+func TestCollectErrorSnapshots(t *testing.T) {
+	m, c := moto(t)
+	fake := &awsfake.Server{Upstream: must(url.Parse(m.URL))}
+	fake.Use(errorSnapshots(t, m.URL))
+	furl, err := fake.Start(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fake.Close() })
+	w := &world{t: t, c: c, vol: map[string]string{}}
+	kept := digest.FromString("kept")
+	old := w.snapshot("us-east-1", publication.TagImage, kept.String(), publication.TagState, publication.TagStateComplete)
+	t1 := time.Now()
+	time.Sleep(2100 * time.Millisecond)
+	young := w.snapshot("us-east-1", publication.TagImage, kept.String(), publication.TagState, publication.TagStateComplete)
+
+	rep, err := Collect(t.Context(), clients(t, furl), Options{
+		Regions: []string{"us-east-1"}, Keep: func(d digest.Digest) bool { return d == kept }, OlderThan: time.Hour,
+		Now: func() time.Time { return t1.Add(1050 * time.Millisecond).Add(time.Hour) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.DeletedSnapshots) != 1 || rep.DeletedSnapshots[0].ID != old || rep.DeletedSnapshots[0].Reason != ReasonError+": disk on fire" || rep.Kept != 1 {
+		t.Errorf("report %+v, want %s deleted (%s: disk on fire), 1 kept", rep, old, ReasonError)
+	}
+	if got := w.exists("us-east-1", old, young); !slices.Equal(got, []string{young}) {
+		t.Errorf("left %v, want %s", got, young)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

@@ -16,11 +16,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mathbits "math/bits"
+	"net/http"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/service/ebs"
 	"github.com/aws/aws-sdk-go-v2/service/ebs/types"
 
@@ -69,7 +72,8 @@ type Options struct {
 	Tags      map[string]string
 	// Description of the snapshot.
 	Description string
-	// ClientToken makes StartSnapshot idempotent ("" = none).
+	// ClientToken makes StartSnapshot idempotent across calls of Upload ("" = one the SDK
+	// makes up, which makes the retries of one call idempotent).
 	ClientToken string
 	// RequestTimeout bounds each request (default 60 s): a hung block times out and is retried
 	// alone.
@@ -113,10 +117,11 @@ type uploader struct {
 	blocks int64
 	step   *progress.Step
 	zero   []byte
+	http   aws.HTTPClient
 
 	mu        sync.Mutex
 	hashes    *publication.Hashes
-	sent      map[int64][sha256.Size]byte // checksums of the blocks written, for the aggregate
+	sent      []uint64 // bitmap of the blocks written, for the aggregate
 	res       Result
 	startedAt time.Time // when StartSnapshot returned
 }
@@ -159,9 +164,10 @@ func Upload(ctx context.Context, c *ebs.Client, src Source, o Options) (Result, 
 		c: c, src: src, o: o, log: o.Logger.With("region", region), blocks: blocks,
 		zero:   make([]byte, BlockSize),
 		hashes: publication.NewHashes(BlockSize, blocks),
-		sent:   map[int64][sha256.Size]byte{},
+		sent:   make([]uint64, (blocks+63)/64),
 	}
 	u.res = Result{VolumeSize: volume, Blocks: blocks, Hashes: u.hashes}
+	u.http = pooled(c, o.Concurrency)
 	u.step = progress.Start(ctx, "upload snapshot "+region)
 	err := u.run(ctx)
 	u.step.Done(err)
@@ -174,33 +180,36 @@ func Upload(ctx context.Context, c *ebs.Client, src Source, o Options) (Result, 
 }
 
 func (u *uploader) run(ctx context.Context) error {
-	cands := u.candidates()
-	u.step.SetTotal(int64(len(cands)) * BlockSize)
+	var total int64
+	for range u.candidates {
+		total++
+	}
+	u.step.SetTotal(total * BlockSize)
 	if err := u.start(ctx); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	jobs := make(chan int64)
+	jobs := make(chan candidate)
 	var wg sync.WaitGroup
-	for range min(u.o.Concurrency, max(len(cands), 1)) {
+	for range min(int64(u.o.Concurrency), max(total, 1)) {
 		wg.Go(func() {
 			buf := make([]byte, BlockSize)
-			for i := range jobs {
-				if err := u.block(ctx, i, buf); err != nil {
+			for c := range jobs {
+				if err := u.block(ctx, c, buf); err != nil {
 					cancel(err)
 				}
 			}
 		})
 	}
-feed:
-	for _, i := range cands {
+	u.candidates(func(c candidate) bool {
 		select {
-		case jobs <- i:
+		case jobs <- c:
+			return true
 		case <-ctx.Done():
-			break feed
+			return false
 		}
-	}
+	})
 	close(jobs)
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil {
@@ -210,50 +219,80 @@ feed:
 	return u.complete(ctx)
 }
 
-// candidates lists, in order, the blocks that may need writing: those the extents touch,
-// those the parent has data in, and with encryption every block the parent does not cover.
-// Blocks not listed are zeros in the disk and in the new snapshot without being written.
-func (u *uploader) candidates() []int64 {
-	var out []int64
-	if u.o.Encrypted && u.o.ParentHashes == nil {
-		out = make([]int64, u.blocks)
-		for i := range out {
-			out[i] = int64(i)
+// candidate is a block that may need writing; data says the extents touch it (else it is
+// zeros in the disk and is not read).
+type candidate struct {
+	i    int64
+	data bool
+}
+
+// candidates yields, in block order, each block that may need writing: those the extents
+// touch, those the parent has data in, and with encryption every block the parent does not
+// cover. Blocks not yielded are zeros in the disk and in the new snapshot without a write.
+// It keeps nothing per block, so a sparse 64 TiB volume costs no memory.
+func (u *uploader) candidates(yield func(candidate) bool) {
+	ext := u.src.Extents()
+	next := int64(0) // the first block the extents have not yielded yet
+	dataBlock := func() (int64, bool) {
+		for len(ext) > 0 {
+			e := ext[0]
+			first := max(e.Off/BlockSize, next)
+			last := min((e.Off+e.Len-1)/BlockSize, u.blocks-1)
+			if e.Len <= 0 || first > last {
+				ext = ext[1:]
+				continue
+			}
+			next = first + 1
+			return first, true
 		}
-		return out
+		return 0, false
 	}
-	set := map[int64]struct{}{}
-	for _, e := range u.src.Extents() {
-		if e.Len <= 0 {
+	var parent []int64
+	from := int64(0) // encrypted: every block from here on
+	if ph := u.o.ParentHashes; ph != nil {
+		parent, from = ph.Indexes(), ph.Blocks
+	}
+	extraBlock := func() (int64, bool) {
+		if len(parent) > 0 {
+			i := parent[0]
+			parent = parent[1:]
+			return i, true
+		}
+		if u.o.Encrypted && from < u.blocks {
+			from++
+			return from - 1, true
+		}
+		return 0, false
+	}
+	d, dok := dataBlock()
+	x, xok := extraBlock()
+	for dok || xok {
+		if dok && (!xok || d <= x) {
+			if xok && x == d {
+				x, xok = extraBlock()
+			}
+			if !yield(candidate{d, true}) {
+				return
+			}
+			d, dok = dataBlock()
 			continue
 		}
-		for i := e.Off / BlockSize; i <= (e.Off+e.Len-1)/BlockSize && i < u.blocks; i++ {
-			set[i] = struct{}{}
+		if !yield(candidate{x, false}) {
+			return
 		}
+		x, xok = extraBlock()
 	}
-	if ph := u.o.ParentHashes; ph != nil {
-		for _, i := range ph.Indexes() {
-			set[i] = struct{}{}
-		}
-		if u.o.Encrypted { // blocks past the parent's volume were never written
-			for i := ph.Blocks; i < u.blocks; i++ {
-				set[i] = struct{}{}
-			}
-		}
-	}
-	out = make([]int64, 0, len(set))
-	for i := range set {
-		out = append(out, i)
-	}
-	sort.Slice(out, func(a, b int) bool { return out[a] < out[b] })
-	return out
 }
 
 // block reads block i into buf, decides whether it must be written, and writes it.
-func (u *uploader) block(ctx context.Context, i int64, buf []byte) error {
-	data, err := u.read(i, buf)
-	if err != nil {
-		return err
+func (u *uploader) block(ctx context.Context, c candidate, buf []byte) error {
+	i := c.i
+	var data []byte
+	if c.data {
+		var err error
+		if data, err = u.read(i, buf); err != nil {
+			return err
+		}
 	}
 	isZero := data == nil
 	var sum [sha256.Size]byte
@@ -292,7 +331,7 @@ func (u *uploader) block(ctx context.Context, i int64, buf []byte) error {
 		u.res.DataBlocks++
 	}
 	if send {
-		u.sent[i] = sum
+		u.sent[i/64] |= 1 << (i % 64)
 		u.res.Sent++
 		u.res.BytesSent += BlockSize
 	}
@@ -333,6 +372,31 @@ func (u *uploader) read(i int64, buf []byte) ([]byte, error) {
 // each attempt out.
 func noSDKRetries(o *ebs.Options) { o.Retryer = aws.NopRetryer{} }
 
+// pooled returns the client's HTTP client keeping n idle connections per host: the SDK's
+// default keeps 10, so with more blocks in flight most requests opened a new connection (a
+// TLS handshake each on AWS). Other HTTP clients are left as they are.
+func pooled(c *ebs.Client, n int) aws.HTTPClient {
+	hc := c.Options().HTTPClient
+	bc, ok := hc.(*awshttp.BuildableClient)
+	if !ok {
+		return hc
+	}
+	return bc.WithTransportOptions(func(t *http.Transport) {
+		t.MaxIdleConnsPerHost = max(t.MaxIdleConnsPerHost, n)
+		if t.MaxIdleConns != 0 {
+			t.MaxIdleConns = max(t.MaxIdleConns, n)
+		}
+	})
+}
+
+// opts are the options of every request of an upload.
+func (u *uploader) opts(o *ebs.Options) {
+	noSDKRetries(o)
+	if u.http != nil {
+		o.HTTPClient = u.http
+	}
+}
+
 func (u *uploader) start(ctx context.Context) error {
 	in := &ebs.StartSnapshotInput{VolumeSize: aws.Int64(u.res.VolumeSize), Encrypted: aws.Bool(u.o.Encrypted)}
 	if u.o.Parent != "" {
@@ -355,10 +419,12 @@ func (u *uploader) start(ctx context.Context) error {
 	for _, k := range keys {
 		in.Tags = append(in.Tags, types.Tag{Key: aws.String(k), Value: aws.String(u.o.Tags[k])})
 	}
+	// in is shared by every attempt: the SDK fills in a ClientToken (an idempotency token) on
+	// the first, so a retry after a lost answer gets the same snapshot, not a second one.
 	var out *ebs.StartSnapshotOutput
 	err := u.call(ctx, "StartSnapshot", -1, func(ctx context.Context) error {
 		var err error
-		out, err = u.c.StartSnapshot(ctx, in, noSDKRetries)
+		out, err = u.c.StartSnapshot(ctx, in, u.opts)
 		return err
 	})
 	if err != nil {
@@ -391,37 +457,50 @@ func (u *uploader) put(ctx context.Context, i int64, data []byte, sum [sha256.Si
 			DataLength:        aws.Int32(int32(len(data))),
 			Checksum:          aws.String(b64),
 			ChecksumAlgorithm: types.ChecksumAlgorithmChecksumAlgorithmSha256,
-		}, noSDKRetries)
+		}, u.opts)
 		return err
 	})
 }
 
-// Aggregate is the LINEAR aggregate of block checksums: the sha256 of the blocks' raw sha256
-// digests concatenated in block index order, base64. sums maps block index to digest.
-func Aggregate(sums map[int64][sha256.Size]byte) string {
-	idx := make([]int64, 0, len(sums))
-	for i := range sums {
-		idx = append(idx, i)
-	}
-	sort.Slice(idx, func(a, b int) bool { return idx[a] < idx[b] })
+// Aggregate is the LINEAR aggregate checksum of blocks: the sha256 of their raw sha256
+// digests concatenated in block index order, base64. sums are the digests in that order.
+func Aggregate(sums func(yield func([sha256.Size]byte) bool)) string {
 	h := sha256.New()
-	for _, i := range idx {
-		s := sums[i]
+	for s := range sums {
 		h.Write(s[:])
 	}
 	return base64.StdEncoding.EncodeToString(h.Sum(nil))
 }
 
+// aggregate is the LINEAR aggregate of the blocks written: a written block not in the hashes
+// was zeros.
+func (u *uploader) aggregate() string {
+	return Aggregate(func(yield func([sha256.Size]byte) bool) {
+		for w, bits := range u.sent {
+			for ; bits != 0; bits &= bits - 1 {
+				i := int64(w)*64 + int64(mathbits.TrailingZeros64(bits))
+				sum, ok := u.hashes.Get(i)
+				if !ok {
+					sum = zeroSum
+				}
+				if !yield(sum) {
+					return
+				}
+			}
+		}
+	})
+}
+
 func (u *uploader) complete(ctx context.Context) error {
 	in := &ebs.CompleteSnapshotInput{
 		SnapshotId:                aws.String(u.id),
-		ChangedBlocksCount:        aws.Int32(int32(len(u.sent))),
-		Checksum:                  aws.String(Aggregate(u.sent)),
+		ChangedBlocksCount:        aws.Int32(int32(u.res.Sent)),
+		Checksum:                  aws.String(u.aggregate()),
 		ChecksumAlgorithm:         types.ChecksumAlgorithmChecksumAlgorithmSha256,
 		ChecksumAggregationMethod: types.ChecksumAggregationMethodChecksumAggregationLinear,
 	}
 	return u.call(ctx, "CompleteSnapshot", -1, func(ctx context.Context) error {
-		out, err := u.c.CompleteSnapshot(ctx, in, noSDKRetries)
+		out, err := u.c.CompleteSnapshot(ctx, in, u.opts)
 		if err == nil && out.Status == types.StatusError {
 			return permanent{fmt.Errorf("the snapshot is in state %s", out.Status)}
 		}

@@ -6,10 +6,16 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +26,7 @@ import (
 
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/awsfake"
+	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/sparse"
 	"github.com/imgctl/imgctl/layers/progress"
 )
@@ -212,7 +219,7 @@ func TestFakeChecksChecksums(t *testing.T) {
 		}, noSDKRetries)
 		return err
 	}
-	agg := Aggregate(map[int64][sha256.Size]byte{2: good})
+	agg := Aggregate(slices.Values([][sha256.Size]byte{good}))
 	if err := complete(1, base64.StdEncoding.EncodeToString(good[:])); !errors.As(err, &ve) {
 		t.Errorf("a wrong aggregate: %v, want ValidationException", err)
 	}
@@ -377,6 +384,22 @@ func TestUploadFaults(t *testing.T) {
 			}
 			return awsfake.NoFault
 		}, checks: []check{ops("StartSnapshot", 2), ops("CompleteSnapshot", 2)}},
+		{name: "start answer lost", fault: func(op string, b int64, a int) awsfake.Fault {
+			if op == "StartSnapshot" && a == 1 {
+				return awsfake.Lost
+			}
+			return awsfake.NoFault
+		}, checks: []check{ops("StartSnapshot", 2), func(t *testing.T, n awsfake.EBSCounters) {
+			if n.Ops["CompleteSnapshot"] != 1 {
+				t.Errorf("CompleteSnapshot %d times", n.Ops["CompleteSnapshot"])
+			}
+		}}},
+		{name: "block answer lost", fault: func(op string, b int64, a int) awsfake.Fault {
+			if op == "PutSnapshotBlock" && b == 1 && a == 1 {
+				return awsfake.Lost
+			}
+			return awsfake.NoFault
+		}, checks: []check{attempts(1, 2), others(1)}},
 		{name: "access denied on a block", fault: func(op string, b int64, a int) awsfake.Fault {
 			if op == "PutSnapshotBlock" && b == 3 {
 				return awsfake.AccessDenied
@@ -418,11 +441,15 @@ func TestUploadFaults(t *testing.T) {
 					t.Fatal(err)
 				}
 				checkSnapshot(t, f, res.SnapshotID, raw, res)
+				if ids := f.Snapshots(); len(ids) != 1 || f.Snapshot(ids[0]).ClientToken == "" {
+					t.Errorf("snapshots started: %v, want one, with a client token", ids)
+				}
 				return
 			}
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Fatalf("error %v, want one containing %q", err, tc.err)
 			}
+			t.Logf("error: %v", err)
 			if strings.Contains(tc.name, "denied") && !strings.Contains(err.Error(), "ebs:") {
 				t.Errorf("error %q names no IAM action", err)
 			}
@@ -439,5 +466,116 @@ func TestUploadFaults(t *testing.T) {
 				t.Errorf("error %v does not wrap the AccessDeniedException", err)
 			}
 		})
+	}
+}
+
+// countingSource counts the bytes read from a Source.
+type countingSource struct {
+	Source
+	n atomic.Int64
+}
+
+func (c *countingSource) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.Source.ReadAt(p, off)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// TestUploadReadsOnlyData: zero blocks are not read, not even when encryption sends them.
+func TestUploadReadsOnlyData(t *testing.T) {
+	for _, encrypted := range []bool{false, true} {
+		_, c := fake(t)
+		src, _ := disk(t, 4<<20, map[int64]byte{2: 1, 6: 2})
+		cs := &countingSource{Source: src}
+		if _, err := Upload(context.Background(), c, cs, fast(Options{Encrypted: encrypted})); err != nil {
+			t.Fatal(err)
+		}
+		if n := cs.n.Load(); n != 2*BlockSize {
+			t.Errorf("encrypted %v: read %d bytes of the disk, want the 2 data blocks' %d", encrypted, n, 2*BlockSize)
+		}
+	}
+}
+
+// fakeSource is a Source with given extents and no data (only candidates reads it).
+type fakeSource struct {
+	size int64
+	ext  []sparse.Extent
+}
+
+func (f fakeSource) ReadAt(p []byte, off int64) (int, error) { clear(p); return len(p), nil }
+func (f fakeSource) Size() int64                             { return f.size }
+func (f fakeSource) Extents() []sparse.Extent                { return f.ext }
+
+// TestCandidates: the blocks considered are those the extents touch (each once, even when
+// extents share a block), the parent's data blocks, and with encryption every block the parent
+// does not cover; in order.
+func TestCandidates(t *testing.T) {
+	const B = BlockSize
+	ph := publication.NewHashes(B, 4)
+	ph.Set(1, [32]byte{1})
+	ph.Set(3, [32]byte{3})
+	ext := []sparse.Extent{{Off: 0, Len: 4096}, {Off: B - 4096, Len: 8192}, {Off: 5*B + 100, Len: 2 * B}, {Off: 9 * B, Len: 4096}}
+	cases := []struct {
+		name      string
+		parent    *publication.Hashes
+		encrypted bool
+		want      string
+	}{
+		{"plain", nil, false, "0d 1d 5d 6d 7d 9d"},
+		{"parent", ph, false, "0d 1d 3 5d 6d 7d 9d"},
+		{"encrypted parent", ph, true, "0d 1d 3 4 5d 6d 7d 8 9d 10 11"},
+	}
+	for _, tc := range cases {
+		u := &uploader{src: fakeSource{6 << 20, ext}, blocks: 12, o: Options{ParentHashes: tc.parent, Encrypted: tc.encrypted}}
+		var got []string
+		u.candidates(func(c candidate) bool {
+			s := strconv.FormatInt(c.i, 10)
+			if c.data {
+				s += "d"
+			}
+			got = append(got, s)
+			return true
+		})
+		if g := strings.Join(got, " "); g != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, g, tc.want)
+		}
+	}
+	u := &uploader{src: fakeSource{6 << 20, nil}, blocks: 2048, o: Options{Encrypted: true}}
+	n := 0
+	u.candidates(func(candidate) bool { n++; return true })
+	if n != 2048 {
+		t.Errorf("encrypted without parent: %d candidates, want all 2048", n)
+	}
+}
+
+// TestUploadReusesConnections: with many blocks in flight, connections are kept for reuse
+// (the SDK's default keeps 10 idle per host, so 32 in flight opened a connection, with a TLS
+// handshake on AWS, for most blocks).
+func TestUploadReusesConnections(t *testing.T) {
+	f := &awsfake.EBS{Delay: 20 * time.Millisecond}
+	s := &awsfake.Server{}
+	s.Use(f)
+	var conns atomic.Int64
+	hs := httptest.NewUnstartedServer(s)
+	hs.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	hs.Start()
+	defer hs.Close()
+	defer f.Close()
+	c := clients(t, hs.URL).EBS(region)
+	blocks := map[int64]byte{}
+	for i := range int64(160) {
+		blocks[i] = byte(i%250 + 1)
+	}
+	src, _ := disk(t, 80<<20, blocks)
+	if _, err := Upload(context.Background(), c, src, fast(Options{Concurrency: 32})); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d connections", conns.Load())
+	if n := conns.Load(); n > 40 {
+		t.Errorf("%d connections for 160 blocks at 32 in flight, want at most 40", n)
 	}
 }

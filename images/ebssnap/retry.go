@@ -56,6 +56,8 @@ func classify(op string, err error, justStarted bool) verdict {
 				return retry
 			}
 			return fail
+		case "ServiceQuotaExceededException", "ConflictException":
+			return fail
 		}
 	}
 	// Status 0: no response at all (a dropped connection, a reset, this attempt's timeout).
@@ -69,6 +71,9 @@ func classify(op string, err error, justStarted bool) verdict {
 			return denied
 		}
 		return fail
+	}
+	if ae != nil {
+		return fail // an answer saying no, whatever its code
 	}
 	// No response at all: a dropped connection, a reset, a timeout of this attempt.
 	return retry

@@ -315,3 +315,38 @@ func ByRegion(rs []Record) []Region {
 	}
 	return out
 }
+
+// All returns the records of every image in st that can be read (List's order within each
+// image): what the store says was published, e.g. to find the regions to clean.
+func All(ctx context.Context, st *store.Store) ([]Record, error) {
+	imgs, _, err := st.ListAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing publication records: %w", err)
+	}
+	var out []Record
+	for _, img := range imgs {
+		rs, err := List(ctx, st, img.Digest())
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rs...)
+	}
+	return out, nil
+}
+
+// Places are the regions rs were uploaded or copied to and the SSM prefixes they wrote
+// version parameters under, each sorted and once.
+func Places(rs []Record) (regions, ssmPrefixes []string) {
+	for _, r := range rs {
+		regions = append(regions, r.Region)
+		for _, g := range r.Regions {
+			regions = append(regions, g.Region)
+		}
+		if r.SSMPrefix != "" {
+			ssmPrefixes = append(ssmPrefixes, r.SSMPrefix)
+		}
+	}
+	slices.Sort(regions)
+	slices.Sort(ssmPrefixes)
+	return slices.Compact(regions), slices.Compact(ssmPrefixes)
+}

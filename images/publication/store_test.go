@@ -352,3 +352,25 @@ func TestByRegion(t *testing.T) {
 		t.Errorf("ByRegion(nil) is not empty")
 	}
 }
+
+func TestAllPlaces(t *testing.T) {
+	st := storetest.Open(t)
+	a := storetest.PutVersion(t, st, "1.0.0", 10)
+	b := storetest.PutVersion(t, st, "1.1.0", 20)
+	storetest.PutVersion(t, st, "1.2.0", 30)
+	ra := record(a, "us-east-1", 0, StateAvailable, "eu-west-1")
+	ra.SSMPrefix = "/imgctl/nodes"
+	put(t, st, ra)
+	put(t, st, record(a, "ap-south-1", 1, StateUploading))
+	rb := record(b, "eu-west-1", 0, StateAvailable, "sa-east-1")
+	rb.SSMPrefix = "/imgctl/nodes"
+	put(t, st, rb)
+	rs, err := All(t.Context(), st)
+	if err != nil || len(rs) != 3 {
+		t.Fatalf("All = %d records, %v", len(rs), err)
+	}
+	regions, prefixes := Places(rs)
+	if strings.Join(regions, " ") != "ap-south-1 eu-west-1 sa-east-1 us-east-1" || strings.Join(prefixes, " ") != "/imgctl/nodes" {
+		t.Errorf("Places = %v, %v", regions, prefixes)
+	}
+}
