@@ -74,6 +74,8 @@ type Result struct {
 	Phases []Phase
 	// Reused reports that the rootfs was already in the store and was not composed again.
 	Reused bool
+	// Published holds each Publisher target's result, by target name.
+	Published map[string]any
 }
 
 // openLayers opens the role layers' tars in the cache as compose inputs.
@@ -130,6 +132,7 @@ type Build struct {
 	agent        digest.Digest // of the node agent file, for the initrd cache key
 	initrds      map[string]Initrd
 	squashfs     map[SquashfsOptions]Blob
+	late         []string   // rootfs paths stored last in the squashfs, once listed (lateFilesLocked)
 	files        []*os.File // opened layer and blob files, closed when the build ends
 	phases       []Phase    // shared steps that did work, in order
 }
@@ -428,7 +431,9 @@ func kernelShort(release string) string {
 	return strings.Join(keep, "-")
 }
 
-// Run builds the image described by opts.Spec and writes opts.Targets.
+// Run builds the image described by opts.Spec, writes opts.Targets and stores the image; then
+// the targets that are Publishers publish it. When publishing fails the result is returned
+// with the error (a *PublishError): the image is built.
 func Run(ctx context.Context, opts Options) (*Result, error) {
 	log := opts.Logger
 	if log == nil {
@@ -579,6 +584,25 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	}
 	phase("store", start)
 	log.Info("built image", "digest", img.Digest(), "version", cfg.Version)
+	// Publish last: the image is built and stored whatever happens to its publication.
+	for _, t := range targets {
+		p, ok := t.(Publisher)
+		if !ok {
+			continue
+		}
+		start = time.Now()
+		out, err := p.Publish(ctx, opts.Store, img)
+		phase("publish "+t.Name(), start)
+		if out != nil { // with an error: how far publishing got
+			if res.Published == nil {
+				res.Published = map[string]any{}
+			}
+			res.Published[t.Name()] = out
+		}
+		if err != nil {
+			return res, &PublishError{Target: t.Name(), Image: img, Err: err}
+		}
+	}
 	return res, nil
 }
 

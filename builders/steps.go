@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,8 +25,8 @@ import (
 
 // Cache key versions: bump one when what its step writes changes for the same inputs.
 const (
-	initrdVersion   = "initrd/2" // 2: soft dependencies and firmware
-	squashfsVersion = "squashfs/1"
+	initrdVersion   = "initrd/2"   // 2: soft dependencies and firmware
+	squashfsVersion = "squashfs/2" // 2: the volatile layers' files and image.json stored last
 )
 
 // bootloaderPath is where the bootloader layer (Debian's systemd-boot-efi) puts systemd-boot.
@@ -226,8 +227,12 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, erro
 	if blob, ok := b.squashfs[o]; ok {
 		return blob, nil
 	}
+	late, err := b.lateFilesLocked(ctx)
+	if err != nil {
+		return Blob{}, &StepError{"compress root squashfs", err}
+	}
 	key := func(rootfs digest.Digest) string {
-		return strings.Join([]string{squashfsVersion, string(rootfs), o.Compression, fmt.Sprint(o.Level), fmt.Sprint(b.epoch)}, "\n")
+		return strings.Join([]string{squashfsVersion, string(rootfs), o.Compression, fmt.Sprint(o.Level), fmt.Sprint(b.epoch), lateKey(late)}, "\n")
 	}
 	if b.rootfs.Digest == "" {
 		b.findRootfs(ctx, false)
@@ -250,7 +255,8 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, erro
 		return Blob{}, err
 	}
 	defer sq.Close()
-	sqOpts := squashfs.Options{Compression: o.Compression, Level: o.Level, MTime: b.epoch, Logger: b.log}
+	sqOpts := squashfs.Options{Compression: o.Compression, Level: o.Level, MTime: b.epoch, Logger: b.log,
+		Late: func(name string) bool { _, ok := slices.BinarySearch(late, name); return ok }, TempDir: work}
 	// Compressed blocks of earlier builds: a rebuild compresses only the blocks that changed.
 	blocks, err := blockcache.Open(filepath.Join(b.opts.Env.Cache.Dir(), "squashfs-blocks"), blockcache.Options{Logger: b.log})
 	if err != nil {

@@ -25,6 +25,28 @@ type Target interface {
 	Write(ctx context.Context, s Steps) ([]manifest.Artifact, error)
 }
 
+// Publisher is implemented by a target that publishes the image somewhere once it is built
+// (an AMI): Run calls Publish after the image is stored, with the stored image, and keeps what
+// it returns in Result.Published (also with an error: how far it got, if not nil). A failed
+// publish leaves the image built (PublishError).
+type Publisher interface {
+	Publish(ctx context.Context, st *store.Store, img store.Image) (any, error)
+}
+
+// PublishError is a Publisher's failure: the image is built and stored, only publishing it
+// failed (rerun the publish alone, e.g. imgctl publish ami).
+type PublishError struct {
+	Target string
+	Image  store.Image
+	Err    error
+}
+
+func (e *PublishError) Error() string {
+	return fmt.Sprintf("image %s (%s) is built and stored, but target %s could not publish it: %v", e.Image.Config.Version, e.Image.Digest(), e.Target, e.Err)
+}
+
+func (e *PublishError) Unwrap() error { return e.Err }
+
 // RootfsStorer is implemented by a target that reads or publishes the rootfs tar itself: the
 // build then composes the rootfs into the store before any target runs, so a raw or pxe target
 // compresses from the stored tar instead of composing it a second time.

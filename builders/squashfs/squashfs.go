@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math"
 	"math/bits"
+	"os"
 	"path"
 	"runtime"
 	"strings"
@@ -41,6 +42,15 @@ type Options struct {
 	// Blocks, if not nil, supplies the compressed form of blocks compressed before and
 	// receives the ones compressed now (see BlockCache). The image does not depend on it.
 	Blocks BlockCache
+	// Late, if not nil, selects regular files (by path without a leading "/", like
+	// "usr/bin/kubelet") whose data is stored after every other file's data, in stream
+	// order among themselves; their small files' tails go into fragment blocks of their own.
+	// Directories and inodes keep path order. A build that changes only late files thus
+	// leaves every data byte before the late region as it was (an incremental upload of
+	// the image sends little). Late files are spooled to a temporary file in TempDir.
+	Late func(name string) bool
+	// TempDir is where late files are spooled; "" means os.TempDir().
+	TempDir string
 }
 
 // Result describes a written image.
@@ -89,10 +99,13 @@ type config struct {
 	mtime     uint32
 	log       *slog.Logger
 	blocks    BlockCache
+	late      func(string) bool
+	tempDir   string
 }
 
 func (o Options) config() (config, error) {
-	c := config{name: o.Compression, level: o.Level, blockSize: o.BlockSize, workers: o.Workers, log: o.Logger, blocks: o.Blocks}
+	c := config{name: o.Compression, level: o.Level, blockSize: o.BlockSize, workers: o.Workers, log: o.Logger, blocks: o.Blocks,
+		late: o.Late, tempDir: o.TempDir}
 	if c.name == "" {
 		c.name = "zstd"
 	}
@@ -183,7 +196,12 @@ func writeSteps(ctx context.Context, dst io.WriterAt, src io.Reader, cfg config,
 		return Result{}, err
 	}
 	b.step = step
+	defer b.closeSpool()
 	if err := b.readTar(ctx, io.TeeReader(src, step.Writer())); err != nil {
+		b.pipe.abort()
+		return Result{}, err
+	}
+	if err := b.writeLate(ctx); err != nil {
 		b.pipe.abort()
 		return Result{}, err
 	}
@@ -227,6 +245,10 @@ type builder struct {
 	aclDropped int
 	aclPaths   []string
 	step       *progress.Step // counts the entries read (the input bytes are counted as read)
+	// late files (Options.Late), in stream order, spooled to spool until writeLate
+	late     []lateFile
+	spool    *os.File
+	spoolEnd int64
 }
 
 func newBuilder(ctx context.Context, dst io.WriterAt, cfg config) (*builder, error) {
@@ -320,6 +342,12 @@ func (b *builder) addEntry(ctx context.Context, hdr *tar.Header, r io.Reader) er
 	switch hdr.Typeflag {
 	case tar.TypeReg: // archive/tar reports old TypeRegA entries as TypeReg
 		ino.typ = typeFile
+		if hdr.Size > 0 && b.cfg.late != nil && b.cfg.late(name) {
+			if err := b.spoolLate(ino, name, r, hdr.Size); err != nil {
+				return fmt.Errorf("squashfs: file %q: %w", hdr.Name, err)
+			}
+			break
+		}
 		fd, err := b.addFileData(ctx, r, hdr.Size)
 		if err != nil {
 			return fmt.Errorf("squashfs: file %q: %w", hdr.Name, err)

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/imgctl/imgctl/builders"
+	"github.com/imgctl/imgctl/builders/ami"
 	"github.com/imgctl/imgctl/builders/pxe"
 	"github.com/imgctl/imgctl/builders/raw"
 	"github.com/imgctl/imgctl/builders/rootfs"
@@ -18,6 +19,9 @@ type Options struct {
 	Squashfs builders.SquashfsOptions
 	DiskSize int64 // raw: 0 = the default
 	RootSize int64 // raw: size of ROOT-A and ROOT-B; 0 = the default
+	// AMIPublish publishes the stored image as an AMI (ami; required by it): images/ami.Publish
+	// with the AWS clients and publish options, checked before the build starts.
+	AMIPublish ami.PublishFunc
 }
 
 // Info describes one target.
@@ -32,6 +36,7 @@ func List() []Info {
 		{raw.Name, "bootable GPT disk (disk.simg; --output writes disk.raw): ESP with systemd-boot, ROOT-A squashfs, empty ROOT-B, STATE"},
 		{pxe.Name, "netboot set: vmlinuz, initrd.img (with NIC drivers), rootfs.squashfs, boot.ipxe"},
 		{rootfs.Name, "the canonical rootfs tar (rootfs.tar)"},
+		{ami.Name, "raw's disk, then published as an AMI (imgctl publish ami; needs --region and AWS credentials)"},
 	}
 }
 
@@ -57,11 +62,17 @@ func New(names []string, o Options) ([]builders.Target, error) {
 			seen[n] = true
 			switch n {
 			case raw.Name:
-				out = append(out, raw.New(raw.Options{DiskSize: o.DiskSize, RootSize: o.RootSize, Squashfs: o.Squashfs}))
+				out = append(out, raw.New(rawOptions(o)))
 			case pxe.Name:
 				out = append(out, pxe.New(pxe.Options{Squashfs: o.Squashfs}))
 			case rootfs.Name:
 				out = append(out, rootfs.New())
+			case ami.Name:
+				t, err := ami.New(ami.Options{Raw: rawOptions(o), Publish: o.AMIPublish})
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, t)
 			default:
 				return nil, fmt.Errorf("unknown target %q (supported: %s)", n, strings.Join(Names(), ", "))
 			}
@@ -71,4 +82,9 @@ func New(names []string, o Options) ([]builders.Target, error) {
 		return nil, fmt.Errorf("no target given (supported: %s)", strings.Join(Names(), ", "))
 	}
 	return out, nil
+}
+
+// rawOptions are the raw disk's options: the raw and ami targets write the same disk.
+func rawOptions(o Options) raw.Options {
+	return raw.Options{DiskSize: o.DiskSize, RootSize: o.RootSize, Squashfs: o.Squashfs}
 }

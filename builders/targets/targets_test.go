@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/imgctl/imgctl/builders"
 	"github.com/imgctl/imgctl/builders/buildtest"
@@ -325,4 +328,98 @@ func TestRawThenRootfsComposesOnce(t *testing.T) {
 	if !e.Opts.Store.HasBlob(res.Image.Config.Rootfs.Digest) {
 		t.Error("the rootfs target's blob is not in the store")
 	}
+}
+
+// TestKubeletChangeKeepsSquashfsDataPrefix: the kubelet layer's files and image.json are
+// stored last in the root squashfs, so a kubelet-only change leaves every data byte of the
+// other files where it was (an incremental AMI upload sends only the tail). Both ways of
+// compressing the squashfs (composed straight into it, or from the stored rootfs) agree.
+func TestKubeletChangeKeepsSquashfsDataPrefix(t *testing.T) {
+	f := buildtest.NewFixture(t)
+	e := bootEnv(t, f, buildtest.BootOptions{}, "pxe")
+	squashfsOf := func(t *testing.T, e buildtest.Env, kubelet []byte) []byte {
+		t.Helper()
+		// The source URI is in the spec, whose digest is in image.json: one directory per content.
+		dir := filepath.Join(f.Dir, "kubelet-"+buildtest.Sha(kubelet)[:12])
+		os.MkdirAll(filepath.Join(dir, "usr/bin"), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, "usr/bin/kubelet"), kubelet, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		f.Sources[spec.RoleKubelet] = []string{"file://" + dir + "/"}
+		e.Opts.Spec = f.Spec(t)
+		res, err := builders.Run(context.Background(), e.Opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sq := artifact(t, res.Image.Config, manifest.Artifacts(res.Image.Manifest), "rootfs.squashfs")
+		rc, err := e.Opts.Store.OpenBlob(context.Background(), sq.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		b, err := io.ReadAll(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	kubelet := func(v byte) []byte {
+		b := bytes.Repeat([]byte("kubelet-binary-v?\n"), 30000) // 540 kB: several blocks
+		for i := 16; i < len(b); i += 18 {
+			b[i] = v
+		}
+		return b
+	}
+	v1, v2 := squashfsOf(t, e, kubelet('1')), squashfsOf(t, e, kubelet('2'))
+	same := 96 // the superblock holds the table offsets
+	for same < len(v1) && same < len(v2) && v1[same] == v2[same] {
+		same++
+	}
+	// The other files are all small: they share fragment blocks, written before the kubelet's
+	// blocks and image.json's fragment block (the last one).
+	frags := fragments(t, v1)
+	if len(frags) < 2 {
+		t.Fatalf("fragment blocks %v: want the other files' and image.json's", frags)
+	}
+	for _, f := range frags[:len(frags)-1] {
+		if f[1] > same {
+			t.Errorf("a kubelet change moved the data of other files: images differ from byte %d, a fragment block of other files spans %d..%d", same, f[0], f[1])
+		}
+	}
+
+	// From the stored rootfs (a build that also publishes it): the same squashfs.
+	e2 := bootEnv(t, f, buildtest.BootOptions{}, "rootfs,pxe")
+	if got := squashfsOf(t, e2, kubelet('1')); !bytes.Equal(got, v1) {
+		t.Error("the squashfs compressed from the stored rootfs differs from the one composed straight into it")
+	}
+}
+
+// fragments returns the start and end offsets of a squashfs image's fragment blocks.
+func fragments(t *testing.T, img []byte) [][2]int {
+	t.Helper()
+	le := binary.LittleEndian
+	count := int(le.Uint32(img[16:]))
+	table := int(le.Uint64(img[80:]))
+	var out [][2]int
+	for i := 0; len(out) < count; i++ {
+		at := int(le.Uint64(img[table+8*i:]))
+		hdr := int(le.Uint16(img[at:]))
+		meta := img[at+2 : at+2+hdr&0x7fff]
+		if hdr&0x8000 == 0 { // compressed (zstd, the build's default)
+			d, err := zstd.NewReader(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			meta, err = d.DecodeAll(meta, nil)
+			d.Close()
+			if err != nil {
+				t.Fatalf("fragment table: %v", err)
+			}
+		}
+		for j := 0; j+16 <= len(meta) && len(out) < count; j += 16 {
+			start := int(le.Uint64(meta[j:]))
+			out = append(out, [2]int{start, start + int(le.Uint32(meta[j+8:])&(1<<24-1))})
+		}
+	}
+	return out
 }

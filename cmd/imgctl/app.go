@@ -71,7 +71,8 @@ Without a spec file, "imgctl build --k8s VERSION" uses the embedded default spec
 	f.BoolVarP(&a.quiet, "quiet", "q", false, "no progress or timing output on stderr")
 	root.AddCommand(a.buildCmd(), a.imagesCmd(), a.layersCmd(), a.storeCmd(),
 		a.channelCmd(), a.promoteCmd(), a.rollbackCmd(), a.pushCmd(), a.pullCmd(), a.gcCmd(),
-		a.keyCmd(), a.signCmd(), a.verifyCmd(), a.trustCmd(), a.rolloutCmd(), a.serveCmd())
+		a.keyCmd(), a.signCmd(), a.verifyCmd(), a.trustCmd(), a.rolloutCmd(), a.serveCmd(),
+		a.publishCmd())
 	return root
 }
 

@@ -9,30 +9,15 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"github.com/imgctl/imgctl/images/awschannel"
-	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/channel"
 	"github.com/imgctl/imgctl/images/store"
 )
 
-// mirrorFlags reach AWS for promote and rollback when the store has AWS settings (the regions
-// come from the settings): the names publish uses.
-type mirrorFlags struct {
-	endpointURL, profile string
-	noIMDS               bool
-}
-
-func (f *mirrorFlags) add(fs *pflag.FlagSet) {
-	fs.StringVar(&f.endpointURL, "endpoint-url", "", "with AWS settings (imgctl store aws): send AWS requests to this URL (a VPC endpoint)")
-	fs.StringVar(&f.profile, "profile", "", "with AWS settings: the AWS shared-config profile (default AWS_PROFILE)")
-	fs.BoolVar(&f.noIMDS, "no-imds", false, "with AWS settings: never ask the EC2 instance metadata service for credentials")
-}
-
 // awsMirror sets m.Mirror when the store has AWS settings and the channels are the store's (not
 // --registry): then each move also writes PREFIX/CHANNEL/image_id in the settings' regions.
-func (a *app) awsMirror(ctx context.Context, m *channel.Mover, st *store.Store, reg registryFlags, f mirrorFlags, force bool) error {
+func (a *app) awsMirror(ctx context.Context, m *channel.Mover, st *store.Store, reg registryFlags, f awsFlags, force bool) error {
 	s, err := awschannel.LoadSettings(st.Dir())
 	if err != nil || s == nil {
 		return err
@@ -41,11 +26,11 @@ func (a *app) awsMirror(ctx context.Context, m *channel.Mover, st *store.Store, 
 		a.logger().Warn("the store's AWS settings mirror its own channels, not a registry's: no SSM parameter is written", "registry", reg.repo)
 		return nil
 	}
-	cfg, err := awsclient.Load(ctx, awsclient.Options{Region: s.Regions[0], Profile: f.profile, EndpointURL: f.endpointURL, NoIMDS: f.noIMDS, Logger: a.logger()})
+	clients, err := f.clientsIn(ctx, a.logger(), s.Regions[0])
 	if err != nil {
 		return fmt.Errorf("mirroring channels to AWS as %s says: %w (or stop mirroring: imgctl store aws --clear)", filepath.Join(st.Dir(), awschannel.SettingsFile), err)
 	}
-	m.Mirror = &awschannel.Mirror{Store: st, Settings: *s, Clients: awsclient.NewClients(cfg), Force: force, Logger: a.logger()}
+	m.Mirror = &awschannel.Mirror{Store: st, Settings: *s, Clients: clients, Force: force, Logger: a.logger()}
 	return nil
 }
 

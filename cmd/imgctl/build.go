@@ -1,16 +1,21 @@
 package main
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/imgctl/imgctl/builders"
+	amitarget "github.com/imgctl/imgctl/builders/ami"
 	"github.com/imgctl/imgctl/builders/squashfs"
 	"github.com/imgctl/imgctl/builders/targets"
+	"github.com/imgctl/imgctl/images/ami"
 	"github.com/imgctl/imgctl/layers/kubeversion"
 	"github.com/imgctl/imgctl/layers/spec"
 )
@@ -26,7 +31,10 @@ func (a *app) buildCmd() *cobra.Command {
 		signKey                        string
 		flavor                         string
 		level                          int
+		aws                            awsFlags
+		af                             amiFlags
 	)
+	awsSet := pflag.NewFlagSet("ami", pflag.ContinueOnError) // --target ami's flags
 	cmd := &cobra.Command{
 		Use:   "build [--k8s VERSION | -f SPEC]",
 		Short: "Build a node image from a spec (or the embedded default) and its lock",
@@ -38,11 +46,17 @@ initrd and the squashfs when their inputs did not change. The image digest is th
 standard output; a per-phase timing summary goes to standard error.
 
 SOURCE_DATE_EPOCH, if set, fixes every timestamp; otherwise the spec's sourceDateEpoch, then
-the lock's, then the current time (recorded in the lock) are used.`,
+the lock's, then the current time (recorded in the lock) are used.
+
+--target ami writes what --target raw writes, then publishes the stored image as an AMI (see
+imgctl publish ami: the AWS flags below are its flags). AWS credentials, the region and the
+publish flags are checked before the build starts; when publishing fails the image stays built
+(publish it again with imgctl publish ami).`,
 		Example: `  imgctl build --k8s 1.21.13 --target raw --output out/
   imgctl build --k8s 1.21.13 --target raw,pxe --output out/
   imgctl build --k8s 1.21.13 --flavor metal --target pxe --output out/pxe
   imgctl build -f node.yaml --target rootfs
+  imgctl build --k8s 1.21.13 --target ami --region us-east-1 --copy-to eu-west-1 --ssm-prefix /imgctl/nodes
   imgctl build --k8s 1.21.13 --source 'kubelet=file:///srv/k8s/kubelet#path=/usr/bin/kubelet&mode=0755'
   imgctl build --k8s 1.21.13 --mirror https://deb.debian.org/debian=http://apt.local/debian --offline`,
 		Args: cobra.NoArgs,
@@ -50,7 +64,11 @@ the lock's, then the current time (recorded in the lock) are used.`,
 			if err := a.checkFormat(); err != nil {
 				return err
 			}
-			stopProgress := a.showProgress(cmd)
+			every := repeatLineEvery
+			if hasTarget(targetNames, amitarget.Name) {
+				every = uploadLineEvery // a CI log shows the upload moving
+			}
+			stopProgress := a.showProgressEvery(cmd, every)
 			defer stopProgress()
 			ctx := cmd.Context()
 			if file != "" && cmd.Flags().Changed("k8s") {
@@ -87,6 +105,19 @@ the lock's, then the current time (recorded in the lock) are used.`,
 			if len(names) == 0 {
 				names = []string{"rootfs"}
 			}
+			if hasTarget(names, amitarget.Name) {
+				if err := aws.check(); err != nil {
+					return err
+				}
+				if err := af.check(aws.region); err != nil {
+					return err
+				}
+				if topts.AMIPublish, err = a.amiPublisher(ctx, aws, af); err != nil {
+					return err
+				}
+			} else if f := changedFlag(awsSet); f != "" {
+				return fmt.Errorf("--%s is a flag of --target ami, which this build does not write (targets: %s)", f, strings.Join(names, ","))
+			}
 			if opts.Targets, err = targets.New(names, topts); err != nil {
 				return err
 			}
@@ -98,7 +129,10 @@ the lock's, then the current time (recorded in the lock) are used.`,
 			opts.OutputDir, opts.Parallel, opts.ImgctlVersion = outputDir, parallel, version
 			res, err := builders.Run(ctx, opts)
 			stopProgress()
-			if err != nil {
+			// When only publishing failed, the image is built: report it, then fail with that.
+			var pe *builders.PublishError
+			publishErr := err
+			if !errors.As(err, &pe) && err != nil {
 				return err
 			}
 			if signKey != "" {
@@ -114,18 +148,29 @@ the lock's, then the current time (recorded in the lock) are used.`,
 				fmt.Fprintf(a.err, "phases: %s\n", strings.Join(parts, ", "))
 			}
 			img := res.Image
+			published, _ := res.Published[amitarget.Name].(ami.Result)
+			hasAMI := published.Record.Image != "" // also how far a failed publish got
 			if a.json() {
-				return a.printJSON(map[string]any{
+				out := map[string]any{
 					"digest": img.Digest(), "version": img.Config.Version, "config": img.Config,
 					"phases": res.Phases, "rootfsReused": res.Reused,
-				})
+				}
+				if hasAMI {
+					out["ami"] = amiJSON(published)
+				}
+				return cmp.Or(a.printJSON(out), publishErr)
 			}
 			fmt.Fprintf(a.out, "version  %s\nrootfs   %s (%s, %d entries)\n", img.Config.Version, img.Config.Rootfs.Digest, human(img.Config.Rootfs.Size), img.Config.Rootfs.Entries)
 			for _, l := range res.Layers {
 				fmt.Fprintf(a.out, "layer    %-10s %s %s\n", l.Role, l.Digest, human(l.Size))
 			}
+			if hasAMI {
+				for _, g := range published.Record.Regions {
+					fmt.Fprintf(a.out, "ami      %-14s %s %s\n", g.Region, g.ImageID, g.State)
+				}
+			}
 			fmt.Fprintln(a.out, img.Digest())
-			return nil
+			return publishErr
 		},
 	}
 	f := cmd.Flags()
@@ -145,6 +190,10 @@ the lock's, then the current time (recorded in the lock) are used.`,
 	f.IntVar(&level, "compression-level", 0, "raw and pxe targets: compressor level (default: zstd 3, otherwise the compressor's default)")
 	f.StringVar(&signKey, "sign-key", "", "sign the built image with this private key (imgctl key generate)")
 	a.limitFlags(f)
+	aws.add(awsSet)
+	af.add(awsSet)
+	awsSet.VisitAll(func(fl *pflag.Flag) { fl.Usage = "--target ami: " + fl.Usage })
+	f.AddFlagSet(awsSet)
 	f.StringVar(&agent, "node-agent", "", "the static imgctl-node binary: /init of the initrd (raw and pxe) and /usr/bin/imgctl-node of the bootstrap layer (default: imgctl-node beside imgctl, then $PATH)")
 	return cmd
 }
@@ -188,4 +237,27 @@ func targetHelp() string {
 		parts = append(parts, t.Name+" ("+t.Summary+")")
 	}
 	return strings.Join(parts, "; ")
+}
+
+// hasTarget reports whether the --target lists name target.
+func hasTarget(lists []string, target string) bool {
+	for _, l := range lists {
+		for _, n := range strings.Split(l, ",") {
+			if strings.TrimSpace(n) == target {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// changedFlag is the name of the first flag of fs given on the command line, or "".
+func changedFlag(fs *pflag.FlagSet) string {
+	var name string
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed && name == "" {
+			name = f.Name
+		}
+	})
+	return name
 }

@@ -188,7 +188,7 @@ func (a *app) promoteCmd() *cobra.Command {
 	var p channel.Promotion
 	var signKey string
 	var reg registryFlags
-	var aws mirrorFlags
+	var aws awsFlags
 	cmd := &cobra.Command{
 		Use:   "promote IMAGE --to CHANNEL",
 		Short: "Point a channel at an image (compare-and-swap, recorded in the channel's history)",
@@ -244,14 +244,14 @@ writes the parameters again (finishing a mirror that failed half-way).`,
 	f.BoolVar(&p.Force, "force", false, "promote even if the image was never in the previous channel (recorded); with AWS settings, also overwrite a channel parameter someone else changed")
 	f.StringVar(&signKey, "sign-key", "", "sign the image with this private key (imgctl key generate) before promoting")
 	reg.add(f)
-	aws.add(f)
+	aws.addConnection(f, "with AWS settings (imgctl store aws): ")
 	return cmd
 }
 
 func (a *app) rollbackCmd() *cobra.Command {
 	var r channel.Rollback
 	var reg registryFlags
-	var aws mirrorFlags
+	var aws awsFlags
 	cmd := &cobra.Command{
 		Use:   "rollback CHANNEL [--to IMAGE]",
 		Short: "Point a channel back at the image it had before its current one (or at --to IMAGE)",
@@ -285,7 +285,7 @@ for promote (a parameter someone else changed is refused unless --force).`,
 	f.StringVar(&r.Reason, "reason", "", "why, recorded in the history")
 	f.BoolVar(&r.Force, "force", false, "allow --to an image that was never in this channel (recorded); with AWS settings, also overwrite a channel parameter someone else changed")
 	reg.add(f)
-	aws.add(f)
+	aws.addConnection(f, "with AWS settings (imgctl store aws): ")
 	return cmd
 }
 

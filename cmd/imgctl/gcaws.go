@@ -21,19 +21,15 @@ import (
 
 // gcAWSFlags are gc's --aws and the AWS connection flags (named as publish ami's).
 type gcAWSFlags struct {
-	enabled     bool
-	regions     []string
-	endpointURL string
-	profile     string
-	noIMDS      bool
+	enabled bool
+	regions []string
+	conn    awsFlags
 }
 
 func (f *gcAWSFlags) add(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.enabled, "aws", false, "also remove on AWS the AMIs and snapshots (tagged imgctl:image) of the images this gc leaves out of the store, and uploads that never completed")
 	fs.StringSliceVar(&f.regions, "region", nil, "with --aws: clean this region too (repeat or comma-separate), besides those the store's publication records and AWS settings name")
-	fs.StringVar(&f.endpointURL, "endpoint-url", "", "with --aws: send AWS requests to this URL (a VPC endpoint)")
-	fs.StringVar(&f.profile, "profile", "", "with --aws: AWS shared-config profile")
-	fs.BoolVar(&f.noIMDS, "no-imds", false, "with --aws: never ask the EC2 instance metadata service for credentials or the region")
+	f.conn.addConnection(fs, "with --aws: ")
 }
 
 // gcAWS is what gc --aws prepares before the store gc: the places to clean, read from the
@@ -46,10 +42,11 @@ type gcAWS struct {
 
 func (f *gcAWSFlags) prepare(ctx context.Context, a *app, st *store.Store) (*gcAWS, error) {
 	if !f.enabled {
-		for name, set := range map[string]bool{"--region": len(f.regions) > 0, "--endpoint-url": f.endpointURL != "", "--profile": f.profile != "", "--no-imds": f.noIMDS} {
-			if set {
-				return nil, fmt.Errorf("%s needs --aws", name)
-			}
+		if len(f.regions) > 0 {
+			return nil, errors.New("--region needs --aws")
+		}
+		if name := f.conn.connectionSet(); name != "" {
+			return nil, fmt.Errorf("%s needs --aws", name)
 		}
 		return nil, nil
 	}
@@ -78,12 +75,11 @@ func (f *gcAWSFlags) prepare(ctx context.Context, a *app, st *store.Store) (*gcA
 	if len(regions) == 0 {
 		return nil, errors.New("no AWS region to clean: give --region (neither the store's publication records nor its AWS settings name one)")
 	}
-	cfg, err := awsclient.Load(ctx, awsclient.Options{Region: regions[0], Profile: f.profile, EndpointURL: f.endpointURL,
-		NoIMDS: f.noIMDS, Logger: a.logger()})
+	clients, err := f.conn.clientsIn(ctx, a.logger(), regions[0])
 	if err != nil {
 		return nil, err
 	}
-	return &gcAWS{regions: regions, prefixes: prefixes, clients: awsclient.NewClients(cfg)}, nil
+	return &gcAWS{regions: regions, prefixes: prefixes, clients: clients}, nil
 }
 
 // collect removes on AWS what belongs to no image left in st once rep's images are gone.

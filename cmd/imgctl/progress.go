@@ -21,6 +21,9 @@ const (
 	// In a log, a step gets a line once it has run startLineAfter, then every repeatLineEvery.
 	startLineAfter  = 2 * time.Second
 	repeatLineEvery = 30 * time.Second
+	// uploadLineEvery is repeatLineEvery for commands that upload (publish ami): a CI log
+	// shows the upload moving every few seconds.
+	uploadLineEvery = 5 * time.Second
 	barWidth        = 20
 )
 
@@ -28,14 +31,16 @@ const (
 // downloads on stderr. On a terminal (live) it keeps a block of one line per running step at
 // the bottom, redrawn in place at most 10 times a second, and prints each finished step once
 // above it: "✓ name  12.3s  118.0 MiB". Elsewhere (a CI log) it writes plain lines: one when a
-// step has run startLineAfter ("… name  2.0s"), one every repeatLineEvery after that, and one
-// when it finishes.
+// step has run startLineAfter ("… name  2.0s"), one every repeatLineEvery after that
+// (uploadLineEvery for commands that upload), and one when it finishes.
 type renderer struct {
 	w     io.Writer
 	live  bool
 	width func() int // terminal columns (live only)
-	now   func() time.Time
-	rep   *progress.Reporter
+	// repeat is how often a running step gets a line in a log (default repeatLineEvery).
+	repeat time.Duration
+	now    func() time.Time
+	rep    *progress.Reporter
 
 	mu       sync.Mutex
 	running  []*runningStep // in start order
@@ -59,7 +64,7 @@ type runningStep struct {
 }
 
 func newRenderer(w io.Writer, live bool, width func() int) *renderer {
-	r := &renderer{w: w, live: live, width: width, now: time.Now, downloads: map[string]*progress.Step{},
+	r := &renderer{w: w, live: live, width: width, now: time.Now, repeat: repeatLineEvery, downloads: map[string]*progress.Step{},
 		stop: make(chan struct{}), stopped: make(chan struct{})}
 	r.rep = progress.New(r.event)
 	return r
@@ -70,10 +75,16 @@ func newRenderer(w io.Writer, live bool, width func() int) *renderer {
 // (see env and logger). The returned function removes the live block; call it before
 // printing anything else to stderr. It may be called more than once.
 func (a *app) showProgress(cmd *cobra.Command) (stop func()) {
+	return a.showProgressEvery(cmd, repeatLineEvery)
+}
+
+// showProgressEvery is showProgress writing a running step's line every repeat in a log.
+func (a *app) showProgressEvery(cmd *cobra.Command, repeat time.Duration) (stop func()) {
 	if a.quiet {
 		return func() {}
 	}
 	r := newRenderer(a.err, a.terminal(), a.termWidth)
+	r.repeat = repeat
 	a.progress = r
 	cmd.SetContext(progress.With(cmd.Context(), r.rep))
 	r.start()
@@ -158,7 +169,7 @@ func (r *renderer) tick() {
 	}
 	for _, s := range r.running {
 		el := now.Sub(s.start)
-		due := s.lastLine.IsZero() && el >= startLineAfter || !s.lastLine.IsZero() && now.Sub(s.lastLine) >= repeatLineEvery
+		due := s.lastLine.IsZero() && el >= startLineAfter || !s.lastLine.IsZero() && now.Sub(s.lastLine) >= r.repeat
 		if due {
 			s.lastLine = now
 			fmt.Fprintln(r.w, "… "+strings.Join(append([]string{s.ev.Step, elapsed(el)}, counts(s.ev, false)...), "  "))

@@ -156,9 +156,9 @@ func TestRendererDownloads(t *testing.T) {
 	// Each download of the fetch client is a step; a failed one is marked so.
 	var out bytes.Buffer
 	r := newRenderer(&out, false, nil)
-	r.download(fetch.Progress{URL: "https://dl.k8s.io/v1.21.13/bin/linux/amd64/kubelet", Complete: 1 << 20, Total: 100 << 20})
+	r.download(fetch.Progress{URL: "https://dl.k8s.io/v1.21.13/bin/linux/amd64/kubelet", Complete: 1 << 20, Total: 120 << 20})
 	r.download(fetch.Progress{URL: "https://h/debian/pool/runc.deb", Complete: 10, Total: -1})
-	r.download(fetch.Progress{URL: "https://dl.k8s.io/v1.21.13/bin/linux/amd64/kubelet", Complete: 100 << 20, Total: 100 << 20, Done: true})
+	r.download(fetch.Progress{URL: "https://dl.k8s.io/v1.21.13/bin/linux/amd64/kubelet", Complete: 100 << 20, Total: 120 << 20, Done: true})
 	r.download(fetch.Progress{URL: "https://h/debian/pool/runc.deb", Complete: 20, Total: -1, Done: true, Err: errors.New("digest mismatch")})
 	r.close()
 	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
@@ -217,5 +217,28 @@ func TestPhaseLinesInLogs(t *testing.T) {
 	_, stderr, err = run(t, dir, "-q", "build", "-f", specPath, "--lock", filepath.Join(dir, "imgctl.lock"), "--target", "rootfs", "--update-lock")
 	if err != nil || strings.Contains(stderr, "✓") {
 		t.Errorf("-q build (%v) printed phases:\n%s", err, stderr)
+	}
+}
+
+// TestRendererLogEvery: a command that uploads (publish ami) asks for a line every few seconds
+// in a log, so CI shows an upload moving.
+func TestRendererLogEvery(t *testing.T) {
+	var out bytes.Buffer
+	clock := &fakeClock{t: time.Unix(1000, 0)}
+	r := newRenderer(&out, false, nil)
+	r.repeat = uploadLineEvery
+	r.now = clock.now
+	r.event(progress.Event{Kind: progress.Started, ID: 1, Step: "upload snapshot us-east-1", Total: 120 << 20})
+	for i := range 120 { // 12 s in ticks
+		clock.advance(100 * time.Millisecond)
+		r.event(progress.Event{Kind: progress.Updated, ID: 1, Step: "upload snapshot us-east-1", Total: 120 << 20, Bytes: int64(i+1) << 20})
+		r.tick()
+	}
+	r.close()
+	want := "… upload snapshot us-east-1  2.0s  20.0 MiB / 120.0 MiB  16%\n" +
+		"… upload snapshot us-east-1  7.0s  70.0 MiB / 120.0 MiB  58%\n" +
+		"… upload snapshot us-east-1  12.0s  120.0 MiB / 120.0 MiB  100%\n"
+	if out.String() != want {
+		t.Fatalf("log:\n%s\nwant:\n%s", out.String(), want)
 	}
 }

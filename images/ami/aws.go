@@ -278,7 +278,11 @@ func waitImage(ctx context.Context, e *ec2.Client, region, id string, wait, poll
 				if im.StateReason != nil && aws.ToString(im.StateReason.Message) != "" {
 					msg = aws.ToString(im.StateReason.Message)
 				}
-				return "", &stateError{region: region, id: id, state: state, msg: fmt.Sprintf("AMI %s in %s is %s: %s", id, region, state, msg)}
+				what := "is " + state
+				if im.State == types.ImageStateFailed {
+					what = "failed"
+				}
+				return "", &stateError{region: region, id: id, state: state, msg: fmt.Sprintf("AMI %s in %s %s: %s", id, region, what, msg)}
 			}
 		}
 		if !time.Now().Add(poll).Before(deadline) {

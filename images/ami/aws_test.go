@@ -148,7 +148,7 @@ func TestWaitImageBounded(t *testing.T) {
 
 	e.fake.SetImageState(home, id, "failed", "Snapshot is not valid")
 	_, err = waitImage(ctx, e.clients.EC2(home), home, id, time.Minute, 20*time.Millisecond)
-	if err == nil || errors.Is(err, errWait) || err.Error() != "AMI "+id+" in us-east-1 is failed: Snapshot is not valid" {
+	if err == nil || errors.Is(err, errWait) || err.Error() != "AMI "+id+" in us-east-1 failed: Snapshot is not valid" {
 		t.Errorf("failed AMI: %v", err)
 	}
 }

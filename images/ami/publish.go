@@ -445,13 +445,16 @@ func (p *publisher) finish(ctx context.Context, region, id, snapID string) error
 	if snapID == "" {
 		snapID = rootSnap
 	}
-	if err := share(ctx, e, region, id, snapID, p.o.Share, p.o.Public); err != nil {
-		return err
+	err = share(ctx, e, region, id, snapID, p.o.Share, p.o.Public)
+	if err == nil && p.param != "" {
+		err = putParameter(ctx, p.c.SSM(region), region, p.param, id, p.description)
 	}
-	if p.param != "" {
-		if err := putParameter(ctx, p.c.SSM(region), region, p.param, id, p.description); err != nil {
+	if err != nil {
+		if ctx.Err() != nil {
 			return err
 		}
+		p.setRegion(region, func(g *publication.Region) { g.Message = err.Error() })
+		return errors.Join(err, p.save(ctx))
 	}
 	p.log.Info("AMI available", "region", region, "ami", id)
 	p.setRegion(region, func(g *publication.Region) {

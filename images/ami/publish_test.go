@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -381,7 +382,7 @@ func TestPublishFailedAMI(t *testing.T) {
 	o := fast(Options{Region: home, CopyTo: []string{away}})
 	res, err := Publish(context.Background(), st, img, e.clients, o)
 	g, _ := res.Record.RegionState(home)
-	want := "AMI " + g.ImageID + " in us-east-1 is failed: InvalidSnapshot: the root volume is unreadable"
+	want := "AMI " + g.ImageID + " in us-east-1 failed: InvalidSnapshot: the root volume is unreadable"
 	if err == nil || g.ImageID == "" || err.Error() != want {
 		t.Fatalf("error %v\nwant %s", err, want)
 	}
@@ -442,5 +443,54 @@ func TestPublishCopiesInParallel(t *testing.T) {
 	}
 	if lastCopy < 0 || lastCopy > lastWait[away] || lastCopy > lastWait[third] {
 		t.Errorf("copies one after the other: last CopyImage is call %d, last polls %v", lastCopy, lastWait)
+	}
+}
+
+// TestPublishShareRefused: AWS refusing to share a copy: the error names the call, region and
+// AMI, and the record keeps that region short of available with the reason.
+func TestPublishShareRefused(t *testing.T) {
+	e := newEnv(t)
+	st := storetest.Open(t)
+	img := diskImage(t, st, "v1", 1, 1)
+	e.fake.Fail("ModifyImageAttribute", away, http.StatusForbidden, "UnauthorizedOperation", "You are not authorized to perform this operation.")
+	res, err := Publish(context.Background(), st, img, e.clients, fast(Options{Region: home, CopyTo: []string{away}, Share: []string{account}}))
+	g, _ := res.Record.RegionState(away)
+	if err == nil || g.ImageID == "" || !strings.HasPrefix(err.Error(), "sharing AMI "+g.ImageID+" in eu-west-1 (ec2:ModifyImageAttribute launchPermission): ") ||
+		!strings.Contains(err.Error(), "UnauthorizedOperation") {
+		t.Fatalf("error %v", err)
+	}
+	if g.State != publication.StateRegistered || g.Message != err.Error() || res.Record.State != publication.StateRegistered {
+		t.Errorf("record %s, %s: %+v", res.Record.State, away, g)
+	}
+	if rec, _ := publication.Latest(context.Background(), st, img.Digest(), away); rec == nil || rec.Message != err.Error() {
+		t.Errorf("stored record %+v", rec)
+	}
+}
+
+// TestPublishCorruptDisk: a disk.simg blob that does not hash to its digest is not uploaded.
+func TestPublishCorruptDisk(t *testing.T) {
+	e := newEnv(t)
+	st := storetest.Open(t)
+	img := diskImage(t, st, "v1", 1, 1)
+	d, err := disk(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := st.BlobPath(d.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)-1] ^= 0xff
+	storetest.Corrupt(t, st, d.Digest, b)
+	_, err = Publish(context.Background(), st, img, e.clients, fast(Options{Region: home}))
+	if !errors.Is(err, store.ErrDigestMismatch) || !strings.HasPrefix(err.Error(), "image v1: disk.simg: ") {
+		t.Errorf("error %v", err)
+	}
+	if n := len(e.fake.Calls("StartSnapshot")); n != 0 {
+		t.Errorf("%d StartSnapshot calls for a corrupt disk", n)
 	}
 }

@@ -91,7 +91,7 @@ func Load(ctx context.Context, o Options) (aws.Config, error) {
 		if ctx.Err() != nil {
 			return aws.Config{}, ctx.Err()
 		}
-		return aws.Config{}, fmt.Errorf("%w (%s): %w", ErrNoCredentials, credentialHint(o), err)
+		return aws.Config{}, fmt.Errorf("%w: %s; looking for them: %w", ErrNoCredentials, credentialHint(o), err)
 	}
 	return cfg, nil
 }
@@ -99,7 +99,7 @@ func Load(ctx context.Context, o Options) (aws.Config, error) {
 func credentialHint(o Options) string {
 	hint := "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, give --profile or set AWS_PROFILE"
 	if o.NoIMDS || strings.EqualFold(os.Getenv("AWS_EC2_METADATA_DISABLED"), "true") {
-		return hint + " (the instance metadata service is disabled)"
+		return hint + " (the instance metadata service is not asked)"
 	}
 	return hint + ", or run with an instance role"
 }

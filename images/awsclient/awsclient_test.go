@@ -90,7 +90,8 @@ func TestClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := NewClients(cfg)
-	if c.EC2("eu-west-1") != c.EC2("eu-west-1") || c.EC2("eu-west-1") == c.EC2("us-east-1") {
+	first := c.EC2("eu-west-1")
+	if again := c.EC2("eu-west-1"); again != first || first == c.EC2("us-east-1") {
 		t.Error("EC2 clients are not one per region")
 	}
 	if got := c.EC2("eu-west-1").Options().Region; got != "eu-west-1" {

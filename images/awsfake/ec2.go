@@ -27,6 +27,13 @@ type EC2 struct {
 	calls     []Call
 	images    []override
 	snapshots []override
+	faults    []fault
+}
+
+type fault struct {
+	action, region string // region "" = any
+	status         int
+	code, message  string
 }
 
 // Call is one request the EC2 handler saw.
@@ -66,6 +73,14 @@ func (e *EC2) SetSnapshotState(region, id, state, message string) {
 	e.snapshots = append(e.snapshots, override{region, id, state, message})
 }
 
+// Fail makes every EC2 request of action in region ("" = any) fail with HTTP status and the
+// EC2 error code and message (e.g. 403 UnauthorizedOperation).
+func (e *EC2) Fail(action, region string, status int, code, message string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.faults = append(e.faults, fault{action, region, status, code, message})
+}
+
 // Calls returns the requests seen with action ("" = all), oldest first.
 func (e *EC2) Calls(action string) []Call {
 	e.mu.Lock()
@@ -99,6 +114,16 @@ func (e *EC2) ServeAWS(w http.ResponseWriter, r *http.Request, body []byte) bool
 	}
 	e.mu.Lock()
 	e.calls = append(e.calls, c)
+	for _, f := range e.faults {
+		if f.action == c.Action && (f.region == "" || f.region == region) && service == "ec2" {
+			e.mu.Unlock()
+			w.Header().Set("Content-Type", "text/xml")
+			w.WriteHeader(f.status)
+			io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?>`+"\n"+`<Response><Errors><Error><Code>`+escape(f.code)+
+				`</Code><Message>`+escape(f.message)+`</Message></Error></Errors><RequestID>awsfake</RequestID></Response>`)
+			return true
+		}
+	}
 	var rules []override
 	var rewrite func([]byte, []override, string) []byte
 	switch c.Action {

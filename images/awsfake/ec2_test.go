@@ -2,6 +2,7 @@ package awsfake
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/smithy-go"
 )
 
 // What moto answers (its templates, shortened): the state follows the ID in each item.
@@ -108,6 +110,16 @@ func TestEC2Overrides(t *testing.T) {
 	}
 	if n := len(fake.Calls("")); n != 5 {
 		t.Errorf("%d calls recorded, want 5", n)
+	}
+
+	fake.Fail("ModifyImageAttribute", "eu-west-1", http.StatusForbidden, "UnauthorizedOperation", "You are not authorized to perform this operation.")
+	_, err = west.ModifyImageAttribute(ctx, &ec2.ModifyImageAttributeInput{ImageId: aws.String("ami-1")})
+	var ae smithy.APIError
+	if !errors.As(err, &ae) || ae.ErrorCode() != "UnauthorizedOperation" || ae.ErrorMessage() != "You are not authorized to perform this operation." {
+		t.Errorf("injected fault: %v", err)
+	}
+	if _, err := east.ModifyImageAttribute(ctx, &ec2.ModifyImageAttributeInput{ImageId: aws.String("ami-1")}); err != nil {
+		t.Errorf("fault in another region: %v", err)
 	}
 }
 
