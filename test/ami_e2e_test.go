@@ -34,10 +34,11 @@ type amiImage struct {
 	digest, version, disk string
 }
 
-// buildAMIImage builds the embedded default spec as target raw into dir's store and cache,
-// with the boot test layer and a kubelet stand-in printing kubelet; images built in the same
-// dir and work share everything but what the kubelet changes.
-func buildAMIImage(ctx context.Context, t *testing.T, work, dir, kubelet string) amiImage {
+// buildAMIImage builds the embedded default spec as target (raw, or ami with publish flags in
+// extra) into dir's store and cache, with the boot test layer and a kubelet stand-in printing
+// kubelet; images built in the same dir and work share everything but what the kubelet
+// changes. For target ami it also returns what the build published.
+func buildAMIImage(ctx context.Context, t *testing.T, work, dir, kubelet, target string, extra ...string) (amiImage, *published) {
 	t.Helper()
 	start := time.Now()
 	bin := filepath.Join(work, "kubelet-"+kubelet)
@@ -49,22 +50,26 @@ func buildAMIImage(ctx context.Context, t *testing.T, work, dir, kubelet string)
 		layer = testLayer(t, work)
 	}
 	out := filepath.Join(dir, "out-"+kubelet)
-	res, err := imgctl(ctx, t, dir, "-o", "json", "build", "--k8s", "1.21.13", "--target", "raw",
+	res, err := imgctl(ctx, t, dir, append([]string{"-o", "json", "build", "--k8s", "1.21.13", "--target", target,
 		"--lock", filepath.Join(work, "imgctl.lock"), "--node-agent", nodeAgent(t), "--output", out,
-		"--source", "kubelet=file://"+bin+"#path=/usr/bin/kubelet&mode=0755",
-		"--source", "extra=file://"+layer+"/")
+		"--source", "kubelet=file://" + bin + "#path=/usr/bin/kubelet&mode=0755",
+		"--source", "extra=file://" + layer + "/"}, extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var b struct {
 		Digest string
 		Config struct{ Version string }
+		AMI    *published
 	}
 	if err := json.Unmarshal([]byte(res), &b); err != nil || b.Digest == "" || b.Config.Version == "" {
 		t.Fatalf("imgctl -o json build: %v: %.500s", err, res)
 	}
-	t.Logf("built %s (%s) in %v", b.Config.Version, b.Digest, time.Since(start).Round(time.Second))
-	return amiImage{digest: b.Digest, version: b.Config.Version, disk: filepath.Join(out, "disk.raw")}
+	if (b.AMI != nil) != (target == "ami") {
+		t.Fatalf("imgctl -o json build --target %s: published %+v", target, b.AMI)
+	}
+	t.Logf("built %s (%s) as %s in %v", b.Config.Version, b.Digest, target, time.Since(start).Round(time.Second))
+	return amiImage{digest: b.Digest, version: b.Config.Version, disk: filepath.Join(out, "disk.raw")}, b.AMI
 }
 
 // ebsWire records, on the wire between imgctl and moto, each StartSnapshot's request and the
@@ -144,8 +149,9 @@ const (
 )
 
 // TestAMIPublishPromoteBoot is the whole AMI flow through the CLI against moto_server: two
-// images of one name (the second a kubelet change) published to us-east-1 and copied to
-// eu-west-1, the second incrementally on the first's snapshot; the nightly channel promoted,
+// images of one name published to us-east-1 and copied to eu-west-1 — the first with publish
+// ami, the second (a kubelet change) with build --target ami, incrementally on the first's
+// snapshot; the nightly channel promoted,
 // promoted again and rolled back with its SSM parameter following in both regions; a
 // parameter changed by someone else refuses a promotion until --force; a rerun of publish
 // reuses everything. Then the second AMI's snapshot is read back block by block with
@@ -175,10 +181,10 @@ func TestAMIPublishPromoteBoot(t *testing.T) {
 		return imgctl(ctx, t, dir, args...)
 	}
 	awsArgs := []string{"--endpoint-url", endpoint, "--no-imds"}
+	publishArgs := append([]string{"--region", amiRegion, "--copy-to", amiCopy, "--ssm-prefix", ssmPrefix}, awsArgs...)
 	publish := func(img amiImage) published {
 		t.Helper()
-		out, err := run(append([]string{"-o", "json", "publish", "ami", img.version, "--region", amiRegion,
-			"--copy-to", amiCopy, "--ssm-prefix", ssmPrefix}, awsArgs...)...)
+		out, err := run(append([]string{"-o", "json", "publish", "ami", img.version}, publishArgs...)...)
 		if err != nil {
 			t.Fatalf("%v\nmoto:\n%s", err, moto.Log())
 		}
@@ -203,7 +209,7 @@ func TestAMIPublishPromoteBoot(t *testing.T) {
 	}
 
 	// v1: a full upload, copied, parameters written; promoted to nightly.
-	v1 := buildAMIImage(ctx, t, work, dir, "kubelet-v1")
+	v1, _ := buildAMIImage(ctx, t, work, dir, "kubelet-v1", "raw")
 	if _, err := run("store", "aws", "--regions", amiRegion+","+amiCopy, "--ssm-prefix", ssmPrefix); err != nil {
 		t.Fatal(err)
 	}
@@ -223,10 +229,12 @@ func TestAMIPublishPromoteBoot(t *testing.T) {
 	}
 	nightly(p1, "v1 promoted to nightly")
 
-	// v2, a kubelet change: incremental on v1's snapshot, fewer blocks sent.
-	v2 := buildAMIImage(ctx, t, work, dir, "kubelet-v2")
+	// v2, a kubelet change, built and published in one command (build --target ami, as CI
+	// does): incremental on v1's snapshot, few blocks sent.
 	pubStart = time.Now()
-	p2 := publish(v2)
+	v2, built := buildAMIImage(ctx, t, work, dir, "kubelet-v2", "ami", publishArgs...)
+	p2 := *built
+	checkPublished(ctx, t, c, v2, p2)
 	_, puts = wire.counts()
 	if s := wire.startOf(t, v2.digest); s.ParentSnapshotID != p1.Snapshot.ID {
 		t.Errorf("v2's StartSnapshot: ParentSnapshotId %q, want v1's snapshot %s", s.ParentSnapshotID, p1.Snapshot.ID)
@@ -240,7 +248,7 @@ func TestAMIPublishPromoteBoot(t *testing.T) {
 		t.Errorf("v2: %d PutSnapshotBlock requests, record says %d sent; want some, at most 15%% of v1's %d and fewer than v2's %d data blocks",
 			sent, p2.Snapshot.Sent, p1.Snapshot.Sent, p2.Snapshot.DataBlocks)
 	}
-	t.Logf("v2 published incrementally in %v: %d of %d data blocks sent (%.0f%%; v1 sent %d)", time.Since(pubStart).Round(time.Millisecond),
+	t.Logf("v2 built and published incrementally in %v: %d of %d data blocks sent (%.0f%%; v1 sent %d)", time.Since(pubStart).Round(time.Millisecond),
 		p2.Snapshot.Sent, p2.Snapshot.DataBlocks, 100*float64(p2.Snapshot.Sent)/float64(p2.Snapshot.DataBlocks), p1.Snapshot.Sent)
 
 	// Promote, roll back: the parameters follow the channel in both regions.
