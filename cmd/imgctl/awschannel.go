@@ -47,6 +47,8 @@ AMI of the channel's image, in every region listed (launch templates read it wit
 resolve:ssm:PREFIX/CHANNEL/image_id). A channel then moves only to an image whose AMI is available
 (and shared with every --share account) in all those regions, and only if each parameter still
 holds the AMI the channel's history says (someone else's value is reported; --force overwrites).
+publish ami and build --target ami default --copy-to, --share and --ssm-prefix to these
+settings, so that a publication reaches what promote checks.
 Without flags, shows the settings; flags change only what they name; --clear removes them.`,
 		Args: cobra.NoArgs,
 		RunE: a.withStore(func(cmd *cobra.Command, _ []string, st *store.Store) error {
