@@ -15,7 +15,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,6 +31,7 @@ import (
 
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/publication"
+	"github.com/imgctl/imgctl/layers/backoff"
 	"github.com/imgctl/imgctl/layers/progress"
 )
 
@@ -294,7 +294,7 @@ func (u *upload) part(ctx context.Context, id string, num int32, off, ln int64) 
 		if attempt >= u.o.MaxAttempts {
 			return s3types.CompletedPart{}, u.s3Error(fmt.Sprintf("%s (%d attempts)", op, attempt), "s3:PutObject", err)
 		}
-		wait := backoff(attempt)
+		wait := backoff.Delay(200*time.Millisecond, 20*time.Second, attempt) // parts throttled together do not come back together
 		u.log.Warn("retrying a part", "part", num, "attempt", attempt, "in", wait, "err", err)
 		select {
 		case <-ctx.Done():
@@ -307,13 +307,6 @@ func (u *upload) part(ctx context.Context, id string, num int32, off, ln int64) 
 // retryables are the errors worth sending a part again for: throttling, 5xx, dropped
 // connections, as the SDK's standard retryer decides.
 var retryables = retry.IsErrorRetryables(retry.DefaultRetryables)
-
-// backoff is the wait before attempt+1: doubling from 200 ms up to 20 s, with ±50% jitter so
-// parts throttled together do not come back together.
-func backoff(attempt int) time.Duration {
-	d := min(20*time.Second, 200*time.Millisecond<<min(attempt-1, 10))
-	return d/2 + rand.N(d)
-}
 
 // importSnapshot starts the import and waits for it. keep reports that the object must stay:
 // the task may still read it.

@@ -8,11 +8,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"time"
 
 	"github.com/imgctl/imgctl/images/nodeconfig"
+	"github.com/imgctl/imgctl/layers/backoff"
 )
 
 // ErrNotConfigured says a provider has no config for this node (no imgctl.metadata on the kernel
@@ -192,7 +192,7 @@ func fetchOne(ctx context.Context, p Provider, opts Options) ([]byte, string, in
 		case attempt >= opts.Attempts:
 			return nil, "", attempt, err
 		}
-		d := backoff(opts, attempt)
+		d := retryWait(opts, attempt)
 		opts.Logger.Debug("metadata attempt failed", "provider", p.Name(), "attempt", attempt, "retry_in", d, "err", err)
 		t := time.NewTimer(d)
 		select {
@@ -204,16 +204,7 @@ func fetchOne(ctx context.Context, p Provider, opts Options) ([]byte, string, in
 	}
 }
 
-// backoff is the wait after the given failed attempt (see Backoff).
-func backoff(o Options, attempt int) time.Duration { return Backoff(o.Backoff, o.MaxBackoff, attempt) }
-
-// Backoff is the wait after the given failed attempt: base·2^(attempt-1), capped at max, then
-// jittered to [½, 1½) of that so a fleet booting together does not retry in lockstep.
-func Backoff(base, max time.Duration, attempt int) time.Duration {
-	d := base
-	for i := 1; i < attempt && d < max; i++ {
-		d *= 2
-	}
-	d = min(d, max)
-	return d/2 + rand.N(d)
+// retryWait is the wait after the given failed attempt.
+func retryWait(o Options, attempt int) time.Duration {
+	return backoff.Delay(o.Backoff, o.MaxBackoff, attempt)
 }

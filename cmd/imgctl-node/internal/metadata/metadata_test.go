@@ -438,7 +438,7 @@ func TestBackoff(t *testing.T) {
 	}{{1, 100 * time.Millisecond}, {2, 200 * time.Millisecond}, {3, 400 * time.Millisecond}, {10, 400 * time.Millisecond}, {100, 400 * time.Millisecond}}
 	for _, tt := range tests {
 		for range 50 {
-			if d := backoff(o, tt.attempt); d < tt.base/2 || d >= tt.base*3/2 {
+			if d := retryWait(o, tt.attempt); d < tt.base/2 || d >= tt.base*3/2 {
 				t.Fatalf("attempt %d: %v outside [%v, %v)", tt.attempt, d, tt.base/2, tt.base*3/2)
 			}
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/redact"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
 	"github.com/imgctl/imgctl/images/nodeapi"
+	"github.com/imgctl/imgctl/layers/backoff"
 )
 
 // Defaults for Options: at most 3 attempts of 3 s with about 0.5 s and 1 s between them, and
@@ -187,7 +188,7 @@ func (s *Sender) Send(ctx context.Context, r nodeapi.Report) error {
 		if !retry || attempt >= o.Attempts || ctx.Err() != nil {
 			break
 		}
-		t := time.NewTimer(metadata.Backoff(o.Backoff, o.Budget, attempt))
+		t := time.NewTimer(backoff.Delay(o.Backoff, o.Budget, attempt))
 		select {
 		case <-ctx.Done():
 			t.Stop()
