@@ -130,17 +130,7 @@ func FuzzExpand(f *testing.F) {
 	}
 	rf.Close()
 	f.Add(written.Bytes())
-	f.Add(image(BlockSize, 4, 0,
-		chunk{chunkRaw, 1, bytes.Repeat([]byte{7}, BlockSize)},
-		chunk{chunkFill, 2, []byte{0xde, 0xad, 0xbe, 0xef}},
-		chunk{chunkCRC32, 0, []byte{1, 2, 3, 4}},
-		chunk{chunkDontCare, 1, nil}))
-	f.Add(image(8, 5, 4,
-		chunk{chunkFill, 3, []byte{0, 0, 0, 0}},
-		chunk{chunkRaw, 1, []byte("12345678")},
-		chunk{chunkFill, 1, []byte{1, 0, 0, 1}}))
-	f.Add(image(4, 0, 0))
-	f.Add(image(BlockSize, 1, 0, chunk{chunkRaw, 1, []byte("short")}))
+	addSeeds(f)
 	f.Add(image(BlockSize, 1, 0, chunk{0xcac5, 1, nil}))
 
 	out := filepath.Join(dir, "out")
@@ -222,4 +212,20 @@ func TestExpandRejectsTruncatedRaw(t *testing.T) {
 			t.Errorf("Expand of an image missing its last %d bytes succeeded (size %d)", cut, n)
 		}
 	}
+}
+
+// addSeeds adds the hand-made images both fuzz targets start from: every chunk type, a block
+// size other than 4 KiB, an empty image, a raw chunk cut short.
+func addSeeds(f *testing.F) {
+	f.Add(image(BlockSize, 4, 0,
+		chunk{chunkRaw, 1, bytes.Repeat([]byte{7}, BlockSize)},
+		chunk{chunkFill, 2, []byte{0xde, 0xad, 0xbe, 0xef}},
+		chunk{chunkCRC32, 0, []byte{1, 2, 3, 4}},
+		chunk{chunkDontCare, 1, nil}))
+	f.Add(image(8, 5, 4,
+		chunk{chunkFill, 3, []byte{0, 0, 0, 0}},
+		chunk{chunkRaw, 1, []byte("12345678")},
+		chunk{chunkFill, 1, []byte{1, 0, 0, 1}}))
+	f.Add(image(4, 0, 0))
+	f.Add(image(BlockSize, 1, 0, chunk{chunkRaw, 1, []byte("short")}))
 }

@@ -122,17 +122,7 @@ func TestOpenFillAndRejects(t *testing.T) {
 // FuzzOpen: Open accepts exactly what Expand accepts, reads the same bytes, allocates only per
 // chunk present, and its extents are ordered, in range, and cover every non-zero byte.
 func FuzzOpen(f *testing.F) {
-	f.Add(image(BlockSize, 4, 0,
-		chunk{chunkRaw, 1, bytes.Repeat([]byte{7}, BlockSize)},
-		chunk{chunkFill, 2, []byte{0xde, 0xad, 0xbe, 0xef}},
-		chunk{chunkCRC32, 0, []byte{1, 2, 3, 4}},
-		chunk{chunkDontCare, 1, nil}))
-	f.Add(image(8, 5, 4,
-		chunk{chunkFill, 3, []byte{0, 0, 0, 0}},
-		chunk{chunkRaw, 1, []byte("12345678")},
-		chunk{chunkFill, 1, []byte{1, 0, 0, 1}}))
-	f.Add(image(4, 0, 0))
-	f.Add(image(BlockSize, 1, 0, chunk{chunkRaw, 1, []byte("short")}))
+	addSeeds(f)
 	f.Add(image(1<<30, 0, 0, chunk{chunkFill, 0, []byte{1, 2, 3, 4}}))
 	f.Add(image(0xfffffffc, 1, 0, chunk{chunkDontCare, 0xffffffff, nil}))
 	out := filepath.Join(f.TempDir(), "out")
