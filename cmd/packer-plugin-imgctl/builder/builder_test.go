@@ -1,0 +1,129 @@
+package builder
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/packer-plugin-sdk/packer"
+
+	"github.com/imgctl/imgctl/builders/buildtest"
+	"github.com/imgctl/imgctl/images/store"
+)
+
+// build is one test build: a fixture spec with a fake kernel and bootloader (so raw builds
+// in-process, no Debian downloads) and its own store, cache, lock and output directory.
+type build struct {
+	dir, spec, agent string
+	fixture          *buildtest.Fixture
+}
+
+func newBuild(t *testing.T) *build {
+	t.Helper()
+	f := buildtest.NewFixture(t)
+	agent := f.WithBoot(t, buildtest.BootOptions{})
+	return &build{dir: t.TempDir(), spec: f.SpecFile(t), agent: agent, fixture: f}
+}
+
+// config is the builder's configuration for b, with extra fields.
+func (b *build) config(extra map[string]any) map[string]any {
+	c := map[string]any{
+		"packer_build_name": "node",
+		"spec_file":         b.spec,
+		"node_agent":        b.agent,
+		"store":             filepath.Join(b.dir, "store"),
+		"cache_dir":         filepath.Join(b.dir, "cache"),
+		"lock_file":         filepath.Join(b.dir, "imgctl.lock"),
+		"output_directory":  filepath.Join(b.dir, "out"),
+	}
+	for k, v := range extra {
+		if v == nil {
+			delete(c, k)
+		} else {
+			c[k] = v
+		}
+	}
+	return c
+}
+
+func (b *build) out() string { return filepath.Join(b.dir, "out") }
+
+// prepared is a Builder prepared with cfg.
+func prepared(t *testing.T, cfg map[string]any) *Builder {
+	t.Helper()
+	var bl Builder
+	vars, warns, err := bl.Prepare(cfg)
+	if err != nil {
+		t.Fatalf("Prepare: %v", err)
+	}
+	if len(warns) != 0 {
+		t.Errorf("Prepare warnings: %v", warns)
+	}
+	if want := []string{"ImageDigest", "ImageVersion", "AMIs"}; !slices.Equal(vars, want) {
+		t.Errorf("generated variables = %v, want %v", vars, want)
+	}
+	return &bl
+}
+
+// TestRunBuildsRaw: a real small build of the raw target; the artifact names the image by
+// its digest, lists the files written into output_directory, and its generated data names
+// the image; Destroy removes the files and keeps the image in the store.
+func TestRunBuildsRaw(t *testing.T) {
+	b := newBuild(t)
+	bl := prepared(t, b.config(nil))
+	ui := &packer.MockUi{}
+	art, err := bl.Run(context.Background(), ui, &packer.MockHook{})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	st, err := store.Open(context.Background(), filepath.Join(b.dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgs, err := st.List(context.Background())
+	if err != nil || len(imgs) != 1 {
+		t.Fatalf("store holds %d images (%v), want 1", len(imgs), err)
+	}
+	img := imgs[0]
+	if art.BuilderId() != "imgctl.image" || art.Id() != img.Digest().String() {
+		t.Errorf("artifact %s id %q, want imgctl.image and %s", art.BuilderId(), art.Id(), img.Digest())
+	}
+	var names []string
+	for _, f := range art.Files() {
+		if filepath.Dir(f) != b.out() {
+			t.Errorf("file %s is not in output_directory %s", f, b.out())
+		}
+		if _, err := os.Stat(f); err != nil {
+			t.Error(err)
+		}
+		names = append(names, filepath.Base(f))
+	}
+	slices.Sort(names)
+	if want := []string{"disk.raw", "initrd.img", "vmlinuz"}; !slices.Equal(names, want) {
+		t.Errorf("files %v, want %v", names, want)
+	}
+	gen, _ := art.State("generated_data").(map[string]any)
+	if gen["ImageDigest"] != img.Digest().String() || gen["ImageVersion"] != img.Config.Version || gen["AMIs"] != "" {
+		t.Errorf("generated_data = %v", gen)
+	}
+	if s := art.String(); !strings.Contains(s, img.Config.Version) || !strings.Contains(s, img.Digest().String()) {
+		t.Errorf("String() = %q, want the version and the digest", s)
+	}
+	if _, err := os.Stat(filepath.Join(b.dir, "imgctl.lock")); err != nil {
+		t.Errorf("the lock file was not written: %v", err)
+	}
+	if err := art.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range art.Files() {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Errorf("after Destroy, %s: %v", f, err)
+		}
+	}
+	if _, err := st.Resolve(context.Background(), img.Digest().String()); err != nil {
+		t.Errorf("Destroy removed the image from the store: %v", err)
+	}
+}
