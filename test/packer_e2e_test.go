@@ -188,6 +188,9 @@ func newPackerImage(t *testing.T, extra string) packerImage {
 	f := buildtest.NewFixture(t)
 	agent := f.WithBoot(t, buildtest.BootOptions{})
 	content := filepath.Join(f.Dir, "packer-extra")
+	if err := os.MkdirAll(filepath.Join(content, "etc", "imgctl"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	writeFile(t, filepath.Join(content, "etc", "imgctl", "packer-e2e"), extra+"\n")
 	f.Sources[spec.RoleExtra] = append(f.Sources[spec.RoleExtra], "file://"+content+"/")
 	var b strings.Builder
@@ -445,7 +448,8 @@ func TestPackerBuildRaw(t *testing.T) {
 		t.Errorf("the artifact's files %v lack disk.raw", names)
 	}
 	checkChecksums(t, filepath.Join(r.dir, "node.sha256"), paths)
-	// disk.raw is the disk the store holds: its sha256 is the image's disk.raw artifact.
+	// The files are the image's artifacts as the store holds them: each artifact exported
+	// under its name (the sparse disk.simg expanded to disk.raw), the others byte for byte.
 	insp, err := imgctl(ctx, t, work, "-o", "json", "images", "inspect", stored.Digest)
 	if err != nil {
 		t.Fatal(err)
@@ -453,22 +457,29 @@ func TestPackerBuildRaw(t *testing.T) {
 	var shown struct {
 		Manifest struct {
 			Layers []struct {
-				Digest      string
-				Annotations map[string]string
+				Digest, MediaType string
+				Annotations       map[string]string
 			}
 		}
 	}
 	if err := json.Unmarshal([]byte(insp), &shown); err != nil {
 		t.Fatal(err)
 	}
-	var rawDigest string
+	var want []string
 	for _, l := range shown.Manifest.Layers {
-		if l.Annotations["org.opencontainers.image.title"] == "disk.raw" {
-			rawDigest = l.Digest
+		name := l.Annotations["org.opencontainers.image.title"]
+		if strings.HasSuffix(name, ".simg") {
+			want = append(want, strings.TrimSuffix(name, ".simg")+".raw")
+			continue
+		}
+		want = append(want, name)
+		if d, _ := fileDigest(t, filepath.Join(r.dir, "output-node", name)); d != l.Digest {
+			t.Errorf("output-node/%s is %s, the image's artifact %s", name, d, l.Digest)
 		}
 	}
-	if d, _ := fileDigest(t, filepath.Join(r.dir, "output-node", "disk.raw")); rawDigest == "" || d != rawDigest {
-		t.Errorf("output-node/disk.raw is %s, the image's disk.raw artifact %q", d, rawDigest)
+	slices.Sort(want)
+	if !slices.Equal(names, want) {
+		t.Errorf("the artifact's files %v, the image's artifacts exported %v", names, want)
 	}
 	t.Logf("packer built %s (%s): files %v", stored.Version, stored.Digest, names)
 }
