@@ -754,7 +754,7 @@ func TestPackerBuildAMI(t *testing.T) {
 			if !released.Load() {
 				t.Errorf("the plugin did not give up its request to AWS when Packer was interrupted")
 			}
-			t.Logf("packer exited %v after SIGINT", end.Sub(time.Unix(0, signalled.Load())).Round(100*time.Millisecond))
+			t.Logf("packer exited %v after SIGINT", end.Sub(time.Unix(0, signalled.Load())).Round(time.Millisecond))
 		}
 		if left := awsHolds(ctx, t, c).added(before); !left.empty() {
 			t.Errorf("the unfinished build left on AWS: %s\n%s\nlog:\n%s", left, out.String(), r.log())
