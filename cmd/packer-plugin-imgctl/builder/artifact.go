@@ -1,14 +1,18 @@
 package builder
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"slices"
 	"strings"
 
+	"github.com/imgctl/imgctl/images/ami"
 	"github.com/imgctl/imgctl/images/awsclient"
+	"github.com/imgctl/imgctl/images/store"
 )
 
 // Artifact is a build's result: the files in output_directory, the image in the store and
@@ -19,8 +23,12 @@ type Artifact struct {
 	AMIs    map[string]string // region → AMI ID
 	files   []string
 
-	storeDir string
-	clients  *awsclient.Clients
+	// What Destroy needs to unpublish the regions this build published to first.
+	unpublish []string
+	store     *store.Store
+	image     store.Image
+	clients   *awsclient.Clients
+	log       *slog.Logger
 }
 
 // BuilderId implements packer.Artifact.
@@ -74,10 +82,24 @@ func (a *Artifact) generatedData() map[string]any {
 	return map[string]any{GeneratedImageDigest: a.Digest, GeneratedImageVersion: a.Version, GeneratedAMIs: amis}
 }
 
-// Destroy implements packer.Artifact: it removes the files. The image stays in the store
-// (imgctl gc removes images no channel needs).
+// Destroy implements packer.Artifact: it removes the files and, in the regions this build
+// published to first, the AMIs, their snapshots and version parameters (as the amazon
+// builders' artifacts deregister their AMIs). The image stays in the store (imgctl gc removes
+// images no channel needs).
 func (a *Artifact) Destroy() error {
 	var errs []error
+	if len(a.unpublish) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		defer cancel()
+		if err := ami.Unpublish(ctx, a.store, a.image, a.clients, a.unpublish, a.log); err != nil {
+			errs = append(errs, err)
+		} else {
+			for _, r := range a.unpublish {
+				delete(a.AMIs, r)
+			}
+			a.unpublish = nil
+		}
+	}
 	for _, f := range a.files {
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)

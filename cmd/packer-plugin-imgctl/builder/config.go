@@ -3,6 +3,7 @@
 package builder
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -19,6 +20,8 @@ import (
 	"github.com/imgctl/imgctl/builders/raw"
 	"github.com/imgctl/imgctl/builders/targets"
 	"github.com/imgctl/imgctl/images/ami"
+	"github.com/imgctl/imgctl/images/awsclient"
+	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/cache"
 )
@@ -252,7 +255,23 @@ func (c *Config) amiFields() []string {
 	return set
 }
 
-// prepareAMI checks the AMI fields into c.amiOpts.
+// amiFieldNames are the fields named like images/ami's options (imgctl's flags).
+var amiFieldNames = map[string]string{
+	"region": "region", "copy-to": "ami_regions", "share": "ami_users", "public": "ami_groups",
+	"name-prefix": "ami_name_prefix", "encrypted": "encrypt_boot", "kms-key-id": "kms_key_id",
+	"method": "upload_method", "s3-bucket": "s3_bucket", "concurrency": "upload_concurrency",
+	"wait": "aws_wait", "ssm-prefix": "ssm_prefix",
+}
+
+// amiFieldName names an option of images/ami by its field.
+func amiFieldName(option string) string {
+	if f, ok := amiFieldNames[option]; ok {
+		return f
+	}
+	return option
+}
+
+// prepareAMI checks the AMI fields into c.amiOpts, with images/ami's checks (the CLI's).
 func (c *Config) prepareAMI() []error {
 	if !c.publishAMI {
 		if set := c.amiFields(); len(set) > 0 {
@@ -260,25 +279,33 @@ func (c *Config) prepareAMI() []error {
 		}
 		return nil
 	}
-	var errs []error
 	o := ami.Options{
-		Region: c.Region, CopyTo: c.AMIRegions, Share: c.AMIUsers, NamePrefix: c.AMINamePrefix,
-		SSMPrefix: c.SSMPrefix, Encrypted: c.EncryptBoot, KMSKeyID: c.KMSKeyID,
-		Method: c.UploadMethod, Bucket: c.S3Bucket, Concurrency: c.UploadConcurrency,
+		Region: c.Region, CopyTo: slices.Clone(c.AMIRegions), Share: slices.Clone(c.AMIUsers),
+		NamePrefix: cmp.Or(c.AMINamePrefix, publication.DefaultNamePrefix), SSMPrefix: c.SSMPrefix,
+		Encrypted: c.EncryptBoot, KMSKeyID: c.KMSKeyID, Method: cmp.Or(c.UploadMethod, publication.MethodEBSDirect),
+		Bucket: c.S3Bucket, Concurrency: cmp.Or(c.UploadConcurrency, ami.DefaultConcurrency), Wait: ami.DefaultWait,
 	}
 	for _, g := range c.AMIGroups {
 		if g != "all" {
-			errs = append(errs, fmt.Errorf("ami_groups %q: the only group is \"all\" (make the AMIs public)", g))
+			return []error{fmt.Errorf("ami_groups %q: the only group is \"all\" (everyone: public AMIs)", g)}
 		}
 		o.Public = true
 	}
 	if c.AWSWait != "" {
 		d, err := time.ParseDuration(c.AWSWait)
-		if err != nil || d <= 0 {
-			errs = append(errs, fmt.Errorf("aws_wait %q: expected a positive duration like 45m", c.AWSWait))
+		if err != nil {
+			return []error{fmt.Errorf("aws_wait %q: expected a duration like 45m", c.AWSWait)}
 		}
 		o.Wait = d
 	}
+	if c.EndpointURL != "" {
+		if err := awsclient.CheckEndpointURL(c.EndpointURL); err != nil {
+			return []error{fmt.Errorf("endpoint_url: %w", err)}
+		}
+	}
+	if err := o.Check(amiFieldName); err != nil {
+		return []error{err}
+	}
 	c.amiOpts = o
-	return errs
+	return nil
 }

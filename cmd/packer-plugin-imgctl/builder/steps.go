@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/packer"
@@ -16,7 +17,9 @@ import (
 	"github.com/imgctl/imgctl/builders"
 	"github.com/imgctl/imgctl/builders/targets"
 	"github.com/imgctl/imgctl/images/ami"
+	"github.com/imgctl/imgctl/images/awschannel"
 	"github.com/imgctl/imgctl/images/awsclient"
+	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/sign"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/atomicfile"
@@ -46,6 +49,7 @@ type state struct {
 	// amisBefore are the AMIs the image's publication record named before this run, by
 	// region: a failed run keeps them.
 	amisBefore map[string]string
+	amiRegions []string // the regions published to: the upload region, then the copies
 
 	artifact *Artifact
 }
@@ -145,6 +149,9 @@ func (*stepPrepare) run(ctx context.Context, s *state) error {
 		}
 		s.clients = awsclient.NewClients(cfg)
 		s.config.amiOpts.Region = s.clients.Region()
+		if err := s.config.amiOpts.Check(amiFieldName); err != nil { // the region may have come from the environment
+			return err
+		}
 	}
 
 	// Like Packer's own builders: the output directory must not exist (-force replaces it).
@@ -229,7 +236,9 @@ func (*stepSign) run(ctx context.Context, s *state) error {
 
 func (*stepSign) cleanup(context.Context, *state) error { return nil }
 
-// stepPublishAMI publishes the image as AMIs.
+// stepPublishAMI publishes the image as AMIs, with the store's AWS settings as defaults (as
+// imgctl publish ami). Its cleanup unpublishes the regions this run published to that held
+// no AMI of the image before: AMIs, snapshots and version parameters (images/ami.Unpublish).
 type stepPublishAMI struct{}
 
 func (*stepPublishAMI) name() string { return "publishing the AMIs" }
@@ -237,14 +246,58 @@ func (*stepPublishAMI) name() string { return "publishing the AMIs" }
 func (*stepPublishAMI) run(ctx context.Context, s *state) error {
 	o := s.config.amiOpts
 	o.Tool, o.Logger = s.tool, s.log
-	res, err := ami.Publish(ctx, s.store, s.result.Image, s.clients, o)
+	settings, err := awschannel.LoadSettings(s.store.Dir())
+	if err != nil {
+		return err
+	}
+	if settings != nil && settings.PublishDefaults(&o) {
+		s.log.Info("publishing where the store's AWS settings promise channels (imgctl store aws)",
+			"copyTo", strings.Join(o.CopyTo, ","), "share", strings.Join(o.Share, ","), "ssmPrefix", o.SSMPrefix)
+	}
+	img := s.result.Image
+	recs, err := publication.List(ctx, s.store, img.Digest())
+	if err != nil {
+		return err
+	}
+	s.amisBefore = map[string]string{}
+	for _, g := range publication.ByRegion(recs) {
+		if g.ImageID != "" {
+			s.amisBefore[g.Region] = g.ImageID
+		}
+	}
+	s.amiRegions = append([]string{o.Region}, o.CopyTo...)
+	res, err := ami.Publish(ctx, s.store, img, s.clients, o)
 	if res.Record.Image != "" {
 		s.published = &res
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	for _, g := range res.Record.Regions {
+		s.ui.Say(fmt.Sprintf("AMI %s in %s: %s", g.ImageID, g.Region, g.State))
+	}
+	return nil
 }
 
-func (*stepPublishAMI) cleanup(context.Context, *state) error { return nil }
+// createdRegions are the regions this run published to that held no AMI of the image before.
+func (s *state) createdRegions() []string {
+	var out []string
+	for _, r := range s.amiRegions {
+		if _, ok := s.amisBefore[r]; !ok {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (*stepPublishAMI) cleanup(ctx context.Context, s *state) error {
+	regions := s.createdRegions()
+	if len(regions) == 0 {
+		return nil
+	}
+	s.ui.Say("removing the AMIs, snapshots and version parameters this build made in " + strings.Join(regions, ", "))
+	return ami.Unpublish(ctx, s.store, s.result.Image, s.clients, regions, s.log)
+}
 
 // stepArtifact makes the artifact.
 type stepArtifact struct{}
@@ -264,7 +317,10 @@ func (*stepArtifact) run(_ context.Context, s *state) error {
 			}
 		}
 	}
-	a.storeDir, a.clients = s.config.Store, s.clients
+	if s.published != nil {
+		a.unpublish = s.createdRegions()
+	}
+	a.store, a.image, a.clients, a.log = s.store, img, s.clients, s.log
 	s.artifact = a
 	return nil
 }
