@@ -181,6 +181,7 @@ func (r *packerRun) log() string {
 // image (/etc/imgctl/packer-e2e) so each call gives another image.
 type packerImage struct {
 	spec, agent string
+	extra       string // the file extra is written to (a source of role extra)
 }
 
 func newPackerImage(t *testing.T, extra string) packerImage {
@@ -209,7 +210,7 @@ func newPackerImage(t *testing.T, extra string) packerImage {
 	if _, err := spec.Parse(p, []byte(b.String())); err != nil {
 		t.Fatal(err)
 	}
-	return packerImage{spec: p, agent: agent}
+	return packerImage{spec: p, agent: agent, extra: filepath.Join(content, "etc", "imgctl", "packer-e2e")}
 }
 
 // hcl quotes s as an HCL string (no template sequences in the test's paths).
@@ -526,6 +527,38 @@ func TestPackerBadInput(t *testing.T) {
 			t.Logf("%s: %s", c.name, strings.Join(errorLines(out), " | "))
 		})
 	}
+
+	// locked = true and a source changed since the lock was written (here by imgctl build):
+	// the build fails naming the source, and the lock file stays as it was.
+	t.Run("locked with a changed source", func(t *testing.T) {
+		work := t.TempDir()
+		lockPath := filepath.Join(work, "imgctl.lock")
+		if _, err := imgctl(ctx, t, work, "-q", "build", "-f", img.spec, "--target", "rootfs", "--lock", lockPath); err != nil {
+			t.Fatal(err)
+		}
+		before, err := os.ReadFile(lockPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, img.extra, "changed after the lock was written\n")
+		r := newPackerRun(t, packer, plugins, sourceBlock(img, work, `targets = ["raw"]`, `locked = true`, `output_directory = "out"`)+buildBlock)
+		out, code := r.build(ctx, t)
+		if code != 1 {
+			t.Errorf("packer build: exit %d, want 1\n%s", code, out)
+		}
+		for _, w := range []string{lockPath, "the lock file is out of date", "extra file://" + filepath.Dir(filepath.Dir(filepath.Dir(img.extra))) + "/"} {
+			if !strings.Contains(out, w) {
+				t.Errorf("packer build's output lacks %q:\n%s", w, out)
+			}
+		}
+		if after, err := os.ReadFile(lockPath); err != nil || !bytes.Equal(after, before) {
+			t.Errorf("a locked build that failed changed the lock file (%v):\n%s\nwas:\n%s", err, after, before)
+		}
+		if _, err := os.Stat(filepath.Join(r.dir, "out")); err == nil {
+			t.Errorf("a locked build that failed left %s", filepath.Join(r.dir, "out"))
+		}
+		t.Logf("locked: %s", strings.Join(errorLines(out), " | "))
+	})
 }
 
 // errorLines returns Packer's error lines of out (for the log).
