@@ -485,6 +485,38 @@ func TestPackerBuildRaw(t *testing.T) {
 	t.Logf("packer built %s (%s): files %v", stored.Version, stored.Digest, names)
 }
 
+// TestPackerPluginDescribe: the plugin binary answers `describe` as Packer's discovery expects
+// (Packer 1.9 runs it for each packer-plugin-NAME in its plugin folders): one builder under the
+// default name (so the builder is named after the binary: imgctl), SDK v0.6.4, plugin API
+// x5.0, the version main sets.
+func TestPackerPluginDescribe(t *testing.T) {
+	testenv.Integration(t, "builds packer-plugin-imgctl")
+	bin := filepath.Join(packerPluginPath(t), "packer-plugin-imgctl")
+	out, err := exec.Command(bin, "describe").Output()
+	if err != nil {
+		t.Fatalf("%s describe: %v", bin, err)
+	}
+	var d struct {
+		Version        string   `json:"version"`
+		SDKVersion     string   `json:"sdk_version"`
+		APIVersion     string   `json:"api_version"`
+		Builders       []string `json:"builders"`
+		PostProcessors []string `json:"post_processors"`
+		Provisioners   []string `json:"provisioners"`
+		Datasources    []string `json:"datasources"`
+	}
+	if err := json.Unmarshal(out, &d); err != nil {
+		t.Fatalf("describe: %v: %s", err, out)
+	}
+	if !slices.Equal(d.Builders, []string{"-packer-default-plugin-name-"}) || len(d.PostProcessors)+len(d.Provisioners)+len(d.Datasources) != 0 {
+		t.Errorf("describe: builders %v, post-processors %v, provisioners %v, data sources %v; want the one default builder", d.Builders, d.PostProcessors, d.Provisioners, d.Datasources)
+	}
+	if d.SDKVersion != "0.6.4" || d.APIVersion != "x5.0" || d.Version == "" {
+		t.Errorf("describe: version %q, SDK %q, API %q; want a version, SDK 0.6.4, API x5.0", d.Version, d.SDKVersion, d.APIVersion)
+	}
+	t.Logf("describe: %s", bytes.TrimSpace(out))
+}
+
 // TestPackerBadInput: an unknown attribute is refused by Packer itself (its HCL2 spec comes
 // from the plugin), a missing spec file by the builder's Prepare naming the file; both exit 1
 // before anything is built.
