@@ -21,7 +21,7 @@ cd "$mod"
 echo "building packer v$version from the Go module proxy" >&2
 # Packer's version is a constant in github.com/hashicorp/packer/version: no -X needed.
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/packer" github.com/hashicorp/packer
-got=$(CHECKPOINT_DISABLE=1 PACKER_CHECKPOINT_DISABLE=1 "$tmp/packer" version | head -n1)
+got=$(CHECKPOINT_DISABLE=1 "$tmp/packer" version | head -n1)
 if [ "$got" != "Packer v$version" ]; then
   echo "build-packer.sh: the built binary says \"$got\", expected \"Packer v$version\"" >&2
   exit 1

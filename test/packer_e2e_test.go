@@ -72,7 +72,7 @@ func packerBin(t *testing.T) string {
 		}
 	}
 	cmd := exec.Command(p, "version")
-	cmd.Env = append(os.Environ(), "CHECKPOINT_DISABLE=1", "PACKER_CHECKPOINT_DISABLE=1")
+	cmd.Env = append(os.Environ(), "CHECKPOINT_DISABLE=1")
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("%s version: %v", p, err)
@@ -116,17 +116,14 @@ func packerPluginPath(t *testing.T) string {
 // packerRun is one `packer build` in a directory of its own: Packer's home, config and cache
 // directories are there, checkpoint is off, its log goes to packer.log.
 type packerRun struct {
-	dir      string
-	packer   string
-	plugins  string
-	template string
+	dir, packer, plugins string
 }
 
 func newPackerRun(t *testing.T, packer, plugins, template string) *packerRun {
 	t.Helper()
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "node.pkr.hcl"), template)
-	return &packerRun{dir: dir, packer: packer, plugins: plugins, template: template}
+	return &packerRun{dir: dir, packer: packer, plugins: plugins}
 }
 
 func (r *packerRun) command(ctx context.Context, args ...string) *exec.Cmd {
@@ -137,7 +134,9 @@ func (r *packerRun) command(ctx context.Context, args ...string) *exec.Cmd {
 		"PACKER_CONFIG_DIR="+filepath.Join(r.dir, "config"),
 		"PACKER_CACHE_DIR="+filepath.Join(r.dir, "packer_cache"),
 		"PACKER_PLUGIN_PATH="+r.plugins,
-		"PACKER_CHECKPOINT_DISABLE=1", "CHECKPOINT_DISABLE=1",
+		// Packer 1.9 reads CHECKPOINT_DISABLE (not PACKER_CHECKPOINT_DISABLE): without it
+		// Packer calls checkpoint-api.hashicorp.com.
+		"CHECKPOINT_DISABLE=1",
 		"PACKER_LOG=1", "PACKER_LOG_PATH="+filepath.Join(r.dir, "packer.log"),
 		"PACKER_NO_COLOR=1", "SOURCE_DATE_EPOCH=1764115200")
 	// Its own process group: a cancel signals Packer, its wrapped child and the plugin, like
@@ -166,6 +165,10 @@ func (r *packerRun) build(ctx context.Context, t *testing.T) (string, int) {
 		t.Fatalf("packer build: %v\n%s", err, out.String())
 	}
 	t.Logf("packer build: exit %d in %v", code, time.Since(start).Round(100*time.Millisecond))
+	// The tests stay on loopback: Packer must not have called HashiCorp's checkpoint service.
+	if log, _ := os.ReadFile(filepath.Join(r.dir, "packer.log")); bytes.Contains(log, []byte("checkpoint-api.hashicorp.com")) {
+		t.Errorf("packer called checkpoint-api.hashicorp.com despite CHECKPOINT_DISABLE:\n%s", r.log())
+	}
 	return out.String(), code
 }
 
