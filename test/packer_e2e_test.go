@@ -623,33 +623,42 @@ func awsHolds(ctx context.Context, t *testing.T, c *awsclient.Clients) awsSnapsh
 	t.Helper()
 	var s awsSnapshot
 	for _, region := range []string{amiRegion, packerCopy} {
-		im, err := c.EC2(region).DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{"self"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, i := range im.Images {
-			s.images = append(s.images, region+"/"+aws.ToString(i.ImageId))
-		}
-		sn, err := c.EC2(region).DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{OwnerIds: []string{"self"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, x := range sn.Snapshots {
-			// moto gives every AMI it registers a snapshot of its own (RegisterImage ignores
-			// the block device mapping); AWS makes none when an AMI is registered from a
-			// snapshot, so those in the upload region are not the build's to remove. A
-			// copy's snapshot is real on AWS too: it counts.
-			if region == amiRegion && strings.HasPrefix(aws.ToString(x.Description), "Auto-created snapshot for AMI ") {
-				continue
+		images := ec2.NewDescribeImagesPaginator(c.EC2(region), &ec2.DescribeImagesInput{Owners: []string{"self"}})
+		for images.HasMorePages() {
+			page, err := images.NextPage(ctx)
+			if err != nil {
+				t.Fatal(err)
 			}
-			s.snapshots = append(s.snapshots, region+"/"+aws.ToString(x.SnapshotId))
+			for _, i := range page.Images {
+				s.images = append(s.images, region+"/"+aws.ToString(i.ImageId))
+			}
 		}
-		p, err := c.SSM(region).GetParametersByPath(ctx, &ssm.GetParametersByPathInput{Path: aws.String(packerSSMPrefix), Recursive: aws.Bool(true)})
-		if err != nil {
-			t.Fatal(err)
+		snapshots := ec2.NewDescribeSnapshotsPaginator(c.EC2(region), &ec2.DescribeSnapshotsInput{OwnerIds: []string{"self"}})
+		for snapshots.HasMorePages() {
+			page, err := snapshots.NextPage(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, x := range page.Snapshots {
+				// moto gives every AMI it registers a snapshot of its own (RegisterImage
+				// ignores the block device mapping); AWS makes none when an AMI is registered
+				// from a snapshot, so those in the upload region are not the build's to
+				// remove. A copy's snapshot is real on AWS too: it counts.
+				if region == amiRegion && strings.HasPrefix(aws.ToString(x.Description), "Auto-created snapshot for AMI ") {
+					continue
+				}
+				s.snapshots = append(s.snapshots, region+"/"+aws.ToString(x.SnapshotId))
+			}
 		}
-		for _, x := range p.Parameters {
-			s.params = append(s.params, region+"/"+aws.ToString(x.Name))
+		params := ssm.NewGetParametersByPathPaginator(c.SSM(region), &ssm.GetParametersByPathInput{Path: aws.String(packerSSMPrefix), Recursive: aws.Bool(true)})
+		for params.HasMorePages() {
+			page, err := params.NextPage(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, x := range page.Parameters {
+				s.params = append(s.params, region+"/"+aws.ToString(x.Name))
+			}
 		}
 	}
 	return s
@@ -684,10 +693,11 @@ func amiTemplate(img packerImage, work, endpoint string) string {
 		"ssm_prefix = "+hcl(packerSSMPrefix), "endpoint_url = "+hcl(endpoint), "no_imds = true") + buildBlock
 }
 
-// ssmRegion reports whether r is an SSM request of action (X-Amz-Target AmazonSSM.ACTION)
-// signed for region.
+// credentialScope is a SigV4 Authorization header's scope: region, service.
 var credentialScope = regexp.MustCompile(`Credential=[^/]+/[0-9]+/([^/]+)/([^/]+)/aws4_request`)
 
+// ssmCall reports whether r is an SSM request of action (X-Amz-Target AmazonSSM.ACTION)
+// signed for region.
 func ssmCall(r *http.Request, action, region string) bool {
 	m := credentialScope.FindStringSubmatch(r.Header.Get("Authorization"))
 	return m != nil && m[1] == region && m[2] == "ssm" && r.Header.Get("X-Amz-Target") == "AmazonSSM."+action
