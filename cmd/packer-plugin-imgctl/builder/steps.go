@@ -245,7 +245,7 @@ func (*stepPublishAMI) name() string { return "publishing the AMIs" }
 
 func (*stepPublishAMI) run(ctx context.Context, s *state) error {
 	o := s.config.amiOpts
-	o.Tool, o.Logger = s.tool, s.log
+	o.Tool, o.Logger, o.Poll = s.tool, s.log, s.config.amiPoll
 	settings, err := awschannel.LoadSettings(s.store.Dir())
 	if err != nil {
 		return err
