@@ -130,7 +130,7 @@ func (*stepPrepare) run(ctx context.Context, s *state) error {
 		return fmt.Errorf("store %s: %w", c.Store, err)
 	}
 	opts.Store, opts.LockPath, opts.Locked, opts.UpdateLock = s.store, c.LockFile, c.Locked, c.UpdateLock
-	opts.OutputDir, opts.ImgctlVersion = c.OutputDirectory, s.tool
+	opts.OutputDir, opts.ImgctlVersion = c.OutputDirectory, strings.TrimPrefix(s.tool, "imgctl ")
 	s.opts = opts
 
 	switch b, err := os.ReadFile(c.LockFile); {
