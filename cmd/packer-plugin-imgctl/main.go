@@ -12,17 +12,20 @@ import (
 	"github.com/imgctl/imgctl/cmd/packer-plugin-imgctl/builder"
 )
 
-// Version and VersionPrerelease are set at build time:
-// -ldflags "-X main.Version=1.2.3 -X main.VersionPrerelease=".
+// The plugin's version (semver: Packer checks it), set at build time:
+// -ldflags "-X main.Version=1.2.3 -X main.VersionPrerelease=" for a release; make build sets
+// VersionMetadata to the commit otherwise.
 var (
 	Version           = "0.1.0"
 	VersionPrerelease = "dev"
+	VersionMetadata   = ""
 )
 
 func main() {
 	s := plugin.NewSet()
-	s.RegisterBuilder(plugin.DEFAULT_NAME, new(builder.Builder))
-	s.SetVersion(version.NewPluginVersion(Version, VersionPrerelease, ""))
+	v := version.NewPluginVersion(Version, VersionPrerelease, VersionMetadata)
+	s.RegisterBuilder(plugin.DEFAULT_NAME, &builder.Builder{Tool: "imgctl packer-plugin-imgctl " + v.FormattedVersion()})
+	s.SetVersion(v)
 	if err := s.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

@@ -2,6 +2,7 @@ package builder
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/hashicorp/packer-plugin-sdk/packer"
 
+	"github.com/imgctl/imgctl/builders"
 	"github.com/imgctl/imgctl/builders/buildtest"
 	"github.com/imgctl/imgctl/images/store"
 )
@@ -125,5 +127,42 @@ func TestRunBuildsRaw(t *testing.T) {
 	}
 	if _, err := st.Resolve(context.Background(), img.Digest().String()); err != nil {
 		t.Errorf("Destroy removed the image from the store: %v", err)
+	}
+}
+
+// TestRunLockedFailsWithChangedSources: with locked, a spec whose sources no longer match the
+// lock fails the build naming the changed sources and the field; the lock stays as it was and
+// nothing is left in output_directory.
+func TestRunLockedFailsWithChangedSources(t *testing.T) {
+	b := newBuild(t)
+	ctx := context.Background()
+	if _, err := prepared(t, b.config(map[string]any{"targets": []string{"rootfs"}, "output_directory": filepath.Join(b.dir, "first")})).
+		Run(ctx, &packer.MockUi{}, &packer.MockHook{}); err != nil {
+		t.Fatal(err)
+	}
+	lockPath := filepath.Join(b.dir, "imgctl.lock")
+	before, err := os.ReadFile(lockPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := t.TempDir()
+	if err := os.WriteFile(filepath.Join(other, "hello"), []byte("changed\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src := "extra=file://" + other + "/"
+	art, err := prepared(t, b.config(map[string]any{"locked": true, "sources": []string{src}})).Run(ctx, &packer.MockUi{}, &packer.MockHook{})
+	want := "building the image: lock_file " + lockPath + ": the lock file is out of date (set locked = false, or update_lock = true, to update it):\n"
+	changed := "\n  extra file://" + other + "/: (none) → sha256:"
+	if err == nil || !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), changed) || art != nil {
+		t.Fatalf("Run: %v\nwant %s… with %s…", err, want, changed)
+	}
+	if !errors.Is(err, builders.ErrLockChanged) || strings.Contains(err.Error(), "--locked") {
+		t.Errorf("Run: %v: not ErrLockChanged, or names a flag", err)
+	}
+	if after, _ := os.ReadFile(lockPath); string(after) != string(before) {
+		t.Errorf("the lock changed")
+	}
+	if _, err := os.Stat(b.out()); !os.IsNotExist(err) {
+		t.Errorf("output_directory after the failed build: %v", err)
 	}
 }

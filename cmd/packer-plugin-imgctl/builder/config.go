@@ -111,6 +111,7 @@ type Config struct {
 	publishAMI  bool
 	topts       targets.Options
 	amiOpts     ami.Options
+	amiPoll     time.Duration // how often AWS states are asked for (tests; 0 = images/ami's default)
 }
 
 // Defaults of the fields that have one.

@@ -130,7 +130,7 @@ func (*stepPrepare) run(ctx context.Context, s *state) error {
 		return fmt.Errorf("store %s: %w", c.Store, err)
 	}
 	opts.Store, opts.LockPath, opts.Locked, opts.UpdateLock = s.store, c.LockFile, c.Locked, c.UpdateLock
-	opts.OutputDir, opts.ImgctlVersion = c.OutputDirectory, s.tool
+	opts.OutputDir, opts.ImgctlVersion = c.OutputDirectory, strings.TrimPrefix(s.tool, "imgctl ")
 	s.opts = opts
 
 	switch b, err := os.ReadFile(c.LockFile); {
@@ -189,6 +189,15 @@ func (*stepBuild) name() string { return "building the image" }
 
 func (*stepBuild) run(ctx context.Context, s *state) error {
 	res, err := builders.Run(ctx, s.opts)
+	var lce *builders.LockChangedError
+	if errors.As(err, &lce) { // named by the fields, not by imgctl's flags
+		var b strings.Builder
+		fmt.Fprintf(&b, "lock_file %s: %v (set locked = false, or update_lock = true, to update it):", lce.Path, builders.ErrLockChanged)
+		for _, c := range lce.Changes {
+			b.WriteString("\n  " + c.String())
+		}
+		return &messageError{b.String(), err}
+	}
 	if err != nil {
 		return err
 	}
@@ -245,7 +254,7 @@ func (*stepPublishAMI) name() string { return "publishing the AMIs" }
 
 func (*stepPublishAMI) run(ctx context.Context, s *state) error {
 	o := s.config.amiOpts
-	o.Tool, o.Logger = s.tool, s.log
+	o.Tool, o.Logger, o.Poll = s.tool, s.log, s.config.amiPoll
 	settings, err := awschannel.LoadSettings(s.store.Dir())
 	if err != nil {
 		return err
@@ -326,3 +335,13 @@ func (*stepArtifact) run(_ context.Context, s *state) error {
 }
 
 func (*stepArtifact) cleanup(context.Context, *state) error { return nil }
+
+// messageError is err told in the plugin's terms.
+type messageError struct {
+	msg string
+	err error
+}
+
+func (e *messageError) Error() string { return e.msg }
+
+func (e *messageError) Unwrap() error { return e.err }
