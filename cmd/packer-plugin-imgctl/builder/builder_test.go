@@ -2,6 +2,7 @@ package builder
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/imgctl/imgctl/builders"
 	"github.com/imgctl/imgctl/builders/buildtest"
+	"github.com/imgctl/imgctl/images/sign"
 	"github.com/imgctl/imgctl/images/store"
 )
 
@@ -164,5 +166,33 @@ func TestRunLockedFailsWithChangedSources(t *testing.T) {
 	}
 	if _, err := os.Stat(b.out()); !os.IsNotExist(err) {
 		t.Errorf("output_directory after the failed build: %v", err)
+	}
+}
+
+// TestRunSigns: with sign_key the built image carries a signature the public key verifies.
+func TestRunSigns(t *testing.T) {
+	b := newBuild(t)
+	priv, pub, err := sign.GenerateKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	art, err := prepared(t, b.config(map[string]any{"targets": []string{"rootfs"}, "sign_key": priv})).Run(context.Background(), &packer.MockUi{}, &packer.MockHook{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(context.Background(), filepath.Join(b.dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := st.Resolve(context.Background(), art.Id())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := sign.LoadPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&sign.Policy{Keys: []ed25519.PublicKey{key}}).Verify(context.Background(), st, img); err != nil {
+		t.Errorf("the built image's signature: %v", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/imgctl/imgctl/images/ami"
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/publication"
+	"github.com/imgctl/imgctl/images/sign"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/cache"
 )
@@ -199,6 +200,11 @@ func (c *Config) prepare(raws ...any) error {
 	c.topts.Squashfs = sq
 	if c.CompressionLevel < 0 {
 		add(fmt.Errorf("compression_level %d: expected a positive level (0 = the compressor's default)", c.CompressionLevel))
+	}
+	if c.SignKey != "" {
+		if _, err := sign.LoadPrivateKey(c.SignKey); err != nil {
+			add(fmt.Errorf("sign_key: %w", err))
+		}
 	}
 	errs = append(errs, c.prepareAMI()...)
 	return errors.Join(errs...)

@@ -56,6 +56,7 @@ func TestPrepareErrors(t *testing.T) {
 		{"zero wait", with(ami, "aws_wait", "0s"), "aws_wait 0s: expected a positive duration like 45m"},
 		{"bad ssm prefix", with(ami, "ssm_prefix", "nodes"), `ssm_prefix: SSM prefix "nodes": must start with /`},
 		{"bad name prefix", with(ami, "ami_name_prefix", "nodes#"), `ami_name_prefix "nodes#": AMI name`},
+		{"missing sign key", map[string]any{"sign_key": filepath.Join(b.dir, "none.key")}, "sign_key: "},
 		{"bad endpoint", with(ami, "endpoint_url", "localhost:5000"), `endpoint_url: endpoint URL "localhost:5000": expected http(s)://HOST[:PORT][/PATH]`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
