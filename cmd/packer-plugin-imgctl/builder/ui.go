@@ -18,7 +18,7 @@ func (w *uiWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
-		w.ui.Message(line)
+		w.ui.Say(line)
 	}
 	return len(p), nil
 }
