@@ -83,6 +83,22 @@ func TestRunBuildsRaw(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
+	// Packer's UI gets the steps, the libraries' progress and log lines.
+	said := map[string]bool{}
+	for _, m := range ui.SayMessages {
+		for _, want := range []string{"building the image…", "write disk: done in ", "msg=\"built image\"", "built image "} {
+			if strings.HasPrefix(m.Message, want) || strings.Contains(m.Message, want) && strings.HasPrefix(want, "msg=") {
+				said[want] = true
+			}
+		}
+	}
+	if len(said) != 4 {
+		var all []string
+		for _, m := range ui.SayMessages {
+			all = append(all, m.Message)
+		}
+		t.Errorf("the UI got only %v of the expected lines:\n%s", said, strings.Join(all, "\n"))
+	}
 	st, err := store.Open(context.Background(), filepath.Join(b.dir, "store"), nil)
 	if err != nil {
 		t.Fatal(err)

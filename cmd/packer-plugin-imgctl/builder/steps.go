@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hashicorp/packer-plugin-sdk/packer"
-
 	"github.com/imgctl/imgctl/builders"
 	"github.com/imgctl/imgctl/builders/targets"
 	"github.com/imgctl/imgctl/images/ami"
@@ -32,7 +30,7 @@ const cleanupTimeout = 10 * time.Minute
 // state is what the steps share, typed.
 type state struct {
 	config *Config
-	ui     packer.Ui
+	ui     *lockedUI
 	log    *slog.Logger
 	tool   string
 
@@ -86,7 +84,7 @@ func runSteps(ctx context.Context, s *state, steps []step) error {
 			break
 		}
 		ran = append(ran, st)
-		s.ui.Say(st.name() + "…")
+		s.ui.say(st.name() + "…")
 		if err = st.run(ctx, s); err != nil {
 			err = cancelled(ctx, fmt.Errorf("%s: %w", st.name(), err))
 			break
@@ -95,14 +93,14 @@ func runSteps(ctx context.Context, s *state, steps []step) error {
 	if err == nil {
 		return nil
 	}
-	s.ui.Error(err.Error())
+	s.ui.error(err.Error())
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	errs := []error{err}
 	for i := len(ran) - 1; i >= 0; i-- {
 		if cerr := ran[i].cleanup(cctx, s); cerr != nil {
 			cerr = fmt.Errorf("cleaning up after %s: %w", ran[i].name(), cerr)
-			s.ui.Error(cerr.Error())
+			s.ui.error(cerr.Error())
 			errs = append(errs, cerr)
 		}
 	}
@@ -159,7 +157,7 @@ func (*stepPrepare) run(ctx context.Context, s *state) error {
 	case err == nil && !c.PackerForce:
 		return fmt.Errorf("output_directory %s already exists: remove it or run packer build -force", c.OutputDirectory)
 	case err == nil:
-		s.ui.Say("removing " + c.OutputDirectory + " (-force)")
+		s.ui.say("removing " + c.OutputDirectory + " (-force)")
 		if err := os.RemoveAll(c.OutputDirectory); err != nil {
 			return fmt.Errorf("output_directory: %w", err)
 		}
@@ -177,7 +175,7 @@ func (*stepPrepare) cleanup(_ context.Context, s *state) error {
 	if !s.outputCreated {
 		return nil
 	}
-	s.ui.Say("removing " + s.config.OutputDirectory)
+	s.ui.say("removing " + s.config.OutputDirectory)
 	return os.RemoveAll(s.config.OutputDirectory)
 }
 
@@ -203,7 +201,7 @@ func (*stepBuild) run(ctx context.Context, s *state) error {
 	}
 	s.result = res
 	img := res.Image
-	s.ui.Say(fmt.Sprintf("built image %s (%s)", img.Config.Version, img.Digest()))
+	s.ui.say(fmt.Sprintf("built image %s (%s)", img.Config.Version, img.Digest()))
 	return nil
 }
 
@@ -216,12 +214,12 @@ func (*stepBuild) cleanup(_ context.Context, s *state) error {
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("lock_file: %w", err)
 	case !s.lockExisted:
-		s.ui.Say("removing the lock file this build wrote: " + lockPath)
+		s.ui.say("removing the lock file this build wrote: " + lockPath)
 		return os.Remove(lockPath)
 	case err == nil && bytes.Equal(now, s.lockBefore):
 		return nil
 	}
-	s.ui.Say("restoring the lock file " + lockPath)
+	s.ui.say("restoring the lock file " + lockPath)
 	return atomicfile.Write(filepath.Dir(lockPath), lockPath, s.lockBefore, 0o644)
 }
 
@@ -283,7 +281,7 @@ func (*stepPublishAMI) run(ctx context.Context, s *state) error {
 		return err
 	}
 	for _, g := range res.Record.Regions {
-		s.ui.Say(fmt.Sprintf("AMI %s in %s: %s", g.ImageID, g.Region, g.State))
+		s.ui.say(fmt.Sprintf("AMI %s in %s: %s", g.ImageID, g.Region, g.State))
 	}
 	return nil
 }
@@ -304,7 +302,7 @@ func (*stepPublishAMI) cleanup(ctx context.Context, s *state) error {
 	if len(regions) == 0 {
 		return nil
 	}
-	s.ui.Say("removing the AMIs, snapshots and version parameters this build made in " + strings.Join(regions, ", "))
+	s.ui.say("removing the AMIs, snapshots and version parameters this build made in " + strings.Join(regions, ", "))
 	return ami.Unpublish(ctx, s.store, s.result.Image, s.clients, regions, s.log)
 }
 
