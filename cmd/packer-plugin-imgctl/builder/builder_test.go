@@ -212,3 +212,26 @@ func TestRunSigns(t *testing.T) {
 		t.Errorf("the built image's signature: %v", err)
 	}
 }
+
+// TestRunOnErrorAbortKeeps: under packer build -on-error=abort a failed build is left as it is
+// for inspection (no cleanup), as Packer's builders do.
+func TestRunOnErrorAbortKeeps(t *testing.T) {
+	b := newBuild(t)
+	priv := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(priv, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, onError := range []string{"cleanup", "abort"} {
+		out := filepath.Join(b.dir, "out-"+onError)
+		bl := prepared(t, b.config(map[string]any{"targets": []string{"rootfs"}, "output_directory": out, "packer_on_error": onError}))
+		bl.config.SignKey = priv // unreadable only once the build ran: a failure after the build
+		_, err := bl.Run(context.Background(), &packer.MockUi{}, &packer.MockHook{})
+		if err == nil || !strings.Contains(err.Error(), "sign_key") {
+			t.Fatalf("%s: Run: %v, want the sign_key failure", onError, err)
+		}
+		_, serr := os.Stat(filepath.Join(out, "rootfs.tar"))
+		if kept := serr == nil; kept != (onError == "abort") {
+			t.Errorf("-on-error=%s: output kept %v (%v)", onError, kept, serr)
+		}
+	}
+}

@@ -74,7 +74,8 @@ func steps(c *Config) []step {
 
 // runSteps runs steps in order; when one fails or ctx is cancelled, it runs the cleanups of
 // the steps that started, in reverse order, with a context that outlives ctx (bounded by
-// cleanupTimeout), and returns the step's error joined with the cleanups' errors.
+// cleanupTimeout), and returns the step's error joined with the cleanups' errors. A failure
+// under packer build -on-error=abort is left as it is, as Packer's own builders do.
 func runSteps(ctx context.Context, s *state, steps []step) error {
 	var ran []step
 	var err error
@@ -94,6 +95,10 @@ func runSteps(ctx context.Context, s *state, steps []step) error {
 		return nil
 	}
 	s.ui.error(err.Error())
+	if s.config.PackerOnError == "abort" && ctx.Err() == nil {
+		s.ui.error("packer build -on-error=abort: leaving what the build made (output_directory, AMIs, the lock file) for inspection")
+		return err
+	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	errs := []error{err}
