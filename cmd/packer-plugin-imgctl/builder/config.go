@@ -6,6 +6,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -142,7 +143,9 @@ func (c *Config) prepare(raws ...any) error {
 	case c.SpecFile != "" && c.Flavor != "":
 		add(errors.New("flavor chooses a variant of the embedded default spec: give it with k8s_version, not with spec_file"))
 	}
-	if _, _, err := c.setup().Check(); err != nil && !(c.SpecFile != "" && c.K8sVersion != "") && (c.SpecFile != "" || c.K8sVersion != "") {
+	if _, err := builders.ParseSourceDateEpoch(os.Getenv("SOURCE_DATE_EPOCH")); err != nil {
+		add(err) // the environment's, not a field's
+	} else if _, _, err := c.setup().Check(); err != nil && !(c.SpecFile != "" && c.K8sVersion != "") && (c.SpecFile != "" || c.K8sVersion != "") {
 		add(fieldError(c, err))
 	}
 
@@ -210,9 +213,10 @@ func (c *Config) prepare(raws ...any) error {
 	return errors.Join(errs...)
 }
 
-// setup is the build's setup from the config (without the logger).
+// setup is the build's setup from the config (without the logger), with SOURCE_DATE_EPOCH
+// from the environment as imgctl build takes it.
 func (c *Config) setup() builders.Setup {
-	s := builders.Setup{SpecFile: c.SpecFile, Sources: c.Sources, Env: builders.EnvConfig{
+	s := builders.Setup{SpecFile: c.SpecFile, Sources: c.Sources, SourceDateEpoch: os.Getenv("SOURCE_DATE_EPOCH"), Env: builders.EnvConfig{
 		CacheDir: c.CacheDir, Offline: c.Offline, Mirrors: c.Mirrors, Keyring: c.Keyring, NodeAgent: c.NodeAgent,
 	}}
 	if c.SpecFile == "" {

@@ -95,3 +95,18 @@ func TestPrepareDefaults(t *testing.T) {
 		t.Errorf("ami: publish %v, targets %v, options %+v", c.publishAMI, c.targetNames, c.amiOpts)
 	}
 }
+
+// TestPrepareSourceDateEpoch: SOURCE_DATE_EPOCH in Packer's environment fixes the build's
+// timestamps as with imgctl build; a bad value fails Prepare.
+func TestPrepareSourceDateEpoch(t *testing.T) {
+	b := newBuild(t)
+	t.Setenv("SOURCE_DATE_EPOCH", "yesterday")
+	var bl Builder
+	if _, _, err := bl.Prepare(b.config(nil)); err == nil || err.Error() != `SOURCE_DATE_EPOCH="yesterday": expected seconds since 1970` {
+		t.Errorf("Prepare: %v", err)
+	}
+	t.Setenv("SOURCE_DATE_EPOCH", "1600000000")
+	if epoch := prepared(t, b.config(nil)).config.setup().SourceDateEpoch; epoch != "1600000000" {
+		t.Errorf("setup's SOURCE_DATE_EPOCH = %q", epoch)
+	}
+}
