@@ -250,7 +250,8 @@ func (*stepSign) cleanup(context.Context, *state) error { return nil }
 
 // stepPublishAMI publishes the image as AMIs, with the store's AWS settings as defaults (as
 // imgctl publish ami). Its cleanup unpublishes the regions this run published to that held
-// no AMI of the image before: AMIs, snapshots and version parameters (images/ami.Unpublish).
+// no AMI of the image before (by the store's records or on AWS): AMIs, snapshots and version
+// parameters (images/ami.Unpublish).
 type stepPublishAMI struct{}
 
 func (*stepPublishAMI) name() string { return "publishing the AMIs" }
@@ -278,6 +279,18 @@ func (*stepPublishAMI) run(ctx context.Context, s *state) error {
 		}
 	}
 	s.amiRegions = append([]string{o.Region}, o.CopyTo...)
+	for _, r := range s.amiRegions { // AMIs of the image on AWS that no record of this store names are kept too
+		if _, ok := s.amisBefore[r]; ok {
+			continue
+		}
+		id, _, _, err := ami.Find(ctx, s.clients, r, img.Digest())
+		if err != nil {
+			return err
+		}
+		if id != "" {
+			s.amisBefore[r] = id
+		}
+	}
 	res, err := ami.Publish(ctx, s.store, img, s.clients, o)
 	if res.Record.Image != "" {
 		s.published = &res
