@@ -19,6 +19,7 @@ import (
 	"github.com/imgctl/imgctl/builders"
 	amitarget "github.com/imgctl/imgctl/builders/ami"
 	"github.com/imgctl/imgctl/builders/raw"
+	"github.com/imgctl/imgctl/builders/squashfs"
 	"github.com/imgctl/imgctl/builders/targets"
 	"github.com/imgctl/imgctl/images/ami"
 	"github.com/imgctl/imgctl/images/awsclient"
@@ -145,8 +146,10 @@ func (c *Config) prepare(raws ...any) error {
 	}
 	if _, err := builders.ParseSourceDateEpoch(os.Getenv("SOURCE_DATE_EPOCH")); err != nil {
 		add(err) // the environment's, not a field's
-	} else if _, _, err := c.setup().Check(); err != nil && !(c.SpecFile != "" && c.K8sVersion != "") && (c.SpecFile != "" || c.K8sVersion != "") {
-		add(fieldError(c, err))
+	} else if oneSpec := (c.SpecFile != "") != (c.K8sVersion != ""); oneSpec {
+		if _, _, err := c.setup().Check(); err != nil {
+			add(fieldError(c, err))
+		}
 	}
 
 	if len(c.Targets) == 0 {
@@ -197,13 +200,13 @@ func (c *Config) prepare(raws ...any) error {
 		add(fmt.Errorf("root_size: %w", err))
 	}
 	sq, err := builders.SquashfsOptions{Compression: c.Compression, Level: c.CompressionLevel}.Normalize()
-	if err != nil {
+	switch {
+	case err != nil && (c.Compression == "" || slices.Contains(squashfs.Compressors(), c.Compression)):
+		add(fmt.Errorf("compression_level: %w", err))
+	case err != nil:
 		add(fmt.Errorf("compression: %w", err))
 	}
 	c.topts.Squashfs = sq
-	if c.CompressionLevel < 0 {
-		add(fmt.Errorf("compression_level %d: expected a positive level (0 = the compressor's default)", c.CompressionLevel))
-	}
 	if c.SignKey != "" {
 		if _, err := sign.LoadPrivateKey(c.SignKey); err != nil {
 			add(fmt.Errorf("sign_key: %w", err))
