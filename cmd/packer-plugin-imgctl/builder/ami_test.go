@@ -258,3 +258,30 @@ func TestRunPublishFailureCleansUp(t *testing.T) {
 		t.Errorf("lock file not restored:\n%s\nwant\n%s", got, old)
 	}
 }
+
+// TestRunPublishFailureKeepsEarlierAMIs: a rebuild of an image already published to the
+// upload region fails copying to a new region: the cleanup removes only the new region's
+// pieces; the earlier AMI and its parameter stay.
+func TestRunPublishFailureKeepsEarlierAMIs(t *testing.T) {
+	e := newAWS(t)
+	b := newBuild(t)
+	first, err := runAMI(t, context.Background(), b, e, map[string]any{"ami_regions": []string{}, "output_directory": filepath.Join(b.dir, "first")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := first.State("generated_data").(map[string]any)["ImageDigest"].(string)
+	before := e.snapshots(t, "eu-west-1")
+	e.fake.Fail("CopyImage", "eu-west-1", 403, "UnauthorizedOperation", "You are not authorized to perform this operation.")
+	if _, err := runAMI(t, context.Background(), b, e, nil); err == nil || !strings.Contains(err.Error(), "UnauthorizedOperation") {
+		t.Fatalf("Run: %v, want the CopyImage failure", err)
+	}
+	if amis, _ := e.left(t, "us-east-1", d); amis != 1 || len(e.parameters(t, "us-east-1")) != 1 {
+		t.Errorf("us-east-1: %d AMIs, parameters %v: the earlier publication is gone", amis, e.parameters(t, "us-east-1"))
+	}
+	if amis, _ := e.left(t, "eu-west-1", d); amis != 0 || len(e.newSnapshots(t, "eu-west-1", before)) != 0 {
+		t.Errorf("eu-west-1: %d AMIs, new snapshots %v", amis, e.newSnapshots(t, "eu-west-1", before))
+	}
+	if !strings.HasPrefix(first.Id(), "us-east-1:ami-") {
+		t.Errorf("first build's id %q", first.Id())
+	}
+}

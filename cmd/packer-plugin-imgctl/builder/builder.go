@@ -12,6 +12,8 @@ import (
 
 	"github.com/hashicorp/hcl/v2/hcldec"
 	"github.com/hashicorp/packer-plugin-sdk/packer"
+
+	"github.com/imgctl/imgctl/layers/progress"
 )
 
 // BuilderID is the builder's artifact ID (post-processors check it).
@@ -47,8 +49,10 @@ func (b *Builder) Prepare(raws ...any) ([]string, []string, error) {
 // Run implements packer.Builder: the steps in order; when one fails or ctx is cancelled,
 // the cleanups of the steps that ran, in reverse order.
 func (b *Builder) Run(ctx context.Context, ui packer.Ui, _ packer.Hook) (packer.Artifact, error) {
-	log := slog.New(newUIHandler(ui, slog.LevelInfo))
-	s := &state{config: &b.config, ui: ui, log: log, tool: b.tool()}
+	lui := &lockedUI{ui: ui}
+	log := slog.New(newUIHandler(lui, slog.LevelInfo))
+	s := &state{config: &b.config, ui: lui, log: log, tool: b.tool()}
+	ctx = progress.With(ctx, progress.New(progressSink(lui)))
 	if err := runSteps(ctx, s, steps(&b.config)); err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package builder
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/imgctl/imgctl/builders"
 	"github.com/imgctl/imgctl/builders/buildtest"
+	"github.com/imgctl/imgctl/images/sign"
 	"github.com/imgctl/imgctl/images/store"
 )
 
@@ -80,6 +82,22 @@ func TestRunBuildsRaw(t *testing.T) {
 	art, err := bl.Run(context.Background(), ui, &packer.MockHook{})
 	if err != nil {
 		t.Fatalf("Run: %v", err)
+	}
+	// Packer's UI gets the steps, the libraries' progress and log lines.
+	said := map[string]bool{}
+	for _, m := range ui.SayMessages {
+		for _, want := range []string{"building the image…", "write disk: done in ", "msg=\"built image\"", "built image "} {
+			if strings.HasPrefix(m.Message, want) || strings.Contains(m.Message, want) && strings.HasPrefix(want, "msg=") {
+				said[want] = true
+			}
+		}
+	}
+	if len(said) != 4 {
+		var all []string
+		for _, m := range ui.SayMessages {
+			all = append(all, m.Message)
+		}
+		t.Errorf("the UI got only %v of the expected lines:\n%s", said, strings.Join(all, "\n"))
 	}
 	st, err := store.Open(context.Background(), filepath.Join(b.dir, "store"), nil)
 	if err != nil {
@@ -164,5 +182,56 @@ func TestRunLockedFailsWithChangedSources(t *testing.T) {
 	}
 	if _, err := os.Stat(b.out()); !os.IsNotExist(err) {
 		t.Errorf("output_directory after the failed build: %v", err)
+	}
+}
+
+// TestRunSigns: with sign_key the built image carries a signature the public key verifies.
+func TestRunSigns(t *testing.T) {
+	b := newBuild(t)
+	priv, pub, err := sign.GenerateKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	art, err := prepared(t, b.config(map[string]any{"targets": []string{"rootfs"}, "sign_key": priv})).Run(context.Background(), &packer.MockUi{}, &packer.MockHook{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(context.Background(), filepath.Join(b.dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := st.Resolve(context.Background(), art.Id())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := sign.LoadPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&sign.Policy{Keys: []ed25519.PublicKey{key}}).Verify(context.Background(), st, img); err != nil {
+		t.Errorf("the built image's signature: %v", err)
+	}
+}
+
+// TestRunOnErrorAbortKeeps: under packer build -on-error=abort a failed build is left as it is
+// for inspection (no cleanup), as Packer's builders do.
+func TestRunOnErrorAbortKeeps(t *testing.T) {
+	b := newBuild(t)
+	priv := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(priv, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, onError := range []string{"cleanup", "abort"} {
+		out := filepath.Join(b.dir, "out-"+onError)
+		bl := prepared(t, b.config(map[string]any{"targets": []string{"rootfs"}, "output_directory": out, "packer_on_error": onError}))
+		bl.config.SignKey = priv // unreadable only once the build ran: a failure after the build
+		_, err := bl.Run(context.Background(), &packer.MockUi{}, &packer.MockHook{})
+		if err == nil || !strings.Contains(err.Error(), "sign_key") {
+			t.Fatalf("%s: Run: %v, want the sign_key failure", onError, err)
+		}
+		_, serr := os.Stat(filepath.Join(out, "rootfs.tar"))
+		if kept := serr == nil; kept != (onError == "abort") {
+			t.Errorf("-on-error=%s: output kept %v (%v)", onError, kept, serr)
+		}
 	}
 }

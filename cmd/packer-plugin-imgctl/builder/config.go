@@ -6,6 +6,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,10 +19,12 @@ import (
 	"github.com/imgctl/imgctl/builders"
 	amitarget "github.com/imgctl/imgctl/builders/ami"
 	"github.com/imgctl/imgctl/builders/raw"
+	"github.com/imgctl/imgctl/builders/squashfs"
 	"github.com/imgctl/imgctl/builders/targets"
 	"github.com/imgctl/imgctl/images/ami"
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/publication"
+	"github.com/imgctl/imgctl/images/sign"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/layers/cache"
 )
@@ -141,8 +144,12 @@ func (c *Config) prepare(raws ...any) error {
 	case c.SpecFile != "" && c.Flavor != "":
 		add(errors.New("flavor chooses a variant of the embedded default spec: give it with k8s_version, not with spec_file"))
 	}
-	if _, _, err := c.setup().Check(); err != nil && !(c.SpecFile != "" && c.K8sVersion != "") && (c.SpecFile != "" || c.K8sVersion != "") {
-		add(fieldError(c, err))
+	if _, err := builders.ParseSourceDateEpoch(os.Getenv("SOURCE_DATE_EPOCH")); err != nil {
+		add(err) // the environment's, not a field's
+	} else if oneSpec := (c.SpecFile != "") != (c.K8sVersion != ""); oneSpec {
+		if _, _, err := c.setup().Check(); err != nil {
+			add(fieldError(c, err))
+		}
 	}
 
 	if len(c.Targets) == 0 {
@@ -193,20 +200,26 @@ func (c *Config) prepare(raws ...any) error {
 		add(fmt.Errorf("root_size: %w", err))
 	}
 	sq, err := builders.SquashfsOptions{Compression: c.Compression, Level: c.CompressionLevel}.Normalize()
-	if err != nil {
+	switch {
+	case err != nil && (c.Compression == "" || slices.Contains(squashfs.Compressors(), c.Compression)):
+		add(fmt.Errorf("compression_level: %w", err))
+	case err != nil:
 		add(fmt.Errorf("compression: %w", err))
 	}
 	c.topts.Squashfs = sq
-	if c.CompressionLevel < 0 {
-		add(fmt.Errorf("compression_level %d: expected a positive level (0 = the compressor's default)", c.CompressionLevel))
+	if c.SignKey != "" {
+		if _, err := sign.LoadPrivateKey(c.SignKey); err != nil {
+			add(fmt.Errorf("sign_key: %w", err))
+		}
 	}
 	errs = append(errs, c.prepareAMI()...)
 	return errors.Join(errs...)
 }
 
-// setup is the build's setup from the config (without the logger).
+// setup is the build's setup from the config (without the logger), with SOURCE_DATE_EPOCH
+// from the environment as imgctl build takes it.
 func (c *Config) setup() builders.Setup {
-	s := builders.Setup{SpecFile: c.SpecFile, Sources: c.Sources, Env: builders.EnvConfig{
+	s := builders.Setup{SpecFile: c.SpecFile, Sources: c.Sources, SourceDateEpoch: os.Getenv("SOURCE_DATE_EPOCH"), Env: builders.EnvConfig{
 		CacheDir: c.CacheDir, Offline: c.Offline, Mirrors: c.Mirrors, Keyring: c.Keyring, NodeAgent: c.NodeAgent,
 	}}
 	if c.SpecFile == "" {

@@ -39,7 +39,8 @@ func TestPrepareErrors(t *testing.T) {
 		{"bad disk size", map[string]any{"disk_size": "big"}, `disk_size: "big": expected a size like 3GiB, 512MiB or a number of bytes`},
 		{"bad root size", map[string]any{"root_size": "-1G"}, `root_size: "-1G": expected a size like 3GiB`},
 		{"bad compressor", map[string]any{"compression": "lzma9"}, `compression: unknown compressor "lzma9"`},
-		{"bad compression level", map[string]any{"compression_level": -2}, "compression_level -2: expected a positive level"},
+		{"bad compression level", map[string]any{"compression_level": -2}, "compression_level: zstd level -2 out of range 1..22"},
+		{"compression level out of range", map[string]any{"compression": "gzip", "compression_level": 12}, "compression_level: gzip level 12 out of range 1..9"},
 		{"ami field without ami", map[string]any{"ami_regions": []string{"eu-west-1"}}, "ami_regions: a field of the ami target, which this build does not write (targets: raw)"},
 		{"region without ami", map[string]any{"targets": []string{"raw", "pxe"}, "region": "us-east-1"}, "region: a field of the ami target, which this build does not write (targets: raw,pxe)"},
 		{"bad region", with(ami, "region", "Mars"), `region: "Mars" is not an AWS region`},
@@ -56,6 +57,7 @@ func TestPrepareErrors(t *testing.T) {
 		{"zero wait", with(ami, "aws_wait", "0s"), "aws_wait 0s: expected a positive duration like 45m"},
 		{"bad ssm prefix", with(ami, "ssm_prefix", "nodes"), `ssm_prefix: SSM prefix "nodes": must start with /`},
 		{"bad name prefix", with(ami, "ami_name_prefix", "nodes#"), `ami_name_prefix "nodes#": AMI name`},
+		{"missing sign key", map[string]any{"sign_key": filepath.Join(b.dir, "none.key")}, "sign_key: "},
 		{"bad endpoint", with(ami, "endpoint_url", "localhost:5000"), `endpoint_url: endpoint URL "localhost:5000": expected http(s)://HOST[:PORT][/PATH]`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -92,5 +94,20 @@ func TestPrepareDefaults(t *testing.T) {
 	c = bl.config
 	if !c.publishAMI || strings.Join(c.targetNames, ",") != "raw,pxe" || !c.amiOpts.Public || c.amiOpts.Wait.Minutes() != 2 || c.amiOpts.Concurrency != 64 {
 		t.Errorf("ami: publish %v, targets %v, options %+v", c.publishAMI, c.targetNames, c.amiOpts)
+	}
+}
+
+// TestPrepareSourceDateEpoch: SOURCE_DATE_EPOCH in Packer's environment fixes the build's
+// timestamps as with imgctl build; a bad value fails Prepare.
+func TestPrepareSourceDateEpoch(t *testing.T) {
+	b := newBuild(t)
+	t.Setenv("SOURCE_DATE_EPOCH", "yesterday")
+	var bl Builder
+	if _, _, err := bl.Prepare(b.config(nil)); err == nil || err.Error() != `SOURCE_DATE_EPOCH="yesterday": expected seconds since 1970` {
+		t.Errorf("Prepare: %v", err)
+	}
+	t.Setenv("SOURCE_DATE_EPOCH", "1600000000")
+	if epoch := prepared(t, b.config(nil)).config.setup().SourceDateEpoch; epoch != "1600000000" {
+		t.Errorf("setup's SOURCE_DATE_EPOCH = %q", epoch)
 	}
 }

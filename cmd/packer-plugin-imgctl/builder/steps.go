@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hashicorp/packer-plugin-sdk/packer"
-
 	"github.com/imgctl/imgctl/builders"
 	"github.com/imgctl/imgctl/builders/targets"
 	"github.com/imgctl/imgctl/images/ami"
@@ -32,7 +30,7 @@ const cleanupTimeout = 10 * time.Minute
 // state is what the steps share, typed.
 type state struct {
 	config *Config
-	ui     packer.Ui
+	ui     *lockedUI
 	log    *slog.Logger
 	tool   string
 
@@ -76,7 +74,8 @@ func steps(c *Config) []step {
 
 // runSteps runs steps in order; when one fails or ctx is cancelled, it runs the cleanups of
 // the steps that started, in reverse order, with a context that outlives ctx (bounded by
-// cleanupTimeout), and returns the step's error joined with the cleanups' errors.
+// cleanupTimeout), and returns the step's error joined with the cleanups' errors. A failure
+// under packer build -on-error=abort is left as it is, as Packer's own builders do.
 func runSteps(ctx context.Context, s *state, steps []step) error {
 	var ran []step
 	var err error
@@ -86,7 +85,7 @@ func runSteps(ctx context.Context, s *state, steps []step) error {
 			break
 		}
 		ran = append(ran, st)
-		s.ui.Say(st.name() + "…")
+		s.ui.say(st.name() + "…")
 		if err = st.run(ctx, s); err != nil {
 			err = cancelled(ctx, fmt.Errorf("%s: %w", st.name(), err))
 			break
@@ -95,14 +94,18 @@ func runSteps(ctx context.Context, s *state, steps []step) error {
 	if err == nil {
 		return nil
 	}
-	s.ui.Error(err.Error())
+	s.ui.error(err.Error())
+	if s.config.PackerOnError == "abort" && ctx.Err() == nil {
+		s.ui.error("packer build -on-error=abort: leaving what the build made (output_directory, AMIs, the lock file) for inspection")
+		return err
+	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	errs := []error{err}
 	for i := len(ran) - 1; i >= 0; i-- {
 		if cerr := ran[i].cleanup(cctx, s); cerr != nil {
 			cerr = fmt.Errorf("cleaning up after %s: %w", ran[i].name(), cerr)
-			s.ui.Error(cerr.Error())
+			s.ui.error(cerr.Error())
 			errs = append(errs, cerr)
 		}
 	}
@@ -159,7 +162,7 @@ func (*stepPrepare) run(ctx context.Context, s *state) error {
 	case err == nil && !c.PackerForce:
 		return fmt.Errorf("output_directory %s already exists: remove it or run packer build -force", c.OutputDirectory)
 	case err == nil:
-		s.ui.Say("removing " + c.OutputDirectory + " (-force)")
+		s.ui.say("removing " + c.OutputDirectory + " (-force)")
 		if err := os.RemoveAll(c.OutputDirectory); err != nil {
 			return fmt.Errorf("output_directory: %w", err)
 		}
@@ -177,7 +180,7 @@ func (*stepPrepare) cleanup(_ context.Context, s *state) error {
 	if !s.outputCreated {
 		return nil
 	}
-	s.ui.Say("removing " + s.config.OutputDirectory)
+	s.ui.say("removing " + s.config.OutputDirectory)
 	return os.RemoveAll(s.config.OutputDirectory)
 }
 
@@ -203,7 +206,7 @@ func (*stepBuild) run(ctx context.Context, s *state) error {
 	}
 	s.result = res
 	img := res.Image
-	s.ui.Say(fmt.Sprintf("built image %s (%s)", img.Config.Version, img.Digest()))
+	s.ui.say(fmt.Sprintf("built image %s (%s)", img.Config.Version, img.Digest()))
 	return nil
 }
 
@@ -216,12 +219,12 @@ func (*stepBuild) cleanup(_ context.Context, s *state) error {
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("lock_file: %w", err)
 	case !s.lockExisted:
-		s.ui.Say("removing the lock file this build wrote: " + lockPath)
+		s.ui.say("removing the lock file this build wrote: " + lockPath)
 		return os.Remove(lockPath)
 	case err == nil && bytes.Equal(now, s.lockBefore):
 		return nil
 	}
-	s.ui.Say("restoring the lock file " + lockPath)
+	s.ui.say("restoring the lock file " + lockPath)
 	return atomicfile.Write(filepath.Dir(lockPath), lockPath, s.lockBefore, 0o644)
 }
 
@@ -247,7 +250,8 @@ func (*stepSign) cleanup(context.Context, *state) error { return nil }
 
 // stepPublishAMI publishes the image as AMIs, with the store's AWS settings as defaults (as
 // imgctl publish ami). Its cleanup unpublishes the regions this run published to that held
-// no AMI of the image before: AMIs, snapshots and version parameters (images/ami.Unpublish).
+// no AMI of the image before (by the store's records or on AWS): AMIs, snapshots and version
+// parameters (images/ami.Unpublish).
 type stepPublishAMI struct{}
 
 func (*stepPublishAMI) name() string { return "publishing the AMIs" }
@@ -275,6 +279,18 @@ func (*stepPublishAMI) run(ctx context.Context, s *state) error {
 		}
 	}
 	s.amiRegions = append([]string{o.Region}, o.CopyTo...)
+	for _, r := range s.amiRegions { // AMIs of the image on AWS that no record of this store names are kept too
+		if _, ok := s.amisBefore[r]; ok {
+			continue
+		}
+		id, _, _, err := ami.Find(ctx, s.clients, r, img.Digest())
+		if err != nil {
+			return err
+		}
+		if id != "" {
+			s.amisBefore[r] = id
+		}
+	}
 	res, err := ami.Publish(ctx, s.store, img, s.clients, o)
 	if res.Record.Image != "" {
 		s.published = &res
@@ -283,7 +299,7 @@ func (*stepPublishAMI) run(ctx context.Context, s *state) error {
 		return err
 	}
 	for _, g := range res.Record.Regions {
-		s.ui.Say(fmt.Sprintf("AMI %s in %s: %s", g.ImageID, g.Region, g.State))
+		s.ui.say(fmt.Sprintf("AMI %s in %s: %s", g.ImageID, g.Region, g.State))
 	}
 	return nil
 }
@@ -304,7 +320,7 @@ func (*stepPublishAMI) cleanup(ctx context.Context, s *state) error {
 	if len(regions) == 0 {
 		return nil
 	}
-	s.ui.Say("removing the AMIs, snapshots and version parameters this build made in " + strings.Join(regions, ", "))
+	s.ui.say("removing the AMIs, snapshots and version parameters this build made in " + strings.Join(regions, ", "))
 	return ami.Unpublish(ctx, s.store, s.result.Image, s.clients, regions, s.log)
 }
 
