@@ -9,8 +9,10 @@ STATICCHECK_VERSION := v0.8.2
 GOTESTSUM_VERSION   := v1.13.0
 # The cosign CLI the signature tests verify with: the version test/tools/cosign pins.
 COSIGN    := $(shell sed -n 's|^require github.com/sigstore/cosign/v2 v||p' test/tools/cosign/go.mod)
+# The Packer CLI the plugin's acceptance test drives: the version test/tools/packer pins.
+PACKER    := $(shell sed -n 's|^require github.com/hashicorp/packer v||p' test/tools/packer/go.mod)
 
-.PHONY: build deps test test-short lint bench fuzz demo demo-image kubernetes cosign clean FORCE
+.PHONY: build deps test test-short lint bench fuzz demo demo-image kubernetes cosign packer clean FORCE
 
 build: bin/imgctl bin/imgctl-node bin/packer-plugin-imgctl
 
@@ -35,12 +37,12 @@ deps:
 	scripts/install-deps.sh
 
 # The test command of the README and CI: vet, staticcheck, every test (integration included).
-# The boot and render tests need the real kubelet/kubeadm, the signature tests cosign: build
-# them once, before the tests.
+# The boot and render tests need the real kubelet/kubeadm, the signature tests cosign, the
+# plugin's acceptance test Packer: build them once, before the tests.
 # gotestsum runs `go test` and ends with the skipped tests, named, and a count line ("DONE N
 # tests, K skipped, F failures"): under CI=true a missing prerequisite fails (layers/testenv),
 # so a skip in CI is only a deliberate one (-short paths, opt-in measurements).
-test: deps lint kubernetes cosign
+test: deps lint kubernetes cosign packer
 	$(GO) run gotest.tools/gotestsum@$(GOTESTSUM_VERSION) --format pkgname-and-test-fails -- -timeout 40m ./...
 	cd $(PLUGIN) && $(GO) run gotest.tools/gotestsum@$(GOTESTSUM_VERSION) --format pkgname-and-test-fails -- -timeout 20m ./...
 
@@ -83,6 +85,13 @@ cosign: $(TOOLS_DIR)/cosign/v$(COSIGN)/cosign
 
 $(TOOLS_DIR)/cosign/v$(COSIGN)/cosign:
 	scripts/build-cosign.sh $(COSIGN) $(TOOLS_DIR)/cosign/v$(COSIGN)
+
+# The Packer CLI, built from the Go module proxy: test/packer_e2e_test.go runs `packer build` with
+# packer-plugin-imgctl (Debian's Packer 1.6.6 cannot load SDK v0.6 plugins).
+packer: $(TOOLS_DIR)/packer/v$(PACKER)/packer
+
+$(TOOLS_DIR)/packer/v$(PACKER)/packer:
+	scripts/build-packer.sh $(PACKER) $(TOOLS_DIR)/packer/v$(PACKER)
 
 # The main job on the embedded default spec: a Kubernetes $(K8S) node image (raw GPT disk) from
 # Debian packages, with kubelet/kubeadm from the Go proxy in place of the dl.k8s.io downloads and
