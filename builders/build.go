@@ -37,6 +37,26 @@ const rootfsVersion = "rootfs/1"
 // ErrLockChanged is returned with Options.Locked when the build would change the lock file.
 var ErrLockChanged = errors.New("the lock file is out of date")
 
+// LockChangedError is ErrLockChanged with what would change: the sources whose pins differ.
+type LockChangedError struct {
+	Path    string
+	Changes []lock.Change
+}
+
+func (e *LockChangedError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %v (run without --locked to update it)", e.Path, ErrLockChanged)
+	if len(e.Changes) > 0 {
+		b.WriteString(":")
+	}
+	for _, c := range e.Changes {
+		b.WriteString("\n  " + c.String())
+	}
+	return b.String()
+}
+
+func (e *LockChangedError) Unwrap() error { return ErrLockChanged }
+
 // Options configure a build.
 type Options struct {
 	Spec     *spec.NodeImage
@@ -502,7 +522,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			oldLock, _ = old.Marshal()
 		}
 		if string(oldLock) != string(newLock) {
-			return nil, fmt.Errorf("%s: %w (run without --locked to update it)", opts.LockPath, ErrLockChanged)
+			return nil, &LockChangedError{Path: opts.LockPath, Changes: lock.Diff(old, plan.Lock)}
 		}
 	}
 	phase("resolve", start)

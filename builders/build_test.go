@@ -229,6 +229,28 @@ func TestBuildLocked(t *testing.T) {
 	if err != nil || l.SourceDateEpoch != 1700000000 || len(l.Sources) != 5 {
 		t.Fatalf("lock = %+v, %v", l, err)
 	}
+
+	// A pin that no longer matches what the source gives (here: the lock was edited, as a
+	// stale lock would be after the source changed) fails --locked, naming that source.
+	changed := l.Sources[len(l.Sources)-1]
+	l.Sources[len(l.Sources)-1].Digest = digest.Digest("sha256:" + strings.Repeat("0", 64))
+	l.Sources[len(l.Sources)-1].Resolved = "stale"
+	if err := l.Save(e.Opts.LockPath); err != nil {
+		t.Fatal(err)
+	}
+	e.Opts.UpdateLock = true
+	_, err = builders.Run(context.Background(), e.Opts)
+	var lce *builders.LockChangedError
+	if !errors.As(err, &lce) || !errors.Is(err, builders.ErrLockChanged) {
+		t.Fatalf("--locked --update-lock with a stale pin: err = %v, want a LockChangedError", err)
+	}
+	if len(lce.Changes) != 1 || lce.Changes[0].URI != changed.URI {
+		t.Errorf("changes = %+v, want only %s", lce.Changes, changed.URI)
+	}
+	want := changed.Role + " " + changed.URI + ": sha256:000000000000 → " + changed.Digest.String()[:19]
+	if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), e.Opts.LockPath) {
+		t.Errorf("error %q does not name the lock file and the change %q", err, want)
+	}
 }
 
 func TestSameInputsOtherTargetsAreAnotherImage(t *testing.T) {

@@ -181,7 +181,7 @@ publish flags are checked before the build starts; when publishing fails the ima
 	f.StringArrayVar(&targetNames, "target", nil, "targets to write, comma-separated or repeated (default: the spec's targets, else rootfs): "+targetHelp())
 	f.StringVar(&lockPath, "lock", "imgctl.lock", "lock file recording every source's digest")
 	f.BoolVar(&updateLock, "update-lock", false, "resolve every source again instead of trusting the lock")
-	f.BoolVar(&locked, "locked", false, "fail instead of changing the lock file (CI)")
+	f.BoolVar(&locked, "locked", false, "fail instead of changing the lock file, naming the sources that changed (CI); with --update-lock: resolve every source again and fail if any pin moved")
 	f.StringVar(&outputDir, "output", "", "also write the artifacts into this directory")
 	f.IntVar(&parallel, "parallel", 0, "concurrent fetches (default: max(4, CPUs))")
 	f.StringVar(&diskSize, "disk-size", "", "raw target: disk size, e.g. 3GiB (default 3GiB; STATE grows to fill larger disks at first boot)")
