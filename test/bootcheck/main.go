@@ -10,6 +10,10 @@
 // the guest stopping or the timeout; qemu is killed by PID whatever happens.
 //
 //	go run ./test/bootcheck [-timeout 10m] [-console FILE] DISK.raw
+//	go run ./test/bootcheck -store STORE [-timeout 10m] [-console FILE] sha256:IMAGE
+//
+// With -store, the disk booted is the image's disk.simg from the OCI layout store, expanded:
+// the stored bytes themselves, not an export.
 //
 // Exit status: 0 the kubelet is healthy, 1 the check failed, 2 usage or a missing prerequisite.
 package main
@@ -23,6 +27,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"flag"
@@ -40,6 +45,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/imgctl/imgctl/images/sparse"
 )
 
 // relayEnv makes this binary a relay: qemu's guestfwd=…-cmd: starts one per guest connection
@@ -69,8 +76,9 @@ func main() {
 	timeout := flags.Duration("timeout", 10*time.Minute, "bound on the whole boot, from qemu's start to the kubelet's /healthz")
 	consoleFile := flags.String("console", "", "also write the guest's serial console to this file")
 	memory := flags.Int("memory", 1536, "guest memory in MiB")
+	storeDir := flags.String("store", "", "boot the disk.simg of the image sha256:… in this OCI layout store (imgctl's --store)")
 	flags.Usage = func() {
-		fmt.Fprintf(flags.Output(), "usage: bootcheck [flags] DISK.raw\n\nBoots DISK.raw (unmodified: a sparse copy is booted) in qemu with a throwaway NodeConfig as\nIMDSv2 user data and waits for step=kubelet-healthy status=ok.\n\n")
+		fmt.Fprintf(flags.Output(), "usage: bootcheck [flags] DISK.raw\n       bootcheck -store STORE [flags] sha256:IMAGE\n\nBoots DISK.raw or the stored image's disk (unmodified: a copy is booted) in qemu with a\nthrowaway NodeConfig as IMDSv2 user data and waits for step=kubelet-healthy status=ok.\n\n")
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(os.Args[1:]); err != nil {
@@ -85,7 +93,11 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := check(ctx, flags.Arg(0), *timeout, *consoleFile, *memory)
+	disk := diskSource{path: flags.Arg(0)}
+	if *storeDir != "" {
+		disk = diskSource{store: *storeDir, image: flags.Arg(0)}
+	}
+	err := check(ctx, disk, *timeout, *consoleFile, *memory)
 	var pre *prereqError
 	switch {
 	case errors.As(err, &pre):
@@ -102,11 +114,30 @@ type prereqError struct{ msg string }
 
 func (e *prereqError) Error() string { return e.msg }
 
-func check(ctx context.Context, disk string, timeout time.Duration, consoleFile string, memoryMiB int) error {
-	if st, err := os.Stat(disk); err != nil {
-		return &prereqError{fmt.Sprintf("disk %s: %v", disk, err)}
+// diskSource is a raw disk file, or the disk.simg of an image in a store.
+type diskSource struct {
+	path         string
+	store, image string
+}
+
+func (d diskSource) String() string {
+	if d.store != "" {
+		return d.image + " (store " + d.store + ")"
+	}
+	return d.path
+}
+
+func check(ctx context.Context, disk diskSource, timeout time.Duration, consoleFile string, memoryMiB int) error {
+	if disk.store != "" {
+		p, err := storedDisk(disk.store, disk.image)
+		if err != nil {
+			return &prereqError{err.Error()}
+		}
+		disk.path = p
+	} else if st, err := os.Stat(disk.path); err != nil {
+		return &prereqError{fmt.Sprintf("disk %s: %v", disk.path, err)}
 	} else if !st.Mode().IsRegular() {
-		return &prereqError{fmt.Sprintf("disk %s: not a regular file (want the raw target's disk.raw)", disk)}
+		return &prereqError{fmt.Sprintf("disk %s: not a regular file (want the raw target's disk.raw)", disk.path)}
 	}
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		return &prereqError{"qemu-system-x86_64 missing (apt-get install qemu-system-x86)"}
@@ -127,7 +158,11 @@ func check(ctx context.Context, disk string, timeout time.Duration, consoleFile 
 	defer os.RemoveAll(work)
 
 	copyDisk := filepath.Join(work, "disk.raw")
-	if out, err := exec.CommandContext(ctx, "cp", "--sparse=always", "--", disk, copyDisk).CombinedOutput(); err != nil {
+	if disk.store != "" {
+		if err := expand(ctx, disk.path, copyDisk); err != nil {
+			return err
+		}
+	} else if out, err := exec.CommandContext(ctx, "cp", "--sparse=always", "--", disk.path, copyDisk).CombinedOutput(); err != nil {
 		return fmt.Errorf("copying %s: %w: %s", disk, err, bytes.TrimSpace(out))
 	}
 	// Room for STATE to grow into at first boot.
@@ -222,6 +257,56 @@ func check(ctx context.Context, disk string, timeout time.Duration, consoleFile 
 		case <-tick.C:
 		}
 	}
+}
+
+// storedDisk returns the path of the disk.simg blob of image (sha256:HEX) in the OCI layout
+// store dir: the layer of the image manifest titled disk.simg.
+func storedDisk(dir, image string) (string, error) {
+	hex, ok := strings.CutPrefix(image, "sha256:")
+	if !ok || len(hex) != 64 || strings.Trim(hex, "0123456789abcdef") != "" {
+		return "", fmt.Errorf("image %q: expected a digest sha256:<64 hex digits>", image)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "blobs", "sha256", hex))
+	if err != nil {
+		return "", fmt.Errorf("image %s in store %s: %w", image, dir, err)
+	}
+	var m struct {
+		Layers []struct {
+			Digest      string
+			Annotations map[string]string
+		}
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return "", fmt.Errorf("image %s in store %s: manifest: %w", image, dir, err)
+	}
+	for _, l := range m.Layers {
+		if l.Annotations["org.opencontainers.image.title"] == "disk.simg" {
+			h, ok := strings.CutPrefix(l.Digest, "sha256:")
+			if !ok || strings.ContainsAny(h, "/.") {
+				return "", fmt.Errorf("image %s in store %s: disk.simg has digest %q (expected sha256:…)", image, dir, l.Digest)
+			}
+			return filepath.Join(dir, "blobs", "sha256", h), nil
+		}
+	}
+	return "", fmt.Errorf("image %s in store %s has no disk.simg (build it with --target raw)", image, dir)
+}
+
+// expand writes the raw disk of the sparse image src to dst (holes stay holes).
+func expand(ctx context.Context, src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("reading the stored disk: %w", err)
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return fmt.Errorf("expanding the stored disk: %w", err)
+	}
+	defer out.Close()
+	if _, err := sparse.Expand(ctx, out, in); err != nil {
+		return fmt.Errorf("expanding %s: %w", src, err)
+	}
+	return out.Close()
 }
 
 // printSteps writes the imgctl-node step lines of the console log to standard error.
