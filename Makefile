@@ -1,4 +1,4 @@
-# imgctl — see README.md. Targets: build, test, bench, fuzz, demo, lint, clean.
+# imgctl — see README.md. Targets: build, test, bench, fuzz, demo, nightly, lint, clean.
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
@@ -10,7 +10,7 @@ GOTESTSUM_VERSION   := v1.13.0
 # The cosign CLI the signature tests verify with: the version test/tools/cosign pins.
 COSIGN    := $(shell sed -n 's|^require github.com/sigstore/cosign/v2 v||p' test/tools/cosign/go.mod)
 
-.PHONY: build deps test test-short lint bench fuzz demo demo-image kubernetes cosign clean FORCE
+.PHONY: build deps test test-short lint bench fuzz demo demo-image nightly kubernetes cosign clean FORCE
 
 build: bin/imgctl bin/imgctl-node
 
@@ -41,7 +41,7 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
-	shellcheck scripts/*.sh .ci/run
+	shellcheck scripts/*.sh scripts/nightly .ci/run
 
 # Benchmarks and peer comparisons; results are appended to BENCHMARKS.md.
 bench: deps build demo-image
@@ -87,6 +87,11 @@ demo-image: deps build kubernetes
 	  --source 'kubelet=file://$(TOOLS_DIR)/kubernetes/v$(K8S)/kubeadm#path=/usr/bin/kubeadm&mode=0755' \
 	  --source 'extra=file://$(CURDIR)/out/demo-node/' \
 	  --output out/demo
+
+# The nightly job (README, "Nightly pipeline"): build --locked, boot check, sign, publish, channel
+# nightly; configured by environment variables (scripts/nightly --help).
+nightly: build
+	scripts/nightly build
 
 clean:
 	rm -rf bin out
