@@ -22,18 +22,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -47,6 +40,7 @@ import (
 	"time"
 
 	"github.com/imgctl/imgctl/images/sparse"
+	"github.com/imgctl/imgctl/test/bootenv"
 )
 
 // relayEnv makes this binary a relay: qemu's guestfwd=…-cmd: starts one per guest connection
@@ -62,7 +56,6 @@ const (
 const (
 	healthyLine = "step=kubelet-healthy status=ok"
 	nodeName    = "nightly-check"
-	imdsToken   = "bootcheck-token"
 )
 
 // failedStep matches a step line that failed: imgctl-node step=NAME status=fail err="…".
@@ -70,7 +63,7 @@ var failedStep = regexp.MustCompile(`imgctl-node step=(\S+) status=fail[^\r\n]*`
 
 func main() {
 	if addr := os.Getenv(relayEnv); addr != "" {
-		os.Exit(relay(addr))
+		os.Exit(bootenv.Relay(addr))
 	}
 	flags := flag.NewFlagSet("bootcheck", flag.ContinueOnError)
 	timeout := flags.Duration("timeout", 10*time.Minute, "bound on the whole boot, from qemu's start to the kubelet's /healthz")
@@ -174,11 +167,11 @@ func check(ctx context.Context, disk diskSource, timeout time.Duration, consoleF
 		return err
 	}
 
-	userData, err := nodeConfig(nodeName)
+	userData, err := bootenv.NodeConfig(nodeName, map[string]string{"imgctl.dev/boot-check": "true"})
 	if err != nil {
 		return fmt.Errorf("the throwaway NodeConfig: %w", err)
 	}
-	imds := &fakeIMDS{userData: userData}
+	imds := &bootenv.IMDS{UserData: userData}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("the IMDS server on loopback: %w", err)
@@ -238,7 +231,7 @@ func check(ctx context.Context, disk diskSource, timeout time.Duration, consoleF
 		}
 		if strings.Contains(log, healthyLine) {
 			printSteps(log)
-			if r := imds.requests(); len(r) < 2 {
+			if r := imds.Requests(); !bootenv.IMDSv2Flow(r) {
 				return fmt.Errorf("the kubelet is healthy but the node never read its NodeConfig from IMDS (requests %q)", r)
 			}
 			fmt.Printf("boot check passed: kubelet healthy after %v (wall, TCG)\n", time.Since(start).Round(time.Second))
@@ -354,129 +347,4 @@ func (c *console) String() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.buf.String()
-}
-
-// relay copies between stdin/stdout (the guest's connection) and addr until both directions end.
-func relay(addr string) int {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "relay:", err)
-		return 1
-	}
-	done := make(chan struct{}, 2)
-	go func() {
-		_, _ = io.Copy(c, os.Stdin)
-		_ = c.(*net.TCPConn).CloseWrite()
-		done <- struct{}{}
-	}()
-	go func() {
-		_, _ = io.Copy(os.Stdout, c)
-		// libslirp gives the command one socket as stdin, stdout and stderr: closing fd 1 alone
-		// sends nothing, so the guest would wait for more. Half-close the socket.
-		if err := syscall.Shutdown(int(os.Stdout.Fd()), syscall.SHUT_WR); err != nil {
-			_ = os.Stdout.Close()
-		}
-		done <- struct{}{}
-	}()
-	<-done
-	select {
-	case <-done:
-	case <-time.After(2 * time.Minute):
-	}
-	return 0
-}
-
-// fakeIMDS speaks EC2's IMDSv2 for user data: PUT /latest/api/token, then GET with the token.
-type fakeIMDS struct {
-	userData string
-	mu       sync.Mutex
-	log      []string
-}
-
-func (f *fakeIMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	f.log = append(f.log, r.Method+" "+r.URL.Path)
-	f.mu.Unlock()
-	switch {
-	case r.Method == http.MethodPut && r.URL.Path == "/latest/api/token":
-		if r.Header.Get("X-aws-ec2-metadata-token-ttl-seconds") == "" {
-			http.Error(w, "missing X-aws-ec2-metadata-token-ttl-seconds", http.StatusBadRequest)
-			return
-		}
-		_, _ = io.WriteString(w, imdsToken)
-	case r.Method == http.MethodGet && r.URL.Path == "/latest/user-data":
-		if r.Header.Get("X-aws-ec2-metadata-token") != imdsToken {
-			http.Error(w, "unauthorized", http.StatusUnauthorized)
-			return
-		}
-		_, _ = io.WriteString(w, f.userData)
-	default:
-		http.NotFound(w, r)
-	}
-}
-
-func (f *fakeIMDS) requests() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]string(nil), f.log...)
-}
-
-// nodeConfig returns the user data of a role node named name: a NodeConfig with a cluster CA
-// made for this boot and a kubelet client certificate it issued (there is no API server: the
-// kubelet runs and answers /healthz without registering anywhere).
-func nodeConfig(name string) (string, error) {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return "", err
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "imgctl-bootcheck-ca"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return "", err
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return "", err
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return "", err
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2),
-		Subject:   pkix.Name{CommonName: "system:node:" + name, Organization: []string{"system:nodes"}},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		return "", err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return "", err
-	}
-	block := func(typ string, b []byte) string {
-		s := strings.TrimSpace(string(pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b})))
-		return "      " + strings.ReplaceAll(s, "\n", "\n      ")
-	}
-	return fmt.Sprintf(`apiVersion: imgctl/v1alpha1
-kind: NodeConfig
-metadata:
-  name: %s
-spec:
-  role: node
-  cluster:
-    apiServer: https://169.254.0.2:6443
-    caCertificate: |
-%s
-  kubelet:
-    nodeLabels: {imgctl.dev/boot-check: "true"}
-  credentials:
-    clientCertificate: |
-%s
-    clientKey: |
-%s
-`, name, block("CERTIFICATE", caDER), block("CERTIFICATE", der), block("PRIVATE KEY", keyDER)), nil
 }

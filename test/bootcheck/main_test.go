@@ -5,71 +5,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/imgctl/imgctl/images/nodeconfig"
 	"github.com/imgctl/imgctl/images/sparse"
 )
-
-// TestNodeConfigIsValidForRoleNode: the throwaway NodeConfig is what the node agent accepts for
-// a role node joined with a pre-issued certificate (the schema's strict parse and validation).
-func TestNodeConfigIsValidForRoleNode(t *testing.T) {
-	doc, err := nodeConfig(nodeName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := nodeconfig.Parse("user-data", []byte(doc))
-	if err != nil {
-		t.Fatalf("%v\n%s", err, doc)
-	}
-	c.Defaults()
-	if err := c.Validate(); err != nil {
-		t.Fatalf("%v\n%s", err, doc)
-	}
-	if c.Metadata.Name != nodeName || c.Spec.Role != "node" || c.Spec.Credentials.ClientCertificate == "" {
-		t.Errorf("NodeConfig = %+v", c)
-	}
-}
-
-// TestFakeIMDSTokenFlow: user data only with the IMDSv2 session token, as EC2 serves it.
-func TestFakeIMDSTokenFlow(t *testing.T) {
-	srv := httptest.NewServer(&fakeIMDS{userData: "hello"})
-	defer srv.Close()
-	get := func(method, path string, hdr map[string]string) (int, string) {
-		t.Helper()
-		req, _ := http.NewRequest(method, srv.URL+path, nil)
-		for k, v := range hdr {
-			req.Header.Set(k, v)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
-	if code, _ := get(http.MethodGet, "/latest/user-data", nil); code != http.StatusUnauthorized {
-		t.Errorf("user data without a token: %d, want 401", code)
-	}
-	if code, _ := get(http.MethodPut, "/latest/api/token", nil); code != http.StatusBadRequest {
-		t.Errorf("token without a TTL: %d, want 400", code)
-	}
-	code, tok := get(http.MethodPut, "/latest/api/token", map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "60"})
-	if code != http.StatusOK || tok == "" {
-		t.Fatalf("token: %d %q", code, tok)
-	}
-	if code, body := get(http.MethodGet, "/latest/user-data", map[string]string{"X-aws-ec2-metadata-token": tok}); code != http.StatusOK || body != "hello" {
-		t.Errorf("user data: %d %q", code, body)
-	}
-}
 
 func TestFailedStepLine(t *testing.T) {
 	log := "x\r\n[  12.3] imgctl-node[140]: imgctl-node step=kubelet-start status=ok latency=1s\r\n" +
