@@ -12,7 +12,7 @@ COSIGN    := $(shell sed -n 's|^require github.com/sigstore/cosign/v2 v||p' test
 
 .PHONY: build deps test test-short lint bench fuzz demo demo-image nightly kubernetes cosign clean FORCE
 
-build: bin/imgctl bin/imgctl-node
+build: bin/imgctl bin/imgctl-node bin/packer-plugin-imgctl
 
 bin/imgctl: FORCE
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $@ ./cmd/imgctl
@@ -20,6 +20,15 @@ bin/imgctl: FORCE
 # The node agent: /init of the initrd (and, later, the bootstrap units' logic). Static.
 bin/imgctl-node: FORCE
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $@ ./cmd/imgctl-node
+
+# The Packer plugin, its own module (packer-plugin-sdk): Packer finds it as packer-plugin-imgctl
+# in PACKER_PLUGIN_PATH or beside the template.
+# Its version must be semver (Packer checks it): a release tag vX.Y.Z, else 0.1.0-dev+COMMIT.
+PLUGIN := cmd/packer-plugin-imgctl
+PLUGIN_TAG := $(shell git describe --tags --exact-match --match 'v[0-9]*.[0-9]*.[0-9]*' 2>/dev/null | sed 's/^v//')
+PLUGIN_LDFLAGS := $(if $(PLUGIN_TAG),-X main.Version=$(PLUGIN_TAG) -X main.VersionPrerelease=,-X main.VersionMetadata=$(shell git rev-parse --short HEAD 2>/dev/null))
+bin/packer-plugin-imgctl: FORCE
+	cd $(PLUGIN) && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(PLUGIN_LDFLAGS)" -o $(CURDIR)/$@ .
 
 # Debian packages the demo and the tests use (installed only when missing).
 deps:
@@ -33,14 +42,18 @@ deps:
 # so a skip in CI is only a deliberate one (-short paths, opt-in measurements).
 test: deps lint kubernetes cosign
 	$(GO) run gotest.tools/gotestsum@$(GOTESTSUM_VERSION) --format pkgname-and-test-fails -- -timeout 40m ./...
+	cd $(PLUGIN) && $(GO) run gotest.tools/gotestsum@$(GOTESTSUM_VERSION) --format pkgname-and-test-fails -- -timeout 20m ./...
 
 test-short:
 	$(GO) test -short ./...
+	cd $(PLUGIN) && $(GO) test -short ./...
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	cd $(PLUGIN) && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	cd $(PLUGIN) && $(GO) generate ./... && git diff --exit-code -- . || { echo "$(PLUGIN): go generate changed the committed HCL2 spec"; exit 1; }
 	shellcheck scripts/*.sh scripts/nightly .ci/run
 
 # Benchmarks and peer comparisons; results are appended to BENCHMARKS.md.
@@ -90,7 +103,7 @@ demo-image: deps build kubernetes
 
 # The nightly job (README, "Nightly pipeline"): build --locked, boot check, sign, publish, channel
 # nightly; configured by environment variables (scripts/nightly --help).
-nightly: build
+nightly: bin/imgctl bin/imgctl-node
 	scripts/nightly build
 
 clean:

@@ -96,6 +96,8 @@ type Result struct {
 	Reused bool
 	// Published holds each Publisher target's result, by target name.
 	Published map[string]any
+	// Files are the files written into Options.OutputDir (none without it).
+	Files []string
 }
 
 // openLayers opens the role layers' tars in the cache as compose inputs.
@@ -593,7 +595,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	}
 	res.Image = img
 	if opts.OutputDir != "" {
-		if err := exportArtifacts(ctx, opts.Store, opts.OutputDir, artifacts); err != nil {
+		if res.Files, err = exportArtifacts(ctx, opts.Store, opts.OutputDir, artifacts); err != nil {
 			return nil, err
 		}
 	}

@@ -19,11 +19,12 @@ import (
 // exportArtifacts places each artifact in dir under its name, as a file of its own (a reflink
 // where the filesystem shares extents, else a copy: never a hard link, since the user may write
 // to the output and must not thereby change the store); a sparse disk image is expanded to
-// disk.raw (holes stay holes).
-func exportArtifacts(ctx context.Context, st *store.Store, dir string, artifacts []manifest.Artifact) error {
+// disk.raw (holes stay holes). It returns the files written.
+func exportArtifacts(ctx context.Context, st *store.Store, dir string, artifacts []manifest.Artifact) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+		return nil, err
 	}
+	var files []string
 	for _, a := range artifacts {
 		name := a.Name
 		if a.MediaType == manifest.DiskSparseMediaType {
@@ -44,10 +45,11 @@ func exportArtifacts(ctx context.Context, st *store.Store, dir string, artifacts
 		}
 		if err != nil {
 			_ = os.Remove(tmp)
-			return fmt.Errorf("exporting %s: %w", name, err)
+			return files, fmt.Errorf("exporting %s: %w", name, err)
 		}
+		files = append(files, dst)
 	}
-	return nil
+	return files, nil
 }
 
 // writeBlobTo writes blob d to a new file dst through fill (a plain copy, or a sparse

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 
@@ -35,7 +36,7 @@ func TestExportArtifactsNeverSharesStoreInodes(t *testing.T) {
 		artifacts = append(artifacts, manifest.Artifact{Name: a.name, MediaType: a.mediaType, Digest: d, Size: n})
 	}
 	out := filepath.Join(dir, "out")
-	if err := exportArtifacts(ctx, st, out, artifacts); err != nil {
+	if _, err := exportArtifacts(ctx, st, out, artifacts); err != nil {
 		t.Fatal(err)
 	}
 	for _, a := range artifacts {
@@ -73,4 +74,27 @@ func ino(t *testing.T, path string) uint64 {
 		t.Fatal(err)
 	}
 	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+// TestExportArtifactsReturnsFiles: the files written are returned (build.Result.Files), a
+// sparse disk under its expanded name, so a front end (the Packer plugin) can list them.
+func TestExportArtifactsReturnsFiles(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := store.Open(ctx, filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, n, err := st.WriteBlob(ctx, bytes.NewReader([]byte("kernel content")), -1, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	files, err := exportArtifacts(ctx, st, out, []manifest.Artifact{{Name: "vmlinuz", MediaType: manifest.KernelMediaType, Digest: d, Size: n}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{filepath.Join(out, "vmlinuz")}; !slices.Equal(files, want) {
+		t.Fatalf("files = %q, want %q", files, want)
+	}
 }

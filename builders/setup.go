@@ -94,11 +94,26 @@ type Setup struct {
 // Prepare loads and validates the spec, applies the overrides and opens the source
 // environment: the returned Options lack only the store, the lock and the targets.
 func Prepare(s Setup) (Options, error) {
+	n, epoch, err := s.Check()
+	if err != nil {
+		return Options{}, err
+	}
+	env, err := NewEnv(s.Env)
+	if err != nil {
+		return Options{}, err
+	}
+	return Options{Spec: n, SourceDateEpoch: epoch, Env: env, Logger: s.Env.Logger}, nil
+}
+
+// Check is Prepare without opening the source environment (no side effect): it loads and
+// validates the spec with the overrides applied and reads SourceDateEpoch. A front end that
+// must check its input before doing anything (a Packer builder's Prepare) calls it.
+func (s Setup) Check() (*spec.NodeImage, *int64, error) {
 	var n *spec.NodeImage
 	var err error
 	switch {
 	case s.SpecFile != "" && (s.Kubernetes != "" || s.Flavor != ""):
-		return Options{}, fmt.Errorf("give either a spec file or a Kubernetes version and flavor for the default spec, not both")
+		return nil, nil, fmt.Errorf("give either a spec file or a Kubernetes version and flavor for the default spec, not both")
 	case s.SpecFile != "":
 		n, err = spec.Load(s.SpecFile)
 	default:
@@ -109,23 +124,19 @@ func Prepare(s Setup) (Options, error) {
 		n, err = spec.DefaultFlavor(s.Kubernetes, flavor)
 	}
 	if err != nil {
-		return Options{}, err
+		return nil, nil, err
 	}
 	if err := ApplySources(n, s.Sources); err != nil {
-		return Options{}, err
+		return nil, nil, err
 	}
 	if err := n.Validate(); err != nil {
-		return Options{}, err
+		return nil, nil, err
 	}
 	epoch, err := ParseSourceDateEpoch(s.SourceDateEpoch)
 	if err != nil {
-		return Options{}, err
+		return nil, nil, err
 	}
-	env, err := NewEnv(s.Env)
-	if err != nil {
-		return Options{}, err
-	}
-	return Options{Spec: n, SourceDateEpoch: epoch, Env: env, Logger: s.Env.Logger}, nil
+	return n, epoch, nil
 }
 
 // ApplySources replaces the sources of each role named in overrides (ROLE=URI; several for one

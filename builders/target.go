@@ -126,13 +126,16 @@ type SquashfsOptions struct {
 	Level int
 }
 
-// Normalize fills in the defaults and checks the compressor.
+// Normalize fills in the defaults and checks the compressor and its level.
 func (o SquashfsOptions) Normalize() (SquashfsOptions, error) {
 	if o.Compression == "" {
 		o.Compression = "zstd"
 	}
 	if !slices.Contains(squashfs.Compressors(), o.Compression) {
 		return o, fmt.Errorf("unknown compressor %q (supported: %s)", o.Compression, strings.Join(squashfs.Compressors(), ", "))
+	}
+	if err := squashfs.CheckLevel(o.Compression, o.Level); err != nil {
+		return o, err
 	}
 	if o.Level == 0 && o.Compression == "zstd" {
 		o.Level = 3

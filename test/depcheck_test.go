@@ -12,10 +12,42 @@ const module = "github.com/imgctl/imgctl/"
 // TestDependencyDirection enforces DESIGN.md section 4: cmd -> builders -> images -> layers,
 // and only cmd holds CLI code.
 func TestDependencyDirection(t *testing.T) {
-	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, "../...").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, out)
+	if n := checkDirection(t, listImports(t, "..", "./...")); n < 10 {
+		t.Fatalf("only %d packages listed: the check is not looking at the repository", n)
 	}
+}
+
+// pluginModule is the Packer plugin's module, nested in the repository (its own go.mod).
+const pluginModule = "cmd/packer-plugin-imgctl"
+
+// TestPluginDependencyDirection: the Packer plugin's module (which the root module's ./...
+// does not list) obeys the same rule, and nothing imports it.
+func TestPluginDependencyDirection(t *testing.T) {
+	out := listImports(t, "../"+pluginModule, "./...")
+	if !strings.Contains(out, module+pluginModule+"/builder ") {
+		t.Fatalf("go list in %s does not list its builder package:\n%s", pluginModule, out)
+	}
+	if n := checkDirection(t, out); n < 2 {
+		t.Fatalf("only %d packages listed in %s", n, pluginModule)
+	}
+}
+
+// listImports is `go list` of patterns in dir: each package's import path and its imports.
+func listImports(t *testing.T, dir string, patterns ...string) string {
+	t.Helper()
+	cmd := exec.Command("go", append([]string{"list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`}, patterns...)...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list in %s: %v\n%s", dir, err, out)
+	}
+	return string(out)
+}
+
+// checkDirection checks the imports listImports listed and returns how many of imgctl's
+// packages it looked at.
+func checkDirection(t *testing.T, out string) int {
+	t.Helper()
 	forbidden := []struct{ from, to string }{
 		{"layers/", "images/"}, {"layers/", "builders"}, {"layers/", "cmd/"},
 		{"images/", "builders"}, {"images/", "cmd/"},
@@ -24,7 +56,7 @@ func TestDependencyDirection(t *testing.T) {
 		{"cmd/imgctl-node", "builders"}, {"cmd/imgctl-node", "images/"}, {"cmd/imgctl-node", "cmd/imgctl/"},
 	}
 	checked := 0
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		fields := strings.Fields(line)
 		pkg, ok := strings.CutPrefix(fields[0], module)
 		if !ok {
@@ -54,11 +86,12 @@ func TestDependencyDirection(t *testing.T) {
 					t.Errorf("%s imports %s: dependencies flow cmd -> builders -> images -> layers", pkg, dep)
 				}
 			}
+			if strings.HasPrefix(dep, pluginModule) && !strings.HasPrefix(pkg, pluginModule) {
+				t.Errorf("%s imports %s: nothing imports the Packer plugin", pkg, dep)
+			}
 		}
 	}
-	if checked < 10 {
-		t.Fatalf("only %d packages listed: the check is not looking at the repository", checked)
-	}
+	return checked
 }
 
 // nodeLeaves are the packages outside cmd/ that the node agent may import: the NodeConfig

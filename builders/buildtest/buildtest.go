@@ -142,6 +142,26 @@ func NewFixture(t *testing.T) *Fixture {
 
 func (f *Fixture) Spec(t *testing.T) *spec.NodeImage {
 	t.Helper()
+	n, err := spec.Parse("test.yaml", f.specYAML())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// SpecFile writes the fixture's spec (Spec's) into a new file and returns its path, for a
+// front end that takes a spec file.
+func (f *Fixture) SpecFile(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(p, f.specYAML(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// specYAML is the NodeImage spec of the fixture's sources.
+func (f *Fixture) specYAML() []byte {
 	var b strings.Builder
 	b.WriteString("apiVersion: imgctl/v1alpha1\nkind: NodeImage\nmetadata:\n  name: test-node\nspec:\n  kubernetes:\n    version: 1.21.13\n  layers:\n")
 	for _, r := range spec.Roles() {
@@ -153,11 +173,7 @@ func (f *Fixture) Spec(t *testing.T) *spec.NodeImage {
 			fmt.Fprintf(&b, "        - %q\n", s)
 		}
 	}
-	n, err := spec.Parse("test.yaml", []byte(b.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return []byte(b.String())
 }
 
 type Env struct {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/klauspost/compress/zlib"
 	"github.com/klauspost/compress/zstd"
@@ -63,6 +64,18 @@ var compressors = map[string]compressor{
 			}
 			return binary.LittleEndian.AppendUint32(b, hc)
 		}},
+}
+
+// CheckLevel checks level (0: the compressor's default) against compressor name's range.
+func CheckLevel(name string, level int) error {
+	comp, ok := compressors[name]
+	if !ok {
+		return fmt.Errorf("unknown compression %q (supported: %s)", name, strings.Join(Compressors(), ", "))
+	}
+	if level != 0 && (level < comp.minLevel || level > comp.maxLevel) {
+		return fmt.Errorf("%s level %d out of range %d..%d", name, level, comp.minLevel, comp.maxLevel)
+	}
+	return nil
 }
 
 // Compressors returns the supported compression names, sorted.

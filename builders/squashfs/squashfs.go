@@ -117,8 +117,8 @@ func (o Options) config() (config, error) {
 	if c.level == 0 {
 		c.level = comp.defaultLevel
 	}
-	if c.level < comp.minLevel || c.level > comp.maxLevel {
-		return c, fmt.Errorf("squashfs: %s level %d out of range %d..%d", c.name, c.level, comp.minLevel, comp.maxLevel)
+	if err := CheckLevel(c.name, c.level); err != nil {
+		return c, fmt.Errorf("squashfs: %w", err)
 	}
 	if c.blockSize == 0 {
 		c.blockSize = 128 << 10

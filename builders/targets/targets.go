@@ -4,6 +4,7 @@ package targets
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/imgctl/imgctl/builders"
@@ -87,4 +88,28 @@ func New(names []string, o Options) ([]builders.Target, error) {
 // rawOptions are the raw disk's options: the raw and ami targets write the same disk.
 func rawOptions(o Options) raw.Options {
 	return raw.Options{DiskSize: o.DiskSize, RootSize: o.RootSize, Squashfs: o.Squashfs}
+}
+
+// ParseSize reads the raw target's disk and root sizes: 3GiB, 512MiB, 3G, 1024M or plain
+// bytes; "" is 0 (the default).
+func ParseSize(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}}
+	num, mult := s, int64(1)
+	for _, u := range units {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			num, mult = v, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q: expected a size like 3GiB, 512MiB or a number of bytes", s)
+	}
+	return n * mult, nil
 }

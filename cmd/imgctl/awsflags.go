@@ -4,12 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/imgctl/imgctl/images/ami"
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/publication"
 )
@@ -98,13 +97,6 @@ type amiFlags struct {
 	ssmPrefix     string
 }
 
-// Defaults of the publish options.
-const (
-	defaultConcurrency = 64
-	maxConcurrency     = 1024
-	defaultWait        = 45 * time.Minute
-)
-
 func (f *amiFlags) add(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&f.copyTo, "copy-to", nil, "also copy the AMI to these regions, in parallel (comma-separated or repeated)")
 	fs.StringSliceVar(&f.share, "share", nil, "give these AWS accounts (12 digits) launch permission on the AMIs and volume permission on their snapshots")
@@ -114,99 +106,19 @@ func (f *amiFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.kmsKeyID, "kms-key-id", "", "KMS key (ID, ARN or alias) to encrypt the snapshot with (implies --encrypted)")
 	fs.StringVar(&f.method, "method", publication.MethodEBSDirect, "how to upload the disk: "+publication.MethodEBSDirect+" (EBS direct APIs: only the blocks with data, incremental) or "+publication.MethodImportSnapshot+" (S3 upload + ImportSnapshot, where the EBS direct APIs are blocked; needs --s3-bucket)")
 	fs.StringVar(&f.bucket, "s3-bucket", "", "--method "+publication.MethodImportSnapshot+": the S3 bucket to upload the disk to (in --region)")
-	fs.IntVar(&f.concurrency, "concurrency", defaultConcurrency, "snapshot blocks in flight (EBS direct)")
-	fs.DurationVar(&f.wait, "wait", defaultWait, "bound on each wait for AWS: the snapshot completing, each AMI becoming available")
+	fs.IntVar(&f.concurrency, "concurrency", ami.DefaultConcurrency, "snapshot blocks in flight (EBS direct)")
+	fs.DurationVar(&f.wait, "wait", ami.DefaultWait, "bound on each wait for AWS: the snapshot completing, each AMI becoming available")
 	fs.StringVar(&f.ssmPrefix, "ssm-prefix", "", "write the AMI ID to the SSM parameter PREFIX/VERSION/image_id in every region (e.g. /imgctl/nodes)")
 }
 
-// exampleVersion is as long as an image version gets, for checking --name-prefix before the
-// image (and so its version) exists.
-const exampleVersion = "1.21.13-6.1.0-28-20261126.3f9a1c2b"
-
-// check checks the publish options against each other and region, the upload region; it
-// normalizes them (--kms-key-id implies --encrypted; repeated regions and accounts count once).
+// check checks the publish options against each other and region, the upload region, and
+// normalizes them (--kms-key-id implies --encrypted; repeated regions and accounts count
+// once): images/ami's checks, with the flags' names.
 func (f *amiFlags) check(region string) error {
-	for i, r := range f.copyTo {
-		r = strings.TrimSpace(r)
-		if err := awsclient.CheckRegion(r); err != nil {
-			return fmt.Errorf("--copy-to: %w", err)
-		}
-		if r == region {
-			return fmt.Errorf("--copy-to %s: that is the region the AMI is registered in (--region); list only the other regions", r)
-		}
-		f.copyTo[i] = r
+	o := f.options(region)
+	if err := o.Check(ami.FlagName); err != nil {
+		return err
 	}
-	f.copyTo = dedupe(f.copyTo)
-	for i, a := range f.share {
-		a = strings.TrimSpace(a)
-		if err := awsclient.CheckAccount(a); err != nil {
-			return fmt.Errorf("--share: %w", err)
-		}
-		f.share[i] = a
-	}
-	f.share = dedupe(f.share)
-	if _, err := publication.AMIName(f.namePrefix, exampleVersion); err != nil {
-		return fmt.Errorf("--name-prefix %q: %w", f.namePrefix, err)
-	}
-	switch f.method {
-	case publication.MethodEBSDirect:
-		if f.bucket != "" {
-			return fmt.Errorf("--s3-bucket is used only with --method %s (--method is %s)", publication.MethodImportSnapshot, f.method)
-		}
-	case publication.MethodImportSnapshot:
-		if f.bucket == "" {
-			return fmt.Errorf("--method %s uploads the disk to S3 first: give --s3-bucket BUCKET (a bucket in the upload region the caller can write)", publication.MethodImportSnapshot)
-		}
-		if err := checkBucket(f.bucket); err != nil {
-			return fmt.Errorf("--s3-bucket: %w", err)
-		}
-	default:
-		return fmt.Errorf("--method %q: expected %s or %s", f.method, publication.MethodEBSDirect, publication.MethodImportSnapshot)
-	}
-	if f.kmsKeyID != "" {
-		f.encrypted = true
-	}
-	if f.concurrency < 1 || f.concurrency > maxConcurrency {
-		return fmt.Errorf("--concurrency %d: expected 1 to %d blocks in flight", f.concurrency, maxConcurrency)
-	}
-	if f.wait <= 0 {
-		return fmt.Errorf("--wait %s: expected a positive duration like 45m", f.wait)
-	}
-	if f.ssmPrefix != "" {
-		if err := publication.CheckSSMPrefix(f.ssmPrefix); err != nil {
-			return fmt.Errorf("--ssm-prefix: %w", err)
-		}
-	}
+	f.copyTo, f.share, f.encrypted = o.CopyTo, o.Share, o.Encrypted
 	return nil
-}
-
-// checkBucket accepts S3 bucket names: 3 to 63 lowercase letters, digits, dots and hyphens,
-// starting and ending with a letter or digit.
-func checkBucket(b string) error {
-	ok := len(b) >= 3 && len(b) <= 63 && allOf(b, "abcdefghijklmnopqrstuvwxyz0123456789.-") &&
-		!strings.ContainsAny(b[:1]+b[len(b)-1:], ".-") && !strings.Contains(b, "..")
-	if !ok {
-		return fmt.Errorf("%q is not an S3 bucket name (3 to 63 lowercase letters, digits, dots and hyphens)", b)
-	}
-	return nil
-}
-
-func allOf(s, set string) bool {
-	for _, c := range s {
-		if !strings.ContainsRune(set, c) {
-			return false
-		}
-	}
-	return true
-}
-
-// dedupe drops repeats, keeping the first of each.
-func dedupe(list []string) []string {
-	var out []string
-	for _, s := range list {
-		if !slices.Contains(out, s) {
-			out = append(out, s)
-		}
-	}
-	return out
 }

@@ -69,11 +69,14 @@ func TestAMIFlagErrors(t *testing.T) {
 // allowed; repeats count once; the defaults are the plan's.
 func TestAMIFlagsNormalize(t *testing.T) {
 	_, ami, err := parseAMIFlags(t, "--region", "us-east-1", "--copy-to", "eu-west-1, eu-west-1", "--copy-to", "ap-south-1",
-		"--share", "123456789012,123456789012", "--public", "--kms-key-id", "alias/nodes")
+		"--share", "123456789012,123456789012", "--public")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !ami.encrypted || !ami.public || !slices.Equal(ami.copyTo, []string{"eu-west-1", "ap-south-1"}) || !slices.Equal(ami.share, []string{"123456789012"}) {
+	if _, enc, err := parseAMIFlags(t, "--region", "us-east-1", "--kms-key-id", "arn:aws:kms:us-east-1:210987654321:key/k"); err != nil || !enc.encrypted {
+		t.Errorf("--kms-key-id: encrypted %v, err %v", enc.encrypted, err)
+	}
+	if ami.encrypted || !ami.public || !slices.Equal(ami.copyTo, []string{"eu-west-1", "ap-south-1"}) || !slices.Equal(ami.share, []string{"123456789012"}) {
 		t.Errorf("flags = %+v", ami)
 	}
 	_, ami, err = parseAMIFlags(t)
@@ -141,14 +144,14 @@ func TestAWSFlagsNoIMDS(t *testing.T) {
 
 // TestAMIFlagsToOptions: every publish flag reaches ami.Publish's options.
 func TestAMIFlagsToOptions(t *testing.T) {
-	_, af, err := parseAMIFlags(t, "--region", "us-east-1", "--copy-to", "eu-west-1", "--share", "123456789012", "--public",
+	_, af, err := parseAMIFlags(t, "--region", "us-east-1", "--copy-to", "eu-west-1", "--share", "123456789012",
 		"--name-prefix", "nodes-", "--method", "import-snapshot", "--s3-bucket", "disks", "--kms-key-id", "alias/nodes",
 		"--concurrency", "16", "--wait", "10m", "--ssm-prefix", "/imgctl/nodes")
 	if err != nil {
 		t.Fatal(err)
 	}
 	o := af.options("us-east-1")
-	want := ami.Options{Region: "us-east-1", CopyTo: []string{"eu-west-1"}, Share: []string{"123456789012"}, Public: true,
+	want := ami.Options{Region: "us-east-1", CopyTo: []string{"eu-west-1"}, Share: []string{"123456789012"},
 		NamePrefix: "nodes-", Method: "import-snapshot", Bucket: "disks", Encrypted: true, KMSKeyID: "alias/nodes",
 		Concurrency: 16, Wait: 10 * time.Minute, SSMPrefix: "/imgctl/nodes", Tool: "imgctl " + version}
 	if !reflect.DeepEqual(o, want) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -88,10 +87,10 @@ publish flags are checked before the build starts; when publishing fails the ima
 			}
 			topts := targets.Options{Squashfs: builders.SquashfsOptions{Compression: compression, Level: level}}
 			var err error
-			if topts.DiskSize, err = parseSize(diskSize); err != nil {
+			if topts.DiskSize, err = targets.ParseSize(diskSize); err != nil {
 				return fmt.Errorf("--disk-size: %w", err)
 			}
-			if topts.RootSize, err = parseSize(rootSize); err != nil {
+			if topts.RootSize, err = targets.ParseSize(rootSize); err != nil {
 				return fmt.Errorf("--root-size: %w", err)
 			}
 			opts, err := builders.Prepare(setup)
@@ -205,29 +204,6 @@ func flavorHelp() string {
 		parts = append(parts, f.Name+" ("+f.About+")")
 	}
 	return strings.Join(parts, "; ")
-}
-
-// parseSize reads sizes like 3GiB, 512MiB, 3G, 1024M or plain bytes; "" is 0 (the default).
-func parseSize(s string) (int64, error) {
-	if s == "" {
-		return 0, nil
-	}
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}}
-	num, mult := s, int64(1)
-	for _, u := range units {
-		if v, ok := strings.CutSuffix(s, u.suffix); ok {
-			num, mult = v, u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q: expected a size like 3GiB, 512MiB or a number of bytes", s)
-	}
-	return n * mult, nil
 }
 
 // targetHelp lists the targets for --help.

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -123,36 +122,13 @@ func (a *app) amiPublisher(ctx context.Context, aws awsFlags, af amiFlags) (amit
 		if err != nil {
 			return nil, err
 		}
-		if s != nil && withSettings(&o, *s) {
+		if s != nil && s.PublishDefaults(&o) {
 			log.Info("publishing where the store's AWS settings promise channels (imgctl store aws)",
 				"copyTo", strings.Join(o.CopyTo, ","), "share", strings.Join(o.Share, ","), "ssmPrefix", o.SSMPrefix)
 		}
 		// With an error, the result is how far the publication got (its record).
 		return ami.Publish(ctx, st, img, clients, o)
 	}, nil
-}
-
-// withSettings fills the options the flags left empty from the store's AWS settings, so that a
-// publication reaches what promote will check: the settings' other regions (--copy-to), their
-// accounts (--share, unless --public) and their SSM prefix (--ssm-prefix). It reports whether
-// it changed anything.
-func withSettings(o *ami.Options, s awschannel.Settings) bool {
-	changed := false
-	if len(o.CopyTo) == 0 {
-		for _, r := range s.Regions {
-			if r != o.Region {
-				o.CopyTo = append(o.CopyTo, r)
-			}
-		}
-		changed = len(o.CopyTo) > 0
-	}
-	if len(o.Share) == 0 && !o.Public && len(s.Share) > 0 {
-		o.Share, changed = slices.Clone(s.Share), true
-	}
-	if o.SSMPrefix == "" && s.SSMPrefix != "" {
-		o.SSMPrefix, changed = s.SSMPrefix, true
-	}
-	return changed
 }
 
 // options are the checked flags as ami.Publish's options for the upload region.

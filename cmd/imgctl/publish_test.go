@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -19,8 +18,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/imgctl/imgctl/builders/buildtest"
-	"github.com/imgctl/imgctl/images/ami"
-	"github.com/imgctl/imgctl/images/awschannel"
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/awsfake"
 	"github.com/imgctl/imgctl/images/publication"
@@ -358,30 +355,5 @@ func TestPublishAMIPartial(t *testing.T) {
 	}
 	if lastLine(stdout) != img || !strings.Contains(stdout, "ami      us-east-1      "+home.ImageID+" available") || !strings.Contains(stdout, "ami      eu-west-1      "+away.ImageID+" ") {
 		t.Errorf("build --target ami with a stuck copy:\n%s", stdout)
-	}
-}
-
-func TestPublishWithStoreSettings(t *testing.T) {
-	s := awschannel.Settings{Regions: []string{"us-east-1", "eu-west-1", "ap-south-1"}, SSMPrefix: "/imgctl/nodes", Share: []string{"123456789012"}}
-	for _, c := range []struct {
-		name    string
-		in      ami.Options
-		want    ami.Options
-		changed bool
-	}{
-		{"empty flags take the settings", ami.Options{Region: "us-east-1"},
-			ami.Options{Region: "us-east-1", CopyTo: []string{"eu-west-1", "ap-south-1"}, Share: []string{"123456789012"}, SSMPrefix: "/imgctl/nodes"}, true},
-		{"flags win", ami.Options{Region: "eu-west-1", CopyTo: []string{"us-west-2"}, Share: []string{"210987654321"}, SSMPrefix: "/other"},
-			ami.Options{Region: "eu-west-1", CopyTo: []string{"us-west-2"}, Share: []string{"210987654321"}, SSMPrefix: "/other"}, false},
-		{"public needs no share list", ami.Options{Region: "ap-south-1", Public: true, SSMPrefix: "/p"},
-			ami.Options{Region: "ap-south-1", Public: true, CopyTo: []string{"us-east-1", "eu-west-1"}, SSMPrefix: "/p"}, true},
-	} {
-		got := c.in
-		if changed := withSettings(&got, s); changed != c.changed || !reflect.DeepEqual(got, c.want) {
-			t.Errorf("%s: %+v (changed %v), want %+v (changed %v)", c.name, got, changed, c.want, c.changed)
-		}
-	}
-	if withSettings(&ami.Options{Region: "us-east-1"}, awschannel.Settings{Regions: []string{"us-east-1"}, SSMPrefix: ""}) {
-		t.Error("settings naming only the upload region and no prefix changed the options")
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/imgctl/imgctl/images/awsclient"
@@ -94,15 +93,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.KMSKeyID != "" {
 		o.Encrypted = true
-		if o.Method == publication.MethodEBSDirect && !strings.HasPrefix(o.KMSKeyID, "arn:") {
-			return o, fmt.Errorf("--kms-key-id %q: the EBS direct APIs take the key's ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)", o.KMSKeyID)
-		}
 	}
-	switch {
-	case o.Encrypted && o.Public:
-		return o, errors.New("--public with --encrypted: AWS does not make encrypted AMIs public")
-	case o.Encrypted && o.KMSKeyID == "" && len(o.Share) > 0:
-		return o, errors.New("--share with --encrypted needs --kms-key-id: other accounts cannot use the default EBS key (give a customer managed key they may use)")
+	if err := checkEncryption(o, FlagName); err != nil {
+		return o, err
 	}
 	if o.SSMPrefix != "" {
 		if err := publication.CheckSSMPrefix(o.SSMPrefix); err != nil {

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/imgctl/imgctl/images/ami"
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/layers/atomicfile"
@@ -123,4 +124,27 @@ func RemoveSettings(storeDir string) error {
 		return fmt.Errorf("removing AWS settings: %w", err)
 	}
 	return atomicfile.SyncDir(storeDir)
+}
+
+// PublishDefaults fills the publish options the caller left empty from s, so that a
+// publication reaches what promote will check: the settings' other regions (CopyTo), their
+// accounts (Share, unless Public) and their SSM prefix. It reports whether it changed anything.
+// imgctl publish ami, imgctl build --target ami and the Packer plugin publish with it.
+func (s Settings) PublishDefaults(o *ami.Options) bool {
+	changed := false
+	if len(o.CopyTo) == 0 {
+		for _, r := range s.Regions {
+			if r != o.Region {
+				o.CopyTo = append(o.CopyTo, r)
+			}
+		}
+		changed = len(o.CopyTo) > 0
+	}
+	if len(o.Share) == 0 && !o.Public && len(s.Share) > 0 {
+		o.Share, changed = slices.Clone(s.Share), true
+	}
+	if o.SSMPrefix == "" && s.SSMPrefix != "" {
+		o.SSMPrefix, changed = s.SSMPrefix, true
+	}
+	return changed
 }

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/imgctl/imgctl/images/ami"
 )
 
 func TestSettingsRoundTrip(t *testing.T) {
@@ -77,5 +79,32 @@ func TestSettingsErrorsNameFileAndField(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, SettingsFile)); !os.IsNotExist(err) {
 		t.Fatalf("a refused SaveSettings wrote the file: %v", err)
+	}
+}
+
+// TestPublishDefaults: a publication with the settings' defaults reaches what promote checks;
+// what the caller gave wins.
+func TestPublishDefaults(t *testing.T) {
+	s := Settings{Regions: []string{"us-east-1", "eu-west-1", "ap-south-1"}, SSMPrefix: "/imgctl/nodes", Share: []string{"123456789012"}}
+	for _, c := range []struct {
+		name    string
+		in      ami.Options
+		want    ami.Options
+		changed bool
+	}{
+		{"empty flags take the settings", ami.Options{Region: "us-east-1"},
+			ami.Options{Region: "us-east-1", CopyTo: []string{"eu-west-1", "ap-south-1"}, Share: []string{"123456789012"}, SSMPrefix: "/imgctl/nodes"}, true},
+		{"flags win", ami.Options{Region: "eu-west-1", CopyTo: []string{"us-west-2"}, Share: []string{"210987654321"}, SSMPrefix: "/other"},
+			ami.Options{Region: "eu-west-1", CopyTo: []string{"us-west-2"}, Share: []string{"210987654321"}, SSMPrefix: "/other"}, false},
+		{"public needs no share list", ami.Options{Region: "ap-south-1", Public: true, SSMPrefix: "/p"},
+			ami.Options{Region: "ap-south-1", Public: true, CopyTo: []string{"us-east-1", "eu-west-1"}, SSMPrefix: "/p"}, true},
+	} {
+		got := c.in
+		if changed := s.PublishDefaults(&got); changed != c.changed || !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s: %+v (changed %v), want %+v (changed %v)", c.name, got, changed, c.want, c.changed)
+		}
+	}
+	if (Settings{Regions: []string{"us-east-1"}}).PublishDefaults(&ami.Options{Region: "us-east-1"}) {
+		t.Error("settings naming only the upload region and no prefix changed the options")
 	}
 }

@@ -1,0 +1,33 @@
+// Command packer-plugin-imgctl is the Packer plugin of imgctl: its builder "imgctl" builds a
+// node image with imgctl's libraries (and publishes it as AMIs) from an HCL2 source block.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/hashicorp/packer-plugin-sdk/plugin"
+	"github.com/hashicorp/packer-plugin-sdk/version"
+
+	"github.com/imgctl/imgctl/cmd/packer-plugin-imgctl/builder"
+)
+
+// The plugin's version (semver: Packer checks it), set at build time:
+// -ldflags "-X main.Version=1.2.3 -X main.VersionPrerelease=" for a release; make build sets
+// VersionMetadata to the commit otherwise.
+var (
+	Version           = "0.1.0"
+	VersionPrerelease = "dev"
+	VersionMetadata   = ""
+)
+
+func main() {
+	s := plugin.NewSet()
+	v := version.NewPluginVersion(Version, VersionPrerelease, VersionMetadata)
+	s.RegisterBuilder(plugin.DEFAULT_NAME, &builder.Builder{Tool: "imgctl packer-plugin-imgctl " + v.FormattedVersion()})
+	s.SetVersion(v)
+	if err := s.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
