@@ -1,4 +1,4 @@
-# imgctl — see README.md. Targets: build, test, bench, fuzz, demo, lint, clean.
+# imgctl — see README.md. Targets: build, test, bench, fuzz, demo, nightly, lint, clean.
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
@@ -12,7 +12,7 @@ COSIGN    := $(shell sed -n 's|^require github.com/sigstore/cosign/v2 v||p' test
 # The Packer CLI the plugin's acceptance test drives: the version test/tools/packer pins.
 PACKER    := $(shell sed -n 's|^require github.com/hashicorp/packer v||p' test/tools/packer/go.mod)
 
-.PHONY: build deps test test-short lint bench fuzz demo demo-image kubernetes cosign packer clean FORCE
+.PHONY: build deps test test-short lint bench fuzz demo demo-image nightly kubernetes cosign packer clean FORCE
 
 build: bin/imgctl bin/imgctl-node bin/packer-plugin-imgctl
 
@@ -56,7 +56,7 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 	cd $(PLUGIN) && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 	cd $(PLUGIN) && $(GO) generate ./... && git diff --exit-code -- . || { echo "$(PLUGIN): go generate changed the committed HCL2 spec"; exit 1; }
-	shellcheck scripts/*.sh .ci/run
+	shellcheck scripts/*.sh scripts/nightly .ci/run
 
 # Benchmarks and peer comparisons; results are appended to BENCHMARKS.md.
 bench: deps build demo-image
@@ -109,6 +109,11 @@ demo-image: deps build kubernetes
 	  --source 'kubelet=file://$(TOOLS_DIR)/kubernetes/v$(K8S)/kubeadm#path=/usr/bin/kubeadm&mode=0755' \
 	  --source 'extra=file://$(CURDIR)/out/demo-node/' \
 	  --output out/demo
+
+# The nightly job (README, "Nightly pipeline"): build --locked, boot check, sign, publish, channel
+# nightly; configured by environment variables (scripts/nightly --help).
+nightly: bin/imgctl bin/imgctl-node
+	scripts/nightly build
 
 clean:
 	rm -rf bin out

@@ -18,13 +18,14 @@ import (
 	"time"
 
 	"github.com/imgctl/imgctl/layers/testenv"
+	"github.com/imgctl/imgctl/test/bootenv"
 )
 
 var imgctlBin string
 
 func TestMain(m *testing.M) {
 	if addr := os.Getenv(relayEnv); addr != "" {
-		os.Exit(relay(addr)) // qemu's guestfwd runs this binary as a relay (see relay)
+		os.Exit(bootenv.Relay(addr)) // qemu's guestfwd runs this binary as a relay
 	}
 	dir, err := os.MkdirTemp("", "imgctl-e2e-")
 	if err != nil {

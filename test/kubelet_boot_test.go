@@ -2,18 +2,10 @@ package test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
 	stdlog "log"
-	"math/big"
 	"net"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -21,7 +13,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,105 +23,15 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/imgctl/imgctl/layers/testenv"
+	"github.com/imgctl/imgctl/test/bootenv"
 )
 
 // relayEnv makes the test binary a relay (see TestMain): qemu's guestfwd=…-cmd: starts one per
 // guest connection with the connection on stdin/stdout, and it forwards to a loopback server.
 const relayEnv = "IMGCTL_TEST_RELAY"
 
-func relay(addr string) int {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "relay:", err)
-		return 1
-	}
-	done := make(chan struct{}, 2)
-	go func() {
-		_, _ = io.Copy(c, os.Stdin)
-		_ = c.(*net.TCPConn).CloseWrite()
-		done <- struct{}{}
-	}()
-	go func() {
-		_, _ = io.Copy(os.Stdout, c)
-		// libslirp gives the command one socket as stdin, stdout and stderr: closing fd 1
-		// alone sends nothing, so the guest would wait for more. Half-close the socket.
-		if err := syscall.Shutdown(int(os.Stdout.Fd()), syscall.SHUT_WR); err != nil {
-			_ = os.Stdout.Close() // not a socket (a pipe): closing it is the end
-		}
-		done <- struct{}{}
-	}()
-	<-done
-	select { // the other direction finishes, or the relay gives up: it never outlives a test
-	case <-done:
-	case <-time.After(2 * time.Minute):
-	}
-	return 0
-}
-
-// fakeIMDS speaks EC2's IMDSv2 for user data: PUT /latest/api/token, then GET with the token.
-type fakeIMDS struct {
-	userData string
-	mu       sync.Mutex
-	log      []string
-}
-
-func (f *fakeIMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	f.log = append(f.log, r.Method+" "+r.URL.Path)
-	f.mu.Unlock()
-	switch {
-	case r.Method == http.MethodPut && r.URL.Path == "/latest/api/token":
-		if r.Header.Get("X-aws-ec2-metadata-token-ttl-seconds") == "" {
-			http.Error(w, "missing ttl", http.StatusBadRequest)
-			return
-		}
-		io.WriteString(w, "imds-token-1")
-	case r.Method == http.MethodGet && r.URL.Path == "/latest/user-data":
-		if r.Header.Get("X-aws-ec2-metadata-token") != "imds-token-1" {
-			http.Error(w, "unauthorized", http.StatusUnauthorized)
-			return
-		}
-		io.WriteString(w, f.userData)
-	default:
-		http.NotFound(w, r)
-	}
-}
-
-func (f *fakeIMDS) requests() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]string(nil), f.log...)
-}
-
-// nodePKI returns a cluster CA and a kubelet client certificate and key for node name, PEM.
-func nodePKI(t *testing.T, name string) (ca, cert, key string) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kubernetes"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "system:node:" + name, Organization: []string{"system:nodes"}},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &k.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalPKCS8PrivateKey(k)
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})),
-		string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
-		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}))
-}
-
-func yamlBlock(s string) string {
-	return "      " + strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n      ")
-}
+// fakeIMDS speaks EC2's IMDSv2 for user data (bootenv.IMDS).
+type fakeIMDS = bootenv.IMDS
 
 // kubernetesTools returns the directory with a real kubelet and kubeadm v1.21.13, built from the
 // Go module proxy by scripts/build-kubernetes.sh on first use and cached in .cache/tools.
@@ -226,7 +127,7 @@ func TestNodeJoinsWithRealKubelet(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	imds := &fakeIMDS{userData: nodeConfig(t, "node-e2e")}
+	imds := &fakeIMDS{UserData: nodeConfig(t, "node-e2e")}
 	srv := httptest.NewServer(imds)
 	defer srv.Close()
 	self, err := os.Executable()
@@ -272,25 +173,11 @@ func TestNodeJoinsWithRealKubelet(t *testing.T) {
 // kubelet client credentials (there is no API server).
 func nodeConfig(t *testing.T, name string) string {
 	t.Helper()
-	ca, cert, key := nodePKI(t, name)
-	return fmt.Sprintf(`apiVersion: imgctl/v1alpha1
-kind: NodeConfig
-metadata:
-  name: %s
-spec:
-  role: node
-  cluster:
-    apiServer: https://169.254.0.2:6443
-    caCertificate: |
-%s
-  kubelet:
-    nodeLabels: {imgctl.dev/test: e2e}
-  credentials:
-    clientCertificate: |
-%s
-    clientKey: |
-%s
-`, name, yamlBlock(ca), yamlBlock(cert), yamlBlock(key))
+	doc, err := bootenv.NodeConfig(name, map[string]string{"imgctl.dev/test": "e2e"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc
 }
 
 // imdsSource is the metadata source of a node whose NodeConfig came from the fake IMDS.
@@ -325,7 +212,7 @@ func checkKubeletBoot(t *testing.T, log, report string, pause sandboxImage, name
 		}
 	}
 	if imds != nil {
-		if r := imds.requests(); len(r) < 2 || r[0] != "PUT /latest/api/token" || r[1] != "GET /latest/user-data" {
+		if r := imds.Requests(); !bootenv.IMDSv2Flow(r) {
 			t.Errorf("IMDS requests = %q, want the IMDSv2 token flow", r)
 		}
 	}

@@ -430,7 +430,7 @@ func bootNetNode(t *testing.T, uefi bool) {
 	if uefi {
 		name = "node-netboot-uefi"
 	}
-	g := &netbootGuest{files: newFileServer(a.dir), imds: &fakeIMDS{userData: nodeConfig(t, name)}}
+	g := &netbootGuest{files: newFileServer(a.dir), imds: &fakeIMDS{UserData: nodeConfig(t, name)}}
 	work := t.TempDir()
 	o := vmOptions{netdev: g.netdev(t), memoryMiB: netbootMemory(a.rootSize), logFile: filepath.Join(work, "boot.log")}
 	if uefi {
