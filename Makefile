@@ -102,7 +102,8 @@ demo: demo-image
 	bin/imgctl images list
 	scripts/boot-qemu.sh out/demo/disk.raw
 
-demo-image: deps build kubernetes
+# (Only imgctl and the node agent: the demo does not need the Packer plugin and its SDK.)
+demo-image: deps bin/imgctl bin/imgctl-node kubernetes
 	scripts/demo-node.sh out/demo-node
 	bin/imgctl build --k8s $(K8S) --target raw \
 	  --source 'kubelet=file://$(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet#path=/usr/bin/kubelet&mode=0755' \
