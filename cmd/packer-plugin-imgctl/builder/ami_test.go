@@ -3,12 +3,10 @@ package builder
 import (
 	"context"
 	"errors"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,21 +20,11 @@ import (
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/awsfake"
 	"github.com/imgctl/imgctl/images/publication"
-	"github.com/imgctl/imgctl/layers/testenv"
-)
-
-var (
-	motoOnce sync.Once
-	motoSrv  *awsfake.Moto
-	motoErr  error
-	motoMu   sync.Mutex // tests share one moto_server, one at a time
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if motoSrv != nil {
-		motoSrv.Close()
-	}
+	awsfake.StopMoto()
 	os.Exit(code)
 }
 
@@ -50,42 +38,8 @@ type awsEnv struct {
 
 func newAWS(t *testing.T) *awsEnv {
 	t.Helper()
-	testenv.Integration(t, "publishes AMIs to moto_server")
-	testenv.Tools(t, "moto_server")
-	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
-		"AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-	} {
-		t.Setenv(k, v)
-	}
-	motoOnce.Do(func() { motoSrv, motoErr = awsfake.StartMoto(context.Background(), 2*time.Minute, nil) })
-	if motoErr != nil {
-		t.Fatal(motoErr)
-	}
-	motoMu.Lock()
-	t.Cleanup(motoMu.Unlock)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	if err := motoSrv.Reset(ctx); err != nil {
-		t.Fatal(err)
-	}
-	up, err := url.Parse(motoSrv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake := &awsfake.EC2{Upstream: up}
-	srv := &awsfake.Server{Upstream: up}
-	srv.Use(fake)
-	base, err := srv.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	cfg, err := awsclient.Load(ctx, awsclient.Options{Region: "us-east-1", EndpointURL: base, NoIMDS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &awsEnv{fake: fake, url: base, clients: awsclient.NewClients(cfg)}
+	a := awsfake.MotoForTest(t, "us-east-1")
+	return &awsEnv{fake: a.EC2, url: a.URL, clients: a.Clients}
 }
 
 // config is the ami target's fields for e.
