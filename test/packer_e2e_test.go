@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -715,26 +714,16 @@ func TestPackerBuildAMI(t *testing.T) {
 	plugins := packerPluginPath(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	moto, c := motoClients(ctx, t)
-	up, err := url.Parse(moto.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// front serves one endpoint for the whole test; each case sets the handler it needs.
+	// The front serves one endpoint for the whole test; each case sets the fault it needs.
 	var fault atomic.Pointer[awsfake.HandlerFunc]
-	calls := &awsfake.EC2{Upstream: up}
-	front := &awsfake.Server{Upstream: up}
-	front.Use(awsfake.HandlerFunc(func(w http.ResponseWriter, r *http.Request, body []byte) bool {
+	env := awsfake.MotoForTest(t, "us-east-1", awsfake.HandlerFunc(func(w http.ResponseWriter, r *http.Request, body []byte) bool {
 		if f := fault.Load(); f != nil {
 			return (*f)(w, r, body)
 		}
 		return false
-	}), calls)
-	endpoint, err := front.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer front.Close()
+	}))
+	// The test's own reads go to moto directly, not through the fault and the recorder.
+	moto, endpoint, calls, c := env.Moto, env.URL, env.EC2, awsfake.ClientsForTest(t, "us-east-1", env.Moto.URL)
 
 	t.Run("published", func(t *testing.T) {
 		work := t.TempDir()
