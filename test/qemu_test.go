@@ -2,7 +2,6 @@ package test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/imgctl/imgctl/layers/testenv"
+	"github.com/imgctl/imgctl/test/bootenv"
 )
 
 // OVMF firmware from Debian's ovmf package.
@@ -31,29 +31,11 @@ func requireQEMU(t *testing.T) {
 	testenv.Files(t, ovmfCode, ovmfVars)
 }
 
-// console collects a guest's serial output.
-type console struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (c *console) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.Write(p)
-}
-
-func (c *console) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.String()
-}
-
 // vm is one qemu run under a watchdog: it is killed by PID when ctx ends, so a hung guest
 // never outlives its test.
 type vm struct {
 	cmd     *exec.Cmd
-	console *console
+	console *bootenv.Console
 	done    chan error
 }
 
@@ -112,7 +94,7 @@ func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
 		args = append(args, "-no-reboot")
 	}
 	cmd := exec.Command("qemu-system-x86_64", args...)
-	c := &console{}
+	c := &bootenv.Console{}
 	var out io.Writer = c
 	if o.logFile != "" {
 		f, err := os.Create(o.logFile)
