@@ -44,10 +44,10 @@ import (
 // The images are small: the build kit's fake kernel and bootloader layers (builders/buildtest),
 // so a raw disk builds in seconds without Debian.
 
-// packerBin returns the Packer CLI that `make packer` builds (scripts/build-packer.sh) into
-// .cache/tools/packer/VERSION, VERSION being the one test/tools/packer pins; $IMGCTL_PACKER
-// overrides the path. It checks the binary is that version: Debian's Packer 1.6.6 cannot load
-// plugins built with packer-plugin-sdk v0.6.
+// packerBin returns the Packer CLI that `make packer` builds (scripts/build-go-tool.sh packer)
+// into .cache/tools/packer/VERSION, VERSION being the one test/tools/packer pins;
+// $IMGCTL_PACKER overrides the path. It checks the binary is that version: Debian's Packer
+// 1.6.6 cannot load plugins built with packer-plugin-sdk v0.6.
 func packerBin(t *testing.T) string {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join("tools", "packer", "go.mod"))
@@ -67,7 +67,7 @@ func packerBin(t *testing.T) string {
 			t.Fatal(err)
 		}
 		if _, err := os.Stat(p); err != nil {
-			testenv.Missing(t, "packer %s is not built (%v): run `make packer` (scripts/build-packer.sh)", version, err)
+			testenv.Missing(t, "packer %s is not built (%v): run `make packer` (scripts/build-go-tool.sh packer)", version, err)
 		}
 	}
 	cmd := exec.Command(p, "version")

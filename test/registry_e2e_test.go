@@ -359,9 +359,9 @@ func TestRealRegistryTLSAndAuth(t *testing.T) {
 	}
 }
 
-// cosignBin returns the cosign CLI that `make cosign` builds (scripts/build-cosign.sh) into
-// .cache/tools/cosign/VERSION, VERSION being the one test/tools/cosign pins; $IMGCTL_COSIGN
-// overrides the path.
+// cosignBin returns the cosign CLI that `make cosign` builds (scripts/build-go-tool.sh cosign)
+// into .cache/tools/cosign/VERSION, VERSION being the one test/tools/cosign pins;
+// $IMGCTL_COSIGN overrides the path.
 func cosignBin(t *testing.T) string {
 	t.Helper()
 	if p := os.Getenv("IMGCTL_COSIGN"); p != "" {
@@ -381,7 +381,7 @@ func cosignBin(t *testing.T) string {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(p); err != nil {
-		testenv.Missing(t, "cosign %s is not built (%v): run `make cosign` (scripts/build-cosign.sh)", m[1], err)
+		testenv.Missing(t, "cosign %s is not built (%v): run `make cosign` (scripts/build-go-tool.sh cosign)", m[1], err)
 	}
 	return p
 }
