@@ -19,7 +19,6 @@ import (
 	"github.com/imgctl/imgctl/images/awsfake"
 	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/store"
-	"github.com/imgctl/imgctl/layers/spec"
 )
 
 // testAWS sets the environment the AWS tests run in: test credentials (unless noCreds), no
@@ -97,19 +96,8 @@ func TestPublishAMIUsageErrors(t *testing.T) {
 // CLI can build the raw and ami targets in-process.
 func bootSpec(t *testing.T, f *buildtest.Fixture, dir string) string {
 	t.Helper()
-	var b strings.Builder
-	b.WriteString("apiVersion: imgctl/v1alpha1\nkind: NodeImage\nmetadata:\n  name: ami-test\nspec:\n  kubernetes:\n    version: 1.21.13\n  sourceDateEpoch: 1700000000\n  layers:\n")
-	for _, r := range spec.Roles() {
-		if len(f.Sources[r]) == 0 {
-			continue
-		}
-		fmt.Fprintf(&b, "    - role: %s\n      version: v-%s\n      sources:\n", r, r)
-		for _, s := range f.Sources[r] {
-			fmt.Fprintf(&b, "        - %q\n", s)
-		}
-	}
 	p := filepath.Join(dir, "ami.yaml")
-	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
+	if err := os.WriteFile(p, f.SpecYAML("ami-test", 1700000000), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return p
