@@ -87,6 +87,25 @@ func (e *awsEnv) snapshots(t *testing.T, region string) map[string]bool {
 	return out
 }
 
+// checkNothingLeft checks that a build that did not finish (how: failed, cancelled) left no
+// AMI, no snapshot not in before and no version parameter in either region, and no
+// output_directory.
+func (e *awsEnv) checkNothingLeft(t *testing.T, b *build, before map[string]map[string]bool, how string) {
+	t.Helper()
+	for _, r := range []string{"us-east-1", "eu-west-1"} {
+		ims, err := e.clients.EC2(r).DescribeImages(context.Background(), &ec2.DescribeImagesInput{Owners: []string{"self"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ims.Images) != 0 || len(e.newSnapshots(t, r, before[r])) != 0 || len(e.parameters(t, r)) != 0 {
+			t.Errorf("%s after the %s build: %d AMIs, new snapshots %v, parameters %v", r, how, len(ims.Images), e.newSnapshots(t, r, before[r]), e.parameters(t, r))
+		}
+	}
+	if _, err := os.Stat(b.out()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("output_directory after the %s build: %v", how, err)
+	}
+}
+
 // newSnapshots are the snapshots in region not in before.
 func (e *awsEnv) newSnapshots(t *testing.T, region string, before map[string]bool) []string {
 	t.Helper()
@@ -196,18 +215,7 @@ func TestRunPublishFailureCleansUp(t *testing.T) {
 	if len(e.fake.Calls("RegisterImage")) != 1 {
 		t.Fatalf("RegisterImage called %d times: the failure came too early to prove anything", len(e.fake.Calls("RegisterImage")))
 	}
-	for _, r := range []string{"us-east-1", "eu-west-1"} {
-		ims, err := e.clients.EC2(r).DescribeImages(context.Background(), &ec2.DescribeImagesInput{Owners: []string{"self"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(ims.Images) != 0 || len(e.newSnapshots(t, r, before[r])) != 0 || len(e.parameters(t, r)) != 0 {
-			t.Errorf("%s after the failed build: %d AMIs, new snapshots %v, parameters %v", r, len(ims.Images), e.newSnapshots(t, r, before[r]), e.parameters(t, r))
-		}
-	}
-	if _, err := os.Stat(b.out()); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("output_directory after the failed build: %v", err)
-	}
+	e.checkNothingLeft(t, b, before, "failed")
 	if got, _ := os.ReadFile(lockPath); string(got) != string(old) {
 		t.Errorf("lock file not restored:\n%s\nwant\n%s", got, old)
 	}
