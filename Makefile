@@ -84,14 +84,14 @@ $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet:
 cosign: $(TOOLS_DIR)/cosign/v$(COSIGN)/cosign
 
 $(TOOLS_DIR)/cosign/v$(COSIGN)/cosign:
-	scripts/build-cosign.sh $(COSIGN) $(TOOLS_DIR)/cosign/v$(COSIGN)
+	scripts/build-go-tool.sh cosign $(COSIGN) $(TOOLS_DIR)/cosign/v$(COSIGN)
 
 # The Packer CLI, built from the Go module proxy: test/packer_e2e_test.go runs `packer build` with
 # packer-plugin-imgctl (Debian's Packer 1.6.6 cannot load SDK v0.6 plugins).
 packer: $(TOOLS_DIR)/packer/v$(PACKER)/packer
 
 $(TOOLS_DIR)/packer/v$(PACKER)/packer:
-	scripts/build-packer.sh $(PACKER) $(TOOLS_DIR)/packer/v$(PACKER)
+	scripts/build-go-tool.sh packer $(PACKER) $(TOOLS_DIR)/packer/v$(PACKER)
 
 # The main job on the embedded default spec: a Kubernetes $(K8S) node image (raw GPT disk) from
 # Debian packages, with kubelet/kubeadm from the Go proxy in place of the dl.k8s.io downloads and

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"maps"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -173,19 +172,10 @@ func TestAMIPublishPromoteBoot(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	start := time.Now()
-	moto, c := motoClients(ctx, t)
-	up, err := url.Parse(moto.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
 	wire := &ebsWire{}
-	front := &awsfake.Server{Upstream: up}
-	front.Use(wire)
-	endpoint, err := front.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer front.Close()
+	env := awsfake.MotoForTest(t, "us-east-1", wire)
+	// The test's own reads go to moto directly, not through wire.
+	moto, endpoint, c := env.Moto, env.URL, awsfake.ClientsForTest(t, "us-east-1", env.Moto.URL)
 	work, dir := t.TempDir(), t.TempDir()
 	run := func(args ...string) (string, error) {
 		return imgctl(ctx, t, dir, args...)

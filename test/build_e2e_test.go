@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgctl/imgctl/images/awsfake"
 	"github.com/imgctl/imgctl/layers/testenv"
 	"github.com/imgctl/imgctl/test/bootenv"
 )
@@ -37,6 +38,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	awsfake.StopMoto()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

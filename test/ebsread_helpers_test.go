@@ -18,44 +18,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ebs"
 	ebstypes "github.com/aws/aws-sdk-go-v2/service/ebs/types"
 
-	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/awsfake"
 	"github.com/imgctl/imgctl/images/publication"
-	"github.com/imgctl/imgctl/layers/testenv"
 )
-
-// awsTestEnv gives the AWS SDK static test credentials and nothing from this machine.
-func awsTestEnv(t *testing.T) {
-	t.Helper()
-	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-		"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-	} {
-		t.Setenv(k, v)
-	}
-	// Unset, not empty: moto_server's boto3 takes AWS_PROFILE="" for a profile named "".
-	for _, k := range []string{"AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"} {
-		t.Setenv(k, "")
-		os.Unsetenv(k)
-	}
-}
-
-// motoClients starts a moto_server for the test and returns clients pointed at it.
-func motoClients(ctx context.Context, t *testing.T) (*awsfake.Moto, *awsclient.Clients) {
-	t.Helper()
-	testenv.Tools(t, "moto_server")
-	awsTestEnv(t)
-	m, err := awsfake.StartMoto(ctx, time.Minute, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Close)
-	cfg, err := awsclient.Load(ctx, awsclient.Options{Region: "us-east-1", EndpointURL: m.URL, NoIMDS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m, awsclient.NewClients(cfg)
-}
 
 // TestMotoBlockListMended: the SDK refuses moto's ListSnapshotBlocks reply (block indexes as
 // strings); through motoBlockList it reads it, and AWS's form (numbers) still passes.
@@ -69,13 +34,8 @@ func TestMotoBlockListMended(t *testing.T) {
 		io.WriteString(w, replies[r.URL.Path])
 	}))
 	defer srv.Close()
-	awsTestEnv(t)
 	ctx := context.Background()
-	cfg, err := awsclient.Load(ctx, awsclient.Options{Region: "us-east-1", EndpointURL: srv.URL, NoIMDS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	plain := awsclient.NewClients(cfg).EBS("us-east-1")
+	plain := awsfake.ClientsForTest(t, "us-east-1", srv.URL).EBS("us-east-1")
 	if _, err := plain.ListSnapshotBlocks(ctx, &ebs.ListSnapshotBlocksInput{SnapshotId: aws.String("snap-moto")}); err == nil || !strings.Contains(err.Error(), "expected number") {
 		t.Fatalf("the SDK read moto's reply (%v): the mender is not needed any more", err)
 	}
@@ -128,10 +88,9 @@ func putTestSnapshot(ctx context.Context, t *testing.T, c *ebs.Client, parent st
 // (a changed block, a new block, a block zeroed) reads back as the child's disk by following
 // the parent tag, though moto's child holds only its own blocks.
 func TestReassembleSnapshotChain(t *testing.T) {
-	testenv.Integration(t, "starts moto_server")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	_, c := motoClients(ctx, t)
+	c := awsfake.MotoForTest(t, "us-east-1").Clients
 	e := c.EBS("us-east-1")
 	base := putTestSnapshot(ctx, t, e, "", map[int32]byte{0: 1, 5: 2, 2047: 3})
 	child := putTestSnapshot(ctx, t, e, base, map[int32]byte{5: 4, 9: 5, 2047: 0})

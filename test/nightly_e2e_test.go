@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/imgctl/imgctl/images/awsfake"
 	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/layers/testenv"
 )
@@ -42,7 +43,8 @@ func TestNightlyPipeline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
 	k8s := kubernetesTools(t)
-	moto, c := motoClients(ctx, t) // also sets the static test credentials the script's imgctl uses
+	env := awsfake.MotoForTest(t, "us-east-1") // also sets the static test credentials the script's imgctl uses
+	moto, c := env.Moto, env.Clients
 	reg := httptest.NewServer(registry.New(registry.Logger(stdlog.New(io.Discard, "", 0))))
 	defer reg.Close()
 	repo := strings.TrimPrefix(reg.URL, "http://") + "/nodes"

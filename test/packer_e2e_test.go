@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +18,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -45,10 +43,10 @@ import (
 // The images are small: the build kit's fake kernel and bootloader layers (builders/buildtest),
 // so a raw disk builds in seconds without Debian.
 
-// packerBin returns the Packer CLI that `make packer` builds (scripts/build-packer.sh) into
-// .cache/tools/packer/VERSION, VERSION being the one test/tools/packer pins; $IMGCTL_PACKER
-// overrides the path. It checks the binary is that version: Debian's Packer 1.6.6 cannot load
-// plugins built with packer-plugin-sdk v0.6.
+// packerBin returns the Packer CLI that `make packer` builds (scripts/build-go-tool.sh packer)
+// into .cache/tools/packer/VERSION, VERSION being the one test/tools/packer pins;
+// $IMGCTL_PACKER overrides the path. It checks the binary is that version: Debian's Packer
+// 1.6.6 cannot load plugins built with packer-plugin-sdk v0.6.
 func packerBin(t *testing.T) string {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join("tools", "packer", "go.mod"))
@@ -68,7 +66,7 @@ func packerBin(t *testing.T) string {
 			t.Fatal(err)
 		}
 		if _, err := os.Stat(p); err != nil {
-			testenv.Missing(t, "packer %s is not built (%v): run `make packer` (scripts/build-packer.sh)", version, err)
+			testenv.Missing(t, "packer %s is not built (%v): run `make packer` (scripts/build-go-tool.sh packer)", version, err)
 		}
 	}
 	cmd := exec.Command(p, "version")
@@ -83,34 +81,14 @@ func packerBin(t *testing.T) string {
 	return p
 }
 
-var (
-	packerPluginOnce sync.Once
-	packerPluginDir  string
-	packerPluginErr  error
-)
+// packerPluginBin is cmd/packer-plugin-imgctl (its own Go module).
+var packerPluginBin = &goBinary{dir: "../cmd/packer-plugin-imgctl", pkg: ".", out: "packer-plugins/packer-plugin-imgctl"}
 
-// packerPluginPath builds cmd/packer-plugin-imgctl (its own Go module) once per test binary,
-// as packer-plugin-imgctl in a directory of its own: the PACKER_PLUGIN_PATH of the tests.
+// packerPluginPath builds packer-plugin-imgctl once per test binary, in a directory of its own,
+// and returns that directory: the PACKER_PLUGIN_PATH of the tests.
 func packerPluginPath(t *testing.T) string {
 	t.Helper()
-	packerPluginOnce.Do(func() {
-		dir := filepath.Join(filepath.Dir(imgctlBin), "packer-plugins")
-		bin := filepath.Join(dir, "packer-plugin-imgctl")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", bin, ".")
-		cmd.Dir = filepath.Join("..", "cmd", "packer-plugin-imgctl")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		start := time.Now()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			packerPluginErr = fmt.Errorf("building packer-plugin-imgctl: %v\n%s", err, out)
-			return
-		}
-		t.Logf("built packer-plugin-imgctl in %v", time.Since(start).Round(time.Second))
-		packerPluginDir = dir
-	})
-	if packerPluginErr != nil {
-		t.Fatal(packerPluginErr)
-	}
-	return packerPluginDir
+	return filepath.Dir(packerPluginBin.build(t))
 }
 
 // packerRun is one `packer build` in a directory of its own: Packer's home, config and cache
@@ -197,20 +175,10 @@ func newPackerImage(t *testing.T, extra string) packerImage {
 	}
 	writeFile(t, filepath.Join(content, "etc", "imgctl", "packer-e2e"), extra+"\n")
 	f.Sources[spec.RoleExtra] = append(f.Sources[spec.RoleExtra], "file://"+content+"/")
-	var b strings.Builder
-	b.WriteString("apiVersion: imgctl/v1alpha1\nkind: NodeImage\nmetadata:\n  name: packer-e2e\nspec:\n  kubernetes:\n    version: 1.21.13\n  sourceDateEpoch: 1700000000\n  layers:\n")
-	for _, r := range spec.Roles() {
-		if len(f.Sources[r]) == 0 {
-			continue
-		}
-		fmt.Fprintf(&b, "    - role: %s\n      version: v-%s\n      sources:\n", r, r)
-		for _, s := range f.Sources[r] {
-			fmt.Fprintf(&b, "        - %q\n", s)
-		}
-	}
+	y := f.SpecYAML("packer-e2e", 1700000000)
 	p := filepath.Join(f.Dir, "node.yaml")
-	writeFile(t, p, b.String())
-	if _, err := spec.Parse(p, []byte(b.String())); err != nil {
+	writeFile(t, p, string(y))
+	if _, err := spec.Parse(p, y); err != nil {
 		t.Fatal(err)
 	}
 	return packerImage{spec: p, agent: agent, extra: filepath.Join(content, "etc", "imgctl", "packer-e2e")}
@@ -715,26 +683,16 @@ func TestPackerBuildAMI(t *testing.T) {
 	plugins := packerPluginPath(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	moto, c := motoClients(ctx, t)
-	up, err := url.Parse(moto.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// front serves one endpoint for the whole test; each case sets the handler it needs.
+	// The front serves one endpoint for the whole test; each case sets the fault it needs.
 	var fault atomic.Pointer[awsfake.HandlerFunc]
-	calls := &awsfake.EC2{Upstream: up}
-	front := &awsfake.Server{Upstream: up}
-	front.Use(awsfake.HandlerFunc(func(w http.ResponseWriter, r *http.Request, body []byte) bool {
+	env := awsfake.MotoForTest(t, "us-east-1", awsfake.HandlerFunc(func(w http.ResponseWriter, r *http.Request, body []byte) bool {
 		if f := fault.Load(); f != nil {
 			return (*f)(w, r, body)
 		}
 		return false
-	}), calls)
-	endpoint, err := front.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer front.Close()
+	}))
+	// The test's own reads go to moto directly, not through the fault and the recorder.
+	moto, endpoint, calls, c := env.Moto, env.URL, env.EC2, awsfake.ClientsForTest(t, "us-east-1", env.Moto.URL)
 
 	t.Run("published", func(t *testing.T) {
 		work := t.TempDir()

@@ -2,7 +2,6 @@ package test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/imgctl/imgctl/layers/testenv"
+	"github.com/imgctl/imgctl/test/bootenv"
 )
 
 // OVMF firmware from Debian's ovmf package.
@@ -31,29 +31,11 @@ func requireQEMU(t *testing.T) {
 	testenv.Files(t, ovmfCode, ovmfVars)
 }
 
-// console collects a guest's serial output.
-type console struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (c *console) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.Write(p)
-}
-
-func (c *console) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.String()
-}
-
 // vm is one qemu run under a watchdog: it is killed by PID when ctx ends, so a hung guest
 // never outlives its test.
 type vm struct {
 	cmd     *exec.Cmd
-	console *console
+	console *bootenv.Console
 	done    chan error
 }
 
@@ -112,7 +94,7 @@ func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
 		args = append(args, "-no-reboot")
 	}
 	cmd := exec.Command("qemu-system-x86_64", args...)
-	c := &console{}
+	c := &bootenv.Console{}
 	var out io.Writer = c
 	if o.logFile != "" {
 		f, err := os.Create(o.logFile)
@@ -203,28 +185,42 @@ func copyFile(t *testing.T, src, dst string) {
 	}
 }
 
-var (
-	nodeAgentOnce sync.Once
-	nodeAgentPath string
-	nodeAgentErr  error
-)
+// goBinary is a Go program the tests run, built once per test binary.
+type goBinary struct {
+	dir, pkg string // go build pkg in dir (relative to test/)
+	out      string // the binary, relative to imgctlBin's directory
+	once     sync.Once
+	path     string
+	err      error
+}
+
+var nodeAgentBin = &goBinary{dir: "..", pkg: "./cmd/imgctl-node", out: "imgctl-node"}
+
+// build builds b static (CGO_ENABLED=0, -trimpath) on its first call in the test binary and
+// returns its path.
+func (b *goBinary) build(t *testing.T) string {
+	t.Helper()
+	b.once.Do(func() {
+		path := filepath.Join(filepath.Dir(imgctlBin), b.out)
+		cmd := exec.Command("go", "build", "-trimpath", "-o", path, b.pkg)
+		cmd.Dir = b.dir
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("building %s: %v\n%s", filepath.Base(path), err, out)
+			return
+		}
+		t.Logf("built %s in %v", filepath.Base(path), time.Since(start).Round(time.Second))
+		b.path = path
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
+}
 
 // nodeAgent builds the static imgctl-node once per test binary.
-func nodeAgent(t *testing.T) string {
-	t.Helper()
-	nodeAgentOnce.Do(func() {
-		nodeAgentPath = filepath.Join(filepath.Dir(imgctlBin), "imgctl-node")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", nodeAgentPath, "../cmd/imgctl-node")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			nodeAgentErr = fmt.Errorf("building imgctl-node: %v\n%s", err, out)
-		}
-	})
-	if nodeAgentErr != nil {
-		t.Fatal(nodeAgentErr)
-	}
-	return nodeAgentPath
-}
+func nodeAgent(t *testing.T) string { return nodeAgentBin.build(t) }
 func TestCleanConsoleMendsSplitLines(t *testing.T) {
 	in := "imgctl-node step[    2.975845] Not activating Mandatory Access Control.\r\n=switch-root status=ok x\n[   16.32] imgctl-node[139]: imgctl-node step=verify-binaries status=ok\n"
 	want := "imgctl-node step=switch-root status=ok x\n[   16.32] imgctl-node[139]: imgctl-node step=verify-binaries status=ok\n"

@@ -27,6 +27,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/imgctl/imgctl/layers/testenv"
+	"github.com/imgctl/imgctl/test/bootenv"
 )
 
 // distRegistry is Debian's docker-registry (distribution 2.8) on loopback, serving HTTPS with a
@@ -36,7 +37,7 @@ type distRegistry struct {
 	caFile   string // PEM of the CA that signed the server certificate
 	user     string
 	password string
-	log      *console
+	log      *bootenv.Console
 }
 
 // startDistRegistry starts docker-registry with TLS and htpasswd auth, waits (at most 30s) until
@@ -46,7 +47,7 @@ func startDistRegistry(t *testing.T) *distRegistry {
 	testenv.Integration(t, "Debian's docker-registry with TLS and htpasswd auth")
 	testenv.Tools(t, "docker-registry")
 	dir := t.TempDir()
-	r := &distRegistry{user: "imgctl", password: "s3cret-" + rand.Text()[:8], log: &console{}}
+	r := &distRegistry{user: "imgctl", password: "s3cret-" + rand.Text()[:8], log: &bootenv.Console{}}
 
 	// A throwaway CA and a server certificate for 127.0.0.1 signed by it.
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -358,9 +359,9 @@ func TestRealRegistryTLSAndAuth(t *testing.T) {
 	}
 }
 
-// cosignBin returns the cosign CLI that `make cosign` builds (scripts/build-cosign.sh) into
-// .cache/tools/cosign/VERSION, VERSION being the one test/tools/cosign pins; $IMGCTL_COSIGN
-// overrides the path.
+// cosignBin returns the cosign CLI that `make cosign` builds (scripts/build-go-tool.sh cosign)
+// into .cache/tools/cosign/VERSION, VERSION being the one test/tools/cosign pins;
+// $IMGCTL_COSIGN overrides the path.
 func cosignBin(t *testing.T) string {
 	t.Helper()
 	if p := os.Getenv("IMGCTL_COSIGN"); p != "" {
@@ -380,7 +381,7 @@ func cosignBin(t *testing.T) string {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(p); err != nil {
-		testenv.Missing(t, "cosign %s is not built (%v): run `make cosign` (scripts/build-cosign.sh)", m[1], err)
+		testenv.Missing(t, "cosign %s is not built (%v): run `make cosign` (scripts/build-go-tool.sh cosign)", m[1], err)
 	}
 	return p
 }

@@ -39,6 +39,7 @@ import (
 	"github.com/imgctl/imgctl/images/rollout"
 	"github.com/imgctl/imgctl/images/serve"
 	"github.com/imgctl/imgctl/layers/testenv"
+	"github.com/imgctl/imgctl/test/bootenv"
 )
 
 // The serve end to end test boots a small fleet from imgctl serve the way a bare-metal site
@@ -199,7 +200,7 @@ func pemText(typ string, der []byte) string {
 type serveProcess struct {
 	addr string // 127.0.0.1:PORT
 	cmd  *exec.Cmd
-	log  *console
+	log  *bootenv.Console
 	done chan error
 }
 
@@ -213,7 +214,7 @@ func startServe(ctx context.Context, t *testing.T, dir, inventory, certFile, key
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	s := &serveProcess{addr: addr, log: &console{}, done: make(chan error, 1)}
+	s := &serveProcess{addr: addr, log: &bootenv.Console{}, done: make(chan error, 1)}
 	s.cmd = exec.Command(imgctlBin, "--store", filepath.Join(dir, "store"), "--cache", filepath.Join(dir, "cache"),
 		"serve", "--inventory", inventory, "--listen", addr, "--tls-cert", certFile, "--tls-key", keyFile,
 		"--advertise-url", serveURL)

@@ -142,7 +142,7 @@ func NewFixture(t *testing.T) *Fixture {
 
 func (f *Fixture) Spec(t *testing.T) *spec.NodeImage {
 	t.Helper()
-	n, err := spec.Parse("test.yaml", f.specYAML())
+	n, err := spec.Parse("test.yaml", f.SpecYAML("test-node", 0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,16 +154,21 @@ func (f *Fixture) Spec(t *testing.T) *spec.NodeImage {
 func (f *Fixture) SpecFile(t *testing.T) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "node.yaml")
-	if err := os.WriteFile(p, f.specYAML(), 0o644); err != nil {
+	if err := os.WriteFile(p, f.SpecYAML("test-node", 0), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-// specYAML is the NodeImage spec of the fixture's sources.
-func (f *Fixture) specYAML() []byte {
+// SpecYAML is the NodeImage spec of the fixture's sources (Kubernetes 1.21.13), named name,
+// with spec.sourceDateEpoch epoch unless it is 0.
+func (f *Fixture) SpecYAML(name string, epoch int64) []byte {
 	var b strings.Builder
-	b.WriteString("apiVersion: imgctl/v1alpha1\nkind: NodeImage\nmetadata:\n  name: test-node\nspec:\n  kubernetes:\n    version: 1.21.13\n  layers:\n")
+	fmt.Fprintf(&b, "apiVersion: imgctl/v1alpha1\nkind: NodeImage\nmetadata:\n  name: %s\nspec:\n  kubernetes:\n    version: 1.21.13\n", name)
+	if epoch != 0 {
+		fmt.Fprintf(&b, "  sourceDateEpoch: %d\n", epoch)
+	}
+	b.WriteString("  layers:\n")
 	for _, r := range spec.Roles() {
 		if len(f.Sources[r]) == 0 {
 			continue

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -20,7 +19,6 @@ import (
 	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/images/store/storetest"
-	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 func TestStoreAWS(t *testing.T) {
@@ -79,23 +77,9 @@ func TestStoreAWS(t *testing.T) {
 // every region (against moto), refuse a parameter someone else changed unless --force, and
 // refuse an image not published in every region.
 func TestPromoteMirrorsToSSM(t *testing.T) {
-	testenv.Integration(t, "runs moto_server")
-	testenv.Tools(t, "moto_server")
-	for k, v := range map[string]string{"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-		"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"} {
-		t.Setenv(k, v)
-	}
 	ctx := t.Context()
-	moto, err := awsfake.StartMoto(ctx, 2*time.Minute, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(moto.Close)
-	cfg, err := awsclient.Load(ctx, awsclient.Options{Region: "us-east-1", EndpointURL: moto.URL, NoIMDS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := awsclient.NewClients(cfg)
+	a := awsfake.MotoForTest(t, "us-east-1")
+	moto, c := a.Moto, a.Clients
 	regions := []string{"us-east-1", "eu-west-1"}
 
 	dir := t.TempDir()

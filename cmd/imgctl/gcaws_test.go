@@ -1,14 +1,12 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -22,7 +20,6 @@ import (
 	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/images/store/storetest"
-	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 // TestGCAWS: gc --aws cleans the regions of the store's records (read before the store gc
@@ -30,24 +27,8 @@ import (
 // AMIs of the images the store gc removed, keeping those of kept images and those a channel
 // parameter (under a record's or the settings' SSM prefix) names.
 func TestGCAWS(t *testing.T) {
-	testenv.Integration(t, "runs moto_server")
-	testenv.Tools(t, "moto_server")
-	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
-		"AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_REGION": "", "AWS_DEFAULT_REGION": "",
-	} {
-		t.Setenv(k, v)
-	}
-	m, err := awsfake.StartMoto(context.Background(), time.Minute, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	cfg, err := awsclient.Load(t.Context(), awsclient.Options{Region: "us-east-1", EndpointURL: m.URL, NoIMDS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := awsclient.NewClients(cfg)
+	a := awsfake.MotoForTest(t, "us-east-1") // also unsets AWS_REGION: gc --aws must be told its regions
+	m, c := a.Moto, a.Clients
 
 	dir := t.TempDir()
 	st, err := store.Open(t.Context(), filepath.Join(dir, "store"), nil)

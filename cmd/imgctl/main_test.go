@@ -9,7 +9,16 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/imgctl/imgctl/images/awsfake"
 )
+
+// TestMain stops the moto_server the AWS tests share (awsfake.MotoForTest) after the tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	awsfake.StopMoto()
+	os.Exit(code)
+}
 
 // run executes the CLI in-process with its own store and cache.
 func run(t *testing.T, dir string, args ...string) (stdout, stderr string, err error) {

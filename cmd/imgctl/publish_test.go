@@ -6,24 +6,19 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/imgctl/imgctl/builders/buildtest"
-	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/awsfake"
 	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/store"
-	"github.com/imgctl/imgctl/layers/spec"
-	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 // testAWS sets the environment the AWS tests run in: test credentials (unless noCreds), no
@@ -101,19 +96,8 @@ func TestPublishAMIUsageErrors(t *testing.T) {
 // CLI can build the raw and ami targets in-process.
 func bootSpec(t *testing.T, f *buildtest.Fixture, dir string) string {
 	t.Helper()
-	var b strings.Builder
-	b.WriteString("apiVersion: imgctl/v1alpha1\nkind: NodeImage\nmetadata:\n  name: ami-test\nspec:\n  kubernetes:\n    version: 1.21.13\n  sourceDateEpoch: 1700000000\n  layers:\n")
-	for _, r := range spec.Roles() {
-		if len(f.Sources[r]) == 0 {
-			continue
-		}
-		fmt.Fprintf(&b, "    - role: %s\n      version: v-%s\n      sources:\n", r, r)
-		for _, s := range f.Sources[r] {
-			fmt.Fprintf(&b, "        - %q\n", s)
-		}
-	}
 	p := filepath.Join(dir, "ami.yaml")
-	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
+	if err := os.WriteFile(p, f.SpecYAML("ami-test", 1700000000), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -175,15 +159,8 @@ func TestBuildAMIPublishFails(t *testing.T) {
 // nothing; an image without a disk is refused saying which target to build; build --target ami
 // publishes what it built.
 func TestPublishAMIMoto(t *testing.T) {
-	testenv.Integration(t, "publish ami against moto_server")
-	testenv.Tools(t, "moto_server")
-	testAWS(t, false)
-	ctx := context.Background()
-	moto, err := awsfake.StartMoto(ctx, time.Minute, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer moto.Close()
+	env := awsfake.MotoForTest(t, "us-east-1")
+	moto := env.Moto
 
 	dir := t.TempDir()
 	f := buildtest.NewFixture(t)
@@ -230,11 +207,7 @@ func TestPublishAMIMoto(t *testing.T) {
 	if first.Upload.Sent != first.Upload.DataBlocks || first.Upload.Sent >= first.Upload.Blocks {
 		t.Errorf("sent %d blocks of %d (%d with data): zero blocks must not be sent", first.Upload.Sent, first.Upload.Blocks, first.Upload.DataBlocks)
 	}
-	cfg, err := awsclient.Load(ctx, awsclient.Options{Region: "us-east-1", EndpointURL: moto.URL, NoIMDS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := awsclient.NewClients(cfg)
+	ctx, c := t.Context(), env.Clients
 	for _, g := range first.Regions {
 		out, err := c.EC2(g.Region).DescribeImages(ctx, &ec2.DescribeImagesInput{Filters: []ec2types.Filter{{Name: ptr("tag:" + publication.TagImage), Values: []string{img}}}})
 		if err != nil {
@@ -297,27 +270,8 @@ func ptr[T any](v T) *T { return &v }
 // naming it, and still prints how far the publication got (-o json: the record), so CI can
 // see which regions are done; a rerun then finds everything by tag.
 func TestPublishAMIPartial(t *testing.T) {
-	testenv.Integration(t, "publish ami against moto_server")
-	testenv.Tools(t, "moto_server")
-	testAWS(t, false)
-	ctx := context.Background()
-	moto, err := awsfake.StartMoto(ctx, time.Minute, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer moto.Close()
-	up, err := url.Parse(moto.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake := &awsfake.EC2{Upstream: up}
-	srv := &awsfake.Server{Upstream: up}
-	srv.Use(fake)
-	endpoint, err := srv.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	a := awsfake.MotoForTest(t, "us-east-1")
+	fake, endpoint := a.EC2, a.URL
 	fake.SetImageState("eu-west-1", "", "pending", "") // the copy never becomes available
 
 	dir := t.TempDir()

@@ -5,11 +5,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
-	"net/url"
 	"os"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ebs"
@@ -19,7 +16,6 @@ import (
 
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/awsfake"
-	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 const (
@@ -27,7 +23,8 @@ const (
 	away = "eu-west-1"
 )
 
-// env is one test's AWS: a moto_server behind the EC2 recorder, and clients pointed at it.
+// env is one test's AWS (awsfake.MotoForTest): moto_server behind the EC2 recorder, and
+// clients pointed at it.
 type env struct {
 	moto    *awsfake.Moto
 	srv     *awsfake.Server
@@ -36,61 +33,17 @@ type env struct {
 	url     string
 }
 
-var (
-	motoOnce sync.Once
-	motoSrv  *awsfake.Moto
-	motoErr  error
-	motoMu   sync.Mutex // tests share one moto_server, one at a time
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if motoSrv != nil {
-		motoSrv.Close()
-	}
+	awsfake.StopMoto()
 	os.Exit(code)
 }
 
-// newEnv resets the package's moto_server (started on first use) and puts a fresh recorder in
-// front of it.
+// newEnv gives the test the package's moto_server, reset, with a fresh recorder in front.
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	testenv.Integration(t, "publishes AMIs to moto_server")
-	testenv.Tools(t, "moto_server")
-	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
-		"AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-	} {
-		t.Setenv(k, v)
-	}
-	motoOnce.Do(func() { motoSrv, motoErr = awsfake.StartMoto(context.Background(), 2*time.Minute, nil) })
-	if motoErr != nil {
-		t.Fatal(motoErr)
-	}
-	motoMu.Lock()
-	t.Cleanup(motoMu.Unlock)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	if err := motoSrv.Reset(ctx); err != nil {
-		t.Fatal(err)
-	}
-	up, err := url.Parse(motoSrv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake := &awsfake.EC2{Upstream: up}
-	srv := &awsfake.Server{Upstream: up}
-	srv.Use(fake)
-	base, err := srv.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	cfg, err := awsclient.Load(ctx, awsclient.Options{Region: home, EndpointURL: base, NoIMDS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &env{moto: motoSrv, srv: srv, fake: fake, clients: awsclient.NewClients(cfg), url: base}
+	a := awsfake.MotoForTest(t, home)
+	return &env{moto: a.Moto, srv: a.Front, fake: a.EC2, clients: a.Clients, url: a.URL}
 }
 
 // snapshot writes blocks (index → content, 512 KiB each) to a new completed snapshot in

@@ -1,7 +1,6 @@
 package awschannel
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -25,7 +23,6 @@ import (
 	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/images/store/storetest"
-	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 const (
@@ -34,18 +31,9 @@ const (
 	account = "123456789012"
 )
 
-// One moto_server for the package's tests (each resets it).
-var moto struct {
-	once sync.Once
-	m    *awsfake.Moto
-	err  error
-}
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if moto.m != nil {
-		moto.m.Close()
-	}
+	awsfake.StopMoto()
 	os.Exit(code)
 }
 
@@ -66,37 +54,10 @@ type awsEnv struct {
 
 func newAWSEnv(t *testing.T) *awsEnv {
 	t.Helper()
-	testenv.Integration(t, "runs moto_server")
-	testenv.Tools(t, "moto_server")
-	for k, v := range map[string]string{"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-		"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"} {
-		t.Setenv(k, v)
-	}
-	moto.once.Do(func() { moto.m, moto.err = awsfake.StartMoto(context.Background(), 2*time.Minute, nil) })
-	if moto.err != nil {
-		t.Fatal(moto.err)
-	}
-	if err := moto.m.Reset(t.Context()); err != nil {
-		t.Fatal(err)
-	}
 	e := &awsEnv{pending: map[string]bool{}, failPut: map[string]bool{}, imgs: map[string]store.Image{}}
-	up, err := url.Parse(moto.m.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &awsfake.Server{Upstream: up}
-	srv.Use(awsfake.HandlerFunc(e.serve))
-	endpoint, err := srv.Start(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	cfg, err := awsclient.Load(t.Context(), awsclient.Options{Region: east, EndpointURL: endpoint, NoIMDS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.clients = awsclient.NewClients(cfg)
+	e.clients = awsfake.MotoForTest(t, east, awsfake.HandlerFunc(e.serve)).Clients
 	e.st = storetest.Open(t)
+	var err error
 	if e.log, err = channel.Open(e.st.Dir(), nil); err != nil {
 		t.Fatal(err)
 	}

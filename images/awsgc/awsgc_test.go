@@ -1,11 +1,7 @@
 package awsgc
 
 import (
-	"bytes"
-	"context"
-	"io"
-	"net/http"
-	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -21,35 +17,12 @@ import (
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/awsfake"
 	"github.com/imgctl/imgctl/images/publication"
-	"github.com/imgctl/imgctl/layers/testenv"
 )
 
-// moto starts moto_server and returns clients pointed at it (or at the fake in front of it).
-func moto(t *testing.T) (*awsfake.Moto, *awsclient.Clients) {
-	t.Helper()
-	testenv.Integration(t, "runs moto_server")
-	testenv.Tools(t, "moto_server")
-	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
-		"AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-	} {
-		t.Setenv(k, v)
-	}
-	m, err := awsfake.StartMoto(context.Background(), time.Minute, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Close)
-	return m, clients(t, m.URL)
-}
-
-func clients(t *testing.T, url string) *awsclient.Clients {
-	t.Helper()
-	cfg, err := awsclient.Load(t.Context(), awsclient.Options{Region: "us-east-1", EndpointURL: url, NoIMDS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return awsclient.NewClients(cfg)
+func TestMain(m *testing.M) {
+	code := m.Run()
+	awsfake.StopMoto()
+	os.Exit(code)
 }
 
 func tags(kv ...string) []ec2types.Tag {
@@ -158,7 +131,7 @@ func sorted(s ...string) []string {
 }
 
 func TestCollect(t *testing.T) {
-	_, c := moto(t)
+	c := awsfake.MotoForTest(t, "us-east-1").Clients
 	w := &world{t: t, c: c, vol: map[string]string{}}
 	const east, west, prefix = "us-east-1", "eu-west-1", "/imgctl/nodes"
 	kept, gone, chan_ := digest.FromString("kept"), digest.FromString("gone"), digest.FromString("channel")
@@ -282,53 +255,19 @@ func TestCollectRefuses(t *testing.T) {
 	}
 }
 
-// errorSnapshots passes every request to upstream and reports every snapshot DescribeSnapshots
-// lists in state error (moto never fails a snapshot).
-func errorSnapshots(t *testing.T, upstream string) awsfake.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request, body []byte) bool {
-		if !bytes.Contains(body, []byte("Action=DescribeSnapshots")) {
-			return false
-		}
-		req, err := http.NewRequestWithContext(r.Context(), r.Method, upstream+r.URL.RequestURI(), bytes.NewReader(body))
-		if err != nil {
-			t.Error(err)
-			return false
-		}
-		req.Header = r.Header.Clone()
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Error(err)
-			return false
-		}
-		defer resp.Body.Close()
-		out, _ := io.ReadAll(resp.Body)
-		out = bytes.ReplaceAll(out, []byte("<status>completed</status>"), []byte("<status>error</status><statusMessage>disk on fire</statusMessage>"))
-		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
-		w.WriteHeader(resp.StatusCode)
-		w.Write(out)
-		return true
-	}
-}
-
 // TestCollectErrorSnapshots: a snapshot in state error goes once older than the cutoff, even of
 // an image still in the store; a young one stays.
 func TestCollectErrorSnapshots(t *testing.T) {
-	m, c := moto(t)
-	fake := &awsfake.Server{Upstream: must(url.Parse(m.URL))}
-	fake.Use(errorSnapshots(t, m.URL))
-	furl, err := fake.Start(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fake.Close() })
-	w := &world{t: t, c: c, vol: map[string]string{}}
+	a := awsfake.MotoForTest(t, "us-east-1")
+	w := &world{t: t, c: a.Clients, vol: map[string]string{}}
 	kept := digest.FromString("kept")
 	old := w.snapshot("us-east-1", publication.TagImage, kept.String(), publication.TagState, publication.TagStateComplete)
 	t1 := time.Now()
 	time.Sleep(2100 * time.Millisecond)
 	young := w.snapshot("us-east-1", publication.TagImage, kept.String(), publication.TagState, publication.TagStateComplete)
 
-	rep, err := Collect(t.Context(), clients(t, furl), Options{
+	a.EC2.SetSnapshotState("us-east-1", "", "error", "disk on fire") // moto never fails a snapshot
+	rep, err := Collect(t.Context(), a.Clients, Options{
 		Regions: []string{"us-east-1"}, Keep: func(d digest.Digest) bool { return d == kept }, OlderThan: time.Hour,
 		Now: func() time.Time { return t1.Add(1050 * time.Millisecond).Add(time.Hour) },
 	})
@@ -341,11 +280,4 @@ func TestCollectErrorSnapshots(t *testing.T) {
 	if got := w.exists("us-east-1", old, young); !slices.Equal(got, []string{young}) {
 		t.Errorf("left %v, want %s", got, young)
 	}
-}
-
-func must[T any](v T, err error) T {
-	if err != nil {
-		panic(err)
-	}
-	return v
 }

@@ -24,7 +24,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ebs/types"
 	"github.com/aws/smithy-go"
 
-	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/awsfake"
 	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/sparse"
@@ -32,27 +31,6 @@ import (
 )
 
 const region = "us-east-1"
-
-func awsEnv(t *testing.T) {
-	t.Helper()
-	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
-		"AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-	} {
-		t.Setenv(k, v)
-	}
-}
-
-// clients returns the AWS clients of an endpoint.
-func clients(t *testing.T, url string) *awsclient.Clients {
-	t.Helper()
-	awsEnv(t)
-	cfg, err := awsclient.Load(context.Background(), awsclient.Options{Region: region, EndpointURL: url, NoIMDS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return awsclient.NewClients(cfg)
-}
 
 // fake starts an in-process EBS direct endpoint.
 func fake(t *testing.T) (*awsfake.EBS, *ebs.Client) {
@@ -66,7 +44,7 @@ func fake(t *testing.T) (*awsfake.EBS, *ebs.Client) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close(); s.Close(); cancel() })
-	return f, clients(t, url).EBS(region)
+	return f, awsfake.ClientsForTest(t, region, url).EBS(region)
 }
 
 // pattern is 4 KiB of bytes that differ for each seed.
@@ -565,7 +543,7 @@ func TestUploadReusesConnections(t *testing.T) {
 	hs.Start()
 	defer hs.Close()
 	defer f.Close()
-	c := clients(t, hs.URL).EBS(region)
+	c := awsfake.ClientsForTest(t, region, hs.URL).EBS(region)
 	blocks := map[int64]byte{}
 	for i := range int64(160) {
 		blocks[i] = byte(i%250 + 1)

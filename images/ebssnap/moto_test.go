@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -21,7 +22,6 @@ import (
 
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/awsfake"
-	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 // motoBlocks lists a snapshot's written blocks with a signed ListSnapshotBlocks request
@@ -75,16 +75,16 @@ func motoBlocks(t *testing.T, ctx context.Context, c *awsclient.Clients, url, id
 
 // TestUploadMoto: a small sparse disk uploaded to moto_server reads back block by block with
 // GetSnapshotBlock; EC2 sees the snapshot completed with its tags.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	awsfake.StopMoto()
+	os.Exit(code)
+}
+
 func TestUploadMoto(t *testing.T) {
-	testenv.Integration(t, "uploads a snapshot to moto_server")
-	testenv.Tools(t, "moto_server")
 	ctx := context.Background()
-	m, err := awsfake.StartMoto(ctx, time.Minute, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	c := clients(t, m.URL)
+	a := awsfake.MotoForTest(t, region)
+	m, c := a.Moto, a.Clients
 	src, raw := disk(t, 6<<20, map[int64]byte{0: 1, 2: 2, 11: 3})
 	tags := map[string]string{"imgctl:image": "sha256:feed", "imgctl:state": "uploading"}
 	res, err := Upload(ctx, c.EBS(region), src, Options{Tags: tags, Description: "moto test"})

@@ -48,7 +48,7 @@ func describeSnapshots(t *testing.T, states ...string) (*ec2.Client, *atomic.Int
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close(); cancel() })
-	return clients(t, u).EC2(region), &calls
+	return awsfake.ClientsForTest(t, region, u).EC2(region), &calls
 }
 
 func TestWaitCompleted(t *testing.T) {

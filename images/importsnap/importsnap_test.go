@@ -28,7 +28,6 @@ import (
 	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/sparse"
 	"github.com/imgctl/imgctl/layers/progress/progresstest"
-	"github.com/imgctl/imgctl/layers/testenv"
 )
 
 const (
@@ -55,48 +54,26 @@ type env struct {
 	onEC2 func(w http.ResponseWriter, action string, n int) bool
 }
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	awsfake.StopMoto()
+	os.Exit(code)
+}
+
 func setup(t *testing.T) *env {
 	t.Helper()
-	testenv.Integration(t, "S3 multipart upload and ImportSnapshot against moto_server")
-	testenv.Tools(t, "moto_server")
-	t.Setenv("AWS_ACCESS_KEY_ID", "testing")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "testing")
-	for _, k := range []string{"AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"} {
-		t.Setenv(k, "") // restored after the test
-		os.Unsetenv(k)  // moto_server (boto3) takes an empty profile name for a profile
-	}
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	t.Setenv("AWS_CONFIG_FILE", "/dev/null")
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	m, err := awsfake.StartMoto(ctx, time.Minute, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := &env{ctx: ctx, parts: map[string]string{}, attempts: map[string]int{}, calls: map[string]int{}}
+	a := awsfake.MotoForTest(t, region, awsfake.HandlerFunc(e.watchParts), awsfake.HandlerFunc(e.watchEC2))
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("moto_server log:\n%s", m.Log())
+			t.Logf("moto_server log:\n%s", a.Moto.Log())
 		}
-		m.Close()
 	})
-	up, err := url.Parse(m.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{ctx: ctx, moto: m, imp: &awsfake.ImportSnapshot{Upstream: m.URL}, parts: map[string]string{}, attempts: map[string]int{}, calls: map[string]int{}}
-	srv := &awsfake.Server{Upstream: up}
-	srv.Use(awsfake.HandlerFunc(e.watchParts), awsfake.HandlerFunc(e.watchEC2), e.imp)
-	base, err := srv.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	cfg, err := awsclient.Load(ctx, awsclient.Options{Region: region, EndpointURL: base, NoIMDS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.clients = awsclient.NewClients(cfg)
+	e.moto, e.clients = a.Moto, a.Clients
+	e.imp = &awsfake.ImportSnapshot{Upstream: a.Moto.URL}
+	a.Front.Use(e.imp) // after the EC2 recorder, which leaves ImportSnapshot's actions alone
 	if _, err := e.clients.S3(region).CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
 		t.Fatal(err)
 	}

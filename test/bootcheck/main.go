@@ -35,7 +35,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -195,7 +194,7 @@ func check(ctx context.Context, disk diskSource, timeout time.Duration, consoleF
 		"-drive", "file=" + copyDisk + ",format=raw,if=virtio",
 		"-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile=",
 	}
-	console := &console{}
+	console := &bootenv.Console{}
 	var out io.Writer = console
 	if consoleFile != "" {
 		f, err := os.Create(consoleFile)
@@ -329,22 +328,4 @@ func copyFile(src, dst string) error {
 		return fmt.Errorf("writing %s: %w", dst, err)
 	}
 	return nil
-}
-
-// console collects the guest's serial output.
-type console struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (c *console) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.Write(p)
-}
-
-func (c *console) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.String()
 }

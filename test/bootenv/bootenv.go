@@ -1,10 +1,11 @@
-// Package bootenv is the host side of a test boot on loopback: the relay that qemu's guestfwd
-// runs to reach a loopback server, a fake EC2 instance metadata service (IMDSv2) serving user
-// data, and a throwaway NodeConfig for a role node. The boot tests (test/) and the nightly boot
+// Package bootenv is the host side of a test boot on loopback: the guest's serial console, the
+// relay that qemu's guestfwd runs to reach a loopback server, a fake EC2 instance metadata
+// service (IMDSv2) serving user data, and a throwaway NodeConfig for a role node. The boot tests (test/) and the nightly boot
 // check (test/bootcheck) share it.
 package bootenv
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -182,4 +183,25 @@ func nodePKI(name string) (ca, cert, key string, err error) {
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})),
 		string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
 		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})), nil
+}
+
+// Console collects a process's output (a guest's serial console, a server's log); it may be
+// read while the process writes.
+type Console struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write implements io.Writer.
+func (c *Console) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.Write(p)
+}
+
+// String returns what was written so far.
+func (c *Console) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.String()
 }

@@ -1,9 +1,12 @@
 package bootenv
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/imgctl/imgctl/images/nodeconfig"
@@ -76,6 +79,30 @@ func TestIMDSv2Flow(t *testing.T) {
 	} {
 		if got := IMDSv2Flow(c.reqs); got != c.want {
 			t.Errorf("IMDSv2Flow(%q) = %v", c.reqs, got)
+		}
+	}
+}
+
+// TestConsole: what goroutines write, whole writes in any order, reads back while they write.
+func TestConsole(t *testing.T) {
+	c := &Console{}
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			for range 100 {
+				fmt.Fprintf(c, "line %d\n", i)
+				_ = c.String()
+			}
+		})
+	}
+	wg.Wait()
+	lines := strings.Split(strings.TrimSuffix(c.String(), "\n"), "\n")
+	if len(lines) != 800 {
+		t.Fatalf("%d lines, want 800", len(lines))
+	}
+	for _, l := range lines {
+		if len(l) != len("line 0") || !strings.HasPrefix(l, "line ") {
+			t.Fatalf("a torn line %q", l)
 		}
 	}
 }

@@ -3,12 +3,10 @@ package builder
 import (
 	"context"
 	"errors"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,21 +20,11 @@ import (
 	"github.com/imgctl/imgctl/images/awsclient"
 	"github.com/imgctl/imgctl/images/awsfake"
 	"github.com/imgctl/imgctl/images/publication"
-	"github.com/imgctl/imgctl/layers/testenv"
-)
-
-var (
-	motoOnce sync.Once
-	motoSrv  *awsfake.Moto
-	motoErr  error
-	motoMu   sync.Mutex // tests share one moto_server, one at a time
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if motoSrv != nil {
-		motoSrv.Close()
-	}
+	awsfake.StopMoto()
 	os.Exit(code)
 }
 
@@ -50,42 +38,8 @@ type awsEnv struct {
 
 func newAWS(t *testing.T) *awsEnv {
 	t.Helper()
-	testenv.Integration(t, "publishes AMIs to moto_server")
-	testenv.Tools(t, "moto_server")
-	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
-		"AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-	} {
-		t.Setenv(k, v)
-	}
-	motoOnce.Do(func() { motoSrv, motoErr = awsfake.StartMoto(context.Background(), 2*time.Minute, nil) })
-	if motoErr != nil {
-		t.Fatal(motoErr)
-	}
-	motoMu.Lock()
-	t.Cleanup(motoMu.Unlock)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	if err := motoSrv.Reset(ctx); err != nil {
-		t.Fatal(err)
-	}
-	up, err := url.Parse(motoSrv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake := &awsfake.EC2{Upstream: up}
-	srv := &awsfake.Server{Upstream: up}
-	srv.Use(fake)
-	base, err := srv.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	cfg, err := awsclient.Load(ctx, awsclient.Options{Region: "us-east-1", EndpointURL: base, NoIMDS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &awsEnv{fake: fake, url: base, clients: awsclient.NewClients(cfg)}
+	a := awsfake.MotoForTest(t, "us-east-1")
+	return &awsEnv{fake: a.EC2, url: a.URL, clients: a.Clients}
 }
 
 // config is the ami target's fields for e.
@@ -131,6 +85,25 @@ func (e *awsEnv) snapshots(t *testing.T, region string) map[string]bool {
 		}
 	}
 	return out
+}
+
+// checkNothingLeft checks that a build that did not finish (how: failed, cancelled) left no
+// AMI, no snapshot not in before and no version parameter in either region, and no
+// output_directory.
+func (e *awsEnv) checkNothingLeft(t *testing.T, b *build, before map[string]map[string]bool, how string) {
+	t.Helper()
+	for _, r := range []string{"us-east-1", "eu-west-1"} {
+		ims, err := e.clients.EC2(r).DescribeImages(context.Background(), &ec2.DescribeImagesInput{Owners: []string{"self"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ims.Images) != 0 || len(e.newSnapshots(t, r, before[r])) != 0 || len(e.parameters(t, r)) != 0 {
+			t.Errorf("%s after the %s build: %d AMIs, new snapshots %v, parameters %v", r, how, len(ims.Images), e.newSnapshots(t, r, before[r]), e.parameters(t, r))
+		}
+	}
+	if _, err := os.Stat(b.out()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("output_directory after the %s build: %v", how, err)
+	}
 }
 
 // newSnapshots are the snapshots in region not in before.
@@ -242,18 +215,7 @@ func TestRunPublishFailureCleansUp(t *testing.T) {
 	if len(e.fake.Calls("RegisterImage")) != 1 {
 		t.Fatalf("RegisterImage called %d times: the failure came too early to prove anything", len(e.fake.Calls("RegisterImage")))
 	}
-	for _, r := range []string{"us-east-1", "eu-west-1"} {
-		ims, err := e.clients.EC2(r).DescribeImages(context.Background(), &ec2.DescribeImagesInput{Owners: []string{"self"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(ims.Images) != 0 || len(e.newSnapshots(t, r, before[r])) != 0 || len(e.parameters(t, r)) != 0 {
-			t.Errorf("%s after the failed build: %d AMIs, new snapshots %v, parameters %v", r, len(ims.Images), e.newSnapshots(t, r, before[r]), e.parameters(t, r))
-		}
-	}
-	if _, err := os.Stat(b.out()); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("output_directory after the failed build: %v", err)
-	}
+	e.checkNothingLeft(t, b, before, "failed")
 	if got, _ := os.ReadFile(lockPath); string(got) != string(old) {
 		t.Errorf("lock file not restored:\n%s\nwant\n%s", got, old)
 	}

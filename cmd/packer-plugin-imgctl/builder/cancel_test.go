@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/hashicorp/packer-plugin-sdk/packer"
 
 	"github.com/imgctl/imgctl/builders/buildtest"
@@ -81,16 +80,5 @@ func TestRunCancelDuringPublish(t *testing.T) {
 	if len(e.fake.Calls("CopyImage")) == 0 {
 		t.Fatal("cancelled before the copy: proves nothing")
 	}
-	for _, r := range []string{"us-east-1", "eu-west-1"} {
-		ims, err := e.clients.EC2(r).DescribeImages(context.Background(), &ec2.DescribeImagesInput{Owners: []string{"self"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(ims.Images) != 0 || len(e.newSnapshots(t, r, before[r])) != 0 || len(e.parameters(t, r)) != 0 {
-			t.Errorf("%s after the cancelled build: %d AMIs, new snapshots %v, parameters %v", r, len(ims.Images), e.newSnapshots(t, r, before[r]), e.parameters(t, r))
-		}
-	}
-	if _, err := os.Stat(b.out()); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("output_directory after the cancelled build: %v", err)
-	}
+	e.checkNothingLeft(t, b, before, "cancelled")
 }
