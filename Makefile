@@ -28,7 +28,7 @@ bin/imgctl-node: FORCE
 # Its version must be semver (Packer checks it): a release tag vX.Y.Z, else 0.1.0-dev+COMMIT.
 PLUGIN := cmd/packer-plugin-imgctl
 PLUGIN_TAG := $(shell git describe --tags --exact-match --match 'v[0-9]*.[0-9]*.[0-9]*' 2>/dev/null | sed 's/^v//')
-PLUGIN_LDFLAGS := $(if $(PLUGIN_TAG),-X main.Version=$(PLUGIN_TAG) -X main.VersionPrerelease=,-X main.VersionMetadata=$(shell git rev-parse --short HEAD 2>/dev/null))
+PLUGIN_LDFLAGS := -X main.ImgctlVersion=$(VERSION) $(if $(PLUGIN_TAG),-X main.Version=$(PLUGIN_TAG) -X main.VersionPrerelease=,-X main.VersionMetadata=$(shell git rev-parse --short HEAD 2>/dev/null))
 bin/packer-plugin-imgctl: FORCE
 	cd $(PLUGIN) && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(PLUGIN_LDFLAGS)" -o $(CURDIR)/$@ .
 

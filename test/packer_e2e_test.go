@@ -453,6 +453,21 @@ func TestPackerBuildRaw(t *testing.T) {
 	if !slices.Equal(names, want) {
 		t.Errorf("the artifact's files %v, the image's artifacts exported %v", names, want)
 	}
+	// imgctl build makes the same image from the same inputs: the plugin records imgctl's
+	// version as the CLI does, so the digest does not depend on the front end.
+	cli := exec.CommandContext(ctx, imgctlBin, "--store", filepath.Join(work, "store"), "--cache", filepath.Join(work, "cache"), "-q",
+		"build", "-f", img.spec, "--lock", filepath.Join(work, "imgctl.lock"), "--locked", "--node-agent", img.agent, "--target", "raw")
+	cli.Dir = work
+	cli.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1764115200") // as packerRun gives Packer
+	cliOut, err := cli.Output()
+	if err != nil {
+		var ee *exec.ExitError
+		errors.As(err, &ee)
+		t.Fatalf("imgctl build of the same spec: %v\n%s", err, ee.Stderr)
+	}
+	if d := lastLine(string(cliOut)); d != stored.Digest {
+		t.Errorf("imgctl build of the same spec and lock made %s, packer made %s: the image depends on the front end", d, stored.Digest)
+	}
 	t.Logf("packer built %s (%s): files %v", stored.Version, stored.Digest, names)
 }
 

@@ -19,12 +19,16 @@ var (
 	Version           = "0.1.0"
 	VersionPrerelease = "dev"
 	VersionMetadata   = ""
+	// ImgctlVersion is the imgctl version recorded in the images it builds: make sets it to what
+	// it gives imgctl's main.version, so the CLI and the plugin built from one checkout make the
+	// same image (the same digest) from the same inputs.
+	ImgctlVersion = "dev"
 )
 
 func main() {
 	s := plugin.NewSet()
 	v := version.NewPluginVersion(Version, VersionPrerelease, VersionMetadata)
-	s.RegisterBuilder(plugin.DEFAULT_NAME, &builder.Builder{Tool: "imgctl packer-plugin-imgctl " + v.FormattedVersion()})
+	s.RegisterBuilder(plugin.DEFAULT_NAME, &builder.Builder{Tool: "imgctl packer-plugin-imgctl " + v.FormattedVersion(), ImgctlVersion: ImgctlVersion})
 	s.SetVersion(v)
 	if err := s.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, err)

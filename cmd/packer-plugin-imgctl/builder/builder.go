@@ -5,6 +5,7 @@
 package builder
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -32,6 +33,10 @@ type Builder struct {
 	// Tool names the plugin in what it tags and signs ("imgctl packer-plugin VERSION"); set by
 	// main.
 	Tool string
+	// ImgctlVersion is the version of imgctl the plugin was built from, recorded in every image
+	// as imgctl build records its own (main sets it; make stamps both alike), so the same inputs
+	// give the same image whichever front end built it. "" = "dev", the CLI's default.
+	ImgctlVersion string
 }
 
 // ConfigSpec implements packer.Builder.
@@ -51,7 +56,7 @@ func (b *Builder) Prepare(raws ...any) ([]string, []string, error) {
 func (b *Builder) Run(ctx context.Context, ui packer.Ui, _ packer.Hook) (packer.Artifact, error) {
 	lui := &lockedUI{ui: ui}
 	log := slog.New(newUIHandler(lui, slog.LevelInfo))
-	s := &state{config: &b.config, ui: lui, log: log, tool: b.tool()}
+	s := &state{config: &b.config, ui: lui, log: log, tool: b.tool(), imgctlVersion: cmp.Or(b.ImgctlVersion, "dev")}
 	ctx = progress.With(ctx, progress.New(progressSink(lui)))
 	if err := runSteps(ctx, s, steps(&b.config)); err != nil {
 		return nil, err

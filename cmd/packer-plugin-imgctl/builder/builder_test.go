@@ -56,9 +56,12 @@ func (b *build) config(extra map[string]any) map[string]any {
 func (b *build) out() string { return filepath.Join(b.dir, "out") }
 
 // prepared is a Builder prepared with cfg.
+// testImgctlVersion is what main stamps as the imgctl version in the tests' builders.
+const testImgctlVersion = "v9.9.9-test"
+
 func prepared(t *testing.T, cfg map[string]any) *Builder {
 	t.Helper()
-	var bl Builder
+	bl := Builder{ImgctlVersion: testImgctlVersion}
 	vars, warns, err := bl.Prepare(cfg)
 	if err != nil {
 		t.Fatalf("Prepare: %v", err)
@@ -108,6 +111,11 @@ func TestRunBuildsRaw(t *testing.T) {
 		t.Fatalf("store holds %d images (%v), want 1", len(imgs), err)
 	}
 	img := imgs[0]
+	// The image records the imgctl version the plugin was built from, as imgctl build records
+	// its own: the same inputs give the same image digest whichever front end built it.
+	if img.Config.Imgctl != testImgctlVersion {
+		t.Errorf("image config's imgctl = %q, want %q (the imgctl version, not the plugin's name)", img.Config.Imgctl, testImgctlVersion)
+	}
 	if art.BuilderId() != "imgctl.image" || art.Id() != img.Digest().String() {
 		t.Errorf("artifact %s id %q, want imgctl.image and %s", art.BuilderId(), art.Id(), img.Digest())
 	}

@@ -33,6 +33,8 @@ type state struct {
 	ui     *lockedUI
 	log    *slog.Logger
 	tool   string
+	// imgctlVersion is recorded in the image (Builder.ImgctlVersion).
+	imgctlVersion string
 
 	opts    builders.Options
 	store   *store.Store
@@ -133,7 +135,7 @@ func (*stepPrepare) run(ctx context.Context, s *state) error {
 		return fmt.Errorf("store %s: %w", c.Store, err)
 	}
 	opts.Store, opts.LockPath, opts.Locked, opts.UpdateLock = s.store, c.LockFile, c.Locked, c.UpdateLock
-	opts.OutputDir, opts.ImgctlVersion = c.OutputDirectory, strings.TrimPrefix(s.tool, "imgctl ")
+	opts.OutputDir, opts.ImgctlVersion = c.OutputDirectory, s.imgctlVersion
 	s.opts = opts
 
 	switch b, err := os.ReadFile(c.LockFile); {
