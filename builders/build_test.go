@@ -121,13 +121,13 @@ func TestBuildComposesEverySourceKind(t *testing.T) {
 		t.Errorf("config says %d entries, rootfs has %d", res.Image.Config.Rootfs.Entries, len(files))
 	}
 	// A rebuild reuses everything: no downloads, no compose.
-	hits := f.Hits["/bin/kubelet"]
+	hits := f.Hits("/bin/kubelet")
 	again, err := builders.Run(context.Background(), e.Opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !again.Reused || f.Hits["/bin/kubelet"] != hits || again.Image.Digest() != res.Image.Digest() {
-		t.Errorf("rebuild: reused=%v, kubelet downloads %d -> %d, digest %s -> %s", again.Reused, hits, f.Hits["/bin/kubelet"], res.Image.Digest(), again.Image.Digest())
+	if !again.Reused || f.Hits("/bin/kubelet") != hits || again.Image.Digest() != res.Image.Digest() {
+		t.Errorf("rebuild: reused=%v, kubelet downloads %d -> %d, digest %s -> %s", again.Reused, hits, f.Hits("/bin/kubelet"), res.Image.Digest(), again.Image.Digest())
 	}
 	// --offline with a warm cache works too.
 	e.Opts.Env.Fetch.Offline = true

@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -78,14 +79,28 @@ type Fixture struct {
 	Srv     *httptest.Server
 	OCIRef  string
 	Sources map[spec.Role][]string
-	Hits    map[string]int
+
+	hits *hitCounter // requests to Srv by path (shared by copies of the Fixture)
+}
+
+// hitCounter counts requests by path; builds fetch in parallel.
+type hitCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// Hits is how many requests Srv has had for path.
+func (f *Fixture) Hits(path string) int {
+	f.hits.mu.Lock()
+	defer f.hits.mu.Unlock()
+	return f.hits.n[path]
 }
 
 // newFixture serves a binary, its checksum file and a tarball over HTTP, pushes a random
 // image to an in-process registry, and writes a base tar and a directory on disk.
 func NewFixture(t *testing.T) *Fixture {
 	t.Helper()
-	f := &Fixture{Dir: t.TempDir(), Hits: map[string]int{}}
+	f := &Fixture{Dir: t.TempDir(), hits: &hitCounter{n: map[string]int{}}}
 	binary := bytes.Repeat([]byte("kubelet-binary\n"), 1000)
 	cni := Gz(TarOf(t, map[string]string{"bridge": "BRIDGE", "loopback": "LOOP"}, "bridge", "loopback"))
 	files := map[string][]byte{
@@ -94,7 +109,9 @@ func NewFixture(t *testing.T) *Fixture {
 		"/cni.tgz":            cni,
 	}
 	f.Srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f.Hits[r.URL.Path]++
+		f.hits.mu.Lock()
+		f.hits.n[r.URL.Path]++
+		f.hits.mu.Unlock()
 		b, ok := files[r.URL.Path]
 		if !ok {
 			http.NotFound(w, r)
