@@ -49,6 +49,14 @@ func (e *LockChangedError) Error() string {
 	if len(e.Changes) > 0 {
 		b.WriteString(":")
 	}
+	b.WriteString(e.ChangeLines())
+	return b.String()
+}
+
+// ChangeLines lists the changes for a message, each on a line of its own after "\n  ", so a
+// front end can word the first line in its own terms.
+func (e *LockChangedError) ChangeLines() string {
+	var b strings.Builder
 	for _, c := range e.Changes {
 		b.WriteString("\n  " + c.String())
 	}

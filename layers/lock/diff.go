@@ -40,17 +40,20 @@ func short(d string) string {
 // Diff lists what differs between old (nil = no lock yet) and new, in role and URI order.
 func Diff(old, new *File) []Change {
 	var changes []Change
+	epoch := func(f *File) string { // "" = no lock
+		if f == nil {
+			return ""
+		}
+		return fmt.Sprint(f.SourceDateEpoch)
+	}
+	if o, n := epoch(old), epoch(new); o != n {
+		changes = append(changes, Change{URI: "sourceDateEpoch", Old: o, New: n})
+	}
 	if old == nil {
 		old = &File{}
-		if new != nil {
-			changes = append(changes, Change{URI: "sourceDateEpoch", Old: "", New: fmt.Sprint(new.SourceDateEpoch)})
-		}
 	}
 	if new == nil {
 		new = &File{}
-	}
-	if old.SourceDateEpoch != new.SourceDateEpoch && len(changes) == 0 {
-		changes = append(changes, Change{URI: "sourceDateEpoch", Old: fmt.Sprint(old.SourceDateEpoch), New: fmt.Sprint(new.SourceDateEpoch)})
 	}
 	type key struct{ role, uri string }
 	var keys []key

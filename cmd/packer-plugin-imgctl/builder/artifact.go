@@ -46,6 +46,7 @@ func (a *Artifact) Id() string {
 	return a.amiList()
 }
 
+// amiList is "region:ami-…,…" sorted by region; "" without AMIs.
 func (a *Artifact) amiList() string {
 	var parts []string
 	for _, r := range slices.Sorted(maps.Keys(a.AMIs)) {
@@ -75,11 +76,7 @@ func (a *Artifact) State(name string) any {
 }
 
 func (a *Artifact) generatedData() map[string]any {
-	amis := ""
-	if len(a.AMIs) > 0 {
-		amis = a.amiList()
-	}
-	return map[string]any{GeneratedImageDigest: a.Digest, GeneratedImageVersion: a.Version, GeneratedAMIs: amis}
+	return map[string]any{GeneratedImageDigest: a.Digest, GeneratedImageVersion: a.Version, GeneratedAMIs: a.amiList()}
 }
 
 // Destroy implements packer.Artifact: it removes the files and, in the regions this build

@@ -198,9 +198,7 @@ func (*stepBuild) run(ctx context.Context, s *state) error {
 	if errors.As(err, &lce) { // named by the fields, not by imgctl's flags
 		var b strings.Builder
 		fmt.Fprintf(&b, "lock_file %s: %v (set locked = false, or update_lock = true, to update it):", lce.Path, builders.ErrLockChanged)
-		for _, c := range lce.Changes {
-			b.WriteString("\n  " + c.String())
-		}
+		b.WriteString(lce.ChangeLines())
 		return &messageError{b.String(), err}
 	}
 	if err != nil {
@@ -343,8 +341,6 @@ func (*stepArtifact) run(_ context.Context, s *state) error {
 				a.AMIs[g.Region] = g.ImageID
 			}
 		}
-	}
-	if s.published != nil {
 		a.unpublish = s.createdRegions()
 	}
 	a.store, a.image, a.clients, a.log = s.store, img, s.clients, s.log
