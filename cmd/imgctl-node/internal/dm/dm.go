@@ -89,8 +89,12 @@ func (c *Control) call(name string, req uint, h Header, data []byte, extra int) 
 	if err != nil {
 		return Header{}, nil, fmt.Errorf("device-mapper %s %q: answer: %w", name, h.Name, err)
 	}
-	if out.DataStart < HeaderSize || out.DataStart > uint32(len(buf)) || out.DataSize > uint32(len(buf)) || out.DataSize < out.DataStart {
+	if out.DataSize > uint32(len(buf)) || out.DataStart < HeaderSize {
 		return out, nil, fmt.Errorf("device-mapper %s %q: answer's data area [%d, %d) outside the %d-byte buffer", name, h.Name, out.DataStart, out.DataSize, len(buf))
+	}
+	if out.DataSize <= out.DataStart {
+		// Nothing returned: the kernel then sets data_size to offsetof(struct dm_ioctl, data).
+		return out, nil, nil
 	}
 	return out, buf[out.DataStart:out.DataSize], nil
 }

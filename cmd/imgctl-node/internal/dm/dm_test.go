@@ -317,7 +317,8 @@ func (k *fakeKernel) ioctl(_ uintptr, req uint, buf []byte) error {
 	if req != unix.DM_VERSION && req != unix.DM_DEV_CREATE && d == nil {
 		return unix.ENXIO
 	}
-	out := Header{Version: k.version, DataSize: HeaderSize, DataStart: HeaderSize, Name: h.Name}
+	// With nothing to return, the kernel sets data_size to offsetof(struct dm_ioctl, data): 305.
+	out := Header{Version: k.version, DataSize: offUUID + uuidLen, DataStart: HeaderSize, Name: h.Name}
 	switch req {
 	case unix.DM_VERSION:
 	case unix.DM_DEV_CREATE:
