@@ -36,12 +36,19 @@ WantedBy=multi-user.target
 `,
 		"usr/local/bin/imgctl-test-report": `#!/bin/sh
 lower=$(findmnt -no SOURCE,FSTYPE,OPTIONS /run/imgctl/lower | tr -s ' ' ',')
-# Which partition the root really came from, as the kernel sees it (not what the loader asked).
+# Which partition the root really came from, as the kernel sees it (not what the loader asked);
+# through the device-mapper device (dm-verity) the init may have mounted instead.
 dev=$(basename "$(readlink -f "$(findmnt -no SOURCE /run/imgctl/lower)")")
+dm=none
+if [ -e "/sys/class/block/$dev/dm/name" ]; then
+	dm="$(cat "/sys/class/block/$dev/dm/name"):$dev"
+	dev=$(ls "/sys/class/block/$dev/slaves" | head -n 1)
+fi
+verity=$(test -e /run/imgctl/verity.json && echo marker || echo none)
 rootpart="name=$(sed -n 's/^PARTNAME=//p' "/sys/class/block/$dev/uevent"),uuid=$(blkid -s PARTUUID -o value "/dev/$dev")"
 var=$(findmnt -no FSTYPE /var)
 state=$(findmnt -no SOURCE,FSTYPE /run/imgctl/state | tr -s ' ' ',')
-echo "IMGCTL-TEST-REPORT lower=$lower rootpart=$rootpart var=$var state=$state target=$(systemctl is-active multi-user.target) uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
+echo "IMGCTL-TEST-REPORT lower=$lower rootpart=$rootpart dm=$dm verity=$verity var=$var state=$state target=$(systemctl is-active multi-user.target) uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
 systemctl --no-block poweroff
 `,
 	}
