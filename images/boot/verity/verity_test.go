@@ -239,7 +239,11 @@ func TestParseHashAreaErrors(t *testing.T) {
 	}{
 		{"wrong root hash", other.HashArea(), tr.RootHash, 129, "superblock: UUID"},
 		{"another tree's area with its UUID fixed", set(offUUID, func() []byte { u := tr.UUID(); return u[:] }()...), other.RootHash, 129, "superblock: UUID"},
-		{"top level", func() []byte { a := bytes.Clone(other.HashArea()); copy(a[offUUID:], func() []byte { u := tr.UUID(); return u[:] }()); return a }(), tr.RootHash, 129, "level 1 (top) does not hash to the root hash"},
+		{"top level", func() []byte {
+			a := bytes.Clone(other.HashArea())
+			copy(a[offUUID:], func() []byte { u := tr.UUID(); return u[:] }())
+			return a
+		}(), tr.RootHash, 129, "level 1 (top) does not hash to the root hash"},
 		{"fewer blocks", area, tr.RootHash, 128, "16384 bytes, want 8192 for 128 data blocks"},
 		{"no blocks", area, tr.RootHash, 0, "0 data blocks"},
 		{"signature", set(0, 'V'), tr.RootHash, 129, `signature "Verity\x00\x00", want "verity\x00\x00"`},
