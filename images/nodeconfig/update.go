@@ -1,6 +1,7 @@
 package nodeconfig
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"regexp"
@@ -151,4 +152,14 @@ func checkUpdateServer(s string) error {
 		return fmt.Errorf("%q: expected http(s)://HOST[:PORT][/PATH] without query or user", s)
 	}
 	return nil
+}
+
+// Validate reports every problem with u alone, joined, one *FieldError each (named
+// spec.update.FIELD): what a node checks on the update section it persisted.
+func (u Update) Validate() error {
+	var errs []error
+	for _, p := range u.check() {
+		errs = append(errs, p)
+	}
+	return errors.Join(errs...)
 }
