@@ -1,38 +1,36 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/imgctl/imgctl/images/boot/verity"
 	"github.com/imgctl/imgctl/layers/testenv"
 )
 
-// verityRoot pads the squashfs at sqfs to 4 KiB and appends a dm-verity hash area formatted
-// by veritysetup (its superblock at the padded size, random salt): the layout the builder
-// writes. It returns the image's path, the root hash and the hash offset.
+// verityRoot pads the squashfs at sqfs to 4 KiB and appends its dm-verity hash area
+// (package verity, as the builder does); veritysetup verifies the result. It returns the
+// image's path, the root hash and the hash offset.
 func verityRoot(ctx context.Context, t *testing.T, sqfs string) (img, rootHash string, offset int64) {
 	t.Helper()
-	fi, err := os.Stat(sqfs)
+	data := readFile(t, sqfs)
+	offset = (int64(len(data)) + verity.BlockSize - 1) &^ (verity.BlockSize - 1)
+	data = append(data, make([]byte, offset-int64(len(data)))...)
+	tree, err := verity.Build(ctx, bytes.NewReader(data), offset)
 	if err != nil {
 		t.Fatal(err)
 	}
-	offset = (fi.Size() + 4095) &^ 4095
 	img = sqfs + ".verity"
-	copyFile(t, sqfs, img, 0o644)
-	if err := os.Truncate(img, offset); err != nil {
+	if err := os.WriteFile(img, append(data, tree.HashArea()...), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out := run(ctx, t, "", "veritysetup", "format", "--hash-offset="+strconv.FormatInt(offset, 10), "--", img, img)
-	m := regexp.MustCompile(`Root hash:\s+([0-9a-f]{64})`).FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("veritysetup format: no root hash in\n%s", out)
-	}
-	run(ctx, t, "", "veritysetup", "verify", "--hash-offset="+strconv.FormatInt(offset, 10), "--", img, img, m[1])
-	return img, m[1], offset
+	rootHash = tree.RootHashHex()
+	run(ctx, t, "", "veritysetup", "verify", "--hash-offset="+strconv.FormatInt(offset, 10), "--", img, img, rootHash)
+	return img, rootHash, offset
 }
 
 // TestBootQEMUVerity boots a root whose squashfs carries a veritysetup hash tree: the init
@@ -98,6 +96,15 @@ func TestBootQEMUVerity(t *testing.T) {
 
 	t.Run("bad offset names the superblock", func(t *testing.T) {
 		out := boot(ctx, t, k.vmlinuz, initrd, disk, strings.Replace(line, "imgctl.verity-offset="+strconv.FormatInt(offset, 10), "imgctl.verity-offset=4096", 1))
-		requireLine(t, out, "step=verity status=fail", "no verity superblock at offset 4096")
+		requireLine(t, out, "step=verity status=fail", "at imgctl.verity-offset=4096: verity superblock: signature")
+	})
+
+	t.Run("root hash of another image", func(t *testing.T) {
+		other := strings.Replace(line, rootHash, strings.Repeat("0", 64), 1)
+		out := boot(ctx, t, k.vmlinuz, initrd, disk, other)
+		requireLine(t, out, "step=verity status=fail", "verity superblock: UUID")
+		if strings.Contains(out, "step=mount-root") {
+			t.Errorf("mounted a root whose superblock names another root hash:\n%s", out)
+		}
 	})
 }

@@ -1,7 +1,6 @@
 package bootinit
 
 import (
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +13,8 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/dm"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/rootmark"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
+	"github.com/imgctl/imgctl/images/boot"
+	"github.com/imgctl/imgctl/images/boot/verity"
 )
 
 // VerityName is the device-mapper name of the verity-mapped root.
@@ -43,26 +44,36 @@ func mapVerity(log *steplog.Logger, devDir, devPath string, v *cmdline.Verity) (
 }
 
 func setupVerity(devDir, devPath string, v *cmdline.Verity) (*verityRoot, error) {
-	hash, err := hex.DecodeString(v.RootHash)
+	hash, err := verity.ParseRootHash(v.RootHash)
 	if err != nil {
-		return nil, fmt.Errorf("root hash %q: %w", v.RootHash, err) // cmdline checked it
+		return nil, err // cmdline checked it
 	}
+	blocks := uint64(v.Offset / verity.BlockSize)
 	f, err := os.Open(devPath)
 	if err != nil {
 		return nil, fmt.Errorf("open the root device: %w", err)
 	}
 	var st unix.Stat_t
 	err = unix.Fstat(int(f.Fd()), &st)
-	var sb dm.Superblock
+	if err == nil && st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		err = errors.New("not a block device")
+	}
+	// The kernel never reads the superblock: check it here, so a wrong offset or a root hash
+	// for another image fails saying so rather than as an I/O error at the first read.
+	sb := make([]byte, verity.BlockSize)
 	if err == nil {
-		sb, err = dm.ReadSuperblock(f, v.Offset)
+		if _, err = f.ReadAt(sb, v.Offset); err != nil {
+			err = fmt.Errorf("read the verity superblock at %s=%d: %w", boot.KeyVerityOffset, v.Offset, err)
+		}
+	}
+	if err == nil {
+		if err = verity.CheckSuperblock(sb, blocks, hash); err != nil {
+			err = fmt.Errorf("at %s=%d: %w", boot.KeyVerityOffset, v.Offset, err)
+		}
 	}
 	f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", devPath, err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
-		return nil, fmt.Errorf("%s is not a block device", devPath)
 	}
 	ctl, err := dm.Open(devDir)
 	if err != nil {
@@ -72,7 +83,7 @@ func setupVerity(devDir, devPath string, v *cmdline.Verity) (*verityRoot, error)
 		ctl.Close()
 		return nil, err
 	}
-	dev, err := ctl.MapVerity(VerityName, dm.Verity{Dev: uint64(st.Rdev), DataBlocks: sb.DataBlocks, HashOffset: v.Offset, RootHash: hash, Salt: sb.Salt})
+	dev, err := ctl.MapVerity(VerityName, dm.Verity{Dev: uint64(st.Rdev), DataBlocks: blocks, HashOffset: v.Offset, RootHash: hash[:], Salt: verity.Salt})
 	if err != nil {
 		ctl.Close()
 		return nil, err
@@ -82,7 +93,7 @@ func setupVerity(devDir, devPath string, v *cmdline.Verity) (*verityRoot, error)
 		ctl.Close()
 		return nil, err
 	}
-	return &verityRoot{ctl: ctl, dev: dev, path: p, hash: v.RootHash, blocks: sb.DataBlocks}, nil
+	return &verityRoot{ctl: ctl, dev: dev, path: p, hash: v.RootHash, blocks: blocks}, nil
 }
 
 // ensureBlockNode returns devDir/dm-MINOR, creating the node when devtmpfs has not.

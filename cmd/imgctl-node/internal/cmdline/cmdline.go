@@ -15,6 +15,7 @@ import (
 
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/redact"
 	"github.com/imgctl/imgctl/images/boot"
+	"github.com/imgctl/imgctl/images/boot/verity"
 )
 
 // Defaults.
@@ -110,12 +111,9 @@ type Config struct {
 
 // Verity is the root's dm-verity parameters.
 type Verity struct {
-	RootHash string // 64 lower-case hex digits (sha256)
+	RootHash string // 64 lower-case hex digits (verity.ParseRootHash)
 	Offset   int64  // bytes from the root device's start to the verity superblock: the data size
 }
-
-// verityBlockSize is the data and hash block size of imgctl's verity format.
-const verityBlockSize = 4096
 
 // Parse reads the imgctl.* options from a kernel command line (the contents of /proc/cmdline).
 // Other options are ignored; the last occurrence of an option wins, as with the kernel's own.
@@ -234,20 +232,19 @@ func rootURLDigest(rawURL, given string) (string, error) {
 	return fromURL, nil
 }
 
-// parseRootHash checks a dm-verity root hash: 64 hex digits, returned in lower case.
+// parseRootHash checks a dm-verity root hash (verity.ParseRootHash: 64 lower-case hex digits).
 func parseRootHash(s string) (string, error) {
-	h := strings.ToLower(s)
-	if len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {
-		return "", fmt.Errorf("%q: want 64 hex digits (a sha256 root hash)", s)
+	if _, err := verity.ParseRootHash(s); err != nil {
+		return "", err
 	}
-	return h, nil
+	return s, nil
 }
 
 // parseVerityOffset checks the verity superblock's offset: a positive multiple of the block size.
 func parseVerityOffset(s string) (int64, error) {
 	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 || n%verityBlockSize != 0 {
-		return 0, fmt.Errorf("%q: want a positive multiple of %d (bytes to the verity superblock)", s, verityBlockSize)
+	if err != nil || n <= 0 || n%verity.BlockSize != 0 {
+		return 0, fmt.Errorf("%q: want a positive multiple of %d (bytes to the verity superblock)", s, verity.BlockSize)
 	}
 	return n, nil
 }

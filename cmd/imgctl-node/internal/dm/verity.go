@@ -6,14 +6,14 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/imgctl/imgctl/images/boot/verity"
 )
 
-// VerityBlockSize is the data and hash block size imgctl's verity format uses.
-const VerityBlockSize = 4096
-
-// Verity describes a dm-verity device whose data and hash tree are on one block device:
-// DataBlocks blocks of data from its start, the veritysetup superblock at HashOffset (a
-// multiple of VerityBlockSize, usually the data size) and the tree in the blocks after it.
+// Verity describes a dm-verity device in imgctl's format (package images/boot/verity) whose
+// data and hash tree are on one block device: DataBlocks blocks of data from its start, the
+// veritysetup superblock at HashOffset (a multiple of verity.BlockSize, usually the data size)
+// and the tree in the blocks after it.
 type Verity struct {
 	Dev        uint64 // the block device's number (unix.Mkdev)
 	DataBlocks uint64
@@ -27,32 +27,32 @@ type Verity struct {
 //	1 DEV DEV 4096 4096 DATA_BLOCKS HASH_START sha256 ROOT_HASH SALT
 //
 // HASH_START counts hash blocks from the device's start to the tree's first block: the one
-// after the superblock. No optional arguments: a corrupted block fails its read with EIO.
+// after the superblock (verity.HashStart). No optional arguments: a corrupted block fails its
+// read with EIO.
 func (v Verity) Target() (Target, error) {
 	if v.DataBlocks == 0 {
 		return Target{}, fmt.Errorf("verity: no data blocks")
 	}
-	if v.HashOffset <= 0 || v.HashOffset%VerityBlockSize != 0 {
-		return Target{}, fmt.Errorf("verity: hash offset %d is not a positive multiple of %d", v.HashOffset, VerityBlockSize)
+	if v.HashOffset <= 0 || v.HashOffset%verity.BlockSize != 0 {
+		return Target{}, fmt.Errorf("verity: hash offset %d is not a positive multiple of %d", v.HashOffset, verity.BlockSize)
 	}
-	if uint64(v.HashOffset/VerityBlockSize) < v.DataBlocks {
+	if uint64(v.HashOffset/verity.BlockSize) < v.DataBlocks {
 		return Target{}, fmt.Errorf("verity: hash offset %d lies inside the %d data blocks", v.HashOffset, v.DataBlocks)
 	}
-	if len(v.RootHash) != 32 {
-		return Target{}, fmt.Errorf("verity: root hash is %d bytes, want 32 (sha256)", len(v.RootHash))
+	if len(v.RootHash) != verity.HashSize {
+		return Target{}, fmt.Errorf("verity: root hash is %d bytes, want %d (%s)", len(v.RootHash), verity.HashSize, verity.Algorithm)
 	}
 	salt := "-"
 	if len(v.Salt) > 0 {
 		salt = hex.EncodeToString(v.Salt)
 	}
 	dev := fmt.Sprintf("%d:%d", unix.Major(v.Dev), unix.Minor(v.Dev))
-	hashStart := uint64(v.HashOffset/VerityBlockSize) + 1
 	return Target{
 		Start:  0,
-		Length: v.DataBlocks * (VerityBlockSize / 512),
+		Length: v.DataBlocks * (verity.BlockSize / 512),
 		Type:   "verity",
-		Params: fmt.Sprintf("1 %s %s %d %d %d %d sha256 %s %s", dev, dev, VerityBlockSize, VerityBlockSize,
-			v.DataBlocks, hashStart, hex.EncodeToString(v.RootHash), salt),
+		Params: fmt.Sprintf("1 %s %s %d %d %d %d %s %s %s", dev, dev, verity.BlockSize, verity.BlockSize,
+			v.DataBlocks, verity.HashStart(v.HashOffset), verity.Algorithm, hex.EncodeToString(v.RootHash), salt),
 	}, nil
 }
 
