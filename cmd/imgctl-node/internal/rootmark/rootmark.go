@@ -56,7 +56,8 @@ func Write(root string, m Marker) error {
 		return fmt.Errorf("verity marker: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err == nil {
+	_, err = tmp.Write(append(b, '\n'))
+	if err == nil {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
