@@ -166,7 +166,7 @@ func (o *Options) report(ctx context.Context, st runState, failed error) {
 func (o Options) run(ctx context.Context, st *runState) error {
 	if !o.DryRun {
 		if err := o.removeMarker(); err != nil {
-			return o.Steps.Start("image-info").Fail(err)
+			return o.Steps.Start("configured").Fail(err)
 		}
 	}
 	info, err := step(o.Steps, "image-info", func() (*imageinfo.Info, []any, error) {
