@@ -99,6 +99,10 @@ func (e *ESP) Close() error {
 	return u()
 }
 
+// ErrNotAB is Locate's error for a boot that is not from an A/B disk (a network root, a root
+// partition that is not ROOT-A or ROOT-B): there is nothing to update or bless.
+var ErrNotAB = errors.New("not an A/B disk node")
+
 // Location is where the running slot lives.
 type Location struct {
 	Slot string       // boot.SlotA or boot.SlotB: the running root partition's label
@@ -111,7 +115,7 @@ type Location struct {
 // partition labelled ESP on the same disk.
 func Locate(sys blockdev.Sys, root cmdline.Device) (Location, error) {
 	if root.IsZero() {
-		return Location{}, errors.New("no imgctl.root= device on the kernel command line: not a disk node, nothing to update")
+		return Location{}, fmt.Errorf("%w: no imgctl.root= device on the kernel command line", ErrNotAB)
 	}
 	devs, err := sys.Scan()
 	if err != nil {
@@ -130,8 +134,8 @@ func Locate(sys blockdev.Sys, root cmdline.Device) (Location, error) {
 		}
 	}
 	if slot == "" {
-		return Location{}, fmt.Errorf("root %s is %s labelled %q (expected %s or %s): not an A/B disk",
-			root, r.Name, r.PartName, boot.LabelRootA, boot.LabelRootB)
+		return Location{}, fmt.Errorf("%w: root %s is %s labelled %q (expected %s or %s)",
+			ErrNotAB, root, r.Name, r.PartName, boot.LabelRootA, boot.LabelRootB)
 	}
 	var esps []blockdev.Dev
 	for _, d := range devs {
