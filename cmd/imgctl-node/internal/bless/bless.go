@@ -7,7 +7,8 @@
 //     (imgctl-b.conf), report phase update ok, clear the staged update.
 //   - Counting and configure failed: report, and reboot without blessing, so systemd-boot
 //     counts the try and, once the tries are used up, boots the other slot. Never on a blessed
-//     entry, and not when there is nothing else to boot (no reboot loops).
+//     entry, and only when the other slot has an entry to fall back to (blessed, or with tries
+//     left): a fresh disk's only slot is not rebooted in a loop.
 //   - On every run: the other slot's entry with no tries left (imgctl-b+0-3.conf) is an image
 //     that failed: record it in the update state (never retried automatically), report it and
 //     remove the entry, which frees the slot for the next update.
@@ -143,7 +144,7 @@ func Run(ctx context.Context, o Options) error {
 	switch {
 	case o.Debug:
 		rs.Skip("reason", boot.KeyDebug+" is set")
-	case cur.Left == 0 && !otherGood:
+	case !otherGood: // rebooting would only retry this slot: a fresh disk's, or a last resort
 		rs.Skip("reason", "no other slot to fall back to")
 	default:
 		save() // the reboot may not let the deferred save run

@@ -148,6 +148,21 @@ func TestDecisions(t *testing.T) {
 			wantLines:   []string{"step=update-bless status=fail", "step=update-reboot status=skip", `reason="no other slot to fall back to"`},
 		},
 		{
+			name:    "fresh disk, configure failed: no reboot, there is no other slot to fall back to",
+			entries: map[string]int64{"imgctl-a+2-1.conf": 1}, slot: "a", configured: false,
+			wantErr:     "configuration did not succeed",
+			wantEntries: []string{"imgctl-a+2-1.conf"},
+			wantLines:   []string{"step=update-bless status=fail", "tries-left=2", "step=update-reboot status=skip", `reason="no other slot to fall back to"`},
+		},
+		{
+			name:    "other slot used up too: no reboot",
+			entries: map[string]int64{"imgctl-a+0-3.conf": 1, "imgctl-b+1-2.conf": 2}, sidecars: side, slot: "b", configured: false,
+			wantErr:     "configuration did not succeed",
+			wantEntries: []string{"imgctl-b+1-2.conf"},
+			wantReports: []string{"update/false/", "update/false/" + imgV2},
+			wantLines:   []string{"step=update-rollback status=fail", "step=update-reboot status=skip"},
+		},
+		{
 			name:    "blessed slot, configure failed: never reboot",
 			entries: map[string]int64{"imgctl-a.conf": 1}, slot: "a", configured: false,
 			wantEntries: []string{"imgctl-a.conf"},
