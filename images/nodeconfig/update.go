@@ -155,3 +155,13 @@ func checkUpdateServer(s string) error {
 	}
 	return nil
 }
+
+// Validate reports every problem with u alone, joined, one *FieldError each (named
+// spec.update.FIELD): what a node checks on the update section it persisted.
+func (u Update) Validate() error {
+	var errs []error
+	for _, p := range u.check() {
+		errs = append(errs, p)
+	}
+	return errors.Join(errs...)
+}
