@@ -74,9 +74,10 @@ func Mount(ctx context.Context, dev, dir string) (*ESP, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("mount ESP: %w", err)
 	}
-	// nodev,nosuid,noexec: nothing on the ESP runs on the node; umask keeps it root's.
+	// nodev,nosuid,noexec: nothing on the ESP runs on the node; umask keeps it root's. No
+	// charset options: the names written are ASCII, and each option may need an nls module.
 	flags := uintptr(unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC)
-	if err := unix.Mount(dev, dir, "vfat", flags, "umask=0077,shortname=mixed,utf8"); err != nil {
+	if err := unix.Mount(dev, dir, "vfat", flags, "umask=0077"); err != nil {
 		return nil, fmt.Errorf("mount ESP %s at %s (vfat): %w", dev, dir, err)
 	}
 	e := New(dir)
