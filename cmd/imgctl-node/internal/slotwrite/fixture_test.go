@@ -2,10 +2,9 @@ package slotwrite
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
-	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -18,52 +17,24 @@ import (
 	"time"
 
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/blobs"
+	"github.com/imgctl/imgctl/images/boot/verity"
 	"github.com/imgctl/imgctl/images/update"
 )
 
-// testVerity is a stand-in hash area with the roles of dm-verity's: a salted level-0 hash per
-// block, an area whose size depends on the block count, checked against a root hash.
-type testVerity struct{}
-
-func (testVerity) HashBlock(b []byte) [32]byte {
-	return sha256.Sum256(append([]byte("salt"), b...))
-}
-
-func (testVerity) HashAreaSize(n uint64) int64 {
-	return BlockSize + int64((32*n+BlockSize-1)/BlockSize*BlockSize)
-}
-
-func (v testVerity) ParseHashArea(area []byte, root [32]byte, n uint64) ([][32]byte, error) {
-	if int64(len(area)) != v.HashAreaSize(n) {
-		return nil, fmt.Errorf("hash area is %d bytes, want %d", len(area), v.HashAreaSize(n))
+// build makes a root blob of data (a multiple of BlockSize) and its hash area, as the builder
+// does, and the Image describing it.
+func build(t *testing.T, data []byte) ([]byte, update.Image) {
+	t.Helper()
+	tree, err := verity.Build(context.Background(), bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
 	}
-	tree := area[BlockSize:]
-	if sha256.Sum256(area) != root {
-		return nil, errors.New("hash area does not match the root hash")
-	}
-	out := make([][32]byte, n)
-	for i := range out {
-		copy(out[i][:], tree[32*i:])
-	}
-	return out, nil
-}
-
-// build makes a root blob of data (a multiple of BlockSize) and the Image describing it.
-func (v testVerity) build(data []byte) ([]byte, update.Image) {
-	n := uint64(len(data) / BlockSize)
-	area := make([]byte, v.HashAreaSize(n))
-	copy(area, "test verity superblock")
-	for i := range n {
-		h := v.HashBlock(data[i*BlockSize : (i+1)*BlockSize])
-		copy(area[BlockSize+32*i:], h[:])
-	}
-	root := sha256.Sum256(area)
-	blob := append(append([]byte(nil), data...), area...)
+	blob := append(append([]byte(nil), data...), tree.HashArea()...)
 	sum := sha256.Sum256(blob)
 	return blob, update.Image{
 		Digest: "sha256:" + strings.Repeat("1", 64), Version: "v-test", Kubernetes: "1.21.13", Architecture: "amd64",
 		Root:           update.Blob{Digest: "sha256:" + hex.EncodeToString(sum[:]), Size: int64(len(blob))},
-		VerityRootHash: hex.EncodeToString(root[:]), VerityOffset: int64(len(data)),
+		VerityRootHash: tree.RootHashHex(), VerityOffset: int64(len(data)),
 	}
 }
 

@@ -13,7 +13,6 @@
 package slotwrite
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -23,6 +22,7 @@ import (
 	"log/slog"
 
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/blobs"
+	"github.com/imgctl/imgctl/images/boot/verity"
 	"github.com/imgctl/imgctl/images/update"
 )
 
@@ -31,16 +31,6 @@ const BlockSize = update.BlockSize
 
 // DefaultRangeBlocks bounds one Range request (and the memory a fetch uses): 8 MiB.
 const DefaultRangeBlocks = 2048
-
-// Verity is the dm-verity format of the root's hash area (images/boot/verity).
-type Verity interface {
-	// HashBlock is a data block's level-0 hash.
-	HashBlock(block []byte) [32]byte
-	// HashAreaSize is the size of the hash area (superblock and tree) for dataBlocks blocks.
-	HashAreaSize(dataBlocks uint64) int64
-	// ParseHashArea checks area against rootHash and returns the level-0 hashes.
-	ParseHashArea(area []byte, rootHash [32]byte, dataBlocks uint64) ([][32]byte, error)
-}
 
 // Blobs reads byte ranges of blobs (blobs.Client).
 type Blobs interface {
@@ -78,10 +68,12 @@ type Options struct {
 	SlotName string // for messages: "ROOT-B (/dev/vda4)"
 	Active   *Active
 	Blobs    Blobs
-	Verity   Verity
 	// RangeBlocks bounds one Range request in blocks (DefaultRangeBlocks).
 	RangeBlocks int
-	Logger      *slog.Logger
+	// Progress, when set, is called as data blocks are done (written, or kept): done of total
+	// bytes of the root's data (the hash area follows).
+	Progress func(done, total int64)
+	Logger   *slog.Logger
 }
 
 // Result counts what Write did, in bytes.
@@ -136,6 +128,7 @@ func Write(ctx context.Context, o Options) (Result, error) {
 		switch op.Kind {
 		case update.Keep:
 			res.Kept += p.Bytes(op.Count)
+			w.advance(p.Bytes(op.Count))
 		case update.Copy:
 			fetched, err := w.copyRun(ctx, op)
 			res.Reused += p.Bytes(op.Count) - fetched
@@ -166,18 +159,26 @@ type writer struct {
 	o      Options
 	blocks uint64     // data blocks of the new root
 	want   [][32]byte // their level-0 hashes
+	done   int64      // bytes of data written or kept
+}
+
+func (w *writer) advance(n int64) {
+	w.done += n
+	if w.o.Progress != nil {
+		w.o.Progress(w.done, int64(w.blocks)*BlockSize)
+	}
 }
 
 // fetchHashArea downloads the root's hash area and checks it against the image's root hash
 // (a corrupt download is fetched again); it returns the area and its level-0 hashes.
 func (w *writer) fetchHashArea(ctx context.Context) (area []byte, leaves [][32]byte, err error) {
 	im := w.o.Image
-	rootHash, err := parseRootHash(im.VerityRootHash)
+	rootHash, err := verity.ParseRootHash(im.VerityRootHash)
 	if err != nil {
 		return nil, nil, fmt.Errorf("image %s: verity root hash: %w", im.Digest, err)
 	}
 	n := im.Root.Size - im.VerityOffset
-	if want := w.o.Verity.HashAreaSize(w.blocks); n != want {
+	if want := verity.HashAreaSize(w.blocks); n != want {
 		return nil, nil, fmt.Errorf("image %s: root blob %s is %d bytes with its hash area at %d: the area would be %d bytes, %d blocks need %d",
 			im.Digest, im.Root.Digest, im.Root.Size, im.VerityOffset, n, w.blocks, want)
 	}
@@ -191,7 +192,7 @@ func (w *writer) fetchHashArea(ctx context.Context) (area []byte, leaves [][32]b
 		if _, err := io.ReadFull(rc, buf); err != nil {
 			return err
 		}
-		l, err := w.o.Verity.ParseHashArea(buf, rootHash, w.blocks)
+		l, err := verity.ParseHashArea(buf, rootHash, w.blocks)
 		if err != nil {
 			return fmt.Errorf("root blob %s: the hash area does not match the image's verity root hash: %w", im.Root.Digest, err)
 		}
@@ -218,7 +219,7 @@ func (w *writer) hashBlocks(ctx context.Context, dev io.ReaderAt, n uint64, name
 		}
 		clear(b[got:])
 		for j := range k {
-			out = append(out, w.o.Verity.HashBlock(b[j*BlockSize:(j+1)*BlockSize]))
+			out = append(out, verity.HashBlock(b[j*BlockSize:(j+1)*BlockSize]))
 		}
 		i += k
 	}
@@ -234,7 +235,7 @@ func (w *writer) activeLeaves(ctx context.Context) ([][32]byte, error) {
 	if a.VerityRootHash == "" {
 		return w.hashBlocks(ctx, a.Device, uint64(a.Size/BlockSize), "the running slot")
 	}
-	rootHash, err := parseRootHash(a.VerityRootHash)
+	rootHash, err := verity.ParseRootHash(a.VerityRootHash)
 	if err != nil {
 		return nil, fmt.Errorf("the running slot's verity root hash: %w", err)
 	}
@@ -242,7 +243,7 @@ func (w *writer) activeLeaves(ctx context.Context) ([][32]byte, error) {
 		return nil, fmt.Errorf("the running slot's verity offset %d: want a positive multiple of %d", a.VerityOffset, BlockSize)
 	}
 	blocks := uint64(a.VerityOffset / BlockSize)
-	size := w.o.Verity.HashAreaSize(blocks)
+	size := verity.HashAreaSize(blocks)
 	if a.VerityOffset+size > a.Size {
 		return nil, fmt.Errorf("the running slot's hash area (%d bytes at %d) ends past its %d bytes", size, a.VerityOffset, a.Size)
 	}
@@ -250,7 +251,7 @@ func (w *writer) activeLeaves(ctx context.Context) ([][32]byte, error) {
 	if _, err := a.Device.ReadAt(area, a.VerityOffset); err != nil {
 		return nil, fmt.Errorf("the running slot: reading its hash area: %w", err)
 	}
-	leaves, err := w.o.Verity.ParseHashArea(area, rootHash, blocks)
+	leaves, err := verity.ParseHashArea(area, rootHash, blocks)
 	if err != nil {
 		// Not fatal: its blocks are only a source of copies, each checked again before use.
 		w.o.Logger.Warn("the running slot's hash area does not verify: fetching instead of copying", "err", err)
@@ -274,7 +275,7 @@ func (w *writer) copyRun(ctx context.Context, op update.Op) (fetched int64, err 
 		dst := op.Dst + done
 		start := uint64(0) // first block of b not yet written
 		for j := range k {
-			if w.o.Verity.HashBlock(b[j*BlockSize:(j+1)*BlockSize]) == w.want[dst+j] {
+			if verity.HashBlock(b[j*BlockSize:(j+1)*BlockSize]) == w.want[dst+j] {
 				continue
 			}
 			if err := w.writeBlocks(dst+start, b[start*BlockSize:j*BlockSize]); err != nil {
@@ -318,7 +319,7 @@ func (w *writer) fetchRun(ctx context.Context, dst, count uint64) error {
 			// Write what arrived and verifies, then report what went wrong.
 			var j uint64
 			for ; j < uint64(got)/BlockSize; j++ {
-				if w.o.Verity.HashBlock(b[j*BlockSize:(j+1)*BlockSize]) != w.want[next+j] {
+				if verity.HashBlock(b[j*BlockSize:(j+1)*BlockSize]) != w.want[next+j] {
 					rerr = fmt.Errorf("block %d of root blob %s does not match its verity hash: the download is corrupt", next+j, root.Digest)
 					break
 				}
@@ -346,6 +347,7 @@ func (w *writer) writeBlocks(dst uint64, b []byte) error {
 		// A write error is the disk's: retrying the download does not help.
 		return &blobs.Permanent{Err: fmt.Errorf("slot %s: writing block %d: %w", w.o.SlotName, dst, err)}
 	}
+	w.advance(int64(len(b)))
 	return nil
 }
 
@@ -371,14 +373,4 @@ func (w *writer) checkDigest(ctx context.Context) error {
 		return fmt.Errorf("slot %s: its first %d bytes hash to %s after writing, want the root blob's %s", w.o.SlotName, root.Size, got, root.Digest)
 	}
 	return nil
-}
-
-func parseRootHash(s string) ([32]byte, error) {
-	var h [32]byte
-	b, err := hex.DecodeString(s)
-	if err != nil || len(b) != 32 || !bytes.Equal([]byte(hex.EncodeToString(b)), []byte(s)) {
-		return h, fmt.Errorf("%q: want 64 lower-case hex digits", s)
-	}
-	copy(h[:], b)
-	return h, nil
 }
