@@ -19,7 +19,9 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/health"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/hooks"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/install"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/report"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/updater"
 )
 
 func main() {
@@ -48,6 +50,8 @@ func main() {
 		err = runMonitor(ctx, args)
 	case "cri-version":
 		err = runCRIVersion(ctx, args)
+	case "update":
+		err = runUpdate(ctx, args)
 	case "help", "-h", "--help":
 		fmt.Print(usageText)
 		return
@@ -82,6 +86,12 @@ const usageText = `usage: imgctl-node COMMAND [flags]
   monitor kubelet|runtime   health loop: restart the kubelet (its /healthz) or containerd (its CRI) when they
                             fail for a sustained period
   cri-version [--socket S]  ask the container runtime's CRI endpoint for its version
+  update                    imgctl-update.service (disk nodes): ask the NodeConfig's update server for the channel's
+                            image (/run/imgctl/update.json); if it is new here, write it into the inactive A/B slot
+                            (reusing the running slot's blocks, fetching the rest by Range, every block verified),
+                            put its kernel, initrd and a boot-counting entry (+3) on the ESP and reboot inside the
+                            window. Refuses another architecture, a Kubernetes minor jump, an image that failed here
+                            and any update while the running boot is not blessed
 
 Every install/configure step prints one line to stdout (the units send it to the console and the journal):
   imgctl-node step=NAME status=ok|fail|skip latency=NNms key=value ...
@@ -179,6 +189,19 @@ func runMonitor(ctx context.Context, args []string) error {
 		return nil // stopped by systemd
 	}
 	return err
+}
+
+func runUpdate(ctx context.Context, args []string) error {
+	parse("update", args, nil)
+	line, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return err
+	}
+	log := logger()
+	return updater.Run(ctx, updater.Options{
+		Cmdline: string(line), Steps: steplog.New(os.Stdout), Logger: log,
+		Report: report.FromCmdline(string(line), report.Options{Logger: log}),
+	})
 }
 
 func runCRIVersion(ctx context.Context, args []string) error {
