@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -22,11 +23,14 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/blobs"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/cmdline"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/esp"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/metadata"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/report"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/updatestate"
 	"github.com/imgctl/imgctl/images/boot"
 	"github.com/imgctl/imgctl/images/boot/verity"
 	"github.com/imgctl/imgctl/images/imageinfo"
+	"github.com/imgctl/imgctl/images/nodeapi"
 	"github.com/imgctl/imgctl/images/nodeconfig"
 	"github.com/imgctl/imgctl/images/update"
 )
@@ -125,6 +129,7 @@ type node struct {
 	locate             func(cmdline.Config) (Disk, error)
 	update             nodeconfig.Update
 	noConfig, noVerity bool
+	report             *report.Sender
 }
 
 func newNode(t *testing.T) *node {
@@ -243,7 +248,7 @@ func (n *node) run() error {
 		Reboot:   func(ctx context.Context) error { n.rebooted++; return nil },
 		Now:      func() time.Time { return n.now },
 		Client:   blobs.Client{Attempts: 2, Backoff: time.Millisecond, MaxBackoff: time.Millisecond},
-		Steps:    steplog.New(&n.out), RangeBlocks: 32,
+		Steps:    steplog.New(&n.out), RangeBlocks: 32, Report: n.report,
 	})
 }
 
@@ -487,5 +492,52 @@ func TestUpdateDecisions(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestUpdateReports: with a metadata server, a refused or failed update is reported (phase
+// update, not ok, naming the image); an install is not (bless reports the outcome once the new
+// slot proved itself).
+func TestUpdateReports(t *testing.T) {
+	var mu sync.Mutex
+	var got []nodeapi.Report
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		data, _ := io.ReadAll(r.Body)
+		rep, err := nodeapi.ParseReport(data)
+		if err != nil || r.URL.Path != nodeapi.ReportPath {
+			t.Errorf("report %s: %v", r.URL.Path, err)
+			return
+		}
+		mu.Lock()
+		got = append(got, *rep)
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	sender := report.New(&metadata.Imgctl{URL: srv.URL, Credential: "node-secret", Insecure: true}, report.Options{})
+
+	n := newNode(t)
+	n.report = sender
+	arm := newImage(t, rootData(3), "v2-arm", "1.21.13", "arm64")
+	n.publish(arm)
+	if err := n.run(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if len(got) != 1 || got[0].Phase != nodeapi.PhaseUpdate || got[0].OK || got[0].Image != arm.digest || got[0].Version != "v2-arm" ||
+		got[0].Failed != StepCheck || got[0].RootDigest != digestOf(n.v1.root) {
+		t.Errorf("reports %+v: want one failed update report for %s", got, arm.digest)
+	}
+	got = nil
+	mu.Unlock()
+
+	n.publish(v2(t))
+	if err := n.run(); err != nil {
+		t.Fatal(err)
+	}
+	n.has(t, "step=update-install status=ok")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 0 {
+		t.Errorf("an install sent reports %+v", got)
 	}
 }
