@@ -351,3 +351,63 @@ func allZero(b []byte) bool {
 	}
 	return true
 }
+
+// DataSize splits the size of a blob that is data followed by its hash area (as the builder
+// stores the root squashfs) into the data's size; false when no data size gives that total.
+func DataSize(total int64) (int64, bool) {
+	if total < 2*BlockSize || total%BlockSize != 0 {
+		return 0, false
+	}
+	// data + HashAreaSize(data) grows with data: search the block count.
+	lo, hi := uint64(1), uint64(total/BlockSize)
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		if int64(mid)*BlockSize+HashAreaSize(mid) < total {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	if int64(lo)*BlockSize+HashAreaSize(lo) != total {
+		return 0, false
+	}
+	return int64(lo) * BlockSize, true
+}
+
+// Appended is the tree found at the end of a blob by ReadAppended.
+type Appended struct {
+	DataSize int64 // the hash area's offset
+	RootHash [HashSize]byte
+	Leaves   [][HashSize]byte
+}
+
+// ReadAppended reads the hash area at the end of a blob of size total (data, then HashArea)
+// and checks it as ParseHashArea does, against the root hash its top block gives (the data
+// block's hash for one block). It checks the tree's consistency, not its authenticity: a blob
+// whose digest was verified (the store's), or a root hash from elsewhere compared with the
+// result, gives that.
+func ReadAppended(r io.ReaderAt, total int64) (Appended, error) {
+	dataSize, ok := DataSize(total)
+	if !ok {
+		return Appended{}, fmt.Errorf("verity: %d bytes is not a whole number of data blocks followed by their hash area", total)
+	}
+	blocks := uint64(dataSize / BlockSize)
+	area := make([]byte, HashAreaSize(blocks))
+	if _, err := r.ReadAt(area, dataSize); err != nil {
+		return Appended{}, fmt.Errorf("verity: reading the hash area at %d: %w", dataSize, err)
+	}
+	top := make([]byte, BlockSize)
+	if blocks == 1 {
+		if _, err := r.ReadAt(top, 0); err != nil {
+			return Appended{}, fmt.Errorf("verity: reading the data block: %w", err)
+		}
+	} else {
+		copy(top, area[BlockSize:])
+	}
+	root := HashBlock(top)
+	leaves, err := ParseHashArea(area, root, blocks)
+	if err != nil {
+		return Appended{}, err
+	}
+	return Appended{DataSize: dataSize, RootHash: root, Leaves: leaves}, nil
+}

@@ -239,7 +239,11 @@ func TestParseHashAreaErrors(t *testing.T) {
 	}{
 		{"wrong root hash", other.HashArea(), tr.RootHash, 129, "superblock: UUID"},
 		{"another tree's area with its UUID fixed", set(offUUID, func() []byte { u := tr.UUID(); return u[:] }()...), other.RootHash, 129, "superblock: UUID"},
-		{"top level", func() []byte { a := bytes.Clone(other.HashArea()); copy(a[offUUID:], func() []byte { u := tr.UUID(); return u[:] }()); return a }(), tr.RootHash, 129, "level 1 (top) does not hash to the root hash"},
+		{"top level", func() []byte {
+			a := bytes.Clone(other.HashArea())
+			copy(a[offUUID:], func() []byte { u := tr.UUID(); return u[:] }())
+			return a
+		}(), tr.RootHash, 129, "level 1 (top) does not hash to the root hash"},
 		{"fewer blocks", area, tr.RootHash, 128, "16384 bytes, want 8192 for 128 data blocks"},
 		{"no blocks", area, tr.RootHash, 0, "0 data blocks"},
 		{"signature", set(0, 'V'), tr.RootHash, 129, `signature "Verity\x00\x00", want "verity\x00\x00"`},
@@ -354,5 +358,48 @@ func TestUUIDString(t *testing.T) {
 	}
 	if area := tr.HashArea(); !bytes.Equal(area[offUUID:offUUID+16], func() []byte { x := tr.UUID(); return x[:] }()) {
 		t.Error("the superblock's UUID is not Tree.UUID")
+	}
+}
+
+func TestDataSize(t *testing.T) {
+	for _, n := range []uint64{1, 2, 127, 128, 129, 300, 128 * 128, 128*128 + 1, 56_000, 1 << 30} {
+		total := int64(n)*BlockSize + HashAreaSize(n)
+		if got, ok := DataSize(total); !ok || got != int64(n)*BlockSize {
+			t.Errorf("DataSize(%d) = %d, %v; want %d blocks", total, got, ok, n)
+		}
+	}
+	// Sizes between two valid ones (128 blocks give 130, 129 give 133), unaligned and too small ones.
+	for _, total := range []int64{0, BlockSize, BlockSize + 1, 3 * BlockSize, 131 * BlockSize, 132 * BlockSize, 133*BlockSize + 1, -BlockSize} {
+		if got, ok := DataSize(total); ok {
+			t.Errorf("DataSize(%d) = %d, want none", total, got)
+		}
+	}
+}
+
+func TestReadAppended(t *testing.T) {
+	for _, n := range []int{1, 2, 129} {
+		d := data(n, 21)
+		tr := build(t, d)
+		blob := append(bytes.Clone(d), tr.HashArea()...)
+		a, err := ReadAppended(bytes.NewReader(blob), int64(len(blob)))
+		if err != nil {
+			t.Fatalf("%d blocks: %v", n, err)
+		}
+		if a.DataSize != int64(len(d)) || a.RootHash != tr.RootHash || len(a.Leaves) != n || a.Leaves[n-1] != tr.Leaves()[n-1] {
+			t.Errorf("%d blocks: ReadAppended = size %d root %x, want %d %x", n, a.DataSize, a.RootHash, len(d), tr.RootHash)
+		}
+		// A changed level-0 block no longer matches the top block.
+		bad := bytes.Clone(blob)
+		bad[len(bad)-1] ^= 1
+		if _, err := ReadAppended(bytes.NewReader(bad), int64(len(bad))); err == nil {
+			t.Errorf("%d blocks: a flipped last byte is accepted", n)
+		}
+	}
+	if _, err := ReadAppended(bytes.NewReader(make([]byte, 3*BlockSize)), 3*BlockSize); err == nil || err.Error() != "verity: 12288 bytes is not a whole number of data blocks followed by their hash area" {
+		t.Errorf("err = %v", err)
+	}
+	short := data(2, 1)
+	if _, err := ReadAppended(bytes.NewReader(short), 4*BlockSize); err == nil || !strings.Contains(err.Error(), "reading the hash area at 8192: EOF") {
+		t.Errorf("short reader: err = %v", err)
 	}
 }
