@@ -18,10 +18,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -406,9 +408,16 @@ func (r *run) install(ctx context.Context) error {
 		err := fmt.Errorf("%w: image %s's root is %d bytes, slot %s (%s) holds %d", errRefused, im.Version, im.Root.Size, other, r.disk.Other, size)
 		return fail(err)
 	}
-	// From here on the firmware must not pick the inactive slot: its entries go first.
+	// From here on the firmware must not pick the inactive slot: its entries go first, then
+	// its old files (room on the ESP for the new ones).
 	if err := r.esp.RemoveSlotEntries(other); err != nil {
 		return fail(err)
+	}
+	for _, name := range []string{boot.SlotKernel, boot.SlotInitrd, esp.SlotImageFile} {
+		p := filepath.Join(r.esp.Dir, filepath.FromSlash(boot.SlotDir(other)), name)
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fail(err)
+		}
 	}
 	active, err := os.Open(r.disk.Root)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -466,6 +467,7 @@ func TestUpdateDecisions(t *testing.T) {
 			n := newNode(t)
 			// Slot B holds an older image with a blessed entry: a refusal must leave it.
 			n.espFile(boot.EntriesDir+"/imgctl-b.conf", boot.Entry{Slot: "b", Version: 1600000000}.Marshal())
+			n.espFile(boot.SlotDir("b")+"/vmlinuz", []byte("old kernel"))
 			c.setup(n)
 			err := n.run()
 			if c.err == "" && err != nil || c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
@@ -486,9 +488,15 @@ func TestUpdateDecisions(t *testing.T) {
 				if slices.ContainsFunc(ents, func(e string) bool { return strings.HasPrefix(e, "imgctl-b") }) {
 					t.Errorf("entries %v after a failed install: want none for slot b", ents)
 				}
+				if _, err := os.Stat(filepath.Join(n.espDir, "imgctl/b/vmlinuz")); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("slot b's old kernel after a failed install: %v", err)
+				}
 			default:
 				if !slices.Contains(ents, "imgctl-b.conf") {
 					t.Errorf("entries %v: slot b's entry was touched", ents)
+				}
+				if b, err := os.ReadFile(filepath.Join(n.espDir, "imgctl/b/vmlinuz")); string(b) != "old kernel" {
+					t.Errorf("slot b's kernel was touched: %q, %v", b, err)
 				}
 			}
 		})
