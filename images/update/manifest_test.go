@@ -26,6 +26,14 @@ var (
 // before encoding.
 func testManifest(t *testing.T, edit func(m map[string]any)) ([]byte, string) {
 	t.Helper()
+	data, err := manifestJSON(edit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data, digestOf(data)
+}
+
+func manifestJSON(edit func(m map[string]any)) ([]byte, error) {
 	layer := func(title, mt, d string, size int64, ann map[string]string) map[string]any {
 		a := map[string]any{AnnotationTitle: title}
 		for k, v := range ann {
@@ -59,11 +67,7 @@ func testManifest(t *testing.T, edit func(m map[string]any)) ([]byte, string) {
 	if edit != nil {
 		edit(m)
 	}
-	data, err := json.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data, digestOf(data)
+	return json.Marshal(m)
 }
 
 func rootAnnotations(m map[string]any) map[string]any {
