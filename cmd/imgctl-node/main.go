@@ -27,6 +27,7 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/install"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/report"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/updater"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/updatestate"
 	bootc "github.com/imgctl/imgctl/images/boot"
 	"github.com/imgctl/imgctl/images/nodeapi"
@@ -60,6 +61,8 @@ func main() {
 		err = runCRIVersion(ctx, args)
 	case "bless":
 		err = runBless(ctx, args)
+	case "update":
+		err = runUpdate(ctx, args)
 	case "help", "-h", "--help":
 		fmt.Print(usageText)
 		return
@@ -97,6 +100,12 @@ const usageText = `usage: imgctl-node COMMAND [flags]
   bless                     imgctl-bless.service: on an A/B disk, mark the running slot's boot entry good once
                             configure succeeded (kubelet healthy), else reboot without blessing (systemd-boot
                             falls back after 3 tries); record, report and remove the other slot's used-up entry
+  update                    imgctl-update.service (disk nodes): ask the NodeConfig's update server for the channel's
+                            image (/run/imgctl/update.json); if it is new here, write it into the inactive A/B slot
+                            (reusing the running slot's blocks, fetching the rest by Range, every block verified),
+                            put its kernel, initrd and a boot-counting entry (+3) on the ESP and reboot inside the
+                            window. Refuses another architecture, a Kubernetes minor jump, an image that failed here
+                            and any update while the running boot is not blessed
 
 Every install/configure step prints one line to stdout (the units send it to the console and the journal):
   imgctl-node step=NAME status=ok|fail|skip latency=NNms key=value ...
@@ -194,6 +203,19 @@ func runMonitor(ctx context.Context, args []string) error {
 		return nil // stopped by systemd
 	}
 	return err
+}
+
+func runUpdate(ctx context.Context, args []string) error {
+	parse("update", args, nil)
+	line, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return err
+	}
+	log := logger()
+	return updater.Run(ctx, updater.Options{
+		Cmdline: string(line), Steps: steplog.New(os.Stdout), Logger: log,
+		Report: report.FromCmdline(string(line), report.Options{Logger: log}),
+	})
 }
 
 func runCRIVersion(ctx context.Context, args []string) error {
