@@ -291,3 +291,34 @@ func TestChannelsInARegistry(t *testing.T) {
 		t.Error("promoting a missing image in the registry succeeded")
 	}
 }
+
+// imgctl channel pointer refuses what GET /v1/channels/CHANNEL refuses, naming the channel,
+// and a refusal leaves --output's file as it was.
+func TestChannelPointerRefusals(t *testing.T) {
+	dir := t.TempDir()
+	img := buildImages(t, dir, 1) // rootfs target only: nothing a disk node can install
+	if _, stderr, err := run(t, dir, "promote", img[0], "--to", "nightly"); err != nil {
+		t.Fatalf("promote: %v\n%s", err, stderr)
+	}
+	out := filepath.Join(dir, "prod.json")
+	if err := os.WriteFile(out, []byte("old pointer\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ channel, want string }{
+		{"qa", `channel "qa": unknown channel`},
+		{"prod", "channel prod: channel is empty (promote an image into it)"},
+		{"nightly", "channel nightly points to image 1.21.13-"},
+	} {
+		stdout, _, err := run(t, dir, "channel", "pointer", c.channel, "--output", out)
+		if err == nil || !strings.Contains(err.Error(), c.want) || stdout != "" {
+			t.Errorf("channel pointer %s: err = %v, stdout %q; want an error containing %q", c.channel, err, stdout, c.want)
+		}
+	}
+	_, _, err := run(t, dir, "channel", "pointer", "nightly")
+	if want := "which nodes cannot install in place: invalid update document: manifest " + img[0] + ": "; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("channel pointer of an image without a root squashfs: %v", err)
+	}
+	if data, err := os.ReadFile(out); err != nil || string(data) != "old pointer\n" {
+		t.Errorf("--output after refusals: %q, %v; want the old content", data, err)
+	}
+}

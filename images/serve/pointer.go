@@ -20,6 +20,13 @@ import (
 // not serve (not in it, unreadable, refused by its trust policy).
 var ErrNotInstallable = errors.New("channel's image cannot be served for in-place updates")
 
+// refusal is why a channel's image gets no pointer; it wraps ErrNotInstallable without
+// repeating its text.
+type refusal struct{ err error }
+
+func (r refusal) Error() string   { return r.err.Error() }
+func (r refusal) Unwrap() []error { return []error{r.err, ErrNotInstallable} }
+
 // installable reads image d's manifest from st and checks it as a node will
 // (update.ParseManifest): only an image a node can install gets a pointer.
 func installable(ctx context.Context, st *store.Store, d digest.Digest) (update.Image, error) {
@@ -59,7 +66,7 @@ func Pointer(ctx context.Context, st *store.Store, channels channel.Backend, ch 
 	what := fmt.Sprintf("channel %s points to image %s", ch, d)
 	img, err := st.Resolve(ctx, d.String())
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w: %w", what, ErrNotInstallable, err)
+		return nil, fmt.Errorf("%s: %w", what, refusal{err})
 	}
 	what = fmt.Sprintf("channel %s points to image %s (%s)", ch, img.Config.Version, d)
 	policy, err := sign.PolicyForStore(st.Dir())
@@ -68,12 +75,12 @@ func Pointer(ctx context.Context, st *store.Store, channels channel.Backend, ch 
 	}
 	if policy != nil {
 		if err := policy.Verify(ctx, st, img); err != nil {
-			return nil, fmt.Errorf("%s, which the trust policy of the store refuses: %w: %w", what, ErrNotInstallable, err)
+			return nil, fmt.Errorf("%s, which the trust policy of the store refuses: %w", what, refusal{err})
 		}
 	}
 	im, err := installable(ctx, st, d)
 	if err != nil {
-		return nil, fmt.Errorf("%s, which nodes cannot install in place: %w: %w", what, ErrNotInstallable, err)
+		return nil, fmt.Errorf("%s, which nodes cannot install in place: %w", what, refusal{err})
 	}
 	return pointerOf(ch, im)
 }
