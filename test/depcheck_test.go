@@ -95,10 +95,10 @@ func checkDirection(t *testing.T, out string) int {
 }
 
 // nodeLeaves are the packages outside cmd/ that the node agent may import: the NodeConfig
-// schema, image.json, the boot contract (command-line keys, partition labels, GPT codec) and the
-// update contract (pointer, manifest keys, block plan).
+// schema, image.json, the boot contract (command-line keys, partition labels, GPT codec,
+// dm-verity format) and the update contract (pointer, manifest keys, block plan).
 var nodeLeaves = map[string]bool{
-	"images/nodeconfig": true, "images/imageinfo": true, "images/boot": true, "images/boot/gpt": true,
+	"images/nodeconfig": true, "images/imageinfo": true, "images/boot": true, "images/boot/gpt": true, "images/boot/verity": true,
 	"images/nodeapi": true, "images/update": true,
 }
 
