@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log"
@@ -13,6 +14,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 
 	"github.com/imgctl/imgctl/images/channel"
+	"github.com/imgctl/imgctl/images/store"
+	"github.com/imgctl/imgctl/images/store/storetest"
+	"github.com/imgctl/imgctl/images/update"
 )
 
 // buildImages builds n small images (rootfs target) into dir's store and returns their digests.
@@ -320,5 +324,44 @@ func TestChannelPointerRefusals(t *testing.T) {
 	}
 	if data, err := os.ReadFile(out); err != nil || string(data) != "old pointer\n" {
 		t.Errorf("--output after refusals: %q, %v; want the old content", data, err)
+	}
+}
+
+// imgctl channel pointer prints the pointer of the channel's image, or replaces --output with it.
+func TestChannelPointer(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(context.Background(), filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := storetest.PutUpdatable(t, st, "1.0.0", 1700000000)
+	if _, stderr, err := run(t, dir, "promote", img.Digest().String(), "--to", "nightly"); err != nil {
+		t.Fatalf("promote: %v\n%s", err, stderr)
+	}
+	stdout, stderr, err := run(t, dir, "channel", "pointer", "nightly")
+	if err != nil {
+		t.Fatalf("channel pointer: %v\n%s", err, stderr)
+	}
+	p, err := update.DecodePointer(strings.NewReader(stdout))
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, stdout)
+	}
+	want := update.Pointer{SchemaVersion: 1, MediaType: update.PointerMediaType, Channel: "nightly", Image: img.Digest().String(),
+		Version: "1.0.0", Kubernetes: "1.21.13", Architecture: "amd64"}
+	if p != want {
+		t.Errorf("pointer %+v, want %+v", p, want)
+	}
+	out := filepath.Join(dir, "www", "v1", "channels", "nightly")
+	os.MkdirAll(filepath.Dir(out), 0o755)
+	os.WriteFile(out, []byte("old pointer\n"), 0o644)
+	if stdout, stderr, err := run(t, dir, "channel", "pointer", "nightly", "--output", out); err != nil || stdout != "" {
+		t.Fatalf("channel pointer --output: %v, stdout %q\n%s", err, stdout, stderr)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil || string(data) != stdout {
+		t.Errorf("--output wrote %q (%v), stdout gave %q", data, err, stdout)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(out)); len(ents) != 1 {
+		t.Errorf("--output left %d files in its directory, want 1", len(ents))
 	}
 }

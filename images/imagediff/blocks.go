@@ -48,21 +48,21 @@ type verityParams struct {
 }
 
 func verityOf(a manifest.Artifact) (verityParams, error) {
-	rh, hasRH := a.Annotations[update.AnnotationVerityRootHash]
-	off, hasOff := a.Annotations[update.AnnotationVerityOffset]
+	rh, hasRH := a.Annotations[manifest.AnnotationRootVerityRootHash]
+	off, hasOff := a.Annotations[manifest.AnnotationRootVerityOffset]
 	if !hasRH && !hasOff {
 		return verityParams{}, nil
 	}
 	if !hasRH || !hasOff {
-		return verityParams{}, fmt.Errorf("annotations %s and %s go together", update.AnnotationVerityRootHash, update.AnnotationVerityOffset)
+		return verityParams{}, fmt.Errorf("annotations %s and %s go together", manifest.AnnotationRootVerityRootHash, manifest.AnnotationRootVerityOffset)
 	}
 	h, err := verity.ParseRootHash(rh)
 	if err != nil {
-		return verityParams{}, fmt.Errorf("annotation %s: %w", update.AnnotationVerityRootHash, err)
+		return verityParams{}, fmt.Errorf("annotation %s: %w", manifest.AnnotationRootVerityRootHash, err)
 	}
 	n, err := strconv.ParseInt(off, 10, 64)
 	if err != nil || n <= 0 || n%verity.BlockSize != 0 || n >= a.Size {
-		return verityParams{}, fmt.Errorf("annotation %s %q: expected a positive multiple of %d below the blob's size %d", update.AnnotationVerityOffset, off, verity.BlockSize, a.Size)
+		return verityParams{}, fmt.Errorf("annotation %s %q: expected a positive multiple of %d below the blob's size %d", manifest.AnnotationRootVerityOffset, off, verity.BlockSize, a.Size)
 	}
 	return verityParams{ok: true, rootHash: h, offset: n}, nil
 }

@@ -20,7 +20,6 @@ import (
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/images/store/storetest"
-	"github.com/imgctl/imgctl/images/update"
 	"github.com/imgctl/imgctl/layers/testenv"
 )
 
@@ -215,8 +214,8 @@ func putRoot(t *testing.T, st *store.Store, version string, epoch int64, sq stri
 		if err != nil {
 			t.Fatal(err)
 		}
-		ann[update.AnnotationVerityRootHash] = tree.RootHashHex()
-		ann[update.AnnotationVerityOffset] = strconv.Itoa(len(data))
+		ann[manifest.AnnotationRootVerityRootHash] = tree.RootHashHex()
+		ann[manifest.AnnotationRootVerityOffset] = strconv.Itoa(len(data))
 		data = append(data, tree.HashArea()...)
 	}
 	var arts []manifest.Artifact

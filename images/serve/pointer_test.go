@@ -1,6 +1,7 @@
 package serve
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/imgctl/imgctl/images/channel"
 	"github.com/imgctl/imgctl/images/sign"
+	"github.com/imgctl/imgctl/images/store"
 	"github.com/imgctl/imgctl/images/store/storetest"
 	"github.com/imgctl/imgctl/images/update"
 )
@@ -80,5 +82,41 @@ func TestChannelPointerUnsignedImage(t *testing.T) {
 	_, err = Pointer(context.Background(), st, f.ch, "prod")
 	if !errors.Is(err, ErrNotInstallable) || !strings.Contains(err.Error(), "channel prod points to image 2.0.0 ("+unsigned.Digest().String()+"), which the trust policy of the store refuses") {
 		t.Errorf("Pointer under a trust policy: %v", err)
+	}
+}
+
+// GET /v1/channels/CHANNEL answers the pointer to the channel's image, the same document
+// Pointer (imgctl channel pointer) makes, and follows a promotion within Refresh.
+func TestChannelPointer(t *testing.T) {
+	st := storetest.Open(t)
+	v1 := storetest.PutUpdatable(t, st, "1.0.0", 1700000000)
+	v2 := storetest.PutUpdatable(t, st, "1.0.1", 1700000100)
+	f := newFixture(t, st, Options{})
+	f.promote(t, v1.Digest().String(), "prod")
+	for _, img := range []store.Image{v1, v2} {
+		if img.Digest() == v2.Digest() {
+			f.promote(t, v2.Digest().String(), "prod")
+		}
+		w := f.do(t, "GET", "/v1/channels/prod", "10.0.0.1:1000", false, "")
+		if w.Code != 200 || w.Header().Get("Content-Type") != update.PointerMediaType || w.Header().Get("Cache-Control") != "no-store" {
+			t.Fatalf("GET /v1/channels/prod: %d %v %q", w.Code, w.Header(), w.Body)
+		}
+		p, err := update.DecodePointer(bytes.NewReader(w.Body.Bytes()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := update.Pointer{SchemaVersion: 1, MediaType: update.PointerMediaType, Channel: "prod", Image: img.Digest().String(),
+			Version: img.Config.Version, Kubernetes: "1.21.13", Architecture: "amd64"}
+		if p != want {
+			t.Errorf("pointer %+v, want %+v", p, want)
+		}
+		doc, err := Pointer(context.Background(), st, f.ch, "prod")
+		if err != nil || !bytes.Equal(doc, w.Body.Bytes()) {
+			t.Errorf("Pointer = %q, %v; the route answered %q", doc, err, w.Body)
+		}
+	}
+	metrics := f.do(t, "GET", "/metrics", "10.0.0.1:1000", false, "").Body.String()
+	if want := `imgctl_serve_requests_total{code="200",route="channels"} 2`; !strings.Contains(metrics, want) {
+		t.Errorf("metrics have no %s", want)
 	}
 }
