@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/diskfs/go-diskfs/backend/file"
+	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/filesystem/squashfs"
 	"golang.org/x/sync/errgroup"
 )
@@ -57,6 +58,13 @@ type entry struct {
 	size     int64
 	target   string
 	sum      [32]byte // regular files whose content is compared
+	// open opens a regular file from its directory entry (no path lookup).
+	open func() (io.ReadCloser, error)
+}
+
+// opener is what go-diskfs's squashfs directory entries offer besides fs.DirEntry.
+type opener interface {
+	Open() (filesystem.File, error)
 }
 
 // squashRoot is a root squashfs: the first size bytes of a file (a root blob carries its
@@ -105,6 +113,9 @@ func tree(ctx context.Context, name string, fsys *squashfs.FileSystem) (map[stri
 			if e.typ == "symlink" {
 				e.size = int64(len(e.target))
 			}
+			if o, ok := de.(opener); ok && e.typ == "file" {
+				e.open = func() (io.ReadCloser, error) { return o.Open() }
+			}
 			out[p] = e
 			if fi.IsDir() {
 				if err := walk(p); err != nil {
@@ -144,7 +155,13 @@ func hashFiles(ctx context.Context, name string, fsys *squashfs.FileSystem, t ma
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		f, err := fsys.OpenFile(p, os.O_RDONLY)
+		var f io.ReadCloser
+		var err error
+		if e := t[p]; e.open != nil {
+			f, err = e.open()
+		} else {
+			f, err = fsys.OpenFile(p, os.O_RDONLY)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: opening /%s: %w", name, p, err)
 		}
