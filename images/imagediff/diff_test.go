@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -316,6 +317,15 @@ func TestDiffImages(t *testing.T) {
 	want.Percent = 100 * float64(want.FetchBytes) / float64(rootBytes)
 	if !reflect.DeepEqual(r.Update, want) {
 		t.Errorf("update:\n got %+v\nwant %+v", r.Update, want)
+	}
+	js, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{`"files":{"changes":[`, `"added":2,"removed":1,"changed":6,"unchanged":6,`, `"update":{"fetchBytes":`, `"blocks":{"blocks":`} {
+		if !bytes.Contains(js, []byte(key)) {
+			t.Errorf("JSON has no %s:\n%s", key, js)
+		}
 	}
 	var text bytes.Buffer
 	if err := WriteText(&text, r, 1); err != nil {

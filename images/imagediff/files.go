@@ -44,10 +44,15 @@ type FileChange struct {
 type Files struct {
 	Changes []FileChange `json:"changes"`
 	// Added, Removed, Changed count the changes; Unchanged the paths in both that are equal.
-	Added, Removed, Changed, Unchanged int
+	Added     int `json:"added"`
+	Removed   int `json:"removed"`
+	Changed   int `json:"changed"`
+	Unchanged int `json:"unchanged"`
 	// AddedBytes and RemovedBytes sum the sizes of added and removed regular files;
 	// ChangedBytes the sizes in B of changed regular files.
-	AddedBytes, RemovedBytes, ChangedBytes int64
+	AddedBytes   int64 `json:"addedBytes"`
+	RemovedBytes int64 `json:"removedBytes"`
+	ChangedBytes int64 `json:"changedBytes"`
 }
 
 // entry is one path of a root filesystem.
