@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 
 	digest "github.com/opencontainers/go-digest"
 
@@ -105,11 +106,7 @@ func (s *Server) channelPointer(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the store's channels cannot be read (see the server's log)", http.StatusServiceUnavailable)
 		return
 	}
-	known := false
-	for _, o := range order {
-		known = known || o == ch
-	}
-	if !known {
+	if !slices.Contains(order, ch) {
 		http.Error(w, fmt.Sprintf("not found: channel %s is not a channel of the store (its channels: %v)", ch, order), http.StatusNotFound)
 		return
 	}
