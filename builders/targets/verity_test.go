@@ -3,6 +3,7 @@ package targets_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/imgctl/imgctl/images/boot"
 	"github.com/imgctl/imgctl/images/boot/verity"
 	"github.com/imgctl/imgctl/images/manifest"
+	"github.com/imgctl/imgctl/images/update"
 	"github.com/imgctl/imgctl/layers/testenv"
 )
 
@@ -102,6 +104,27 @@ func TestRawRootCarriesVerity(t *testing.T) {
 	}
 	if got := res.Image.Manifest.Annotations[manifest.AnnotationArchitecture]; got != "amd64" || res.Image.Config.Architecture != "amd64" {
 		t.Errorf("architecture: manifest %q, config %q; want amd64", got, res.Image.Config.Architecture)
+	}
+
+	// A node reads the image from its manifest bytes (images/update): the same root, verity
+	// parameters, kernel, initrd, architecture and the spec's command line.
+	rc, err := e.Opts.Store.OpenBlob(context.Background(), res.Image.Digest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mj, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := update.ParseManifest(mj, string(res.Image.Digest()))
+	if err != nil {
+		t.Fatalf("a node cannot read the raw image's manifest: %v", err)
+	}
+	k := artifact(t, res.Image.Config, manifest.Artifacts(res.Image.Manifest), manifest.KernelArtifact)
+	if im.Root != (update.Blob{Digest: string(r.art.Digest), Size: r.art.Size}) || im.VerityRootHash != r.rootHash || im.VerityOffset != r.offset ||
+		im.Kernel.Digest != string(k.Digest) || im.Architecture != "amd64" || strings.Join(im.Cmdline, " ") != strings.Join(e.Opts.Spec.Spec.Kernel.Cmdline, " ") {
+		t.Errorf("update.ParseManifest = %+v", im)
 	}
 
 	// A rebuild takes the root from the cache: the same parameters, read back from its hash area.

@@ -15,13 +15,13 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/imgctl/imgctl/images/manifest/keys"
+	nodeupdate "github.com/imgctl/imgctl/images/update" // not update: the golden-file flag of the tests
 )
 
 // Media and artifact types of an imgctl image.
 const (
 	// ArtifactType is the artifactType of every imgctl image manifest.
-	ArtifactType = "application/vnd.imgctl.image.v1"
+	ArtifactType = nodeupdate.ArtifactType // application/vnd.imgctl.image.v1
 	// ConfigMediaType is the media type of the config blob (a JSON Config).
 	ConfigMediaType = "application/vnd.imgctl.image.config.v1+json"
 
@@ -44,37 +44,37 @@ const (
 
 // Annotation keys written on image manifests and index entries.
 const (
-	AnnotationTitle             = keys.Title                // org.opencontainers.image.title
-	AnnotationVersion           = keys.Version              // org.opencontainers.image.version
-	AnnotationCreated           = ocispec.AnnotationCreated // org.opencontainers.image.created
-	AnnotationRefName           = ocispec.AnnotationRefName // org.opencontainers.image.ref.name
-	AnnotationKubernetesVersion = keys.KubernetesVersion
+	AnnotationTitle             = nodeupdate.AnnotationTitle   // org.opencontainers.image.title
+	AnnotationVersion           = nodeupdate.AnnotationVersion // org.opencontainers.image.version
+	AnnotationCreated           = ocispec.AnnotationCreated    // org.opencontainers.image.created
+	AnnotationRefName           = ocispec.AnnotationRefName    // org.opencontainers.image.ref.name
+	AnnotationKubernetesVersion = nodeupdate.AnnotationKubernetesVersion
 	AnnotationKernelVersion     = "dev.imgctl.kernel.version"
 	AnnotationName              = "dev.imgctl.name"
-	AnnotationArchitecture      = keys.Architecture // GOARCH's name of the image's architecture
+	AnnotationArchitecture      = nodeupdate.AnnotationArchitecture // GOARCH's name of the image's architecture
 )
 
 // Artifact annotation keys the boot targets write (raw, pxe) and readers (imgctl serve) use.
 const (
-	AnnotationKernelRelease      = "dev.imgctl.kernel.release"  // vmlinuz: the kernel release
-	AnnotationKernelCmdline      = keys.KernelCmdline           // a kernel command line, space-separated (the spec's; disk.simg: slot A's)
-	AnnotationInitrdDrivers      = "dev.imgctl.initrd.drivers"  // initrd.img: optional drivers included, comma-separated
-	AnnotationRootDigest         = keys.RootDigest              // the root blob's digest (squashfs + verity hash area), sha256:HEX
-	AnnotationRootSize           = keys.RootSize                // the root blob's size in bytes
-	AnnotationRootCompressor     = "dev.imgctl.root.compressor" // the root squashfs's compressor
-	AnnotationRootVerityRootHash = keys.RootVerityRootHash      // the root's dm-verity root hash, hex
-	AnnotationRootVerityOffset   = keys.RootVerityOffset        // the root's verity hash area's offset in the blob (the squashfs's size)
-	AnnotationDiskSize           = "dev.imgctl.disk.size"       // disk image size in bytes
-	AnnotationDiskPartitions     = "dev.imgctl.disk.partitions" // disk partition table (JSON)
-	AnnotationDiskGUID           = "dev.imgctl.disk.guid"       // disk GUID
+	AnnotationKernelRelease      = "dev.imgctl.kernel.release"         // vmlinuz: the kernel release
+	AnnotationKernelCmdline      = nodeupdate.AnnotationKernelCmdline  // a kernel command line, space-separated (the spec's; disk.simg: slot A's)
+	AnnotationInitrdDrivers      = "dev.imgctl.initrd.drivers"         // initrd.img: optional drivers included, comma-separated
+	AnnotationRootDigest         = nodeupdate.AnnotationRootDigest     // the root blob's digest (squashfs + verity hash area), sha256:HEX
+	AnnotationRootSize           = nodeupdate.AnnotationRootSize       // the root blob's size in bytes
+	AnnotationRootCompressor     = "dev.imgctl.root.compressor"        // the root squashfs's compressor
+	AnnotationRootVerityRootHash = nodeupdate.AnnotationVerityRootHash // the root's dm-verity root hash, hex
+	AnnotationRootVerityOffset   = nodeupdate.AnnotationVerityOffset   // the root's verity hash area's offset in the blob (the squashfs's size)
+	AnnotationDiskSize           = "dev.imgctl.disk.size"              // disk image size in bytes
+	AnnotationDiskPartitions     = "dev.imgctl.disk.partitions"        // disk partition table (JSON)
+	AnnotationDiskGUID           = "dev.imgctl.disk.guid"              // disk GUID
 )
 
 // Names of the boot artifacts (file names in an export and org.opencontainers.image.title):
 // the raw and pxe targets write them, netboot servers find them by them.
 const (
-	KernelArtifact       = keys.KernelArtifact
-	InitrdArtifact       = keys.InitrdArtifact
-	RootSquashfsArtifact = keys.RootSquashfsArtifact
+	KernelArtifact       = nodeupdate.KernelArtifact
+	InitrdArtifact       = nodeupdate.InitrdArtifact
+	RootSquashfsArtifact = nodeupdate.RootArtifact
 	IPXEScriptArtifact   = "boot.ipxe"
 )
 

@@ -14,7 +14,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/imgctl/imgctl/images/manifest/keys"
+	nodeupdate "github.com/imgctl/imgctl/images/update"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -350,9 +350,11 @@ func TestArchitecture(t *testing.T) {
 	}
 }
 
-// TestKeysAreOCIs: the node's leaf spells OCI's annotation keys as the OCI module does.
-func TestKeysAreOCIs(t *testing.T) {
-	if keys.Title != ocispec.AnnotationTitle || keys.Version != ocispec.AnnotationVersion {
-		t.Errorf("keys.Title %q, keys.Version %q; OCI: %q, %q", keys.Title, keys.Version, ocispec.AnnotationTitle, ocispec.AnnotationVersion)
+// TestUpdateKeysAreOCIs: the node's leaf (images/update, which this package re-exports) spells
+// OCI's names as the OCI module does.
+func TestUpdateKeysAreOCIs(t *testing.T) {
+	if nodeupdate.AnnotationTitle != ocispec.AnnotationTitle || nodeupdate.AnnotationVersion != ocispec.AnnotationVersion || nodeupdate.OCIManifestMediaType != ocispec.MediaTypeImageManifest {
+		t.Errorf("images/update: %q, %q, %q; OCI: %q, %q, %q", nodeupdate.AnnotationTitle, nodeupdate.AnnotationVersion, nodeupdate.OCIManifestMediaType,
+			ocispec.AnnotationTitle, ocispec.AnnotationVersion, ocispec.MediaTypeImageManifest)
 	}
 }
