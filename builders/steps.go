@@ -263,7 +263,12 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (RootBlob, 
 	}
 	defer sq.Close()
 	sqOpts := squashfs.Options{Compression: o.Compression, Level: o.Level, MTime: b.epoch, Logger: b.log,
-		Late: func(name string) bool { _, ok := slices.BinarySearch(late, name); return ok }, TempDir: work}
+		Late: func(name string) int {
+			if _, ok := slices.BinarySearch(late, name); ok {
+				return 1
+			}
+			return 0
+		}, TempDir: work}
 	// Compressed blocks of earlier builds: a rebuild compresses only the blocks that changed.
 	blocks, err := blockcache.Open(filepath.Join(b.opts.Env.Cache.Dir(), "squashfs-blocks"), blockcache.Options{Logger: b.log})
 	if err != nil {
