@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -28,7 +27,7 @@ import (
 // Cache key versions: bump one when what its step writes changes for the same inputs.
 const (
 	initrdVersion   = "initrd/2"   // 2: soft dependencies and firmware
-	squashfsVersion = "squashfs/3" // 2: the volatile layers' files and image.json stored last; 3: dm-verity hash area appended
+	squashfsVersion = "squashfs/4" // 2: the volatile layers' files and image.json stored last; 3: dm-verity hash area appended; 4: the kernel's files in a late group, late groups 4 KiB-aligned
 )
 
 // bootloaderPath is where the bootloader layer (Debian's systemd-boot-efi) puts systemd-boot.
@@ -263,12 +262,7 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (RootBlob, 
 	}
 	defer sq.Close()
 	sqOpts := squashfs.Options{Compression: o.Compression, Level: o.Level, MTime: b.epoch, Logger: b.log,
-		Late: func(name string) int {
-			if _, ok := slices.BinarySearch(late, name); ok {
-				return 1
-			}
-			return 0
-		}, TempDir: work}
+		Late: func(name string) int { return lateGroupOf(late, name) }, TempDir: work}
 	// Compressed blocks of earlier builds: a rebuild compresses only the blocks that changed.
 	blocks, err := blockcache.Open(filepath.Join(b.opts.Env.Cache.Dir(), "squashfs-blocks"), blockcache.Options{Logger: b.log})
 	if err != nil {
