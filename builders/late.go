@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/imgctl/imgctl/images/imageinfo"
+	"github.com/imgctl/imgctl/layers/assemble"
 	"github.com/imgctl/imgctl/layers/compose"
 	"github.com/imgctl/imgctl/layers/spec"
 )
@@ -79,11 +80,16 @@ func lateGroupOf(late []lateFile, path string) int {
 	return late[i].group
 }
 
-// lateKey identifies a late file set in the squashfs cache key.
-func lateKey(late []lateFile) string {
+// lateKey identifies the late groups in the squashfs cache key without listing them (which
+// reads every layer's headers): they follow from the layers' roles and contents, in order, and
+// lateGroups.
+func lateKey(layers []assemble.Layer) string {
 	h := sha256.New()
-	for _, f := range late {
-		fmt.Fprintf(h, "%d\x00%s\x00", f.group, f.path)
+	for _, r := range spec.Roles() {
+		fmt.Fprintf(h, "%s=%d\n", r, lateGroups[r])
+	}
+	for _, l := range layers {
+		fmt.Fprintf(h, "%s %s\n", l.Role, l.Digest)
 	}
 	return "late-groups sha256:" + hex.EncodeToString(h.Sum(nil))
 }

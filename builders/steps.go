@@ -229,12 +229,8 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (RootBlob, 
 	if blob, ok := b.squashfs[o]; ok {
 		return blob, nil
 	}
-	late, err := b.lateFilesLocked(ctx)
-	if err != nil {
-		return RootBlob{}, &StepError{"compress root squashfs", err}
-	}
 	key := func(rootfs digest.Digest) string {
-		return strings.Join([]string{squashfsVersion, string(rootfs), o.Compression, fmt.Sprint(o.Level), fmt.Sprint(b.epoch), lateKey(late)}, "\n")
+		return strings.Join([]string{squashfsVersion, string(rootfs), o.Compression, fmt.Sprint(o.Level), fmt.Sprint(b.epoch), lateKey(b.layers)}, "\n")
 	}
 	if b.rootfs.Digest == "" {
 		b.findRootfs(ctx, false)
@@ -261,6 +257,10 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (RootBlob, 
 		return RootBlob{}, err
 	}
 	defer sq.Close()
+	late, err := b.lateFilesLocked(ctx)
+	if err != nil {
+		return RootBlob{}, &StepError{"compress root squashfs", err}
+	}
 	sqOpts := squashfs.Options{Compression: o.Compression, Level: o.Level, MTime: b.epoch, Logger: b.log,
 		Late: func(name string) int { return lateGroupOf(late, name) }, TempDir: work}
 	// Compressed blocks of earlier builds: a rebuild compresses only the blocks that changed.
