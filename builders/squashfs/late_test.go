@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -211,6 +212,7 @@ func groupTar(t testing.TB, variant int) []byte {
 		file("etc/passwd", content(21, 900)),
 		file("usr/bin/aaa", content(22, 2*bs+5)),
 		file("usr/bin/kubelet", noise(23, 3*bs+777)),
+		{name: "usr/bin/ping", typ: tar.TypeReg, mode: 0o755, data: content(28, 100), xattrs: map[string]string{"security.capability": capability}},
 		file("usr/bin/zzz", content(24, 5000)),
 		file("usr/lib/modules/a.ko", content(uint64(25+variant), 7000)),
 		file("usr/lib/modules/big.ko", content(26, bs+99)),
@@ -306,4 +308,17 @@ func TestLateGroupNegative(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "usr/bin/kubelet") || !strings.Contains(err.Error(), "group -1") {
 		t.Errorf("err = %v, want one naming the file and its group", err)
 	}
+}
+
+// The kernel reads an image with late groups (padding between the groups' data) like any other.
+func TestLateGroupsKernelMount(t *testing.T) {
+	needTools(t, "mount", "umount", "tar")
+	tarball := groupTar(t, 1)
+	img := writeImage(t, tarball, Options{Late: groupOf})
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "squashfs", "-o", "loop,ro", "--", img, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount: %v\n%s", err, out)
+	}
+	defer func() { _ = exec.Command("umount", mnt).Run() }()
+	compareTrees(t, extract(t, tarball), mnt)
 }
