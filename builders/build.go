@@ -162,7 +162,7 @@ type Build struct {
 	agent        digest.Digest // of the node agent file, for the initrd cache key
 	initrds      map[string]Initrd
 	squashfs     map[SquashfsOptions]RootBlob
-	late         []string   // rootfs paths stored last in the squashfs, once listed (lateFilesLocked)
+	late         []lateFile // rootfs paths stored last in the squashfs, once listed (lateFilesLocked)
 	files        []*os.File // opened layer and blob files, closed when the build ends
 	phases       []Phase    // shared steps that did work, in order
 }

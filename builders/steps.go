@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -28,7 +27,7 @@ import (
 // Cache key versions: bump one when what its step writes changes for the same inputs.
 const (
 	initrdVersion   = "initrd/2"   // 2: soft dependencies and firmware
-	squashfsVersion = "squashfs/3" // 2: the volatile layers' files and image.json stored last; 3: dm-verity hash area appended
+	squashfsVersion = "squashfs/4" // 2: the volatile layers' files and image.json stored last; 3: dm-verity hash area appended; 4: the kernel's files in a late group, late groups 4 KiB-aligned
 )
 
 // bootloaderPath is where the bootloader layer (Debian's systemd-boot-efi) puts systemd-boot.
@@ -230,12 +229,8 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (RootBlob, 
 	if blob, ok := b.squashfs[o]; ok {
 		return blob, nil
 	}
-	late, err := b.lateFilesLocked(ctx)
-	if err != nil {
-		return RootBlob{}, &StepError{"compress root squashfs", err}
-	}
 	key := func(rootfs digest.Digest) string {
-		return strings.Join([]string{squashfsVersion, string(rootfs), o.Compression, fmt.Sprint(o.Level), fmt.Sprint(b.epoch), lateKey(late)}, "\n")
+		return strings.Join([]string{squashfsVersion, string(rootfs), o.Compression, fmt.Sprint(o.Level), fmt.Sprint(b.epoch), lateKey(b.layers)}, "\n")
 	}
 	if b.rootfs.Digest == "" {
 		b.findRootfs(ctx, false)
@@ -262,8 +257,12 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (RootBlob, 
 		return RootBlob{}, err
 	}
 	defer sq.Close()
+	late, err := b.lateFilesLocked(ctx)
+	if err != nil {
+		return RootBlob{}, &StepError{"compress root squashfs", err}
+	}
 	sqOpts := squashfs.Options{Compression: o.Compression, Level: o.Level, MTime: b.epoch, Logger: b.log,
-		Late: func(name string) bool { _, ok := slices.BinarySearch(late, name); return ok }, TempDir: work}
+		Late: func(name string) int { return lateGroupOf(late, name) }, TempDir: work}
 	// Compressed blocks of earlier builds: a rebuild compresses only the blocks that changed.
 	blocks, err := blockcache.Open(filepath.Join(b.opts.Env.Cache.Dir(), "squashfs-blocks"), blockcache.Options{Logger: b.log})
 	if err != nil {
