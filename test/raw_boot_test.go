@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/layers/testenv"
 )
 
@@ -36,12 +37,19 @@ WantedBy=multi-user.target
 `,
 		"usr/local/bin/imgctl-test-report": `#!/bin/sh
 lower=$(findmnt -no SOURCE,FSTYPE,OPTIONS /run/imgctl/lower | tr -s ' ' ',')
-# Which partition the root really came from, as the kernel sees it (not what the loader asked).
+# Which partition the root really came from, as the kernel sees it (not what the loader asked);
+# through the device-mapper device (dm-verity) the init may have mounted instead.
 dev=$(basename "$(readlink -f "$(findmnt -no SOURCE /run/imgctl/lower)")")
+dm=none
+if [ -e "/sys/class/block/$dev/dm/name" ]; then
+	dm="$(cat "/sys/class/block/$dev/dm/name"):$dev"
+	dev=$(ls "/sys/class/block/$dev/slaves" | head -n 1)
+fi
+verity=$(test -e /run/imgctl/verity.json && echo marker || echo none)
 rootpart="name=$(sed -n 's/^PARTNAME=//p' "/sys/class/block/$dev/uevent"),uuid=$(blkid -s PARTUUID -o value "/dev/$dev")"
 var=$(findmnt -no FSTYPE /var)
 state=$(findmnt -no SOURCE,FSTYPE /run/imgctl/state | tr -s ' ' ',')
-echo "IMGCTL-TEST-REPORT lower=$lower rootpart=$rootpart var=$var state=$state target=$(systemctl is-active multi-user.target) uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
+echo "IMGCTL-TEST-REPORT lower=$lower rootpart=$rootpart dm=$dm verity=$verity var=$var state=$state target=$(systemctl is-active multi-user.target) uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
 systemctl --no-block poweroff
 `,
 	}
@@ -76,6 +84,10 @@ type rawBuild struct {
 	digest  string
 	rootfs  string
 	rootLen int64
+	// The root blob's dm-verity parameters (its annotations): root hash (hex) and the hash
+	// area's offset.
+	verityHash   string
+	verityOffset int64
 }
 
 // buildRaw builds the embedded default spec with the test layer as target raw.
@@ -109,13 +121,17 @@ func buildRaw(ctx context.Context, t *testing.T, work, dir string) rawBuild {
 		}
 	}
 	json.Unmarshal([]byte(info), &insp)
-	var rootLen int64
+	rb := rawBuild{disk: filepath.Join(out, "disk.raw"), digest: b.Digest, rootfs: b.Config.Rootfs.Digest}
 	for _, l := range insp.Manifest.Layers {
-		if v := l.Annotations["dev.imgctl.root.size"]; v != "" {
-			rootLen, _ = strconv.ParseInt(v, 10, 64)
+		if v := l.Annotations[manifest.AnnotationRootSize]; v != "" {
+			rb.rootLen, _ = strconv.ParseInt(v, 10, 64)
+		}
+		if v := l.Annotations[manifest.AnnotationRootVerityRootHash]; v != "" {
+			rb.verityHash = v
+			rb.verityOffset, _ = strconv.ParseInt(l.Annotations[manifest.AnnotationRootVerityOffset], 10, 64)
 		}
 	}
-	return rawBuild{disk: filepath.Join(out, "disk.raw"), digest: b.Digest, rootfs: b.Config.Rootfs.Digest, rootLen: rootLen}
+	return rb
 }
 
 type gptPart struct {
@@ -160,7 +176,7 @@ func run(t *testing.T, name string, args ...string) string {
 // image in slot B and checks systemd-boot's boot counting falls back to B.
 func TestRawDiskBootsAndFallsBack(t *testing.T) {
 	requireQEMU(t)
-	testenv.Tools(t, "sgdisk", "fsck.fat", "e2fsck", "mcopy", "unsquashfs")
+	testenv.Tools(t, "sgdisk", "fsck.fat", "e2fsck", "mcopy", "unsquashfs", "veritysetup")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	work := t.TempDir()
@@ -185,6 +201,11 @@ func TestRawDiskBootsAndFallsBack(t *testing.T) {
 	if out := run(t, "unsquashfs", "-s", sq); !strings.Contains(out, "zstd") {
 		t.Errorf("unsquashfs -s:\n%s", out)
 	}
+	// ROOT-A's squashfs carries its dm-verity hash tree: veritysetup accepts it.
+	if b.verityHash == "" || b.verityOffset <= 0 {
+		t.Fatalf("the root blob has no verity annotations (root hash %q, offset %d)", b.verityHash, b.verityOffset)
+	}
+	run(t, "veritysetup", "verify", fmt.Sprintf("--hash-offset=%d", b.verityOffset), "--", sq, sq, b.verityHash)
 
 	// Boot 1: slot A, on a disk enlarged to 4 GiB.
 	disk := filepath.Join(work, "boot.raw")
@@ -207,9 +228,20 @@ func TestRawDiskBootsAndFallsBack(t *testing.T) {
 	t.Logf("slot A reached multi-user in %v wall; steps:\n  %s", time.Since(start).Round(time.Second), strings.Join(stepLines(log), "\n  "))
 	report := regexp.MustCompile(`IMGCTL-TEST-REPORT [^\r\n]*`).FindString(log)
 	t.Log(report)
-	for _, want := range []string{"squashfs,ro", "target=active", "var=overlay", "ext4"} {
+	for _, want := range []string{"squashfs,ro", "target=active", "var=overlay", "ext4", "dm=imgctl-root:dm-", "verity=marker"} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q: %s", want, report)
+		}
+	}
+	// The root is mapped through dm-verity and mounted from the mapped device; the binaries
+	// it holds are not hashed again.
+	for _, line := range [][]string{
+		{"step=verity status=ok", "roothash=" + b.verityHash[:12], fmt.Sprintf("blocks=%d", b.verityOffset/4096)},
+		{"step=mount-root status=ok", "device=/dev/dm-"},
+		{"step=verify-binaries status=skip", "reason=verity"},
+	} {
+		if !consoleHasLine(log, line...) {
+			t.Errorf("console has no line with all of %q", line)
 		}
 	}
 	for _, step := range []string{"step=mount-root status=ok", "step=switch-root status=ok", "step=format-state status=ok"} {
@@ -246,7 +278,9 @@ func TestRawDiskBootsAndFallsBack(t *testing.T) {
 	fb := filepath.Join(work, "fallback.raw")
 	run(t, "cp", "--sparse=always", b.disk, fb)
 	run(t, "dd", "if="+sq, "of="+fb, "bs=512", fmt.Sprintf("seek=%d", rootB.first), "conv=notrunc", "status=none")
-	run(t, "dd", "if=/dev/zero", "of="+fb, "bs=1M", "count=1", "iflag=fullblock", "oflag=seek_bytes", fmt.Sprintf("seek=%d", rootA.first*512), "conv=notrunc", "status=none")
+	// One flipped byte in ROOT-A's squashfs superblock (the first block the init reads):
+	// dm-verity fails the read.
+	flipByte(t, fb, rootA.first*512+100)
 	img := fmt.Sprintf("%s@@%d", fb, esp.first*512)
 	entryA := run(t, "mtype", "-i", img, "::loader/entries/imgctl-a+3.conf")
 	entryB := strings.NewReplacer("slot A", "slot B", "/imgctl/a/", "/imgctl/b/", rootA.guid, rootB.guid).Replace(entryA)
@@ -271,6 +305,9 @@ func TestRawDiskBootsAndFallsBack(t *testing.T) {
 		t.Fatalf("fallback boot: %v\nconsole:\n%s", err, tail(log, 6000))
 	}
 	fails := strings.Count(log, "step=mount-root status=fail")
+	if !consoleHasLine(log, "step=mount-root status=fail", "input/output error") || !consoleHasLine(log, "step=verity status=fail", "dm-status=C", "roothash="+b.verityHash[:12]) {
+		t.Error("slot A's flipped byte: no mount-root failure with an I/O error and a verity failure line with dm-status=C")
+	}
 	t.Logf("slot A failed %d times before slot B booted; steps:\n  %s", fails, strings.Join(stepLines(log), "\n  "))
 	if fails < 1 {
 		t.Error("slot A never failed: the test did not break it")
@@ -284,6 +321,41 @@ func TestRawDiskBootsAndFallsBack(t *testing.T) {
 	if i, j := strings.LastIndex(log, "step=mount-root status=fail"), strings.Index(log, "IMGCTL-TEST-REPORT"); i > j {
 		t.Errorf("slot A failed again after the report: the report is not from the fallback boot")
 	}
+}
+
+// flipByte inverts the lowest bit of the byte at off in file.
+func flipByte(t *testing.T, file string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(file, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 1
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// consoleHasLine reports whether one step line of the console log contains all of subs.
+func consoleHasLine(log string, subs ...string) bool {
+	for _, line := range stepLines(log) {
+		all := true
+		for _, s := range subs {
+			all = all && strings.Contains(line, s)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
 
 func tail(s string, n int) string {
