@@ -156,8 +156,8 @@ func TestRunPublishesAMI(t *testing.T) {
 	if gen["AMIs"] != art.Id() || !strings.HasPrefix(d, "sha256:") {
 		t.Errorf("generated_data = %v", gen)
 	}
-	if len(art.Files()) != 3 {
-		t.Errorf("files %v, want raw's three", art.Files())
+	if len(art.Files()) != 4 {
+		t.Errorf("files %v, want raw's four (disk.raw, vmlinuz, initrd.img, rootfs.squashfs)", art.Files())
 	}
 	for _, r := range []string{"us-east-1", "eu-west-1"} {
 		if amis, _ := e.left(t, r, d); amis != 1 || len(e.newSnapshots(t, r, before[r])) == 0 {
