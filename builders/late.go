@@ -15,22 +15,25 @@ import (
 )
 
 // The root squashfs stores the data of some layers' files after all other data, in groups
-// (squashfs.Options.Late), each starting at a 4 KiB boundary:
+// (squashfs.Options.Late), each starting at a 4 KiB boundary, the least often changed first:
 //
 //  1. the kernel layer's files: a kernel upgrade changes them all (new release directory),
 //     rarely, and they are big; in path order (/boot, /usr/lib/modules) they would move every
 //     file after them by an amount that is not a multiple of 4 KiB;
-//  2. the files a routine update changes on its own, last: a kubelet patch release, a new
+//  2. the runtime layer's (containerd, runc: Debian security updates);
+//  3. the extra layers' (site files, baked configuration);
+//  4. the files a routine update changes on its own, last: a kubelet patch release, a new
 //     bootstrap agent, and image.json, which every build regenerates.
 //
-// So an update leaves the data before its group as it was and moves the data after it by whole
-// 4 KiB blocks: a node updating in place reuses those blocks of its running root by hash
-// (images/update.PlanBlocks) and an incremental upload of the disk (AMI snapshots) sends little
-// more than the changed group.
-var lateGroups = map[spec.Role]int{spec.RoleKernel: 1, spec.RoleKubelet: 2, spec.RoleBootstrap: 2}
+// So an update of one of them leaves the data before its group as it was and moves the data
+// after it by whole 4 KiB blocks: a node updating in place reuses those blocks of its running
+// root by hash (images/update.PlanBlocks) and an incremental upload of the disk (AMI snapshots)
+// sends little more than the changed group. A base layer change still moves the base files
+// after it (they stay in path order), but none of the groups' blocks.
+var lateGroups = map[spec.Role]int{spec.RoleKernel: 1, spec.RoleRuntime: 2, spec.RoleExtra: 3, spec.RoleKubelet: 4, spec.RoleBootstrap: 4}
 
 // imageInfoGroup is image.json's late group.
-const imageInfoGroup = 2
+const imageInfoGroup = 4
 
 // lateFile is a rootfs path (like "usr/bin/kubelet") whose data the root squashfs stores in a
 // late group.

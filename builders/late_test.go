@@ -54,11 +54,11 @@ func layerBlob(t *testing.T, ca *cache.Cache, r spec.Role, entries ...string) as
 	return assemble.Layer{Role: r, Digest: d, Size: int64(buf.Len())}
 }
 
-// The files stored last in the root squashfs, in two groups by their canonical rootfs paths
+// The files stored last in the root squashfs, in groups by their canonical rootfs paths
 // (resolved through the lower layers' symlinked directories, as composing places them): 1 the
-// kernel layer's regular files, 2 image.json and the regular files of the kubelet and bootstrap
-// layers; not the other layers', not directories, symlinks or whiteouts, not a kernel file a
-// later layer replaces.
+// kernel layer's regular files, 2 the runtime layer's, 3 the extra layers', 4 image.json and the
+// regular files of the kubelet and bootstrap layers; not the base layer's, not directories,
+// symlinks or whiteouts, not a kernel file a later layer replaces.
 func TestLateFilesAreKernelAndVolatileLayers(t *testing.T) {
 	ca, err := cache.Open(t.TempDir(), nil)
 	if err != nil {
@@ -69,6 +69,7 @@ func TestLateFilesAreKernelAndVolatileLayers(t *testing.T) {
 			"./etc/", "./etc/os-release"),
 		layerBlob(t, ca, spec.RoleKernel, "./", "./boot/", "./boot/vmlinuz-6.1", "./lib/", "./lib/modules/", "./lib/modules/6.1/",
 			"./lib/modules/6.1/a.ko", "./lib/modules/6.1/modules.dep", "./lib/modules/6.1/build->/usr/src/x"),
+		layerBlob(t, ca, spec.RoleRuntime, "usr/bin/containerd"),
 		layerBlob(t, ca, spec.RoleKubelet, "./", "./usr/", "./usr/bin/", "./usr/bin/kubelet", "./usr/bin/kube@", "./bin/kubectl",
 			"etc/systemd/system/kubelet.service", "./opt/cni/bin/.wh.old", "opt/cni/bin/bridge"),
 		layerBlob(t, ca, spec.RoleBootstrap, "usr/lib/imgctl/bootstrap", "lib/modules/6.1/modules.dep"),
@@ -81,14 +82,16 @@ func TestLateFilesAreKernelAndVolatileLayers(t *testing.T) {
 	}
 	want := []lateFile{
 		{"boot/vmlinuz-6.1", 1},
-		{"etc/imgctl/image.json", 2},
-		{"etc/systemd/system/kubelet.service", 2},
-		{"opt/cni/bin/bridge", 2},
-		{"usr/bin/kubectl", 2},
-		{"usr/bin/kubelet", 2},
-		{"usr/lib/imgctl/bootstrap", 2},
+		{"etc/imgctl/image.json", 4},
+		{"etc/systemd/system/kubelet.service", 4},
+		{"opt/cni/bin/bridge", 4},
+		{"opt/site/tool", 3},
+		{"usr/bin/containerd", 2},
+		{"usr/bin/kubectl", 4},
+		{"usr/bin/kubelet", 4},
+		{"usr/lib/imgctl/bootstrap", 4},
 		{"usr/lib/modules/6.1/a.ko", 1},
-		{"usr/lib/modules/6.1/modules.dep", 2}, // the bootstrap layer's replaces the kernel's
+		{"usr/lib/modules/6.1/modules.dep", 4}, // the bootstrap layer's replaces the kernel's
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("late files =\n%v\nwant\n%v", got, want)
@@ -103,13 +106,13 @@ func TestLateFilesAreKernelAndVolatileLayers(t *testing.T) {
 	}
 	// The cache key tells layer sets apart by role and content, without listing files.
 	other := slices.Clone(layers)
-	other[1].Role, other[4].Role = spec.RoleExtra, spec.RoleKernel
-	if lateKey(layers) == lateKey(layers[:4]) || lateKey(layers) == lateKey(other) || lateKey(layers) != lateKey(slices.Clone(layers)) {
+	other[1].Role, other[5].Role = spec.RoleExtra, spec.RoleKernel
+	if lateKey(layers) == lateKey(layers[:5]) || lateKey(layers) == lateKey(other) || lateKey(layers) != lateKey(slices.Clone(layers)) {
 		t.Error("lateKey does not tell layer sets apart")
 	}
 
 	// A layer missing from the cache is an error naming it, not a silently other layout.
-	os.Remove(filepath.Join(ca.Dir(), "blobs", "sha256", layers[3].Digest.Encoded()))
+	os.Remove(filepath.Join(ca.Dir(), "blobs", "sha256", layers[4].Digest.Encoded()))
 	b = &Build{opts: Options{Env: &source.Env{Cache: ca}}, layers: layers}
 	if _, err := b.lateFilesLocked(context.Background()); err == nil || !strings.Contains(err.Error(), "layer bootstrap") {
 		t.Errorf("err = %v, want one naming the bootstrap layer", err)

@@ -70,7 +70,7 @@ func (o Options) enableUpdates(ctx context.Context, cfgPath string, u nodeconfig
 	}
 	interval := u.IntervalDuration()
 	dropIn := fmt.Sprintf("# Written by imgctl-node configure from the NodeConfig's spec.update.interval (%s).\n"+
-		"[Timer]\nOnUnitInactiveSec=\nOnUnitInactiveSec=%ds\n", u.Interval, int64(interval/time.Second))
+		"[Timer]\nOnUnitInactiveSec=%ds\n", u.Interval, int64(interval/time.Second))
 	if err := writeFile(o.Root, UpdateTimerDropIn, 0o644, []byte(dropIn)); err != nil {
 		return nil, err
 	}

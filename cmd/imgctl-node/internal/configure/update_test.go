@@ -38,8 +38,15 @@ func TestUpdateEnabled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(dropIn), "[Timer]\nOnUnitInactiveSec=\nOnUnitInactiveSec=90s\n") {
+	if !strings.Contains(string(dropIn), "[Timer]\nOnUnitInactiveSec=90s\n") {
 		t.Fatalf("drop-in:\n%s", dropIn)
+	}
+	// An empty assignment resets every trigger of the timer (systemd.timer(5)), the unit's
+	// OnActiveSec= first check included: the timer would elapse and never run the update.
+	for _, l := range strings.Split(string(dropIn), "\n") {
+		if strings.HasPrefix(l, "On") && strings.HasSuffix(l, "=") {
+			t.Errorf("drop-in resets the timer's triggers with %q (the first check would never run):\n%s", l, dropIn)
+		}
 	}
 	want := []string{"systemctl daemon-reload", "systemctl start imgctl-update.timer"}
 	if got := f.commands[:2]; !slices.Equal(got, want) {
