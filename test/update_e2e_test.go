@@ -576,3 +576,37 @@ func lastMatch(re *regexp.Regexp, s string) string {
 	}
 	return ms[len(ms)-1]
 }
+
+// TestUpdateConsoleLines checks, without qemu, how TestNodeUpdatesInPlace reads a console: the
+// report lines' fields, the install line's fetched bytes, the write progress and what follows
+// a marker.
+func TestUpdateConsoleLines(t *testing.T) {
+	img := "sha256:" + strings.Repeat("ab", 32)
+	log := cleanConsole("IMGCTL-UPDATE-REPORT release=v1 root-digest=sha256:11 root=PARTUUID=AAAA entry=imgctl-a.conf configuration=active state=\r\n" +
+		"imgctl-node step=update-write status=progress written=10 total=100\n" +
+		"imgctl-node step=update-wr[   12.5] random kernel line\nite status=progress written=60 total=100\n" +
+		"imgctl-node " + stepInstallOK + " image=" + img + " fetched=8400000 reused=190000000\n" +
+		stepBlessOK + " image=" + img + "\n" +
+		"IMGCTL-UPDATE-REPORT release=v2 root-digest=sha256:22 root=PARTUUID=BBBB entry= state={\"failed\":[]}\n")
+	rs := updateReports(log)
+	if len(rs) != 2 || rs[0].fields["release"] != "v1" || rs[0].fields["root"] != "PARTUUID=AAAA" || rs[1].fields["state"] != `{"failed":[]}` || rs[1].fields["entry"] != "" {
+		t.Fatalf("reports %+v", rs)
+	}
+	if got := writtenFraction(log); got != 0.6 {
+		t.Errorf("written fraction %v, want 0.6 (the last progress line, mended)", got)
+	}
+	line := installLine(img).FindString(log)
+	if fetchedBytes(line) != 8400000 || installLine("sha256:"+strings.Repeat("cd", 32)).MatchString(log) {
+		t.Errorf("install line %q: fetched %d", line, fetchedBytes(line))
+	}
+	if r, ok := lastReport(log, "v1"); !ok || r.fields["root-digest"] != "sha256:11" {
+		t.Errorf("last v1 report %+v", r)
+	}
+	if !booted(log, "v2") || booted(log, "v1") || booted(after(log, line), "v1") || after(log, "nowhere") != "" {
+		t.Error("booted/after: a report is taken from before the blessing")
+	}
+	n := &updateNode{rootA: gptPart{guid: "aaaa"}, rootB: gptPart{guid: "bbbb"}}
+	if n.slot(rs[0]) != "A" || n.slot(rs[1]) != "B" {
+		t.Errorf("slots %s %s", n.slot(rs[0]), n.slot(rs[1]))
+	}
+}
