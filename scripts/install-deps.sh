@@ -10,7 +10,8 @@
 # registry with TLS and htpasswd auth the registry and cosign tests push to; iproute2: the
 # network namespaces and veth pairs of the network-root init's DHCP tests; ipxe-qemu (NIC
 # option ROMs: iPXE for BIOS netboot) and ipxe (ipxe.efi for UEFI netboot): the netboot e2e tests;
-# nginx: the peer of the imgctl serve benchmark (scripts/bench-serve.sh).
+# nginx: the peer of the imgctl serve benchmark (scripts/bench-serve.sh); cryptsetup-bin
+# (veritysetup): the dm-verity oracle.
 # Not from Debian: moto 5.2.1 (moto_server, the AWS peer of the AMI tests), which these machines
 # have preinstalled; the script installs it with pip only when it is missing and pip can reach an
 # index, and otherwise says so (under CI=true the AMI tests then fail rather than skip).
@@ -26,7 +27,7 @@ trap check_moto EXIT
 packages=(ca-certificates git make mmdebstrap kmod xz-utils zstd skopeo debian-archive-keyring
   binutils dpkg-dev squashfs-tools squashfs-tools-ng time cpio qemu-system-x86 ovmf gdisk
   dosfstools mtools e2fsprogs fdisk util-linux shellcheck android-sdk-libsparse-utils systemd containerd openssl docker-registry
-  iproute2 ipxe-qemu ipxe nginx)
+  iproute2 ipxe-qemu ipxe nginx cryptsetup-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -18,7 +18,8 @@ import (
 // second copy that can drift.
 func TestBootContractSingleCopy(t *testing.T) {
 	facts := []string{
-		"imgctl.root", "imgctl.state", "imgctl.init", "imgctl.debug", "imgctl.metadata", "imgctl.credential",
+		"imgctl.root", "imgctl.state", "imgctl.init", "imgctl.debug", "imgctl.metadata", "imgctl.credential", "imgctl.verity",
+		"loader/entries", "imgctl-a+", "imgctl-b+",
 		"PARTUUID=", "PARTLABEL=",
 		"etc/imgctl/modules", "/etc/imgctl/modules",
 		"EFI PART",

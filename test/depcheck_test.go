@@ -65,8 +65,8 @@ func checkDirection(t *testing.T, out string) int {
 		checked++
 		for _, imp := range fields[1:] {
 			// The boot contract is a leaf both sides import: the standard library and itself only.
-			if (isBootContract(pkg) || pkg == "images/nodeapi") && !isStandard(imp) && !isBootContract(strings.TrimPrefix(imp, module)) {
-				t.Errorf("%s imports %s: the boot and node API contracts import nothing but the standard library and images/boot*", pkg, imp)
+			if (isBootContract(pkg) || pkg == "images/nodeapi" || pkg == "images/update") && !isStandard(imp) && !isBootContract(strings.TrimPrefix(imp, module)) {
+				t.Errorf("%s imports %s: the boot, node API and update contracts import nothing but the standard library and images/boot*", pkg, imp)
 			}
 			if imp == "github.com/spf13/cobra" && !strings.HasPrefix(pkg, "cmd/") {
 				t.Errorf("%s imports cobra: CLI code belongs in cmd/", pkg)
@@ -95,10 +95,11 @@ func checkDirection(t *testing.T, out string) int {
 }
 
 // nodeLeaves are the packages outside cmd/ that the node agent may import: the NodeConfig
-// schema, image.json and the boot contract (command-line keys, partition labels, GPT codec).
+// schema, image.json, the boot contract (command-line keys, partition labels, GPT codec,
+// dm-verity format) and the update contract (pointer, manifest keys, block plan).
 var nodeLeaves = map[string]bool{
-	"images/nodeconfig": true, "images/imageinfo": true, "images/boot": true, "images/boot/gpt": true,
-	"images/nodeapi": true,
+	"images/nodeconfig": true, "images/imageinfo": true, "images/boot": true, "images/boot/gpt": true, "images/boot/verity": true,
+	"images/nodeapi": true, "images/update": true,
 }
 
 // isBootContract reports whether pkg (relative to the module) is the boot contract: images/boot

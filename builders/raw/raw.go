@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -27,10 +28,6 @@ import (
 
 // Name is the target's name on the command line and in specs.
 const Name = "raw"
-
-// bootTries is systemd-boot's boot counter for a new slot: after this many boots that never
-// reach boot-complete.target the entry is marked bad and the other slot boots instead.
-const bootTries = 3
 
 // Options configure the raw disk target.
 type Options struct {
@@ -102,15 +99,22 @@ func (t *Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifa
 	}
 	rootA, _ := layout.Find(bootc.LabelRootA)
 	state, _ := layout.Find(bootc.LabelState)
-	cmdline := append(append([]string{}, s.Spec().Spec.Kernel.Cmdline...),
-		bootc.Param(bootc.KeyRoot, bootc.PartUUIDDevice(rootA.GUID)), bootc.Param(bootc.KeyState, bootc.PartUUIDDevice(state.GUID)))
+	cmdline := bootc.SlotCmdline(s.Spec().Spec.Kernel.Cmdline, bootc.SlotParams{
+		Root:       bootc.PartUUIDDevice(rootA.GUID),
+		State:      bootc.PartUUIDDevice(state.GUID),
+		RootDigest: string(root.Digest),
+	})
+	// The entry's version is the build's SOURCE_DATE_EPOCH, so systemd-boot prefers the newer
+	// image and falls back to the other slot when the newer one has used up its boot tries.
+	entry := bootc.Entry{Slot: bootc.SlotA, Version: s.Epoch(), Cmdline: cmdline}
+	slotDir := bootc.SlotDir(bootc.SlotA) + "/"
 	esp := []disk.File{
 		sectionFile("EFI/BOOT/BOOTX64.EFI", boot),
 		sectionFile("EFI/systemd/systemd-bootx64.efi", boot),
 		bytesFile("loader/loader.conf", []byte("timeout 0\neditor no\nauto-entries no\nauto-firmware no\n")),
-		bytesFile(fmt.Sprintf("loader/entries/imgctl-a+%d.conf", bootTries), loaderEntry("a", s.Epoch(), cmdline)),
-		sectionFile("imgctl/a/vmlinuz", kernel.Vmlinuz()),
-		bytesFile("imgctl/a/initrd.img", irdBytes),
+		bytesFile(path.Join(bootc.EntriesDir, bootc.EntryFile(bootc.SlotA, bootc.BootTries, 0, true)), entry.Marshal()),
+		sectionFile(slotDir+bootc.SlotKernel, kernel.Vmlinuz()),
+		bytesFile(slotDir+bootc.SlotInitrd, irdBytes),
 	}
 	step := progress.Start(ctx, "write disk")
 	diskPath := filepath.Join(work, "disk.raw")
@@ -146,14 +150,6 @@ func (t *Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifa
 		builders.KernelArtifact(kernel.Release, kblob),
 		builders.InitrdArtifact(ird),
 	}, nil
-}
-
-// loaderEntry is a Boot Loader Specification entry for one slot. Its version is the build's
-// SOURCE_DATE_EPOCH, so systemd-boot prefers the newer image and falls back to the other
-// slot when the newer one has used up its boot tries.
-func loaderEntry(slot string, version int64, cmdline []string) []byte {
-	return []byte(fmt.Sprintf("title imgctl node (slot %s)\nsort-key imgctl\nversion %d\nlinux /imgctl/%s/vmlinuz\ninitrd /imgctl/%s/initrd.img\noptions %s\n",
-		strings.ToUpper(slot), version, slot, slot, strings.Join(cmdline, " ")))
 }
 
 func bytesFile(path string, data []byte) disk.File {

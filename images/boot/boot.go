@@ -1,6 +1,6 @@
 // Package boot is the contract between the image builders and the node agent: the kernel
-// command-line keys, the forms of a device in their values, the GPT partition labels and the
-// initrd's module list. Both sides import it (the GPT encoding is its package gpt), so the two
+// command-line keys, the forms of a device in their values, the GPT partition labels, the A/B
+// slots' loader entries and ESP paths, and the initrd's module list. Both sides import it (the GPT encoding is its package gpt), so the two
 // cannot drift. It is a leaf: the standard library only, small enough for every initrd.
 package boot
 
@@ -12,9 +12,18 @@ const (
 	// http(s) URL whose last path element is the image's digest sha256:HEX (or any URL with
 	// KeyRootDigest). Required.
 	KeyRoot = "imgctl.root"
-	// KeyRootDigest is the network root's digest, sha256:HEX, when KeyRoot's URL does not end
-	// in it. A network root is never mounted unverified.
+	// KeyRootDigest is the root's digest, sha256:HEX. For a network root it is required when
+	// KeyRoot's URL does not end in it: a network root is never mounted unverified. On a disk
+	// root it names the slot's root blob (rootfs.squashfs with its hash area): the node's
+	// identity for updates and boot reports; the init does not re-hash a disk root (KeyVerity
+	// verifies its blocks).
 	KeyRootDigest = "imgctl.root-digest"
+	// KeyVerity is the root's dm-verity root hash, 64 lower-case hex: with it the init maps the
+	// root through dm-verity (package verity's format) and mounts the mapped device.
+	KeyVerity = "imgctl.verity"
+	// KeyVerityOffset is where the root's verity hash area (its superblock) starts: bytes from
+	// the root device's start, the size of the data, a multiple of 4096. Required with KeyVerity.
+	KeyVerityOffset = "imgctl.verity-offset"
 	// KeyState names the STATE partition (a device) that holds /var.
 	KeyState = "imgctl.state"
 	// KeyInit is the root's init, an absolute path.

@@ -70,6 +70,8 @@ type Spec struct {
 	Role    Role    `yaml:"role" json:"role"`
 	Cluster Cluster `yaml:"cluster" json:"cluster"`
 	Kubelet Kubelet `yaml:"kubelet,omitempty" json:"kubelet,omitzero"`
+	// Update configures in-place A/B updates (imgctl-node update); zero: none.
+	Update Update `yaml:"update,omitempty" json:"update,omitzero"`
 	// Credentials are secret; nil in a Public copy.
 	Credentials *Credentials `yaml:"credentials,omitempty" json:"credentials,omitempty"`
 }
@@ -171,7 +173,10 @@ func withSource(name string, probs []*FieldError) error {
 
 // Defaults fills unset cluster fields: dnsDomain, serviceCIDR and clusterDNS (the 10th address of
 // serviceCIDR, as kubeadm does). A malformed serviceCIDR leaves clusterDNS empty for Validate to report.
+// With update.server set, update.enabled defaults to true and update.interval to 1h (a valid
+// interval is normalized: 90m becomes 1h30m0s).
 func (c *NodeConfig) Defaults() {
+	c.Spec.Update.defaults()
 	cl := &c.Spec.Cluster
 	if cl.DNSDomain == "" {
 		cl.DNSDomain = DefaultDNSDomain
@@ -244,6 +249,10 @@ func (c *NodeConfig) clone() NodeConfig {
 	d.Spec.Kubelet.NodeLabels = maps.Clone(c.Spec.Kubelet.NodeLabels)
 	d.Spec.Kubelet.RegisterWithTaints = slices.Clone(c.Spec.Kubelet.RegisterWithTaints)
 	d.Spec.Kubelet.ExtraArgs = maps.Clone(c.Spec.Kubelet.ExtraArgs)
+	if e := c.Spec.Update.Enabled; e != nil {
+		v := *e
+		d.Spec.Update.Enabled = &v
+	}
 	if c.Spec.Credentials != nil {
 		cr := *c.Spec.Credentials
 		cr.CACertHashes = slices.Clone(cr.CACertHashes)

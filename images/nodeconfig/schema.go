@@ -118,6 +118,11 @@ func (sc *schemaChecker) check(path string, n *yaml.Node, t reflect.Type, depth 
 			return []*FieldError{{field(path), "expected a string, got binary data"}}
 		}
 		return nil
+	case reflect.Bool:
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
+			return []*FieldError{{field(path), "expected a boolean, got " + describe(n)}}
+		}
+		return nil
 	case reflect.Int:
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
 			return []*FieldError{{field(path), "expected an integer, got " + describe(n)}}

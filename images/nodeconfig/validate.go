@@ -135,6 +135,8 @@ func (c *NodeConfig) checkValues() []*FieldError {
 		add("spec.kubelet.maxPods", "%d is negative", k.MaxPods)
 	}
 
+	probs = append(probs, c.Spec.Update.check()...)
+
 	cr := c.Spec.Credentials
 	if cr == nil {
 		return probs
