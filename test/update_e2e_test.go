@@ -386,7 +386,7 @@ func fetchedBytes(line string) int64 {
 // refusedLine matches the agent's line for a check that finds the channel's image among the
 // node's failed images.
 func refusedLine(image string) *regexp.Regexp {
-	return regexp.MustCompile(`step=update-check [^\r\n]*image=` + regexp.QuoteMeta(image) + `[^\r\n]*failed`)
+	return regexp.MustCompile(`step=update-check status=skip [^\r\n]*failed on this node[^\r\n]*image=` + regexp.QuoteMeta(image))
 }
 
 // progressLine matches the agent's progress while it writes a slot: written=BYTES of total=BYTES.
@@ -587,6 +587,7 @@ func TestUpdateConsoleLines(t *testing.T) {
 		"imgctl-node step=update-wr[   12.5] random kernel line\nite status=progress written=60 total=100\n" +
 		"imgctl-node " + stepInstallOK + " image=" + img + " fetched=8400000 reused=190000000\n" +
 		stepBlessOK + " image=" + img + "\n" +
+		`imgctl-node step=update-check status=skip latency=9ms reason="the channel's image failed on this node before (never retried automatically)" image=` + img + " version=v3\n" +
 		"IMGCTL-UPDATE-REPORT release=v2 root-digest=sha256:22 root=PARTUUID=BBBB entry= state={\"failed\":[]}\n")
 	rs := updateReports(log)
 	if len(rs) != 2 || rs[0].fields["release"] != "v1" || rs[0].fields["root"] != "PARTUUID=AAAA" || rs[1].fields["state"] != `{"failed":[]}` || rs[1].fields["entry"] != "" {
@@ -604,6 +605,9 @@ func TestUpdateConsoleLines(t *testing.T) {
 	}
 	if !booted(log, "v2") || booted(log, "v1") || booted(after(log, line), "v1") || after(log, "nowhere") != "" {
 		t.Error("booted/after: a report is taken from before the blessing")
+	}
+	if !refusedLine(img).MatchString(log) || refusedLine("sha256:"+strings.Repeat("cd", 32)).MatchString(log) {
+		t.Error("the refusal line of a failed image is not recognized")
 	}
 	n := &updateNode{rootA: gptPart{guid: "aaaa"}, rootB: gptPart{guid: "bbbb"}}
 	if n.slot(rs[0]) != "A" || n.slot(rs[1]) != "B" {
