@@ -101,6 +101,18 @@ state=$(tr -d ' \n' </var/lib/imgctl/update/state.json 2>/dev/null)
 echo "IMGCTL-UPDATE-REPORT release=$rel root-digest=$(arg imgctl.root-digest) root=$(arg imgctl.root) entry=$entry" \
   "configuration=$(systemctl is-active kube-node-configuration) kubelet=$(systemctl is-active kubelet)" \
   "bless=$(systemctl is-active imgctl-bless) uptime=$(cut -d' ' -f1 /proc/uptime) state=$state" > /dev/console
+# What a failing run needs to see: the update units now and a minute later.
+/usr/local/bin/imgctl-test-units
+systemd-run --quiet --on-active=60 /usr/local/bin/imgctl-test-units
+`,
+		"usr/local/bin/imgctl-test-units": `#!/bin/sh
+{
+  echo "IMGCTL-TEST-UNITS begin uptime=$(cut -d' ' -f1 /proc/uptime)"
+  systemctl --no-pager list-timers --all 'imgctl-*'
+  systemctl --no-pager status 'imgctl-update.*' 'imgctl-bless.*'
+  systemctl --no-pager list-jobs
+  echo "IMGCTL-TEST-UNITS end"
+} > /dev/console 2>&1
 `,
 	})
 	return root
