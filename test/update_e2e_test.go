@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgctl/imgctl/images/boot/verity"
 	"github.com/imgctl/imgctl/images/manifest"
+	"github.com/imgctl/imgctl/images/update"
 	"github.com/imgctl/imgctl/layers/testenv"
 )
 
@@ -35,24 +37,27 @@ const updateServer = "http://" + filesAddr
 // updateInterval is the node's check interval (the NodeConfig's minimum is 10s).
 const updateInterval = "15s"
 
-// updatePayloadSize is the size of the incompressible file that v2 adds: most of what an
-// update from v1 fetches, so that a resumed update visibly fetches less.
+// updatePayloadSize is the size of the incompressible file that v4 adds early in the root
+// (/etc): an update from v1 fetches most of the root after it, so that a resumed update
+// visibly fetches less.
 const updatePayloadSize = 8 << 20
 
 // updateImage is one image of the test store.
 type updateImage struct {
-	name     string // v1, v2, v3
+	name     string // v1, v2, v3, v4
 	digest   string // the image (manifest) digest
 	root     string // its root blob's digest: imgctl.root-digest of a slot that runs it
 	rootSize int64
 }
 
 // updateImages are the test's images in one store (dir/store): v1 (its disk.raw the node
-// starts from), v2 = v1 + an extra file, v3 = v2 + a pre-configure hook that fails.
+// starts from); v2 = v1 + a small file in the kubelet layer (a kubelet bump: the kubelet
+// layer's files are at the end of the root); v3 = v2 + a pre-configure hook that fails; v4 =
+// v1 + an incompressible file early in the root (most of the root's blocks change).
 type updateImages struct {
-	dir        string // store and cache of imgctl(ctx, t, dir, ...)
-	disk       string // v1's disk.raw
-	v1, v2, v3 updateImage
+	dir            string // store and cache of imgctl(ctx, t, dir, ...)
+	disk           string // v1's disk.raw
+	v1, v2, v3, v4 updateImage
 }
 
 // updateCache is the download and layer cache the update test's builds share across runs
@@ -92,7 +97,7 @@ WantedBy=multi-user.target
 		"usr/local/bin/imgctl-test-report": `#!/bin/bash
 arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^$1=//p"; }
 rel=v1
-for f in /etc/imgctl-test-release-v3 /etc/imgctl-test-release; do
+for f in /etc/imgctl-test-release-v3 /etc/imgctl-test-release /usr/share/imgctl-test/release; do
   if [ -f "$f" ]; then rel=$(cat "$f"); break; fi
 done
 # systemd-boot's LoaderEntrySelected: 4 bytes of attributes, then UTF-16.
@@ -118,7 +123,8 @@ systemd-run --quiet --on-active=60 /usr/local/bin/imgctl-test-units
 	return root
 }
 
-// buildUpdateImages builds v1 (raw, exported), v2 and v3 into one store with the real kubelet.
+// buildUpdateImages builds v1 (raw, exported), v2, v3 and v4 into one store with the real
+// kubelet.
 func buildUpdateImages(ctx context.Context, t *testing.T) updateImages {
 	t.Helper()
 	testenv.Tools(t, "mmdebstrap")
@@ -130,12 +136,15 @@ func buildUpdateImages(ctx context.Context, t *testing.T) updateImages {
 		t.Fatal(err)
 	}
 	common := updateTestLayer(t, work)
-	// v2's extra file: incompressible, the same bytes every run (cache hits).
-	v2 := filepath.Join(work, "v2-layer")
+	// v2's kubelet layer has one more file.
+	v2 := "kubelet=file://" + filepath.Join(work, "v2-release") + "#path=/usr/share/imgctl-test/release&mode=0644"
+	writeFiles(t, work, map[string][]byte{"v2-release": []byte("v2\n")}, 0o644)
+	// v4's extra file: incompressible, the same bytes every run (cache hits).
+	v4 := filepath.Join(work, "v4-layer")
 	payload := make([]byte, updatePayloadSize)
-	rng := rand.NewChaCha8([32]byte{'i', 'm', 'g', 'c', 't', 'l', ' ', 'v', '2'})
-	rng.Read(payload)
-	writeFiles(t, v2, map[string][]byte{"etc/imgctl-test-release": []byte("v2\n"), "etc/imgctl-test-payload": payload}, 0o644)
+	rng := rand.NewChaCha8([32]byte{'i', 'm', 'g', 'c', 't', 'l', ' ', 'v', '4'})
+	_, _ = rng.Read(payload)
+	writeFiles(t, v4, map[string][]byte{"etc/imgctl-test-release": []byte("v4\n"), "etc/imgctl-test-payload": payload}, 0o644)
 	// v3's configuration fails: a pre-configure hook exits 1 (kube-node-configuration fails,
 	// the node is never blessed on it).
 	v3 := filepath.Join(work, "v3-layer")
@@ -144,7 +153,7 @@ func buildUpdateImages(ctx context.Context, t *testing.T) updateImages {
 		"#!/bin/sh\necho 'IMGCTL-TEST-HOOK v3 fails its configuration on purpose' > /dev/console\nexit 1\n")}, 0o755)
 
 	imgs := updateImages{dir: dir, disk: filepath.Join(work, "out-v1", "disk.raw")}
-	build := func(name string, out string, extras ...string) updateImage {
+	build := func(name string, out string, sources ...string) updateImage {
 		t.Helper()
 		start := time.Now()
 		args := []string{"-o", "json", "build", "--k8s", "1.21.13", "--target", "raw",
@@ -155,8 +164,11 @@ func buildUpdateImages(ctx context.Context, t *testing.T) updateImages {
 		if out != "" {
 			args = append(args, "--output", out)
 		}
-		for _, e := range extras {
-			args = append(args, "--source", "extra=file://"+e+"/")
+		for _, s := range sources {
+			if !strings.Contains(s, "=") {
+				s = "extra=file://" + s + "/" // a directory: the extra layer
+			}
+			args = append(args, "--source", s)
 		}
 		stdout, err := imgctl(ctx, t, dir, args...)
 		if err != nil {
@@ -174,8 +186,13 @@ func buildUpdateImages(ctx context.Context, t *testing.T) updateImages {
 	imgs.v1 = build("v1", filepath.Join(work, "out-v1"), common)
 	imgs.v2 = build("v2", "", common, v2)
 	imgs.v3 = build("v3", "", common, v2, v3)
-	if imgs.v1.root == imgs.v2.root || imgs.v2.root == imgs.v3.root {
-		t.Fatalf("the images share a root: v1 %s, v2 %s, v3 %s", imgs.v1.root, imgs.v2.root, imgs.v3.root)
+	imgs.v4 = build("v4", "", common, v4)
+	roots := map[string]bool{}
+	for _, i := range []updateImage{imgs.v1, imgs.v2, imgs.v3, imgs.v4} {
+		roots[i.root] = true
+	}
+	if len(roots) != 4 {
+		t.Fatalf("the images share a root: v1 %s, v2 %s, v3 %s, v4 %s", imgs.v1.root, imgs.v2.root, imgs.v3.root, imgs.v4.root)
 	}
 	return imgs
 }
@@ -386,8 +403,13 @@ func installLine(image string) *regexp.Regexp {
 }
 
 // fetchedBytes is the fetched=BYTES of an install line (-1 if it has none).
-func fetchedBytes(line string) int64 {
-	m := regexp.MustCompile(`\bfetched=(\d+)`).FindStringSubmatch(line)
+func fetchedBytes(line string) int64 { return lineBytes(line, "fetched") }
+
+// keptBytes is the kept=BYTES of an install line: blocks already right in the slot.
+func keptBytes(line string) int64 { return lineBytes(line, "kept") }
+
+func lineBytes(line, key string) int64 {
+	m := regexp.MustCompile(`\b` + key + `=(\d+)`).FindStringSubmatch(line)
 	if m == nil {
 		return -1
 	}
@@ -438,8 +460,8 @@ func booted(log, rel string) bool {
 // serve. v2 in the channel: the node writes slot B, reboots into it, blesses it. v3 (its
 // configuration fails) in the channel: the node writes slot A, boots it BootTries times
 // without blessing it, systemd-boot falls back to v2, the node records v3 as failed and never
-// installs it again. A fresh v1 node killed while writing slot B boots v1 and completes the
-// update on its next check, fetching less.
+// installs it again. A fresh v1 node killed while writing slot B (v4: most blocks change) boots
+// v1 and completes the update on its next check, keeping what it had written.
 func TestNodeUpdatesInPlace(t *testing.T) {
 	requireQEMU(t)
 	testenv.Tools(t, "sgdisk", "mdir")
@@ -465,7 +487,6 @@ func TestNodeUpdatesInPlace(t *testing.T) {
 	imds := httptest.NewServer(&fakeIMDS{UserData: updateNodeConfig(t, "node-update")})
 	defer imds.Close()
 	netdev := updateNetdev(t, imds.Listener.Addr().String(), srv.addr)
-	var fetchedFull int64
 
 	t.Run("v2-then-failing-v3", func(t *testing.T) {
 		n := newUpdateNode(t, imgs, t.TempDir(), netdev)
@@ -485,7 +506,7 @@ func TestNodeUpdatesInPlace(t *testing.T) {
 		inst := installLine(imgs.v2.digest)
 		n.waitUntil(ctx, 10*time.Minute, "v2 installed", func(log string) bool { return inst.MatchString(log) })
 		line := inst.FindString(n.log())
-		fetchedFull = fetchedBytes(line)
+		fetched := fetchedBytes(line)
 		t.Logf("v2 installed %v after the promotion: %s", time.Since(promoted).Round(time.Second), line)
 		installed := time.Now()
 		n.waitUntil(ctx, 10*time.Minute, "v2 blessed", func(log string) bool { return booted(after(log, line), "v2") })
@@ -494,9 +515,12 @@ func TestNodeUpdatesInPlace(t *testing.T) {
 		if r.fields["root-digest"] != imgs.v2.root || n.slot(r) != "B" || r.fields["configuration"] != "active" || r.fields["kubelet"] != "active" {
 			t.Fatalf("v2 boot: %s; want root-digest=%s from ROOT-B, configuration and kubelet active", r.line, imgs.v2.root)
 		}
-		if fetchedFull <= 0 || fetchedFull >= imgs.v2.rootSize/2 {
-			t.Errorf("the v2 update fetched %d bytes of a %d-byte root: want some, and less than half", fetchedFull, imgs.v2.rootSize)
+		// The node fetched exactly what the plan over the two roots' block hashes says: the
+		// blocks of v2 found nowhere in v1's slot, and v2's hash area.
+		if want := plannedFetch(t, imgs.dir, imgs.v1, imgs.v2); fetched != want {
+			t.Errorf("the v2 update fetched %d bytes, the plan over v1's and v2's blocks %d", fetched, want)
 		}
+		t.Logf("the v2 update fetched %d bytes: %.1f%% of its %d-byte root", fetched, 100*float64(fetched)/float64(imgs.v2.rootSize), imgs.v2.rootSize)
 
 		// v3 in the channel: installed into slot A, fails its configuration BootTries times,
 		// systemd-boot falls back to v2, the node records v3 as failed.
@@ -542,42 +566,78 @@ func TestNodeUpdatesInPlace(t *testing.T) {
 	}
 
 	t.Run("killed-while-writing-resumes", func(t *testing.T) {
-		promote(imgs.v2)
+		// v4 changes most of the root's blocks: a power cut half-way leaves much written.
+		promote(imgs.v4)
 		n := newUpdateNode(t, imgs, t.TempDir(), netdev)
 		n.boot(ctx)
-		// Power cut while slot B is being written.
+		inst := installLine(imgs.v4.digest)
 		n.waitUntil(ctx, 12*time.Minute, "slot B half written", func(log string) bool {
 			return strings.Contains(log, stepBlessOK) && writtenFraction(log) >= 0.5
 		})
 		t.Logf("killing qemu at %.0f%% of slot B: %s", 100*writtenFraction(n.log()), lastMatch(progressLine, n.log()))
 		n.kill()
-		if inst := installLine(imgs.v2.digest); inst.MatchString(n.log()) {
+		if inst.MatchString(n.log()) {
 			t.Fatalf("the install finished before qemu was killed: %s", inst.FindString(n.log()))
 		}
 		if es := n.entries(); strings.Contains(strings.Join(es, " "), "imgctl-b") {
 			t.Errorf("the ESP has an entry for slot B after the power cut: %q", es)
 		}
-		// The next boot runs v1 and completes the update.
+		// The next boot runs v1 and completes the update, keeping what was written.
 		n.boot(ctx)
 		defer n.kill()
-		inst := installLine(imgs.v2.digest)
-		took := n.waitUntil(ctx, 10*time.Minute, "v2 installed after the power cut", func(log string) bool { return inst.MatchString(log) })
+		took := n.waitUntil(ctx, 10*time.Minute, "v4 installed after the power cut", func(log string) bool { return inst.MatchString(log) })
 		log := n.log()
 		if rs := updateReports(log); len(rs) == 0 || rs[0].fields["release"] != "v1" || n.slot(rs[0]) != "A" {
 			t.Errorf("the boot after the power cut: %v; want v1 from ROOT-A", rs)
 		}
 		line := inst.FindString(log)
-		t.Logf("v2 installed %v after the reboot: %s", took.Round(time.Second), line)
-		if f := fetchedBytes(line); f < 0 || f >= fetchedFull {
-			t.Errorf("the resumed update fetched %d bytes, the uninterrupted one %d: want fewer", f, fetchedFull)
+		t.Logf("v4 installed %v after qemu started again: %s", took.Round(time.Second), line)
+		full := plannedFetch(t, imgs.dir, imgs.v1, imgs.v4)
+		if f := fetchedBytes(line); f < 0 || f >= full || keptBytes(line) <= 0 {
+			t.Errorf("the resumed update fetched %d bytes and kept %d; an uninterrupted one fetches %d: want fewer, and blocks kept", f, keptBytes(line), full)
+		} else {
+			t.Logf("the resumed update fetched %d bytes (%.0f%% of the %d an uninterrupted one fetches) and kept %d", f, 100*float64(f)/float64(full), full, keptBytes(line))
 		}
-		n.waitUntil(ctx, 10*time.Minute, "v2 blessed", func(log string) bool { return booted(after(log, line), "v2") })
-		r, _ := lastReport(n.log(), "v2")
-		if r.fields["root-digest"] != imgs.v2.root || n.slot(r) != "B" {
-			t.Errorf("after the resumed update: %s; want v2 from ROOT-B", r.line)
+		n.waitUntil(ctx, 10*time.Minute, "v4 blessed", func(log string) bool { return booted(after(log, line), "v4") })
+		r, _ := lastReport(n.log(), "v4")
+		if r.fields["root-digest"] != imgs.v4.root || n.slot(r) != "B" {
+			t.Errorf("after the resumed update: %s; want v4 from ROOT-B", r.line)
 		}
 		t.Logf("steps:\n  %s", strings.Join(stepLines(n.log()), "\n  "))
 	})
+}
+
+// plannedFetch is what an update from image from (running) to image to, into a slot of zeros,
+// fetches as the node plans it (update.PlanBlocks over the roots' dm-verity level-0 hashes,
+// read from the store's root blobs): the blocks of to found nowhere in from, and to's hash area.
+func plannedFetch(t *testing.T, dir string, from, to updateImage) int64 {
+	t.Helper()
+	tree := func(img updateImage) (verity.Appended, int64) {
+		t.Helper()
+		f, err := os.Open(filepath.Join(dir, "store", "blobs", "sha256", strings.TrimPrefix(img.root, "sha256:")))
+		if err != nil {
+			t.Fatalf("%s's root blob: %v", img.name, err)
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := verity.ReadAppended(f, fi.Size())
+		if err != nil {
+			t.Fatalf("%s's root blob: %v", img.name, err)
+		}
+		return a, fi.Size()
+	}
+	a, _ := tree(from)
+	b, size := tree(to)
+	zero := verity.HashBlock(make([]byte, verity.BlockSize))
+	target := make([][32]byte, len(b.Leaves))
+	for i := range target {
+		target[i] = zero
+	}
+	p := update.PlanBlocks(b.Leaves, target, a.Leaves)
+	return p.Bytes(p.Fetch) + size - b.DataSize
 }
 
 // lastMatch is re's last match in s ("" if none).
