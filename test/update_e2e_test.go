@@ -114,7 +114,7 @@ systemd-run --quiet --on-active=60 /usr/local/bin/imgctl-test-units
 {
   echo "IMGCTL-TEST-UNITS begin uptime=$(cut -d' ' -f1 /proc/uptime)"
   systemctl --no-pager list-timers --all 'imgctl-*'
-  systemctl --no-pager status 'imgctl-update.*' 'imgctl-bless.*'
+  systemctl --no-pager --lines=0 status 'imgctl-update.*' 'imgctl-bless.*'
   systemctl --no-pager list-jobs
   echo "IMGCTL-TEST-UNITS end"
 } > /dev/console 2>&1
