@@ -67,6 +67,7 @@ bench: deps build demo-image
 	scripts/bench-boot.sh out/demo/disk.raw
 	scripts/bench-registry.sh
 	scripts/bench-serve.sh
+	scripts/bench-update.sh
 
 # Every fuzz target for FUZZTIME (default 60s) each; new interesting inputs are kept in the
 # packages' testdata/fuzz, which make test runs as seeds. Not part of make test.

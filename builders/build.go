@@ -161,8 +161,8 @@ type Build struct {
 	kernelBlob   Blob          // the kernel image, once stored
 	agent        digest.Digest // of the node agent file, for the initrd cache key
 	initrds      map[string]Initrd
-	squashfs     map[SquashfsOptions]Blob
-	late         []string   // rootfs paths stored last in the squashfs, once listed (lateFilesLocked)
+	squashfs     map[SquashfsOptions]RootBlob
+	late         []lateFile // rootfs paths stored last in the squashfs, once listed (lateFilesLocked)
 	files        []*os.File // opened layer and blob files, closed when the build ends
 	phases       []Phase    // shared steps that did work, in order
 }
@@ -410,6 +410,7 @@ func imageConfig(n *spec.NodeImage, plan *assemble.Plan, layers []assemble.Layer
 		SpecDigest:      sd.Digest(),
 		Kubernetes:      n.Spec.Kubernetes.Version,
 		Flavor:          n.Spec.Flavor,
+		Architecture:    Architecture,
 		Imgctl:          imgctlVersion,
 		SourceDateEpoch: epoch,
 	}

@@ -1,74 +1,95 @@
 package builders
 
 import (
-	"archive/tar"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
-	"path"
 	"slices"
 	"strings"
 
 	"github.com/imgctl/imgctl/images/imageinfo"
+	"github.com/imgctl/imgctl/layers/assemble"
+	"github.com/imgctl/imgctl/layers/compose"
 	"github.com/imgctl/imgctl/layers/spec"
-	"github.com/imgctl/imgctl/layers/tarentry"
 )
 
-// volatileRoles are the layers a routine update changes on its own: a kubelet patch release,
-// a new bootstrap agent. The root squashfs stores their files' data (and image.json's, which
-// every build regenerates) after all other data, so such an update leaves the bytes before it
-// unchanged and an incremental upload of the disk (AMI snapshots) sends little more than them.
-var volatileRoles = []spec.Role{spec.RoleKubelet, spec.RoleBootstrap}
+// The root squashfs stores the data of some layers' files after all other data, in groups
+// (squashfs.Options.Late), each starting at a 4 KiB boundary:
+//
+//  1. the kernel layer's files: a kernel upgrade changes them all (new release directory),
+//     rarely, and they are big; in path order (/boot, /usr/lib/modules) they would move every
+//     file after them by an amount that is not a multiple of 4 KiB;
+//  2. the files a routine update changes on its own, last: a kubelet patch release, a new
+//     bootstrap agent, and image.json, which every build regenerates.
+//
+// So an update leaves the data before its group as it was and moves the data after it by whole
+// 4 KiB blocks: a node updating in place reuses those blocks of its running root by hash
+// (images/update.PlanBlocks) and an incremental upload of the disk (AMI snapshots) sends little
+// more than the changed group.
+var lateGroups = map[spec.Role]int{spec.RoleKernel: 1, spec.RoleKubelet: 2, spec.RoleBootstrap: 2}
 
-// lateFilesLocked returns, sorted, the rootfs paths (like "usr/bin/kubelet") whose data the
-// root squashfs stores last: image.json and the regular files of the volatile layers, read
-// from the layer tars' headers. A file a volatile layer puts behind a symlinked directory
-// (bin/kubelet with /bin -> usr/bin) is not recognized and stays in path order. Call with
-// b.mu held.
-func (b *Build) lateFilesLocked(ctx context.Context) ([]string, error) {
+// imageInfoGroup is image.json's late group.
+const imageInfoGroup = 2
+
+// lateFile is a rootfs path (like "usr/bin/kubelet") whose data the root squashfs stores in a
+// late group.
+type lateFile struct {
+	path  string
+	group int
+}
+
+// lateFilesLocked returns, sorted by path, the late files of the build: image.json and the
+// regular files the layers of lateGroups supply to the rootfs, by their canonical paths (a
+// kernel's lib/modules/... is usr/lib/modules/... behind merged /usr's symlink), read from the
+// layer tars' headers the way composing the rootfs places them. Call with b.mu held.
+func (b *Build) lateFilesLocked(ctx context.Context) ([]lateFile, error) {
 	if b.late != nil {
 		return b.late, nil
 	}
-	late := []string{strings.TrimPrefix(imageinfo.Path, "/")}
-	for _, l := range b.layers {
-		if !slices.Contains(volatileRoles, l.Role) {
-			continue
-		}
-		f, err := b.opts.Env.Cache.Open(l.Digest)
-		if err != nil {
-			return nil, fmt.Errorf("listing the %s layer's files (stored last in the squashfs): %w", l.Role, err)
-		}
-		err = tarentry.Each(ctx, io.NewSectionReader(f, 0, l.Size), func(hdr *tar.Header, _ io.Reader) error {
-			if hdr.Typeflag != tar.TypeReg {
-				return nil
-			}
-			name, err := tarentry.CleanName(hdr.Name)
-			if err != nil {
-				return err
-			}
-			if !strings.HasPrefix(path.Base(name), ".wh.") {
-				late = append(late, name)
-			}
-			return nil
-		})
-		f.Close()
-		if err != nil {
-			return nil, fmt.Errorf("listing the %s layer's files (stored last in the squashfs): layer %s: %w", l.Role, l.Digest, err)
-		}
+	inputs, closeInputs, err := openLayers(b.opts.Env, b.layers)
+	if err != nil {
+		return nil, fmt.Errorf("listing the layers' files (the squashfs stores some last): %w", err)
 	}
-	slices.Sort(late)
-	b.late = slices.Compact(late)
+	defer closeInputs()
+	files, err := compose.Index(ctx, inputs)
+	if err != nil {
+		return nil, fmt.Errorf("listing the layers' files (the squashfs stores some last): %w", err)
+	}
+	late := []lateFile{{strings.TrimPrefix(imageinfo.Path, "/"), imageInfoGroup}}
+	err = files.Walk(func(f compose.File) error {
+		if g := lateGroups[b.layers[f.Input].Role]; g != 0 && f.Size > 0 {
+			late = append(late, lateFile{f.Path, g})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(late, func(x, y lateFile) int { return strings.Compare(x.path, y.path) })
+	b.late = slices.CompactFunc(late, func(x, y lateFile) bool { return x.path == y.path })
 	return b.late, nil
 }
 
-// lateKey identifies a late file set in the squashfs cache key.
-func lateKey(late []string) string {
-	h := sha256.New()
-	for _, p := range late {
-		h.Write([]byte(p))
-		h.Write([]byte{0})
+// lateGroupOf is path's late group in late (sorted by path), 0 if it has none.
+func lateGroupOf(late []lateFile, path string) int {
+	i, ok := slices.BinarySearchFunc(late, path, func(f lateFile, p string) int { return strings.Compare(f.path, p) })
+	if !ok {
+		return 0
 	}
-	return "late sha256:" + hex.EncodeToString(h.Sum(nil))
+	return late[i].group
+}
+
+// lateKey identifies the late groups in the squashfs cache key without listing them (which
+// reads every layer's headers): they follow from the layers' roles and contents, in order, and
+// lateGroups.
+func lateKey(layers []assemble.Layer) string {
+	h := sha256.New()
+	for _, r := range spec.Roles() {
+		fmt.Fprintf(h, "%s=%d\n", r, lateGroups[r])
+	}
+	for _, l := range layers {
+		fmt.Fprintf(h, "%s %s\n", l.Role, l.Digest)
+	}
+	return "late-groups sha256:" + hex.EncodeToString(h.Sum(nil))
 }

@@ -18,7 +18,8 @@ import (
 	"github.com/imgctl/imgctl/layers/spec"
 )
 
-// layerBlob puts a tar of entries (name -> typeflag) into the cache as a layer of role r.
+// layerBlob puts a tar of entries into the cache as a layer of role r: "dir/", "name@" (a
+// symlink to kubelet), "name->target" (a symlink), else a regular file holding its name.
 func layerBlob(t *testing.T, ca *cache.Cache, r spec.Role, entries ...string) assemble.Layer {
 	t.Helper()
 	var buf bytes.Buffer
@@ -30,6 +31,9 @@ func layerBlob(t *testing.T, ca *cache.Cache, r spec.Role, entries ...string) as
 			hdr.Typeflag, hdr.Size = tar.TypeDir, 0
 		case strings.HasSuffix(e, "@"):
 			hdr.Name, hdr.Typeflag, hdr.Size, hdr.Linkname = strings.TrimSuffix(e, "@"), tar.TypeSymlink, 0, "kubelet"
+		case strings.Contains(e, "->"):
+			name, target, _ := strings.Cut(e, "->")
+			hdr.Name, hdr.Typeflag, hdr.Size, hdr.Linkname = name, tar.TypeSymlink, 0, target
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			t.Fatal(err)
@@ -50,19 +54,24 @@ func layerBlob(t *testing.T, ca *cache.Cache, r spec.Role, entries ...string) as
 	return assemble.Layer{Role: r, Digest: d, Size: int64(buf.Len())}
 }
 
-// The files stored last in the root squashfs: image.json and the regular files of the kubelet
-// and bootstrap layers, by their canonical rootfs paths; not the other layers', not
-// directories, symlinks or whiteouts.
-func TestLateFilesAreVolatileLayers(t *testing.T) {
+// The files stored last in the root squashfs, in two groups by their canonical rootfs paths
+// (resolved through the lower layers' symlinked directories, as composing places them): 1 the
+// kernel layer's regular files, 2 image.json and the regular files of the kubelet and bootstrap
+// layers; not the other layers', not directories, symlinks or whiteouts, not a kernel file a
+// later layer replaces.
+func TestLateFilesAreKernelAndVolatileLayers(t *testing.T) {
 	ca, err := cache.Open(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	layers := []assemble.Layer{
-		layerBlob(t, ca, spec.RoleBase, "./", "./usr/", "./usr/bin/", "./usr/bin/sh", "./etc/", "./etc/os-release"),
-		layerBlob(t, ca, spec.RoleKubelet, "./", "./usr/", "./usr/bin/", "./usr/bin/kubelet", "./usr/bin/kube@",
+		layerBlob(t, ca, spec.RoleBase, "./", "./usr/", "./usr/bin/", "./usr/lib/", "./bin->usr/bin", "./lib->usr/lib", "./usr/bin/sh",
+			"./etc/", "./etc/os-release"),
+		layerBlob(t, ca, spec.RoleKernel, "./", "./boot/", "./boot/vmlinuz-6.1", "./lib/", "./lib/modules/", "./lib/modules/6.1/",
+			"./lib/modules/6.1/a.ko", "./lib/modules/6.1/modules.dep", "./lib/modules/6.1/build->/usr/src/x"),
+		layerBlob(t, ca, spec.RoleKubelet, "./", "./usr/", "./usr/bin/", "./usr/bin/kubelet", "./usr/bin/kube@", "./bin/kubectl",
 			"etc/systemd/system/kubelet.service", "./opt/cni/bin/.wh.old", "opt/cni/bin/bridge"),
-		layerBlob(t, ca, spec.RoleBootstrap, "usr/lib/imgctl/bootstrap"),
+		layerBlob(t, ca, spec.RoleBootstrap, "usr/lib/imgctl/bootstrap", "lib/modules/6.1/modules.dep"),
 		layerBlob(t, ca, spec.RoleExtra, "opt/site/tool"),
 	}
 	b := &Build{opts: Options{Env: &source.Env{Cache: ca}}, layers: layers}
@@ -70,18 +79,39 @@ func TestLateFilesAreVolatileLayers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"etc/imgctl/image.json", "etc/systemd/system/kubelet.service", "opt/cni/bin/bridge", "usr/bin/kubelet", "usr/lib/imgctl/bootstrap"}
-	if !slices.Equal(got, want) {
-		t.Errorf("late files = %q, want %q", got, want)
+	want := []lateFile{
+		{"boot/vmlinuz-6.1", 1},
+		{"etc/imgctl/image.json", 2},
+		{"etc/systemd/system/kubelet.service", 2},
+		{"opt/cni/bin/bridge", 2},
+		{"usr/bin/kubectl", 2},
+		{"usr/bin/kubelet", 2},
+		{"usr/lib/imgctl/bootstrap", 2},
+		{"usr/lib/modules/6.1/a.ko", 1},
+		{"usr/lib/modules/6.1/modules.dep", 2}, // the bootstrap layer's replaces the kernel's
 	}
-	if lateKey(got) == lateKey(got[:len(got)-1]) || lateKey([]string{"a", "bc"}) == lateKey([]string{"ab", "c"}) {
-		t.Error("lateKey does not tell late sets apart")
+	if !slices.Equal(got, want) {
+		t.Errorf("late files =\n%v\nwant\n%v", got, want)
+	}
+	for _, w := range want {
+		if g := lateGroupOf(got, w.path); g != w.group {
+			t.Errorf("lateGroupOf(%q) = %d, want %d", w.path, g, w.group)
+		}
+	}
+	if g := lateGroupOf(got, "usr/bin/sh"); g != 0 {
+		t.Errorf("lateGroupOf(usr/bin/sh) = %d, want 0", g)
+	}
+	// The cache key tells layer sets apart by role and content, without listing files.
+	other := slices.Clone(layers)
+	other[1].Role, other[4].Role = spec.RoleExtra, spec.RoleKernel
+	if lateKey(layers) == lateKey(layers[:4]) || lateKey(layers) == lateKey(other) || lateKey(layers) != lateKey(slices.Clone(layers)) {
+		t.Error("lateKey does not tell layer sets apart")
 	}
 
-	// A volatile layer missing from the cache is an error naming it, not a silently other layout.
-	os.Remove(filepath.Join(ca.Dir(), "blobs", "sha256", layers[2].Digest.Encoded()))
+	// A layer missing from the cache is an error naming it, not a silently other layout.
+	os.Remove(filepath.Join(ca.Dir(), "blobs", "sha256", layers[3].Digest.Encoded()))
 	b = &Build{opts: Options{Env: &source.Env{Cache: ca}}, layers: layers}
-	if _, err := b.lateFilesLocked(context.Background()); err == nil || !strings.Contains(err.Error(), "bootstrap layer") {
+	if _, err := b.lateFilesLocked(context.Background()); err == nil || !strings.Contains(err.Error(), "layer bootstrap") {
 		t.Errorf("err = %v, want one naming the bootstrap layer", err)
 	}
 }

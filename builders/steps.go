@@ -4,12 +4,12 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -18,6 +18,7 @@ import (
 	"github.com/imgctl/imgctl/builders/initrd"
 	"github.com/imgctl/imgctl/builders/squashfs"
 	"github.com/imgctl/imgctl/builders/squashfs/blockcache"
+	"github.com/imgctl/imgctl/images/boot/verity"
 	"github.com/imgctl/imgctl/layers/progress"
 	"github.com/imgctl/imgctl/layers/source"
 	"github.com/imgctl/imgctl/layers/spec"
@@ -26,7 +27,7 @@ import (
 // Cache key versions: bump one when what its step writes changes for the same inputs.
 const (
 	initrdVersion   = "initrd/2"   // 2: soft dependencies and firmware
-	squashfsVersion = "squashfs/2" // 2: the volatile layers' files and image.json stored last
+	squashfsVersion = "squashfs/4" // 2: the volatile layers' files and image.json stored last; 3: dm-verity hash area appended; 4: the kernel's files in a late group, late groups 4 KiB-aligned
 )
 
 // bootloaderPath is where the bootloader layer (Debian's systemd-boot-efi) puts systemd-boot.
@@ -216,47 +217,52 @@ func (b *Build) cachedBlob(kind, key string) (Blob, bool) {
 
 // RootSquashfs implements Steps. Unless the rootfs is in the store already, it is composed
 // straight into the squashfs writer (two cores, two jobs, one pass over the layers) and only
-// hashed: a build that needs the tar itself asks for Rootfs.
-func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, error) {
+// hashed: a build that needs the tar itself asks for Rootfs. The dm-verity hash area is
+// appended to the squashfs in the same file before it is stored.
+func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (RootBlob, error) {
 	o, err := o.Normalize()
 	if err != nil {
-		return Blob{}, err
+		return RootBlob{}, err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if blob, ok := b.squashfs[o]; ok {
 		return blob, nil
 	}
-	late, err := b.lateFilesLocked(ctx)
-	if err != nil {
-		return Blob{}, &StepError{"compress root squashfs", err}
-	}
 	key := func(rootfs digest.Digest) string {
-		return strings.Join([]string{squashfsVersion, string(rootfs), o.Compression, fmt.Sprint(o.Level), fmt.Sprint(b.epoch), lateKey(late)}, "\n")
+		return strings.Join([]string{squashfsVersion, string(rootfs), o.Compression, fmt.Sprint(o.Level), fmt.Sprint(b.epoch), lateKey(b.layers)}, "\n")
 	}
 	if b.rootfs.Digest == "" {
 		b.findRootfs(ctx, false)
 	}
 	if b.rootfs.Digest != "" {
 		if blob, ok := b.cachedBlob("squashfs", key(b.rootfs.Digest)); ok {
-			b.remember(o, blob)
-			return blob, nil
+			root, err := b.storedRoot(ctx, blob)
+			if err != nil {
+				return RootBlob{}, err
+			}
+			b.remember(o, root)
+			return root, nil
 		}
 	}
 
 	work, err := b.opts.Store.TempDir("squashfs-")
 	if err != nil {
-		return Blob{}, err
+		return RootBlob{}, err
 	}
 	defer os.RemoveAll(work)
 	sqPath := filepath.Join(work, "rootfs.squashfs")
 	sq, err := os.Create(sqPath)
 	if err != nil {
-		return Blob{}, err
+		return RootBlob{}, err
 	}
 	defer sq.Close()
+	late, err := b.lateFilesLocked(ctx)
+	if err != nil {
+		return RootBlob{}, &StepError{"compress root squashfs", err}
+	}
 	sqOpts := squashfs.Options{Compression: o.Compression, Level: o.Level, MTime: b.epoch, Logger: b.log,
-		Late: func(name string) bool { _, ok := slices.BinarySearch(late, name); return ok }, TempDir: work}
+		Late: func(name string) int { return lateGroupOf(late, name) }, TempDir: work}
 	// Compressed blocks of earlier builds: a rebuild compresses only the blocks that changed.
 	blocks, err := blockcache.Open(filepath.Join(b.opts.Env.Cache.Dir(), "squashfs-blocks"), blockcache.Options{Logger: b.log})
 	if err != nil {
@@ -273,7 +279,7 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, erro
 	if b.rootfsStored {
 		f, size, ferr := b.rootfsFile(ctx)
 		if ferr != nil {
-			return Blob{}, ferr
+			return RootBlob{}, ferr
 		}
 		// squashfs.Write reports its own progress step ("compress squashfs").
 		sqRes, err = squashfs.Write(ctx, sq, io.NewSectionReader(f, 0, size), sqOpts)
@@ -306,33 +312,71 @@ func (b *Build) RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, erro
 	if err != nil {
 		var se *StepError
 		if errors.As(err, &se) {
-			return Blob{}, err
+			return RootBlob{}, err
 		}
-		return Blob{}, &StepError{"compress root squashfs", fmt.Errorf("writing squashfs: %w", err)}
+		return RootBlob{}, &StepError{"compress root squashfs", fmt.Errorf("writing squashfs: %w", err)}
+	}
+	v, err := appendVerity(ctx, sq, sqRes.Size)
+	if err != nil {
+		return RootBlob{}, &StepError{"compress root squashfs", err}
 	}
 	if err := sq.Sync(); err != nil {
-		return Blob{}, err
+		return RootBlob{}, err
 	}
 	d, size, err := b.opts.Store.AddFile(ctx, sqPath)
-	if err == nil && size != sqRes.Size {
-		err = fmt.Errorf("internal: squashfs writer reported %d bytes, file has %d", sqRes.Size, size)
+	if want := sqRes.Size + verity.HashAreaSize(uint64(sqRes.Size/verity.BlockSize)); err == nil && size != want {
+		err = fmt.Errorf("internal: squashfs writer reported %d bytes, with the hash area %d, file has %d", sqRes.Size, want, size)
 	}
 	if err == nil {
 		err = b.opts.Env.Cache.SetRef("squashfs", key(b.rootfs.Digest), d)
 	}
 	if err != nil {
-		return Blob{}, err
+		return RootBlob{}, err
 	}
-	blob := Blob{Digest: d, Size: size}
-	b.remember(o, blob)
-	return blob, nil
+	root := RootBlob{Blob: Blob{Digest: d, Size: size}, Verity: v}
+	b.remember(o, root)
+	return root, nil
 }
 
-func (b *Build) remember(o SquashfsOptions, blob Blob) {
-	if b.squashfs == nil {
-		b.squashfs = map[SquashfsOptions]Blob{}
+// appendVerity builds the dm-verity tree of the squashfs's first size bytes (a multiple of 4
+// KiB: the writer pads it) and writes its hash area after them.
+func appendVerity(ctx context.Context, f *os.File, size int64) (Verity, error) {
+	step := progress.Start(ctx, "hash root (dm-verity)")
+	tree, err := verity.Build(ctx, io.NewSectionReader(f, 0, size), size)
+	if err == nil {
+		_, err = f.WriteAt(tree.HashArea(), size)
 	}
-	b.squashfs[o] = blob
+	step.Done(err)
+	if err != nil {
+		return Verity{}, fmt.Errorf("dm-verity hash area: %w", err)
+	}
+	return Verity{RootHash: tree.RootHashHex(), Offset: size}, nil
+}
+
+// storedRoot reads a cached root blob's verity parameters from its hash area (a few MB of a
+// root, checked against its own top block; the store verified the blob's digest).
+func (b *Build) storedRoot(ctx context.Context, blob Blob) (RootBlob, error) {
+	p, err := b.opts.Store.BlobPath(blob.Digest)
+	if err != nil {
+		return RootBlob{}, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return RootBlob{}, err
+	}
+	defer f.Close()
+	a, err := verity.ReadAppended(f, blob.Size)
+	if err != nil {
+		return RootBlob{}, fmt.Errorf("cached root squashfs %s: %w", blob.Digest, err)
+	}
+	return RootBlob{Blob: blob, Verity: Verity{RootHash: hex.EncodeToString(a.RootHash[:]), Offset: a.DataSize}}, nil
+}
+
+func (b *Build) remember(o SquashfsOptions, root RootBlob) {
+	if b.squashfs == nil {
+		b.squashfs = map[SquashfsOptions]RootBlob{}
+	}
+	b.squashfs[o] = root
 }
 
 // findRegular returns the content of one regular file of a tar.

@@ -76,15 +76,30 @@ type Steps interface {
 	// Initrd is the node agent as /init plus modules, stored; cached by kernel, agent, module
 	// set and epoch.
 	Initrd(ctx context.Context, o InitrdOptions) (Initrd, error)
-	// RootSquashfs is the rootfs as a squashfs image, stored; cached by rootfs digest,
-	// compressor and level, so every target of a build (and a rebuild) compresses once.
-	RootSquashfs(ctx context.Context, o SquashfsOptions) (Blob, error)
+	// RootSquashfs is the rootfs as a squashfs image with its dm-verity hash area appended,
+	// stored; cached by rootfs digest, compressor and level, so every target of a build (and a
+	// rebuild) compresses once.
+	RootSquashfs(ctx context.Context, o SquashfsOptions) (RootBlob, error)
 }
 
 // Blob is a stored artifact's content.
 type Blob struct {
 	Digest digest.Digest
 	Size   int64
+}
+
+// RootBlob is the stored root: the squashfs (padded to 4 KiB) followed by its dm-verity hash
+// area (package images/boot/verity), one blob that ROOT-A holds and a netbooted node loop-mounts
+// (squashfs ignores what follows its data).
+type RootBlob struct {
+	Blob
+	Verity Verity
+}
+
+// Verity are a root's dm-verity parameters.
+type Verity struct {
+	RootHash string // the root hash, 64 lower-case hex
+	Offset   int64  // where the hash area starts: the squashfs's size
 }
 
 // InitrdOptions choose an initrd's module set beyond initrd.DefaultModules.
@@ -153,11 +168,42 @@ var BootInitrd = InitrdOptions{
 	Optional: append(append([]string{}, initrd.StorageModules...), initrd.NICModules...),
 }
 
+// Architecture is the architecture of every image the builders write, as GOARCH names it:
+// Debian's amd64 packages, linux/amd64 OCI sources, an x86-64 root partition type and
+// BOOTX64.EFI. The image's config and manifest record it, so a node refuses an image for
+// another architecture.
+const Architecture = "amd64"
+
 // Names of the artifacts every boot target publishes (raw and pxe share them).
 const (
 	KernelArtifactName = manifest.KernelArtifact
 	InitrdArtifactName = manifest.InitrdArtifact
 )
+
+// RootArtifactName is the root's artifact name (raw and pxe publish it).
+const RootArtifactName = manifest.RootSquashfsArtifact
+
+// RootAnnotations describe the root blob on every artifact that boots it (rootfs.squashfs,
+// disk.simg, boot.ipxe): its digest and size and its verity parameters.
+func RootAnnotations(root RootBlob) map[string]string {
+	return map[string]string{
+		manifest.AnnotationRootDigest:         string(root.Digest),
+		manifest.AnnotationRootSize:           fmt.Sprint(root.Size),
+		manifest.AnnotationRootVerityRootHash: root.Verity.RootHash,
+		manifest.AnnotationRootVerityOffset:   fmt.Sprint(root.Verity.Offset),
+	}
+}
+
+// RootArtifact is the rootfs.squashfs artifact raw and pxe publish: the root blob, its
+// compressor, the spec's kernel command line (cmdline; a node adds its slot's or network's
+// parameters) and RootAnnotations. A disk image carries its root for updates this way, and
+// imgctl serve can serve it.
+func RootArtifact(root RootBlob, compressor string, cmdline []string) manifest.Artifact {
+	ann := RootAnnotations(root)
+	ann[manifest.AnnotationRootCompressor] = compressor
+	ann[manifest.AnnotationKernelCmdline] = strings.Join(cmdline, " ")
+	return manifest.Artifact{Name: RootArtifactName, MediaType: manifest.SquashfsMediaType, Digest: root.Digest, Size: root.Size, Annotations: ann}
+}
 
 // KernelArtifact is the vmlinuz artifact every boot target publishes.
 func KernelArtifact(release string, b Blob) manifest.Artifact {

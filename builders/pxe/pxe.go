@@ -21,7 +21,7 @@ const Name = "pxe"
 const (
 	KernelName = builders.KernelArtifactName
 	InitrdName = builders.InitrdArtifactName
-	RootName   = manifest.RootSquashfsArtifact
+	RootName   = builders.RootArtifactName
 	ScriptName = manifest.IPXEScriptArtifact
 )
 
@@ -76,16 +76,16 @@ func (t *Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifa
 	return []manifest.Artifact{
 		builders.KernelArtifact(kernel.Release, kblob),
 		builders.InitrdArtifact(ird),
-		{Name: RootName, MediaType: manifest.SquashfsMediaType, Digest: root.Digest, Size: root.Size, Annotations: map[string]string{
-			manifest.AnnotationRootCompressor: sqOpts.Compression,
-			manifest.AnnotationKernelCmdline:  strings.Join(cmdline, " "),
-		}},
-		{Name: ScriptName, MediaType: manifest.IPXEScriptMediaType, Digest: sd, Size: ssize, Annotations: map[string]string{
-			manifest.AnnotationKernelCmdline: strings.Join(cmdline, " "),
-			manifest.AnnotationRootDigest:    string(root.Digest),
-			manifest.AnnotationRootSize:      fmt.Sprint(root.Size),
-		}},
+		builders.RootArtifact(root, sqOpts.Compression, cmdline),
+		{Name: ScriptName, MediaType: manifest.IPXEScriptMediaType, Digest: sd, Size: ssize, Annotations: scriptAnnotations(root, cmdline)},
 	}, nil
+}
+
+// scriptAnnotations are boot.ipxe's: the root it boots and the spec's command line.
+func scriptAnnotations(root builders.RootBlob, cmdline []string) map[string]string {
+	ann := builders.RootAnnotations(root)
+	ann[manifest.AnnotationKernelCmdline] = strings.Join(cmdline, " ")
+	return ann
 }
 
 // ScriptOptions are what boot.ipxe needs.

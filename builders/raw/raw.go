@@ -1,6 +1,8 @@
 // Package raw is the raw disk target: disk.simg (a sparse GPT disk image with an ESP holding
-// systemd-boot and slot A's kernel and initrd, ROOT-A with the root squashfs, an empty ROOT-B
-// and an unformatted STATE partition), plus the kernel and initrd as artifacts of their own.
+// systemd-boot and slot A's kernel and initrd, ROOT-A with the root squashfs and its dm-verity
+// hash area, an empty ROOT-B and an unformatted STATE partition), plus the kernel, the initrd
+// and the root (rootfs.squashfs, what a node's update writes into its other slot) as artifacts
+// of their own.
 package raw
 
 import (
@@ -99,10 +101,13 @@ func (t *Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifa
 	}
 	rootA, _ := layout.Find(bootc.LabelRootA)
 	state, _ := layout.Find(bootc.LabelState)
-	cmdline := bootc.SlotCmdline(s.Spec().Spec.Kernel.Cmdline, bootc.SlotParams{
-		Root:       bootc.PartUUIDDevice(rootA.GUID),
-		State:      bootc.PartUUIDDevice(state.GUID),
-		RootDigest: string(root.Digest),
+	specCmdline := s.Spec().Spec.Kernel.Cmdline
+	cmdline := bootc.SlotCmdline(specCmdline, bootc.SlotParams{
+		Root:           bootc.PartUUIDDevice(rootA.GUID),
+		State:          bootc.PartUUIDDevice(state.GUID),
+		RootDigest:     string(root.Digest),
+		VerityRootHash: root.Verity.RootHash,
+		VerityOffset:   root.Verity.Offset,
 	})
 	// The entry's version is the build's SOURCE_DATE_EPOCH, so systemd-boot prefers the newer
 	// image and falls back to the other slot when the newer one has used up its boot tries.
@@ -137,18 +142,18 @@ func (t *Target) Write(ctx context.Context, s builders.Steps) ([]manifest.Artifa
 	if err != nil {
 		return nil, err
 	}
+	diskAnn := builders.RootAnnotations(root)
+	diskAnn[manifest.AnnotationDiskSize] = fmt.Sprint(layout.DiskSize)
+	diskAnn[manifest.AnnotationDiskPartitions] = string(parts)
+	diskAnn[manifest.AnnotationDiskGUID] = layout.DiskGUID
+	diskAnn[manifest.AnnotationRootCompressor] = sqOpts.Compression
+	diskAnn[manifest.AnnotationKernelCmdline] = strings.Join(cmdline, " ")
 	return []manifest.Artifact{
-		{Name: "disk.simg", MediaType: manifest.DiskSparseMediaType, Digest: dd, Size: dsize, Annotations: map[string]string{
-			manifest.AnnotationDiskSize:       fmt.Sprint(layout.DiskSize),
-			manifest.AnnotationDiskPartitions: string(parts),
-			manifest.AnnotationDiskGUID:       layout.DiskGUID,
-			manifest.AnnotationRootDigest:     string(root.Digest),
-			manifest.AnnotationRootSize:       fmt.Sprint(root.Size),
-			manifest.AnnotationRootCompressor: sqOpts.Compression,
-			manifest.AnnotationKernelCmdline:  strings.Join(cmdline, " "),
-		}},
+		{Name: "disk.simg", MediaType: manifest.DiskSparseMediaType, Digest: dd, Size: dsize, Annotations: diskAnn},
 		builders.KernelArtifact(kernel.Release, kblob),
 		builders.InitrdArtifact(ird),
+		// The root for updates (and for imgctl serve): the bytes ROOT-A holds.
+		builders.RootArtifact(root, sqOpts.Compression, specCmdline),
 	}, nil
 }
 

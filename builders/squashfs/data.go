@@ -56,6 +56,7 @@ const (
 	jobFragment                 // compress and write a fragment block
 	jobFileStart                // record the file's first block offset
 	jobFileEnd                  // the file's blocks are all queued: check for a duplicate
+	jobAlign                    // pad the data with zeros to the next 4 KiB boundary of the image
 )
 
 type job struct {
@@ -70,6 +71,9 @@ type job struct {
 	raw  bool
 	err  error
 }
+
+// zeroPage pads the data to a 4 KiB boundary (jobAlign); never written to.
+var zeroPage [devBlockSize]byte
 
 type fragEntry struct {
 	start uint64
@@ -224,6 +228,16 @@ func (p *pipeline) handle(j *job) {
 		j.file.start = p.off
 	case jobFileEnd:
 		p.fileEnd(j.file)
+	case jobAlign:
+		pad := (devBlockSize - p.off%devBlockSize) % devBlockSize
+		if pad == 0 {
+			return
+		}
+		if _, err := p.dst.WriteAt(zeroPage[:pad], int64(p.off)); err != nil {
+			p.setErr(fmt.Errorf("squashfs: writing data: %w", err))
+			return
+		}
+		p.off += pad
 	case jobData, jobFragment:
 		if _, err := p.dst.WriteAt(j.out, int64(p.off)); err != nil {
 			p.setErr(fmt.Errorf("squashfs: writing data: %w", err))

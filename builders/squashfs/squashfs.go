@@ -42,13 +42,17 @@ type Options struct {
 	// Blocks, if not nil, supplies the compressed form of blocks compressed before and
 	// receives the ones compressed now (see BlockCache). The image does not depend on it.
 	Blocks BlockCache
-	// Late, if not nil, selects regular files (by path without a leading "/", like
-	// "usr/bin/kubelet") whose data is stored after every other file's data, in stream
-	// order among themselves; their small files' tails go into fragment blocks of their own.
-	// Directories and inodes keep path order. A build that changes only late files thus
-	// leaves every data byte before the late region as it was (an incremental upload of
-	// the image sends little). Late files are spooled to a temporary file in TempDir.
-	Late func(name string) bool
+	// Late, if not nil, sorts regular files (by path without a leading "/", like
+	// "usr/bin/kubelet") into groups: 0 keeps a file's data in path order, 1..N store it
+	// after every group 0 file's data, group after group in ascending order and in stream
+	// order within a group. Each group starts a fragment block of its own, at a 4 KiB
+	// boundary of the image (zeros pad the data before it): a build that changes only files
+	// of group g leaves every data byte before group g as it was, and the data of the groups
+	// after g moves by a multiple of 4 KiB, so their 4 KiB blocks are found again by content
+	// (an in-place update reuses the running root's blocks by hash; an incremental upload of
+	// the image sends little). Directories and inodes keep path order. The files of groups
+	// 1..N are spooled to a temporary file in TempDir. A negative group is an error.
+	Late func(name string) int
 	// TempDir is where late files are spooled; "" means os.TempDir().
 	TempDir string
 }
@@ -99,7 +103,7 @@ type config struct {
 	mtime     uint32
 	log       *slog.Logger
 	blocks    BlockCache
-	late      func(string) bool
+	late      func(string) int
 	tempDir   string
 }
 
@@ -245,7 +249,7 @@ type builder struct {
 	aclDropped int
 	aclPaths   []string
 	step       *progress.Step // counts the entries read (the input bytes are counted as read)
-	// late files (Options.Late), in stream order, spooled to spool until writeLate
+	// files of late groups (Options.Late), in stream order, spooled to spool until writeLate
 	late     []lateFile
 	spool    *os.File
 	spoolEnd int64
@@ -342,8 +346,11 @@ func (b *builder) addEntry(ctx context.Context, hdr *tar.Header, r io.Reader) er
 	switch hdr.Typeflag {
 	case tar.TypeReg: // archive/tar reports old TypeRegA entries as TypeReg
 		ino.typ = typeFile
-		if hdr.Size > 0 && b.cfg.late != nil && b.cfg.late(name) {
-			if err := b.spoolLate(ino, name, r, hdr.Size); err != nil {
+		if g := b.group(name); g != 0 && hdr.Size > 0 {
+			if g < 0 {
+				return fmt.Errorf("squashfs: file %q: Options.Late gives group %d, want 0 or more", hdr.Name, g)
+			}
+			if err := b.spoolLate(ino, name, g, r, hdr.Size); err != nil {
 				return fmt.Errorf("squashfs: file %q: %w", hdr.Name, err)
 			}
 			break

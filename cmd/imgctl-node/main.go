@@ -10,16 +10,27 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/bless"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/blockdev"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/bootinit"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/cmdline"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/configure"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/esp"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/health"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/hooks"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/install"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/report"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/updater"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/updatestate"
+	bootc "github.com/imgctl/imgctl/images/boot"
+	"github.com/imgctl/imgctl/images/nodeapi"
 )
 
 func main() {
@@ -48,6 +59,10 @@ func main() {
 		err = runMonitor(ctx, args)
 	case "cri-version":
 		err = runCRIVersion(ctx, args)
+	case "bless":
+		err = runBless(ctx, args)
+	case "update":
+		err = runUpdate(ctx, args)
 	case "help", "-h", "--help":
 		fmt.Print(usageText)
 		return
@@ -82,6 +97,15 @@ const usageText = `usage: imgctl-node COMMAND [flags]
   monitor kubelet|runtime   health loop: restart the kubelet (its /healthz) or containerd (its CRI) when they
                             fail for a sustained period
   cri-version [--socket S]  ask the container runtime's CRI endpoint for its version
+  bless                     imgctl-bless.service: on an A/B disk, mark the running slot's boot entry good once
+                            configure succeeded (kubelet healthy), else reboot without blessing (systemd-boot
+                            falls back after 3 tries); record, report and remove the other slot's used-up entry
+  update                    imgctl-update.service (disk nodes): ask the NodeConfig's update server for the channel's
+                            image (/run/imgctl/update.json); if it is new here, write it into the inactive A/B slot
+                            (reusing the running slot's blocks, fetching the rest by Range, every block verified),
+                            put its kernel, initrd and a boot-counting entry (+3) on the ESP and reboot inside the
+                            window. Refuses another architecture, a Kubernetes minor jump, an image that failed here
+                            and any update while the running boot is not blessed
 
 Every install/configure step prints one line to stdout (the units send it to the console and the journal):
   imgctl-node step=NAME status=ok|fail|skip latency=NNms key=value ...
@@ -181,6 +205,19 @@ func runMonitor(ctx context.Context, args []string) error {
 	return err
 }
 
+func runUpdate(ctx context.Context, args []string) error {
+	parse("update", args, nil)
+	line, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return err
+	}
+	log := logger()
+	return updater.Run(ctx, updater.Options{
+		Cmdline: string(line), Steps: steplog.New(os.Stdout), Logger: log,
+		Report: report.FromCmdline(string(line), report.Options{Logger: log}),
+	})
+}
+
 func runCRIVersion(ctx context.Context, args []string) error {
 	socket := health.DefaultCRISocket
 	parse("cri-version", args, func(fs *flag.FlagSet) { fs.StringVar(&socket, "socket", socket, "CRI socket") })
@@ -191,4 +228,70 @@ func runCRIVersion(ctx context.Context, args []string) error {
 	_, err = io.WriteString(os.Stdout, fmt.Sprintf("RuntimeName: %s\nRuntimeVersion: %s\nRuntimeApiVersion: %s\nAPI: %s\n",
 		v.RuntimeName, v.RuntimeVersion, v.RuntimeAPIVersion, v.API))
 	return err
+}
+
+// runBless is imgctl-bless.service: find the running slot and the ESP on its disk, mount the
+// ESP and bless, reboot or record (package bless).
+func runBless(ctx context.Context, args []string) error {
+	parse("bless", args, nil)
+	steps := steplog.New(os.Stdout)
+	raw, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return err
+	}
+	line := string(raw)
+	cfg, _ := cmdline.Parse(line) // a host without imgctl.root= has no Root: not an A/B node
+	sys := blockdev.Sys{SysDir: "/sys", DevDir: "/dev"}
+	loc, err := esp.Locate(sys, cfg.Root)
+	if errors.Is(err, esp.ErrNotAB) {
+		steps.Start("update-bless").Skip("reason", err.Error())
+		return nil
+	}
+	if err != nil {
+		return steps.Start("update-bless").Fail(err)
+	}
+	dev, err := sys.EnsureNode(loc.ESP)
+	if err != nil {
+		return steps.Start("update-bless").Fail(err)
+	}
+	e, err := esp.Mount(ctx, dev, esp.MountPoint)
+	if err != nil {
+		return steps.Start("update-bless").Fail(err)
+	}
+	defer func() {
+		if err := e.Close(); err != nil {
+			logger().Warn("ESP left mounted", "err", err)
+		}
+	}()
+	_, serr := os.Stat(configure.MarkerPath)
+	sender := report.FromCmdline(line, report.Options{Logger: logger()})
+	rootDigest, _ := cmdlineValue(line, bootc.KeyRootDigest)
+	return bless.Run(ctx, bless.Options{
+		ESP: e, Slot: loc.Slot, Configured: serr == nil, RootDigest: rootDigest, Debug: cfg.Debug,
+		StatePath: updatestate.StatePath, Steps: steps, Logger: logger(), Sender: sender,
+		Reboot: systemctlReboot,
+		Report: func(ctx context.Context, r nodeapi.Report) { _ = sender.Send(ctx, r) },
+	})
+}
+
+// systemctlReboot asks systemd for a clean reboot (units stop, the kubelet's graceful node
+// shutdown runs).
+func systemctlReboot(ctx context.Context) error {
+	cmd := exec.CommandContext(ctx, "systemctl", "reboot")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("systemctl reboot: %w", err)
+	}
+	return nil
+}
+
+// cmdlineValue is the value of the last key=value on a kernel command line.
+func cmdlineValue(line, key string) (string, bool) {
+	v, ok := "", false
+	for _, f := range cmdline.Fields(line) {
+		if k, val, has := strings.Cut(f, "="); has && k == key {
+			v, ok = val, true
+		}
+	}
+	return v, ok
 }

@@ -142,3 +142,19 @@ func TestConfigureDryRun(t *testing.T) {
 		}
 	}
 }
+
+// TestBlessOffNode: imgctl-node bless on a machine that did not boot an A/B disk (this test
+// host: no imgctl.root= device on its command line) says so and exits 0, touching nothing.
+func TestBlessOffNode(t *testing.T) {
+	line, err := os.ReadFile("/proc/cmdline")
+	if err != nil || strings.Contains(string(line), "imgctl.root=") {
+		t.Fatalf("this test must run off a node; the host's command line names an imgctl root: %q, %v", line, err)
+	}
+	code, out := runMain(t, "bless")
+	if code != 0 || !strings.Contains(out, "step=update-bless status=skip") || !strings.Contains(out, "not an A/B disk node") {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+	if code, out := runMain(t, "bless", "extra"); code != 2 || !strings.Contains(out, `unexpected argument "extra"`) {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+}

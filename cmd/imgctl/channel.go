@@ -11,7 +11,10 @@ import (
 
 	"github.com/imgctl/imgctl/images/channel"
 	"github.com/imgctl/imgctl/images/registry"
+	"github.com/imgctl/imgctl/images/serve"
 	"github.com/imgctl/imgctl/images/store"
+	"github.com/imgctl/imgctl/images/update"
+	"github.com/imgctl/imgctl/layers/atomicfile"
 )
 
 // withChannels opens the store and its channels (with the store's trust policy, if any).
@@ -158,6 +161,7 @@ in that repository (imgctl push --channel, or promote --registry).`,
 			return tw.Flush()
 		}),
 	})
+	cmd.AddCommand(a.channelPointerCmd(&reg))
 	order := &cobra.Command{
 		Use:   "order [CHANNEL...]",
 		Short: "Show or set the promotion order of the store's channels",
@@ -181,6 +185,43 @@ channel before it can be promoted into the next one (promote --force skips a sta
 		}),
 	}
 	cmd.AddCommand(order)
+	return cmd
+}
+
+func (a *app) channelPointerCmd(reg *registryFlags) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "pointer CHANNEL [--output FILE]",
+		Short: "Print (or write) the channel's update pointer: the JSON disk nodes poll to learn their next image",
+		Long: `Prints the document imgctl serve answers at GET /v1/channels/CHANNEL (media type
+` + update.PointerMediaType + `): schemaVersion, mediaType, channel, and the image's
+manifest digest, version, Kubernetes version and architecture. Serve it as a static file at
+SERVER/v1/channels/CHANNEL beside the blobs at SERVER/blobs/sha256:HEX to update disk nodes
+without imgctl serve. Like serve, it refuses a channel whose image the store's trust policy
+refuses or that nodes cannot install in place (no root squashfs with a dm-verity tree).
+--output replaces FILE atomically (temp file, fsync, rename): a web server never serves half a
+pointer, and a refusal leaves FILE as it was.`,
+		Args: cobra.ExactArgs(1),
+		RunE: a.withChannels(func(cmd *cobra.Command, args []string, st *store.Store, l *channel.Log) error {
+			b, _, err := a.backend(st, l, *reg)
+			if err != nil {
+				return err
+			}
+			data, err := serve.Pointer(cmd.Context(), st, b, args[0])
+			if err != nil {
+				return err
+			}
+			if output == "" {
+				_, err := a.out.Write(data)
+				return err
+			}
+			if err := atomicfile.Write("", output, data, 0o644); err != nil {
+				return fmt.Errorf("--output %s: %w", output, err)
+			}
+			return nil
+		}),
+	}
+	cmd.Flags().StringVar(&output, "output", "", "write the pointer to FILE (replaced atomically) instead of stdout")
 	return cmd
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log"
@@ -13,6 +14,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 
 	"github.com/imgctl/imgctl/images/channel"
+	"github.com/imgctl/imgctl/images/store"
+	"github.com/imgctl/imgctl/images/store/storetest"
+	"github.com/imgctl/imgctl/images/update"
 )
 
 // buildImages builds n small images (rootfs target) into dir's store and returns their digests.
@@ -289,5 +293,75 @@ func TestChannelsInARegistry(t *testing.T) {
 	// An image that is not in the registry cannot be promoted there.
 	if _, _, err := run(t, dir, "promote", "sha256:"+strings.Repeat("1", 64), "--to", "nightly", "--registry", repo); err == nil {
 		t.Error("promoting a missing image in the registry succeeded")
+	}
+}
+
+// imgctl channel pointer refuses what GET /v1/channels/CHANNEL refuses, naming the channel,
+// and a refusal leaves --output's file as it was.
+func TestChannelPointerRefusals(t *testing.T) {
+	dir := t.TempDir()
+	img := buildImages(t, dir, 1) // rootfs target only: nothing a disk node can install
+	if _, stderr, err := run(t, dir, "promote", img[0], "--to", "nightly"); err != nil {
+		t.Fatalf("promote: %v\n%s", err, stderr)
+	}
+	out := filepath.Join(dir, "prod.json")
+	if err := os.WriteFile(out, []byte("old pointer\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ channel, want string }{
+		{"qa", `channel "qa": unknown channel`},
+		{"prod", "channel prod: channel is empty (promote an image into it)"},
+		{"nightly", "channel nightly points to image 1.21.13-"},
+	} {
+		stdout, _, err := run(t, dir, "channel", "pointer", c.channel, "--output", out)
+		if err == nil || !strings.Contains(err.Error(), c.want) || stdout != "" {
+			t.Errorf("channel pointer %s: err = %v, stdout %q; want an error containing %q", c.channel, err, stdout, c.want)
+		}
+	}
+	_, _, err := run(t, dir, "channel", "pointer", "nightly")
+	if want := "which nodes cannot install in place: invalid update document: manifest " + img[0] + ": "; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("channel pointer of an image without a root squashfs: %v", err)
+	}
+	if data, err := os.ReadFile(out); err != nil || string(data) != "old pointer\n" {
+		t.Errorf("--output after refusals: %q, %v; want the old content", data, err)
+	}
+}
+
+// imgctl channel pointer prints the pointer of the channel's image, or replaces --output with it.
+func TestChannelPointer(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(context.Background(), filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := storetest.PutUpdatable(t, st, "1.0.0", 1700000000)
+	if _, stderr, err := run(t, dir, "promote", img.Digest().String(), "--to", "nightly"); err != nil {
+		t.Fatalf("promote: %v\n%s", err, stderr)
+	}
+	stdout, stderr, err := run(t, dir, "channel", "pointer", "nightly")
+	if err != nil {
+		t.Fatalf("channel pointer: %v\n%s", err, stderr)
+	}
+	p, err := update.DecodePointer(strings.NewReader(stdout))
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, stdout)
+	}
+	want := update.Pointer{SchemaVersion: 1, MediaType: update.PointerMediaType, Channel: "nightly", Image: img.Digest().String(),
+		Version: "1.0.0", Kubernetes: "1.21.13", Architecture: "amd64"}
+	if p != want {
+		t.Errorf("pointer %+v, want %+v", p, want)
+	}
+	out := filepath.Join(dir, "www", "v1", "channels", "nightly")
+	os.MkdirAll(filepath.Dir(out), 0o755)
+	os.WriteFile(out, []byte("old pointer\n"), 0o644)
+	if stdout, stderr, err := run(t, dir, "channel", "pointer", "nightly", "--output", out); err != nil || stdout != "" {
+		t.Fatalf("channel pointer --output: %v, stdout %q\n%s", err, stdout, stderr)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil || string(data) != stdout {
+		t.Errorf("--output wrote %q (%v), stdout gave %q", data, err, stdout)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(out)); len(ents) != 1 {
+		t.Errorf("--output left %d files in its directory, want 1", len(ents))
 	}
 }

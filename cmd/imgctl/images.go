@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/imgctl/imgctl/images/imagediff"
 	"github.com/imgctl/imgctl/images/publication"
 	"github.com/imgctl/imgctl/images/store"
 )
@@ -94,6 +95,53 @@ script must not take the list for the whole store.`,
 			return tw.Flush()
 		}),
 	})
+	cmd.AddCommand(a.imagesDiffCmd())
+	return cmd
+}
+
+func (a *app) imagesDiffCmd() *cobra.Command {
+	var o imagediff.Options
+	var maxFiles int
+	cmd := &cobra.Command{
+		Use:   "diff A B",
+		Short: "Show what an upgrade from image A to image B changes: layers, files, root blocks, bytes a disk node fetches",
+		Long: `A and B are digests, unique digest prefixes or versions. Compares the layers by role (digest and
+version), the boot artifacts (vmlinuz, initrd.img, rootfs.squashfs), the files of the two root
+squashfs images (added, removed, changed: content, type, symlink target, permission bits,
+owner; setuid, setgid and sticky bits are not compared), and B's 4 KiB root blocks against A's
+as a disk node's update does: the blocks found anywhere in A are copied from the running slot,
+the others fetched. "An update from a to b fetches N" adds B's dm-verity hash area and its
+kernel and initrd when they differ from A's; the percentage is of B's root blob.
+Images without a rootfs.squashfs (built before it was published with every disk image) get
+their layers and artifacts compared only.`,
+		Example: `  imgctl images diff 1.21.13-6.1.0-20261204.1 1.21.14-6.1.0-20261205.1
+  imgctl images diff -o json prod staging | jq .update.percent`,
+		Args: cobra.ExactArgs(2),
+		RunE: a.withStore(func(cmd *cobra.Command, args []string, st *store.Store) error {
+			if maxFiles < 0 {
+				return fmt.Errorf("--max-files %d: expected 0 (all) or more", maxFiles)
+			}
+			var imgs [2]store.Image
+			for i, ref := range args {
+				img, err := st.Resolve(cmd.Context(), ref)
+				if err != nil {
+					return err
+				}
+				imgs[i] = img
+			}
+			o.Logger = a.logger()
+			r, err := imagediff.Diff(cmd.Context(), st, imgs[0], imgs[1], o)
+			if err != nil {
+				return err
+			}
+			if a.json() {
+				return a.printJSON(r)
+			}
+			return imagediff.WriteText(a.out, r, maxFiles)
+		}),
+	}
+	cmd.Flags().BoolVar(&o.NoFiles, "no-files", false, "do not compare the files (reading and hashing both roots takes a few seconds)")
+	cmd.Flags().IntVar(&maxFiles, "max-files", 50, "list at most this many changed, added and removed paths each (0: all; -o json lists all)")
 	return cmd
 }
 

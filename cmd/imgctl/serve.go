@@ -46,6 +46,10 @@ func (a *app) serveCmd() *cobra.Command {
                                   channel points to now (or its pinned image), by digest, and a fresh boot
                                   credential; an unknown machine gets a script that says so and retries
   GET  /blobs/sha256:HEX          blobs of the images in the store (sendfile, ranges, immutable caching)
+  GET  /v1/channels/CHANNEL       the channel's update pointer (JSON) that disk nodes poll for in-place
+                                  updates: only an image the server serves and nodes can install; 404
+                                  for no such channel or an empty one, 409 saying why not (see imgctl
+                                  channel pointer for the same document as a static file)
   GET  /v1/nodeconfig             the node's NodeConfig: public part by ?mac=, secrets with its credential
   POST /v1/reports                the node agent's boot reports (see imgctl rollout status)
   GET  /healthz, /metrics         health and Prometheus metrics

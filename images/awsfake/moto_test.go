@@ -49,6 +49,10 @@ func TestMain(m *testing.M) {
 // gone), the AWS test environment, and a front that asks the test's handlers before the EC2
 // recorder.
 func TestMotoForTest(t *testing.T) {
+	// Here, not only in MotoForTest: under -short the subtests skip, and the checks after
+	// them would fail on handlers nobody asked.
+	testenv.Integration(t, "runs moto_server")
+	testenv.Tools(t, "moto_server")
 	t.Setenv("AWS_PROFILE", "someone")
 	var first *Moto
 	var asked []string

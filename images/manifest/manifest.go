@@ -14,12 +14,14 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	nodeupdate "github.com/imgctl/imgctl/images/update" // not update: the golden-file flag of the tests
 )
 
 // Media and artifact types of an imgctl image.
 const (
 	// ArtifactType is the artifactType of every imgctl image manifest.
-	ArtifactType = "application/vnd.imgctl.image.v1"
+	ArtifactType = nodeupdate.ArtifactType // application/vnd.imgctl.image.v1
 	// ConfigMediaType is the media type of the config blob (a JSON Config).
 	ConfigMediaType = "application/vnd.imgctl.image.config.v1+json"
 
@@ -42,34 +44,37 @@ const (
 
 // Annotation keys written on image manifests and index entries.
 const (
-	AnnotationTitle             = ocispec.AnnotationTitle   // org.opencontainers.image.title
-	AnnotationVersion           = ocispec.AnnotationVersion // org.opencontainers.image.version
-	AnnotationCreated           = ocispec.AnnotationCreated // org.opencontainers.image.created
-	AnnotationRefName           = ocispec.AnnotationRefName // org.opencontainers.image.ref.name
-	AnnotationKubernetesVersion = "dev.imgctl.kubernetes.version"
+	AnnotationTitle             = nodeupdate.AnnotationTitle   // org.opencontainers.image.title
+	AnnotationVersion           = nodeupdate.AnnotationVersion // org.opencontainers.image.version
+	AnnotationCreated           = ocispec.AnnotationCreated    // org.opencontainers.image.created
+	AnnotationRefName           = ocispec.AnnotationRefName    // org.opencontainers.image.ref.name
+	AnnotationKubernetesVersion = nodeupdate.AnnotationKubernetesVersion
 	AnnotationKernelVersion     = "dev.imgctl.kernel.version"
 	AnnotationName              = "dev.imgctl.name"
+	AnnotationArchitecture      = nodeupdate.AnnotationArchitecture // GOARCH's name of the image's architecture
 )
 
 // Artifact annotation keys the boot targets write (raw, pxe) and readers (imgctl serve) use.
 const (
-	AnnotationKernelRelease  = "dev.imgctl.kernel.release"  // vmlinuz: the kernel release
-	AnnotationKernelCmdline  = "dev.imgctl.kernel.cmdline"  // the spec's kernel command line, space-separated
-	AnnotationInitrdDrivers  = "dev.imgctl.initrd.drivers"  // initrd.img: optional drivers included, comma-separated
-	AnnotationRootDigest     = "dev.imgctl.root.digest"     // the root squashfs's digest, sha256:HEX
-	AnnotationRootSize       = "dev.imgctl.root.size"       // the root squashfs's size in bytes
-	AnnotationRootCompressor = "dev.imgctl.root.compressor" // the root squashfs's compressor
-	AnnotationDiskSize       = "dev.imgctl.disk.size"       // disk image size in bytes
-	AnnotationDiskPartitions = "dev.imgctl.disk.partitions" // disk partition table (JSON)
-	AnnotationDiskGUID       = "dev.imgctl.disk.guid"       // disk GUID
+	AnnotationKernelRelease      = "dev.imgctl.kernel.release"         // vmlinuz: the kernel release
+	AnnotationKernelCmdline      = nodeupdate.AnnotationKernelCmdline  // a kernel command line, space-separated (the spec's; disk.simg: slot A's)
+	AnnotationInitrdDrivers      = "dev.imgctl.initrd.drivers"         // initrd.img: optional drivers included, comma-separated
+	AnnotationRootDigest         = nodeupdate.AnnotationRootDigest     // the root blob's digest (squashfs + verity hash area), sha256:HEX
+	AnnotationRootSize           = nodeupdate.AnnotationRootSize       // the root blob's size in bytes
+	AnnotationRootCompressor     = "dev.imgctl.root.compressor"        // the root squashfs's compressor
+	AnnotationRootVerityRootHash = nodeupdate.AnnotationVerityRootHash // the root's dm-verity root hash, hex
+	AnnotationRootVerityOffset   = nodeupdate.AnnotationVerityOffset   // the root's verity hash area's offset in the blob (the squashfs's size)
+	AnnotationDiskSize           = "dev.imgctl.disk.size"              // disk image size in bytes
+	AnnotationDiskPartitions     = "dev.imgctl.disk.partitions"        // disk partition table (JSON)
+	AnnotationDiskGUID           = "dev.imgctl.disk.guid"              // disk GUID
 )
 
 // Names of the boot artifacts (file names in an export and org.opencontainers.image.title):
 // the raw and pxe targets write them, netboot servers find them by them.
 const (
-	KernelArtifact       = "vmlinuz"
-	InitrdArtifact       = "initrd.img"
-	RootSquashfsArtifact = "rootfs.squashfs"
+	KernelArtifact       = nodeupdate.KernelArtifact
+	InitrdArtifact       = nodeupdate.InitrdArtifact
+	RootSquashfsArtifact = nodeupdate.RootArtifact
 	IPXEScriptArtifact   = "boot.ipxe"
 )
 
@@ -95,6 +100,9 @@ type Config struct {
 	Flavor string `json:"flavor,omitempty"`
 	// Kernel is the kernel release (uname -r); empty for an image without a kernel.
 	Kernel string `json:"kernel,omitempty"`
+	// Architecture is the image's architecture as GOARCH names it (amd64); empty in images
+	// built before it was recorded.
+	Architecture string `json:"architecture,omitempty"`
 	// Bootstrap is the version of the bootstrap layer.
 	Bootstrap string `json:"bootstrap,omitempty"`
 	// Imgctl is the version of the imgctl that built the image.
@@ -157,6 +165,9 @@ var nameRE = regexp.MustCompile(`^[a-z0-9]+([._-][a-z0-9]+)*$`)
 // flavorRE is what a Flavor may look like (a DNS label, as the spec's flavor).
 var flavorRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
+// archRE is what an Architecture may look like (GOARCH's names).
+var archRE = regexp.MustCompile(`^[a-z0-9]{1,16}$`)
+
 // Validate reports the first rule the config breaks, wrapping ErrInvalid.
 func (c Config) Validate() error {
 	var errs []error
@@ -177,6 +188,9 @@ func (c Config) Validate() error {
 	}
 	if c.Flavor != "" && !flavorRE.MatchString(c.Flavor) {
 		bad("flavor %q: want at most 63 lower-case alphanumerics or '-', starting and ending with an alphanumeric", c.Flavor)
+	}
+	if c.Architecture != "" && !archRE.MatchString(c.Architecture) {
+		bad("architecture %q: want GOARCH's name (amd64, arm64)", c.Architecture)
 	}
 	if c.SourceDateEpoch < 0 {
 		bad("sourceDateEpoch %d is negative", c.SourceDateEpoch)
@@ -316,6 +330,9 @@ func Build(cfg Config, config ocispec.Descriptor, artifacts []Artifact) ocispec.
 	}
 	if cfg.Kernel != "" {
 		ann[AnnotationKernelVersion] = cfg.Kernel
+	}
+	if cfg.Architecture != "" {
+		ann[AnnotationArchitecture] = cfg.Architecture
 	}
 	return ocispec.Manifest{
 		Versioned:    specs.Versioned{SchemaVersion: 2},

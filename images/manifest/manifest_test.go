@@ -13,6 +13,8 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	nodeupdate "github.com/imgctl/imgctl/images/update"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -314,5 +316,45 @@ func TestCheckVersion(t *testing.T) {
 		if err := CheckVersion(v); err == nil || !strings.Contains(err.Error(), "want [A-Za-z0-9]") {
 			t.Errorf("CheckVersion(%q) = %v, want an error", v, err)
 		}
+	}
+}
+
+// TestArchitecture: the config's architecture is the manifest's dev.imgctl.architecture (the
+// node refuses an image for another one), and absent without one (older images keep their bytes).
+func TestArchitecture(t *testing.T) {
+	cfg := testConfig()
+	cfg.Architecture = "amd64"
+	r, err := Render(cfg, testArtifacts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Manifest.Annotations["dev.imgctl.architecture"]; got != "amd64" {
+		t.Errorf("architecture annotation = %q", got)
+	}
+	if !bytes.Contains(r.ConfigJSON, []byte(`"architecture":"amd64"`)) {
+		t.Errorf("config without the architecture: %s", r.ConfigJSON)
+	}
+	if got, err := DecodeConfig(r.ConfigJSON); err != nil || !reflect.DeepEqual(got, cfg) {
+		t.Errorf("DecodeConfig = %+v, %v", got, err)
+	}
+	plain, err := Render(testConfig(), testArtifacts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := plain.Manifest.Annotations[AnnotationArchitecture]; ok || bytes.Contains(plain.ConfigJSON, []byte("architecture")) {
+		t.Errorf("an image without an architecture has one: %v %s", plain.Manifest.Annotations, plain.ConfigJSON)
+	}
+	cfg.Architecture = "x86 64"
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), `architecture "x86 64": want GOARCH's name`) {
+		t.Errorf("Validate = %v", err)
+	}
+}
+
+// TestUpdateKeysAreOCIs: the node's leaf (images/update, which this package re-exports) spells
+// OCI's names as the OCI module does.
+func TestUpdateKeysAreOCIs(t *testing.T) {
+	if nodeupdate.AnnotationTitle != ocispec.AnnotationTitle || nodeupdate.AnnotationVersion != ocispec.AnnotationVersion || nodeupdate.OCIManifestMediaType != ocispec.MediaTypeImageManifest {
+		t.Errorf("images/update: %q, %q, %q; OCI: %q, %q, %q", nodeupdate.AnnotationTitle, nodeupdate.AnnotationVersion, nodeupdate.OCIManifestMediaType,
+			ocispec.AnnotationTitle, ocispec.AnnotationVersion, ocispec.MediaTypeImageManifest)
 	}
 }

@@ -54,10 +54,14 @@ type Phase string
 const (
 	PhaseInit      Phase = "init"      // the initrd's init, before switching root
 	PhaseConfigure Phase = "configure" // kube-node-configuration, after the node is configured
+	// PhaseUpdate is an in-place update's outcome, sent only once it is known: ok when the new
+	// slot proved itself (blessed after a healthy kubelet), failed when it used up its boot
+	// tries and the node fell back. Report.Image and Version name the update's image.
+	PhaseUpdate Phase = "update"
 )
 
 // Phases lists every valid Phase.
-var Phases = []Phase{PhaseInit, PhaseConfigure}
+var Phases = []Phase{PhaseInit, PhaseConfigure, PhaseUpdate}
 
 // Step statuses.
 const (
@@ -71,6 +75,7 @@ const (
 	MaxReportBytes = 64 << 10
 	MaxSteps       = 64
 	maxText        = 512
+	maxVersion     = 128
 )
 
 // Report is what a node tells the server about one phase of its boot.
@@ -83,8 +88,12 @@ type Report struct {
 	// or the booted partition's image); the server compares it with the image it served.
 	RootDigest string `json:"rootDigest,omitempty"`
 	// Role is the role the node configured (master, masterFollower, node), after configure.
-	Role  string `json:"role,omitempty"`
-	Steps []Step `json:"steps"`
+	Role string `json:"role,omitempty"`
+	// Image and Version name the image a PhaseUpdate report is about: its manifest digest
+	// sha256:HEX and its version.
+	Image   string `json:"image,omitempty"`
+	Version string `json:"version,omitempty"`
+	Steps   []Step `json:"steps"`
 	// Time is when the node sent the report (the node's clock; the server records its own).
 	Time time.Time `json:"time"`
 }
@@ -131,9 +140,9 @@ func (r *Report) Validate() error {
 		errs = append(errs, fmt.Errorf("report: %s: %s", field, fmt.Sprintf(format, a...)))
 	}
 	switch r.Phase {
-	case PhaseInit, PhaseConfigure:
+	case PhaseInit, PhaseConfigure, PhaseUpdate:
 	default:
-		bad("phase", "%q is not a phase (expected init or configure)", clip(string(r.Phase)))
+		bad("phase", "%q is not a phase (expected init, configure or update)", clip(string(r.Phase)))
 	}
 	if r.Failed != "" && !stepName.MatchString(r.Failed) {
 		bad("failed", "%q is not a step name", clip(r.Failed))
@@ -146,6 +155,12 @@ func (r *Report) Validate() error {
 	}
 	if r.RootDigest != "" && !rootDigest.MatchString(r.RootDigest) {
 		bad("rootDigest", "%q is not sha256:HEX", clip(r.RootDigest))
+	}
+	if r.Image != "" && !rootDigest.MatchString(r.Image) {
+		bad("image", "%q is not sha256:HEX", clip(r.Image))
+	}
+	if len(r.Version) > maxVersion || strings.ContainsFunc(r.Version, isControl) {
+		bad("version", "longer than %d bytes or has control characters", maxVersion)
 	}
 	if r.Role != "" && !roleName.MatchString(r.Role) {
 		bad("role", "%q is not a role name", clip(r.Role))

@@ -33,6 +33,29 @@ func TestParseReport(t *testing.T) {
 	}
 }
 
+// TestParseUpdateReport: the update agent and bless report phase update, with the image
+// (manifest digest) and version the update concerns.
+func TestParseUpdateReport(t *testing.T) {
+	img := "sha256:" + strings.Repeat("b", 64)
+	good := `{"phase":"update","ok":false,"failed":"update-rollback","image":"` + img + `","version":"v3",` +
+		`"steps":[{"name":"update-rollback","status":"fail","ms":0}],"time":"2026-12-04T10:00:00Z"}`
+	r, err := ParseReport([]byte(good))
+	if err != nil || r.Phase != PhaseUpdate || r.Image != img || r.Version != "v3" {
+		t.Fatalf("ParseReport(update) = %+v, %v", r, err)
+	}
+	for _, c := range []struct{ name, doc, want string }{
+		{"bad image", `{"phase":"update","ok":true,"image":"latest","time":"2026-12-04T10:00:00Z"}`, `report: image: "latest" is not sha256:HEX`},
+		{"bad version", `{"phase":"update","ok":true,"version":"v1\u0000","time":"2026-12-04T10:00:00Z"}`, "report: version: longer than 128 bytes or has control characters"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseReport([]byte(c.doc))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("ParseReport = %v, want an error containing %q", err, c.want)
+			}
+		})
+	}
+}
+
 func TestCredentialFromHeader(t *testing.T) {
 	for in, want := range map[string]string{
 		"Bearer abc": "abc", "bearer abc": "abc", "Basic abc": "", "": "", "Bearer": "", Bearer("t.1"): "t.1",

@@ -9,6 +9,7 @@
 //	  role: node                    # master | masterFollower | node
 //	  cluster: {name: prod, apiServer: https://10.0.0.10:6443, caCertificate: PEM}
 //	  kubelet: {nodeLabels: {k: v}, registerWithTaints: ["k=v:NoSchedule"], maxPods: 110}
+//	  update: {server: http://10.0.2.100, channel: prod, interval: 1h, window: "02:00-04:00"}
 //	  credentials: {bootstrapToken: abcdef.0123456789abcdef, caCertHashes: ["sha256:…"]}
 //
 // Credentials are secret: Public strips them for unauthenticated readers, Merge adds them back.

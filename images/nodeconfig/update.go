@@ -3,10 +3,12 @@ package nodeconfig
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
+
+	"github.com/imgctl/imgctl/images/update"
 )
 
 // Update configures in-place A/B updates: imgctl-node update asks Server for Channel's current
@@ -145,11 +147,11 @@ func (u Update) check() []*FieldError {
 	return probs
 }
 
+// checkUpdateServer is images/update's check of the base URL the node appends its paths to,
+// without that package's "invalid update document" prefix.
 func checkUpdateServer(s string) error {
-	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" ||
-		u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.User != nil || u.Opaque != "" {
-		return fmt.Errorf("%q: expected http(s)://HOST[:PORT][/PATH] without query or user", s)
+	if _, err := update.ServerURL(s); err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), update.ErrInvalid.Error()+": "))
 	}
 	return nil
 }

@@ -46,8 +46,9 @@ func TestParseUpdateErrors(t *testing.T) {
 	}{
 		{"enabled not a boolean", "    server: http://s\n    channel: prod\n    enabled: yes\n", []string{`user-data: spec.update.enabled: expected a boolean, got str "yes"`}},
 		{"unknown field", "    url: http://s\n", []string{"user-data: spec.update.url: unknown field (expected server, channel, interval, window or enabled)"}},
-		{"server scheme", "    server: ftp://s\n    channel: prod\n", []string{`spec.update.server: "ftp://s": expected http(s)://HOST[:PORT][/PATH] without query or user`}},
-		{"server query", "    server: http://s/?a=b\n    channel: prod\n", []string{`spec.update.server: "http://s/?a=b": expected http(s)://HOST[:PORT][/PATH] without query or user`}},
+		{"server scheme", "    server: ftp://s\n    channel: prod\n", []string{`spec.update.server: update server "ftp://s": want an http:// or https:// URL`}},
+		{"server query", "    server: http://s/?a=b\n    channel: prod\n", []string{`spec.update.server: update server "http://s/?a=b": a query is not allowed`}},
+		{"server user", "    server: http://u:secret@s\n    channel: prod\n", []string{`spec.update.server: update server "http://u:xxxxx@s": user info in the URL is not allowed`}},
 		{"channel grammar", "    server: http://s\n    channel: Prod_1\n", []string{`spec.update.channel: "Prod_1" is not a channel name (1 to 63 lower-case letters, digits or '-', starting and ending with a letter or digit)`}},
 		{"interval", "    server: http://s\n    channel: prod\n    interval: hourly\n", []string{`spec.update.interval: "hourly" is not a Go duration (expected e.g. 1h or 30m)`}},
 		{"interval short", "    server: http://s\n    channel: prod\n    interval: 5s\n", []string{`spec.update.interval: 5s is shorter than the minimum 10s`}},

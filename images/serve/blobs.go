@@ -35,6 +35,9 @@ type catalog struct {
 	versions map[string]digest.Digest
 	// netboot is each servable image's netboot artifacts, or why it cannot netboot.
 	netboot map[digest.Digest]netbootImage
+	// installable caches, by image digest, an installResult: what the pointer route found
+	// when it first read the image's manifest.
+	installable sync.Map
 	// err: the store could not be read; nothing is served.
 	err error
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/imgctl/imgctl/images/inventory"
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/store"
+	"github.com/imgctl/imgctl/images/update"
 )
 
 // Paths of the boot routes.
@@ -33,7 +34,7 @@ const (
 	// NodeScriptPath answers a machine's own script: ?mac=&uuid=&serial=.
 	NodeScriptPath = "/ipxe"
 	// BlobsPath is the prefix of blob URLs: /blobs/sha256:HEX.
-	BlobsPath = "/blobs/"
+	BlobsPath = update.BlobsPathPrefix
 )
 
 // Retry delays of the scripts (seconds).
@@ -406,7 +407,12 @@ func (s *Server) nodeImage(ctx context.Context, m *inventory.Machine) (netbootIm
 }
 
 // channelError is why a channel gives no image: looking at the store again does not help.
-type channelError struct{ msg string }
+// msg is for a node's script ("its channel prod ..."), why for the pointer route's answer with
+// its status.
+type channelError struct {
+	msg, why string
+	status   int
+}
 
 func (e channelError) Error() string { return e.msg }
 
@@ -491,12 +497,12 @@ func (h *heads) get(ctx context.Context, ch string) (digest.Digest, error) {
 	hist, err := h.s.o.Channels.History(context.WithoutCancel(ctx), ch)
 	switch {
 	case errors.Is(err, channel.ErrUnknownChannel):
-		e.err = channelError{fmt.Sprintf("its channel %s is not a channel of the store", ch)}
+		e.err = channelError{fmt.Sprintf("its channel %s is not a channel of the store", ch), "not a channel of the store", http.StatusNotFound}
 	case err != nil:
 		h.s.log.Error("reading a channel", "channel", ch, "err", err)
-		e.err = channelError{fmt.Sprintf("its channel %s cannot be read (see the server's log)", ch)}
+		e.err = channelError{fmt.Sprintf("its channel %s cannot be read (see the server's log)", ch), "cannot be read (see the server's log)", http.StatusServiceUnavailable}
 	case hist.Head() == "":
-		e.err = channelError{fmt.Sprintf("its channel %s points to no image yet (promote one)", ch)}
+		e.err = channelError{fmt.Sprintf("its channel %s points to no image yet (promote one)", ch), "points to no image yet (promote one)", http.StatusNotFound}
 	default:
 		e.d = hist.Head()
 	}

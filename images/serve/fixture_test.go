@@ -30,7 +30,7 @@ import (
 	"github.com/imgctl/imgctl/images/store"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+var updateGolden = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 // clock is a settable test clock.
 type clock struct {
@@ -247,7 +247,7 @@ func (f *fixture) boot(t *testing.T, mac, remote string) (script, token string) 
 func golden(t *testing.T, name, got string) {
 	t.Helper()
 	p := filepath.Join("testdata", name)
-	if *update {
+	if *updateGolden {
 		if err := os.MkdirAll("testdata", 0o755); err != nil {
 			t.Fatal(err)
 		}

@@ -74,7 +74,7 @@ func (m *metrics) handler() http.Handler {
 // short), status, bytes and duration: never a header, so never a credential.
 func (s *Server) instrument(route string, h http.Handler) http.Handler {
 	requests := map[int]prometheus.Counter{}
-	for _, code := range []int{200, 206, 304, 400, 401, 403, 404, 405, 413, 416, 500, 503} {
+	for _, code := range []int{200, 206, 304, 400, 401, 403, 404, 405, 409, 413, 416, 500, 503} {
 		requests[code] = s.m.requests.WithLabelValues(route, strconv.Itoa(code))
 	}
 	bytes := s.m.bytes.WithLabelValues(route)

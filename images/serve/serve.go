@@ -26,6 +26,7 @@ import (
 	"github.com/imgctl/imgctl/images/nodeapi"
 	"github.com/imgctl/imgctl/images/rollout"
 	"github.com/imgctl/imgctl/images/store"
+	"github.com/imgctl/imgctl/images/update"
 )
 
 // Defaults of Options.
@@ -172,11 +173,12 @@ func (s *Server) Handler() http.Handler {
 	route := func(pattern, name string, h http.HandlerFunc) { mux.Handle(pattern, s.instrument(name, h)) }
 	route("GET /healthz", "healthz", s.healthz)
 	mux.Handle("GET /metrics", s.instrument("metrics", s.m.handler()))
-	route("GET /blobs/{digest}", "blobs", s.blob)
+	route("GET "+BlobsPath+"{digest}", "blobs", s.blob)
 	route("GET "+ChainScriptPath, "boot.ipxe", s.chainScript)
 	route("GET "+NodeScriptPath, "ipxe", s.nodeScript)
 	route("GET "+nodeapi.NodeConfigPath, "nodeconfig", s.nodeConfig)
 	route("POST "+nodeapi.ReportPath, "reports", s.report)
+	route("GET "+update.ChannelPathPrefix+"{channel}", "channels", s.channelPointer)
 	route("/", "other", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
 	return mux
 }

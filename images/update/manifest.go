@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/imgctl/imgctl/images/boot/verity"
 )
 
 // The parts of an imgctl image manifest a node reads to install it in place. images/manifest
@@ -36,8 +38,8 @@ const (
 	RootArtifact   = "rootfs.squashfs"
 )
 
-// BlockSize is the unit of the block plan and of dm-verity's data and hash blocks.
-const BlockSize = 4096
+// BlockSize is the unit of the block plan: dm-verity's data block.
+const BlockSize = verity.BlockSize
 
 // MaxManifestBytes bounds a manifest a node reads.
 const MaxManifestBytes = 4 << 20
@@ -170,7 +172,7 @@ func ParseManifest(data []byte, digest string) (Image, error) {
 		return badRoot(AnnotationRootSize, "%q, but the layer's size is %d", clip(s), im.Root.Size)
 	}
 	im.VerityRootHash = root[AnnotationVerityRootHash]
-	if err := checkRootHash(im.VerityRootHash); err != nil {
+	if _, err := verity.ParseRootHash(im.VerityRootHash); err != nil {
 		return badRoot(AnnotationVerityRootHash, "%v (an image without a dm-verity tree cannot be installed in place)", err)
 	}
 	off, ok := root[AnnotationVerityOffset]
@@ -188,12 +190,4 @@ func ParseManifest(data []byte, digest string) (Image, error) {
 	}
 	im.Cmdline = strings.Fields(root[AnnotationKernelCmdline])
 	return im, nil
-}
-
-// checkRootHash accepts 64 lower-case hex digits.
-func checkRootHash(s string) error {
-	if len(s) != 64 || strings.ContainsFunc(s, func(r rune) bool { return !('0' <= r && r <= '9' || 'a' <= r && r <= 'f') }) {
-		return fmt.Errorf("%q: want 64 lower-case hex digits", clip(s))
-	}
-	return nil
 }

@@ -26,6 +26,14 @@ var (
 // before encoding.
 func testManifest(t *testing.T, edit func(m map[string]any)) ([]byte, string) {
 	t.Helper()
+	data, err := manifestJSON(edit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data, digestOf(data)
+}
+
+func manifestJSON(edit func(m map[string]any)) ([]byte, error) {
 	layer := func(title, mt, d string, size int64, ann map[string]string) map[string]any {
 		a := map[string]any{AnnotationTitle: title}
 		for k, v := range ann {
@@ -59,11 +67,7 @@ func testManifest(t *testing.T, edit func(m map[string]any)) ([]byte, string) {
 	if edit != nil {
 		edit(m)
 	}
-	data, err := json.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data, digestOf(data)
+	return json.Marshal(m)
 }
 
 func rootAnnotations(m map[string]any) map[string]any {
@@ -113,7 +117,7 @@ func TestParseManifestRefuses(t *testing.T) {
 		{"empty initrd", func(m map[string]any) { m["layers"].([]any)[2].(map[string]any)["size"] = 0 }, `layer "initrd.img": size 0`},
 		{"root digest differs", func(m map[string]any) { rootAnnotations(m)[AnnotationRootDigest] = kernelDigest }, "dev.imgctl.root.digest"},
 		{"root size differs", func(m map[string]any) { rootAnnotations(m)[AnnotationRootSize] = "1" }, "dev.imgctl.root.size"},
-		{"no verity", func(m map[string]any) { delete(rootAnnotations(m), AnnotationVerityRootHash) }, "dev.imgctl.root.verity.roothash: \"\": want 64 lower-case hex digits"},
+		{"no verity", func(m map[string]any) { delete(rootAnnotations(m), AnnotationVerityRootHash) }, "dev.imgctl.root.verity.roothash: verity root hash \"\": want 64 lower-case hex digits"},
 		{"verity upper case", func(m map[string]any) { rootAnnotations(m)[AnnotationVerityRootHash] = strings.ToUpper(rootHash) }, "dev.imgctl.root.verity.roothash"},
 		{"no offset", func(m map[string]any) { delete(rootAnnotations(m), AnnotationVerityOffset) }, "dev.imgctl.root.verity.offset: missing"},
 		{"offset not a number", func(m map[string]any) { rootAnnotations(m)[AnnotationVerityOffset] = "12k" }, `"12k" is not a number`},

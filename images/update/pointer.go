@@ -182,7 +182,12 @@ func BlobURL(server, digest string) (string, error) {
 func ServerURL(server string) (string, error) {
 	u, err := url.Parse(server)
 	if err != nil {
-		return "", fmt.Errorf("%w: update server %q: %w", ErrInvalid, clip(server), err)
+		// url.Error repeats the whole URL, password included: keep only the cause.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return "", fmt.Errorf("%w: update server: not a URL: %w", ErrInvalid, err)
 	}
 	bad := func(why string) (string, error) {
 		return "", fmt.Errorf("%w: update server %q: %s", ErrInvalid, clip(u.Redacted()), why)

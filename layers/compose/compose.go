@@ -181,12 +181,32 @@ func Compose(ctx context.Context, w io.Writer, inputs []Input, opts Options) (Re
 	return res, err
 }
 
-func compose(ctx context.Context, w io.Writer, inputs []Input, opts Options, step *progress.Step) (Result, error) {
-	t := &tree{root: newDir(-1, true), mode: opts.Mode}
+// Index reads the inputs' headers, in order, the way Compose does for the rootfs (whiteouts
+// applied, entries placed through the symlinked directories of lower inputs) and returns the
+// merged tree's regular files, reading no content and writing nothing: which input supplies
+// which canonical path, without composing.
+func Index(ctx context.Context, inputs []Input) (*Files, error) {
+	t, err := index(ctx, inputs, Rootfs)
+	if err != nil {
+		return nil, err
+	}
+	return &Files{t: t, inputs: inputs}, nil
+}
+
+func index(ctx context.Context, inputs []Input, mode Mode) (*tree, error) {
+	t := &tree{root: newDir(-1, true), mode: mode}
 	for i, in := range inputs {
 		if err := t.add(ctx, i, in); err != nil {
-			return Result{}, fmt.Errorf("layer %s: %w", in.Name, err)
+			return nil, fmt.Errorf("layer %s: %w", in.Name, err)
 		}
+	}
+	return t, nil
+}
+
+func compose(ctx context.Context, w io.Writer, inputs []Input, opts Options, step *progress.Step) (Result, error) {
+	t, err := index(ctx, inputs, opts.Mode)
+	if err != nil {
+		return Result{}, err
 	}
 	if opts.Finalize != nil {
 		gen, err := opts.Finalize(ctx, &Files{t: t, inputs: inputs})

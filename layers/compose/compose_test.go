@@ -372,6 +372,30 @@ func TestComposeFinalize(t *testing.T) {
 	}
 }
 
+// Index lists the regular files Compose would write, by canonical path and supplying input:
+// through a lower layer's symlinked directory (merged /usr), after whiteouts and overrides.
+func TestIndex(t *testing.T) {
+	in := []Input{
+		mkTar(t, "d usr", "d usr/lib", "l lib usr/lib", "f usr/lib/libc base", "f etc/gone x"),
+		mkTar(t, "d lib", "d lib/modules", "f lib/modules/a.ko A", "h lib/modules/b.ko lib/modules/a.ko", "f etc/.wh.gone", "f usr/lib/libc new"),
+	}
+	files, err := Index(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	err = files.Walk(func(f File) error {
+		seen = append(seen, fmt.Sprintf("%s@%d", f.Path, f.Input))
+		return nil
+	})
+	if want := []string{"usr/lib/libc@1", "usr/lib/modules/a.ko@1", "usr/lib/modules/b.ko@1"}; err != nil || !slices.Equal(seen, want) {
+		t.Errorf("Index walks %q (%v), want %q", seen, err, want)
+	}
+	if _, err := Index(context.Background(), []Input{{Name: "cut", Reader: bytes.NewReader(make([]byte, 100)), Size: 100}}); err == nil || !strings.Contains(err.Error(), "layer cut") {
+		t.Errorf("a broken layer: err = %v, want one naming it", err)
+	}
+}
+
 // checkAll runs a Checker over the entries of in, cleaning each header as sources do.
 func checkAll(t *testing.T, in Input) error {
 	t.Helper()

@@ -16,7 +16,7 @@ import (
 // Version of the bootstrap layer's contract: units, paths and the imgctl-node commands they
 // call. Bump it whenever a file here changes (TestVersionRecordsContent enforces it); it is
 // recorded in the image manifest and in /etc/imgctl/image.json.
-const Version = "1.0.1"
+const Version = "1.1.0"
 
 // AgentPath is where the node agent lives in the image.
 const AgentPath = "usr/bin/imgctl-node"
@@ -41,6 +41,9 @@ var declared = []Entry{
 		Target: "../systemd-networkd.service", Comment: "DHCP on the node's NICs (80-imgctl-dhcp.network)"},
 	{Path: "usr/lib/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service", Mode: fs.ModeSymlink | 0o777,
 		Target: "../systemd-networkd-wait-online.service", Comment: "network-online.target means an address (configuration needs it)"},
+	{Path: "etc/systemd/system/systemd-bless-boot.service", Mode: fs.ModeSymlink | 0o777, Target: "/dev/null",
+		Comment: "masked: only imgctl-bless.service marks a slot good, after a healthy kubelet; systemd's would at " +
+			"boot-complete.target, before it (Debian's base has none today: it ships in systemd-boot, not installed)"},
 	{Path: "etc/imgctl/hooks.d/pre-install.d", Mode: fs.ModeDir | 0o755, Comment: "site hooks"},
 	{Path: "etc/imgctl/hooks.d/post-install.d", Mode: fs.ModeDir | 0o755, Comment: "site hooks"},
 	{Path: "etc/imgctl/hooks.d/pre-configure.d", Mode: fs.ModeDir | 0o755, Comment: "site hooks"},

@@ -14,6 +14,7 @@ import (
 var released = map[string]string{
 	"1.0.0": "sha256:ef69e869954d0a6874d07e51baf96e10ad6119fba4c0b481f111998072a9a32c",
 	"1.0.1": "sha256:930305d5e86b33f277c303fffa21d3c427e97d66a94cda33889c2a3a724afa5c",
+	"1.1.0": "sha256:109ffd8ff4f50a3a1a692fd9f0c0ba61082dc5c75c187cf9702bf859e92b9af5",
 }
 
 func TestVersionRecordsContent(t *testing.T) {
@@ -46,7 +47,7 @@ func TestEntries(t *testing.T) {
 		}
 		if e.Mode&fs.ModeSymlink != 0 {
 			target := filepath.Join(filepath.Dir(e.Path), e.Target)
-			if _, ok := paths[target]; !ok && !strings.Contains(e.Target, "systemd-networkd") {
+			if _, ok := paths[target]; !ok && !strings.Contains(e.Target, "systemd-networkd") && e.Target != "/dev/null" {
 				t.Errorf("%s -> %s: target not in the layer", e.Path, e.Target)
 			}
 		}
@@ -60,10 +61,55 @@ func TestEntries(t *testing.T) {
 		"usr/lib/systemd/system/kube-logrotate.timer",
 		"usr/lib/systemd/system/kubelet.service",
 		"etc/imgctl/hooks.d/post-configure.d",
+		"usr/lib/systemd/system/imgctl-bless.service",
+		"usr/lib/systemd/system/imgctl-update.service",
+		"usr/lib/systemd/system/imgctl-update.timer",
+		"etc/systemd/system/systemd-bless-boot.service",
 	} {
 		if _, ok := paths[want]; !ok {
 			t.Errorf("missing %s", want)
 		}
+	}
+}
+
+// TestUpdateUnits: the A/B update units are wired as imgctl-node bless and update expect.
+func TestUpdateUnits(t *testing.T) {
+	es, err := Entries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]Entry{}
+	for _, e := range es {
+		files[e.Path] = e
+	}
+	unit := func(name string) string { return string(files["usr/lib/systemd/system/"+name].Data) }
+	for _, c := range []struct{ unit, line string }{
+		// bless runs after configure whatever its outcome (Wants, not Requires) on every boot.
+		{"imgctl-bless.service", "After=kube-node-configuration.service"},
+		{"imgctl-bless.service", "Wants=kube-node-configuration.service"},
+		{"imgctl-bless.service", "ExecStart=/usr/bin/imgctl-node bless"},
+		{"imgctl-bless.service", "StandardOutput=journal+console"},
+		{"kubernetes.target", "Wants=imgctl-bless.service"},
+		// update never runs before this boot's bless.
+		{"imgctl-update.service", "After=imgctl-bless.service"},
+		{"imgctl-update.service", "ExecStart=/usr/bin/imgctl-node update"},
+		{"imgctl-update.service", "StandardOutput=journal+console"},
+		{"imgctl-update.service", "ConditionPathExists=/run/imgctl/update.json"},
+		// configure's drop-in resets and sets OnUnitInactiveSec; the first check comes soon after.
+		{"imgctl-update.timer", "OnUnitInactiveSec=1h"},
+		{"imgctl-update.timer", "OnActiveSec=15s"},
+	} {
+		if !strings.Contains(unit(c.unit), "\n"+c.line+"\n") {
+			t.Errorf("%s lacks the line %s:\n%s", c.unit, c.line, unit(c.unit))
+		}
+	}
+	if strings.Contains(unit("imgctl-update.timer"), "[Install]") {
+		t.Error("imgctl-update.timer has [Install]: configure starts it only when the NodeConfig enables updates")
+	}
+	// systemd's boot blessing would mark a slot good at boot-complete.target, before the kubelet
+	// is healthy: masked, for bases that have it.
+	if m := files["etc/systemd/system/systemd-bless-boot.service"]; m.Mode&fs.ModeSymlink == 0 || m.Target != "/dev/null" {
+		t.Errorf("systemd-bless-boot.service not masked: %+v", m)
 	}
 }
 

@@ -130,7 +130,7 @@ func TestRunBuildsRaw(t *testing.T) {
 		names = append(names, filepath.Base(f))
 	}
 	slices.Sort(names)
-	if want := []string{"disk.raw", "initrd.img", "vmlinuz"}; !slices.Equal(names, want) {
+	if want := []string{"disk.raw", "initrd.img", "rootfs.squashfs", "vmlinuz"}; !slices.Equal(names, want) {
 		t.Errorf("files %v, want %v", names, want)
 	}
 	gen, _ := art.State("generated_data").(map[string]any)

@@ -238,7 +238,7 @@ func TestParseHashAreaErrors(t *testing.T) {
 		want   string
 	}{
 		{"wrong root hash", other.HashArea(), tr.RootHash, 129, "superblock: UUID"},
-		{"another tree's area with its UUID fixed", set(offUUID, func() []byte { u := tr.UUID(); return u[:] }()...), other.RootHash, 129, "superblock: UUID"},
+		{"the UUID of another root hash", set(offUUID, func() []byte { u := tr.UUID(); return u[:] }()...), other.RootHash, 129, "superblock: UUID"},
 		{"top level", func() []byte {
 			a := bytes.Clone(other.HashArea())
 			copy(a[offUUID:], func() []byte { u := tr.UUID(); return u[:] }())

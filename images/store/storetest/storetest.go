@@ -7,8 +7,10 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
+	"github.com/imgctl/imgctl/images/boot/verity"
 	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/images/store"
 	digest "github.com/opencontainers/go-digest"
@@ -45,9 +47,10 @@ func Config(version string, epoch int64) manifest.Config {
 
 // File is one artifact's content.
 type File struct {
-	Name      string
-	MediaType string
-	Content   []byte
+	Name        string
+	MediaType   string
+	Content     []byte
+	Annotations map[string]string
 }
 
 // DefaultFiles are a rootfs, a kernel and an initrd whose bytes derive from version.
@@ -69,7 +72,7 @@ func PutImage(tb testing.TB, s *store.Store, cfg manifest.Config, files []File) 
 		if err != nil {
 			tb.Fatal(err)
 		}
-		arts = append(arts, manifest.Artifact{Name: f.Name, MediaType: f.MediaType, Digest: d, Size: n})
+		arts = append(arts, manifest.Artifact{Name: f.Name, MediaType: f.MediaType, Digest: d, Size: n, Annotations: f.Annotations})
 	}
 	desc, err := s.PutImage(ctx, cfg, arts)
 	if err != nil {
@@ -86,6 +89,31 @@ func PutImage(tb testing.TB, s *store.Store, cfg manifest.Config, files []File) 
 func PutVersion(tb testing.TB, s *store.Store, version string, epoch int64) store.Image {
 	tb.Helper()
 	return PutImage(tb, s, Config(version, epoch), DefaultFiles(version))
+}
+
+// PutUpdatable stores an image a disk node can install in place (images/update.ParseManifest
+// accepts it): Config(version, epoch) with architecture amd64, a kernel, an initrd and a
+// rootfs.squashfs of two 4 KiB blocks (not a squashfs) followed by its dm-verity hash area, with
+// the root hash and offset annotations.
+func PutUpdatable(tb testing.TB, s *store.Store, version string, epoch int64) store.Image {
+	tb.Helper()
+	data := bytes.Repeat([]byte("root of "+version+"\n"), 2*verity.BlockSize)[:2*verity.BlockSize]
+	tree, err := verity.Build(context.Background(), bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	root := File{Name: manifest.RootSquashfsArtifact, MediaType: manifest.SquashfsMediaType, Content: append(data, tree.HashArea()...),
+		Annotations: map[string]string{
+			manifest.AnnotationRootVerityRootHash: tree.RootHashHex(),
+			manifest.AnnotationRootVerityOffset:   strconv.Itoa(len(data)),
+		}}
+	cfg := Config(version, epoch)
+	cfg.Architecture = "amd64"
+	return PutImage(tb, s, cfg, []File{
+		{Name: manifest.KernelArtifact, MediaType: manifest.KernelMediaType, Content: []byte("kernel of " + version)},
+		{Name: manifest.InitrdArtifact, MediaType: manifest.InitrdMediaType, Content: []byte("initrd of " + version)},
+		root,
+	})
 }
 
 // Corrupt overwrites blob d in place with content that does not hash to d (as a bad disk or a

@@ -164,6 +164,11 @@ func (o *Options) report(ctx context.Context, st runState, failed error) {
 }
 
 func (o Options) run(ctx context.Context, st *runState) error {
+	if !o.DryRun {
+		if err := o.removeMarker(); err != nil {
+			return o.Steps.Start("configured").Fail(err)
+		}
+	}
 	info, err := step(o.Steps, "image-info", func() (*imageinfo.Info, []any, error) {
 		i, err := imageinfo.Load(filepath.Join(o.Root, imageinfo.Path))
 		if err != nil {
@@ -259,6 +264,10 @@ func (o Options) run(ctx context.Context, st *runState) error {
 		return err
 	}
 
+	if err := o.updateConfig(ctx, cfg.Spec.Update); err != nil {
+		return err
+	}
+
 	if o.DryRun {
 		o.dryRunRest(plan, baked)
 		return o.hooks(ctx, hooks.PostConfigure, env)
@@ -315,7 +324,13 @@ func (o Options) run(ctx context.Context, st *runState) error {
 	}); err != nil {
 		return err
 	}
-	return o.hooks(ctx, hooks.PostConfigure, env)
+	if err := o.hooks(ctx, hooks.PostConfigure, env); err != nil {
+		return err
+	}
+	if err := o.writeMarker(); err != nil {
+		return o.Steps.Start("configured").Fail(err)
+	}
+	return nil
 }
 
 func (o *Options) hooks(ctx context.Context, phase string, env []string) error {

@@ -74,9 +74,10 @@ func Mount(ctx context.Context, dev, dir string) (*ESP, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("mount ESP: %w", err)
 	}
-	// nodev,nosuid,noexec: nothing on the ESP runs on the node; umask keeps it root's.
+	// nodev,nosuid,noexec: nothing on the ESP runs on the node; umask keeps it root's. No
+	// charset options: the names written are ASCII, and each option may need an nls module.
 	flags := uintptr(unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC)
-	if err := unix.Mount(dev, dir, "vfat", flags, "umask=0077,shortname=mixed,utf8"); err != nil {
+	if err := unix.Mount(dev, dir, "vfat", flags, "umask=0077"); err != nil {
 		return nil, fmt.Errorf("mount ESP %s at %s (vfat): %w", dev, dir, err)
 	}
 	e := New(dir)
@@ -99,6 +100,10 @@ func (e *ESP) Close() error {
 	return u()
 }
 
+// ErrNotAB is Locate's error for a boot that is not from an A/B disk (a network root, a root
+// partition that is not ROOT-A or ROOT-B): there is nothing to update or bless.
+var ErrNotAB = errors.New("not an A/B disk node")
+
 // Location is where the running slot lives.
 type Location struct {
 	Slot string       // boot.SlotA or boot.SlotB: the running root partition's label
@@ -111,7 +116,7 @@ type Location struct {
 // partition labelled ESP on the same disk.
 func Locate(sys blockdev.Sys, root cmdline.Device) (Location, error) {
 	if root.IsZero() {
-		return Location{}, errors.New("no imgctl.root= device on the kernel command line: not a disk node, nothing to update")
+		return Location{}, fmt.Errorf("%w: no imgctl.root= device on the kernel command line", ErrNotAB)
 	}
 	devs, err := sys.Scan()
 	if err != nil {
@@ -130,8 +135,8 @@ func Locate(sys blockdev.Sys, root cmdline.Device) (Location, error) {
 		}
 	}
 	if slot == "" {
-		return Location{}, fmt.Errorf("root %s is %s labelled %q (expected %s or %s): not an A/B disk",
-			root, r.Name, r.PartName, boot.LabelRootA, boot.LabelRootB)
+		return Location{}, fmt.Errorf("%w: root %s is %s labelled %q (expected %s or %s)",
+			ErrNotAB, root, r.Name, r.PartName, boot.LabelRootA, boot.LabelRootB)
 	}
 	var esps []blockdev.Dev
 	for _, d := range devs {

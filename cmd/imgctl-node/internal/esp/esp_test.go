@@ -342,10 +342,10 @@ func TestLocate(t *testing.T) {
 		t.Fatalf("got %+v", loc)
 	}
 	if _, err := Locate(sys, cmdline.Device{Kind: cmdline.PartLabel, Value: "STATE"}); err == nil ||
-		!strings.Contains(err.Error(), `root PARTLABEL=STATE is vda4 labelled "STATE" (expected ROOT-A or ROOT-B): not an A/B disk`) {
+		!strings.Contains(err.Error(), `not an A/B disk node: root PARTLABEL=STATE is vda4 labelled "STATE" (expected ROOT-A or ROOT-B)`) || !errors.Is(err, ErrNotAB) {
 		t.Fatalf("error %v", err)
 	}
-	if _, err := Locate(sys, cmdline.Device{}); err == nil || !strings.Contains(err.Error(), "no imgctl.root= device") {
+	if _, err := Locate(sys, cmdline.Device{}); !errors.Is(err, ErrNotAB) || !strings.Contains(err.Error(), "no imgctl.root= device") {
 		t.Fatalf("error %v", err)
 	}
 }

@@ -179,8 +179,19 @@ type kubeletConfig struct {
 	MaxPods                  int32                 `json:"maxPods,omitempty"`
 	ResolverConfig           *string               `json:"resolvConf,omitempty"`
 	RotateCertificates       bool                  `json:"rotateCertificates,omitempty"`
-	StaticPodPath            string                `json:"staticPodPath,omitempty"`
+	// Graceful node shutdown (GracefulNodeShutdown, beta and on by default from 1.21): the
+	// kubelet holds a systemd-logind inhibitor lock and stops pods before the node powers off.
+	ShutdownGracePeriod             string `json:"shutdownGracePeriod,omitempty"`
+	ShutdownGracePeriodCriticalPods string `json:"shutdownGracePeriodCriticalPods,omitempty"`
+	StaticPodPath                   string `json:"staticPodPath,omitempty"`
 }
+
+// Graceful node shutdown: an update's reboot (systemctl reboot) gives pods ShutdownGracePeriod
+// in all, the last ShutdownGracePeriodCriticalPods of it reserved for critical pods.
+const (
+	ShutdownGracePeriod             = "30s"
+	ShutdownGracePeriodCriticalPods = "10s"
+)
 
 type kubeletAuthentication struct {
 	Anonymous struct {
@@ -216,6 +227,9 @@ func (r *renderer) kubeletConfiguration(withMaxPods bool) ([]byte, error) {
 		HealthzPort:        ptr[int32](10248),
 		RotateCertificates: true,
 		ResolverConfig:     ptr("/etc/resolv.conf"),
+
+		ShutdownGracePeriod:             ShutdownGracePeriod,
+		ShutdownGracePeriodCriticalPods: ShutdownGracePeriodCriticalPods,
 	}
 	c.Authentication.Anonymous.Enabled = ptr(false)
 	c.Authentication.Webhook.Enabled = ptr(true)

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
 	"sigs.k8s.io/yaml"
@@ -265,6 +266,9 @@ func TestKubeletConfiguration(t *testing.T) {
 				{"rotateCertificates", kc.RotateCertificates},
 				{"maxPods", kc.MaxPods == 64},
 				{"resolvConf", kc.ResolverConfig != nil && *kc.ResolverConfig == "/etc/resolv.conf"},
+				// Graceful node shutdown (on by default from 1.21): an update's reboot stops pods cleanly.
+				{"shutdownGracePeriod 30s", kc.ShutdownGracePeriod.Duration == 30*time.Second},
+				{"shutdownGracePeriodCriticalPods 10s", kc.ShutdownGracePeriodCriticalPods.Duration == 10*time.Second},
 			}
 			for _, c := range checks {
 				if !c.ok {
@@ -284,7 +288,7 @@ func TestKubeletConfiguration(t *testing.T) {
 			})
 			want := []string{"apiVersion", "authentication", "authorization", "cgroupDriver", "clusterDNS",
 				"clusterDomain", "healthzBindAddress", "healthzPort", "kind", "maxPods", "resolvConf",
-				"rotateCertificates", "staticPodPath"}
+				"rotateCertificates", "shutdownGracePeriod", "shutdownGracePeriodCriticalPods", "staticPodPath"}
 			if v == "1.31.4" {
 				want = append(want, "containerRuntimeEndpoint")
 				slices.Sort(want)

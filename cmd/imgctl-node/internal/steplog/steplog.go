@@ -16,6 +16,8 @@ const (
 	OK   = "ok"
 	Fail = "fail"
 	Skip = "skip"
+	// Progress marks a line about a step still running (a long download); it is not a result.
+	Progress = "progress"
 )
 
 // Logger writes step lines to W and keeps each step's result (Steps) for the boot report. It is
@@ -75,6 +77,15 @@ func (s *Step) Skip(kv ...any) { s.l.line(s.name, Skip, s.elapsed(), nil, kv) }
 func (s *Step) Fail(err error, kv ...any) error {
 	s.l.line(s.name, Fail, s.elapsed(), err, kv)
 	return err
+}
+
+// Progress logs status=progress with key, value pairs: the step is still running. It may be
+// called any number of times before the result and is not kept in Steps.
+func (s *Step) Progress(kv ...any) {
+	line := Line(s.name, Progress, s.elapsed(), nil, kv...) + "\n"
+	s.l.mu.Lock()
+	defer s.l.mu.Unlock()
+	_, _ = io.WriteString(s.l.w, line)
 }
 
 func (s *Step) elapsed() time.Duration { return s.l.now().Sub(s.start) }

@@ -81,3 +81,22 @@ func TestSteps(t *testing.T) {
 		t.Errorf("after %d more steps: %d records, first %q; want %d, all module", MaxRecords+10, len(s), s[0].Name, MaxRecords)
 	}
 }
+
+func TestProgress(t *testing.T) {
+	var b strings.Builder
+	l := New(&b)
+	now := time.Unix(0, 0)
+	l.now = func() time.Time { return now }
+	s := l.Start("update-write")
+	now = now.Add(2 * time.Second)
+	s.Progress("written", int64(10), "total", int64(100))
+	s.Done()
+	want := "imgctl-node step=update-write status=progress latency=2000ms written=10 total=100\n" +
+		"imgctl-node step=update-write status=ok latency=2000ms\n"
+	if b.String() != want {
+		t.Errorf("got\n%swant\n%s", b.String(), want)
+	}
+	if st := l.Steps(); len(st) != 1 || st[0].Status != OK {
+		t.Errorf("Steps() = %+v: want only the result", st)
+	}
+}
