@@ -389,6 +389,13 @@ func lastReport(log, rel string) (updateReport, bool) {
 	return updateReport{}, false
 }
 
+// imgctl serve's metrics (/metrics samples) the test reads: blob bytes sent, channel pointers
+// served.
+const (
+	blobBytes       = `imgctl_serve_response_bytes_total{route="blobs"}`
+	channelRequests = `imgctl_serve_requests_total{code="200",route="channels"}`
+)
+
 // Step lines of the update agent and of blessing (cmd/imgctl-node).
 const (
 	stepBlessOK   = "step=update-bless status=ok"
@@ -502,6 +509,7 @@ func TestNodeUpdatesInPlace(t *testing.T) {
 
 		// v2 in the channel: installed into slot B, rebooted into, blessed.
 		promoted := time.Now()
+		served := srv.metrics(t)[blobBytes]
 		promote(imgs.v2)
 		inst := installLine(imgs.v2.digest)
 		n.waitUntil(ctx, 10*time.Minute, "v2 installed", func(log string) bool { return inst.MatchString(log) })
@@ -521,6 +529,14 @@ func TestNodeUpdatesInPlace(t *testing.T) {
 			t.Errorf("the v2 update fetched %d bytes, the plan over v1's and v2's blocks %d", fetched, want)
 		}
 		t.Logf("the v2 update fetched %d bytes: %.1f%% of its %d-byte root", fetched, 100*float64(fetched)/float64(imgs.v2.rootSize), imgs.v2.rootSize)
+		// The server saw it: blob bytes served (the root's blocks and hash area, the manifest,
+		// the kernel and initrd) since the promotion, at least what the node counted.
+		m := srv.metrics(t)
+		if got := m[blobBytes] - served; got < float64(fetched) || m[channelRequests] == 0 {
+			t.Errorf("imgctl serve sent %.0f blob bytes since the promotion (the node fetched %d) and answered %v channel requests", got, fetched, m[channelRequests])
+		} else {
+			t.Logf("imgctl serve sent %.0f blob bytes for the v2 update and answered %v channel requests so far", got, m[channelRequests])
+		}
 
 		// v3 in the channel: installed into slot A, fails its configuration BootTries times,
 		// systemd-boot falls back to v2, the node records v3 as failed.
