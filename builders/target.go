@@ -163,8 +163,10 @@ func (o SquashfsOptions) Normalize() (SquashfsOptions, error) {
 // one initrd.img, and a disk node's initrd can reach the network too.
 var BootInitrd = InitrdOptions{
 	// loop: the network root is a squashfs file in RAM, mounted through a loop device (a
-	// module in Debian's kernels: CONFIG_BLK_DEV_LOOP=m).
-	Modules:  append(append([]string{}, initrd.DefaultModules...), "loop"),
+	// module in Debian's kernels: CONFIG_BLK_DEV_LOOP=m). dm-mod, dm-verity: the init maps a
+	// root with a verity hash tree through device-mapper before mounting it (both modules in
+	// Debian's kernels, dm-verity pulling dm-bufio; sha256 is built in).
+	Modules:  append(append([]string{}, initrd.DefaultModules...), "loop", "dm-mod", "dm-verity"),
 	Optional: append(append([]string{}, initrd.StorageModules...), initrd.NICModules...),
 }
 

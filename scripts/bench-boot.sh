@@ -28,8 +28,9 @@ mkdir -p "$tmp/m"
 
 # at LOG PATTERN: the console timestamp (seconds of guest uptime) of the first line matching.
 at() { grep -a -m1 "$2" "$1" | sed -n 's/^[^[]*\[ *\([0-9][0-9]*\.[0-9]*\)\].*/\1/p'; }
-# latency LOG STEP: the latency of an ok step line, in seconds.
-latency() { grep -a -m1 "step=$2 status=ok" "$1" | sed -n 's/.* latency=\([0-9]*\)ms.*/\1/p' | awk '{printf "%.2f\n", $1 / 1000}'; }
+# latency LOG STEP: the latency of an ok (or skipped: verify-binaries on a dm-verity root) step
+# line, in seconds.
+latency() { grep -a -m1 -E "step=$2 status=(ok|skip)" "$1" | sed -n 's/.* latency=\([0-9]*\)ms.*/\1/p' | awk '{printf "%.2f\n", $1 / 1000}'; }
 
 busy=
 wait_idle "$WAIT_IDLE" # sets busy
@@ -70,7 +71,7 @@ section=$tmp/section.md
   row "systemd starts (guest uptime)" "$tmp/m/systemd"
   row "kubelet started, after systemd" "$tmp/m/kubelet"
   row "kubelet /healthz ok, after systemd" "$tmp/m/healthy"
-  row "step verify-binaries (hash every baked executable)" "$tmp/m/verify-binaries"
+  row "step verify-binaries (hash every baked executable; skipped on a dm-verity root)" "$tmp/m/verify-binaries"
   row "step metadata" "$tmp/m/metadata"
   row "step containerd (restart + CRI answers)" "$tmp/m/containerd"
   row "step kubelet-healthy (start to /healthz ok)" "$tmp/m/kubelet-healthy"

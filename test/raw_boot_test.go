@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgctl/imgctl/images/manifest"
 	"github.com/imgctl/imgctl/layers/testenv"
 )
 
@@ -36,12 +37,19 @@ WantedBy=multi-user.target
 `,
 		"usr/local/bin/imgctl-test-report": `#!/bin/sh
 lower=$(findmnt -no SOURCE,FSTYPE,OPTIONS /run/imgctl/lower | tr -s ' ' ',')
-# Which partition the root really came from, as the kernel sees it (not what the loader asked).
+# Which partition the root really came from, as the kernel sees it (not what the loader asked);
+# through the device-mapper device (dm-verity) the init may have mounted instead.
 dev=$(basename "$(readlink -f "$(findmnt -no SOURCE /run/imgctl/lower)")")
+dm=none
+if [ -e "/sys/class/block/$dev/dm/name" ]; then
+	dm="$(cat "/sys/class/block/$dev/dm/name"):$dev"
+	dev=$(ls "/sys/class/block/$dev/slaves" | head -n 1)
+fi
+verity=$(test -e /run/imgctl/verity.json && echo marker || echo none)
 rootpart="name=$(sed -n 's/^PARTNAME=//p' "/sys/class/block/$dev/uevent"),uuid=$(blkid -s PARTUUID -o value "/dev/$dev")"
 var=$(findmnt -no FSTYPE /var)
 state=$(findmnt -no SOURCE,FSTYPE /run/imgctl/state | tr -s ' ' ',')
-echo "IMGCTL-TEST-REPORT lower=$lower rootpart=$rootpart var=$var state=$state target=$(systemctl is-active multi-user.target) uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
+echo "IMGCTL-TEST-REPORT lower=$lower rootpart=$rootpart dm=$dm verity=$verity var=$var state=$state target=$(systemctl is-active multi-user.target) uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
 systemctl --no-block poweroff
 `,
 	}
@@ -76,6 +84,10 @@ type rawBuild struct {
 	digest  string
 	rootfs  string
 	rootLen int64
+	// The root blob's dm-verity parameters (its annotations): root hash (hex) and the hash
+	// area's offset.
+	verityHash   string
+	verityOffset int64
 }
 
 // buildRaw builds the embedded default spec with the test layer as target raw.
@@ -109,13 +121,17 @@ func buildRaw(ctx context.Context, t *testing.T, work, dir string) rawBuild {
 		}
 	}
 	json.Unmarshal([]byte(info), &insp)
-	var rootLen int64
+	rb := rawBuild{disk: filepath.Join(out, "disk.raw"), digest: b.Digest, rootfs: b.Config.Rootfs.Digest}
 	for _, l := range insp.Manifest.Layers {
-		if v := l.Annotations["dev.imgctl.root.size"]; v != "" {
-			rootLen, _ = strconv.ParseInt(v, 10, 64)
+		if v := l.Annotations[manifest.AnnotationRootSize]; v != "" {
+			rb.rootLen, _ = strconv.ParseInt(v, 10, 64)
+		}
+		if v := l.Annotations[manifest.AnnotationRootVerityRootHash]; v != "" {
+			rb.verityHash = v
+			rb.verityOffset, _ = strconv.ParseInt(l.Annotations[manifest.AnnotationRootVerityOffset], 10, 64)
 		}
 	}
-	return rawBuild{disk: filepath.Join(out, "disk.raw"), digest: b.Digest, rootfs: b.Config.Rootfs.Digest, rootLen: rootLen}
+	return rb
 }
 
 type gptPart struct {
@@ -154,14 +170,16 @@ func run(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
-// TestRawDiskBoots builds the Debian node image as disk.raw, boots it with OVMF (TCG) on a disk
-// enlarged to 4 GiB and checks systemd reaches multi-user with the root mounted read-only from
-// ROOT-A and STATE grown and formatted. Slot B and systemd-boot's fallback to it are
+// TestRawDiskBoots builds the Debian node image as disk.raw (veritysetup accepts ROOT-A's hash
+// tree), boots it with OVMF (TCG) on a disk enlarged to 4 GiB and checks systemd reaches
+// multi-user with the root mapped through dm-verity and mounted read-only from ROOT-A and
+// STATE grown and formatted; then flips a byte in ROOT-A and checks the read fails with an I/O
+// error and a verity step line. Slot B and systemd-boot's fallback to it are
 // TestNodeUpdatesInPlace's: the node writes slot B itself (imgctl-node update), and an image
 // that fails its configuration three times falls back to the other slot.
 func TestRawDiskBoots(t *testing.T) {
 	requireQEMU(t)
-	testenv.Tools(t, "sgdisk", "fsck.fat", "e2fsck", "unsquashfs")
+	testenv.Tools(t, "sgdisk", "fsck.fat", "e2fsck", "unsquashfs", "veritysetup")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	work := t.TempDir()
@@ -185,6 +203,11 @@ func TestRawDiskBoots(t *testing.T) {
 	if out := run(t, "unsquashfs", "-s", sq); !strings.Contains(out, "zstd") {
 		t.Errorf("unsquashfs -s:\n%s", out)
 	}
+	// ROOT-A's squashfs carries its dm-verity hash tree: veritysetup accepts it.
+	if b.verityHash == "" || b.verityOffset <= 0 {
+		t.Fatalf("the root blob has no verity annotations (root hash %q, offset %d)", b.verityHash, b.verityOffset)
+	}
+	run(t, "veritysetup", "verify", fmt.Sprintf("--hash-offset=%d", b.verityOffset), "--", sq, sq, b.verityHash)
 
 	// Boot 1: slot A, on a disk enlarged to 4 GiB.
 	disk := filepath.Join(work, "boot.raw")
@@ -207,9 +230,20 @@ func TestRawDiskBoots(t *testing.T) {
 	t.Logf("slot A reached multi-user in %v wall; steps:\n  %s", time.Since(start).Round(time.Second), strings.Join(stepLines(log), "\n  "))
 	report := regexp.MustCompile(`IMGCTL-TEST-REPORT [^\r\n]*`).FindString(log)
 	t.Log(report)
-	for _, want := range []string{"squashfs,ro", "target=active", "var=overlay", "ext4"} {
+	for _, want := range []string{"squashfs,ro", "target=active", "var=overlay", "ext4", "dm=imgctl-root:dm-", "verity=marker"} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q: %s", want, report)
+		}
+	}
+	// The root is mapped through dm-verity and mounted from the mapped device; the binaries
+	// it holds are not hashed again.
+	for _, line := range [][]string{
+		{"step=verity status=ok", "roothash=" + b.verityHash[:12], fmt.Sprintf("blocks=%d", b.verityOffset/4096)},
+		{"step=mount-root status=ok", "device=/dev/dm-"},
+		{"step=verify-binaries status=skip", "reason=verity"},
+	} {
+		if !consoleHasLine(log, line...) {
+			t.Errorf("console has no line with all of %q", line)
 		}
 	}
 	for _, step := range []string{"step=mount-root status=ok", "step=switch-root status=ok", "step=format-state status=ok"} {
@@ -241,6 +275,65 @@ func TestRawDiskBoots(t *testing.T) {
 	if out, err := exec.Command("e2fsck", "-fn", stateImg).CombinedOutput(); err != nil {
 		t.Errorf("e2fsck -fn STATE: %v\n%s", err, out)
 	}
+
+	// Boot 2: one flipped byte in ROOT-A's squashfs superblock (the first block the init reads):
+	// dm-verity fails the read, the init's lines say so, and it reboots (qemu -no-reboot exits).
+	// Slot B and systemd-boot's fallback to it are TestNodeUpdatesInPlace's.
+	broken := filepath.Join(work, "broken.raw")
+	run(t, "cp", "--sparse=always", b.disk, broken)
+	flipByte(t, broken, rootA.first*512+100)
+	copyFile(t, ovmfVars, vars)
+	brokenCtx, brokenCancel := context.WithTimeout(ctx, 8*time.Minute)
+	defer brokenCancel()
+	vm = startVM(brokenCtx, t, vmOptions{disk: broken, vars: vars, logFile: filepath.Join(work, "boot-broken.log")})
+	err = vm.waitFor(brokenCtx, "step=mount-root status=fail", "step=verity status=fail")
+	log = vm.console.String()
+	vm.stop()
+	if err != nil {
+		t.Fatalf("boot with a flipped byte in ROOT-A: %v\nconsole:\n%s", err, tail(log, 6000))
+	}
+	t.Logf("slot A with a flipped byte; steps:\n  %s", strings.Join(stepLines(log), "\n  "))
+	if !consoleHasLine(log, "step=mount-root status=fail", "input/output error") || !consoleHasLine(log, "step=verity status=fail", "dm-status=C", "roothash="+b.verityHash[:12]) {
+		t.Error("slot A's flipped byte: no mount-root failure with an I/O error and a verity failure line with dm-status=C")
+	}
+	if strings.Contains(log, "step=switch-root status=ok") {
+		t.Error("the init switched to a root whose verity check failed")
+	}
+}
+
+// flipByte inverts the lowest bit of the byte at off in file.
+func flipByte(t *testing.T, file string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(file, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 1
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// consoleHasLine reports whether one step line of the console log contains all of subs.
+func consoleHasLine(log string, subs ...string) bool {
+	for _, line := range stepLines(log) {
+		all := true
+		for _, s := range subs {
+			all = all && strings.Contains(line, s)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
 
 func tail(s string, n int) string {

@@ -230,6 +230,13 @@ func TestPxeArtifactsAndScript(t *testing.T) {
 	if !bytes.Contains(cpio, []byte("kernel/drivers/block/loop.ko\n")) {
 		t.Error("the initrd's module list lacks loop.ko")
 	}
+	// A dm-verity root is mapped before it is mounted: dm-verity and what it needs (dm-mod,
+	// dm-bufio) are loaded, dependencies first.
+	mdir := "kernel/drivers/md/"
+	mod, bufio, verity := bytes.Index(cpio, []byte(mdir+"dm-mod.ko\n")), bytes.Index(cpio, []byte(mdir+"dm-bufio.ko\n")), bytes.Index(cpio, []byte(mdir+"dm-verity.ko\n"))
+	if mod < 0 || bufio < 0 || verity < 0 || verity < mod || verity < bufio {
+		t.Errorf("the initrd's module list lacks dm-mod, dm-bufio and dm-verity in dependency order (at %d, %d, %d)", mod, bufio, verity)
+	}
 	script := artifact(t, res.Image.Config, arts, "boot.ipxe")
 	if script.Annotations["dev.imgctl.root.digest"] != string(sq.Digest) || script.Annotations["dev.imgctl.root.size"] == "" {
 		t.Errorf("boot.ipxe annotations = %v", script.Annotations)

@@ -34,7 +34,7 @@ const (
 )
 
 // initrdModules are the modules the initrd needs to find and mount root in qemu.
-var initrdModules = []string{"virtio_pci", "virtio_blk", "squashfs", "overlay"}
+var initrdModules = []string{"virtio_pci", "virtio_blk", "squashfs", "overlay", "dm-mod", "dm-verity"}
 
 func TestBootQEMU(t *testing.T) {
 	if testing.Short() {
@@ -249,6 +249,13 @@ func buildInitrd(ctx context.Context, t *testing.T, dir string, k kernelTree) st
 // enlarges the file to 96 MiB, as a cloud volume bigger than the image would be.
 func buildDisk(ctx context.Context, t *testing.T, dir string) string {
 	t.Helper()
+	return buildDiskWith(ctx, t, dir, nil)
+}
+
+// buildDiskWith is buildDisk with the squashfs passed through rootImage (nil: as is) before
+// it is written to ROOT-A.
+func buildDiskWith(ctx context.Context, t *testing.T, dir string, rootImage func(sqfs string) string) string {
+	t.Helper()
 	tree := filepath.Join(dir, "tree")
 	for _, d := range []string{"sbin", "dev", "proc", "sys", "run", "tmp", "var/lib", "etc"} {
 		if err := os.MkdirAll(filepath.Join(tree, d), 0o755); err != nil {
@@ -259,6 +266,9 @@ func buildDisk(ctx context.Context, t *testing.T, dir string) string {
 	copyWithLibs(ctx, t, tree, "/sbin/mke2fs", "/sbin/mkfs.ext4")
 	sqfs := filepath.Join(dir, "root.sqfs")
 	run(ctx, t, "", "mksquashfs", tree, sqfs, "-noappend", "-all-root", "-comp", "xz", "-quiet")
+	if rootImage != nil {
+		sqfs = rootImage(sqfs)
+	}
 
 	disk := filepath.Join(dir, "disk.raw")
 	if err := os.WriteFile(disk, nil, 0o644); err != nil {

@@ -302,6 +302,21 @@ func ParseHashArea(area []byte, rootHash [HashSize]byte, dataBlocks uint64) ([][
 	return want, nil
 }
 
+// CheckSuperblock checks the superblock at the start of b (the hash area's first block, at
+// least its 512 bytes) against what HashArea writes for dataBlocks data blocks with root hash
+// rootHash: imgctl's parameters and salt and the UUID derived from rootHash. The node's init
+// calls it before mapping a root, so a wrong offset or a root hash for another image fails
+// with what differs instead of as an I/O error later.
+func CheckSuperblock(b []byte, dataBlocks uint64, rootHash [HashSize]byte) error {
+	if len(b) < sbSize {
+		return fmt.Errorf("verity superblock: %d bytes, want at least %d", len(b), sbSize)
+	}
+	if err := checkSuperblock(b[:min(len(b), BlockSize)], dataBlocks, uuidOf(rootHash)); err != nil {
+		return fmt.Errorf("verity superblock: %w", err)
+	}
+	return nil
+}
+
 func checkSuperblock(b []byte, dataBlocks uint64, uuid [16]byte) error {
 	le := binary.LittleEndian
 	if s := b[offSignature : offSignature+8]; string(s) != sbSignature {

@@ -35,6 +35,9 @@ const (
 	StateDir = "/run/imgctl/state" // the STATE partition (ext4); /var's upper layer lives here
 	Staging  = "/sysroot"          // on the initrd's rootfs: where the root is moved to switch
 
+	rootUpper = RWDir + "/upper"        // the root overlay's upper layer (tmpfs)
+	varUpper  = StateDir + "/var/upper" // /var's overlay's upper layer (on STATE)
+
 	// moduleList is where the initrd lists the modules to load.
 	moduleList = "/" + boot.ModuleListPath
 
@@ -104,13 +107,23 @@ func Run(ctx context.Context, log *steplog.Logger, args []string) (cfg cmdline.C
 	loadModules(ctx, log)
 
 	sys := blockdev.Sys{SysDir: "/sys", DevDir: "/dev"}
+	var vr *verityRoot
+	defer func() { vr.readFailure(log, err) }() // a read error of a verity root: say so, with its status
 	if cfg.RootURL != "" {
 		loop, image, err := netRoot(ctx, log, cfg, netEnv{Up: rep.netUp})
 		if err != nil {
 			return cfg, err
 		}
-		err = mountRoot(log, loop.Name(), "file", image)
-		loop.Close() // the mount holds the device now; autoclear frees it with the mount
+		dev := loop.Name()
+		if cfg.Verity != nil {
+			if vr, err = mapVerity(log, sys.DevDir, dev, cfg.Verity); err != nil {
+				loop.Close()
+				return cfg, err
+			}
+			dev = vr.path
+		}
+		err = mountRoot(log, dev, "file", image)
+		loop.Close() // the mount (or the verity device) holds the device now; autoclear frees it with them
 		if err != nil {
 			return cfg, err
 		}
@@ -119,12 +132,24 @@ func Run(ctx context.Context, log *steplog.Logger, args []string) (cfg cmdline.C
 		if err != nil {
 			return cfg, err
 		}
-		if err := mountRoot(log, rootPath, "label", root.PartName); err != nil {
+		dev := rootPath
+		if cfg.Verity != nil {
+			if vr, err = mapVerity(log, sys.DevDir, rootPath, cfg.Verity); err != nil {
+				return cfg, err
+			}
+			dev = vr.path
+		}
+		if err := mountRoot(log, dev, "label", root.PartName); err != nil {
 			return cfg, err
 		}
 	}
 	if !cfg.State.IsZero() {
 		if err := setupState(ctx, log, sys, cfg.State); err != nil {
+			return cfg, err
+		}
+	}
+	if vr != nil {
+		if err := vr.writeMarker(log); err != nil {
 			return cfg, err
 		}
 	}
@@ -295,7 +320,7 @@ func mountRoot(log *steplog.Logger, dev string, kv ...any) error {
 	if err := unix.Mount("tmpfs", RWDir, "tmpfs", 0, "mode=0755"); err != nil {
 		return s.Fail(fmt.Errorf("mount tmpfs on %s: %w", RWDir, err))
 	}
-	upper, work := RWDir+"/upper", RWDir+"/work"
+	upper, work := rootUpper, RWDir+"/work"
 	if err := mkdirs(upper, work, RootDir); err != nil {
 		return s.Fail(err)
 	}

@@ -225,7 +225,7 @@ func mountState(log *steplog.Logger, dev string) error {
 	if err := unix.Mount(dev, StateDir, "ext4", unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
 		return s.Fail(fmt.Errorf("mount ext4 %s on %s: %w", dev, StateDir, err), "device", dev)
 	}
-	upper, work := StateDir+"/var/upper", StateDir+"/var/work"
+	upper, work := varUpper, StateDir+"/var/work"
 	lower := LowerDir + "/var"
 	if st, err := os.Stat(lower); err != nil || !st.IsDir() {
 		lower = StateDir + "/var/empty" // an image without /var: start from nothing

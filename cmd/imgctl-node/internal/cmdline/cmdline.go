@@ -15,6 +15,7 @@ import (
 
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/redact"
 	"github.com/imgctl/imgctl/images/boot"
+	"github.com/imgctl/imgctl/images/boot/verity"
 )
 
 // Defaults.
@@ -105,14 +106,22 @@ type Config struct {
 	InitSet     bool             // imgctl.init was given: no fallback to FallbackInit
 	RootTimeout time.Duration    // imgctl.root-timeout, default 30s ("3s", "500ms" or seconds "3")
 	Debug       bool             // imgctl.debug: do not reboot on failure
+	Verity      *Verity          // imgctl.verity + imgctl.verity-offset: map the root through dm-verity (nil: no verity)
+}
+
+// Verity is the root's dm-verity parameters.
+type Verity struct {
+	RootHash string // 64 lower-case hex digits (verity.ParseRootHash)
+	Offset   int64  // bytes from the root device's start to the verity superblock: the data size
 }
 
 // Parse reads the imgctl.* options from a kernel command line (the contents of /proc/cmdline).
 // Other options are ignored; the last occurrence of an option wins, as with the kernel's own.
 func Parse(line string) (Config, error) {
 	c := Config{Init: DefaultInit, RootTimeout: DefaultRootTimeout}
-	var rootDigest, bootIF, ip string
+	var rootDigest, bootIF, ip, verityHash string
 	var ipSet bool
+	var verityOffset int64
 	for _, f := range Fields(line) {
 		key, val, hasVal := strings.Cut(f, "=")
 		var err error
@@ -141,6 +150,10 @@ func Parse(line string) (Config, error) {
 			c.RootTimeout, err = parseTimeout(val)
 		case boot.KeyDebug:
 			c.Debug = Flag(val, hasVal)
+		case boot.KeyVerity:
+			verityHash, err = parseRootHash(val)
+		case boot.KeyVerityOffset:
+			verityOffset, err = parseVerityOffset(val)
 		default:
 			continue
 		}
@@ -150,6 +163,14 @@ func Parse(line string) (Config, error) {
 	}
 	if c.Root.IsZero() && c.RootURL == "" {
 		return c, fmt.Errorf("kernel cmdline: %s is missing", boot.KeyRoot)
+	}
+	switch {
+	case verityHash != "" && verityOffset != 0:
+		c.Verity = &Verity{RootHash: verityHash, Offset: verityOffset}
+	case verityHash != "":
+		return c, fmt.Errorf("kernel cmdline: %s is missing: %s needs it", boot.KeyVerityOffset, boot.KeyVerity)
+	case verityOffset != 0:
+		return c, fmt.Errorf("kernel cmdline: %s is missing: %s needs it", boot.KeyVerity, boot.KeyVerityOffset)
 	}
 	if c.RootURL == "" {
 		return c, nil // BOOTIF=, ip= and the digest concern only the network root
@@ -209,6 +230,23 @@ func rootURLDigest(rawURL, given string) (string, error) {
 		return given, nil
 	}
 	return fromURL, nil
+}
+
+// parseRootHash checks a dm-verity root hash (verity.ParseRootHash: 64 lower-case hex digits).
+func parseRootHash(s string) (string, error) {
+	if _, err := verity.ParseRootHash(s); err != nil {
+		return "", err
+	}
+	return s, nil
+}
+
+// parseVerityOffset checks the verity superblock's offset: a positive multiple of the block size.
+func parseVerityOffset(s string) (int64, error) {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n%verity.BlockSize != 0 {
+		return 0, fmt.Errorf("%q: want a positive multiple of %d (bytes to the verity superblock)", s, verity.BlockSize)
+	}
+	return n, nil
 }
 
 // ParseDigest checks a sha256:HEX digest (64 hex digits) and returns it in lower case.

@@ -50,6 +50,22 @@ func TestParse(t *testing.T) {
 			line: `quiet imgctl.root="PARTLABEL=ROOT A" imgctl.debug=1`,
 			want: with(func(c *Config) { c.Root = Device{PartLabel, "ROOT A"}; c.Debug = true }),
 		},
+		{
+			name: "verity root",
+			line: "imgctl.root=PARTLABEL=ROOT-A imgctl.verity=" + strings.Repeat("ab", 32) + " imgctl.verity-offset=409600 imgctl.root-digest=sha256:" + strings.Repeat("0", 64),
+			want: with(func(c *Config) {
+				c.Root = Device{PartLabel, "ROOT-A"}
+				c.Verity = &Verity{RootHash: strings.Repeat("ab", 32), Offset: 409600}
+			}),
+		},
+		{name: "verity without offset", line: "imgctl.root=/dev/vda2 imgctl.verity=" + strings.Repeat("ab", 32), wantErr: "imgctl.verity-offset is missing: imgctl.verity needs it"},
+		{name: "offset without verity", line: "imgctl.root=/dev/vda2 imgctl.verity-offset=4096", wantErr: "imgctl.verity is missing: imgctl.verity-offset needs it"},
+		{name: "short root hash", line: "imgctl.root=/dev/vda2 imgctl.verity-offset=4096 imgctl.verity=abcd", wantErr: `imgctl.verity: verity root hash "abcd": want 64 lower-case hex digits`},
+		{name: "upper-case root hash", line: "imgctl.root=/dev/vda2 imgctl.verity-offset=4096 imgctl.verity=" + strings.Repeat("AB", 32), wantErr: "imgctl.verity: verity root hash"},
+		{name: "non-hex root hash", line: "imgctl.root=/dev/vda2 imgctl.verity-offset=4096 imgctl.verity=" + strings.Repeat("zz", 32), wantErr: "imgctl.verity: "},
+		{name: "offset not a multiple of 4096", line: "imgctl.root=/dev/vda2 imgctl.verity=" + strings.Repeat("ab", 32) + " imgctl.verity-offset=4097", wantErr: `imgctl.verity-offset: "4097": want a positive multiple of 4096`},
+		{name: "offset zero", line: "imgctl.root=/dev/vda2 imgctl.verity=" + strings.Repeat("ab", 32) + " imgctl.verity-offset=0", wantErr: `imgctl.verity-offset: "0": want a positive multiple of 4096`},
+		{name: "offset not a number", line: "imgctl.root=/dev/vda2 imgctl.verity=" + strings.Repeat("ab", 32) + " imgctl.verity-offset=4k", wantErr: `imgctl.verity-offset: "4k"`},
 		{name: "missing root", line: "console=ttyS0 imgctl.state=PARTLABEL=STATE", wantErr: "imgctl.root is missing"},
 		{name: "empty", line: "", wantErr: "imgctl.root is missing"},
 		{name: "bad root", line: "imgctl.root=LABEL=ROOT", wantErr: "bad device"},

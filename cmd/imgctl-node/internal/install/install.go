@@ -3,7 +3,8 @@
 // downloaded: everything the node needs is baked into the image, so installing means checking
 // and preparing what is there:
 //
-//  1. verify-binaries: hash every binary image.json lists and compare with the manifest
+//  1. verify-binaries: hash every binary image.json lists and compare with the manifest (on a
+//     dm-verity root only those outside it: verity checks every block the kernel reads)
 //  2. modules: load the kernel modules containerd and kube-proxy need
 //  3. sysctl: set (and persist) the kernel settings kubeadm and the kubelet check
 //  4. directories: create the directories kubelet, kubeadm and containerd expect

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/rootmark"
 	"github.com/imgctl/imgctl/images/imageinfo"
 	"github.com/imgctl/imgctl/layers/localfile"
 )
@@ -48,6 +49,11 @@ func (in *installer) verifyBinaries(ctx context.Context) (result, error) {
 	if len(paths) == 0 {
 		in.log.Warn("image manifest lists no binaries: nothing to verify", "manifest", manifest)
 		return result{skip: true, kv: []any{"files", 0, "reason", "image manifest lists no binaries"}}, nil
+	}
+	total := len(paths)
+	paths, verityKV, skip := in.verityCovered(paths)
+	if skip != nil {
+		return *skip, nil
 	}
 
 	// Largest first: the workers finish together instead of one hashing the kubelet alone at the
@@ -87,23 +93,23 @@ feed:
 	}
 
 	var (
-		total int64
-		bad   []error
+		hashed int64
+		bad    []error
 	)
 	for _, r := range results {
-		total += r.bytes
+		hashed += r.bytes
 		if r.err != nil {
 			bad = append(bad, r.err)
 		}
 	}
 	elapsed := time.Since(start)
-	in.log.Info("binaries hashed", "files", len(paths), "bytes", total, "elapsed", elapsed,
-		"MBps", float64(total)/1e6/max(elapsed.Seconds(), 1e-9))
-	kv := []any{"files", len(paths), "bytes", total}
+	in.log.Info("binaries hashed", "files", len(paths), "bytes", hashed, "elapsed", elapsed,
+		"MBps", float64(hashed)/1e6/max(elapsed.Seconds(), 1e-9))
+	kv := append([]any{"files", len(paths), "bytes", hashed}, verityKV...)
 	if len(bad) > 0 {
 		kv = append(kv, "bad", len(bad))
 		return result{kv: kv}, fmt.Errorf("%d of %d binaries fail verification against the image manifest %s:\n%w",
-			len(bad), len(paths), imageinfo.Path, errors.Join(bad...))
+			len(bad), total, imageinfo.Path, errors.Join(bad...))
 	}
 	return result{kv: kv}, nil
 }
@@ -174,3 +180,38 @@ func describe(err error) error {
 	}
 	return fmt.Errorf("%s: %w", pe.Op, pe.Err)
 }
+
+// verityCovered drops from paths the binaries dm-verity already verifies: those the root's
+// read-only lower layer serves, when the init's marker (package rootmark) says that layer is a
+// mount of the verity device and it is. What an overlay's upper layer holds (the tmpfs over
+// the root, /var's upper on STATE) is returned to be hashed. When every binary is covered,
+// skip is the step's result (status=skip reason=verity); kv says how many verity covered, or
+// why the marker was not trusted.
+func (in *installer) verityCovered(paths []string) (rest []string, kv []any, skip *result) {
+	m, err := rootmark.Read(in.root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return paths, nil, nil // not a verity root: hash everything
+	}
+	if err == nil {
+		err = m.CheckMounted(in.root)
+	}
+	if err != nil {
+		in.log.Warn("verity root not confirmed: hashing every binary", "err", err)
+		return paths, []any{"verity", err.Error()}, nil
+	}
+	for _, p := range paths {
+		if fi, err := os.Stat(in.path(p)); err == nil && fi.Mode().IsRegular() && m.FromLower(in.root, p) {
+			continue
+		}
+		rest = append(rest, p)
+	}
+	covered := len(paths) - len(rest)
+	if len(rest) == 0 {
+		return nil, nil, &result{skip: true, kv: []any{"files", len(paths), "reason", "verity", "roothash", shortHash(m.RootHash), "device", m.Name}}
+	}
+	in.log.Info("binaries outside the verity root are hashed", "verity", covered, "hashed", rest)
+	return rest, []any{"verity", covered}, nil
+}
+
+// shortHash is the first 12 hex digits of a root hash, enough to tell images apart on a line.
+func shortHash(h string) string { return h[:min(len(h), 12)] }

@@ -29,9 +29,10 @@ func main() {
 	}
 	varWritable := os.MkdirAll("/var/lib/imgctl-test", 0o755) == nil &&
 		os.WriteFile(counter, []byte(strconv.Itoa(boot)+"\n"), 0o644) == nil
-	fmt.Printf("IMGCTL-TEST-INIT-REACHED uid=%d pid=%d root-ro=%t var-writable=%t var-overlay=%t state=%s var-persisted=%t boot=%d root=%s uptime=%ss\n",
+	_, err := os.Stat("/run/imgctl/verity.json")
+	fmt.Printf("IMGCTL-TEST-INIT-REACHED uid=%d pid=%d root-ro=%t var-writable=%t var-overlay=%t state=%s var-persisted=%t boot=%d root=%s lower-src=%s verity-marker=%t uptime=%ss\n",
 		os.Getuid(), os.Getpid(), rootRO, varWritable, mounts["/var"].fstype == "overlay",
-		mounts["/run/imgctl/state"].fstype, persisted, boot, mounts["/"].fstype, up)
+		mounts["/run/imgctl/state"].fstype, persisted, boot, mounts["/"].fstype, lower.source, err == nil, up)
 	unix.Sync()
 	time.Sleep(100 * time.Millisecond)
 	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
@@ -42,7 +43,7 @@ func main() {
 	}
 }
 
-type mount struct{ fstype, opts string }
+type mount struct{ fstype, opts, source string }
 
 // readMountinfo maps mount points to their type and options (the last mount wins).
 func readMountinfo() map[string]mount {
@@ -58,7 +59,11 @@ func readMountinfo() map[string]mount {
 		if !ok || len(f) < 6 || len(g) < 1 {
 			continue
 		}
-		out[f[4]] = mount{fstype: g[0], opts: f[5]}
+		m := mount{fstype: g[0], opts: f[5]}
+		if len(g) > 1 {
+			m.source = g[1]
+		}
+		out[f[4]] = m
 	}
 	return out
 }
