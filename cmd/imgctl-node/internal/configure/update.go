@@ -25,6 +25,12 @@ const (
 	UpdateTimerDropIn = "/run/systemd/system/" + UpdateTimerUnit + ".d/interval.conf"
 )
 
+// updateFirstCheck is the unit's OnActiveSec= (the first check after configure starts the
+// timer). The drop-in must declare it again: to replace the unit's OnUnitInactiveSec= it
+// assigns the empty string, which clears every trigger of the timer (systemd.timer(5)).
+// TestUpdateTimerTriggers keeps it equal to the unit's.
+const updateFirstCheck = "15s"
+
 // The commands that enable updates; a dry run names them.
 var (
 	daemonReload     = []string{"systemctl", "daemon-reload"}
@@ -70,7 +76,7 @@ func (o Options) enableUpdates(ctx context.Context, cfgPath string, u nodeconfig
 	}
 	interval := u.IntervalDuration()
 	dropIn := fmt.Sprintf("# Written by imgctl-node configure from the NodeConfig's spec.update.interval (%s).\n"+
-		"[Timer]\nOnUnitInactiveSec=\nOnUnitInactiveSec=%ds\n", u.Interval, int64(interval/time.Second))
+		"[Timer]\nOnUnitInactiveSec=\nOnActiveSec=%s\nOnUnitInactiveSec=%ds\n", u.Interval, updateFirstCheck, int64(interval/time.Second))
 	if err := writeFile(o.Root, UpdateTimerDropIn, 0o644, []byte(dropIn)); err != nil {
 		return nil, err
 	}
