@@ -170,13 +170,16 @@ func run(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
-// TestRawDiskBootsAndFallsBack builds the Debian node image as disk.raw, boots it with OVMF
-// (TCG) on a disk enlarged to 4 GiB and checks systemd reaches multi-user with the root
-// mounted read-only from ROOT-A and STATE grown and formatted; then breaks ROOT-A, puts the
-// image in slot B and checks systemd-boot's boot counting falls back to B.
-func TestRawDiskBootsAndFallsBack(t *testing.T) {
+// TestRawDiskBoots builds the Debian node image as disk.raw (veritysetup accepts ROOT-A's hash
+// tree), boots it with OVMF (TCG) on a disk enlarged to 4 GiB and checks systemd reaches
+// multi-user with the root mapped through dm-verity and mounted read-only from ROOT-A and
+// STATE grown and formatted; then flips a byte in ROOT-A and checks the read fails with an I/O
+// error and a verity step line. Slot B and systemd-boot's fallback to it are
+// TestNodeUpdatesInPlace's: the node writes slot B itself (imgctl-node update), and an image
+// that fails its configuration three times falls back to the other slot.
+func TestRawDiskBoots(t *testing.T) {
 	requireQEMU(t)
-	testenv.Tools(t, "sgdisk", "fsck.fat", "e2fsck", "mcopy", "unsquashfs", "veritysetup")
+	testenv.Tools(t, "sgdisk", "fsck.fat", "e2fsck", "unsquashfs", "veritysetup")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	work := t.TempDir()
@@ -188,7 +191,6 @@ func TestRawDiskBootsAndFallsBack(t *testing.T) {
 	}
 	esp := partInfo(t, b.disk, 1)
 	rootA := partInfo(t, b.disk, 2)
-	rootB := partInfo(t, b.disk, 3)
 	espImg := filepath.Join(work, "esp.img")
 	run(t, "dd", "if="+b.disk, "of="+espImg, "bs=512", fmt.Sprintf("skip=%d", esp.first), fmt.Sprintf("count=%d", esp.last-esp.first+1), "status=none")
 	if out, err := exec.Command("fsck.fat", "-n", espImg).CombinedOutput(); err != nil {
@@ -274,52 +276,28 @@ func TestRawDiskBootsAndFallsBack(t *testing.T) {
 		t.Errorf("e2fsck -fn STATE: %v\n%s", err, out)
 	}
 
-	// Boot 2: ROOT-A broken, the same image in slot B: boot counting falls back to B.
-	fb := filepath.Join(work, "fallback.raw")
-	run(t, "cp", "--sparse=always", b.disk, fb)
-	run(t, "dd", "if="+sq, "of="+fb, "bs=512", fmt.Sprintf("seek=%d", rootB.first), "conv=notrunc", "status=none")
-	// One flipped byte in ROOT-A's squashfs superblock (the first block the init reads):
-	// dm-verity fails the read.
-	flipByte(t, fb, rootA.first*512+100)
-	img := fmt.Sprintf("%s@@%d", fb, esp.first*512)
-	entryA := run(t, "mtype", "-i", img, "::loader/entries/imgctl-a+3.conf")
-	entryB := strings.NewReplacer("slot A", "slot B", "/imgctl/a/", "/imgctl/b/", rootA.guid, rootB.guid).Replace(entryA)
-	entryB = regexp.MustCompile(`(?m)^version .*$`).ReplaceAllString(entryB, "version 1")
-	bEntry := filepath.Join(work, "imgctl-b.conf")
-	os.WriteFile(bEntry, []byte(entryB), 0o644)
-	run(t, "mmd", "-i", img, "::imgctl/b")
-	for _, f := range []string{"vmlinuz", "initrd.img"} {
-		local := filepath.Join(work, f)
-		run(t, "mcopy", "-o", "-i", img, "::imgctl/a/"+f, local)
-		run(t, "mcopy", "-o", "-i", img, local, "::imgctl/b/"+f)
-	}
-	run(t, "mcopy", "-o", "-i", img, bEntry, "::loader/entries/imgctl-b.conf")
+	// Boot 2: one flipped byte in ROOT-A's squashfs superblock (the first block the init reads):
+	// dm-verity fails the read, the init's lines say so, and it reboots (qemu -no-reboot exits).
+	// Slot B and systemd-boot's fallback to it are TestNodeUpdatesInPlace's.
+	broken := filepath.Join(work, "broken.raw")
+	run(t, "cp", "--sparse=always", b.disk, broken)
+	flipByte(t, broken, rootA.first*512+100)
 	copyFile(t, ovmfVars, vars)
-	fbCtx, fbCancel := context.WithTimeout(ctx, 12*time.Minute)
-	defer fbCancel()
-	vm = startVM(fbCtx, t, vmOptions{disk: fb, vars: vars, allowReboot: true, logFile: filepath.Join(work, "boot-fallback.log")})
-	err = vm.waitFor(fbCtx, "IMGCTL-TEST-REPORT")
+	brokenCtx, brokenCancel := context.WithTimeout(ctx, 8*time.Minute)
+	defer brokenCancel()
+	vm = startVM(brokenCtx, t, vmOptions{disk: broken, vars: vars, logFile: filepath.Join(work, "boot-broken.log")})
+	err = vm.waitFor(brokenCtx, "step=mount-root status=fail", "step=verity status=fail")
 	log = vm.console.String()
 	vm.stop()
 	if err != nil {
-		t.Fatalf("fallback boot: %v\nconsole:\n%s", err, tail(log, 6000))
+		t.Fatalf("boot with a flipped byte in ROOT-A: %v\nconsole:\n%s", err, tail(log, 6000))
 	}
-	fails := strings.Count(log, "step=mount-root status=fail")
+	t.Logf("slot A with a flipped byte; steps:\n  %s", strings.Join(stepLines(log), "\n  "))
 	if !consoleHasLine(log, "step=mount-root status=fail", "input/output error") || !consoleHasLine(log, "step=verity status=fail", "dm-status=C", "roothash="+b.verityHash[:12]) {
 		t.Error("slot A's flipped byte: no mount-root failure with an I/O error and a verity failure line with dm-status=C")
 	}
-	t.Logf("slot A failed %d times before slot B booted; steps:\n  %s", fails, strings.Join(stepLines(log), "\n  "))
-	if fails < 1 {
-		t.Error("slot A never failed: the test did not break it")
-	}
-	// The report comes from the system that booted: its root must be ROOT-B's partition.
-	report = regexp.MustCompile(`IMGCTL-TEST-REPORT [^\r\n]*`).FindString(log)
-	t.Log(report)
-	if want := "rootpart=name=ROOT-B,uuid=" + rootB.guid + " "; !strings.Contains(report, want) {
-		t.Errorf("fallback: the root was not mounted from ROOT-B: report lacks %q: %s", want, report)
-	}
-	if i, j := strings.LastIndex(log, "step=mount-root status=fail"), strings.Index(log, "IMGCTL-TEST-REPORT"); i > j {
-		t.Errorf("slot A failed again after the report: the report is not from the fallback boot")
+	if strings.Contains(log, "step=switch-root status=ok") {
+		t.Error("the init switched to a root whose verity check failed")
 	}
 }
 

@@ -204,9 +204,9 @@ type serveProcess struct {
 	done chan error
 }
 
-// startServe runs `imgctl serve` on the store in dir with the inventory and the TLS
-// certificate on a free loopback port, and waits until /healthz answers.
-func startServe(ctx context.Context, t *testing.T, dir, inventory, certFile, keyFile string) *serveProcess {
+// startServe runs `imgctl serve` on the store in dir with the inventory and flags (e.g. the TLS
+// certificate) on a free loopback port, and waits until /healthz answers.
+func startServe(ctx context.Context, t *testing.T, dir, inventory string, flags ...string) *serveProcess {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -215,9 +215,8 @@ func startServe(ctx context.Context, t *testing.T, dir, inventory, certFile, key
 	addr := ln.Addr().String()
 	ln.Close()
 	s := &serveProcess{addr: addr, log: &bootenv.Console{}, done: make(chan error, 1)}
-	s.cmd = exec.Command(imgctlBin, "--store", filepath.Join(dir, "store"), "--cache", filepath.Join(dir, "cache"),
-		"serve", "--inventory", inventory, "--listen", addr, "--tls-cert", certFile, "--tls-key", keyFile,
-		"--advertise-url", serveURL)
+	s.cmd = exec.Command(imgctlBin, append([]string{"--store", filepath.Join(dir, "store"), "--cache", filepath.Join(dir, "cache"),
+		"serve", "--inventory", inventory, "--listen", addr}, flags...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -492,7 +491,8 @@ func TestServeFleet(t *testing.T) {
 	}
 	work := t.TempDir()
 	certFile, keyFile, pin := serveCert(t, work)
-	srv := startServe(ctx, t, a.build, writeInventory(t, work, testFleet), certFile, keyFile)
+	srv := startServe(ctx, t, a.build, writeInventory(t, work, testFleet),
+		"--tls-cert", certFile, "--tls-key", keyFile, "--advertise-url", serveURL)
 	defer func() {
 		if t.Failed() {
 			t.Logf("imgctl serve log:\n%s", tail(srv.log.String(), 12000))

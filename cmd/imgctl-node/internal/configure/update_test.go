@@ -160,3 +160,54 @@ func TestUpdateDryRun(t *testing.T) {
 		t.Fatalf("update-config line:\n%s", f.steps.String())
 	}
 }
+
+// TestUpdateTimerTriggers merges the drop-in configure writes over the shipped
+// imgctl-update.timer as systemd does (an empty assignment to any On…= trigger clears every
+// trigger the unit had, systemd.timer(5)) and checks the result: the unit's first check after
+// the timer starts (OnActiveSec) and the NodeConfig's interval after each run, nothing else.
+// A drop-in that only reset OnUnitInactiveSec= left the timer with no first check: it went
+// "active (elapsed)" and never started the update service (seen in the qemu e2e).
+func TestUpdateTimerTriggers(t *testing.T) {
+	unit, err := os.ReadFile("../../../../scripts/bootstrap/root/usr/lib/systemd/system/" + UpdateTimerUnit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, o := newFixture(t, tokenConfig+updateSection)
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s", err, f.steps.String())
+	}
+	dropIn, err := os.ReadFile(filepath.Join(f.root, UpdateTimerDropIn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var triggers []string
+	unitFirst := ""
+	for i, file := range []string{string(unit), string(dropIn)} {
+		section := ""
+		for _, l := range strings.Split(file, "\n") {
+			l = strings.TrimSpace(l)
+			if strings.HasPrefix(l, "[") {
+				section = l
+				continue
+			}
+			k, v, ok := strings.Cut(l, "=")
+			if section != "[Timer]" || !ok || !strings.HasPrefix(k, "On") {
+				continue
+			}
+			if i == 0 && k == "OnActiveSec" {
+				unitFirst = l
+			}
+			if v == "" {
+				triggers = nil
+				continue
+			}
+			triggers = append(triggers, l)
+		}
+	}
+	if unitFirst == "" {
+		t.Fatalf("%s has no OnActiveSec=:\n%s", UpdateTimerUnit, unit)
+	}
+	if want := []string{unitFirst, "OnUnitInactiveSec=90s"}; !slices.Equal(triggers, want) {
+		t.Errorf("the timer's triggers with the drop-in are %q, want %q\ndrop-in:\n%s", triggers, want, dropIn)
+	}
+}
