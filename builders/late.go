@@ -22,8 +22,10 @@ import (
 //     file after them by an amount that is not a multiple of 4 KiB;
 //  2. the runtime layer's (containerd, runc: Debian security updates);
 //  3. the extra layers' (site files, baked configuration);
-//  4. the files a routine update changes on its own, last: a kubelet patch release, a new
-//     bootstrap agent, and image.json, which every build regenerates.
+//  4. the files a routine update changes on its own: a kubelet patch release, a new bootstrap
+//     agent;
+//  5. image.json, last: every build regenerates it (an extra executable changes its size), and
+//     in path order etc/imgctl/image.json comes before usr/bin/kubelet.
 //
 // So an update of one of them leaves the data before its group as it was and moves the data
 // after it by whole 4 KiB blocks: a node updating in place reuses those blocks of its running
@@ -33,7 +35,7 @@ import (
 var lateGroups = map[spec.Role]int{spec.RoleKernel: 1, spec.RoleRuntime: 2, spec.RoleExtra: 3, spec.RoleKubelet: 4, spec.RoleBootstrap: 4}
 
 // imageInfoGroup is image.json's late group.
-const imageInfoGroup = 4
+const imageInfoGroup = 5
 
 // lateFile is a rootfs path (like "usr/bin/kubelet") whose data the root squashfs stores in a
 // late group.
@@ -91,6 +93,7 @@ func lateKey(layers []assemble.Layer) string {
 	for _, r := range spec.Roles() {
 		fmt.Fprintf(h, "%s=%d\n", r, lateGroups[r])
 	}
+	fmt.Fprintf(h, "image.json=%d\n", imageInfoGroup)
 	for _, l := range layers {
 		fmt.Fprintf(h, "%s %s\n", l.Role, l.Digest)
 	}

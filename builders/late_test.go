@@ -56,8 +56,9 @@ func layerBlob(t *testing.T, ca *cache.Cache, r spec.Role, entries ...string) as
 
 // The files stored last in the root squashfs, in groups by their canonical rootfs paths
 // (resolved through the lower layers' symlinked directories, as composing places them): 1 the
-// kernel layer's regular files, 2 the runtime layer's, 3 the extra layers', 4 image.json and the
-// regular files of the kubelet and bootstrap layers; not the base layer's, not directories,
+// kernel layer's regular files, 2 the runtime layer's, 3 the extra layers', 4 the regular files
+// of the kubelet and bootstrap layers, 5 image.json (every build changes it, and a change of its
+// size must move nothing after it: the kubelet sorts after etc/); not the base layer's, not directories,
 // symlinks or whiteouts, not a kernel file a later layer replaces.
 func TestLateFilesAreKernelAndVolatileLayers(t *testing.T) {
 	ca, err := cache.Open(t.TempDir(), nil)
@@ -82,7 +83,7 @@ func TestLateFilesAreKernelAndVolatileLayers(t *testing.T) {
 	}
 	want := []lateFile{
 		{"boot/vmlinuz-6.1", 1},
-		{"etc/imgctl/image.json", 4},
+		{"etc/imgctl/image.json", 5},
 		{"etc/systemd/system/kubelet.service", 4},
 		{"opt/cni/bin/bridge", 4},
 		{"opt/site/tool", 3},
