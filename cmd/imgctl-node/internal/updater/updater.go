@@ -447,12 +447,17 @@ func (r *run) install(ctx context.Context) error {
 	if err != nil {
 		return fail(err)
 	}
+	bootReused := 0
 	for _, f := range []struct {
 		name string
 		blob update.Blob
 	}{{boot.SlotKernel, im.Kernel}, {boot.SlotInitrd, im.Initrd}} {
-		if err := r.bootFile(ctx, other, f.name, f.blob); err != nil {
+		reused, err := r.bootFile(ctx, other, f.name, f.blob)
+		if err != nil {
 			return fail(err)
+		}
+		if reused {
+			bootReused++
 		}
 	}
 	if err := r.esp.WriteSlotImage(ctx, other, esp.SlotImage{Image: im.Digest, Root: im.Root.Digest, Version: im.Version}); err != nil {
@@ -466,7 +471,7 @@ func (r *run) install(ctx context.Context) error {
 		return fail(err)
 	}
 	step.Done("image", im.Digest, "version", im.Version, "slot", other,
-		"fetched", res.Fetched, "reused", res.Reused, "kept", res.Kept)
+		"fetched", res.Fetched, "reused", res.Reused, "kept", res.Kept, "boot-files-reused", bootReused)
 	return nil
 }
 
@@ -495,23 +500,48 @@ func (r *run) installed(slot string) (bool, error) {
 
 // bootFile downloads a kernel or initrd, checks its digest and writes it into the slot's
 // directory on the ESP.
-func (r *run) bootFile(ctx context.Context, slot, name string, b update.Blob) error {
+//
+// A file the running slot already has on the ESP with the same digest (a kubelet update keeps
+// the kernel and initrd) is copied from there instead of fetched; reused reports it.
+func (r *run) bootFile(ctx context.Context, slot, name string, b update.Blob) (reused bool, err error) {
 	if b.Size > maxBootBlob {
-		return fmt.Errorf("%s %s is %d bytes, more than the %d a boot file may have", name, b.Digest, b.Size, maxBootBlob)
+		return false, fmt.Errorf("%s %s is %d bytes, more than the %d a boot file may have", name, b.Digest, b.Size, maxBootBlob)
+	}
+	dst := path.Join(boot.SlotDir(slot), name)
+	if data, ok := r.runningBootFile(name, b); ok {
+		return true, r.esp.WriteFile(ctx, dst, bytes.NewReader(data), b.Size)
 	}
 	url, err := update.BlobURL(r.cfg.Server, b.Digest)
 	if err != nil {
-		return err
+		return false, err
 	}
 	data, err := r.client.Get(ctx, url, b.Size)
 	if err != nil {
-		return err
+		return false, err
 	}
-	sum := sha256.Sum256(data)
-	if got := "sha256:" + hex.EncodeToString(sum[:]); got != b.Digest || int64(len(data)) != b.Size {
-		return fmt.Errorf("GET %s: %d bytes hashing to %s, want %d bytes with the manifest's digest", url, len(data), got, b.Size)
+	if got := digestOf(data); got != b.Digest || int64(len(data)) != b.Size {
+		return false, fmt.Errorf("GET %s: %d bytes hashing to %s, want %d bytes with the manifest's digest", url, len(data), got, b.Size)
 	}
-	return r.esp.WriteFile(ctx, path.Join(boot.SlotDir(slot), name), bytes.NewReader(data), b.Size)
+	return false, r.esp.WriteFile(ctx, dst, bytes.NewReader(data), b.Size)
+}
+
+// runningBootFile returns the running slot's copy of a boot file when it has b's size and
+// digest (hashed now: the ESP is not trusted to still hold what was written).
+func (r *run) runningBootFile(name string, b update.Blob) ([]byte, bool) {
+	p := filepath.Join(r.esp.Dir, filepath.FromSlash(boot.SlotDir(r.disk.Slot)), name)
+	if fi, err := os.Stat(p); err != nil || !fi.Mode().IsRegular() || fi.Size() != b.Size {
+		return nil, false
+	}
+	data, err := os.ReadFile(p)
+	if err != nil || int64(len(data)) != b.Size || digestOf(data) != b.Digest {
+		return nil, false
+	}
+	return data, true
+}
+
+func digestOf(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // writeEntry writes the slot's loader entry with boot counting: the last write of an install.

@@ -3,8 +3,6 @@ package updater
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -43,11 +41,6 @@ const (
 	blocks    = 400
 )
 
-func digestOf(b []byte) string {
-	s := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(s[:])
-}
-
 // image is a built test image: its blobs and manifest.
 type image struct {
 	root, kernel, initrd, manifest []byte
@@ -71,12 +64,18 @@ func rootData(seed uint64) []byte {
 // newImage builds an image whose root is data with its hash area appended.
 func newImage(t *testing.T, data []byte, version, kubernetes, arch string) *image {
 	t.Helper()
+	return newImageBoot(t, data, version, kubernetes, arch, []byte("kernel "+version), []byte("initrd "+version))
+}
+
+// newImageBoot is newImage with the given kernel and initrd.
+func newImageBoot(t *testing.T, data []byte, version, kubernetes, arch string, kernel, initrd []byte) *image {
+	t.Helper()
 	tree, err := verity.Build(context.Background(), bytes.NewReader(data), int64(len(data)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	im := &image{root: append(append([]byte(nil), data...), tree.HashArea()...), tree: tree,
-		kernel: []byte("kernel " + version), initrd: []byte("initrd " + version), version: version, kubernetes: kubernetes, arch: arch}
+		kernel: kernel, initrd: initrd, version: version, kubernetes: kubernetes, arch: arch}
 	layer := func(title string, b []byte, ann map[string]string) map[string]any {
 		a := map[string]string{update.AnnotationTitle: title}
 		for k, v := range ann {
@@ -547,5 +546,44 @@ func TestUpdateReports(t *testing.T) {
 	defer mu.Unlock()
 	if len(got) != 0 {
 		t.Errorf("an install sent reports %+v", got)
+	}
+}
+
+// TestUpdateReusesBootFiles: a kernel and initrd the running slot already has on the ESP (same
+// digest) are copied from there, not fetched: a kubelet update fetches no boot files.
+func TestUpdateReusesBootFiles(t *testing.T) {
+	n := newNode(t)
+	d := rootData(1)
+	copy(d[100*verity.BlockSize:120*verity.BlockSize], rootData(2))
+	im := newImageBoot(t, d, "v2", "1.21.14", "amd64", n.v1.kernel, n.v1.initrd)
+	n.publish(im)
+	if err := n.run(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range n.requests {
+		if p == "/blobs/"+digestOf(n.v1.kernel) || p == "/blobs/"+digestOf(n.v1.initrd) {
+			t.Errorf("fetched %s, which the running slot's ESP directory holds", p)
+		}
+	}
+	for rel, want := range map[string][]byte{"imgctl/b/vmlinuz": n.v1.kernel, "imgctl/b/initrd.img": n.v1.initrd} {
+		if got, err := os.ReadFile(filepath.Join(n.espDir, rel)); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: %q, %v", rel, got, err)
+		}
+	}
+	n.has(t, "step=update-install status=ok", "boot-files-reused=2")
+
+	// A running slot's file that no longer matches its digest (a changed ESP) is not trusted:
+	// the next image's kernel is fetched.
+	n2 := newNode(t)
+	n2.espFile(boot.SlotDir("a")+"/vmlinuz", []byte("kernel v1 but changed"))
+	n2.publish(im)
+	if err := n2.run(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(n2.requests, "/blobs/"+digestOf(n.v1.kernel)) {
+		t.Errorf("requests %v: the kernel was not fetched though the running slot's copy differs", n2.requests)
+	}
+	if got, _ := os.ReadFile(filepath.Join(n2.espDir, "imgctl/b/vmlinuz")); !bytes.Equal(got, n.v1.kernel) {
+		t.Errorf("imgctl/b/vmlinuz = %q", got)
 	}
 }
