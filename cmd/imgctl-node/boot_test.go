@@ -32,9 +32,9 @@ const (
 	// cores busy (other packages' qemu guests run at the same time in make test) the guest
 	// starved for over 100 s once (a soft lockup in the kernel's crypto self-tests) and 120 s
 	// killed a boot that was only slow.
-	bootWatchdog = 5 * time.Minute
-	diskSize         = 64 << 20
-	grownDiskSize    = 96 << 20
+	bootWatchdog  = 5 * time.Minute
+	diskSize      = 64 << 20
+	grownDiskSize = 96 << 20
 )
 
 // initrdModules are the modules the initrd needs to find and mount root in qemu.
