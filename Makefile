@@ -42,8 +42,10 @@ deps:
 # gotestsum runs `go test` and ends with the skipped tests, named, and a count line ("DONE N
 # tests, K skipped, F failures"): under CI=true a missing prerequisite fails (layers/testenv),
 # so a skip in CI is only a deliberate one (-short paths, opt-in measurements).
+# The test/ package boots qemu guests one after another (TCG): ~28 min, plus ~15 min for the
+# in-place update e2e (about ten OVMF boots); -timeout bounds a package.
 test: deps lint kubernetes cosign packer
-	$(GO) run gotest.tools/gotestsum@$(GOTESTSUM_VERSION) --format pkgname-and-test-fails -- -timeout 40m ./...
+	$(GO) run gotest.tools/gotestsum@$(GOTESTSUM_VERSION) --format pkgname-and-test-fails -- -timeout 75m ./...
 	cd $(PLUGIN) && $(GO) run gotest.tools/gotestsum@$(GOTESTSUM_VERSION) --format pkgname-and-test-fails -- -timeout 20m ./...
 
 test-short:

@@ -142,8 +142,8 @@ func TestNightlyPipeline(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"step=kubelet-healthy status=ok", `source="` + imdsSource + `"`, "step=hostname status=ok"} {
-		if !strings.Contains(cleanConsole(string(console)), want) {
-			t.Errorf("the boot check's console lacks %q", want)
+		if !consoleContains(string(console), want) {
+			t.Errorf("the boot check's console lacks %q; its end:\n%s", want, tail(string(console), 3000))
 		}
 	}
 	if got := channel("nightly"); got != a {

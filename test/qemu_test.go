@@ -162,6 +162,13 @@ var kernelMessage = regexp.MustCompile(`([^\n])\[ *\d+\.\d+\] [^\n]*\n`)
 // cleanConsole removes kernel log lines from a console log, mending lines they split.
 func cleanConsole(log string) string { return kernelMessage.ReplaceAllString(log, "$1") }
 
+// consoleContains reports whether want is in the console log, as written or with kernel lines
+// taken out: a kernel message can split a line (cleanConsole mends it), and a line printed right
+// after a kernel message that lacks its newline is taken out with it by cleanConsole.
+func consoleContains(log, want string) bool {
+	return strings.Contains(log, want) || strings.Contains(cleanConsole(log), want)
+}
+
 // stepLines returns the imgctl-node step lines of a console log.
 func stepLines(log string) []string {
 	var out []string

@@ -23,6 +23,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/imgctl/imgctl/layers/atomicfile"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/blockdev"
@@ -216,7 +218,7 @@ func (e *ESP) WriteFile(ctx context.Context, rel string, r io.Reader, size int64
 	if err := os.Rename(tmp, full); err != nil {
 		return fmt.Errorf("write %s on the ESP: %w", rel, err)
 	}
-	return syncDir(dir)
+	return atomicfile.SyncDir(dir)
 }
 
 type ctxReader struct {
@@ -229,21 +231,6 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // CleanTemps removes temp files a crashed write left in the slots' directories and in the
@@ -354,7 +341,7 @@ func (e *ESP) RemoveSlotEntries(slot string) error {
 	if len(ents) == 0 {
 		return nil
 	}
-	return syncDir(dir)
+	return atomicfile.SyncDir(dir)
 }
 
 // Bless renames slot's counting entry (imgctl-a+2-1.conf) to its blessed name (imgctl-a.conf),
@@ -385,7 +372,7 @@ func (e *ESP) Bless(slot string) (name string, blessed bool, err error) {
 	if err := os.Rename(filepath.Join(dir, counting[0].File), filepath.Join(dir, to)); err != nil {
 		return "", false, fmt.Errorf("bless slot %s: %w", slot, err)
 	}
-	return to, true, syncDir(dir)
+	return to, true, atomicfile.SyncDir(dir)
 }
 
 // SlotImage is a slot's image.json: which image the slot holds.
