@@ -609,8 +609,12 @@ func TestNodeUpdatesInPlace(t *testing.T) {
 		line := inst.FindString(log)
 		t.Logf("v4 installed %v after qemu started again: %s", took.Round(time.Second), line)
 		full := plannedFetch(t, imgs.dir, imgs.v1, imgs.v4)
-		if f := fetchedBytes(line); f < 0 || f >= full || keptBytes(line) <= 0 {
-			t.Errorf("the resumed update fetched %d bytes and kept %d; an uninterrupted one fetches %d: want fewer, and blocks kept", f, keptBytes(line), full)
+		// Blocks the cut-off write had already put in place are kept, and nothing is fetched twice.
+		// (Fewer bytes fetched is not required: the slot is written in order, and with the late
+		// groups v4's changed blocks lie near its end, after the copied ones, so a cut at 52 %
+		// may come before the first fetch.)
+		if f := fetchedBytes(line); f < 0 || f > full || keptBytes(line) <= 0 {
+			t.Errorf("the resumed update fetched %d bytes and kept %d; an uninterrupted one fetches %d: want no more, and blocks kept", f, keptBytes(line), full)
 		} else {
 			t.Logf("the resumed update fetched %d bytes (%.0f%% of the %d an uninterrupted one fetches) and kept %d", f, 100*float64(f)/float64(full), full, keptBytes(line))
 		}
