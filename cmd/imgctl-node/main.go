@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/bless"
@@ -29,7 +28,6 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/updater"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/updatestate"
-	bootc "github.com/imgctl/imgctl/images/boot"
 	"github.com/imgctl/imgctl/images/nodeapi"
 )
 
@@ -214,7 +212,7 @@ func runUpdate(ctx context.Context, args []string) error {
 	log := logger()
 	return updater.Run(ctx, updater.Options{
 		Cmdline: string(line), Steps: steplog.New(os.Stdout), Logger: log,
-		Report: report.FromCmdline(string(line), report.Options{Logger: log}),
+		Report: report.FromCmdline(string(line), report.Options{Logger: log}), Reboot: systemctlReboot,
 	})
 }
 
@@ -265,9 +263,8 @@ func runBless(ctx context.Context, args []string) error {
 	}()
 	_, serr := os.Stat(configure.MarkerPath)
 	sender := report.FromCmdline(line, report.Options{Logger: logger()})
-	rootDigest, _ := cmdlineValue(line, bootc.KeyRootDigest)
 	return bless.Run(ctx, bless.Options{
-		ESP: e, Slot: loc.Slot, Configured: serr == nil, RootDigest: rootDigest, Debug: cfg.Debug,
+		ESP: e, Slot: loc.Slot, Configured: serr == nil, RootDigest: cmdline.SlotParams(line).RootDigest, Debug: cfg.Debug,
 		StatePath: updatestate.StatePath, Steps: steps, Logger: logger(), Sender: sender,
 		Reboot: systemctlReboot,
 		Report: func(ctx context.Context, r nodeapi.Report) { _ = sender.Send(ctx, r) },
@@ -283,15 +280,4 @@ func systemctlReboot(ctx context.Context) error {
 		return fmt.Errorf("systemctl reboot: %w", err)
 	}
 	return nil
-}
-
-// cmdlineValue is the value of the last key=value on a kernel command line.
-func cmdlineValue(line, key string) (string, bool) {
-	v, ok := "", false
-	for _, f := range cmdline.Fields(line) {
-		if k, val, has := strings.Cut(f, "="); has && k == key {
-			v, ok = val, true
-		}
-	}
-	return v, ok
 }

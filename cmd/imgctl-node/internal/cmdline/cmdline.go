@@ -404,3 +404,25 @@ func Fields(line string) []string {
 	}
 	return out
 }
+
+// SlotParams reads a disk slot's imgctl.root-digest=, imgctl.verity= and imgctl.verity-offset=
+// from a command line, as they are (Parse keeps the root digest of a network root only): the
+// running slot's identity for the update agent and the blessing. A verity root hash without a
+// positive offset is dropped.
+func SlotParams(line string) (p boot.SlotParams) {
+	for _, f := range Fields(line) {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case boot.KeyRootDigest:
+			p.RootDigest = v
+		case boot.KeyVerity:
+			p.VerityRootHash = v
+		case boot.KeyVerityOffset:
+			p.VerityOffset, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	if p.VerityOffset <= 0 {
+		p.VerityRootHash = ""
+	}
+	return p
+}

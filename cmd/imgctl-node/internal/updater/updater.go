@@ -21,11 +21,9 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"time"
 
@@ -82,7 +80,7 @@ type Options struct {
 	Locate func(cmdline.Config) (Disk, error)
 	// MountESP mounts the ESP (default: esp.Mount at esp.MountPoint).
 	MountESP func(ctx context.Context, dev string) (*esp.ESP, error)
-	// Reboot reboots the node (default: systemctl reboot).
+	// Reboot reboots the node (main passes systemctl reboot). Required.
 	Reboot func(ctx context.Context) error
 	Now    func() time.Time
 
@@ -118,15 +116,6 @@ func (o *Options) defaults() {
 	}
 	if o.MountESP == nil {
 		o.MountESP = func(ctx context.Context, dev string) (*esp.ESP, error) { return esp.Mount(ctx, dev, esp.MountPoint) }
-	}
-	if o.Reboot == nil {
-		o.Reboot = func(ctx context.Context) error {
-			out, err := exec.CommandContext(ctx, "systemctl", "reboot").CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("systemctl reboot: %w: %s", err, strings.TrimSpace(string(out)))
-			}
-			return nil
-		}
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -178,6 +167,9 @@ var errRefused = errors.New("refused")
 // reached (the next check tries again) or when the image was refused (the step line says why),
 // and an error when an install failed.
 func Run(ctx context.Context, o Options) error {
+	if o.Reboot == nil {
+		return errors.New("updater: Options.Reboot is required")
+	}
 	o.defaults()
 	cfg, ok, err := updatestate.ReadConfig(o.ConfigPath)
 	check := o.Steps.Start(StepCheck)
@@ -270,7 +262,7 @@ func (r *run) run(ctx context.Context) error {
 		r.check.Fail(err, "image", p.Image, "next", "check again in "+r.cfg.IntervalDuration().String())
 		return r.saveState()
 	}
-	if r.im.Root.Digest == slotParams(o.Cmdline).RootDigest || r.im.Root.Digest == running.Root {
+	if r.im.Root.Digest == cmdline.SlotParams(o.Cmdline).RootDigest || r.im.Root.Digest == running.Root {
 		r.check.Skip("reason", "the channel's image has the running root", "image", r.im.Digest, "version", r.im.Version)
 		return r.saveState()
 	}
@@ -429,7 +421,7 @@ func (r *run) install(ctx context.Context) error {
 		return fail(fmt.Errorf("running slot %s (%s): size: %w", r.disk.Slot, r.disk.Root, err))
 	}
 	a := &slotwrite.Active{Device: active, Size: activeSize}
-	if sp := slotParams(o.Cmdline); sp.VerityRootHash != "" {
+	if sp := cmdline.SlotParams(o.Cmdline); sp.VerityRootHash != "" {
 		a.VerityRootHash, a.VerityOffset = sp.VerityRootHash, sp.VerityOffset
 	}
 	write := o.Steps.Start(StepWrite)
@@ -572,27 +564,6 @@ func stateDevice(c cmdline.Config) string {
 	return c.State.String()
 }
 
-// slotParams reads the running slot's imgctl.root-digest=, imgctl.verity= and
-// imgctl.verity-offset= from its command line (cmdline.Parse keeps the digest of a network
-// root only).
-func slotParams(line string) (p boot.SlotParams) {
-	for _, f := range strings.Fields(line) {
-		k, v, _ := strings.Cut(f, "=")
-		switch k {
-		case boot.KeyRootDigest:
-			p.RootDigest = v
-		case boot.KeyVerity:
-			p.VerityRootHash = v
-		case boot.KeyVerityOffset:
-			p.VerityOffset, _ = strconv.ParseInt(v, 10, 64)
-		}
-	}
-	if p.VerityOffset <= 0 {
-		p.VerityRootHash = ""
-	}
-	return p
-}
-
 func (r *run) reboot(ctx context.Context) error {
 	step := r.o.Steps.Start(StepReboot)
 	now := r.o.Now()
@@ -620,7 +591,7 @@ func (r *run) report(ctx context.Context, cause error) {
 	if r.o.Report == nil {
 		return
 	}
-	rep := r.o.Report.Build(nodeapi.PhaseUpdate, r.o.Steps.Steps(), cause, slotParams(r.o.Cmdline).RootDigest, "")
+	rep := r.o.Report.Build(nodeapi.PhaseUpdate, r.o.Steps.Steps(), cause, cmdline.SlotParams(r.o.Cmdline).RootDigest, "")
 	rep.Image, rep.Version = r.im.Digest, r.im.Version
 	_ = r.o.Report.Send(ctx, rep)
 }
