@@ -14,7 +14,6 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
-	"github.com/mdlayher/packet"
 )
 
 // The cluster LAN: the network that several qemu guests of one test share, so that they reach
@@ -308,7 +307,7 @@ func (l *clusterLAN) dhcpReply(m *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, string) {
 // ipStation is a NIC on the LAN as a net.PacketConn of IPv4 packets, the form insomniacslk/dhcp's
 // nclient4.NewBroadcastUDPConn wraps (it adds and strips the IPv4 and UDP headers): ReadFrom
 // returns the IPv4 packets of frames delivered to it (addressed to its MAC or broadcast),
-// WriteTo wraps a packet in an Ethernet frame and hands it to send. The hub's DHCP server is one;
+// WriteTo wraps a packet in an Ethernet broadcast frame and hands it to send. The hub's DHCP server is one;
 // the tests' fake guests are others.
 type ipStation struct {
 	mac  net.HardwareAddr
@@ -360,7 +359,7 @@ func (s *ipStation) ReadFrom(b []byte) (int, net.Addr, error) {
 	}
 	select {
 	case p := <-s.in:
-		return copy(b, p), &packet.Addr{HardwareAddr: s.mac}, nil
+		return copy(b, p), stationAddr(s.mac), nil
 	case <-s.done:
 		return 0, nil, net.ErrClosed
 	case <-timeout:
@@ -374,12 +373,9 @@ func (s *ipStation) WriteTo(b []byte, addr net.Addr) (int, error) {
 		return 0, net.ErrClosed
 	default:
 	}
-	dst := etherBroadcast
-	if a, ok := addr.(*packet.Addr); ok && len(a.HardwareAddr) == 6 {
-		dst = a.HardwareAddr
-	}
+	// nclient4's BroadcastRawUDPConn sends every packet to the broadcast MAC (addr says so).
 	frame := make([]byte, 0, etherHeaderLen+len(b))
-	frame = append(frame, dst...)
+	frame = append(frame, etherBroadcast...)
 	frame = append(frame, s.mac...)
 	frame = append(frame, etherTypeIPv4>>8, etherTypeIPv4&0xff)
 	frame = append(frame, b...)
@@ -392,7 +388,13 @@ func (s *ipStation) Close() error {
 	return nil
 }
 
-func (s *ipStation) LocalAddr() net.Addr { return &packet.Addr{HardwareAddr: s.mac} }
+func (s *ipStation) LocalAddr() net.Addr { return stationAddr(s.mac) }
+
+// stationAddr is an ipStation's address: its MAC.
+type stationAddr net.HardwareAddr
+
+func (a stationAddr) Network() string { return "ethernet" }
+func (a stationAddr) String() string  { return net.HardwareAddr(a).String() }
 
 func (s *ipStation) SetDeadline(t time.Time) error { return s.SetReadDeadline(t) }
 
