@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -653,4 +654,28 @@ func TestClusterLANStops(t *testing.T) {
 		t.Fatalf("the hub's port is still open after close: %v", err)
 	}
 	c.Close()
+}
+
+// TestLANArgs: NIC 2's qemu arguments take the hub's netdev spec and a MAC, and refuse a netdev
+// that could reach beyond loopback.
+func TestLANArgs(t *testing.T) {
+	l := newClusterLAN(t, nil)
+	spec := l.netdevArgs("52:54:00:50:00:11")
+	got, err := lanArgs(spec, "52:54:00:50:00:11")
+	if want := []string{"-netdev", spec, "-device", "virtio-net-pci,netdev=n1,romfile=,mac=52:54:00:50:00:11"}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("lanArgs = %q, %v; want %q", got, err, want)
+	}
+	for _, bad := range []struct{ spec, mac string }{
+		{"user,id=n1,restrict=on", "52:54:00:50:00:11"},
+		{strings.Replace(spec, "remote.host=127.0.0.1", "remote.host=192.0.2.1", 1), "52:54:00:50:00:11"},
+		{spec + ",remote.host=192.0.2.1", "52:54:00:50:00:11"},
+		{strings.Replace(spec, "local.host=127.0.0.1", "local.host=0.0.0.0", 1), "52:54:00:50:00:11"},
+		{strings.Replace(spec, "id=n1", "id=n0", 1), "52:54:00:50:00:11"},
+		{spec, ""},
+		{spec, "52:54:00:50:00:11,netdev=n0"},
+	} {
+		if got, err := lanArgs(bad.spec, bad.mac); err == nil {
+			t.Errorf("lanArgs(%q, %q) = %q, want an error", bad.spec, bad.mac, got)
+		}
+	}
 }
