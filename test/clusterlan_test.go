@@ -19,12 +19,12 @@ import (
 
 // The cluster LAN: the network that several qemu guests of one test share, so that they reach
 // each other and nothing else. Each guest keeps NIC 1 on its own `-netdev user,restrict=on`
-// (metadata through the loopback relay, the default route and DNS) and gets NIC 2 on the LAN: a
-// `-netdev dgram` socket on 127.0.0.1 that sends each Ethernet frame as one UDP datagram to a
-// port of the hub below. The hub forwards frames between its ports (learning where a source MAC
-// is, flooding the rest) and answers DHCP itself with a static lease per MAC and no router or DNS
-// option, so a guest's default route and resolver stay on NIC 1. A MAC without a lease gets no
-// answer.
+// (metadata through the loopback relay; restricted, slirp's DHCP gives it an address but no
+// router and no DNS) and gets NIC 2 on the LAN: a `-netdev dgram` socket on 127.0.0.1 that sends
+// each Ethernet frame as one UDP datagram to a port of the hub below. The hub forwards frames
+// between its ports (learning where a source MAC is, flooding the rest) and answers DHCP itself
+// with a static lease per MAC, no DNS option and no router option unless defaultRoute is set. A
+// MAC without a lease gets no answer.
 
 // Addresses of the cluster LAN.
 var (
@@ -59,11 +59,17 @@ type clusterLAN struct {
 
 	station *ipStation // the hub's DHCP server's NIC
 
-	mu     sync.Mutex
-	ports  []*lanPort
-	where  map[string]*lanPort // source MAC → the port it was last seen on
-	acks   map[string]netip.Addr
-	closed bool
+	mu sync.Mutex
+	// defaultRoute makes the leases carry a router option, the hub's own address (which routes
+	// nothing: frames only go between the guests). Under restrict=on slirp gives NIC 1 an
+	// address but neither a router nor DNS, so without this a guest has no default route at
+	// all, and kubeadm init, which takes its advertise address from the default route's
+	// interface, needs one given. Set it before the guests boot.
+	defaultRoute bool
+	ports        []*lanPort
+	where        map[string]*lanPort // source MAC → the port it was last seen on
+	acks         map[string]netip.Addr
+	closed       bool
 }
 
 // lanPort is one guest's port: a UDP socket on 127.0.0.1 that its qemu sends to. The guest's
@@ -293,10 +299,15 @@ func (l *clusterLAN) dhcpReply(m *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, string) {
 	mods := []dhcpv4.Modifier{dhcpv4.WithMessageType(typ), dhcpv4.WithServerIP(lanServerIP.AsSlice()),
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(lanServerIP.AsSlice()))}
 	if typ != dhcpv4.MessageTypeNak {
-		// No router and no DNS server: the default route and resolver stay on NIC 1.
+		// No DNS server, and a router only with defaultRoute.
 		mods = append(mods, dhcpv4.WithYourIP(lease.AsSlice()),
 			dhcpv4.WithNetmask(net.CIDRMask(lanPrefix.Bits(), 32)),
 			dhcpv4.WithLeaseTime(uint32(lanLeaseTime/time.Second)))
+		l.mu.Lock()
+		if l.defaultRoute {
+			mods = append(mods, dhcpv4.WithRouter(lanServerIP.AsSlice()))
+		}
+		l.mu.Unlock()
 	}
 	reply, err := dhcpv4.NewReplyFromRequest(m, mods...)
 	if err != nil {
@@ -571,7 +582,7 @@ func waitJoined(t *testing.T, l *clusterLAN, n int) {
 }
 
 // TestClusterLANLeases: insomniacslk/dhcp's client on a fake guest gets its static lease
-// (offer and ack) with a netmask and no router or DNS option; a MAC without a lease gets no
+// (offer and ack) with a netmask and no router or DNS option (a router with defaultRoute); a MAC without a lease gets no
 // offer; asking for another address is refused with a NAK.
 func TestClusterLANLeases(t *testing.T) {
 	l := newClusterLAN(t, map[string]string{"52:54:00:50:00:11": "192.168.50.11", "52:54:00:50:00:12": "192.168.50.12"})
@@ -601,7 +612,7 @@ func TestClusterLANLeases(t *testing.T) {
 			t.Errorf("%s: netmask %v, want 255.255.255.0", tc.mac, m)
 		}
 		if r, d := ack.Router(), ack.DNS(); len(r) != 0 || len(d) != 0 {
-			t.Errorf("%s: router %v, DNS %v: want neither (they stay on NIC 1)", tc.mac, r, d)
+			t.Errorf("%s: router %v, DNS %v: want neither (no defaultRoute)", tc.mac, r, d)
 		}
 		if sid := ack.ServerIdentifier(); !sid.Equal(lanServerIP.AsSlice()) {
 			t.Errorf("%s: server identifier %v, want %s", tc.mac, sid, lanServerIP)
@@ -612,6 +623,18 @@ func TestClusterLANLeases(t *testing.T) {
 	}
 	if got := l.acked(); len(got) != 2 || got["52:54:00:50:00:11"].String() != "192.168.50.11" || got["52:54:00:50:00:12"].String() != "192.168.50.12" {
 		t.Errorf("acked = %v", got)
+	}
+
+	// With defaultRoute, the leases name the hub as the router (still no DNS).
+	l.mu.Lock()
+	l.defaultRoute = true
+	l.mu.Unlock()
+	lease, err := client(newFakeGuest(t, l, "52:54:00:50:00:12")).Request(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, d := lease.ACK.Router(), lease.ACK.DNS(); len(r) != 1 || !r[0].Equal(lanServerIP.AsSlice()) || len(d) != 0 {
+		t.Errorf("defaultRoute: router %v, DNS %v; want router %s and no DNS", r, d, lanServerIP)
 	}
 
 	// The NAK: a client asking for an address that is not its lease.
