@@ -89,13 +89,6 @@ func (e *apiError) Error() string {
 	return e.message
 }
 
-// getNode reads one Node.
-func (c *apiClient) getNode(ctx context.Context, name string) (apiNode, error) {
-	var n apiNode
-	err := c.get(ctx, "/api/v1/nodes/"+url.PathEscape(name), nil, &n)
-	return n, err
-}
-
 // maxPages bounds the pages of one list: 500 Nodes each.
 const maxPages = 100
 

@@ -136,23 +136,29 @@ func (o *Options) try(ctx context.Context, st *state) (kv []any, changed bool, e
 		return nil, false, err
 	}
 	defer c.close()
-	if !st.podCIDR.IsValid() {
-		n, err := c.getNode(ctx, o.NodeName)
-		if err != nil {
-			return []any{"node", o.NodeName}, false, err
+	nodes, err := c.listNodes(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	i := slices.IndexFunc(nodes, func(n apiNode) bool { return n.Metadata.Name == o.NodeName })
+	if i < 0 {
+		return nil, false, fmt.Errorf("node %q is not in the API server's Node list (not registered yet, or deleted)", o.NodeName)
+	}
+	// The pod CIDR of a Node never changes, but a Node deleted and registered again may get
+	// another one: it is read every time.
+	p, err := podCIDR(nodes[i], o.ClusterCIDR)
+	switch {
+	case errors.Is(err, errNoPodCIDR) && !st.podCIDR.IsValid():
+		if !st.waiting {
+			st.waiting = true
+			o.Steps.Start("podnet").Progress("node", o.NodeName, "waiting", "for spec.podCIDR (the controller-manager allocates it)")
 		}
-		p, err := podCIDR(n, o.ClusterCIDR)
-		if errors.Is(err, errNoPodCIDR) {
-			if !st.waiting {
-				st.waiting = true
-				s := o.Steps.Start("podnet")
-				s.Progress("node", o.NodeName, "waiting", "for spec.podCIDR (the controller-manager allocates it)")
-			}
-			return nil, false, nil
-		}
-		if err != nil {
-			return []any{"node", o.NodeName}, false, err
-		}
+		return nil, false, nil
+	case errors.Is(err, errNoPodCIDR):
+		// Registered again, not allocated yet: keep the configuration until it is.
+	case err != nil:
+		return []any{"node", o.NodeName}, false, err
+	default:
 		st.podCIDR = p
 	}
 	kv = []any{"podcidr", st.podCIDR.String()}
@@ -162,10 +168,6 @@ func (o *Options) try(ctx context.Context, st *state) (kv []any, changed bool, e
 	}
 	if wrote {
 		kv = append(kv, "cni", o.ConfPath)
-	}
-	nodes, err := c.listNodes(ctx)
-	if err != nil {
-		return kv, wrote, err
 	}
 	want, ignored := desiredRoutes(nodes, o.NodeName, st.podCIDR, o.ClusterCIDR)
 	added, removed, err := syncRoutes(o.Routes, want)

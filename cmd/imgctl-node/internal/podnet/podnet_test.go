@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -30,12 +31,14 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
-// fakeAPI is an API server with the Node endpoints podnet reads; it requires a client
+// fakeAPI is an API server with the Node list podnet reads; it requires a client
 // certificate from the test's CA, like the real one with the kubelet's.
 type fakeAPI struct {
 	mu     sync.Mutex
 	nodes  []apiNode
 	status int // answer every request with this status when not 0
+	page   int // items per page when not 0; continue is the next index ("loop": always "0")
+	loop   bool
 	seen   []string
 	srv    *httptest.Server
 }
@@ -55,19 +58,26 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(map[string]string{"kind": "Status", "message": `nodes is forbidden: User "system:node:n1" cannot list resource "nodes"`})
 		return
 	}
-	if r.URL.Path == "/api/v1/nodes" {
+	if r.URL.Path != "/api/v1/nodes" || r.URL.Query().Get("limit") != "500" {
+		w.WriteHeader(http.StatusNotFound)
+		json.NewEncoder(w).Encode(map[string]string{"message": "not found: " + r.URL.RequestURI()})
+		return
+	}
+	if f.page == 0 {
 		json.NewEncoder(w).Encode(nodeList{Items: f.nodes})
 		return
 	}
-	name := strings.TrimPrefix(r.URL.Path, "/api/v1/nodes/")
-	for _, n := range f.nodes {
-		if n.Metadata.Name == name {
-			json.NewEncoder(w).Encode(n)
-			return
-		}
+	start, _ := strconv.Atoi(r.URL.Query().Get("continue"))
+	end := min(start+f.page, len(f.nodes))
+	var l nodeList
+	l.Items = f.nodes[start:end]
+	if end < len(f.nodes) {
+		l.Metadata.Continue = strconv.Itoa(end)
 	}
-	w.WriteHeader(http.StatusNotFound)
-	json.NewEncoder(w).Encode(map[string]string{"message": fmt.Sprintf("nodes %q not found", name)})
+	if f.loop {
+		l.Metadata.Continue = "0"
+	}
+	json.NewEncoder(w).Encode(l)
 }
 
 // newFakeAPI starts the server and writes a kubeconfig for it the way kubeadm writes
@@ -296,6 +306,25 @@ func TestCycles(t *testing.T) {
 		t.Errorf("recovered: %q", got)
 	}
 
+	// The Node was deleted and registered again with another pod CIDR: the conflist follows.
+	api.set(node("n1", "10.244.4.0/24", "10.0.0.11"), node("n2", "10.244.2.0/24", "10.0.0.22"))
+	if got := cycle(); !strings.Contains(got, "step=podnet status=ok") || !strings.Contains(got, "podcidr=10.244.4.0/24") || !strings.Contains(got, "cni="+o.ConfPath) {
+		t.Errorf("pod CIDR changed: %q", got)
+	}
+	if conf, err := os.ReadFile(o.ConfPath); err != nil || !strings.Contains(string(conf), `"subnet": "10.244.4.0/24"`) {
+		t.Errorf("conflist after the pod CIDR changed: %v\n%s", err, conf)
+	}
+
+	// This Node disappears from the list: a failure naming it, the routes stay.
+	before := slices.Clone(rt.routes)
+	api.set(node("n2", "10.244.2.0/24", "10.0.0.22"))
+	if got := cycle(); !strings.Contains(got, "step=podnet status=fail") || !strings.Contains(got, `node \"n1\" is not in the API server's Node list`) {
+		t.Errorf("own Node gone: %q", got)
+	}
+	if !slices.Equal(rt.routes, before) || len(before) != 1 {
+		t.Errorf("routes changed while this Node is missing: %v, before %v", rt.routes, before)
+	}
+
 	// A route the kernel refuses (gateway not on this segment) fails the line and names why.
 	api.set(node("n1", "10.244.1.0/24", "10.0.0.11"), node("n3", "10.244.3.0/24", "172.16.0.3"))
 	rt.unreachable = netip.MustParseAddr("172.16.0.3")
@@ -357,4 +386,76 @@ func TestConflistGolden(t *testing.T) {
 			t.Errorf("Conflist(%s) accepted", bad)
 		}
 	}
+}
+
+// TestListPages: the Node list is read page by page; a server that never ends its pages is
+// refused after maxPages.
+func TestListPages(t *testing.T) {
+	api, kubeconfig := newFakeAPI(t)
+	var nodes []apiNode
+	for i := range 5 {
+		nodes = append(nodes, node(fmt.Sprintf("n%d", i), fmt.Sprintf("10.244.%d.0/24", i), fmt.Sprintf("10.0.0.%d", 10+i)))
+	}
+	api.set(nodes...)
+	api.page = 2
+	c, err := loadClient(kubeconfig, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	got, err := c.listNodes(context.Background())
+	if err != nil || len(got) != 5 || got[4].Metadata.Name != "n4" {
+		t.Fatalf("listNodes = %d nodes, %v", len(got), err)
+	}
+	if want := []string{"/api/v1/nodes?limit=500", "/api/v1/nodes?continue=2&limit=500", "/api/v1/nodes?continue=4&limit=500"}; !slices.Equal(api.seen, want) {
+		t.Errorf("requests %q, want %q", api.seen, want)
+	}
+	api.loop = true
+	if _, err := c.listNodes(context.Background()); err == nil || !strings.Contains(err.Error(), "more than 100 pages") {
+		t.Errorf("endless pages: err = %v", err)
+	}
+}
+
+// TestKubeconfigErrors: each broken kubeconfig is refused with the file and what is wrong.
+func TestKubeconfigErrors(t *testing.T) {
+	_, good := newFakeAPI(t)
+	raw, err := os.ReadFile(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := lineWith(t, string(raw), "server: ")
+	for _, c := range []struct{ from, to, want string }{
+		{server, "server: http://10.0.0.10:6443\n", `server "http://10.0.0.10:6443": expected https://HOST[:PORT]`},
+		{server, "server: https://u:p@10.0.0.10:6443\n", `expected https://HOST[:PORT]`},
+		{"current-context: default-context", "current-context: other", `current-context "other" names no context with a cluster`},
+		{"    user: default-auth", "    user: nobody", `names user "nobody", which is not in users`},
+		{"    cluster: default-cluster", "    cluster: nowhere", `names cluster "nowhere", which is not in clusters`},
+		{"certificate-authority-data: ", "certificate-authority-data: AAAA\n    x: ", `certificate-authority: no PEM certificate`},
+		{"client-certificate: pki/kubelet-client-current.pem", "client-certificate: pki/missing.pem", `client-certificate: open ` + filepath.Dir(good) + `/pki/missing.pem`},
+		{"kind: Config", "kind: [", `kubeconfig ` + good + `: error converting YAML`},
+	} {
+		doc := strings.Replace(string(raw), c.from, c.to, 1)
+		if doc == string(raw) {
+			t.Fatalf("fixture lacks %q", c.from)
+		}
+		if err := os.WriteFile(good, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := loadClient(good, time.Second)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), good) {
+			t.Errorf("%s → %s: err = %v, want %q naming %s", c.from, c.to, err, c.want, good)
+		}
+	}
+}
+
+// lineWith returns the line of s that starts (after spaces) with prefix, with its newline.
+func lineWith(t *testing.T, s, prefix string) string {
+	t.Helper()
+	for _, l := range strings.SplitAfter(s, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(l), prefix) {
+			return strings.TrimLeft(l, " ")
+		}
+	}
+	t.Fatalf("no line %q in:\n%s", prefix, s)
+	return ""
 }
