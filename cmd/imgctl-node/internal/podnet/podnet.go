@@ -180,7 +180,12 @@ func (o *Options) try(ctx context.Context, st *state) (kv []any, changed bool, e
 	}
 	newIgnored := !slices.Equal(ignored, st.ignored)
 	if len(ignored) > 0 {
-		kv = append(kv, "ignored", strings.Join(ignored, "; "))
+		kv = append(kv, "ignored", ignoredSummary(ignored))
+		if newIgnored {
+			for _, i := range ignored {
+				o.Logger.Warn("podnet leaves a Node out", "why", i)
+			}
+		}
 	}
 	st.ignored = ignored
 	return kv, wrote || len(added) > 0 || len(removed) > 0 || newIgnored, err
@@ -234,6 +239,16 @@ func syncRoutes(t RouteTable, want []Route) (added, removed []Route, err error) 
 		added = append(added, w)
 	}
 	return added, removed, errors.Join(errs...)
+}
+
+// maxIgnoredShown bounds the left-out Nodes one console line names; the journal has all.
+const maxIgnoredShown = 10
+
+func ignoredSummary(ignored []string) string {
+	if len(ignored) <= maxIgnoredShown {
+		return strings.Join(ignored, "; ")
+	}
+	return strings.Join(ignored[:maxIgnoredShown], "; ") + fmt.Sprintf("; and %d more (in the journal)", len(ignored)-maxIgnoredShown)
 }
 
 func routeList(rs []Route) string {

@@ -459,3 +459,18 @@ func lineWith(t *testing.T, s, prefix string) string {
 	t.Fatalf("no line %q in:\n%s", prefix, s)
 	return ""
 }
+
+// TestIgnoredSummary: the console line names at most maxIgnoredShown left-out Nodes.
+func TestIgnoredSummary(t *testing.T) {
+	var many []string
+	for i := range maxIgnoredShown + 3 {
+		many = append(many, fmt.Sprintf("node %q: bad", fmt.Sprint("x", i)))
+	}
+	got := ignoredSummary(many)
+	if strings.Count(got, ": bad") != maxIgnoredShown || !strings.HasSuffix(got, "; and 3 more (in the journal)") {
+		t.Errorf("summary of %d: %q", len(many), got)
+	}
+	if got := ignoredSummary(many[:2]); got != `node "x0": bad; node "x1": bad` {
+		t.Errorf("summary of 2: %q", got)
+	}
+}
