@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -245,8 +246,11 @@ func (o Options) run(ctx context.Context, st *runState) error {
 		if baked, err = bakedImages(o.Root); err != nil {
 			return nil, nil, err
 		}
-		sandbox := sandboxImage(baked)
-		p, err := render.Render(render.Input{Config: cfg, Kubernetes: info.Kubernetes, NodeName: name, SandboxImage: sandbox})
+		names := make([]string, len(baked))
+		for i, im := range baked {
+			names[i] = im.Name
+		}
+		p, err := render.Render(render.Input{Config: cfg, Kubernetes: info.Kubernetes, NodeName: name, BakedImages: names})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -255,8 +259,9 @@ func (o Options) run(ctx context.Context, st *runState) error {
 				return nil, nil, err
 			}
 		}
-		if sandbox == "" {
-			sandbox = p.SandboxImage + " (not baked: pulled at the first pod)"
+		sandbox := p.SandboxImage
+		if !slices.Contains(names, sandbox) {
+			sandbox += " (not baked: pulled at the first pod)"
 		}
 		return p, []any{"files", len(p.Files), "sandbox", sandbox}, nil
 	})

@@ -350,27 +350,6 @@ func TestBakedImagesAreImportedAndPinTheSandbox(t *testing.T) {
 	}
 }
 
-func TestSandboxImage(t *testing.T) {
-	for _, tc := range []struct {
-		names []string
-		want  string
-	}{
-		{[]string{"registry.k8s.io/pause:3.4.1"}, "registry.k8s.io/pause:3.4.1"},
-		{[]string{"a/coredns:1", "localhost:5000/pause@sha256:" + strings.Repeat("a", 64)}, "localhost:5000/pause@sha256:" + strings.Repeat("a", 64)},
-		{[]string{"localhost:5000/pause"}, "localhost:5000/pause"},
-		{[]string{"registry/paused:1", "registry/pause-x:1"}, ""},
-		{nil, ""},
-	} {
-		var ims []bakedImage
-		for _, n := range tc.names {
-			ims = append(ims, bakedImage{Name: n})
-		}
-		if got := sandboxImage(ims); got != tc.want {
-			t.Errorf("sandboxImage(%q) = %q, want %q", tc.names, got, tc.want)
-		}
-	}
-}
-
 // TestMetadataCredentialsNotShown: the console's step lines and the error show neither the
 // metadata URL's user info nor the credential, whether the credential is refused for plain http
 // (before any request) or sent with imgctl.metadata-insecure=1.

@@ -31,7 +31,24 @@ type clusterConfiguration struct {
 	KubernetesVersion    string     `json:"kubernetesVersion"`
 	ClusterName          string     `json:"clusterName,omitempty"`
 	ControlPlaneEndpoint string     `json:"controlPlaneEndpoint,omitempty"`
+	ImageRepository      string     `json:"imageRepository,omitempty"`
 	Networking           networking `json:"networking"`
+	Etcd                 *etcd      `json:"etcd,omitempty"`
+	DNS                  *dns       `json:"dns,omitempty"`
+}
+
+// etcd is ClusterConfiguration.etcd: the local etcd's image tag, when it is not kubeadm's default.
+type etcd struct {
+	Local localEtcd `json:"local"`
+}
+
+type localEtcd struct {
+	ImageTag string `json:"imageTag"`
+}
+
+// dns is ClusterConfiguration.dns: CoreDNS's image tag, when it is not kubeadm's default.
+type dns struct {
+	ImageTag string `json:"imageTag"`
 }
 
 type networking struct {
@@ -194,6 +211,13 @@ func (r *renderer) master() ([]File, error) {
 	}
 	if cl.APIServer != "" {
 		cc.ControlPlaneEndpoint = r.apiEndpoint()
+	}
+	cc.ImageRepository = r.cp.repo
+	if r.cp.etcdTag != "" {
+		cc.Etcd = &etcd{Local: localEtcd{ImageTag: r.cp.etcdTag}}
+	}
+	if r.cp.dnsTag != "" {
+		cc.DNS = &dns{ImageTag: r.cp.dnsTag}
 	}
 	var docs [][]byte
 	for _, v := range []any{ic, cc} {

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -158,6 +159,27 @@ func TestKubeadmOracle(t *testing.T) {
 		}
 		if pause != wantTag {
 			t.Errorf("kubeadm expects pause:%s, kubeversion has %s for %s", pause, wantTag, oracleVersion)
+		}
+		// kubeadm pulls nothing: the images it lists are exactly the baked ones.
+		listed := strings.Fields(stdout)
+		slices.Sort(listed)
+		if baked := testBaked(t, oracleVersion); !slices.Equal(listed, baked) {
+			t.Errorf("kubeadm lists %q,\nthe image bakes %q", listed, baked)
+		}
+	})
+
+	// A CoreDNS tag other than kubeadm's default reaches kubeadm through dns.imageTag.
+	t.Run("master images list with another coredns", func(t *testing.T) {
+		in := testInput(t, caseMaster, oracleVersion)
+		in.BakedImages = slices.DeleteFunc(in.BakedImages, func(s string) bool { return strings.Contains(s, "/coredns:") })
+		in.BakedImages = append(in.BakedImages, controlPlaneRepository+"/coredns:v1.9.3")
+		stdout, stderr := runTool(t, kubeadm, "config", "images", "list", "--config", writeTemp(t, "kubeadm.yaml", fileData(t, mustRender(t, in), KubeadmConfigPath)))
+		quiet(t, "config images list", stderr)
+		listed := strings.Fields(stdout)
+		slices.Sort(listed)
+		slices.Sort(in.BakedImages)
+		if !slices.Equal(listed, in.BakedImages) {
+			t.Errorf("kubeadm lists %q,\nthe image bakes %q", listed, in.BakedImages)
 		}
 	})
 

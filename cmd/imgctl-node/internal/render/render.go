@@ -56,9 +56,17 @@ type Input struct {
 	Config     *nodeconfig.NodeConfig // validated, Defaults() applied
 	Kubernetes string                 // the image's Kubernetes version, e.g. "1.21.13" (see kubeversion.Parse)
 	NodeName   string                 // resolved node name (= hostname)
-	// SandboxImage is containerd's sandbox (pause) image; "" means the one the Kubernetes
-	// version's kubeadm expects (kubeversion.Version.SandboxImage).
+	// SandboxImage is containerd's sandbox (pause) image; "" means the baked one (see
+	// BakedImages), else the one the Kubernetes version's kubeadm expects
+	// (kubeversion.Version.SandboxImage).
 	SandboxImage string
+	// BakedImages names the container images baked into the image (configure imports them
+	// before kubeadm runs). A master or masterFollower needs every control-plane image of its
+	// Kubernetes version among them, in one repository R (that of the baked kube-apiserver
+	// vVERSION): the master's ClusterConfiguration then sets imageRepository R, and the etcd and
+	// CoreDNS tags when the baked ones are not kubeadm's defaults. The sandbox image is R's
+	// pause, else any baked image of a repository named pause.
+	BakedImages []string
 	// AdvertiseAddress is, for master and masterFollower, the IP address this node's API server
 	// advertises; "" lets kubeadm pick the address of the default route's interface. Ignored for
 	// role node.
@@ -78,8 +86,8 @@ type Plan struct {
 	// Command brings the node in: kubeadm init or join. It is nil for a node with a client
 	// certificate, which only needs its kubelet started.
 	Command []string
-	// SandboxImage is the sandbox (pause) image the files name: Input.SandboxImage, or by default
-	// the one the Kubernetes version's kubeadm expects.
+	// SandboxImage is the sandbox (pause) image the files name: Input.SandboxImage, the baked
+	// one, or by default the one the Kubernetes version's kubeadm expects.
 	SandboxImage string
 }
 
@@ -138,6 +146,8 @@ type renderer struct {
 	cfg     *nodeconfig.NodeConfig
 	v       kubeversion.Version
 	sandbox string
+	// cp is, for master and masterFollower, the baked control-plane images.
+	cp controlPlaneImages
 	// apiHost and apiPort split cluster.apiServer ("" when unset); the port defaults to 443.
 	apiHost, apiPort string
 }
@@ -189,7 +199,15 @@ func newRenderer(in Input) (*renderer, error) {
 
 	r.sandbox = in.SandboxImage
 	if r.sandbox == "" && verr == nil {
-		r.sandbox = v.SandboxImage()
+		if r.sandbox = bakedSandbox(in.BakedImages, v); r.sandbox == "" {
+			r.sandbox = v.SandboxImage()
+		}
+	}
+	if role := in.Config.Spec.Role; verr == nil && (role == nodeconfig.RoleMaster || role == nodeconfig.RoleMasterFollower) {
+		r.cp = findControlPlane(newBakedSet(in.BakedImages), v)
+		if len(r.cp.missing) > 0 {
+			errs = append(errs, missingImagesError(string(role), v, r.cp.missing))
+		}
 	}
 	if in.SandboxImage != "" && !imageRefRE.MatchString(in.SandboxImage) {
 		add("SandboxImage", "%q is not an image reference (expected e.g. registry.k8s.io/pause:3.4.1)", in.SandboxImage)
