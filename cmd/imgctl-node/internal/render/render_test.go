@@ -666,8 +666,8 @@ func sandboxOf(t *testing.T, v string) string {
 func TestControlPlaneImages(t *testing.T) {
 	const r = controlPlaneRepository
 	for _, tc := range []struct {
-		name             string
-		mutate           func([]string) []string
+		name              string
+		mutate            func([]string) []string
 		wantEtcd, wantDNS any
 	}{
 		{"etcd 3.5.0", nil, testEtcdTag, nil},
