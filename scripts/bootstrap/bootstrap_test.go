@@ -16,6 +16,7 @@ var released = map[string]string{
 	"1.0.0": "sha256:ef69e869954d0a6874d07e51baf96e10ad6119fba4c0b481f111998072a9a32c",
 	"1.0.1": "sha256:930305d5e86b33f277c303fffa21d3c427e97d66a94cda33889c2a3a724afa5c",
 	"1.1.0": "sha256:919c21ba083589be05c01b521a32efd966c8b29a06d5ee5ab7f158618cde206c", // not released before this change: the timer fix amends it
+	"1.2.0": "sha256:74b9322fb348dfa57aebf66beb93748ed9646959eb1a582c039fa2adde0be3d8", // kube-node-configuration: TimeoutStartSec=90min for the kubeadm retries (issue 15)
 }
 
 func TestVersionRecordsContent(t *testing.T) {

@@ -65,8 +65,19 @@ type Options struct {
 	// imgctl.credential=, and none in a dry run. It never changes Run's result.
 	Report report.Options
 
-	// Run executes a command (systemctl, kubeadm) with Output as its stdout and stderr.
-	Run         func(ctx context.Context, name string, args ...string) error
+	// Run executes a command (systemctl, ctr) with Output as its stdout and stderr.
+	Run func(ctx context.Context, name string, args ...string) error
+	// Kubeadm runs kubeadm with args, its stdout and stderr going to out (which redacts them
+	// on their way to Output); default: the kubeadm on PATH.
+	Kubeadm func(ctx context.Context, out io.Writer, args ...string) error
+	// KubeadmBackoff is the wait after the first failed kubeadm join (default
+	// DefaultKubeadmBackoff), doubling up to MaxKubeadmBackoff; FollowerRetryFor bounds a
+	// masterFollower's retries (DefaultFollowerRetryFor); KubeadmAttemptTimeout bounds one
+	// kubeadm init or join (DefaultKubeadmAttemptTimeout).
+	KubeadmBackoff        time.Duration
+	FollowerRetryFor      time.Duration
+	KubeadmAttemptTimeout time.Duration
+
 	SetHostname func(name string) error
 	Hostname    func() (string, error)
 
@@ -95,6 +106,18 @@ func (o *Options) defaults() {
 	}
 	if o.Run == nil {
 		o.Run = execRunner(o.Output)
+	}
+	if o.Kubeadm == nil {
+		o.Kubeadm = execKubeadm
+	}
+	if o.KubeadmBackoff <= 0 {
+		o.KubeadmBackoff = DefaultKubeadmBackoff
+	}
+	if o.FollowerRetryFor <= 0 {
+		o.FollowerRetryFor = DefaultFollowerRetryFor
+	}
+	if o.KubeadmAttemptTimeout <= 0 {
+		o.KubeadmAttemptTimeout = DefaultKubeadmAttemptTimeout
 	}
 	if o.SetHostname == nil {
 		o.SetHostname = setHostname
@@ -308,10 +331,7 @@ func (o Options) run(ctx context.Context, st *runState) error {
 	}
 
 	if len(plan.Command) > 0 {
-		if _, err := step(o.Steps, "kubeadm", func() (struct{}, []any, error) {
-			err := o.Run(ctx, plan.Command[0], plan.Command[1:]...)
-			return struct{}{}, []any{"command", strings.Join(plan.Command[:2], " ")}, err
-		}); err != nil {
+		if err := o.runKubeadm(ctx, plan, cfg); err != nil {
 			return err
 		}
 	} else {

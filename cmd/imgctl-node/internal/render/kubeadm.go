@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/imgctl/imgctl/layers/kubeversion"
 )
@@ -63,11 +64,22 @@ type joinConfiguration struct {
 	NodeRegistration nodeRegistration  `json:"nodeRegistration"`
 	Discovery        discovery         `json:"discovery"`
 	ControlPlane     *joinControlPlane `json:"controlPlane,omitempty"`
+	Timeouts         *joinTimeouts     `json:"timeouts,omitempty"` // v1beta4
 }
 
 type discovery struct {
 	BootstrapToken bootstrapTokenDiscovery `json:"bootstrapToken"`
+	Timeout        string                  `json:"timeout,omitempty"` // before v1beta4
 }
+
+// joinTimeouts is v1beta4's JoinConfiguration.timeouts, which took over discovery.timeout.
+type joinTimeouts struct {
+	Discovery string `json:"discovery"`
+}
+
+// DiscoveryTimeout bounds a join's discovery (kubeadm's default: 5 minutes), so that a wrong
+// token or an unreachable API server ends one kubeadm join attempt in time for the next.
+const DiscoveryTimeout = 2 * time.Minute
 
 type bootstrapTokenDiscovery struct {
 	APIServerEndpoint string   `json:"apiServerEndpoint"`
@@ -182,6 +194,11 @@ func (r *renderer) join(controlPlane bool) (File, error) {
 			Token:             cr.BootstrapToken,
 			CACertHashes:      cr.CACertHashes,
 		}},
+	}
+	if r.v.KubeadmAPIVersion() == kubeversion.KubeadmV1beta4 {
+		jc.Timeouts = &joinTimeouts{Discovery: DiscoveryTimeout.String()}
+	} else {
+		jc.Discovery.Timeout = DiscoveryTimeout.String()
 	}
 	if controlPlane {
 		jc.ControlPlane = &joinControlPlane{LocalAPIEndpoint: r.localAPIEndpoint(), CertificateKey: cr.CertificateKey}

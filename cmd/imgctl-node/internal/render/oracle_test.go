@@ -243,6 +243,7 @@ func TestKubeadmOracle(t *testing.T) {
 				{[]string{"discovery", "bootstrapToken", "apiServerEndpoint"}, "10.0.0.10:6443"},
 				{[]string{"discovery", "bootstrapToken", "token"}, testToken},
 				{[]string{"discovery", "tlsBootstrapToken"}, testToken}, // kubeadm's default from the token
+				{[]string{"discovery", "timeout"}, "2m0s"},
 				{[]string{"nodeRegistration", "name"}, testNode},
 				{[]string{"nodeRegistration", "criSocket"}, ContainerdSocket},
 				{[]string{"nodeRegistration", "kubeletExtraArgs", "node-labels"}, "pool=gpu,topology.kubernetes.io/zone=eu-west-1a"},

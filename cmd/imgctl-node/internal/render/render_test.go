@@ -388,6 +388,14 @@ func TestKubeadmShapes(t *testing.T) {
 				get(taints[1], "value") != nil || get(taints[1], "effect") != "PreferNoSchedule" {
 				t.Errorf("taints = %v", taints)
 			}
+			// One join attempt's discovery is bounded: discovery.timeout, v1beta4's timeouts.discovery.
+			timeout := []string{"discovery", "timeout"}
+			if apiVersion == kubeversion.KubeadmV1beta4 {
+				timeout = []string{"timeouts", "discovery"}
+			}
+			if got := get(join, timeout...); got != "2m0s" {
+				t.Errorf("%s = %v, want 2m0s", strings.Join(timeout, "."), got)
+			}
 			if get(join, "controlPlane") != nil {
 				t.Errorf("a worker's JoinConfiguration has controlPlane")
 			}
