@@ -21,7 +21,7 @@ import (
 	"github.com/imgctl/imgctl/layers/testenv"
 )
 
-// The oracles: real kubeadm and kubelet of oracleVersion, built from the Go module proxy by
+// The oracles: real kubeadm and kubelet of oracleVersion and crictl, built from the Go module proxy by
 // scripts/build-kubernetes.sh into IMGCTL_KUBERNETES_DIR or <repo>/.cache/tools/kubernetes/vVERSION,
 // and containerd when it is installed.
 const oracleVersion = "1.21.13"
@@ -354,6 +354,19 @@ func TestContainerdOracle(t *testing.T) {
 	} {
 		if v := got[c.section][c.key]; v != c.want {
 			t.Errorf("containerd runs with [%s] %s = %s, want %s", c.section, c.key, v, c.want)
+		}
+	}
+}
+
+// TestCrictlOracle has crictl (kubeadm's preflight runs it) read the /etc/crictl.yaml Render
+// writes: both endpoints are containerd's socket.
+func TestCrictlOracle(t *testing.T) {
+	crictl := kubernetesTool(t, "crictl")
+	config := writeTemp(t, "crictl.yaml", fileData(t, mustRender(t, testInput(t, caseNodeToken, oracleVersion)), CrictlConfigPath))
+	for key, want := range map[string]string{"runtime-endpoint": ContainerdSocket, "image-endpoint": ContainerdSocket, "timeout": "10"} {
+		got, stderr := runTool(t, crictl, "--config", config, "config", "--get", key)
+		if strings.TrimSpace(got) != want || strings.TrimSpace(stderr) != "" {
+			t.Errorf("crictl config --get %s = %q (stderr %q), want %s", key, got, stderr, want)
 		}
 	}
 }

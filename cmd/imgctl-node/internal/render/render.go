@@ -13,7 +13,7 @@
 //   - node with a client certificate: every kubelet file, no command (the caller starts kubelet,
 //     which registers the node itself).
 //
-// Every role also gets /etc/containerd/config.toml.
+// Every role also gets /etc/containerd/config.toml and /etc/crictl.yaml.
 package render
 
 import (
@@ -46,6 +46,8 @@ const (
 	// requires that name to be a symlink and fails every rotation if it is a regular file. The
 	// kubelet reads this pair until its first rotation, then the symlink it creates.
 	KubeletClientPath = "/var/lib/kubelet/pki/kubelet-client-imgctl.pem"
+	// CrictlConfigPath points crictl (kubeadm's preflight runs it; so do operators) at containerd.
+	CrictlConfigPath = "/etc/crictl.yaml"
 )
 
 // ContainerdSocket is containerd's CRI endpoint.
@@ -103,7 +105,7 @@ func Render(in Input) (*Plan, error) {
 		return nil, err
 	}
 	p := Plan{SandboxImage: r.sandbox}
-	p.Files = append(p.Files, r.containerdConfig())
+	p.Files = append(p.Files, r.containerdConfig(), crictlConfig())
 	cr := r.creds()
 	switch r.cfg.Spec.Role {
 	case nodeconfig.RoleMaster:

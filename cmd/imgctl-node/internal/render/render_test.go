@@ -99,10 +99,10 @@ func TestPlanShape(t *testing.T) {
 		caseNodeCert:       nil,
 	}
 	wantPaths := map[string][]string{
-		caseMaster:         {CACertPath, CAKeyPath, ContainerdConfigPath, KubeadmConfigPath},
-		caseMasterFollower: {ContainerdConfigPath, KubeadmConfigPath},
-		caseNodeToken:      {ContainerdConfigPath, KubeadmConfigPath},
-		caseNodeCert: {KubeletExtraArgsPath, ContainerdConfigPath, CACertPath, KubeletKubeconfigPath,
+		caseMaster:         {CrictlConfigPath, CACertPath, CAKeyPath, ContainerdConfigPath, KubeadmConfigPath},
+		caseMasterFollower: {CrictlConfigPath, ContainerdConfigPath, KubeadmConfigPath},
+		caseNodeToken:      {CrictlConfigPath, ContainerdConfigPath, KubeadmConfigPath},
+		caseNodeCert: {KubeletExtraArgsPath, CrictlConfigPath, ContainerdConfigPath, CACertPath, KubeletKubeconfigPath,
 			KubeletClientPath, KubeletConfigPath, KubeletFlagsPath},
 	}
 	pki := newTestPKI(t, nodeSubject)
