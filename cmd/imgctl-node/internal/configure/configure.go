@@ -297,7 +297,7 @@ func (o Options) run(ctx context.Context, st *runState) error {
 	}
 
 	if o.DryRun {
-		o.dryRunRest(plan, baked)
+		o.dryRunRest(plan, baked, cfg.Spec.Cluster.AdminKubeconfig)
 		return o.hooks(ctx, hooks.PostConfigure, env)
 	}
 
@@ -334,6 +334,9 @@ func (o Options) run(ctx context.Context, st *runState) error {
 		if err := o.runKubeadm(ctx, plan, cfg); err != nil {
 			return err
 		}
+		if err := o.copyAdminKubeconfig(cfg.Spec.Cluster.AdminKubeconfig); err != nil {
+			return err
+		}
 	} else {
 		if _, err := step(o.Steps, "kubelet-start", func() (struct{}, []any, error) {
 			return struct{}{}, nil, o.Run(ctx, startKubelet[0], startKubelet[1:]...)
@@ -363,7 +366,7 @@ func (o *Options) hooks(ctx context.Context, phase string, env []string) error {
 }
 
 // dryRunRest writes the skip lines of the steps after render: what each would have run.
-func (o *Options) dryRunRest(plan *render.Plan, baked []bakedImage) {
+func (o *Options) dryRunRest(plan *render.Plan, baked []bakedImage, adminKubeconfig string) {
 	skip := func(name string, kv ...any) { o.Steps.Start(name).Skip(append([]any{"reason", "dry run"}, kv...)...) }
 	skip("containerd", "command", strings.Join(restartContainerd, " "))
 	if len(baked) == 0 {
@@ -377,10 +380,33 @@ func (o *Options) dryRunRest(plan *render.Plan, baked []bakedImage) {
 	}
 	if len(plan.Command) > 0 {
 		skip("kubeadm", "command", strings.Join(plan.Command, " "))
+		if adminKubeconfig != "" {
+			skip("admin-kubeconfig", "path", adminKubeconfig, "from", render.KubeadmAdminConfPath)
+		}
 	} else {
 		skip("kubelet-start", "command", strings.Join(startKubelet, " "))
 	}
 	skip("kubelet-healthy", "url", o.KubeletHealthz)
+}
+
+// copyAdminKubeconfig copies the cluster-admin kubeconfig kubeadm wrote to path (mode 0600,
+// atomically), as spec.cluster.adminKubeconfig asks; "" copies nothing.
+func (o *Options) copyAdminKubeconfig(path string) error {
+	if path == "" {
+		return nil
+	}
+	_, err := step(o.Steps, "admin-kubeconfig", func() (struct{}, []any, error) {
+		kv := []any{"path", path}
+		b, err := os.ReadFile(filepath.Join(o.Root, render.KubeadmAdminConfPath))
+		if err != nil {
+			return struct{}{}, kv, fmt.Errorf("kubeadm succeeded but left no admin kubeconfig: %w", err)
+		}
+		if err := writeFile(o.Root, path, 0o600, b); err != nil {
+			return struct{}{}, kv, fmt.Errorf("spec.cluster.adminKubeconfig: %w", err)
+		}
+		return struct{}{}, kv, nil
+	})
+	return err
 }
 
 // nodeName is the node's name: metadata.name (metadata.Fetch has validated it with

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -324,5 +325,83 @@ func TestConfigurationUnitBounds(t *testing.T) {
 	}
 	if regexp.MustCompile(`(?m)^Restart=`).MatchString(unit) {
 		t.Errorf("the unit restarts configure: a failed join would loop")
+	}
+}
+
+// TestAdminKubeconfig: after kubeadm succeeded, a control-plane node copies
+// /etc/kubernetes/admin.conf to spec.cluster.adminKubeconfig, mode 0600, and nowhere else; a
+// failed kubeadm copies nothing; a dry run names the copy.
+func TestAdminKubeconfig(t *testing.T) {
+	const admin = "apiVersion: v1\nkind: Config\n# admin credentials\n"
+	for _, tc := range []struct{ name, yaml string }{
+		{"master", masterConfig + "    adminKubeconfig: /root/.kube/config\n"},
+		{"masterFollower", strings.Replace(followerConfig, "  credentials:\n", "    adminKubeconfig: /root/.kube/config\n  credentials:\n", 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, o := newFixture(t, tc.yaml)
+			bakeControlPlane(t, f.root)
+			f.kubeadm = func(out io.Writer, args string, n int) error {
+				return writeFile(f.root, "/etc/kubernetes/admin.conf", 0o600, []byte(admin))
+			}
+			if err := Run(context.Background(), o); err != nil {
+				t.Fatalf("%v\n%s", err, f.steps.String())
+			}
+			p := filepath.Join(f.root, "root/.kube/config")
+			b, err := os.ReadFile(p)
+			if err != nil || string(b) != admin {
+				t.Fatalf("admin kubeconfig = %q, %v", b, err)
+			}
+			if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
+				t.Errorf("mode %v, want 0600", fi.Mode().Perm())
+			}
+			if l := stepLines(f, "admin-kubeconfig"); len(l) != 1 || !strings.Contains(l[0], "status=ok") || !strings.Contains(l[0], "path=/root/.kube/config") {
+				t.Errorf("admin-kubeconfig lines = %q", l)
+			}
+			if got := f.lines(); slices.Index(got, "admin-kubeconfig=ok") != slices.Index(got, "kubeadm=ok")+1 {
+				t.Errorf("steps = %q, want admin-kubeconfig right after kubeadm", got)
+			}
+		})
+	}
+
+	// Without the field: no copy, no line.
+	f, o := newFixture(t, masterConfig)
+	bakeControlPlane(t, f.root)
+	f.kubeadm = func(out io.Writer, args string, n int) error {
+		return writeFile(f.root, "/etc/kubernetes/admin.conf", 0o600, []byte(admin))
+	}
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s", err, f.steps.String())
+	}
+	if l := stepLines(f, "admin-kubeconfig"); len(l) != 0 {
+		t.Errorf("admin-kubeconfig lines without the field: %q", l)
+	}
+
+	// kubeadm failed: nothing copied. kubeadm succeeded without admin.conf: the step fails.
+	f, o = newFixture(t, masterConfig+"    adminKubeconfig: /root/.kube/config\n")
+	bakeControlPlane(t, f.root)
+	f.kubeadm = func(out io.Writer, args string, n int) error { return errors.New("exit status 1") }
+	if err := Run(context.Background(), o); err == nil {
+		t.Fatal("Run succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(f.root, "root/.kube/config")); err == nil {
+		t.Error("copied after a failed kubeadm")
+	}
+	f, o = newFixture(t, masterConfig+"    adminKubeconfig: /root/.kube/config\n")
+	bakeControlPlane(t, f.root)
+	f.kubeadm = func(out io.Writer, args string, n int) error { return nil }
+	if err := Run(context.Background(), o); err == nil || !strings.Contains(err.Error(), "/etc/kubernetes/admin.conf") {
+		t.Errorf("Run without admin.conf = %v", err)
+	}
+
+	// A dry run says what it would copy.
+	f, o = newFixture(t, masterConfig+"    adminKubeconfig: /root/.kube/config\n")
+	bakeControlPlane(t, f.root)
+	o.DryRun = true
+	failingFixture(t, &o)
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s", err, f.steps.String())
+	}
+	if l := stepLines(f, "admin-kubeconfig"); len(l) != 1 || !strings.Contains(l[0], "status=skip") || !strings.Contains(l[0], "path=/root/.kube/config") {
+		t.Errorf("dry-run admin-kubeconfig lines = %q", l)
 	}
 }

@@ -46,6 +46,9 @@ const (
 	// requires that name to be a symlink and fails every rotation if it is a regular file. The
 	// kubelet reads this pair until its first rotation, then the symlink it creates.
 	KubeletClientPath = "/var/lib/kubelet/pki/kubelet-client-imgctl.pem"
+	// KubeadmAdminConfPath is where kubeadm init and join --control-plane write the
+	// cluster-admin kubeconfig (configure copies it to spec.cluster.adminKubeconfig).
+	KubeadmAdminConfPath = "/etc/kubernetes/admin.conf"
 	// CrictlConfigPath points crictl (kubeadm's preflight runs it; so do operators) at containerd.
 	CrictlConfigPath = "/etc/crictl.yaml"
 )
