@@ -298,6 +298,9 @@ func (o Options) run(ctx context.Context, st *runState) error {
 
 	if o.DryRun {
 		o.dryRunRest(plan, baked, cfg.Spec.Cluster.AdminKubeconfig)
+		if err := o.podNet(ctx, cfg.Spec.Cluster, len(plan.Command) > 0, name); err != nil {
+			return err
+		}
 		return o.hooks(ctx, hooks.PostConfigure, env)
 	}
 
@@ -350,6 +353,9 @@ func (o Options) run(ctx context.Context, st *runState) error {
 		})
 		return struct{}{}, []any{"url", o.KubeletHealthz}, err
 	}); err != nil {
+		return err
+	}
+	if err := o.podNet(ctx, cfg.Spec.Cluster, len(plan.Command) > 0, name); err != nil {
 		return err
 	}
 	if err := o.hooks(ctx, hooks.PostConfigure, env); err != nil {

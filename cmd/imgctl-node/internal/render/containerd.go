@@ -4,8 +4,9 @@ import "fmt"
 
 // containerdConfig is containerd 1.6's /etc/containerd/config.toml (format version 2): the CRI
 // plugin's sandbox image, runc through the v2 shim in the systemd cgroup driver (which the
-// kubelet's cgroupDriver matches) and the standard CNI directories. The sandbox image was checked
-// to need no TOML escaping.
+// kubelet's cgroupDriver matches) and the CNI directories: the plugins of Debian's
+// containernetworking-plugins (CNIBinDir) and the configuration imgctl-node podnet writes
+// (CNIConfDir). The sandbox image was checked to need no TOML escaping.
 func (r *renderer) containerdConfig() File {
 	const cri = `plugins."io.containerd.grpc.v1.cri"`
 	data := fmt.Appendf(nil, `# %s
@@ -24,9 +25,9 @@ version = 2
   SystemdCgroup = true
 
 [%[2]s.cni]
-  bin_dir = "/opt/cni/bin"
-  conf_dir = "/etc/cni/net.d"
-`, header, cri, r.sandbox)
+  bin_dir = "%[4]s"
+  conf_dir = "%[5]s"
+`, header, cri, r.sandbox, CNIBinDir, CNIConfDir)
 	return File{Path: ContainerdConfigPath, Mode: 0o644, Data: data}
 }
 

@@ -349,7 +349,7 @@ func TestContainerdOracle(t *testing.T) {
 		{cri + ".containerd", "default_runtime_name", `"runc"`},
 		{cri + ".containerd.runtimes.runc", "runtime_type", `"io.containerd.runc.v2"`},
 		{cri + ".containerd.runtimes.runc.options", "SystemdCgroup", "true"},
-		{cri + ".cni", "bin_dir", `"/opt/cni/bin"`},
+		{cri + ".cni", "bin_dir", `"/usr/lib/cni"`}, // Debian containernetworking-plugins
 		{cri + ".cni", "conf_dir", `"/etc/cni/net.d"`},
 	} {
 		if v := got[c.section][c.key]; v != c.want {

@@ -53,6 +53,14 @@ const (
 	CrictlConfigPath = "/etc/crictl.yaml"
 )
 
+// The CNI directories containerd's CRI plugin reads: the plugins (where Debian's
+// containernetworking-plugins installs them, in the image's runtime layer) and the network
+// configuration (imgctl-node podnet writes it once the node has its pod CIDR).
+const (
+	CNIBinDir  = "/usr/lib/cni"
+	CNIConfDir = "/etc/cni/net.d"
+)
+
 // ContainerdSocket is containerd's CRI endpoint.
 const ContainerdSocket = "unix:///run/containerd/containerd.sock"
 
