@@ -269,8 +269,11 @@ func TestValidate(t *testing.T) {
 		{"master caKey without cert", RoleMaster, func(c *NodeConfig) { c.Spec.Credentials = &Credentials{CAKey: key} }, []string{
 			"spec.cluster.caCertificate: required for role master"}},
 		{"master no name", RoleMaster, func(c *NodeConfig) { c.Spec.Cluster.Name = "" }, []string{"spec.cluster.name: required for role master"}},
-		{"master certificateKey", RoleMaster, func(c *NodeConfig) { c.Spec.Credentials = &Credentials{CertificateKey: certKey} }, []string{
-			"spec.credentials.certificateKey: only allowed for role masterFollower"}},
+		{"master token and certificateKey", RoleMaster, func(c *NodeConfig) {
+			c.Spec.Credentials = &Credentials{BootstrapToken: token, CertificateKey: certKey}
+		}, nil},
+		{"node certificateKey", RoleNode, func(c *NodeConfig) { c.Spec.Credentials.CertificateKey = certKey }, []string{
+			"spec.credentials.certificateKey: only allowed for roles master and masterFollower (role is node)"}},
 		{"bad caKey", RoleMaster, func(c *NodeConfig) {
 			c.Spec.Cluster.CACertificate = cert
 			c.Spec.Credentials = &Credentials{CAKey: "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}

@@ -21,7 +21,8 @@ import (
 //   - node: cluster.apiServer, and credentials bootstrapToken + caCertHashes, or clientCertificate +
 //     clientKey + cluster.caCertificate.
 //   - masterFollower: cluster.apiServer and credentials bootstrapToken, caCertHashes, certificateKey.
-//   - master: cluster.name.
+//   - master: cluster.name; optionally bootstrapToken (created by kubeadm init) and certificateKey
+//     (kubeadm init --upload-certs encrypts the control-plane certificates with it).
 func (c *NodeConfig) Validate() error {
 	probs := c.checkValues()
 	if c.Spec.Role != "" && slices.Contains(Roles, c.Spec.Role) {
@@ -226,12 +227,15 @@ func (c *NodeConfig) checkRole() []*FieldError {
 				"or clientCertificate, clientKey and spec.cluster.caCertificate"})
 		}
 	}
-	if cl.AdminKubeconfig != "" && c.Spec.Role == RoleNode {
-		probs = append(probs, &FieldError{"spec.cluster.adminKubeconfig", fmt.Sprintf(
-			"only allowed for roles %s and %s (role is %s)", RoleMaster, RoleMasterFollower, c.Spec.Role)})
+	controlPlaneOnly := func(f string, set bool) {
+		if set && c.Spec.Role == RoleNode {
+			probs = append(probs, &FieldError{f, fmt.Sprintf(
+				"only allowed for roles %s and %s (role is %s)", RoleMaster, RoleMasterFollower, c.Spec.Role)})
+		}
 	}
+	controlPlaneOnly("spec.cluster.adminKubeconfig", cl.AdminKubeconfig != "")
+	controlPlaneOnly("spec.credentials.certificateKey", cr.CertificateKey != "")
 	only("spec.credentials.caKey", cr.CAKey != "", RoleMaster)
-	only("spec.credentials.certificateKey", cr.CertificateKey != "", RoleMasterFollower)
 	only("spec.credentials.clientCertificate", cr.ClientCertificate != "", RoleNode)
 	only("spec.credentials.clientKey", cr.ClientKey != "", RoleNode)
 	return probs

@@ -405,3 +405,25 @@ func TestAdminKubeconfig(t *testing.T) {
 		t.Errorf("dry-run admin-kubeconfig lines = %q", l)
 	}
 }
+
+// TestMasterWithTokenAndCertificateKey: a master whose NodeConfig carries the token and
+// certificate key the other machines join with runs kubeadm init --upload-certs, and neither
+// reaches the console.
+func TestMasterWithTokenAndCertificateKey(t *testing.T) {
+	f, o := newFixture(t, masterConfig+"  credentials:\n    bootstrapToken: abcdef.0123456789abcdef\n    certificateKey: "+testCertKey+"\n")
+	bakeControlPlane(t, f.root)
+	f.kubeadm = func(out io.Writer, args string, n int) error {
+		fmt.Fprintf(out, "[bootstrap-token] Using token: abcdef.0123456789abcdef\n[upload-certs] Using certificate key:\n%s\n", testCertKey)
+		return nil
+	}
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s", err, f.steps.String())
+	}
+	if want := "kubeadm init --config " + render.KubeadmConfigPath + " --upload-certs"; !slices.Contains(f.commands, want) {
+		t.Errorf("commands = %q, want %q", f.commands, want)
+	}
+	noSecrets(t, "the output", f.output.String())
+	if !strings.Contains(f.output.String(), "Using token: REDACTED\n") {
+		t.Errorf("output:\n%s", f.output.String())
+	}
+}

@@ -125,7 +125,7 @@ func testConfig(t testing.TB, c string, pki testPKI) *nodeconfig.NodeConfig {
 		cfg.Spec.Role = nodeconfig.RoleMaster
 		cfg.Spec.Kubelet.RegisterWithTaints = nil // keep kubeadm's control-plane taint
 		cfg.Spec.Cluster.CACertificate = pki.caCert
-		cfg.Spec.Credentials = &nodeconfig.Credentials{CAKey: pki.caKey}
+		cfg.Spec.Credentials = &nodeconfig.Credentials{CAKey: pki.caKey, BootstrapToken: testToken, CertificateKey: testCertKey}
 	case caseMasterFollower:
 		cfg.Spec.Role = nodeconfig.RoleMasterFollower
 		cfg.Spec.Kubelet.RegisterWithTaints = nil

@@ -22,8 +22,16 @@ type typeMeta struct {
 // initConfiguration is kubeadm's InitConfiguration.
 type initConfiguration struct {
 	typeMeta
+	BootstrapTokens  []bootstrapToken `json:"bootstrapTokens,omitempty"`
 	NodeRegistration nodeRegistration `json:"nodeRegistration"`
 	LocalAPIEndpoint *apiEndpoint     `json:"localAPIEndpoint,omitempty"`
+	CertificateKey   string           `json:"certificateKey,omitempty"`
+}
+
+// bootstrapToken is one of kubeadm init's bootstrap tokens; kubeadm defaults its TTL (24 h),
+// usages and groups to those of a join token.
+type bootstrapToken struct {
+	Token string `json:"token"`
 }
 
 // clusterConfiguration is kubeadm's ClusterConfiguration.
@@ -215,10 +223,15 @@ func (r *renderer) join(controlPlane bool) (File, error) {
 func (r *renderer) master() ([]File, error) {
 	cl := r.cfg.Spec.Cluster
 	apiVersion := r.v.KubeadmAPIVersion()
+	cr := r.creds()
 	ic := initConfiguration{
 		typeMeta:         typeMeta{APIVersion: apiVersion, Kind: "InitConfiguration"},
 		NodeRegistration: r.nodeRegistration(),
 		LocalAPIEndpoint: r.localAPIEndpoint(),
+		CertificateKey:   cr.CertificateKey,
+	}
+	if cr.BootstrapToken != "" {
+		ic.BootstrapTokens = []bootstrapToken{{Token: cr.BootstrapToken}}
 	}
 	cc := clusterConfiguration{
 		typeMeta:          typeMeta{APIVersion: apiVersion, Kind: "ClusterConfiguration"},
@@ -250,7 +263,7 @@ func (r *renderer) master() ([]File, error) {
 	}
 	docs = append(docs, kc)
 	files := []File{{Path: KubeadmConfigPath, Mode: 0o600, Data: yamlFile(docs...)}}
-	if cr := r.creds(); cr.CAKey != "" {
+	if cr.CAKey != "" {
 		files = append(files,
 			File{Path: CACertPath, Mode: 0o644, Data: pemText(cl.CACertificate)},
 			File{Path: CAKeyPath, Mode: 0o600, Data: pemText(cr.CAKey)})

@@ -198,6 +198,7 @@ func TestKubeadmOracle(t *testing.T) {
 			{ic, []string{"nodeRegistration", "kubeletExtraArgs", "node-labels"}, "pool=gpu,topology.kubernetes.io/zone=eu-west-1a"},
 			{ic, []string{"nodeRegistration", "kubeletExtraArgs", "max-pods"}, "64"},
 			{ic, []string{"localAPIEndpoint", "advertiseAddress"}, "192.0.2.11"},
+			{ic, []string{"certificateKey"}, testCertKey},
 			{cc, []string{"kubernetesVersion"}, "v" + oracleVersion},
 			{cc, []string{"clusterName"}, "prod"},
 			{cc, []string{"controlPlaneEndpoint"}, "10.0.0.10:6443"},
@@ -208,6 +209,12 @@ func TestKubeadmOracle(t *testing.T) {
 			if got := get(c.doc, c.keys...); got != c.want {
 				t.Errorf("migrated %s = %v, want %v", strings.Join(c.keys, "."), got, c.want)
 			}
+		}
+		// The followers' and nodes' token, with kubeadm's defaults for a join token.
+		tokens, _ := get(ic, "bootstrapTokens").([]any)
+		if len(tokens) != 1 || get(tokens[0], "token") != testToken || get(tokens[0], "ttl") != "24h0m0s" ||
+			fmt.Sprint(get(tokens[0], "groups")) != "[system:bootstrappers:kubeadm:default-node-token]" {
+			t.Errorf("migrated bootstrapTokens = %v, want the NodeConfig's token with kubeadm's defaults", get(ic, "bootstrapTokens"))
 		}
 		// kubeadm applied its default control-plane taint, which Render left to it.
 		if taints, _ := get(ic, "nodeRegistration", "taints").([]any); len(taints) != 1 || get(taints[0], "key") != "node-role.kubernetes.io/master" {

@@ -7,7 +7,8 @@
 // /var/lib/kubelet/config.yaml, credentials from /etc/kubernetes/kubelet.conf). By role:
 //
 //   - master: kubeadm InitConfiguration + ClusterConfiguration + KubeletConfiguration in
-//     /etc/imgctl/kubeadm.yaml (and the cluster CA when credentials.caKey is set); kubeadm init.
+//     /etc/imgctl/kubeadm.yaml (and the cluster CA when credentials.caKey is set); kubeadm init,
+//     with --upload-certs when credentials.certificateKey is set.
 //   - masterFollower: a JoinConfiguration with controlPlane; kubeadm join.
 //   - node with a bootstrap token: a JoinConfiguration; kubeadm join.
 //   - node with a client certificate: every kubelet file, no command (the caller starts kubelet,
@@ -126,6 +127,10 @@ func Render(in Input) (*Plan, error) {
 		}
 		p.Files = append(p.Files, files...)
 		p.Command = []string{"kubeadm", "init", "--config", KubeadmConfigPath}
+		if cr.CertificateKey != "" {
+			// The followers download the control-plane certificates, encrypted with the key.
+			p.Command = append(p.Command, "--upload-certs")
+		}
 	case nodeconfig.RoleMasterFollower:
 		f, err := r.join(true)
 		if err != nil {

@@ -93,7 +93,7 @@ func firstDiff(want, got string) string {
 
 func TestPlanShape(t *testing.T) {
 	wantCmd := map[string][]string{
-		caseMaster:         {"kubeadm", "init", "--config", KubeadmConfigPath},
+		caseMaster:         {"kubeadm", "init", "--config", KubeadmConfigPath, "--upload-certs"},
 		caseMasterFollower: {"kubeadm", "join", "--config", KubeadmConfigPath},
 		caseNodeToken:      {"kubeadm", "join", "--config", KubeadmConfigPath},
 		caseNodeCert:       nil,
