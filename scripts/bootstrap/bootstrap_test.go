@@ -17,6 +17,7 @@ var released = map[string]string{
 	"1.0.1": "sha256:930305d5e86b33f277c303fffa21d3c427e97d66a94cda33889c2a3a724afa5c",
 	"1.1.0": "sha256:919c21ba083589be05c01b521a32efd966c8b29a06d5ee5ab7f158618cde206c", // not released before this change: the timer fix amends it
 	"1.2.0": "sha256:ece8f316cff332742eb730db5240ea3c51b1192572a993380272f00d1e45d5b7", // imgctl-podnet.service
+	"1.3.0": "sha256:23ab20bf5d26e25ff3f52be3ab1312859221a509a909c07ba545b7fad45ca898", // kube-node-configuration: TimeoutStartSec=90min for the kubeadm retries (issue 15)
 }
 
 func TestVersionRecordsContent(t *testing.T) {

@@ -30,3 +30,14 @@ version = 2
 `, header, cri, r.sandbox, CNIBinDir, CNIConfDir)
 	return File{Path: ContainerdConfigPath, Mode: 0o644, Data: data}
 }
+
+// crictlConfig is /etc/crictl.yaml: crictl's runtime and image endpoints are containerd's CRI
+// socket (without it crictl tries a list of sockets and warns about each).
+func crictlConfig() File {
+	data := fmt.Appendf(nil, `# %s
+runtime-endpoint: %[2]s
+image-endpoint: %[2]s
+timeout: 10
+`, header, ContainerdSocket)
+	return File{Path: CrictlConfigPath, Mode: 0o644, Data: data}
+}
