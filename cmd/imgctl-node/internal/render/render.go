@@ -82,8 +82,8 @@ type Input struct {
 	// pause, else any baked image of a repository named pause.
 	BakedImages []string
 	// AdvertiseAddress is, for master and masterFollower, the IP address this node's API server
-	// advertises; "" lets kubeadm pick the address of the default route's interface. Ignored for
-	// role node.
+	// advertises; "" means the first address of spec.kubelet.extraArgs.node-ip, or without one
+	// lets kubeadm pick the address of the default route's interface. Ignored for role node.
 	AdvertiseAddress string
 }
 
@@ -231,6 +231,18 @@ func newRenderer(in Input) (*renderer, error) {
 		add("SandboxImage", "%q is not an image reference (expected e.g. registry.k8s.io/pause:3.4.1)", in.SandboxImage)
 	}
 
+	if in.AdvertiseAddress == "" && in.Config.Spec.Role != nodeconfig.RoleNode {
+		// The address the kubelet is told to use is the one to advertise: with several NICs
+		// kubeadm would pick the default route's, which may be the same on every machine.
+		if v := in.Config.Spec.Kubelet.ExtraArgs[flagNodeIP]; v != "" {
+			first, _, _ := strings.Cut(v, ",")
+			if ip, err := netip.ParseAddr(first); err != nil || ip.Zone() != "" || !ip.IsGlobalUnicast() {
+				add(fieldExtraArgs+"."+flagNodeIP, "%q is not a routable unicast IP address (expected e.g. 10.0.0.11, or two of them, comma-separated)", first)
+			} else {
+				r.in.AdvertiseAddress = first
+			}
+		}
+	}
 	if a := in.AdvertiseAddress; a != "" && in.Config.Spec.Role != nodeconfig.RoleNode {
 		if ip, err := netip.ParseAddr(a); err != nil || ip.Zone() != "" || !ip.IsGlobalUnicast() {
 			add("AdvertiseAddress", "%q is not a routable unicast IP address (expected e.g. 10.0.0.11, or empty to let kubeadm choose)", a)

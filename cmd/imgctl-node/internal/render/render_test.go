@@ -786,3 +786,52 @@ func TestBakedSandbox(t *testing.T) {
 		}
 	}
 }
+
+// TestAdvertiseAddressFromNodeIP: a control-plane machine with several NICs (on a qemu or cloud
+// host the default route's NIC may carry the same address on every machine) advertises the
+// address its kubelet is told to use, spec.kubelet.extraArgs.node-ip, unless the caller gives one.
+func TestAdvertiseAddressFromNodeIP(t *testing.T) {
+	for _, tc := range []struct {
+		name, nodeIP, given, want, wantErr string
+		role                               string
+	}{
+		{name: "master", role: caseMaster, nodeIP: "192.168.50.11", want: "192.168.50.11"},
+		{name: "follower", role: caseMasterFollower, nodeIP: "192.168.50.12", want: "192.168.50.12"},
+		{name: "dual stack takes the first", role: caseMaster, nodeIP: "192.168.50.11,fd00::11", want: "192.168.50.11"},
+		{name: "the caller wins", role: caseMaster, nodeIP: "192.168.50.11", given: "192.0.2.11", want: "192.0.2.11"},
+		{name: "no node-ip", role: caseMaster},
+		{name: "bad node-ip", role: caseMaster, nodeIP: "lan0", wantErr: `spec.kubelet.extraArgs.node-ip: "lan0" is not a routable unicast IP address`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := testInput(t, tc.role, "1.21.13")
+			in.AdvertiseAddress = tc.given
+			if in.Config.Spec.Kubelet.ExtraArgs == nil {
+				in.Config.Spec.Kubelet.ExtraArgs = map[string]string{}
+			}
+			delete(in.Config.Spec.Kubelet.ExtraArgs, "node-ip")
+			if tc.nodeIP != "" {
+				in.Config.Spec.Kubelet.ExtraArgs["node-ip"] = tc.nodeIP
+			}
+			p, err := Render(in)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Render: %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			docs := kubeadmDocs(t, fileData(t, p, KubeadmConfigPath))
+			var got any
+			if tc.role == caseMaster {
+				got = get(docs["InitConfiguration"], "localAPIEndpoint", "advertiseAddress")
+			} else {
+				got = get(docs["JoinConfiguration"], "controlPlane", "localAPIEndpoint", "advertiseAddress")
+			}
+			if tc.want == "" && got != nil || tc.want != "" && got != tc.want {
+				t.Errorf("advertiseAddress = %v, want %q", got, tc.want)
+			}
+		})
+	}
+}
