@@ -47,8 +47,10 @@ func inventoryNodeConfig(t *testing.T, m *inventory.Machine) *nodeconfig.NodeCon
 
 // TestClusterInventoryExample loads examples/cluster-inventory.yaml with images/inventory and
 // takes each machine's NodeConfig the way imgctl serve hands it out and the node reads it, then
-// renders it: master-1 runs kubeadm init with the example CA, master-2 kubeadm join
-// --control-plane with the certificate key, node-1 kubeadm join with the token; every kubelet
+// renders it (with the control-plane images baked): master-1 runs kubeadm init --upload-certs
+// with the example CA, token and certificate key, master-2 kubeadm join --control-plane with
+// the same certificate key, node-1 kubeadm join with the token; master-1 and master-2 advertise
+// their LAN address; every kubelet
 // registers its LAN address (node-ip); the CA hash, key and certificate of the example belong
 // together. Real kubeadm 1.21.13 then reads every rendered configuration (config migrate).
 func TestClusterInventoryExample(t *testing.T) {
@@ -69,6 +71,7 @@ func TestClusterInventoryExample(t *testing.T) {
 		t.Fatalf("%d machines, want %d", len(inv.Machines), len(want))
 	}
 	configs := map[string]string{}
+	var certKey string // master-1's
 	for _, w := range want {
 		for _, mac := range []string{w.nic1, w.lan} {
 			if m, ok := inv.Lookup(inventory.Identity{MAC: mac}); !ok || m.Name != w.name {
@@ -90,7 +93,8 @@ func TestClusterInventoryExample(t *testing.T) {
 		if cl.APIServer != "https://192.168.50.11:6443" || cl.PodCIDR != "10.244.0.0/16" || cl.ServiceCIDR != "10.96.0.0/12" {
 			t.Errorf("%s: cluster %+v", w.name, cl)
 		}
-		p, err := Render(Input{Config: cfg, Kubernetes: oracleVersion, NodeName: w.name})
+		// One image for all three: configure finds the same control-plane images baked.
+		p, err := Render(Input{Config: cfg, Kubernetes: oracleVersion, NodeName: w.name, BakedImages: testBaked(t, oracleVersion)})
 		if err != nil {
 			t.Fatalf("%s: Render: %v", w.name, err)
 		}
@@ -104,6 +108,9 @@ func TestClusterInventoryExample(t *testing.T) {
 				t.Errorf("%s: kubeadm.yaml lacks %q:\n%s", w.name, s, config)
 			}
 		}
+		if adv := strings.Contains(config, "advertiseAddress: "+w.ip+"\n"); adv != (w.role != nodeconfig.RoleNode) {
+			t.Errorf("%s: advertises %s: %v, want it on a control-plane machine only:\n%s", w.name, w.ip, adv, config)
+		}
 		cr := cfg.Spec.Credentials
 		switch w.role {
 		case nodeconfig.RoleMaster:
@@ -111,12 +118,20 @@ func TestClusterInventoryExample(t *testing.T) {
 				t.Errorf("master-1's ClusterConfiguration lacks the endpoint or pod subnet:\n%s", config)
 			}
 			checkExampleCA(t, cl.CACertificate, cr.CAKey, cr.CACertHashes)
+			certKey = cr.CertificateKey
+			if got := strings.Join(p.Command, " "); !strings.HasSuffix(got, " --upload-certs") || cr.CertificateKey == "" ||
+				!strings.Contains(config, "certificateKey: "+cr.CertificateKey+"\n") || !strings.Contains(config, "token: abcdef.0123456789abcdef\n") {
+				t.Errorf("master-1: %q with a config lacking its certificate key or token:\n%s", got, config)
+			}
 			if ca := fileData(t, p, CAKeyPath); ca != strings.TrimSpace(cr.CAKey)+"\n" && ca != cr.CAKey {
 				t.Errorf("master-1's %s is not the inventory's CA key", CAKeyPath)
 			}
 		case nodeconfig.RoleMasterFollower:
 			if cr.CertificateKey == "" || !strings.Contains(config, "certificateKey: "+cr.CertificateKey+"\n") {
 				t.Errorf("master-2's JoinConfiguration lacks the certificate key:\n%s", config)
+			}
+			if cr.CertificateKey != certKey {
+				t.Errorf("master-2's certificate key is not the one master-1 uploads the certificates with")
 			}
 		case nodeconfig.RoleNode:
 			if strings.Contains(config, "controlPlane:") || !strings.Contains(config, "token: abcdef.0123456789abcdef\n") {
