@@ -76,10 +76,11 @@ bench: deps build demo-image
 fuzz:
 	scripts/fuzz.sh
 
-# A real kubelet and kubeadm for K8S, built from the Go module proxy (dl.k8s.io may be unreachable).
-kubernetes: $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet
+# A real kubelet, kubeadm and crictl for K8S, built from the Go module proxy (dl.k8s.io may be
+# unreachable). The script keeps what a cache already has.
+kubernetes: $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet $(TOOLS_DIR)/kubernetes/v$(K8S)/crictl
 
-$(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet:
+$(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet $(TOOLS_DIR)/kubernetes/v$(K8S)/crictl:
 	scripts/build-kubernetes.sh $(K8S) $(TOOLS_DIR)/kubernetes/v$(K8S)
 
 # The control-plane images kubeadm $(K8S) expects for imageRepository registry.imgctl.invalid/kubernetes

@@ -11,7 +11,8 @@
 # network namespaces and veth pairs of the network-root init's DHCP tests; ipxe-qemu (NIC
 # option ROMs: iPXE for BIOS netboot) and ipxe (ipxe.efi for UEFI netboot): the netboot e2e tests;
 # nginx: the peer of the imgctl serve benchmark (scripts/bench-serve.sh); cryptsetup-bin
-# (veritysetup): the dm-verity oracle.
+# (veritysetup): the dm-verity oracle; containernetworking-plugins and iptables: the real CNI
+# plugins the pod-network tests run the node's conflist with (in a network namespace).
 # Not from Debian: moto 5.2.1 (moto_server, the AWS peer of the AMI tests), which these machines
 # have preinstalled; the script installs it with pip only when it is missing and pip can reach an
 # index, and otherwise says so (under CI=true the AMI tests then fail rather than skip).
@@ -27,7 +28,7 @@ trap check_moto EXIT
 packages=(ca-certificates git make mmdebstrap kmod xz-utils zstd skopeo debian-archive-keyring
   binutils dpkg-dev squashfs-tools squashfs-tools-ng time cpio qemu-system-x86 ovmf gdisk
   dosfstools mtools e2fsprogs fdisk util-linux shellcheck android-sdk-libsparse-utils systemd containerd openssl docker-registry
-  iproute2 ipxe-qemu ipxe nginx cryptsetup-bin)
+  iproute2 ipxe-qemu ipxe nginx cryptsetup-bin containernetworking-plugins iptables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

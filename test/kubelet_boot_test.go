@@ -33,8 +33,8 @@ const relayEnv = "IMGCTL_TEST_RELAY"
 // fakeIMDS speaks EC2's IMDSv2 for user data (bootenv.IMDS).
 type fakeIMDS = bootenv.IMDS
 
-// kubernetesTools returns the directory with a real kubelet and kubeadm v1.21.13, built from the
-// Go module proxy by scripts/build-kubernetes.sh on first use and cached in .cache/tools.
+// kubernetesTools returns the directory with a real kubelet, kubeadm v1.21.13 and crictl, built
+// from the Go module proxy by scripts/build-kubernetes.sh on first use and cached in .cache/tools.
 func kubernetesTools(t *testing.T) string {
 	t.Helper()
 	dir := os.Getenv("IMGCTL_KUBERNETES_DIR")
@@ -45,8 +45,9 @@ func kubernetesTools(t *testing.T) string {
 		}
 		dir = abs
 	}
-	if _, err := os.Stat(filepath.Join(dir, "kubelet")); err != nil {
-		t.Logf("building kubelet and kubeadm v1.21.13 into %s (first run only, ~4 min)", dir)
+	_, err := os.Stat(filepath.Join(dir, "kubelet"))
+	if _, cerr := os.Stat(filepath.Join(dir, "crictl")); err != nil || cerr != nil {
+		t.Logf("building kubelet, kubeadm v1.21.13 and crictl into %s (first run only, ~4 min)", dir)
 		cmd := exec.Command("../scripts/build-kubernetes.sh", "1.21.13", dir)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("scripts/build-kubernetes.sh: %v\n%s", err, out)
@@ -122,6 +123,7 @@ func TestNodeJoinsWithRealKubelet(t *testing.T) {
 		"--lock", filepath.Join(work, "imgctl.lock"), "--node-agent", nodeAgent(t), "--output", out,
 		"--source", "kubelet=file://"+filepath.Join(k8s, "kubelet")+"#path=/usr/bin/kubelet&mode=0755",
 		"--source", "kubelet=file://"+filepath.Join(k8s, "kubeadm")+"#path=/usr/bin/kubeadm&mode=0755",
+		"--source", "kubelet=file://"+filepath.Join(k8s, "crictl")+"#path=/usr/bin/crictl&mode=0755",
 		"--source", "kubelet="+pause.uri,
 		"--source", "extra=file://"+kubeletTestLayer(t, work)+"/"); err != nil {
 		t.Fatal(err)

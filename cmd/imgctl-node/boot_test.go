@@ -32,7 +32,9 @@ const (
 	// cores busy (other packages' qemu guests run at the same time in make test) the guest
 	// starved for over 100 s once (a soft lockup in the kernel's crypto self-tests) and 120 s
 	// killed a boot that was only slow.
-	bootWatchdog  = 5 * time.Minute
+	bootWatchdog = 5 * time.Minute
+	// debugHold is how long qemu must keep running after the init said it would not reboot.
+	debugHold     = 10 * time.Second
 	diskSize      = 64 << 20
 	grownDiskSize = 96 << 20
 )
@@ -126,7 +128,9 @@ func TestBootQEMU(t *testing.T) {
 	})
 
 	t.Run("debug does not reboot", func(t *testing.T) {
-		out := bootWatch(ctx, t, k.vmlinuz, initrd, disk, "console=ttyS0 panic=-1 imgctl.debug imgctl.root=PARTLABEL=NOPE imgctl.root-timeout=1s", 12*time.Second, true)
+		// qemu must still run debugHold after the line (it would exit at once on a reboot:
+		// -no-reboot); a fixed 12 s watchdog from power-on was too short for a loaded machine.
+		out := bootWatch(ctx, t, k.vmlinuz, initrd, disk, "console=ttyS0 panic=-1 imgctl.debug imgctl.root=PARTLABEL=NOPE imgctl.root-timeout=1s", "imgctl.debug is set: not rebooting")
 		requireLine(t, out, "step=find-root status=fail", "PARTLABEL=NOPE")
 		requireLine(t, out, "imgctl.debug is set: not rebooting")
 		if strings.Contains(out, "imgctl-node: rebooting") {
@@ -336,15 +340,15 @@ func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 // watchdog that kills it by PID, and returns the serial console.
 func boot(ctx context.Context, t *testing.T, vmlinuz, initrd, disk, appendLine string) string {
 	t.Helper()
-	return bootWatch(ctx, t, vmlinuz, initrd, disk, appendLine, bootWatchdog, false)
+	return bootWatch(ctx, t, vmlinuz, initrd, disk, appendLine, "")
 }
 
 // bootWatch is boot with a given watchdog; with expectKill, the watchdog firing is the
 // expected outcome (a guest that must not reboot).
-func bootWatch(ctx context.Context, t *testing.T, vmlinuz, initrd, disk, appendLine string, watchdog time.Duration, expectKill bool) string {
+func bootWatch(ctx context.Context, t *testing.T, vmlinuz, initrd, disk, appendLine, hold string) string {
 	t.Helper()
 	console := filepath.Join(t.TempDir(), "console.log")
-	wctx, cancel := context.WithTimeout(ctx, watchdog)
+	wctx, cancel := context.WithTimeout(ctx, bootWatchdog)
 	defer cancel()
 	// -cpu max gives the guest RDRAND: with qemu64, mkfs.ext4 waits ~4 s for the entropy pool
 	// (getrandom at early boot), which clouds do not.
@@ -354,22 +358,63 @@ func bootWatch(ctx context.Context, t *testing.T, vmlinuz, initrd, disk, appendL
 		"-no-reboot", "-nic", "none",
 		"-kernel", vmlinuz, "-initrd", initrd, "-append", appendLine,
 		"-drive", "file="+disk+",format=raw,if=virtio")
+	held := make(chan struct{}) // closed when we stopped qemu debugHold after the hold line
 	cmd.Cancel = func() error { return cmd.Process.Kill() }
 	cmd.WaitDelay = 5 * time.Second
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	start := time.Now()
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("qemu: %v", err)
+	}
+	exited := make(chan struct{})
+	if hold != "" {
+		go func() {
+			tick := time.NewTicker(250 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-exited:
+					return
+				case <-wctx.Done():
+					return
+				case <-tick.C:
+				}
+				if out, _ := os.ReadFile(console); bytes.Contains(out, []byte(hold)) {
+					select {
+					case <-exited:
+					case <-wctx.Done():
+					case <-time.After(debugHold):
+						close(held)
+						_ = cmd.Process.Kill()
+					}
+					return
+				}
+			}
+		}()
+	}
+	err := cmd.Wait()
+	close(exited)
 	elapsed := time.Since(start)
 	out, _ := os.ReadFile(console)
-	t.Logf("qemu ran %s (watchdog %s)", elapsed.Round(100*time.Millisecond), watchdog)
+	t.Logf("qemu ran %s (watchdog %s)", elapsed.Round(100*time.Millisecond), bootWatchdog)
+	select {
+	case <-held:
+		t.Logf("qemu still ran %s after %q; stopped it", debugHold, hold)
+		return string(out)
+	default:
+	}
+	if hold != "" && wctx.Err() == nil {
+		// qemu exited by itself: the guest rebooted or powered off (-no-reboot), or crashed.
+		t.Fatalf("qemu exited (%v) before %s had passed after %q; console:\n%s", err, debugHold, hold, out)
+	}
 	killed := errors.Is(wctx.Err(), context.DeadlineExceeded)
 	switch {
-	case killed && !expectKill:
-		t.Fatalf("qemu killed by the watchdog after %s; console:\n%s", watchdog, out)
-	case !killed && expectKill:
-		t.Fatalf("qemu exited (%v) before the watchdog; console:\n%s", err, out)
-	case err != nil && !killed:
+	case killed && hold != "":
+		t.Fatalf("qemu killed by the watchdog after %s before %q appeared; console:\n%s", bootWatchdog, hold, out)
+	case killed:
+		t.Fatalf("qemu killed by the watchdog after %s; console:\n%s", bootWatchdog, out)
+	case err != nil:
 		t.Fatalf("qemu: %v\n%s\nconsole:\n%s", err, stderr.Bytes(), out)
 	}
 	for _, line := range strings.Split(string(out), "\n") {

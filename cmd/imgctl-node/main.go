@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/bless"
@@ -24,6 +26,7 @@ import (
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/health"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/hooks"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/install"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/podnet"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/report"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/steplog"
 	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/updater"
@@ -61,6 +64,8 @@ func main() {
 		err = runBless(ctx, args)
 	case "update":
 		err = runUpdate(ctx, args)
+	case "podnet":
+		err = runPodNet(ctx, args)
 	case "help", "-h", "--help":
 		fmt.Print(usageText)
 		return
@@ -104,6 +109,11 @@ const usageText = `usage: imgctl-node COMMAND [flags]
                             put its kernel, initrd and a boot-counting entry (+3) on the ESP and reboot inside the
                             window. Refuses another architecture, a Kubernetes minor jump, an image that failed here
                             and any update while the running boot is not blessed
+  podnet [--node NAME --cluster-cidr CIDR --kubeconfig FILE]
+                            imgctl-podnet.service (kubeadm roles with spec.cluster.podCIDR): with the kubelet's
+                            credentials, wait for the Node's spec.podCIDR, write the CNI configuration
+                            (/etc/cni/net.d/10-imgctl.conflist: bridge cni0, host-local, portmap) and every 10 s
+                            route each other Node's pod CIDR via its InternalIP (routes marked proto 201)
 
 Every install/configure step prints one line to stdout (the units send it to the console and the journal):
   imgctl-node step=NAME status=ok|fail|skip latency=NNms key=value ...
@@ -214,6 +224,31 @@ func runUpdate(ctx context.Context, args []string) error {
 		Cmdline: string(line), Steps: steplog.New(os.Stdout), Logger: log,
 		Report: report.FromCmdline(string(line), report.Options{Logger: log}), Reboot: systemctlReboot,
 	})
+}
+
+// runPodNet is imgctl-podnet.service: pod networking until stopped (package podnet).
+func runPodNet(ctx context.Context, args []string) error {
+	var name, cidr, kubeconfig string
+	parse("podnet", args, func(fs *flag.FlagSet) {
+		fs.StringVar(&name, "node", "", "this node's Node name (default: /etc/hostname, which configure wrote)")
+		fs.StringVar(&cidr, "cluster-cidr", "", "the cluster's pod CIDR (spec.cluster.podCIDR): nodes' pod CIDRs outside it are ignored")
+		fs.StringVar(&kubeconfig, "kubeconfig", "", "the kubelet's kubeconfig (default /etc/kubernetes/kubelet.conf)")
+	})
+	if name == "" {
+		b, err := os.ReadFile("/etc/hostname")
+		if err != nil {
+			return fmt.Errorf("no --node and %w", err)
+		}
+		name = strings.TrimSpace(string(b))
+	}
+	var cluster netip.Prefix
+	if cidr != "" {
+		var err error
+		if cluster, err = netip.ParsePrefix(cidr); err != nil || cluster != cluster.Masked() {
+			return fmt.Errorf("--cluster-cidr %q: expected a network prefix such as 10.244.0.0/16", cidr)
+		}
+	}
+	return podnet.Run(ctx, podnet.Options{NodeName: name, ClusterCIDR: cluster, Kubeconfig: kubeconfig, Steps: steplog.New(os.Stdout), Logger: logger()})
 }
 
 func runCRIVersion(ctx context.Context, args []string) error {

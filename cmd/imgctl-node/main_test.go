@@ -158,3 +158,14 @@ func TestBlessOffNode(t *testing.T) {
 		t.Fatalf("exit %d\n%s", code, out)
 	}
 }
+
+// TestPodNetArgs: imgctl-node podnet refuses a --cluster-cidr that is not a network prefix
+// before it talks to anything.
+func TestPodNetArgs(t *testing.T) {
+	for _, bad := range []string{"10.244.1.1/16", "10.244.0.0", "-x"} {
+		code, out := runMain(t, "podnet", "--node", "n1", "--cluster-cidr", bad, "--kubeconfig", "/nonexistent")
+		if want := `imgctl-node podnet: --cluster-cidr "` + bad + `": expected a network prefix such as 10.244.0.0/16`; code != 1 || !strings.Contains(out, want) || strings.Contains(out, "step=") {
+			t.Errorf("--cluster-cidr %s: exit %d, output:\n%s\nwant exit 1 and %s", bad, code, out, want)
+		}
+	}
+}

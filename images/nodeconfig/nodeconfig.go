@@ -88,6 +88,10 @@ type Cluster struct {
 	PodCIDR       string   `yaml:"podCIDR,omitempty" json:"podCIDR,omitempty"`
 	ClusterDNS    []string `yaml:"clusterDNS,omitempty" json:"clusterDNS,omitempty"`
 	CACertificate string   `yaml:"caCertificate,omitempty" json:"caCertificate,omitempty"` // PEM
+	// AdminKubeconfig is, for master and masterFollower, an absolute path where the node copies
+	// the cluster-admin kubeconfig kubeadm wrote (/etc/kubernetes/admin.conf), mode 0600, once
+	// kubeadm has succeeded; empty: nowhere else.
+	AdminKubeconfig string `yaml:"adminKubeconfig,omitempty" json:"adminKubeconfig,omitempty"`
 }
 
 // Kubelet holds per-node kubelet settings.

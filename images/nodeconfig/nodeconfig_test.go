@@ -122,7 +122,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown role", head + "spec: {role: worker}", []string{`user-data: spec.role: unknown role "worker" (expected master, masterFollower or node)`}},
 		{"missing role", head + "spec: {}", []string{"user-data: spec.role: missing (expected master, masterFollower or node)"}},
 		{"unknown field", head + "spec: {role: node, cluster: {apiserver: x}}", []string{
-			"user-data: spec.cluster.apiserver: unknown field (expected name, apiServer, dnsDomain, serviceCIDR, podCIDR, clusterDNS or caCertificate)"}},
+			"user-data: spec.cluster.apiserver: unknown field (expected name, apiServer, dnsDomain, serviceCIDR, podCIDR, clusterDNS, caCertificate or adminKubeconfig)"}},
 		{"unknown top field", head + "status: {}\nspec: {role: node}", []string{"user-data: status: unknown field (expected apiVersion, kind, metadata or spec)"}},
 		{"several problems", head + "spec: {role: node, foo: 1, kubelet: {maxPods: many, bar: 2}}", []string{
 			"spec.foo: unknown field", `spec.kubelet.maxPods: expected an integer, got str "many"`, "spec.kubelet.bar: unknown field"}},
@@ -269,13 +269,28 @@ func TestValidate(t *testing.T) {
 		{"master caKey without cert", RoleMaster, func(c *NodeConfig) { c.Spec.Credentials = &Credentials{CAKey: key} }, []string{
 			"spec.cluster.caCertificate: required for role master"}},
 		{"master no name", RoleMaster, func(c *NodeConfig) { c.Spec.Cluster.Name = "" }, []string{"spec.cluster.name: required for role master"}},
-		{"master certificateKey", RoleMaster, func(c *NodeConfig) { c.Spec.Credentials = &Credentials{CertificateKey: certKey} }, []string{
-			"spec.credentials.certificateKey: only allowed for role masterFollower"}},
+		{"master token and certificateKey", RoleMaster, func(c *NodeConfig) {
+			c.Spec.Credentials = &Credentials{BootstrapToken: token, CertificateKey: certKey}
+		}, nil},
+		{"node certificateKey", RoleNode, func(c *NodeConfig) { c.Spec.Credentials.CertificateKey = certKey }, []string{
+			"spec.credentials.certificateKey: only allowed for roles master and masterFollower (role is node)"}},
 		{"bad caKey", RoleMaster, func(c *NodeConfig) {
 			c.Spec.Cluster.CACertificate = cert
 			c.Spec.Credentials = &Credentials{CAKey: "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}
 		}, []string{"spec.credentials.caKey: bad private key"}},
 		{"unknown role", RoleNode, func(c *NodeConfig) { c.Spec.Role = "worker" }, []string{`spec.role: unknown role "worker"`}},
+		{"master adminKubeconfig", RoleMaster, func(c *NodeConfig) { c.Spec.Cluster.AdminKubeconfig = "/root/.kube/config" }, nil},
+		{"follower adminKubeconfig", RoleMasterFollower, func(c *NodeConfig) { c.Spec.Cluster.AdminKubeconfig = "/etc/kubernetes/admin-2.conf" }, nil},
+		{"node adminKubeconfig", RoleNode, func(c *NodeConfig) { c.Spec.Cluster.AdminKubeconfig = "/root/.kube/config" }, []string{
+			"spec.cluster.adminKubeconfig: only allowed for roles master and masterFollower (role is node)"}},
+		{"relative adminKubeconfig", RoleMaster, func(c *NodeConfig) { c.Spec.Cluster.AdminKubeconfig = "kube/config" }, []string{
+			`spec.cluster.adminKubeconfig: "kube/config" is not an absolute file path (expected e.g. /root/.kube/config)`}},
+		{"unclean adminKubeconfig", RoleMaster, func(c *NodeConfig) { c.Spec.Cluster.AdminKubeconfig = "/root/../etc/x/" }, []string{
+			`spec.cluster.adminKubeconfig: "/root/../etc/x/" is not a clean absolute file path (expected /etc/x)`}},
+		{"root adminKubeconfig", RoleMaster, func(c *NodeConfig) { c.Spec.Cluster.AdminKubeconfig = "/" }, []string{
+			`spec.cluster.adminKubeconfig: "/" is not an absolute file path`}},
+		{"control adminKubeconfig", RoleMaster, func(c *NodeConfig) { c.Spec.Cluster.AdminKubeconfig = "/root/a\nb" }, []string{
+			`spec.cluster.adminKubeconfig: "/root/a\nb" contains a control character`}},
 		{"apiVersion and kind", RoleNode, func(c *NodeConfig) { c.APIVersion, c.Kind = "", "" }, []string{"apiVersion: got", "kind: got"}},
 		{"bad name", RoleNode, func(c *NodeConfig) { c.Metadata.Name = "Node_7" }, []string{`metadata.name: "Node_7" is not a DNS-1123 subdomain`}},
 		{"fqdn name", RoleNode, func(c *NodeConfig) { c.Metadata.Name = "ip-10-0-0-7.ec2.internal" }, nil},
@@ -583,7 +598,7 @@ func TestDecodeNode(t *testing.T) {
 		got = append(got, p.Error())
 	}
 	want := []string{
-		"machines[1].config.cluster.nmae: unknown field (expected name, apiServer, dnsDomain, serviceCIDR, podCIDR, clusterDNS or caCertificate)",
+		"machines[1].config.cluster.nmae: unknown field (expected name, apiServer, dnsDomain, serviceCIDR, podCIDR, clusterDNS, caCertificate or adminKubeconfig)",
 		`machines[1].config.kubelet.maxPods: expected an integer, got str "many"`,
 	}
 	if !reflect.DeepEqual(got, want) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"path"
 	"regexp"
 	"slices"
 	"sort"
@@ -20,7 +21,8 @@ import (
 //   - node: cluster.apiServer, and credentials bootstrapToken + caCertHashes, or clientCertificate +
 //     clientKey + cluster.caCertificate.
 //   - masterFollower: cluster.apiServer and credentials bootstrapToken, caCertHashes, certificateKey.
-//   - master: cluster.name.
+//   - master: cluster.name; optionally bootstrapToken (created by kubeadm init) and certificateKey
+//     (kubeadm init --upload-certs encrypts the control-plane certificates with it).
 func (c *NodeConfig) Validate() error {
 	probs := c.checkValues()
 	if c.Spec.Role != "" && slices.Contains(Roles, c.Spec.Role) {
@@ -108,6 +110,11 @@ func (c *NodeConfig) checkValues() []*FieldError {
 	if cl.CACertificate != "" {
 		if err := checkCerts(cl.CACertificate); err != nil {
 			add("spec.cluster.caCertificate", "%v", err)
+		}
+	}
+	if p := cl.AdminKubeconfig; p != "" {
+		if err := checkFilePath(p); err != nil {
+			add("spec.cluster.adminKubeconfig", "%v", err)
 		}
 	}
 
@@ -220,8 +227,15 @@ func (c *NodeConfig) checkRole() []*FieldError {
 				"or clientCertificate, clientKey and spec.cluster.caCertificate"})
 		}
 	}
+	controlPlaneOnly := func(f string, set bool) {
+		if set && c.Spec.Role == RoleNode {
+			probs = append(probs, &FieldError{f, fmt.Sprintf(
+				"only allowed for roles %s and %s (role is %s)", RoleMaster, RoleMasterFollower, c.Spec.Role)})
+		}
+	}
+	controlPlaneOnly("spec.cluster.adminKubeconfig", cl.AdminKubeconfig != "")
+	controlPlaneOnly("spec.credentials.certificateKey", cr.CertificateKey != "")
 	only("spec.credentials.caKey", cr.CAKey != "", RoleMaster)
-	only("spec.credentials.certificateKey", cr.CertificateKey != "", RoleMasterFollower)
 	only("spec.credentials.clientCertificate", cr.ClientCertificate != "", RoleNode)
 	only("spec.credentials.clientKey", cr.ClientKey != "", RoleNode)
 	return probs
@@ -243,6 +257,27 @@ func checkAPIServer(s string) error {
 		if _, err := fmt.Sscan(p, &n); err != nil || n < 1 || n > 65535 {
 			return fmt.Errorf("%q: bad port %q", s, p)
 		}
+	}
+	return nil
+}
+
+// maxPathLen is Linux's PATH_MAX.
+const maxPathLen = 4096
+
+// checkFilePath checks a file path on the node: absolute, clean (no "..", "//" or trailing
+// "/"), not the root directory, printable and at most maxPathLen bytes.
+func checkFilePath(p string) error {
+	if strings.ContainsFunc(p, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+		return fmt.Errorf("%q contains a control character", p)
+	}
+	if !path.IsAbs(p) || p == "/" {
+		return fmt.Errorf("%q is not an absolute file path (expected e.g. /root/.kube/config)", p)
+	}
+	if c := path.Clean(p); c != p {
+		return fmt.Errorf("%q is not a clean absolute file path (expected %s)", p, c)
+	}
+	if len(p) > maxPathLen {
+		return fmt.Errorf("path is %d bytes (expected at most %d)", len(p), maxPathLen)
 	}
 	return nil
 }

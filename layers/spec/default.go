@@ -80,7 +80,7 @@ func FlavorNames() []string {
 
 // Default returns the embedded default spec for Kubernetes k8sVersion (X.Y.Z, optionally with a
 // leading v, within kubeversion.Range()) in the cloud flavor: Debian bookworm base, cloud kernel, systemd-boot, containerd +
-// runc, and kubelet, kubeadm and kubectl from dl.k8s.io, one role per layer in canonical order,
+// runc + the CNI plugins (containernetworking-plugins), and kubelet, kubeadm and kubectl from dl.k8s.io, one role per layer in canonical order,
 // target raw (a bootable GPT disk).
 func Default(k8sVersion string) (*NodeImage, error) {
 	return DefaultFlavor(k8sVersion, FlavorCloud)

@@ -32,7 +32,7 @@ func TestDefault(t *testing.T) {
 		{Role: RoleBase, Sources: []string{"mmdebstrap://bookworm?mirror=https://deb.debian.org/debian&variant=minbase&packages=systemd-sysv,udev,dbus,kmod,iproute2,ca-certificates,iptables,conntrack,ethtool,socat,ebtables,util-linux,mount,e2fsprogs,logrotate"}},
 		{Role: RoleKernel, Sources: []string{deb + "linux-image-cloud-amd64&follow=linux-image-"}},
 		{Role: RoleBootloader, Sources: []string{deb + "systemd-boot-efi"}},
-		{Role: RoleRuntime, Sources: []string{deb + "containerd", deb + "runc"}},
+		{Role: RoleRuntime, Sources: []string{deb + "containerd", deb + "runc", deb + "containernetworking-plugins"}},
 		{Role: RoleKubelet, Version: "1.21.13", Sources: []string{bin("kubelet"), bin("kubeadm"), bin("kubectl"),
 			"oci://registry.k8s.io/pause:3.4.1@sha256:6c3835cab3980f11b83277305d0d736051c32b17606f5ec59f1dda67c9ba3810#image=/usr/lib/imgctl/images/pause.tar"}},
 		{Role: RoleBootstrap, Sources: []string{"imgctl://bootstrap"}},

@@ -16,7 +16,7 @@ import (
 // Version of the bootstrap layer's contract: units, paths and the imgctl-node commands they
 // call. Bump it whenever a file here changes (TestVersionRecordsContent enforces it); it is
 // recorded in the image manifest and in /etc/imgctl/image.json.
-const Version = "1.1.0"
+const Version = "1.3.0"
 
 // AgentPath is where the node agent lives in the image.
 const AgentPath = "usr/bin/imgctl-node"

@@ -16,6 +16,8 @@ var released = map[string]string{
 	"1.0.0": "sha256:ef69e869954d0a6874d07e51baf96e10ad6119fba4c0b481f111998072a9a32c",
 	"1.0.1": "sha256:930305d5e86b33f277c303fffa21d3c427e97d66a94cda33889c2a3a724afa5c",
 	"1.1.0": "sha256:919c21ba083589be05c01b521a32efd966c8b29a06d5ee5ab7f158618cde206c", // not released before this change: the timer fix amends it
+	"1.2.0": "sha256:ece8f316cff332742eb730db5240ea3c51b1192572a993380272f00d1e45d5b7", // imgctl-podnet.service
+	"1.3.0": "sha256:23ab20bf5d26e25ff3f52be3ab1312859221a509a909c07ba545b7fad45ca898", // kube-node-configuration: TimeoutStartSec=90min for the kubeadm retries (issue 15)
 }
 
 func TestVersionRecordsContent(t *testing.T) {
@@ -66,6 +68,7 @@ func TestEntries(t *testing.T) {
 		"usr/lib/systemd/system/imgctl-update.service",
 		"usr/lib/systemd/system/imgctl-update.timer",
 		"etc/systemd/system/systemd-bless-boot.service",
+		"usr/lib/systemd/system/imgctl-podnet.service",
 	} {
 		if _, ok := paths[want]; !ok {
 			t.Errorf("missing %s", want)
@@ -113,6 +116,45 @@ func TestUpdateUnits(t *testing.T) {
 	// is healthy: masked, for bases that have it.
 	if m := files["etc/systemd/system/systemd-bless-boot.service"]; m.Mode&fs.ModeSymlink == 0 || m.Target != "/dev/null" {
 		t.Errorf("systemd-bless-boot.service not masked: %+v", m)
+	}
+}
+
+// TestPodNetUnit: imgctl-podnet.service runs imgctl-node podnet with configure's environment,
+// restarts on failure, and is started by configure only (no target wants it; no ordering after
+// configure, which starts it while it runs).
+func TestPodNetUnit(t *testing.T) {
+	es, err := Entries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var unit string
+	for _, e := range es {
+		if e.Path == "usr/lib/systemd/system/imgctl-podnet.service" {
+			unit = string(e.Data)
+		}
+		if e.Mode&fs.ModeSymlink != 0 && strings.HasSuffix(e.Path, "/imgctl-podnet.service") {
+			t.Errorf("%s: imgctl-podnet.service is enabled; configure starts it", e.Path)
+		}
+		if strings.HasSuffix(e.Path, ".target") && strings.Contains(string(e.Data), "imgctl-podnet") {
+			t.Errorf("%s names imgctl-podnet.service; configure starts it", e.Path)
+		}
+	}
+	for _, line := range []string{
+		"ConditionPathExists=/run/imgctl/podnet.env",
+		"EnvironmentFile=/run/imgctl/podnet.env",
+		"ExecStart=/usr/bin/imgctl-node podnet --node ${IMGCTL_NODE_NAME} --cluster-cidr ${IMGCTL_POD_CIDR}",
+		"Restart=on-failure",
+		"RestartSec=5",
+		"StandardOutput=journal+console",
+	} {
+		if !strings.Contains(unit, "\n"+line+"\n") {
+			t.Errorf("imgctl-podnet.service lacks the line %s:\n%s", line, unit)
+		}
+	}
+	for _, bad := range []string{"[Install]", "After=kube-node-configuration.service"} {
+		if strings.Contains(unit, bad) {
+			t.Errorf("imgctl-podnet.service has %s", bad)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -64,8 +65,19 @@ type Options struct {
 	// imgctl.credential=, and none in a dry run. It never changes Run's result.
 	Report report.Options
 
-	// Run executes a command (systemctl, kubeadm) with Output as its stdout and stderr.
-	Run         func(ctx context.Context, name string, args ...string) error
+	// Run executes a command (systemctl, ctr) with Output as its stdout and stderr.
+	Run func(ctx context.Context, name string, args ...string) error
+	// Kubeadm runs kubeadm with args, its stdout and stderr going to out (which redacts them
+	// on their way to Output); default: the kubeadm on PATH.
+	Kubeadm func(ctx context.Context, out io.Writer, args ...string) error
+	// KubeadmBackoff is the wait after the first failed kubeadm join (default
+	// DefaultKubeadmBackoff), doubling up to MaxKubeadmBackoff; FollowerRetryFor bounds a
+	// masterFollower's retries (DefaultFollowerRetryFor); KubeadmAttemptTimeout bounds one
+	// kubeadm init or join (DefaultKubeadmAttemptTimeout).
+	KubeadmBackoff        time.Duration
+	FollowerRetryFor      time.Duration
+	KubeadmAttemptTimeout time.Duration
+
 	SetHostname func(name string) error
 	Hostname    func() (string, error)
 
@@ -94,6 +106,18 @@ func (o *Options) defaults() {
 	}
 	if o.Run == nil {
 		o.Run = execRunner(o.Output)
+	}
+	if o.Kubeadm == nil {
+		o.Kubeadm = execKubeadm
+	}
+	if o.KubeadmBackoff <= 0 {
+		o.KubeadmBackoff = DefaultKubeadmBackoff
+	}
+	if o.FollowerRetryFor <= 0 {
+		o.FollowerRetryFor = DefaultFollowerRetryFor
+	}
+	if o.KubeadmAttemptTimeout <= 0 {
+		o.KubeadmAttemptTimeout = DefaultKubeadmAttemptTimeout
 	}
 	if o.SetHostname == nil {
 		o.SetHostname = setHostname
@@ -245,8 +269,11 @@ func (o Options) run(ctx context.Context, st *runState) error {
 		if baked, err = bakedImages(o.Root); err != nil {
 			return nil, nil, err
 		}
-		sandbox := sandboxImage(baked)
-		p, err := render.Render(render.Input{Config: cfg, Kubernetes: info.Kubernetes, NodeName: name, SandboxImage: sandbox})
+		names := make([]string, len(baked))
+		for i, im := range baked {
+			names[i] = im.Name
+		}
+		p, err := render.Render(render.Input{Config: cfg, Kubernetes: info.Kubernetes, NodeName: name, BakedImages: names})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -255,8 +282,9 @@ func (o Options) run(ctx context.Context, st *runState) error {
 				return nil, nil, err
 			}
 		}
-		if sandbox == "" {
-			sandbox = p.SandboxImage + " (not baked: pulled at the first pod)"
+		sandbox := p.SandboxImage
+		if !slices.Contains(names, sandbox) {
+			sandbox += " (not baked: pulled at the first pod)"
 		}
 		return p, []any{"files", len(p.Files), "sandbox", sandbox}, nil
 	})
@@ -269,7 +297,10 @@ func (o Options) run(ctx context.Context, st *runState) error {
 	}
 
 	if o.DryRun {
-		o.dryRunRest(plan, baked)
+		o.dryRunRest(plan, baked, cfg.Spec.Cluster.AdminKubeconfig)
+		if err := o.podNet(ctx, cfg.Spec.Cluster, len(plan.Command) > 0, name); err != nil {
+			return err
+		}
 		return o.hooks(ctx, hooks.PostConfigure, env)
 	}
 
@@ -303,10 +334,10 @@ func (o Options) run(ctx context.Context, st *runState) error {
 	}
 
 	if len(plan.Command) > 0 {
-		if _, err := step(o.Steps, "kubeadm", func() (struct{}, []any, error) {
-			err := o.Run(ctx, plan.Command[0], plan.Command[1:]...)
-			return struct{}{}, []any{"command", strings.Join(plan.Command[:2], " ")}, err
-		}); err != nil {
+		if err := o.runKubeadm(ctx, plan, cfg); err != nil {
+			return err
+		}
+		if err := o.copyAdminKubeconfig(cfg.Spec.Cluster.AdminKubeconfig); err != nil {
 			return err
 		}
 	} else {
@@ -324,6 +355,9 @@ func (o Options) run(ctx context.Context, st *runState) error {
 	}); err != nil {
 		return err
 	}
+	if err := o.podNet(ctx, cfg.Spec.Cluster, len(plan.Command) > 0, name); err != nil {
+		return err
+	}
 	if err := o.hooks(ctx, hooks.PostConfigure, env); err != nil {
 		return err
 	}
@@ -338,7 +372,7 @@ func (o *Options) hooks(ctx context.Context, phase string, env []string) error {
 }
 
 // dryRunRest writes the skip lines of the steps after render: what each would have run.
-func (o *Options) dryRunRest(plan *render.Plan, baked []bakedImage) {
+func (o *Options) dryRunRest(plan *render.Plan, baked []bakedImage, adminKubeconfig string) {
 	skip := func(name string, kv ...any) { o.Steps.Start(name).Skip(append([]any{"reason", "dry run"}, kv...)...) }
 	skip("containerd", "command", strings.Join(restartContainerd, " "))
 	if len(baked) == 0 {
@@ -352,10 +386,33 @@ func (o *Options) dryRunRest(plan *render.Plan, baked []bakedImage) {
 	}
 	if len(plan.Command) > 0 {
 		skip("kubeadm", "command", strings.Join(plan.Command, " "))
+		if adminKubeconfig != "" {
+			skip("admin-kubeconfig", "path", adminKubeconfig, "from", render.KubeadmAdminConfPath)
+		}
 	} else {
 		skip("kubelet-start", "command", strings.Join(startKubelet, " "))
 	}
 	skip("kubelet-healthy", "url", o.KubeletHealthz)
+}
+
+// copyAdminKubeconfig copies the cluster-admin kubeconfig kubeadm wrote to path (mode 0600,
+// atomically), as spec.cluster.adminKubeconfig asks; "" copies nothing.
+func (o *Options) copyAdminKubeconfig(path string) error {
+	if path == "" {
+		return nil
+	}
+	_, err := step(o.Steps, "admin-kubeconfig", func() (struct{}, []any, error) {
+		kv := []any{"path", path}
+		b, err := os.ReadFile(filepath.Join(o.Root, render.KubeadmAdminConfPath))
+		if err != nil {
+			return struct{}{}, kv, fmt.Errorf("kubeadm succeeded but left no admin kubeconfig: %w", err)
+		}
+		if err := writeFile(o.Root, path, 0o600, b); err != nil {
+			return struct{}{}, kv, fmt.Errorf("spec.cluster.adminKubeconfig: %w", err)
+		}
+		return struct{}{}, kv, nil
+	})
+	return err
 }
 
 // nodeName is the node's name: metadata.name (metadata.Fetch has validated it with

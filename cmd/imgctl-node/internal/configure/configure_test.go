@@ -101,6 +101,28 @@ type fixture struct {
 	hostname string
 	healthy  bool
 	cmdErr   map[string]error
+	// kubeadm, if set, plays kubeadm: n counts its calls with the same arguments, from 1.
+	kubeadm func(out io.Writer, args string, n int) error
+	kcalls  map[string]int
+	output  syncBuffer // Options.Output
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 func newFixture(t *testing.T, nodeYAML string) (*fixture, Options) {
@@ -126,8 +148,27 @@ func newFixture(t *testing.T, nodeYAML string) (*fixture, Options) {
 			f.commands = append(f.commands, c)
 			return f.cmdErr[c]
 		},
-		SetHostname: func(n string) error { f.hostname = n; return nil },
-		Hostname:    func() (string, error) { return "Localhost-X", nil },
+		Output: &f.output,
+		Kubeadm: func(ctx context.Context, out io.Writer, args ...string) error {
+			c := "kubeadm " + strings.Join(args, " ")
+			f.mu.Lock()
+			f.commands = append(f.commands, c)
+			if f.kcalls == nil {
+				f.kcalls = map[string]int{}
+			}
+			f.kcalls[c]++
+			n, play, err := f.kcalls[c], f.kubeadm, f.cmdErr[c]
+			f.mu.Unlock()
+			if play != nil {
+				return play(out, strings.Join(args, " "), n)
+			}
+			return err
+		},
+		KubeadmBackoff:        time.Millisecond,
+		FollowerRetryFor:      time.Second,
+		KubeadmAttemptTimeout: time.Second,
+		SetHostname:           func(n string) error { f.hostname = n; return nil },
+		Hostname:              func() (string, error) { return "Localhost-X", nil },
 		CRIProbe: func(context.Context) (health.CRIInfo, error) {
 			return health.CRIInfo{RuntimeName: "containerd", RuntimeVersion: "1.6.20", API: "v1alpha2"}, nil
 		},
@@ -350,27 +391,6 @@ func TestBakedImagesAreImportedAndPinTheSandbox(t *testing.T) {
 	}
 }
 
-func TestSandboxImage(t *testing.T) {
-	for _, tc := range []struct {
-		names []string
-		want  string
-	}{
-		{[]string{"registry.k8s.io/pause:3.4.1"}, "registry.k8s.io/pause:3.4.1"},
-		{[]string{"a/coredns:1", "localhost:5000/pause@sha256:" + strings.Repeat("a", 64)}, "localhost:5000/pause@sha256:" + strings.Repeat("a", 64)},
-		{[]string{"localhost:5000/pause"}, "localhost:5000/pause"},
-		{[]string{"registry/paused:1", "registry/pause-x:1"}, ""},
-		{nil, ""},
-	} {
-		var ims []bakedImage
-		for _, n := range tc.names {
-			ims = append(ims, bakedImage{Name: n})
-		}
-		if got := sandboxImage(ims); got != tc.want {
-			t.Errorf("sandboxImage(%q) = %q, want %q", tc.names, got, tc.want)
-		}
-	}
-}
-
 // TestMetadataCredentialsNotShown: the console's step lines and the error show neither the
 // metadata URL's user info nor the credential, whether the credential is refused for plain http
 // (before any request) or sent with imgctl.metadata-insecure=1.
@@ -424,6 +444,10 @@ func TestMetadataCredentialsNotShown(t *testing.T) {
 func failingFixture(t *testing.T, o *Options) {
 	o.Run = func(ctx context.Context, name string, args ...string) error {
 		t.Errorf("ran %s %q", name, args)
+		return errors.New("must not run")
+	}
+	o.Kubeadm = func(ctx context.Context, out io.Writer, args ...string) error {
+		t.Errorf("ran kubeadm %q", args)
 		return errors.New("must not run")
 	}
 	o.SetHostname = func(n string) error {
@@ -656,7 +680,7 @@ func TestReport(t *testing.T) {
 		t.Fatalf("%d reports, last %+v; want a third naming kubeadm", len(got), got[len(got)-1])
 	}
 	for _, st := range got[2].Steps {
-		if st.Name == "kubeadm" && st.Error != "token REDACTED refused" {
+		if st.Name == "kubeadm" && st.Error != "kubeadm join: token REDACTED refused" {
 			t.Errorf("kubeadm step error in the report = %q", st.Error)
 		}
 	}

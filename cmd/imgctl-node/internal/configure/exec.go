@@ -23,4 +23,12 @@ func execRunner(out io.Writer) func(ctx context.Context, name string, args ...st
 	}
 }
 
+// execKubeadm runs the kubeadm on PATH with its output to out. Its error is the exit status
+// only: the caller reads kubeadm's message from the output.
+func execKubeadm(ctx context.Context, out io.Writer, args ...string) error {
+	cmd := exec.CommandContext(ctx, "kubeadm", args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	return cmd.Run()
+}
+
 func setHostname(name string) error { return unix.Sethostname([]byte(name)) }

@@ -89,20 +89,3 @@ func archiveName(file string) (string, error) {
 		return "", errors.New("index.json: the image has no name (annotation io.containerd.image.name)")
 	}
 }
-
-// sandboxImage picks the baked pause image, if any: a repository named pause.
-func sandboxImage(images []bakedImage) string {
-	for _, im := range images {
-		repo := im.Name
-		if i := strings.IndexAny(repo, "@"); i >= 0 {
-			repo = repo[:i]
-		}
-		if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
-			repo = repo[:i]
-		}
-		if path.Base(repo) == "pause" {
-			return im.Name
-		}
-	}
-	return ""
-}

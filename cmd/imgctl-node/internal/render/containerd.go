@@ -4,8 +4,9 @@ import "fmt"
 
 // containerdConfig is containerd 1.6's /etc/containerd/config.toml (format version 2): the CRI
 // plugin's sandbox image, runc through the v2 shim in the systemd cgroup driver (which the
-// kubelet's cgroupDriver matches) and the standard CNI directories. The sandbox image was checked
-// to need no TOML escaping.
+// kubelet's cgroupDriver matches) and the CNI directories: the plugins of Debian's
+// containernetworking-plugins (CNIBinDir) and the configuration imgctl-node podnet writes
+// (CNIConfDir). The sandbox image was checked to need no TOML escaping.
 func (r *renderer) containerdConfig() File {
 	const cri = `plugins."io.containerd.grpc.v1.cri"`
 	data := fmt.Appendf(nil, `# %s
@@ -24,8 +25,19 @@ version = 2
   SystemdCgroup = true
 
 [%[2]s.cni]
-  bin_dir = "/opt/cni/bin"
-  conf_dir = "/etc/cni/net.d"
-`, header, cri, r.sandbox)
+  bin_dir = "%[4]s"
+  conf_dir = "%[5]s"
+`, header, cri, r.sandbox, CNIBinDir, CNIConfDir)
 	return File{Path: ContainerdConfigPath, Mode: 0o644, Data: data}
+}
+
+// crictlConfig is /etc/crictl.yaml: crictl's runtime and image endpoints are containerd's CRI
+// socket (without it crictl tries a list of sockets and warns about each).
+func crictlConfig() File {
+	data := fmt.Appendf(nil, `# %s
+runtime-endpoint: %[2]s
+image-endpoint: %[2]s
+timeout: 10
+`, header, ContainerdSocket)
+	return File{Path: CrictlConfigPath, Mode: 0o644, Data: data}
 }

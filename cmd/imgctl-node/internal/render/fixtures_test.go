@@ -8,10 +8,12 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/imgctl/imgctl/images/nodeconfig"
+	"github.com/imgctl/imgctl/layers/kubeversion"
 )
 
 // Test credentials: fake, and never a real cluster's.
@@ -123,7 +125,7 @@ func testConfig(t testing.TB, c string, pki testPKI) *nodeconfig.NodeConfig {
 		cfg.Spec.Role = nodeconfig.RoleMaster
 		cfg.Spec.Kubelet.RegisterWithTaints = nil // keep kubeadm's control-plane taint
 		cfg.Spec.Cluster.CACertificate = pki.caCert
-		cfg.Spec.Credentials = &nodeconfig.Credentials{CAKey: pki.caKey}
+		cfg.Spec.Credentials = &nodeconfig.Credentials{CAKey: pki.caKey, BootstrapToken: testToken, CertificateKey: testCertKey}
 	case caseMasterFollower:
 		cfg.Spec.Role = nodeconfig.RoleMasterFollower
 		cfg.Spec.Kubelet.RegisterWithTaints = nil
@@ -152,8 +154,31 @@ func testInput(t testing.TB, c, k8s string) Input {
 	in := Input{Config: testConfig(t, c, newTestPKI(t, nodeSubject)), Kubernetes: k8s, NodeName: testNode}
 	if c == caseMaster || c == caseMasterFollower {
 		in.AdvertiseAddress = "192.0.2.11"
+		in.BakedImages = testBaked(t, k8s)
 	}
 	return in
+}
+
+// testEtcdTag is the etcd the test control-plane images carry: not kubeadm 1.21's default
+// (3.4.13-0), as with scripts/build-control-plane-images.sh.
+const testEtcdTag = "3.5.0-0"
+
+// testBaked names a full set of control-plane images for Kubernetes k8s under
+// controlPlaneRepository, as configure finds them baked: etcd testEtcdTag, CoreDNS v1.8.0 and
+// kubeadm's pause tag.
+func testBaked(t testing.TB, k8s string) []string {
+	t.Helper()
+	kv, err := kubeversion.Parse(k8s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := controlPlaneRepository + "/"
+	return []string{
+		r + "coredns:v1.8.0", r + "etcd:" + testEtcdTag,
+		r + "kube-apiserver:v" + kv.String(), r + "kube-controller-manager:v" + kv.String(),
+		r + "kube-proxy:v" + kv.String(), r + "kube-scheduler:v" + kv.String(),
+		r + strings.TrimPrefix(kv.SandboxImage(), "registry.k8s.io/"), // pause:TAG
+	}
 }
 
 // fileData returns the data of the plan's file at path, failing the test if there is none.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/imgctl/imgctl/layers/kubeversion"
 )
@@ -21,8 +22,16 @@ type typeMeta struct {
 // initConfiguration is kubeadm's InitConfiguration.
 type initConfiguration struct {
 	typeMeta
+	BootstrapTokens  []bootstrapToken `json:"bootstrapTokens,omitempty"`
 	NodeRegistration nodeRegistration `json:"nodeRegistration"`
 	LocalAPIEndpoint *apiEndpoint     `json:"localAPIEndpoint,omitempty"`
+	CertificateKey   string           `json:"certificateKey,omitempty"`
+}
+
+// bootstrapToken is one of kubeadm init's bootstrap tokens; kubeadm defaults its TTL (24 h),
+// usages and groups to those of a join token.
+type bootstrapToken struct {
+	Token string `json:"token"`
 }
 
 // clusterConfiguration is kubeadm's ClusterConfiguration.
@@ -31,7 +40,24 @@ type clusterConfiguration struct {
 	KubernetesVersion    string     `json:"kubernetesVersion"`
 	ClusterName          string     `json:"clusterName,omitempty"`
 	ControlPlaneEndpoint string     `json:"controlPlaneEndpoint,omitempty"`
+	ImageRepository      string     `json:"imageRepository,omitempty"`
 	Networking           networking `json:"networking"`
+	Etcd                 *etcd      `json:"etcd,omitempty"`
+	DNS                  *dns       `json:"dns,omitempty"`
+}
+
+// etcd is ClusterConfiguration.etcd: the local etcd's image tag, when it is not kubeadm's default.
+type etcd struct {
+	Local localEtcd `json:"local"`
+}
+
+type localEtcd struct {
+	ImageTag string `json:"imageTag"`
+}
+
+// dns is ClusterConfiguration.dns: CoreDNS's image tag, when it is not kubeadm's default.
+type dns struct {
+	ImageTag string `json:"imageTag"`
 }
 
 type networking struct {
@@ -46,11 +72,22 @@ type joinConfiguration struct {
 	NodeRegistration nodeRegistration  `json:"nodeRegistration"`
 	Discovery        discovery         `json:"discovery"`
 	ControlPlane     *joinControlPlane `json:"controlPlane,omitempty"`
+	Timeouts         *joinTimeouts     `json:"timeouts,omitempty"` // v1beta4
 }
 
 type discovery struct {
 	BootstrapToken bootstrapTokenDiscovery `json:"bootstrapToken"`
+	Timeout        string                  `json:"timeout,omitempty"` // before v1beta4
 }
+
+// joinTimeouts is v1beta4's JoinConfiguration.timeouts, which took over discovery.timeout.
+type joinTimeouts struct {
+	Discovery string `json:"discovery"`
+}
+
+// DiscoveryTimeout bounds a join's discovery (kubeadm's default: 5 minutes), so that a wrong
+// token or an unreachable API server ends one kubeadm join attempt in time for the next.
+const DiscoveryTimeout = 2 * time.Minute
 
 type bootstrapTokenDiscovery struct {
 	APIServerEndpoint string   `json:"apiServerEndpoint"`
@@ -166,6 +203,11 @@ func (r *renderer) join(controlPlane bool) (File, error) {
 			CACertHashes:      cr.CACertHashes,
 		}},
 	}
+	if r.v.KubeadmAPIVersion() == kubeversion.KubeadmV1beta4 {
+		jc.Timeouts = &joinTimeouts{Discovery: DiscoveryTimeout.String()}
+	} else {
+		jc.Discovery.Timeout = DiscoveryTimeout.String()
+	}
 	if controlPlane {
 		jc.ControlPlane = &joinControlPlane{LocalAPIEndpoint: r.localAPIEndpoint(), CertificateKey: cr.CertificateKey}
 	}
@@ -181,10 +223,15 @@ func (r *renderer) join(controlPlane bool) (File, error) {
 func (r *renderer) master() ([]File, error) {
 	cl := r.cfg.Spec.Cluster
 	apiVersion := r.v.KubeadmAPIVersion()
+	cr := r.creds()
 	ic := initConfiguration{
 		typeMeta:         typeMeta{APIVersion: apiVersion, Kind: "InitConfiguration"},
 		NodeRegistration: r.nodeRegistration(),
 		LocalAPIEndpoint: r.localAPIEndpoint(),
+		CertificateKey:   cr.CertificateKey,
+	}
+	if cr.BootstrapToken != "" {
+		ic.BootstrapTokens = []bootstrapToken{{Token: cr.BootstrapToken}}
 	}
 	cc := clusterConfiguration{
 		typeMeta:          typeMeta{APIVersion: apiVersion, Kind: "ClusterConfiguration"},
@@ -194,6 +241,13 @@ func (r *renderer) master() ([]File, error) {
 	}
 	if cl.APIServer != "" {
 		cc.ControlPlaneEndpoint = r.apiEndpoint()
+	}
+	cc.ImageRepository = r.cp.repo
+	if r.cp.etcdTag != "" {
+		cc.Etcd = &etcd{Local: localEtcd{ImageTag: r.cp.etcdTag}}
+	}
+	if r.cp.dnsTag != "" {
+		cc.DNS = &dns{ImageTag: r.cp.dnsTag}
 	}
 	var docs [][]byte
 	for _, v := range []any{ic, cc} {
@@ -209,7 +263,7 @@ func (r *renderer) master() ([]File, error) {
 	}
 	docs = append(docs, kc)
 	files := []File{{Path: KubeadmConfigPath, Mode: 0o600, Data: yamlFile(docs...)}}
-	if cr := r.creds(); cr.CAKey != "" {
+	if cr.CAKey != "" {
 		files = append(files,
 			File{Path: CACertPath, Mode: 0o644, Data: pemText(cl.CACertificate)},
 			File{Path: CAKeyPath, Mode: 0o600, Data: pemText(cr.CAKey)})

@@ -24,6 +24,9 @@ const (
 
 const fieldExtraArgs = "spec.kubelet.extraArgs"
 
+// flagNodeIP is the kubelet's node address; a control-plane machine advertises it too.
+const flagNodeIP = "node-ip"
+
 // Besides whitespace and control characters, the runes a flag value must not hold (envUnsafe).
 const (
 	envUnsafeRunes   = "\"'\\$`"

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,7 +21,7 @@ import (
 	"github.com/imgctl/imgctl/layers/testenv"
 )
 
-// The oracles: real kubeadm and kubelet of oracleVersion, built from the Go module proxy by
+// The oracles: real kubeadm and kubelet of oracleVersion and crictl, built from the Go module proxy by
 // scripts/build-kubernetes.sh into IMGCTL_KUBERNETES_DIR or <repo>/.cache/tools/kubernetes/vVERSION,
 // and containerd when it is installed.
 const oracleVersion = "1.21.13"
@@ -159,6 +160,27 @@ func TestKubeadmOracle(t *testing.T) {
 		if pause != wantTag {
 			t.Errorf("kubeadm expects pause:%s, kubeversion has %s for %s", pause, wantTag, oracleVersion)
 		}
+		// kubeadm pulls nothing: the images it lists are exactly the baked ones.
+		listed := strings.Fields(stdout)
+		slices.Sort(listed)
+		if baked := testBaked(t, oracleVersion); !slices.Equal(listed, baked) {
+			t.Errorf("kubeadm lists %q,\nthe image bakes %q", listed, baked)
+		}
+	})
+
+	// A CoreDNS tag other than kubeadm's default reaches kubeadm through dns.imageTag.
+	t.Run("master images list with another coredns", func(t *testing.T) {
+		in := testInput(t, caseMaster, oracleVersion)
+		in.BakedImages = slices.DeleteFunc(in.BakedImages, func(s string) bool { return strings.Contains(s, "/coredns:") })
+		in.BakedImages = append(in.BakedImages, controlPlaneRepository+"/coredns:v1.9.3")
+		stdout, stderr := runTool(t, kubeadm, "config", "images", "list", "--config", writeTemp(t, "kubeadm.yaml", fileData(t, mustRender(t, in), KubeadmConfigPath)))
+		quiet(t, "config images list", stderr)
+		listed := strings.Fields(stdout)
+		slices.Sort(listed)
+		slices.Sort(in.BakedImages)
+		if !slices.Equal(listed, in.BakedImages) {
+			t.Errorf("kubeadm lists %q,\nthe image bakes %q", listed, in.BakedImages)
+		}
 	})
 
 	t.Run("master migrate", func(t *testing.T) {
@@ -176,6 +198,7 @@ func TestKubeadmOracle(t *testing.T) {
 			{ic, []string{"nodeRegistration", "kubeletExtraArgs", "node-labels"}, "pool=gpu,topology.kubernetes.io/zone=eu-west-1a"},
 			{ic, []string{"nodeRegistration", "kubeletExtraArgs", "max-pods"}, "64"},
 			{ic, []string{"localAPIEndpoint", "advertiseAddress"}, "192.0.2.11"},
+			{ic, []string{"certificateKey"}, testCertKey},
 			{cc, []string{"kubernetesVersion"}, "v" + oracleVersion},
 			{cc, []string{"clusterName"}, "prod"},
 			{cc, []string{"controlPlaneEndpoint"}, "10.0.0.10:6443"},
@@ -186,6 +209,12 @@ func TestKubeadmOracle(t *testing.T) {
 			if got := get(c.doc, c.keys...); got != c.want {
 				t.Errorf("migrated %s = %v, want %v", strings.Join(c.keys, "."), got, c.want)
 			}
+		}
+		// The followers' and nodes' token, with kubeadm's defaults for a join token.
+		tokens, _ := get(ic, "bootstrapTokens").([]any)
+		if len(tokens) != 1 || get(tokens[0], "token") != testToken || get(tokens[0], "ttl") != "24h0m0s" ||
+			fmt.Sprint(get(tokens[0], "groups")) != "[system:bootstrappers:kubeadm:default-node-token]" {
+			t.Errorf("migrated bootstrapTokens = %v, want the NodeConfig's token with kubeadm's defaults", get(ic, "bootstrapTokens"))
 		}
 		// kubeadm applied its default control-plane taint, which Render left to it.
 		if taints, _ := get(ic, "nodeRegistration", "taints").([]any); len(taints) != 1 || get(taints[0], "key") != "node-role.kubernetes.io/master" {
@@ -221,6 +250,7 @@ func TestKubeadmOracle(t *testing.T) {
 				{[]string{"discovery", "bootstrapToken", "apiServerEndpoint"}, "10.0.0.10:6443"},
 				{[]string{"discovery", "bootstrapToken", "token"}, testToken},
 				{[]string{"discovery", "tlsBootstrapToken"}, testToken}, // kubeadm's default from the token
+				{[]string{"discovery", "timeout"}, "2m0s"},
 				{[]string{"nodeRegistration", "name"}, testNode},
 				{[]string{"nodeRegistration", "criSocket"}, ContainerdSocket},
 				{[]string{"nodeRegistration", "kubeletExtraArgs", "node-labels"}, "pool=gpu,topology.kubernetes.io/zone=eu-west-1a"},
@@ -326,11 +356,24 @@ func TestContainerdOracle(t *testing.T) {
 		{cri + ".containerd", "default_runtime_name", `"runc"`},
 		{cri + ".containerd.runtimes.runc", "runtime_type", `"io.containerd.runc.v2"`},
 		{cri + ".containerd.runtimes.runc.options", "SystemdCgroup", "true"},
-		{cri + ".cni", "bin_dir", `"/opt/cni/bin"`},
+		{cri + ".cni", "bin_dir", `"/usr/lib/cni"`}, // Debian containernetworking-plugins
 		{cri + ".cni", "conf_dir", `"/etc/cni/net.d"`},
 	} {
 		if v := got[c.section][c.key]; v != c.want {
 			t.Errorf("containerd runs with [%s] %s = %s, want %s", c.section, c.key, v, c.want)
+		}
+	}
+}
+
+// TestCrictlOracle has crictl (kubeadm's preflight runs it) read the /etc/crictl.yaml Render
+// writes: both endpoints are containerd's socket.
+func TestCrictlOracle(t *testing.T) {
+	crictl := kubernetesTool(t, "crictl")
+	config := writeTemp(t, "crictl.yaml", fileData(t, mustRender(t, testInput(t, caseNodeToken, oracleVersion)), CrictlConfigPath))
+	for key, want := range map[string]string{"runtime-endpoint": ContainerdSocket, "image-endpoint": ContainerdSocket, "timeout": "10"} {
+		got, stderr := runTool(t, crictl, "--config", config, "config", "--get", key)
+		if strings.TrimSpace(got) != want || strings.TrimSpace(stderr) != "" {
+			t.Errorf("crictl config --get %s = %q (stderr %q), want %s", key, got, stderr, want)
 		}
 	}
 }

@@ -7,13 +7,14 @@
 // /var/lib/kubelet/config.yaml, credentials from /etc/kubernetes/kubelet.conf). By role:
 //
 //   - master: kubeadm InitConfiguration + ClusterConfiguration + KubeletConfiguration in
-//     /etc/imgctl/kubeadm.yaml (and the cluster CA when credentials.caKey is set); kubeadm init.
+//     /etc/imgctl/kubeadm.yaml (and the cluster CA when credentials.caKey is set); kubeadm init,
+//     with --upload-certs when credentials.certificateKey is set.
 //   - masterFollower: a JoinConfiguration with controlPlane; kubeadm join.
 //   - node with a bootstrap token: a JoinConfiguration; kubeadm join.
 //   - node with a client certificate: every kubelet file, no command (the caller starts kubelet,
 //     which registers the node itself).
 //
-// Every role also gets /etc/containerd/config.toml.
+// Every role also gets /etc/containerd/config.toml and /etc/crictl.yaml.
 package render
 
 import (
@@ -46,6 +47,19 @@ const (
 	// requires that name to be a symlink and fails every rotation if it is a regular file. The
 	// kubelet reads this pair until its first rotation, then the symlink it creates.
 	KubeletClientPath = "/var/lib/kubelet/pki/kubelet-client-imgctl.pem"
+	// KubeadmAdminConfPath is where kubeadm init and join --control-plane write the
+	// cluster-admin kubeconfig (configure copies it to spec.cluster.adminKubeconfig).
+	KubeadmAdminConfPath = "/etc/kubernetes/admin.conf"
+	// CrictlConfigPath points crictl (kubeadm's preflight runs it; so do operators) at containerd.
+	CrictlConfigPath = "/etc/crictl.yaml"
+)
+
+// The CNI directories containerd's CRI plugin reads: the plugins (where Debian's
+// containernetworking-plugins installs them, in the image's runtime layer) and the network
+// configuration (imgctl-node podnet writes it once the node has its pod CIDR).
+const (
+	CNIBinDir  = "/usr/lib/cni"
+	CNIConfDir = "/etc/cni/net.d"
 )
 
 // ContainerdSocket is containerd's CRI endpoint.
@@ -56,12 +70,20 @@ type Input struct {
 	Config     *nodeconfig.NodeConfig // validated, Defaults() applied
 	Kubernetes string                 // the image's Kubernetes version, e.g. "1.21.13" (see kubeversion.Parse)
 	NodeName   string                 // resolved node name (= hostname)
-	// SandboxImage is containerd's sandbox (pause) image; "" means the one the Kubernetes
-	// version's kubeadm expects (kubeversion.Version.SandboxImage).
+	// SandboxImage is containerd's sandbox (pause) image; "" means the baked one (see
+	// BakedImages), else the one the Kubernetes version's kubeadm expects
+	// (kubeversion.Version.SandboxImage).
 	SandboxImage string
+	// BakedImages names the container images baked into the image (configure imports them
+	// before kubeadm runs). A master or masterFollower needs every control-plane image of its
+	// Kubernetes version among them, in one repository R (that of the baked kube-apiserver
+	// vVERSION): the master's ClusterConfiguration then sets imageRepository R, and the etcd and
+	// CoreDNS tags when the baked ones are not kubeadm's defaults. The sandbox image is R's
+	// pause, else any baked image of a repository named pause.
+	BakedImages []string
 	// AdvertiseAddress is, for master and masterFollower, the IP address this node's API server
-	// advertises; "" lets kubeadm pick the address of the default route's interface. Ignored for
-	// role node.
+	// advertises; "" means the first address of spec.kubelet.extraArgs.node-ip, or without one
+	// lets kubeadm pick the address of the default route's interface. Ignored for role node.
 	AdvertiseAddress string
 }
 
@@ -78,8 +100,8 @@ type Plan struct {
 	// Command brings the node in: kubeadm init or join. It is nil for a node with a client
 	// certificate, which only needs its kubelet started.
 	Command []string
-	// SandboxImage is the sandbox (pause) image the files name: Input.SandboxImage, or by default
-	// the one the Kubernetes version's kubeadm expects.
+	// SandboxImage is the sandbox (pause) image the files name: Input.SandboxImage, the baked
+	// one, or by default the one the Kubernetes version's kubeadm expects.
 	SandboxImage string
 }
 
@@ -95,7 +117,7 @@ func Render(in Input) (*Plan, error) {
 		return nil, err
 	}
 	p := Plan{SandboxImage: r.sandbox}
-	p.Files = append(p.Files, r.containerdConfig())
+	p.Files = append(p.Files, r.containerdConfig(), crictlConfig())
 	cr := r.creds()
 	switch r.cfg.Spec.Role {
 	case nodeconfig.RoleMaster:
@@ -105,6 +127,10 @@ func Render(in Input) (*Plan, error) {
 		}
 		p.Files = append(p.Files, files...)
 		p.Command = []string{"kubeadm", "init", "--config", KubeadmConfigPath}
+		if cr.CertificateKey != "" {
+			// The followers download the control-plane certificates, encrypted with the key.
+			p.Command = append(p.Command, "--upload-certs")
+		}
 	case nodeconfig.RoleMasterFollower:
 		f, err := r.join(true)
 		if err != nil {
@@ -138,6 +164,8 @@ type renderer struct {
 	cfg     *nodeconfig.NodeConfig
 	v       kubeversion.Version
 	sandbox string
+	// cp is, for master and masterFollower, the baked control-plane images.
+	cp controlPlaneImages
 	// apiHost and apiPort split cluster.apiServer ("" when unset); the port defaults to 443.
 	apiHost, apiPort string
 }
@@ -189,12 +217,32 @@ func newRenderer(in Input) (*renderer, error) {
 
 	r.sandbox = in.SandboxImage
 	if r.sandbox == "" && verr == nil {
-		r.sandbox = v.SandboxImage()
+		if r.sandbox = bakedSandbox(in.BakedImages, v); r.sandbox == "" {
+			r.sandbox = v.SandboxImage()
+		}
+	}
+	if role := in.Config.Spec.Role; verr == nil && (role == nodeconfig.RoleMaster || role == nodeconfig.RoleMasterFollower) {
+		r.cp = findControlPlane(newBakedSet(in.BakedImages), v)
+		if len(r.cp.missing) > 0 {
+			errs = append(errs, missingImagesError(string(role), v, r.cp.missing))
+		}
 	}
 	if in.SandboxImage != "" && !imageRefRE.MatchString(in.SandboxImage) {
 		add("SandboxImage", "%q is not an image reference (expected e.g. registry.k8s.io/pause:3.4.1)", in.SandboxImage)
 	}
 
+	if in.AdvertiseAddress == "" && in.Config.Spec.Role != nodeconfig.RoleNode {
+		// The address the kubelet is told to use is the one to advertise: with several NICs
+		// kubeadm would pick the default route's, which may be the same on every machine.
+		if v := in.Config.Spec.Kubelet.ExtraArgs[flagNodeIP]; v != "" {
+			first, _, _ := strings.Cut(v, ",")
+			if ip, err := netip.ParseAddr(first); err != nil || ip.Zone() != "" || !ip.IsGlobalUnicast() {
+				add(fieldExtraArgs+"."+flagNodeIP, "%q is not a routable unicast IP address (expected e.g. 10.0.0.11, or two of them, comma-separated)", first)
+			} else {
+				r.in.AdvertiseAddress = first
+			}
+		}
+	}
 	if a := in.AdvertiseAddress; a != "" && in.Config.Spec.Role != nodeconfig.RoleNode {
 		if ip, err := netip.ParseAddr(a); err != nil || ip.Zone() != "" || !ip.IsGlobalUnicast() {
 			add("AdvertiseAddress", "%q is not a routable unicast IP address (expected e.g. 10.0.0.11, or empty to let kubeadm choose)", a)

@@ -93,16 +93,16 @@ func firstDiff(want, got string) string {
 
 func TestPlanShape(t *testing.T) {
 	wantCmd := map[string][]string{
-		caseMaster:         {"kubeadm", "init", "--config", KubeadmConfigPath},
+		caseMaster:         {"kubeadm", "init", "--config", KubeadmConfigPath, "--upload-certs"},
 		caseMasterFollower: {"kubeadm", "join", "--config", KubeadmConfigPath},
 		caseNodeToken:      {"kubeadm", "join", "--config", KubeadmConfigPath},
 		caseNodeCert:       nil,
 	}
 	wantPaths := map[string][]string{
-		caseMaster:         {CACertPath, CAKeyPath, ContainerdConfigPath, KubeadmConfigPath},
-		caseMasterFollower: {ContainerdConfigPath, KubeadmConfigPath},
-		caseNodeToken:      {ContainerdConfigPath, KubeadmConfigPath},
-		caseNodeCert: {KubeletExtraArgsPath, ContainerdConfigPath, CACertPath, KubeletKubeconfigPath,
+		caseMaster:         {CrictlConfigPath, CACertPath, CAKeyPath, ContainerdConfigPath, KubeadmConfigPath},
+		caseMasterFollower: {CrictlConfigPath, ContainerdConfigPath, KubeadmConfigPath},
+		caseNodeToken:      {CrictlConfigPath, ContainerdConfigPath, KubeadmConfigPath},
+		caseNodeCert: {KubeletExtraArgsPath, CrictlConfigPath, ContainerdConfigPath, CACertPath, KubeletKubeconfigPath,
 			KubeletClientPath, KubeletConfigPath, KubeletFlagsPath},
 	}
 	pki := newTestPKI(t, nodeSubject)
@@ -388,6 +388,14 @@ func TestKubeadmShapes(t *testing.T) {
 				get(taints[1], "value") != nil || get(taints[1], "effect") != "PreferNoSchedule" {
 				t.Errorf("taints = %v", taints)
 			}
+			// One join attempt's discovery is bounded: discovery.timeout, v1beta4's timeouts.discovery.
+			timeout := []string{"discovery", "timeout"}
+			if apiVersion == kubeversion.KubeadmV1beta4 {
+				timeout = []string{"timeouts", "discovery"}
+			}
+			if got := get(join, timeout...); got != "2m0s" {
+				t.Errorf("%s = %v, want 2m0s", strings.Join(timeout, "."), got)
+			}
 			if get(join, "controlPlane") != nil {
 				t.Errorf("a worker's JoinConfiguration has controlPlane")
 			}
@@ -658,4 +666,172 @@ func sandboxOf(t *testing.T, v string) string {
 		t.Fatal(err)
 	}
 	return kv.SandboxImage()
+}
+
+// TestControlPlaneImages: a master whose control-plane images are baked has kubeadm use them:
+// imageRepository is their repository, etcd's and CoreDNS's tags are named when they are not
+// kubeadm's defaults, and containerd's sandbox is that repository's pause.
+func TestControlPlaneImages(t *testing.T) {
+	const r = controlPlaneRepository
+	for _, tc := range []struct {
+		name              string
+		mutate            func([]string) []string
+		wantEtcd, wantDNS any
+	}{
+		{"etcd 3.5.0", nil, testEtcdTag, nil},
+		{"default etcd, newer coredns", func(b []string) []string {
+			return append(slices.DeleteFunc(b, func(s string) bool { return strings.Contains(s, "/etcd:") || strings.Contains(s, "/coredns:") }),
+				r+"/etcd:3.4.13-0", r+"/coredns:v1.9.3")
+		}, nil, "v1.9.3"},
+		{"other images around", func(b []string) []string {
+			return append(b, "registry.k8s.io/pause:3.4.1", "example.com/k8s/kube-apiserver:v1.21.12", "docker.io/library/busybox:1")
+		}, testEtcdTag, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := testInput(t, caseMaster, "1.21.13")
+			if tc.mutate != nil {
+				in.BakedImages = tc.mutate(in.BakedImages)
+			}
+			p := mustRender(t, in)
+			cc := kubeadmDocs(t, fileData(t, p, KubeadmConfigPath))["ClusterConfiguration"]
+			if got := get(cc, "imageRepository"); got != r {
+				t.Errorf("imageRepository = %v, want %s", got, r)
+			}
+			if got := get(cc, "etcd", "local", "imageTag"); got != tc.wantEtcd {
+				t.Errorf("etcd.local.imageTag = %v, want %v", got, tc.wantEtcd)
+			}
+			if got := get(cc, "dns", "imageTag"); got != tc.wantDNS {
+				t.Errorf("dns.imageTag = %v, want %v", got, tc.wantDNS)
+			}
+			if p.SandboxImage != r+"/pause:3.4.1" || !strings.Contains(fileData(t, p, ContainerdConfigPath), `sandbox_image = "`+r+`/pause:3.4.1"`) {
+				t.Errorf("sandbox = %q, want the control-plane repository's pause in the plan and containerd's config", p.SandboxImage)
+			}
+		})
+	}
+
+	// Another repository serves when it alone has the kube-apiserver of the version.
+	in := testInput(t, caseMaster, "1.21.13")
+	for i, s := range in.BakedImages {
+		in.BakedImages[i] = strings.Replace(s, r, "registry.example.com/k8s", 1)
+	}
+	cc := kubeadmDocs(t, fileData(t, mustRender(t, in), KubeadmConfigPath))["ClusterConfiguration"]
+	if got := get(cc, "imageRepository"); got != "registry.example.com/k8s" {
+		t.Errorf("imageRepository = %v, want registry.example.com/k8s", got)
+	}
+
+	// A node takes the baked pause of the control-plane repository too, and needs no more.
+	node := testInput(t, caseNodeToken, "1.21.13")
+	node.BakedImages = []string{"registry.k8s.io/pause:3.4.1", r + "/pause:3.4.1", r + "/kube-apiserver:v1.21.13"}
+	if p := mustRender(t, node); p.SandboxImage != r+"/pause:3.4.1" {
+		t.Errorf("node sandbox = %q, want %s/pause:3.4.1", p.SandboxImage, r)
+	}
+}
+
+// TestMissingControlPlaneImages: a master or masterFollower whose image lacks control-plane
+// images is refused, naming the role and every missing image; a node is not.
+func TestMissingControlPlaneImages(t *testing.T) {
+	const r = controlPlaneRepository
+	for _, c := range []string{caseMaster, caseMasterFollower} {
+		t.Run(c, func(t *testing.T) {
+			in := testInput(t, c, "1.21.13")
+			in.BakedImages = slices.DeleteFunc(in.BakedImages, func(s string) bool {
+				return strings.Contains(s, "/etcd:") || strings.Contains(s, "/kube-proxy:")
+			})
+			_, err := Render(in)
+			role := testConfig(t, c, newTestPKI(t, nodeSubject)).Spec.Role
+			want := "spec.role: this image cannot serve role " + string(role) + ": kubeadm 1.21.13 needs control-plane images it does not bake (nothing is pulled at boot): " +
+				r + "/kube-proxy:v1.21.13, " + r + "/etcd:3.4.13-0"
+			if err == nil || err.Error() != want {
+				t.Errorf("Render = %v\nwant %s", err, want)
+			}
+
+			in.BakedImages = nil
+			_, err = Render(in)
+			want = "spec.role: this image cannot serve role " + string(role) + ": kubeadm 1.21.13 needs control-plane images it does not bake (nothing is pulled at boot): " +
+				r + "/kube-apiserver:v1.21.13, " + r + "/kube-controller-manager:v1.21.13, " + r + "/kube-scheduler:v1.21.13, " +
+				r + "/kube-proxy:v1.21.13, " + r + "/pause:3.4.1, " + r + "/etcd:3.4.13-0, " + r + "/coredns:v1.8.0"
+			if err == nil || err.Error() != want {
+				t.Errorf("Render = %v\nwant %s", err, want)
+			}
+		})
+	}
+	for _, c := range []string{caseNodeToken, caseNodeCert} {
+		in := testInput(t, c, "1.21.13")
+		in.BakedImages = nil
+		mustRender(t, in)
+	}
+}
+
+// TestBakedSandbox: without a control-plane repository, any baked image of a repository named
+// pause is the sandbox.
+func TestBakedSandbox(t *testing.T) {
+	v, err := kubeversion.Parse("1.21.13")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		names []string
+		want  string
+	}{
+		{[]string{"registry.k8s.io/pause:3.4.1"}, "registry.k8s.io/pause:3.4.1"},
+		{[]string{"a/coredns:1", "localhost:5000/pause@sha256:" + strings.Repeat("a", 64)}, "localhost:5000/pause@sha256:" + strings.Repeat("a", 64)},
+		{[]string{"localhost:5000/pause"}, "localhost:5000/pause"},
+		{[]string{"registry/paused:1", "registry/pause-x:1"}, ""},
+		{[]string{"registry.k8s.io/pause:3.4.1", "r/kube-apiserver:v1.21.13", "r/pause:3.4.1"}, "r/pause:3.4.1"},
+		{[]string{"registry.k8s.io/pause:3.4.1", "r/kube-apiserver:v1.21.12", "r/pause:3.4.1"}, "registry.k8s.io/pause:3.4.1"},
+		{nil, ""},
+	} {
+		if got := bakedSandbox(tc.names, v); got != tc.want {
+			t.Errorf("bakedSandbox(%q) = %q, want %q", tc.names, got, tc.want)
+		}
+	}
+}
+
+// TestAdvertiseAddressFromNodeIP: a control-plane machine with several NICs (on a qemu or cloud
+// host the default route's NIC may carry the same address on every machine) advertises the
+// address its kubelet is told to use, spec.kubelet.extraArgs.node-ip, unless the caller gives one.
+func TestAdvertiseAddressFromNodeIP(t *testing.T) {
+	for _, tc := range []struct {
+		name, nodeIP, given, want, wantErr string
+		role                               string
+	}{
+		{name: "master", role: caseMaster, nodeIP: "192.168.50.11", want: "192.168.50.11"},
+		{name: "follower", role: caseMasterFollower, nodeIP: "192.168.50.12", want: "192.168.50.12"},
+		{name: "dual stack takes the first", role: caseMaster, nodeIP: "192.168.50.11,fd00::11", want: "192.168.50.11"},
+		{name: "the caller wins", role: caseMaster, nodeIP: "192.168.50.11", given: "192.0.2.11", want: "192.0.2.11"},
+		{name: "no node-ip", role: caseMaster},
+		{name: "bad node-ip", role: caseMaster, nodeIP: "lan0", wantErr: `spec.kubelet.extraArgs.node-ip: "lan0" is not a routable unicast IP address`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := testInput(t, tc.role, "1.21.13")
+			in.AdvertiseAddress = tc.given
+			if in.Config.Spec.Kubelet.ExtraArgs == nil {
+				in.Config.Spec.Kubelet.ExtraArgs = map[string]string{}
+			}
+			delete(in.Config.Spec.Kubelet.ExtraArgs, "node-ip")
+			if tc.nodeIP != "" {
+				in.Config.Spec.Kubelet.ExtraArgs["node-ip"] = tc.nodeIP
+			}
+			p, err := Render(in)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Render: %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			docs := kubeadmDocs(t, fileData(t, p, KubeadmConfigPath))
+			var got any
+			if tc.role == caseMaster {
+				got = get(docs["InitConfiguration"], "localAPIEndpoint", "advertiseAddress")
+			} else {
+				got = get(docs["JoinConfiguration"], "controlPlane", "localAPIEndpoint", "advertiseAddress")
+			}
+			if tc.want == "" && got != nil || tc.want != "" && got != tc.want {
+				t.Errorf("advertiseAddress = %v, want %q", got, tc.want)
+			}
+		})
+	}
 }

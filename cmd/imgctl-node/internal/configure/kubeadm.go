@@ -1,0 +1,301 @@
+package configure
+
+import (
+	"bytes"
+	"context"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/redact"
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/render"
+	"github.com/imgctl/imgctl/images/nodeconfig"
+)
+
+// Defaults for the kubeadm step's retries (Options.KubeadmBackoff, FollowerRetryFor,
+// KubeadmAttemptTimeout). A join's discovery is bounded by render.DiscoveryTimeout.
+const (
+	// NodeJoinAttempts bounds kubeadm join of a node with a bootstrap token: a wrong token or an
+	// unreachable API server fails the unit after this many attempts, never a crash loop.
+	NodeJoinAttempts = 3
+	// DefaultKubeadmBackoff is the wait after the first failed join; it doubles after each
+	// further one, up to MaxKubeadmBackoff.
+	DefaultKubeadmBackoff = 15 * time.Second
+	MaxKubeadmBackoff     = 5 * time.Minute
+	// DefaultFollowerRetryFor bounds a masterFollower's retries: no attempt starts later than
+	// this after the first. Long, because what fails a follower is usually fixed by an operator
+	// on the master (an expired certificate key: kubeadm init phase upload-certs --upload-certs).
+	DefaultFollowerRetryFor = time.Hour
+	// DefaultKubeadmAttemptTimeout bounds one kubeadm init or join (kubeadm's own waits are
+	// shorter: discovery, the kubelet's TLS bootstrap, the control plane's health check).
+	DefaultKubeadmAttemptTimeout = 10 * time.Minute
+)
+
+// kubeadmPhaseRE finds the failed phase in kubeadm's error ("error execution phase
+// control-plane-prepare/download-certs: …", from its phase runner).
+var kubeadmPhaseRE = regexp.MustCompile(`^error execution phase ([^:\s]+):`)
+
+// kubeadmStackHint ends kubeadm's error message on stderr.
+const kubeadmStackHint = "To see the stack trace of this error"
+
+// kubeadmTailLines bounds what is kept of kubeadm's output to explain a failure.
+const (
+	kubeadmTailLines = 40
+	maxLineBytes     = 4096
+	maxErrBytes      = 1024
+)
+
+// runKubeadm runs plan.Command: kubeadm init once for a master; join up to NodeJoinAttempts
+// times for a node and for FollowerRetryFor for a masterFollower, with kubeadm reset -f and a
+// growing backoff between attempts, each retry one progress line. kubeadm's output reaches
+// Output through redaction of every secret. The step fails with the phase kubeadm named.
+func (o *Options) runKubeadm(ctx context.Context, plan *render.Plan, cfg *nodeconfig.NodeConfig) error {
+	s := o.Steps.Start("kubeadm")
+	command := strings.Join(plan.Command[:2], " ")
+	secrets := kubeadmSecrets(cfg)
+	attempts, retryFor := 1, time.Duration(0)
+	switch cfg.Spec.Role {
+	case nodeconfig.RoleNode:
+		attempts = NodeJoinAttempts
+	case nodeconfig.RoleMasterFollower:
+		attempts, retryFor = 0, o.FollowerRetryFor
+	}
+	start := time.Now()
+	backoff := o.KubeadmBackoff
+	for n := 1; ; n++ {
+		phase, err := o.kubeadmAttempt(ctx, plan.Command[1:], secrets)
+		if err == nil {
+			s.Done("command", command, "attempts", n)
+			return nil
+		}
+		last := (attempts > 0 && n >= attempts) || (retryFor > 0 && time.Since(start)+backoff > retryFor) || ctx.Err() != nil
+		if last {
+			return s.Fail(err, "phase", phase, "command", command, "attempts", n)
+		}
+		if _, rerr := o.kubeadmAttempt(ctx, []string{"reset", "-f"}, secrets); rerr != nil {
+			return s.Fail(fmt.Errorf("after attempt %d failed in phase %s, kubeadm reset -f: %w", n, phase, rerr),
+				"phase", "reset", "command", command, "attempts", n)
+		}
+		s.Progress("phase", phase, "command", command, "attempt", n, "retry-in", backoff, "err", err.Error())
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return s.Fail(fmt.Errorf("%w (while waiting to retry: %w)", err, ctx.Err()), "phase", phase, "command", command, "attempts", n)
+		case <-t.C:
+		}
+		backoff = min(2*backoff, MaxKubeadmBackoff)
+	}
+}
+
+// kubeadmAttempt runs kubeadm args once, bounded by KubeadmAttemptTimeout. On failure it
+// returns the phase kubeadm named ("unknown" if none) and an error carrying kubeadm's message,
+// redacted and on one line.
+func (o *Options) kubeadmAttempt(ctx context.Context, args []string, secrets []string) (phase string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, o.KubeadmAttemptTimeout)
+	defer cancel()
+	w := newRedactingWriter(o.Output, secrets)
+	runErr := o.Kubeadm(ctx, w, args...)
+	w.Flush()
+	if runErr == nil {
+		return "", nil
+	}
+	phase, msg := kubeadmError(w.Tail())
+	if msg == "" {
+		return phase, fmt.Errorf("kubeadm %s: %w", args[0], redactErr(runErr, secrets))
+	}
+	return phase, fmt.Errorf("kubeadm %s: %s (%w)", args[0], msg, redactErr(runErr, secrets))
+}
+
+// redactErr is err with every secret redacted, still wrapping err.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
+
+func redactErr(err error, secrets []string) error {
+	return &redactedError{msg: redactLine(err.Error(), secrets), err: err}
+}
+
+// kubeadmError reads kubeadm's failure from the tail of its output: the failed phase and the
+// message from "error execution phase …" (or, without one, the last line before kubeadm's
+// stack-trace hint) up to that hint, its lines joined by " / ", bounded.
+func kubeadmError(tail []string) (phase, msg string) {
+	end := len(tail)
+	for i := len(tail) - 1; i >= 0; i-- {
+		if strings.HasPrefix(tail[i], kubeadmStackHint) {
+			end = i
+			break
+		}
+	}
+	phase, begin := "unknown", -1
+	for i := end - 1; i >= 0; i-- {
+		if m := kubeadmPhaseRE.FindStringSubmatch(tail[i]); m != nil {
+			phase, begin = m[1], i
+			break
+		}
+	}
+	if begin < 0 { // not a phase's error: its last line
+		for begin = end - 1; begin >= 0 && strings.TrimSpace(tail[begin]) == ""; begin-- {
+		}
+		if begin < 0 {
+			return phase, ""
+		}
+		end = begin + 1
+	}
+	var parts []string
+	for _, l := range tail[begin:end] {
+		if l = strings.Join(strings.Fields(l), " "); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	msg = strings.Join(parts, " / ")
+	if len(msg) > maxErrBytes {
+		msg = strings.ToValidUTF8(msg[:maxErrBytes], "") + "…"
+	}
+	return phase, msg
+}
+
+// kubeadmSecrets lists what must never reach the console from kubeadm's output: the
+// NodeConfig's credentials (a token's secret half alone too, and each line of a PEM key).
+func kubeadmSecrets(cfg *nodeconfig.NodeConfig) []string {
+	cr := cfg.Spec.Credentials
+	if cr == nil {
+		return nil
+	}
+	out := []string{cr.BootstrapToken, cr.CertificateKey}
+	if _, secret, ok := strings.Cut(cr.BootstrapToken, "."); ok {
+		out = append(out, secret)
+	}
+	for _, k := range []string{cr.ClientKey, cr.CAKey} {
+		if k == "" {
+			continue
+		}
+		out = append(out, k)
+		if b, _ := pem.Decode([]byte(k)); b != nil {
+			for l := range strings.Lines(string(pem.EncodeToMemory(&pem.Block{Type: b.Type, Bytes: b.Bytes}))) {
+				if l = strings.TrimSpace(l); len(l) >= 16 && !strings.HasPrefix(l, "-----") {
+					out = append(out, l)
+				}
+			}
+		}
+	}
+	return out
+}
+
+var (
+	// tokenShapeRE matches any bootstrap token (kubeadm init prints one it generated itself).
+	tokenShapeRE = regexp.MustCompile(`\b[a-z0-9]{6}\.[a-z0-9]{16}\b`)
+	// certKeyShapeRE matches a certificate key: 64 hex digits not part of a sha256: hash
+	// (kubeadm init --upload-certs prints the key on a line of its own and in the join command).
+	certKeyShapeRE = regexp.MustCompile(`(^|[^:0-9a-fA-F])[0-9a-f]{64}\b`)
+)
+
+// redactLine is one line of kubeadm output as it may reach the console: secrets and anything
+// shaped like a bootstrap token or certificate key replaced by REDACTED, URLs' queries and
+// control characters removed (redact.Text).
+func redactLine(s string, secrets []string) string {
+	s = redact.Text(s, secrets...)
+	s = tokenShapeRE.ReplaceAllString(s, "REDACTED")
+	return certKeyShapeRE.ReplaceAllString(s, "${1}REDACTED")
+}
+
+// redactingWriter passes kubeadm's output on line by line, redacted, and keeps the last
+// kubeadmTailLines lines. A line longer than maxLineBytes is cut there (a secret is far
+// shorter, and the cut is never inside one).
+type redactingWriter struct {
+	mu      sync.Mutex
+	out     io.Writer
+	secrets []string
+	buf     []byte
+	tail    []string
+}
+
+func newRedactingWriter(out io.Writer, secrets []string) *redactingWriter {
+	var s []string
+	for _, x := range secrets {
+		if x != "" {
+			s = append(s, x)
+		}
+	}
+	return &redactingWriter{out: out, secrets: s}
+}
+
+func (w *redactingWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			if len(w.buf) <= maxLineBytes {
+				return len(p), nil
+			}
+			i = w.cut()
+			w.line(w.buf[:i])
+			w.buf = append(w.buf[:0], w.buf[i:]...)
+			continue
+		}
+		w.line(w.buf[:i])
+		w.buf = append(w.buf[:0], w.buf[i+1:]...)
+	}
+}
+
+// cut is where to break an overlong line: at maxLineBytes, or before a secret that straddles it.
+func (w *redactingWriter) cut() int {
+	at := maxLineBytes
+	for _, s := range w.secrets {
+		for from := 0; ; {
+			j := bytes.Index(w.buf[from:], []byte(s))
+			if j < 0 {
+				break
+			}
+			j += from
+			if j < at && j+len(s) > at {
+				at = j
+			}
+			from = j + 1
+		}
+	}
+	if at == 0 { // a secret at the very start: cut after it
+		for _, s := range w.secrets {
+			if bytes.HasPrefix(w.buf, []byte(s)) {
+				at = max(at, len(s))
+			}
+		}
+	}
+	return at
+}
+
+func (w *redactingWriter) line(b []byte) {
+	l := redactLine(strings.TrimSuffix(string(b), "\r"), w.secrets)
+	_, _ = io.WriteString(w.out, l+"\n")
+	if len(w.tail) == kubeadmTailLines {
+		w.tail = append(w.tail[:0], w.tail[1:]...)
+	}
+	w.tail = append(w.tail, l)
+}
+
+// Flush writes a last line without newline.
+func (w *redactingWriter) Flush() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.buf) > 0 {
+		w.line(w.buf)
+		w.buf = w.buf[:0]
+	}
+}
+
+// Tail returns the last lines written, redacted.
+func (w *redactingWriter) Tail() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.tail...)
+}
