@@ -174,7 +174,7 @@ else
       exit 1
     fi
     echo "oci-layout://$out/layout@$digest#image=/usr/lib/imgctl/images/$component.tar&name=$name" >>"$tmp/sources.txt"
-    printf '%-60s %s %8s\n' "$name" "${digest:7:12}" "$(numfmt --to=iec --suffix=B "$size")" >>"$tmp/summary.txt"
+    printf '%-68s %s %6s\n' "$name" "${digest:7:12}" "$(numfmt --to=iec --suffix=B "$size")" >>"$tmp/summary.txt"
   done < <("$imgctl" images control-plane-names --k8s "$version" --tag "etcd=$etcd-0" --tag "coredns=v$coredns")
   [ "$(wc -l <"$tmp/sources.txt")" = 7 ] || { echo "build-control-plane-images.sh: packed $(wc -l <"$tmp/sources.txt") images, expected 7" >&2; exit 1; }
   mv "$tmp/summary.txt" "$out/summary.txt"
