@@ -86,7 +86,7 @@ $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet $(TOOLS_DIR)/kubernetes/v$(K8S)/crictl:
 # The control-plane images kubeadm $(K8S) expects for imageRepository registry.imgctl.invalid/kubernetes
 # (kube-apiserver, -controller-manager, -scheduler, kube-proxy, etcd, CoreDNS, pause), built from
 # the Go module proxy into one OCI layout, with the spec source lines that bake them (sources.txt).
-# Not part of make test; the opt-in tests read it: IMGCTL_CONTROL_PLANE_DIR=$(TOOLS_DIR)/control-plane/v$(K8S).
+# Not part of make test; make e2e-cluster builds it (test/controlplane_layout_test.go).
 control-plane-images:
 	scripts/build-control-plane-images.sh $(K8S) $(TOOLS_DIR)/control-plane/v$(K8S)
 
