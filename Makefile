@@ -12,7 +12,7 @@ COSIGN    := $(shell sed -n 's|^require github.com/sigstore/cosign/v2 v||p' test
 # The Packer CLI the plugin's acceptance test drives: the version test/tools/packer pins.
 PACKER    := $(shell sed -n 's|^require github.com/hashicorp/packer v||p' test/tools/packer/go.mod)
 
-.PHONY: build deps test test-short e2e-cluster lint bench fuzz demo demo-image nightly kubernetes cosign packer clean FORCE
+.PHONY: build deps test test-short e2e-cluster lint bench fuzz demo demo-image nightly kubernetes control-plane-images cosign packer clean FORCE
 
 build: bin/imgctl bin/imgctl-node bin/packer-plugin-imgctl
 
@@ -88,6 +88,13 @@ kubernetes: $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet $(TOOLS_DIR)/kubernetes/v$(K
 
 $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet $(TOOLS_DIR)/kubernetes/v$(K8S)/crictl:
 	scripts/build-kubernetes.sh $(K8S) $(TOOLS_DIR)/kubernetes/v$(K8S)
+
+# The control-plane images kubeadm $(K8S) expects for imageRepository registry.imgctl.invalid/kubernetes
+# (kube-apiserver, -controller-manager, -scheduler, kube-proxy, etcd, CoreDNS, pause), built from
+# the Go module proxy into one OCI layout, with the spec source lines that bake them (sources.txt).
+# Not part of make test; make e2e-cluster builds it (test/controlplane_layout_test.go).
+control-plane-images:
+	scripts/build-control-plane-images.sh $(K8S) $(TOOLS_DIR)/control-plane/v$(K8S)
 
 # The cosign CLI, built from the Go module proxy: test/registry_e2e_test.go checks with it that
 # `cosign verify` accepts imgctl's signatures.

@@ -95,7 +95,7 @@ script must not take the list for the whole store.`,
 			return tw.Flush()
 		}),
 	})
-	cmd.AddCommand(a.imagesDiffCmd())
+	cmd.AddCommand(a.imagesDiffCmd(), a.imagesPackCmd(), a.imagesControlPlaneNamesCmd())
 	return cmd
 }
 

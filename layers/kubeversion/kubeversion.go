@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 )
 
 // The supported Kubernetes releases are 1.OldestMinor to 1.NewestMinor, any patch.
@@ -170,4 +171,57 @@ func (v Version) PinnedSandboxImage() string {
 		return ""
 	}
 	return v.SandboxImage() + "@" + d
+}
+
+// ControlPlaneRepository is the image repository of the control-plane images imgctl builds
+// (scripts/build-control-plane-images.sh) and kubeadm's imageRepository on nodes that run them.
+// .invalid never resolves, so nothing is ever pulled from it by accident: the images are baked.
+const ControlPlaneRepository = "registry.imgctl.invalid/kubernetes"
+
+// ControlPlaneImage is one image kubeadm expects for a control plane: Component is kubeadm's
+// name for it (kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, pause, etcd,
+// coredns) and Name the full reference, REPOSITORY/COMPONENT:TAG.
+type ControlPlaneImage struct {
+	Component, Name string
+}
+
+// Tag returns the tag of Name ("" if it has none).
+func (i ControlPlaneImage) Tag() string {
+	slash := strings.LastIndexByte(i.Name, '/')
+	colon := strings.LastIndexByte(i.Name, ':')
+	if colon <= slash {
+		return ""
+	}
+	return i.Name[colon+1:]
+}
+
+// controlPlaneTags holds kubeadm's default etcd and CoreDNS tags (constants.DefaultEtcdVersion or
+// SupportedEtcdVersion, and CoreDNSVersion) by minor. Only minors checked against that minor's
+// kubeadm ("kubeadm config images list", test/kubelet_boot_test.go) have a row: later minors
+// change the etcd tag within a minor's patches, so a row holds for the patches checked.
+var controlPlaneTags = map[int]struct{ etcd, coredns string }{
+	21: {"3.4.13-0", "v1.8.0"},
+}
+
+// ControlPlaneImages returns the seven images v's kubeadm expects with imageRepository repo, in
+// the order "kubeadm config images list" prints them, with kubeadm's default tags; nil for a
+// minor whose defaults have not been checked (so far only 1.21 has).
+func (v Version) ControlPlaneImages(repo string) []ControlPlaneImage {
+	tags, ok := controlPlaneTags[v.minor]
+	if !ok || v.major != supportedMajor {
+		return nil
+	}
+	kube := "v" + v.String()
+	img := func(component, tag string) ControlPlaneImage {
+		return ControlPlaneImage{Component: component, Name: repo + "/" + component + ":" + tag}
+	}
+	return []ControlPlaneImage{
+		img("kube-apiserver", kube),
+		img("kube-controller-manager", kube),
+		img("kube-scheduler", kube),
+		img("kube-proxy", kube),
+		img("pause", lookup(pauseTags, v.minor)),
+		img("etcd", tags.etcd),
+		img("coredns", tags.coredns),
+	}
 }

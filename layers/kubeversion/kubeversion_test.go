@@ -6,6 +6,7 @@ import (
 	"go/parser"
 	"go/token"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -155,6 +156,11 @@ func TestTablesCoverRange(t *testing.T) {
 	}
 	check("kubeadmAPIs", rowMinors(kubeadmAPIs))
 	check("pauseTags", rowMinors(pauseTags))
+	for minor := range controlPlaneTags {
+		if minor < OldestMinor || minor > NewestMinor {
+			t.Errorf("controlPlaneTags: row for 1.%d is outside %s", minor, Range())
+		}
+	}
 	tags := map[string]bool{}
 	for _, r := range pauseTags {
 		tags[r.value] = true
@@ -219,4 +225,50 @@ func mustParse(t *testing.T, s string) Version {
 		t.Fatal(err)
 	}
 	return v
+}
+
+func TestControlPlaneImages(t *testing.T) {
+	const r = "registry.imgctl.invalid/kubernetes"
+	if ControlPlaneRepository != r {
+		t.Errorf("ControlPlaneRepository = %q, want %q", ControlPlaneRepository, r)
+	}
+	want := []ControlPlaneImage{
+		{"kube-apiserver", r + "/kube-apiserver:v1.21.13"},
+		{"kube-controller-manager", r + "/kube-controller-manager:v1.21.13"},
+		{"kube-scheduler", r + "/kube-scheduler:v1.21.13"},
+		{"kube-proxy", r + "/kube-proxy:v1.21.13"},
+		{"pause", r + "/pause:3.4.1"},
+		{"etcd", r + "/etcd:3.4.13-0"},
+		{"coredns", r + "/coredns:v1.8.0"},
+	}
+	if got := mustParse(t, "v1.21.13").ControlPlaneImages(r); !slices.Equal(got, want) {
+		t.Errorf("1.21.13: ControlPlaneImages(%q) =\n%v\nwant\n%v", r, got, want)
+	}
+	// Another repository and patch: only the repository and the kube-* tags change.
+	got := mustParse(t, "1.21.0").ControlPlaneImages("example.test:5000/k8s")
+	if len(got) != 7 || got[0].Name != "example.test:5000/k8s/kube-apiserver:v1.21.0" || got[4].Name != "example.test:5000/k8s/pause:3.4.1" || got[5].Name != "example.test:5000/k8s/etcd:3.4.13-0" {
+		t.Errorf("1.21.0: ControlPlaneImages = %v", got)
+	}
+	// Minors whose kubeadm defaults nobody has checked have no list: a wrong tag would be a pull
+	// of an image that is not there.
+	for _, v := range []string{"1.22.0", "1.36.0"} {
+		if got := mustParse(t, v).ControlPlaneImages(r); got != nil {
+			t.Errorf("%s: ControlPlaneImages = %v, want nil (unchecked minor)", v, got)
+		}
+	}
+	if got := (Version{}).ControlPlaneImages(r); got != nil {
+		t.Errorf("zero Version: ControlPlaneImages = %v, want nil", got)
+	}
+}
+
+func TestControlPlaneImageTag(t *testing.T) {
+	for _, c := range []struct{ name, tag string }{
+		{"registry.imgctl.invalid/kubernetes/etcd:3.4.13-0", "3.4.13-0"},
+		{"localhost:5000/etcd:3.5.0-0", "3.5.0-0"},
+		{"localhost:5000/etcd", ""},
+	} {
+		if got := (ControlPlaneImage{Component: "etcd", Name: c.name}).Tag(); got != c.tag {
+			t.Errorf("%s: Tag() = %q, want %q", c.name, got, c.tag)
+		}
+	}
 }

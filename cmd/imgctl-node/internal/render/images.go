@@ -9,10 +9,9 @@ import (
 	"github.com/imgctl/imgctl/layers/kubeversion"
 )
 
-// controlPlaneRepository and kubeadmImageTags stand in for kubeversion.ControlPlaneRepository and
-// kubeversion.Version.ControlPlaneImages (PLAN-15), which another change adds in parallel: when it
-// lands, these two give way to it.
-const controlPlaneRepository = "registry.imgctl.invalid/kubernetes"
+// controlPlaneRepository is where imgctl's control-plane images are named
+// (scripts/build-control-plane-images.sh).
+const controlPlaneRepository = kubeversion.ControlPlaneRepository
 
 // Control-plane components, as kubeadm names their images.
 const (
@@ -29,11 +28,19 @@ const (
 // (kubeadm's images.GetControlPlaneImages with local etcd and CoreDNS), in kubeadm's order.
 var controlPlaneComponents = []string{compAPIServer, compControllerManager, compScheduler, compProxy, compPause, compEtcd, compCoreDNS}
 
-// kubeadmEtcdCoreDNS is kubeadm's default etcd and CoreDNS image tag by minor (constants
-// SupportedEtcdVersion and CoreDNSVersion); only 1.21 is checked (the oracle test). A minor
-// without a row has no known default: the master then names the baked tags explicitly.
-var kubeadmEtcdCoreDNS = map[int][2]string{
-	21: {"3.4.13-0", "v1.8.0"},
+// kubeadmEtcdCoreDNS returns kubeadm's default etcd and CoreDNS image tags for v
+// (kubeversion.ControlPlaneImages); known is false for a minor whose defaults are not checked: the
+// master then names the baked tags explicitly.
+func kubeadmEtcdCoreDNS(v kubeversion.Version) (tags [2]string, known bool) {
+	for _, img := range v.ControlPlaneImages(controlPlaneRepository) {
+		switch img.Component {
+		case compEtcd:
+			tags[0], known = img.Tag(), true
+		case compCoreDNS:
+			tags[1] = img.Tag()
+		}
+	}
+	return tags, known
 }
 
 // imageName is a baked image name split as REPOSITORY/COMPONENT:TAG (no digest).
@@ -125,7 +132,7 @@ func findControlPlane(b bakedSet, v kubeversion.Version) controlPlaneImages {
 	if c.repo == "" {
 		c.repo = controlPlaneRepository
 	}
-	defaults, known := kubeadmEtcdCoreDNS[v.Minor()]
+	defaults, known := kubeadmEtcdCoreDNS(v)
 	_, pauseTag, _ := strings.Cut(v.SandboxImage(), kubeversion.SandboxRepository+":")
 	for _, comp := range controlPlaneComponents {
 		switch comp {
