@@ -162,7 +162,10 @@ func TestClusterLANTwoGuests(t *testing.T) {
 		leases[g.mac] = g.ip
 	}
 	lan := newClusterLAN(t, leases)
-	lan.defaultRoute = true // as the cluster needs: kubeadm init takes its address from the default route
+	// As a cluster needs: without a default route, a host process cannot even send to a Service
+	// IP (routing comes before kube-proxy's DNAT), and kubeadm's and the kubelet's address
+	// defaults come from the default route's interface.
+	lan.defaultRoute = true
 	bootCtx, bootCancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer bootCancel()
 	start = time.Now()

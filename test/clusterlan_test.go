@@ -63,8 +63,9 @@ type clusterLAN struct {
 	// defaultRoute makes the leases carry a router option, the hub's own address (which routes
 	// nothing: frames only go between the guests). Under restrict=on slirp gives NIC 1 an
 	// address but neither a router nor DNS, so without this a guest has no default route at
-	// all, and kubeadm init, which takes its advertise address from the default route's
-	// interface, needs one given. Set it before the guests boot.
+	// all: a host process cannot send to a Service IP (routing comes before kube-proxy's DNAT)
+	// and kubeadm's and the kubelet's address defaults (the default route's interface) fail.
+	// Set it before the guests boot.
 	defaultRoute bool
 	ports        []*lanPort
 	where        map[string]*lanPort // source MAC → the port it was last seen on
