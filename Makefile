@@ -1,4 +1,4 @@
-# imgctl — see README.md. Targets: build, test, bench, fuzz, demo, nightly, lint, clean.
+# imgctl — see README.md. Targets: build, test, e2e-cluster, bench, fuzz, demo, nightly, lint, clean.
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
@@ -12,7 +12,7 @@ COSIGN    := $(shell sed -n 's|^require github.com/sigstore/cosign/v2 v||p' test
 # The Packer CLI the plugin's acceptance test drives: the version test/tools/packer pins.
 PACKER    := $(shell sed -n 's|^require github.com/hashicorp/packer v||p' test/tools/packer/go.mod)
 
-.PHONY: build deps test test-short lint bench fuzz demo demo-image nightly kubernetes control-plane-images cosign packer clean FORCE
+.PHONY: build deps test test-short e2e-cluster lint bench fuzz demo demo-image nightly kubernetes control-plane-images cosign packer clean FORCE
 
 build: bin/imgctl bin/imgctl-node bin/packer-plugin-imgctl
 
@@ -47,6 +47,12 @@ deps:
 test: deps lint kubernetes cosign packer
 	$(GO) run gotest.tools/gotestsum@$(GOTESTSUM_VERSION) --format pkgname-and-test-fails -- -timeout 75m ./...
 	cd $(PLUGIN) && $(GO) run gotest.tools/gotestsum@$(GOTESTSUM_VERSION) --format pkgname-and-test-fails -- -timeout 20m ./...
+
+# The cluster e2e (test/cluster_e2e_test.go, build tag cluster) boots several guests at once on
+# one cluster LAN: too heavy for make test in CI's time, so it runs here. CI=true: a missing
+# prerequisite fails instead of skipping.
+e2e-cluster: deps
+	CI=true $(GO) test -tags cluster -count=1 -timeout 60m -v -run 'TestCluster' ./test/
 
 test-short:
 	$(GO) test -short ./...

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,6 +56,9 @@ type vmOptions struct {
 	bootNIC bool
 	// mac is the NIC's MAC address (aa:bb:cc:dd:ee:ff); empty: qemu's default 52:54:00:12:34:56.
 	mac string
+	// lan, when set, adds a second virtio NIC with MAC lanMAC on a cluster LAN: a -netdev dgram
+	// spec (id n1) on 127.0.0.1 from clusterLAN.netdevArgs. It needs netdev (NIC 1).
+	lan, lanMAC string
 }
 
 func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
@@ -87,7 +91,17 @@ func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
 			nic += ",mac=" + o.mac
 		}
 		args = append(args, "-netdev", o.netdev, "-device", nic)
+		if o.lan != "" {
+			lan, err := lanArgs(o.lan, o.lanMAC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			args = append(args, lan...)
+		}
 	} else {
+		if o.lan != "" {
+			t.Fatal("vmOptions.lan needs netdev: the cluster LAN is NIC 2")
+		}
 		args = append(args, "-nic", "none")
 	}
 	if !o.allowReboot {
@@ -119,6 +133,19 @@ func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
 	}()
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	return v
+}
+
+// lanArgs are qemu's arguments for NIC 2 on a cluster LAN: spec must be a dgram netdev (id n1)
+// that binds and sends only on 127.0.0.1, so no guest frame leaves the machine.
+func lanArgs(spec, mac string) ([]string, error) {
+	if !strings.HasPrefix(spec, "dgram,id=n1,") || !strings.Contains(spec, ",local.host=127.0.0.1,") ||
+		!strings.Contains(spec, ",remote.host=127.0.0.1,") || strings.Count(spec, ".host=") != 2 {
+		return nil, fmt.Errorf("cluster LAN netdev %q: want a dgram netdev with id n1 that binds and sends on 127.0.0.1 only (clusterLAN.netdevArgs)", spec)
+	}
+	if _, err := net.ParseMAC(mac); err != nil || len(mac) != len("aa:bb:cc:dd:ee:ff") {
+		return nil, fmt.Errorf("cluster LAN NIC MAC %q: want aa:bb:cc:dd:ee:ff", mac)
+	}
+	return []string{"-netdev", spec, "-device", "virtio-net-pci,netdev=n1,romfile=,mac=" + mac}, nil
 }
 
 // waitFor polls the console until every substring has appeared (in any order), the guest
