@@ -62,7 +62,9 @@ test-short:
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
+	$(GO) vet -tags cluster ./test/
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) -tags cluster ./test/
 	cd $(PLUGIN) && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 	cd $(PLUGIN) && $(GO) generate ./... && git diff --exit-code -- . || { echo "$(PLUGIN): go generate changed the committed HCL2 spec"; exit 1; }
 	shellcheck scripts/*.sh scripts/nightly .ci/run
