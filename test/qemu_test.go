@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -108,6 +109,7 @@ func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
 		args = append(args, "-no-reboot")
 	}
 	cmd := exec.Command("qemu-system-x86_64", args...)
+	cmd.SysProcAttr = diesWithTest()
 	c := &bootenv.Console{}
 	var out io.Writer = c
 	if o.logFile != "" {
@@ -261,4 +263,10 @@ func TestCleanConsoleMendsSplitLines(t *testing.T) {
 	if got := cleanConsole(in); got != want {
 		t.Fatalf("%q", got)
 	}
+}
+
+// diesWithTest makes a child process get SIGKILL when the test binary dies: a test timeout
+// panics without running cleanups, and CI once left a qemu guest running for minutes after one.
+func diesWithTest() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -360,6 +361,8 @@ func bootWatch(ctx context.Context, t *testing.T, vmlinuz, initrd, disk, appendL
 		"-drive", "file="+disk+",format=raw,if=virtio")
 	held := make(chan struct{}) // closed when we stopped qemu debugHold after the hold line
 	cmd.Cancel = func() error { return cmd.Process.Kill() }
+	// qemu dies with the test binary (a test timeout panics without cleanups).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 5 * time.Second
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
