@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"unsafe"
 
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/rtnl"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -94,73 +96,17 @@ func routeRequest(what string, typ, flags uint16, r Route) error {
 		Scope:    unix.RT_SCOPE_UNIVERSE,
 		Type:     unix.RTN_UNICAST,
 	}
-	body := unsafe.Slice((*byte)(unsafe.Pointer(&rtm)), unix.SizeofRtMsg)
-	body = append([]byte(nil), body...)
+	body := append([]byte(nil), rtnl.StructBytes(&rtm)...)
 	dst := r.Dst.Addr().As4()
-	body = rtattr(body, unix.RTA_DST, dst[:])
+	body = rtnl.Attr(body, unix.RTA_DST, dst[:])
 	if typ == unix.RTM_NEWROUTE {
 		gw := r.Via.As4()
-		body = rtattr(body, unix.RTA_GATEWAY, gw[:])
+		body = rtnl.Attr(body, unix.RTA_GATEWAY, gw[:])
 	}
-	return netlinkDo(what, typ, flags, body)
-}
-
-// rtattr appends one attribute padded to 4 bytes.
-func rtattr(b []byte, typ uint16, payload []byte) []byte {
-	h := make([]byte, unix.SizeofRtAttr)
-	binary.NativeEndian.PutUint16(h[0:], uint16(unix.SizeofRtAttr+len(payload)))
-	binary.NativeEndian.PutUint16(h[2:], typ)
-	b = append(append(b, h...), payload...)
-	for len(b)%4 != 0 {
-		b = append(b, 0)
-	}
-	return b
-}
-
-// netlinkDo sends one request with NLM_F_ACK on a new socket and returns the kernel's answer.
-func netlinkDo(what string, typ, flags uint16, body []byte) error {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	c, err := rtnl.Open()
 	if err != nil {
-		return fmt.Errorf("netlink socket: %w", err)
+		return err
 	}
-	defer unix.Close(fd)
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("netlink bind: %w", err)
-	}
-	const seq = 1
-	msg := make([]byte, unix.SizeofNlMsghdr, unix.SizeofNlMsghdr+len(body))
-	msg = append(msg, body...)
-	binary.NativeEndian.PutUint32(msg[0:], uint32(len(msg)))
-	binary.NativeEndian.PutUint16(msg[4:], typ)
-	binary.NativeEndian.PutUint16(msg[6:], flags|unix.NLM_F_REQUEST|unix.NLM_F_ACK)
-	binary.NativeEndian.PutUint32(msg[8:], seq)
-	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("netlink %s: send: %w", what, err)
-	}
-	buf := make([]byte, 8192)
-	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("netlink %s: receive: %w", what, err)
-		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-		if err != nil {
-			return fmt.Errorf("netlink %s: %w", what, err)
-		}
-		for _, m := range msgs {
-			if m.Header.Seq != seq || m.Header.Type != unix.NLMSG_ERROR {
-				continue
-			}
-			if len(m.Data) < 4 {
-				return fmt.Errorf("netlink %s: short acknowledgement", what)
-			}
-			if e := int32(binary.NativeEndian.Uint32(m.Data)); e != 0 {
-				return fmt.Errorf("netlink %s: %w", what, unix.Errno(-e))
-			}
-			return nil
-		}
-	}
+	defer c.Close()
+	return c.Do(what, typ, flags, body)
 }
