@@ -44,7 +44,10 @@ mkdir -p "$out/bin" "$out/rootfs"
 out=$(cd "$out" && pwd) # the builds run in the tools modules
 bin=$out/bin
 tmp=$(mktemp -d "$out/.build-XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+# shellcheck source=scripts/tool-build-env.sh
+. "$here/scripts/tool-build-env.sh"
+trap 'tool_build_cleanup "$tmp"' EXIT
+tool_build_env "$tmp"
 started=$SECONDS
 
 components=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy)
@@ -63,7 +66,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "generating kube-apiserver's OpenAPI definitions (openapi-gen)" >&2
   (
     cd "$tools/kubernetes"
-    export GONOSUMDB=k8s.io GOFLAGS=-mod=mod
+    export GONOSUMDB=k8s.io GOFLAGS="-mod=mod ${GOFLAGS:-}"
     CGO_ENABLED=0 go build -o "$tmp/openapi-gen" k8s.io/kube-openapi/cmd/openapi-gen
     kdir=$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)
     go list -e -deps -f '{{.ImportPath}}|{{.Dir}}|{{join .GoFiles " "}}' k8s.io/kubernetes/cmd/kube-apiserver |

@@ -38,7 +38,10 @@ fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd) # the build runs in the tools module
 tmp=$(mktemp -d "$out/.build-XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+# shellcheck source=scripts/tool-build-env.sh
+. "$here/scripts/tool-build-env.sh"
+trap 'tool_build_cleanup "$tmp"' EXIT
+tool_build_env "$tmp"
 cd "$mod"
 echo "building $name v$version from the Go module proxy" >&2
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/$name" "$module${pkg:+/$pkg}"

@@ -22,14 +22,17 @@ fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd) # the builds run in the tools modules
 tmp=$(mktemp -d "$out/.build-XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+# shellcheck source=scripts/tool-build-env.sh
+. "$here/scripts/tool-build-env.sh"
+trap 'tool_build_cleanup "$tmp"' EXIT
+tool_build_env "$tmp"
 cd "$mod"
 for bin in kubelet kubeadm; do
   if [ -x "$out/$bin" ]; then
     continue
   fi
   echo "building $bin v$version from the Go module proxy" >&2
-  GONOSUMDB=k8s.io GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -tags providerless,dockerless \
+  GONOSUMDB=k8s.io GOFLAGS="-mod=mod ${GOFLAGS:-}" CGO_ENABLED=0 go build -trimpath -tags providerless,dockerless \
     -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=v$version -X k8s.io/component-base/version.gitTreeState=clean" \
     -o "$tmp/$bin" "k8s.io/kubernetes/cmd/$bin"
 done
