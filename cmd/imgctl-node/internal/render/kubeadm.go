@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imgctl/imgctl/images/nodeconfig"
 	"github.com/imgctl/imgctl/layers/kubeversion"
 )
 
@@ -107,11 +108,19 @@ type apiEndpoint struct {
 // nodeRegistration is kubeadm's NodeRegistrationOptions. Taints left nil let kubeadm apply its
 // default: the control-plane taint for master and masterFollower, none for a node.
 type nodeRegistration struct {
-	Name             string    `json:"name"`
-	CRISocket        string    `json:"criSocket"`
-	Taints           []taint   `json:"taints,omitempty"`
-	KubeletExtraArgs extraArgs `json:"kubeletExtraArgs,omitzero"`
+	Name                  string    `json:"name"`
+	CRISocket             string    `json:"criSocket"`
+	Taints                []taint   `json:"taints,omitempty"`
+	KubeletExtraArgs      extraArgs `json:"kubeletExtraArgs,omitzero"`
+	IgnorePreflightErrors []string  `json:"ignorePreflightErrors,omitempty"`
 }
+
+// PreflightHTTPProxyCIDR is the kubeadm preflight check a control-plane node ignores. For the
+// Service and pod CIDRs it parses "https://[10.96.0.1]:1234/", which Go 1.26's net/url refuses
+// ("invalid IP-literal"): a kubeadm built with Go 1.26 (ours, from the Go module proxy) fails
+// every kubeadm init and control-plane join in preflight. All the check does is warn that an
+// HTTP proxy would catch those addresses, and imgctl nodes set no proxy for kubeadm.
+const PreflightHTTPProxyCIDR = "HTTPProxyCIDR"
 
 // taint is a core/v1 Taint.
 type taint struct {
@@ -172,6 +181,9 @@ func (r *renderer) nodeRegistration() nodeRegistration {
 		args[flagMaxPods] = strconv.Itoa(k.MaxPods)
 	}
 	nr.KubeletExtraArgs = extraArgs{list: r.v.KubeadmAPIVersion() == kubeversion.KubeadmV1beta4, flags: extraArgFlags(args)}
+	if r.cfg.Spec.Role == nodeconfig.RoleMaster || r.cfg.Spec.Role == nodeconfig.RoleMasterFollower {
+		nr.IgnorePreflightErrors = []string{PreflightHTTPProxyCIDR}
+	}
 	return nr
 }
 
