@@ -27,7 +27,20 @@ type initConfiguration struct {
 	NodeRegistration nodeRegistration `json:"nodeRegistration"`
 	LocalAPIEndpoint *apiEndpoint     `json:"localAPIEndpoint,omitempty"`
 	CertificateKey   string           `json:"certificateKey,omitempty"`
+	Timeouts         *initTimeouts    `json:"timeouts,omitempty"` // v1beta4
 }
+
+// initTimeouts is v1beta4's InitConfiguration.timeouts, which took over
+// apiServer.timeoutForControlPlane.
+type initTimeouts struct {
+	ControlPlaneComponentHealthCheck string `json:"controlPlaneComponentHealthCheck"`
+}
+
+// ControlPlaneTimeout bounds kubeadm init's wait for the control plane it started as static
+// pods (kubeadm's default: 4 minutes). Under TCG, with the node also importing the control-plane
+// images, etcd and the API server took longer than 4 minutes to answer; a control plane that
+// does not come up still fails the attempt well inside KubeadmAttemptTimeout's 10 minutes.
+const ControlPlaneTimeout = 7 * time.Minute
 
 // bootstrapToken is one of kubeadm init's bootstrap tokens; kubeadm defaults its TTL (24 h),
 // usages and groups to those of a join token.
@@ -45,6 +58,12 @@ type clusterConfiguration struct {
 	Networking           networking `json:"networking"`
 	Etcd                 *etcd      `json:"etcd,omitempty"`
 	DNS                  *dns       `json:"dns,omitempty"`
+	APIServer            *apiServer `json:"apiServer,omitempty"` // before v1beta4
+}
+
+// apiServer is ClusterConfiguration.apiServer.
+type apiServer struct {
+	TimeoutForControlPlane string `json:"timeoutForControlPlane"`
 }
 
 // etcd is ClusterConfiguration.etcd: the local etcd's image tag, when it is not kubeadm's default.
@@ -260,6 +279,11 @@ func (r *renderer) master() ([]File, error) {
 	}
 	if r.cp.dnsTag != "" {
 		cc.DNS = &dns{ImageTag: r.cp.dnsTag}
+	}
+	if apiVersion == kubeversion.KubeadmV1beta4 {
+		ic.Timeouts = &initTimeouts{ControlPlaneComponentHealthCheck: ControlPlaneTimeout.String()}
+	} else {
+		cc.APIServer = &apiServer{TimeoutForControlPlane: ControlPlaneTimeout.String()}
 	}
 	var docs [][]byte
 	for _, v := range []any{ic, cc} {

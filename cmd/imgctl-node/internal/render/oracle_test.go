@@ -219,6 +219,7 @@ func TestKubeadmOracle(t *testing.T) {
 			{cc, []string{"networking", "podSubnet"}, "10.244.0.0/16"},
 			{cc, []string{"networking", "serviceSubnet"}, "10.96.0.0/12"},
 			{cc, []string{"networking", "dnsDomain"}, "cluster.local"},
+			{cc, []string{"apiServer", "timeoutForControlPlane"}, ControlPlaneTimeout.String()},
 		} {
 			if got := get(c.doc, c.keys...); got != c.want {
 				t.Errorf("migrated %s = %v, want %v", strings.Join(c.keys, "."), got, c.want)
