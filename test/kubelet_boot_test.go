@@ -81,6 +81,8 @@ ctr=$(ctr --address /run/containerd/containerd.sock version 2>&1 | tr -s ' \n\t'
 cri=$(imgctl-node cri-version 2>&1 | tr -s ' \n\t' ' ')
 kv=$(kubelet --version 2>&1)
 images=$(ctr --namespace k8s.io images ls -q 2>&1 | grep pause | tr '\n' ' ' | sed 's/ $//')
+# containerd's overlayfs snapshotter (the CRI's default) loads only on a store that is not an overlay.
+snapshotter=$(ctr --address /run/containerd/containerd.sock plugins ls 2>&1 | awk '$2 == "overlayfs" { print $NF }')
 systemctl start kube-logrotate.service
 logrotate=$(systemctl show -p Result --value kube-logrotate.service)
 sandbox=$(grep sandbox_image /etc/containerd/config.toml | sed 's/^ *//')
@@ -90,7 +92,7 @@ echo "IMGCTL-TEST-REPORT installation=$(systemctl is-active kube-node-installati
   "healthz=$healthz kubelet_version=[$kv] hostname=$(hostname)" \
   "userspace_us=$(systemctl show -p UserspaceTimestampMonotonic --value)" \
   "kubelet_start_us=$(systemctl show -p ExecMainStartTimestampMonotonic --value kubelet)" \
-  "logrotate=$logrotate uptime=$(cut -d' ' -f1 /proc/uptime) ctr=[$ctr] cri=[$cri] images=[$images] labels=[$labels] $sandbox" > /dev/console
+  "logrotate=$logrotate snapshotter=$snapshotter uptime=$(cut -d' ' -f1 /proc/uptime) ctr=[$ctr] cri=[$cri] images=[$images] labels=[$labels] $sandbox" > /dev/console
 journalctl -b -u kubelet --no-pager -n 15 -o cat > /dev/console 2>&1
 systemctl --no-block poweroff
 `,
@@ -209,7 +211,7 @@ func checkKubeletBoot(t *testing.T, log, report string, pause sandboxImage, name
 		"step=hostname status=ok", "step=render status=ok", "sandbox=" + pause.name, "step=containerd status=ok",
 		"step=images status=ok", "imported=" + pause.name,
 		"step=kubelet-start status=ok", "step=kubelet-healthy status=ok",
-		"step=hook status=ok", "IMGCTL-TEST-HOOK phase=post-configure role=node name=" + name + " source=" + source,
+		"step=container-store status=ok", "step=hook status=ok", "IMGCTL-TEST-HOOK phase=post-configure role=node name=" + name + " source=" + source,
 	} {
 		if !strings.Contains(log, want) {
 			t.Errorf("console lacks %q", want)
@@ -220,6 +222,7 @@ func checkKubeletBoot(t *testing.T, log, report string, pause sandboxImage, name
 		"monitors=active,active,", "healthz=ok", "kubelet_version=[Kubernetes v1.21.13]", "hostname=" + name,
 		"Server: Version: 1.6.20", "RuntimeName: containerd",
 		"images=[" + pause.name + "]", `sandbox_image = "` + pause.name + `"`, "logrotate=success",
+		"snapshotter=ok",
 	} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q", want)

@@ -290,7 +290,7 @@ func newUpdateNode(t *testing.T, imgs updateImages, work, netdev string) *update
 	return n
 }
 
-// boot starts qemu on the node's disk (reboots stay in the same qemu process).
+// boot starts qemu on the node's disk; a guest reboot is a power cycle (see vm).
 func (n *updateNode) boot(ctx context.Context) {
 	n.t.Helper()
 	n.runs++
@@ -315,7 +315,7 @@ func (n *updateNode) waitUntil(ctx context.Context, d time.Duration, what string
 	defer cancel()
 	c := consolePoll{
 		read:   n.log,
-		exited: func() bool { return n.vm.cmd.ProcessState != nil },
+		exited: n.vm.hasExited,
 		logf:   n.t.Logf,
 		every:  500 * time.Millisecond,
 	}

@@ -58,7 +58,7 @@ func TestBootQEMU(t *testing.T) {
 
 	t.Run("first boot", func(t *testing.T) {
 		out := boot(ctx, t, k.vmlinuz, initrd, disk, base)
-		for _, step := range []string{"mount-proc", "mount-sys", "mount-dev", "mount-run", "cmdline", "modules", "find-root", "mount-root", "mount-overlay", "find-state", "grow-state", "format-state", "mount-state", "switch-root"} {
+		for _, step := range []string{"mount-proc", "mount-sys", "mount-dev", "mount-run", "cmdline", "modules", "find-root", "mount-root", "mount-overlay", "find-state", "grow-state", "format-state", "mount-state", "container-store", "switch-root"} {
 			requireStep(t, out, step, "ok")
 		}
 		requireLine(t, out, "step=mount-root status=ok", "device=/dev/vda2", "label=ROOT-A", "fstype=squashfs")
@@ -66,6 +66,10 @@ func TestBootQEMU(t *testing.T) {
 		requireLine(t, out, "step=grow-state status=ok", "grown=true", "moved-backup-gpt=true")
 		requireLine(t, out, "IMGCTL-TEST-INIT-REACHED", "uid=0", "pid=1", "root-ro=true", "var-writable=true",
 			"var-overlay=true", "state=ext4", "var-persisted=false", "boot=1", "root=overlay")
+		// containerd's store is not an overlay (an overlay cannot be another's upper layer:
+		// its overlayfs snapshotter would not load) but a directory of STATE.
+		requireLine(t, out, "step=container-store status=ok", "dir=/var/lib/containerd", "on=state")
+		requireLine(t, out, "IMGCTL-TEST-INIT-REACHED", "store=ext4", "store-overlay=ok")
 		// The STATE partition now ends 34 sectors before the end of the enlarged disk, and the
 		// table and the filesystem are clean.
 		v, err := exec.CommandContext(ctx, "sgdisk", "-v", disk).CombinedOutput()
@@ -115,6 +119,9 @@ func TestBootQEMU(t *testing.T) {
 		requireLine(t, out, "step=find-root status=ok", "device=/dev/vda2", "PARTUUID="+strings.ToLower(m[1]))
 		requireStep(t, out, "switch-root", "ok")
 		requireLine(t, out, "IMGCTL-TEST-INIT-REACHED", "root-ro=true", "var-overlay=false", "root=overlay")
+		// Without STATE, containerd's store is a tmpfs (the root overlay cannot hold its snapshots).
+		requireLine(t, out, "step=container-store status=ok", "on=tmpfs")
+		requireLine(t, out, "IMGCTL-TEST-INIT-REACHED", "store=tmpfs", "store-overlay=ok")
 	})
 
 	t.Run("missing root reboots", func(t *testing.T) {

@@ -1,5 +1,6 @@
 // Package bootinit is PID 1 of the initrd: it mounts the read-only root image under a tmpfs
-// overlay, sets up the STATE partition as /var, and switches root to the image's init. The
+// overlay, sets up the STATE partition as /var, gives containerd's store a filesystem that is
+// not an overlay, and switches root to the image's init. The
 // root image is a partition, or (imgctl.root=http(s)://…) downloaded into RAM after bringing
 // up the boot NIC, verified against its sha256 digest and attached to a loop device.
 //
@@ -143,10 +144,14 @@ func Run(ctx context.Context, log *steplog.Logger, args []string) (cfg cmdline.C
 			return cfg, err
 		}
 	}
+	state := false
 	if !cfg.State.IsZero() {
-		if err := setupState(ctx, log, sys, cfg.State); err != nil {
+		if state, err = setupState(ctx, log, sys, cfg.State); err != nil {
 			return cfg, err
 		}
+	}
+	if err := mountContainerStore(log, state); err != nil {
+		return cfg, err
 	}
 	if vr != nil {
 		if err := vr.writeMarker(log); err != nil {

@@ -24,29 +24,32 @@ import (
 // setupState finds the STATE partition; on first boot (no ext4 on it) grows it to the end of
 // the disk and formats it with the image's own mkfs.ext4; then mounts it and makes /var an
 // overlay whose upper layer lives on it. A missing STATE partition is not an error: /var then
-// stays on the tmpfs overlay.
-func setupState(ctx context.Context, log *steplog.Logger, sys blockdev.Sys, spec cmdline.Device) error {
+// stays on the tmpfs overlay. It says whether STATE is mounted.
+func setupState(ctx context.Context, log *steplog.Logger, sys blockdev.Sys, spec cmdline.Device) (bool, error) {
 	d, dev, err := findState(ctx, log, sys, spec)
 	if err != nil || d.Name == "" {
-		return err
+		return false, err
 	}
 	fs, err := probeFS(dev)
 	if err != nil {
-		return log.Start("format-state").Fail(err, "device", dev)
+		return false, log.Start("format-state").Fail(err, "device", dev)
 	}
 	if fs == "" {
 		growState(log, sys, d)
 		if err := formatState(ctx, log, dev); err != nil {
-			return err
+			return false, err
 		}
 	} else {
 		log.Start("grow-state").Skip("device", dev, "reason", "already formatted")
 		if fs != "ext4" {
-			return log.Start("format-state").Fail(fmt.Errorf("%s holds %s, not ext4: refusing to format or mount it", dev, fs), "device", dev)
+			return false, log.Start("format-state").Fail(fmt.Errorf("%s holds %s, not ext4: refusing to format or mount it", dev, fs), "device", dev)
 		}
 		log.Start("format-state").Skip("device", dev, "reason", "ext4 present")
 	}
-	return mountState(log, dev)
+	if err := mountState(log, dev); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 func findState(ctx context.Context, log *steplog.Logger, sys blockdev.Sys, spec cmdline.Device) (blockdev.Dev, string, error) {

@@ -20,8 +20,11 @@ import (
 // KubeadmAttemptTimeout). A join's discovery is bounded by render.DiscoveryTimeout.
 const (
 	// NodeJoinAttempts bounds kubeadm join of a node with a bootstrap token: a wrong token or an
-	// unreachable API server fails the unit after this many attempts, never a crash loop.
-	NodeJoinAttempts = 3
+	// unreachable API server fails the unit after this many attempts, never a crash loop. Nodes
+	// that boot with their master wait for its kubeadm init: five attempts (2 min of discovery
+	// each, 15 s to 2 min between them) cover ~14 min; three (~7 min) ran out once under TCG,
+	// where a master took 9.5 min to be Ready.
+	NodeJoinAttempts = 5
 	// DefaultKubeadmBackoff is the wait after the first failed join; it doubles after each
 	// further one, up to MaxKubeadmBackoff.
 	DefaultKubeadmBackoff = 15 * time.Second

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imgctl/imgctl/images/nodeconfig"
 	"github.com/imgctl/imgctl/layers/kubeversion"
 )
 
@@ -26,7 +27,20 @@ type initConfiguration struct {
 	NodeRegistration nodeRegistration `json:"nodeRegistration"`
 	LocalAPIEndpoint *apiEndpoint     `json:"localAPIEndpoint,omitempty"`
 	CertificateKey   string           `json:"certificateKey,omitempty"`
+	Timeouts         *initTimeouts    `json:"timeouts,omitempty"` // v1beta4
 }
+
+// initTimeouts is v1beta4's InitConfiguration.timeouts, which took over
+// apiServer.timeoutForControlPlane.
+type initTimeouts struct {
+	ControlPlaneComponentHealthCheck string `json:"controlPlaneComponentHealthCheck"`
+}
+
+// ControlPlaneTimeout bounds kubeadm init's wait for the control plane it started as static
+// pods (kubeadm's default: 4 minutes). Under TCG, with the node also importing the control-plane
+// images, etcd and the API server took longer than 4 minutes to answer; a control plane that
+// does not come up still fails the attempt well inside KubeadmAttemptTimeout's 10 minutes.
+const ControlPlaneTimeout = 7 * time.Minute
 
 // bootstrapToken is one of kubeadm init's bootstrap tokens; kubeadm defaults its TTL (24 h),
 // usages and groups to those of a join token.
@@ -44,6 +58,12 @@ type clusterConfiguration struct {
 	Networking           networking `json:"networking"`
 	Etcd                 *etcd      `json:"etcd,omitempty"`
 	DNS                  *dns       `json:"dns,omitempty"`
+	APIServer            *apiServer `json:"apiServer,omitempty"` // before v1beta4
+}
+
+// apiServer is ClusterConfiguration.apiServer.
+type apiServer struct {
+	TimeoutForControlPlane string `json:"timeoutForControlPlane"`
 }
 
 // etcd is ClusterConfiguration.etcd: the local etcd's image tag, when it is not kubeadm's default.
@@ -107,11 +127,19 @@ type apiEndpoint struct {
 // nodeRegistration is kubeadm's NodeRegistrationOptions. Taints left nil let kubeadm apply its
 // default: the control-plane taint for master and masterFollower, none for a node.
 type nodeRegistration struct {
-	Name             string    `json:"name"`
-	CRISocket        string    `json:"criSocket"`
-	Taints           []taint   `json:"taints,omitempty"`
-	KubeletExtraArgs extraArgs `json:"kubeletExtraArgs,omitzero"`
+	Name                  string    `json:"name"`
+	CRISocket             string    `json:"criSocket"`
+	Taints                []taint   `json:"taints,omitempty"`
+	KubeletExtraArgs      extraArgs `json:"kubeletExtraArgs,omitzero"`
+	IgnorePreflightErrors []string  `json:"ignorePreflightErrors,omitempty"`
 }
+
+// PreflightHTTPProxyCIDR is the kubeadm preflight check a control-plane node ignores. For the
+// Service and pod CIDRs it parses "https://[10.96.0.1]:1234/", which Go 1.26's net/url refuses
+// ("invalid IP-literal"): a kubeadm built with Go 1.26 (ours, from the Go module proxy) fails
+// every kubeadm init and control-plane join in preflight. All the check does is warn that an
+// HTTP proxy would catch those addresses, and imgctl nodes set no proxy for kubeadm.
+const PreflightHTTPProxyCIDR = "HTTPProxyCIDR"
 
 // taint is a core/v1 Taint.
 type taint struct {
@@ -172,6 +200,9 @@ func (r *renderer) nodeRegistration() nodeRegistration {
 		args[flagMaxPods] = strconv.Itoa(k.MaxPods)
 	}
 	nr.KubeletExtraArgs = extraArgs{list: r.v.KubeadmAPIVersion() == kubeversion.KubeadmV1beta4, flags: extraArgFlags(args)}
+	if r.cfg.Spec.Role == nodeconfig.RoleMaster || r.cfg.Spec.Role == nodeconfig.RoleMasterFollower {
+		nr.IgnorePreflightErrors = []string{PreflightHTTPProxyCIDR}
+	}
 	return nr
 }
 
@@ -248,6 +279,11 @@ func (r *renderer) master() ([]File, error) {
 	}
 	if r.cp.dnsTag != "" {
 		cc.DNS = &dns{ImageTag: r.cp.dnsTag}
+	}
+	if apiVersion == kubeversion.KubeadmV1beta4 {
+		ic.Timeouts = &initTimeouts{ControlPlaneComponentHealthCheck: ControlPlaneTimeout.String()}
+	} else {
+		cc.APIServer = &apiServer{TimeoutForControlPlane: ControlPlaneTimeout.String()}
 	}
 	var docs [][]byte
 	for _, v := range []any{ic, cc} {

@@ -183,6 +183,20 @@ func TestKubeadmOracle(t *testing.T) {
 		}
 	})
 
+	// kubeadm's preflight with the rendered configuration: HTTPProxyCIDR, which kubeadm built
+	// with Go 1.26 cannot pass (see PreflightHTTPProxyCIDR), is only a warning. The host fails
+	// other checks (no kubelet service, the CRI, …), so kubeadm stops there and changes nothing.
+	t.Run("master preflight", func(t *testing.T) {
+		testenv.Root(t, "kubeadm init phase preflight runs as root only")
+		config := fileData(t, mustRender(t, testInput(t, caseMaster, oracleVersion)), KubeadmConfigPath)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		out, _ := exec.CommandContext(ctx, kubeadm, "init", "phase", "preflight", "--config", writeTemp(t, "kubeadm.yaml", config)).CombinedOutput()
+		if strings.Contains(string(out), "[ERROR "+PreflightHTTPProxyCIDR+"]") || !strings.Contains(string(out), "[WARNING "+PreflightHTTPProxyCIDR+"]") {
+			t.Errorf("kubeadm init phase preflight: want %s as a warning, not an error:\n%s", PreflightHTTPProxyCIDR, out)
+		}
+	})
+
 	t.Run("master migrate", func(t *testing.T) {
 		config := fileData(t, mustRender(t, testInput(t, caseMaster, oracleVersion)), KubeadmConfigPath)
 		docs, stderr := migrate(t, kubeadm, config)
@@ -205,6 +219,7 @@ func TestKubeadmOracle(t *testing.T) {
 			{cc, []string{"networking", "podSubnet"}, "10.244.0.0/16"},
 			{cc, []string{"networking", "serviceSubnet"}, "10.96.0.0/12"},
 			{cc, []string{"networking", "dnsDomain"}, "cluster.local"},
+			{cc, []string{"apiServer", "timeoutForControlPlane"}, ControlPlaneTimeout.String()},
 		} {
 			if got := get(c.doc, c.keys...); got != c.want {
 				t.Errorf("migrated %s = %v, want %v", strings.Join(c.keys, "."), got, c.want)
@@ -215,6 +230,10 @@ func TestKubeadmOracle(t *testing.T) {
 		if len(tokens) != 1 || get(tokens[0], "token") != testToken || get(tokens[0], "ttl") != "24h0m0s" ||
 			fmt.Sprint(get(tokens[0], "groups")) != "[system:bootstrappers:kubeadm:default-node-token]" {
 			t.Errorf("migrated bootstrapTokens = %v, want the NodeConfig's token with kubeadm's defaults", get(ic, "bootstrapTokens"))
+		}
+		// kubeadm keeps the preflight check a control-plane node ignores (see PreflightHTTPProxyCIDR).
+		if got := fmt.Sprint(get(ic, "nodeRegistration", "ignorePreflightErrors")); got != "["+PreflightHTTPProxyCIDR+"]" {
+			t.Errorf("migrated nodeRegistration.ignorePreflightErrors = %s, want [%s]", got, PreflightHTTPProxyCIDR)
 		}
 		// kubeadm applied its default control-plane taint, which Render left to it.
 		if taints, _ := get(ic, "nodeRegistration", "taints").([]any); len(taints) != 1 || get(taints[0], "key") != "node-role.kubernetes.io/master" {
@@ -276,14 +295,21 @@ func TestKubeadmOracle(t *testing.T) {
 				t.Errorf("migrated caCertHashes = %v", hashes)
 			}
 			taints, _ := get(jc, "nodeRegistration", "taints").([]any)
+			ignored := fmt.Sprint(get(jc, "nodeRegistration", "ignorePreflightErrors"))
 			switch c {
 			case caseNodeToken:
 				if len(taints) != 2 || get(taints[1], "key") != "spot" || get(taints[1], "effect") != "PreferNoSchedule" {
 					t.Errorf("migrated taints = %v", taints)
 				}
+				if ignored != "<nil>" && ignored != "[]" {
+					t.Errorf("a node's join ignores preflight checks %s, want none", ignored)
+				}
 			case caseMasterFollower:
 				if len(taints) != 1 || get(taints[0], "key") != "node-role.kubernetes.io/master" {
 					t.Errorf("migrated taints = %v, want kubeadm's control-plane taint", taints)
+				}
+				if ignored != "["+PreflightHTTPProxyCIDR+"]" {
+					t.Errorf("migrated nodeRegistration.ignorePreflightErrors = %s, want [%s]", ignored, PreflightHTTPProxyCIDR)
 				}
 			}
 		})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -30,9 +31,11 @@ func main() {
 	varWritable := os.MkdirAll("/var/lib/imgctl-test", 0o755) == nil &&
 		os.WriteFile(counter, []byte(strconv.Itoa(boot)+"\n"), 0o644) == nil
 	_, err := os.Stat("/run/imgctl/verity.json")
-	fmt.Printf("IMGCTL-TEST-INIT-REACHED uid=%d pid=%d root-ro=%t var-writable=%t var-overlay=%t state=%s var-persisted=%t boot=%d root=%s lower-src=%s verity-marker=%t uptime=%ss\n",
+	const store = "/var/lib/containerd"
+	fmt.Printf("IMGCTL-TEST-INIT-REACHED uid=%d pid=%d root-ro=%t var-writable=%t var-overlay=%t state=%s var-persisted=%t boot=%d root=%s lower-src=%s verity-marker=%t store=%s store-overlay=%s uptime=%ss\n",
 		os.Getuid(), os.Getpid(), rootRO, varWritable, mounts["/var"].fstype == "overlay",
-		mounts["/run/imgctl/state"].fstype, persisted, boot, mounts["/"].fstype, lower.source, err == nil, up)
+		mounts["/run/imgctl/state"].fstype, persisted, boot, mounts["/"].fstype, lower.source, err == nil,
+		mounts[store].fstype, overlayProbe(store), up)
 	unix.Sync()
 	time.Sleep(100 * time.Millisecond)
 	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
@@ -75,6 +78,25 @@ func hasOpt(opts, o string) bool {
 		}
 	}
 	return false
+}
+
+// overlayProbe mounts an overlay whose upper layer is in dir, as containerd's overlayfs
+// snapshotter does in its root: "ok", or the error.
+func overlayProbe(dir string) string {
+	p := filepath.Join(dir, "imgctl-test-overlay")
+	defer os.RemoveAll(p)
+	var d [4]string
+	for i, n := range []string{"lower", "upper", "work", "merged"} {
+		d[i] = filepath.Join(p, n)
+		if err := os.MkdirAll(d[i], 0o755); err != nil {
+			return "mkdir:" + strings.ReplaceAll(err.Error(), " ", "_")
+		}
+	}
+	if err := unix.Mount("overlay", d[3], "overlay", 0, "lowerdir="+d[0]+",upperdir="+d[1]+",workdir="+d[2]); err != nil {
+		return "mount:" + strings.ReplaceAll(err.Error(), " ", "_")
+	}
+	_ = unix.Unmount(d[3], 0)
+	return "ok"
 }
 
 func writeFails(p string) bool {
