@@ -18,7 +18,7 @@ import (
 // TestChildDiesWithTest: a process started with diesWithTest (every qemu guest) ends when the
 // test binary that started it dies without cleanups, as on a test timeout's panic.
 func TestChildDiesWithTest(t *testing.T) {
-	if os.Getenv("IMGCTL_DIES_WITH_TEST_HELPER") == "1" {
+	if os.Getenv(diesWithTestHelperEnv) == "1" {
 		child := exec.Command("sleep", "120")
 		child.SysProcAttr = diesWithTest()
 		if err := child.Start(); err != nil {
@@ -27,9 +27,14 @@ func TestChildDiesWithTest(t *testing.T) {
 		os.Stdout.WriteString("child=" + strconv.Itoa(child.Process.Pid) + "\n")
 		os.Exit(2) // no cleanup, like a panic
 	}
+	before := e2eDirs(t)
 	helper := exec.Command(os.Args[0], "-test.run=^TestChildDiesWithTest$")
-	helper.Env = append(os.Environ(), "IMGCTL_DIES_WITH_TEST_HELPER=1")
+	helper.Env = append(os.Environ(), diesWithTestHelperEnv+"=1")
 	out, _ := helper.Output()
+	// The helper dies without cleanups: TestMain must not have made it a directory to leak.
+	if after := e2eDirs(t); len(after) > len(before) {
+		t.Errorf("the helper left %d more imgctl-e2e-* directories in %s (%d before)", len(after)-len(before), os.TempDir(), len(before))
+	}
 	pid, err := strconv.Atoi(strings.TrimPrefix(strings.TrimSpace(string(out)), "child="))
 	if err != nil {
 		t.Fatalf("helper printed %q", out)
@@ -52,6 +57,16 @@ func TestChildDiesWithTest(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// e2eDirs lists TestMain's directories (see e2eDirPattern) in the temporary directory.
+func e2eDirs(t *testing.T) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(os.TempDir(), e2eDirPattern+"*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 // TestVMPowerCycles checks the vm supervisor with a stand-in for qemu: a guest reset (the
