@@ -68,7 +68,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     cd "$tools/kubernetes"
     export GONOSUMDB=k8s.io GOFLAGS="-mod=mod ${GOFLAGS:-}"
     CGO_ENABLED=0 go build -o "$tmp/openapi-gen" k8s.io/kube-openapi/cmd/openapi-gen
+    # go list -m names the module's directory only once it is downloaded: with a module cache
+    # of the build's own (tool-build-env.sh) nothing has downloaded it yet.
+    go mod download k8s.io/kubernetes
     kdir=$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)
+    if [ -z "$kdir" ] || [ ! -d "$kdir/hack/boilerplate" ]; then
+      echo "build-control-plane-images.sh: k8s.io/kubernetes v$version is not in the module cache (go list -m gave \"$kdir\")" >&2
+      exit 1
+    fi
     go list -e -deps -f '{{.ImportPath}}|{{.Dir}}|{{join .GoFiles " "}}' k8s.io/kubernetes/cmd/kube-apiserver |
       while IFS='|' read -r pkg dir files; do
         [ -n "$files" ] || continue
