@@ -27,6 +27,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/imgctl/imgctl/layers/testenv"
+	"github.com/imgctl/imgctl/test/bootenv"
 )
 
 // masterIP is the guest's address on its restricted user network (slirp's first lease): not
@@ -103,12 +104,7 @@ spec:
     certificateKey: %[4]s
     caKey: |
 %[5]s
-`, masterIP, block(c.caCert), c.token, c.certKey, block(c.caKey))
-}
-
-// block indents a PEM text as a YAML block scalar's body under "    key: |".
-func block(s string) string {
-	return "      " + strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n      ")
+`, masterIP, bootenv.YAMLBlock(c.caCert), c.token, c.certKey, bootenv.YAMLBlock(c.caKey))
 }
 
 // adminClient is an HTTPS client of the guest's API server (through qemu's hostfwd on addr)

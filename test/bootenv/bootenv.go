@@ -138,11 +138,12 @@ spec:
 %s
     clientKey: |
 %s
-`, name, APIServer, block(ca), strings.Join(l, ", "), block(cert), block(key)), nil
+`, name, APIServer, YAMLBlock(ca), strings.Join(l, ", "), YAMLBlock(cert), YAMLBlock(key)), nil
 }
 
-// block indents a PEM text as a YAML block scalar's body under "    key: |".
-func block(s string) string {
+// YAMLBlock indents a PEM text as a YAML block scalar's body under "    key: |" (a NodeConfig's
+// spec.cluster and spec.credentials fields).
+func YAMLBlock(s string) string {
 	return "      " + strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n      ")
 }
 
