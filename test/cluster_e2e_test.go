@@ -18,20 +18,6 @@ import (
 // The cluster tests boot several guests at once on one cluster LAN (clusterLAN): too heavy for
 // make test beside everything else, so they run in make e2e-cluster (go test -tags cluster).
 
-// clusterCache is the download and layer cache the cluster tests' builds share across runs (as
-// .cache/e2e-update is the update test's): a warm cache makes a build take a minute, not ten.
-func clusterCache(t *testing.T) string {
-	t.Helper()
-	dir, err := filepath.Abs("../.cache/e2e-cluster")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Join(dir, "cache"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
 // clusterNIC1 is a guest's NIC 1: its own restricted user network, as the other boot tests'
 // (updateNetdev, without the relays: these guests need no metadata). Restricted, slirp's DHCP
 // gives the guest 169.254.0.15/16 and no router or DNS option.

@@ -5,17 +5,9 @@ package test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -23,8 +15,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/imgctl/imgctl/layers/testenv"
 	"github.com/imgctl/imgctl/test/bootenv"
@@ -35,52 +25,6 @@ import (
 // (/etc/imgctl/node.yaml, the file provider): an IMDS at 169.254.169.254 would need the guest's
 // network to be 169.254.0.0/16.
 const masterIP = "10.0.2.15"
-
-// exampleCluster is the CA, its key and the bootstrap token of examples/cluster-inventory.yaml
-// (public example values).
-type exampleCluster struct {
-	caCert, caKey, token, certKey string
-}
-
-func readExampleCluster(t *testing.T) exampleCluster {
-	t.Helper()
-	var inv struct {
-		Groups []struct {
-			Config struct {
-				Cluster struct {
-					CACertificate string `yaml:"caCertificate"`
-				} `yaml:"cluster"`
-			} `yaml:"config"`
-		} `yaml:"groups"`
-	}
-	var lab struct {
-		BootstrapToken string `yaml:"bootstrapToken"`
-	}
-	var master struct {
-		CAKey          string `yaml:"caKey"`
-		CertificateKey string `yaml:"certificateKey"`
-	}
-	for _, f := range []struct {
-		path string
-		v    any
-	}{
-		{"../examples/cluster-inventory.yaml", &inv},
-		{"../examples/cluster-inventory-secrets/lab.yaml", &lab},
-		{"../examples/cluster-inventory-secrets/master-1.yaml", &master},
-	} {
-		b, err := os.ReadFile(f.path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := yaml.Unmarshal(b, f.v); err != nil {
-			t.Fatalf("%s: %v", f.path, err)
-		}
-	}
-	if len(inv.Groups) == 0 || inv.Groups[0].Config.Cluster.CACertificate == "" || lab.BootstrapToken == "" || master.CAKey == "" {
-		t.Fatal("examples/cluster-inventory.yaml and its secrets lack the CA, its key or the token")
-	}
-	return exampleCluster{caCert: inv.Groups[0].Config.Cluster.CACertificate, caKey: master.CAKey, token: lab.BootstrapToken, certKey: master.CertificateKey}
-}
 
 // masterNodeConfig is the NodeConfig of a single master on masterIP.
 func masterNodeConfig(c exampleCluster) string {
@@ -105,46 +49,6 @@ spec:
     caKey: |
 %[5]s
 `, masterIP, bootenv.YAMLBlock(c.caCert), c.token, c.certKey, bootenv.YAMLBlock(c.caKey))
-}
-
-// adminClient is an HTTPS client of the guest's API server (through qemu's hostfwd on addr)
-// with a system:masters certificate signed by the example CA, which the master's cluster uses.
-func adminClient(t *testing.T, c exampleCluster) *http.Client {
-	t.Helper()
-	cb, _ := pem.Decode([]byte(c.caCert))
-	kb, _ := pem.Decode([]byte(c.caKey))
-	if cb == nil || kb == nil {
-		t.Fatal("example CA: no PEM")
-	}
-	ca, err := x509.ParseCertificate(cb.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caKey, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: "imgctl-e2e-admin", Organization: []string{"system:masters"}},
-		NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(2 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
-		RootCAs: pool, ServerName: "kubernetes", // a SAN kubeadm gives every API server certificate
-		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
-	}}}
 }
 
 // masterTestLayer bakes the NodeConfig and gives the guest a default route (restricted slirp gives none, and a host

@@ -1,7 +1,8 @@
 //go:build cluster
 
-// The tests in this file need the control-plane images (scripts/build-control-plane-images.sh,
-// 15–20 min cold): they run in make e2e-cluster, not in make test.
+// The tests in this file check the control-plane images themselves (kubeadm's image list, the
+// API server on etcd): they run in make e2e-cluster, not in make test, which uses the images to
+// form a cluster (test/cluster_form_test.go).
 
 package test
 
@@ -11,13 +12,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,30 +24,6 @@ import (
 	"github.com/imgctl/imgctl/layers/kubeversion"
 	"github.com/imgctl/imgctl/layers/testenv"
 )
-
-// controlPlaneLayout returns the directory scripts/build-control-plane-images.sh 1.21.13 wrote
-// (layout/ and sources.txt): IMGCTL_CONTROL_PLANE_DIR, or the repository's tool cache, where it
-// runs the script first when sources.txt is missing (it skips what is already built).
-func controlPlaneLayout(t *testing.T) string {
-	t.Helper()
-	testenv.Integration(t, "the control-plane images (scripts/build-control-plane-images.sh)")
-	dir := os.Getenv("IMGCTL_CONTROL_PLANE_DIR")
-	if dir == "" {
-		abs, err := filepath.Abs("../.cache/tools/control-plane/v1.21.13")
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir = abs
-	}
-	if _, err := os.Stat(filepath.Join(dir, "sources.txt")); err != nil {
-		t.Logf("building the control-plane images v1.21.13 into %s (first run only, 15–20 min)", dir)
-		cmd := exec.Command("../scripts/build-control-plane-images.sh", "1.21.13", dir)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("scripts/build-control-plane-images.sh: %v\n%s", err, out)
-		}
-	}
-	return dir
-}
 
 // TestControlPlaneLayoutMatchesKubeadm: the layout scripts/build-control-plane-images.sh wrote
 // (controlPlaneLayout) holds exactly the images the
@@ -218,23 +193,4 @@ func TestControlPlaneAPIServerRuns(t *testing.T) {
 		}
 	}
 	t.Logf("kube-apiserver ready on etcd 3.5.0; /openapi/v2 has %d definitions", len(spec.Definitions))
-}
-
-// freePorts returns n loopback TCP ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []string {
-	t.Helper()
-	var ports []string
-	var ls []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
 }

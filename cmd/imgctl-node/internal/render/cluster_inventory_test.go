@@ -82,7 +82,7 @@ func TestClusterInventoryExample(t *testing.T) {
 		if !ok {
 			t.Fatalf("no machine %s", w.name)
 		}
-		if m.Role != w.role || m.Channel != "lab" {
+		if m.Role != w.role || m.Channel != "nightly" {
 			t.Errorf("%s: role %s channel %q, want %s and lab", w.name, m.Role, m.Channel, w.role)
 		}
 		cfg := inventoryNodeConfig(t, m)

@@ -1,0 +1,114 @@
+//go:build cluster
+
+package test
+
+import (
+	"context"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imgctl/imgctl/layers/testenv"
+)
+
+// kubeadmCertsPath is the Secret kubeadm init --upload-certs stores the control-plane
+// certificates in (encrypted with the certificate key). kubeadm makes it expire with a bootstrap
+// token of its own (2 h): once that token is gone, the Secret is garbage collected, and a
+// follower's join fails in control-plane-prepare/download-certs.
+const kubeadmCertsPath = "/api/v1/namespaces/kube-system/secrets/kubeadm-certs"
+
+// downloadCertsRetry is the console line of a follower whose join failed because the uploaded
+// certificates are gone, and that will try again.
+var downloadCertsRetry = regexp.MustCompile(`step=kubeadm status=progress [^\n]*phase=control-plane-prepare/download-certs [^\n]*command="kubeadm join" attempt=\d+ retry-in=\S+`)
+
+// TestClusterThreeMachines forms the README's three-machine cluster from images: master-1
+// (kubeadm init), then master-2 (kubeadm join --control-plane) and node-1 (kubeadm join) at
+// once, all netbooting the same image from imgctl serve with the example inventory. Before
+// master-2 boots, its certificate key has expired the way kubeadm expires it (the kubeadm-certs
+// Secret is deleted): its join fails naming the phase on the console and it retries with backoff;
+// the test then uploads the certificates again (what `kubeadm init phase upload-certs` on the
+// master does) and the next attempt succeeds. All three Nodes Ready, master-2 runs its own
+// API server and etcd, and a pod on node-1 resolves the kubernetes Service's names.
+func TestClusterThreeMachines(t *testing.T) {
+	testenv.Integration(t, "qemu guests forming a cluster")
+	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Minute)
+	defer cancel()
+	c := newCluster(ctx, t)
+	master := c.boot(ctx, "master-1")
+	c.waitKubeadm(ctx, master)
+
+	// Expire the certificate key: keep the Secret's data, delete it.
+	var certs struct {
+		Type string            `json:"type"`
+		Data map[string]string `json:"data"`
+	}
+	if err := c.api.get(kubeadmCertsPath, &certs); err != nil {
+		t.Fatal(err)
+	}
+	if len(certs.Data) == 0 {
+		t.Fatalf("%s holds no certificates", kubeadmCertsPath)
+	}
+	if _, err := c.api.do(http.MethodDelete, kubeadmCertsPath, nil, http.StatusOK, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	follower := c.boot(ctx, "master-2")
+	node := c.boot(ctx, "node-1")
+	waitCtx, waitCancel := context.WithTimeout(ctx, 30*time.Minute)
+	for downloadCertsRetry.FindString(cleanConsole(follower.vm.console.String())) == "" {
+		select {
+		case <-waitCtx.Done():
+			waitCancel()
+			t.Fatalf("master-2 never reported a failed download-certs phase with a retry\nsteps:\n  %s",
+				strings.Join(stepLines(follower.vm.console.String()), "\n  "))
+		case <-time.After(2 * time.Second):
+		}
+	}
+	waitCancel()
+	t.Logf("master-2, certificate key expired: %s", downloadCertsRetry.FindString(cleanConsole(follower.vm.console.String())))
+
+	// Upload the certificates again.
+	secret := map[string]any{"apiVersion": "v1", "kind": "Secret", "type": certs.Type,
+		"metadata": map[string]any{"name": "kubeadm-certs", "namespace": "kube-system"}, "data": certs.Data}
+	if _, err := c.api.do(http.MethodPost, "/api/v1/namespaces/kube-system/secrets", secret, http.StatusCreated, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.waitKubeadm(ctx, node)
+	c.waitKubeadm(ctx, follower)
+	log := cleanConsole(follower.vm.console.String())
+	if m := regexp.MustCompile(`step=kubeadm status=ok [^\n]*command="kubeadm join" attempts=(\d+)`).FindStringSubmatch(log); m == nil || m[1] == "1" {
+		t.Errorf("master-2 did not join on a later attempt: %q", m)
+	}
+
+	nodes := c.waitReady(ctx, "master-1", "master-2", "node-1")
+	t.Logf("master-1, master-2 and node-1 Ready %v after the first power-on", time.Since(c.start).Round(time.Second))
+	for _, name := range []string{"master-1", "master-2"} {
+		if _, ok := nodes[name].Metadata.Labels["node-role.kubernetes.io/master"]; !ok {
+			t.Errorf("%s lacks the control-plane label: %v", name, nodes[name].Metadata.Labels)
+		}
+		for _, component := range []string{"kube-apiserver", "etcd"} {
+			var p struct{ Status struct{ Phase string } }
+			path := "/api/v1/namespaces/kube-system/pods/" + component + "-" + name
+			for {
+				err := c.api.get(path, &p)
+				if err == nil && p.Status.Phase == "Running" {
+					break
+				}
+				select {
+				case <-ctx.Done():
+					t.Fatalf("%s: %v (phase %q)", path, err, p.Status.Phase)
+				case <-time.After(5 * time.Second):
+				}
+			}
+		}
+	}
+	if _, ok := nodes["node-1"].Metadata.Labels["node-role.kubernetes.io/master"]; ok {
+		t.Errorf("node-1 has the control-plane label")
+	}
+	line := c.runDNSProbe(ctx, nodes["node-1"])
+	t.Logf("a pod on node-1 resolved the kubernetes Service %v after the first power-on: %s", time.Since(c.start).Round(time.Second), line)
+	c.logSteps()
+	c.checkNoSecrets()
+}
