@@ -727,6 +727,42 @@ func TestControlPlaneImages(t *testing.T) {
 	}
 }
 
+// TestSkipImages: a node (with a token or a client certificate) skips the control-plane-only
+// images of the repository holding the version's kube-apiserver, whatever their tags, and nothing
+// else; a master or masterFollower imports everything.
+func TestSkipImages(t *testing.T) {
+	const r = controlPlaneRepository
+	for _, c := range []string{caseMaster, caseMasterFollower, caseNodeToken, caseNodeCert} {
+		t.Run(c, func(t *testing.T) {
+			in := testInput(t, c, "1.21.13")
+			in.BakedImages = append(testInput(t, caseMaster, "1.21.13").BakedImages, // all seven
+				"registry.example.com/k8s/kube-apiserver:v1.21.13", "registry.example/probe:1", r+"/etcd:3.5.0-0")
+			got := mustRender(t, in).SkipImages
+			var want []string
+			if c == caseNodeToken || c == caseNodeCert {
+				for _, n := range in.BakedImages {
+					if strings.HasPrefix(n, r+"/") && !strings.Contains(n, "/kube-proxy:") && !strings.Contains(n, "/coredns:") && !strings.Contains(n, "/pause:") {
+						want = append(want, n)
+					}
+				}
+				slices.Sort(want)
+				if len(want) < 5 {
+					t.Fatalf("test input bakes too few control-plane images: %q", in.BakedImages)
+				}
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("SkipImages = %q, want %q", got, want)
+			}
+		})
+	}
+	// Without the version's kube-apiserver baked, nothing is control-plane only.
+	in := testInput(t, caseNodeToken, "1.21.13")
+	in.BakedImages = []string{r + "/etcd:3.5.0-0", r + "/kube-apiserver:v1.20.0", r + "/pause:3.4.1"}
+	if got := mustRender(t, in).SkipImages; got != nil {
+		t.Errorf("SkipImages = %q, want none", got)
+	}
+}
+
 // TestMissingControlPlaneImages: a master or masterFollower whose image lacks control-plane
 // images is refused, naming the role and every missing image; a node is not.
 func TestMissingControlPlaneImages(t *testing.T) {
