@@ -1,7 +1,15 @@
 package render
 
 import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"os"
@@ -546,6 +554,49 @@ func TestMasterCA(t *testing.T) {
 	}
 	if got := fileData(t, p, CACertPath); got != pki.caCert {
 		t.Errorf("%s is not cluster.caCertificate", CACertPath)
+	}
+}
+
+// TestMasterCAKeyForKubeadm: the master writes credentials.caKey in the form kubeadm itself
+// writes keys: an ECDSA key as SEC1 (EC PRIVATE KEY) and an RSA key as PKCS#1, whatever form the
+// NodeConfig gives (openssl writes PKCS#8). kubeadm 1.21 uploads ca.key for the followers as is,
+// and their download-certs phase reads an ECDSA key only as SEC1: with a PKCS#8 one, every
+// kubeadm join --control-plane failed ("unknown data found in Secret entry"). Other keys
+// (Ed25519) are written as given.
+func TestMasterCAKeyForKubeadm(t *testing.T) {
+	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rk, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ed := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{3}, ed25519.SeedSize))
+	block := func(typ string, der []byte, err error) string {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}))
+	}
+	pkcs8 := func(k any) string { d, err := x509.MarshalPKCS8PrivateKey(k); return block("PRIVATE KEY", d, err) }
+	sec1 := func() string { d, err := x509.MarshalECPrivateKey(ec); return block("EC PRIVATE KEY", d, err) }()
+	pkcs1 := block("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(rk), nil)
+	for _, c := range []struct{ name, in, want string }{
+		{"ECDSA PKCS#8", pkcs8(ec), sec1},
+		{"ECDSA SEC1", sec1, sec1},
+		{"RSA PKCS#8", pkcs8(rk), pkcs1},
+		{"RSA PKCS#1", pkcs1, pkcs1},
+		{"Ed25519 PKCS#8", pkcs8(ed), pkcs8(ed)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			in := testInput(t, caseMaster, "1.21.13")
+			in.Config.Spec.Credentials.CAKey = c.in
+			if got := fileData(t, mustRender(t, in), CAKeyPath); got != c.want {
+				t.Errorf("%s =\n%s\nwant\n%s", CAKeyPath, got, c.want)
+			}
+		})
 	}
 }
 
