@@ -89,7 +89,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     cp -a "$kdir" "$tmp/kubernetes"
     chmod -R u+w "$tmp/kubernetes"
     cp "$tmp/openapi/k8s.io/kubernetes/pkg/generated/openapi/zz_generated.openapi.go" "$tmp/kubernetes/pkg/generated/openapi/"
-    printf 'go 1.26\n\nuse %s\n\nreplace k8s.io/kubernetes v%s => %s\n' "$tools/kubernetes" "$version" "$tmp/kubernetes" >"$tmp/go.work"
+    # The replacement relative to go.work: the binaries record it as written, and an absolute
+    # temporary directory would make every build's binaries (and images) differ.
+    printf 'go 1.26\n\nuse %s\n\nreplace k8s.io/kubernetes v%s => ./kubernetes\n' "$tools/kubernetes" "$version" >"$tmp/go.work"
   )
   echo "building ${missing[*]} v$version from the Go module proxy" >&2
   # One go build for all: the packages they share compile once. (-mod=mod is not allowed in a
@@ -107,7 +109,8 @@ fi
 
 if [ ! -x "$bin/etcd" ]; then
   echo "building etcd v$etcd from the Go module proxy" >&2
-  (cd "$tools/etcd" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" .)
+  # -buildvcs=false: the tools module is in this repository; its commit must not reach the binary.
+  (cd "$tools/etcd" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$tmp/etcd" .)
   got=$("$tmp/etcd" --version 2>&1)
   case $got in
   *"etcd Version: $etcd"*) ;;

@@ -318,17 +318,22 @@ func (o Options) run(ctx context.Context, st *runState) error {
 		return err
 	}
 
+	imports, skipped := importsFor(baked, plan)
 	if len(baked) == 0 {
 		o.Steps.Start("images").Skip("reason", "no images baked in "+ImagesDir)
 	} else if _, err := step(o.Steps, "images", func() (struct{}, []any, error) {
 		var names []string
-		for _, im := range baked {
+		for _, im := range imports {
 			if err := o.Run(ctx, "ctr", "--address", o.CRISocket, "--namespace", "k8s.io", "images", "import", filepath.Join(o.Root, im.Path)); err != nil {
 				return struct{}{}, []any{"image", im.Name}, err
 			}
 			names = append(names, im.Name)
 		}
-		return struct{}{}, []any{"imported", strings.Join(names, ",")}, nil
+		kv := []any{"imported", strings.Join(names, ",")}
+		if len(skipped) > 0 {
+			kv = append(kv, "skipped", strings.Join(skipped, ","), "skipped-why", render.ControlPlaneOnlyWhy)
+		}
+		return struct{}{}, kv, nil
 	}); err != nil {
 		return err
 	}
@@ -378,11 +383,16 @@ func (o *Options) dryRunRest(plan *render.Plan, baked []bakedImage, adminKubecon
 	if len(baked) == 0 {
 		skip("images", "images", "none baked in "+ImagesDir)
 	} else {
-		names := make([]string, len(baked))
-		for i, im := range baked {
+		imports, skipped := importsFor(baked, plan)
+		names := make([]string, len(imports))
+		for i, im := range imports {
 			names[i] = im.Name
 		}
-		skip("images", "command", "ctr images import", "images", strings.Join(names, ","))
+		kv := []any{"command", "ctr images import", "images", strings.Join(names, ",")}
+		if len(skipped) > 0 {
+			kv = append(kv, "skipped", strings.Join(skipped, ","), "skipped-why", render.ControlPlaneOnlyWhy)
+		}
+		skip("images", kv...)
 	}
 	if len(plan.Command) > 0 {
 		skip("kubeadm", "command", strings.Join(plan.Command, " "))

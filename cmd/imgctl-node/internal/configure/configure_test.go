@@ -391,6 +391,49 @@ func TestBakedImagesAreImportedAndPinTheSandbox(t *testing.T) {
 	}
 }
 
+// TestNodeSkipsControlPlaneOnlyImages: a node never runs the API server, controller-manager,
+// scheduler or etcd (static pods of control-plane machines), so an image that bakes the
+// control-plane images for all roles imports only the rest on a node (kube-proxy, CoreDNS, pause,
+// anything else) and says on its images line what it left out.
+func TestNodeSkipsControlPlaneOnlyImages(t *testing.T) {
+	f, o := newFixture(t, certConfig(t))
+	repo := "registry.imgctl.invalid/kubernetes/"
+	for _, im := range []struct{ file, name string }{
+		{"kube-apiserver.tar", repo + "kube-apiserver:v1.21.13"},
+		{"kube-controller-manager.tar", repo + "kube-controller-manager:v1.21.13"},
+		{"kube-scheduler.tar", repo + "kube-scheduler:v1.21.13"},
+		{"kube-proxy.tar", repo + "kube-proxy:v1.21.13"},
+		{"etcd.tar", repo + "etcd:3.5.0-0"},
+		{"coredns.tar", repo + "coredns:v1.8.0"},
+		{"pause.tar", repo + "pause:3.4.1"},
+		{"probe.tar", "registry.example/probe:1"},
+	} {
+		writeArchive(t, f.root, ImagesDir+"/"+im.file, im.name)
+	}
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s", err, f.steps.String())
+	}
+	var imported []string
+	for _, c := range f.commands {
+		if rest, ok := strings.CutPrefix(c, "ctr --address /run/containerd/containerd.sock --namespace k8s.io images import "+filepath.Join(f.root, ImagesDir)+"/"); ok {
+			imported = append(imported, rest)
+		}
+	}
+	if want := []string{"coredns.tar", "kube-proxy.tar", "pause.tar", "probe.tar"}; !slices.Equal(imported, want) {
+		t.Errorf("imported %q, want %q", imported, want)
+	}
+	for _, want := range []string{
+		"step=images status=ok",
+		"imported=" + repo + "coredns:v1.8.0," + repo + "kube-proxy:v1.21.13," + repo + "pause:3.4.1,registry.example/probe:1",
+		"skipped=" + repo + "etcd:3.5.0-0," + repo + "kube-apiserver:v1.21.13," + repo + "kube-controller-manager:v1.21.13," + repo + "kube-scheduler:v1.21.13",
+		`skipped-why="control-plane only: a node never runs them"`,
+	} {
+		if !strings.Contains(f.steps.String(), want) {
+			t.Errorf("steps lack %s:\n%s", want, f.steps.String())
+		}
+	}
+}
+
 // TestMetadataCredentialsNotShown: the console's step lines and the error show neither the
 // metadata URL's user info nor the credential, whether the credential is refused for plain http
 // (before any request) or sent with imgctl.metadata-insecure=1.

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/imgctl/imgctl/cmd/imgctl-node/internal/render"
 )
 
 // ImagesDir holds container images baked into the image as OCI archives (source URIs
@@ -47,6 +49,19 @@ func bakedImages(root string) ([]bakedImage, error) {
 	}
 	slices.SortFunc(out, func(a, b bakedImage) int { return strings.Compare(a.Path, b.Path) })
 	return out, nil
+}
+
+// importsFor splits the baked images into those configure imports and the names of those the
+// plan says this machine never runs (render.Plan.SkipImages).
+func importsFor(baked []bakedImage, plan *render.Plan) (imports []bakedImage, skipped []string) {
+	for _, im := range baked {
+		if slices.Contains(plan.SkipImages, im.Name) {
+			skipped = append(skipped, im.Name)
+		} else {
+			imports = append(imports, im)
+		}
+	}
+	return imports, skipped
 }
 
 // archiveName reads the image name from an OCI archive's index.json (the annotation containerd's

@@ -123,8 +123,17 @@ func TestClusterInventoryExample(t *testing.T) {
 				!strings.Contains(config, "certificateKey: "+cr.CertificateKey+"\n") || !strings.Contains(config, "token: abcdef.0123456789abcdef\n") {
 				t.Errorf("master-1: %q with a config lacking its certificate key or token:\n%s", got, config)
 			}
-			if ca := fileData(t, p, CAKeyPath); ca != strings.TrimSpace(cr.CAKey)+"\n" && ca != cr.CAKey {
-				t.Errorf("master-1's %s is not the inventory's CA key", CAKeyPath)
+			// The inventory's CA key (PKCS#8, as openssl writes it), as SEC1 (what kubeadm's
+			// followers can read back from the kubeadm-certs Secret).
+			kb, _ := pem.Decode([]byte(cr.CAKey))
+			written, _ := pem.Decode([]byte(fileData(t, p, CAKeyPath)))
+			if kb == nil || written == nil || written.Type != "EC PRIVATE KEY" {
+				t.Fatalf("master-1's %s is not an EC PRIVATE KEY", CAKeyPath)
+			}
+			want, err1 := x509.ParsePKCS8PrivateKey(kb.Bytes)
+			got, err2 := x509.ParseECPrivateKey(written.Bytes)
+			if err1 != nil || err2 != nil || !got.Equal(want) {
+				t.Errorf("master-1's %s is not the inventory's CA key (%v, %v)", CAKeyPath, err1, err2)
 			}
 		case nodeconfig.RoleMasterFollower:
 			if cr.CertificateKey == "" || !strings.Contains(config, "certificateKey: "+cr.CertificateKey+"\n") {

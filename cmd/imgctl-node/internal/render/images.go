@@ -28,6 +28,28 @@ const (
 // (kubeadm's images.GetControlPlaneImages with local etcd and CoreDNS), in kubeadm's order.
 var controlPlaneComponents = []string{compAPIServer, compControllerManager, compScheduler, compProxy, compPause, compEtcd, compCoreDNS}
 
+// controlPlaneOnly are the components only control-plane machines run (kubeadm's static pods);
+// kube-proxy, CoreDNS and pause run on every node.
+var controlPlaneOnly = []string{compAPIServer, compControllerManager, compScheduler, compEtcd}
+
+// controlPlaneOnlyImages returns the baked images (names, sorted) of controlPlaneOnly components
+// in the repository that holds v's kube-apiserver: what a node never runs. None when v's
+// kube-apiserver is not baked.
+func controlPlaneOnlyImages(names []string, v kubeversion.Version) []string {
+	b := newBakedSet(names)
+	repo := b.controlPlaneRepo(v)
+	if repo == "" {
+		return nil
+	}
+	var out []string
+	for _, n := range b.names {
+		if n.repo == repo && slices.Contains(controlPlaneOnly, n.component) {
+			out = append(out, n.String())
+		}
+	}
+	return out
+}
+
 // kubeadmEtcdCoreDNS returns kubeadm's default etcd and CoreDNS image tags for v
 // (kubeversion.ControlPlaneImages); known is false for a minor whose defaults are not checked: the
 // master then names the baked tags explicitly.

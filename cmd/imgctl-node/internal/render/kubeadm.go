@@ -1,7 +1,12 @@
 package render
 
 import (
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -300,9 +305,39 @@ func (r *renderer) master() ([]File, error) {
 	docs = append(docs, kc)
 	files := []File{{Path: KubeadmConfigPath, Mode: 0o600, Data: yamlFile(docs...)}}
 	if cr.CAKey != "" {
+		key, err := kubeadmKeyPEM(cr.CAKey)
+		if err != nil {
+			return nil, &fieldError{Field: "spec.credentials.caKey", Detail: err.Error()}
+		}
 		files = append(files,
 			File{Path: CACertPath, Mode: 0o644, Data: pemText(cl.CACertificate)},
-			File{Path: CAKeyPath, Mode: 0o600, Data: pemText(cr.CAKey)})
+			File{Path: CAKeyPath, Mode: 0o600, Data: key})
 	}
 	return files, nil
+}
+
+// kubeadmKeyPEM is a PEM private key in the form kubeadm writes its own: a PKCS#8 ECDSA key
+// becomes SEC1 (EC PRIVATE KEY), a PKCS#8 RSA key PKCS#1 (RSA PRIVATE KEY); anything else is
+// kept. kubeadm 1.21 uploads ca.key to the kubeadm-certs Secret as is, and a follower's
+// download-certs phase (client-go's keyutil.ParsePublicKeysPEM) reads ECDSA keys only as SEC1.
+func kubeadmKeyPEM(s string) ([]byte, error) {
+	b, _ := pem.Decode([]byte(s))
+	if b == nil || b.Type != "PRIVATE KEY" {
+		return pemText(s), nil
+	}
+	k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("bad PKCS#8 private key: %w", err) // carries no key material
+	}
+	switch k := k.(type) {
+	case *ecdsa.PrivateKey:
+		der, err := x509.MarshalECPrivateKey(k)
+		if err != nil {
+			return nil, fmt.Errorf("ECDSA key: %w", err)
+		}
+		return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
+	case *rsa.PrivateKey:
+		return pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}), nil
+	}
+	return pemText(s), nil
 }

@@ -103,7 +103,13 @@ type Plan struct {
 	// SandboxImage is the sandbox (pause) image the files name: Input.SandboxImage, the baked
 	// one, or by default the one the Kubernetes version's kubeadm expects.
 	SandboxImage string
+	// SkipImages are baked images (of Input.BakedImages) this machine never runs, so configure
+	// does not import them: on a node, the control-plane-only ones (ControlPlaneOnlyWhy).
+	SkipImages []string
 }
+
+// ControlPlaneOnlyWhy says why a node skips the images in Plan.SkipImages.
+const ControlPlaneOnlyWhy = "control-plane only: a node never runs them"
 
 // fieldError is nodeconfig's error type: one problem with one named field.
 type fieldError = nodeconfig.FieldError
@@ -139,6 +145,7 @@ func Render(in Input) (*Plan, error) {
 		p.Files = append(p.Files, f)
 		p.Command = []string{"kubeadm", "join", "--config", KubeadmConfigPath}
 	case nodeconfig.RoleNode:
+		p.SkipImages = controlPlaneOnlyImages(r.in.BakedImages, r.v)
 		if cr.ClientCertificate != "" {
 			files, err := r.certNode()
 			if err != nil {

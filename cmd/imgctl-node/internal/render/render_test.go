@@ -1,7 +1,15 @@
 package render
 
 import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"os"
@@ -549,6 +557,49 @@ func TestMasterCA(t *testing.T) {
 	}
 }
 
+// TestMasterCAKeyForKubeadm: the master writes credentials.caKey in the form kubeadm itself
+// writes keys: an ECDSA key as SEC1 (EC PRIVATE KEY) and an RSA key as PKCS#1, whatever form the
+// NodeConfig gives (openssl writes PKCS#8). kubeadm 1.21 uploads ca.key for the followers as is,
+// and their download-certs phase reads an ECDSA key only as SEC1: with a PKCS#8 one, every
+// kubeadm join --control-plane failed ("unknown data found in Secret entry"). Other keys
+// (Ed25519) are written as given.
+func TestMasterCAKeyForKubeadm(t *testing.T) {
+	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rk, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ed := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{3}, ed25519.SeedSize))
+	block := func(typ string, der []byte, err error) string {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}))
+	}
+	pkcs8 := func(k any) string { d, err := x509.MarshalPKCS8PrivateKey(k); return block("PRIVATE KEY", d, err) }
+	sec1 := func() string { d, err := x509.MarshalECPrivateKey(ec); return block("EC PRIVATE KEY", d, err) }()
+	pkcs1 := block("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(rk), nil)
+	for _, c := range []struct{ name, in, want string }{
+		{"ECDSA PKCS#8", pkcs8(ec), sec1},
+		{"ECDSA SEC1", sec1, sec1},
+		{"RSA PKCS#8", pkcs8(rk), pkcs1},
+		{"RSA PKCS#1", pkcs1, pkcs1},
+		{"Ed25519 PKCS#8", pkcs8(ed), pkcs8(ed)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			in := testInput(t, caseMaster, "1.21.13")
+			in.Config.Spec.Credentials.CAKey = c.in
+			if got := fileData(t, mustRender(t, in), CAKeyPath); got != c.want {
+				t.Errorf("%s =\n%s\nwant\n%s", CAKeyPath, got, c.want)
+			}
+		})
+	}
+}
+
 func TestSandboxImageInput(t *testing.T) {
 	in := testInput(t, caseNodeCert, "1.21.13")
 	in.SandboxImage = "registry.example.com/pause@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -724,6 +775,42 @@ func TestControlPlaneImages(t *testing.T) {
 	node.BakedImages = []string{"registry.k8s.io/pause:3.4.1", r + "/pause:3.4.1", r + "/kube-apiserver:v1.21.13"}
 	if p := mustRender(t, node); p.SandboxImage != r+"/pause:3.4.1" {
 		t.Errorf("node sandbox = %q, want %s/pause:3.4.1", p.SandboxImage, r)
+	}
+}
+
+// TestSkipImages: a node (with a token or a client certificate) skips the control-plane-only
+// images of the repository holding the version's kube-apiserver, whatever their tags, and nothing
+// else; a master or masterFollower imports everything.
+func TestSkipImages(t *testing.T) {
+	const r = controlPlaneRepository
+	for _, c := range []string{caseMaster, caseMasterFollower, caseNodeToken, caseNodeCert} {
+		t.Run(c, func(t *testing.T) {
+			in := testInput(t, c, "1.21.13")
+			in.BakedImages = append(testInput(t, caseMaster, "1.21.13").BakedImages, // all seven
+				"registry.example.com/k8s/kube-apiserver:v1.21.13", "registry.example/probe:1", r+"/etcd:3.5.0-0")
+			got := mustRender(t, in).SkipImages
+			var want []string
+			if c == caseNodeToken || c == caseNodeCert {
+				for _, n := range in.BakedImages {
+					if strings.HasPrefix(n, r+"/") && !strings.Contains(n, "/kube-proxy:") && !strings.Contains(n, "/coredns:") && !strings.Contains(n, "/pause:") {
+						want = append(want, n)
+					}
+				}
+				slices.Sort(want)
+				if len(want) < 5 {
+					t.Fatalf("test input bakes too few control-plane images: %q", in.BakedImages)
+				}
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("SkipImages = %q, want %q", got, want)
+			}
+		})
+	}
+	// Without the version's kube-apiserver baked, nothing is control-plane only.
+	in := testInput(t, caseNodeToken, "1.21.13")
+	in.BakedImages = []string{r + "/etcd:3.5.0-0", r + "/kube-apiserver:v1.20.0", r + "/pause:3.4.1"}
+	if got := mustRender(t, in).SkipImages; got != nil {
+		t.Errorf("SkipImages = %q, want none", got)
 	}
 }
 
