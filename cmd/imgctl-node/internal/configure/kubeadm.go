@@ -38,6 +38,11 @@ const (
 	DefaultKubeadmAttemptTimeout = 10 * time.Minute
 )
 
+// followerEtcdJoinPhase is the phase of kubeadm join --control-plane that adds this machine's
+// etcd member to the cluster and waits for it. After a failure there a retry is unsafe (see
+// runKubeadm), so a masterFollower stops.
+const followerEtcdJoinPhase = "control-plane-join/etcd"
+
 // kubeadmPhaseRE finds the failed phase in kubeadm's error ("error execution phase
 // control-plane-prepare/download-certs: …", from its phase runner).
 var kubeadmPhaseRE = regexp.MustCompile(`^error execution phase ([^:\s]+):`)
@@ -54,7 +59,9 @@ const (
 
 // runKubeadm runs plan.Command: kubeadm init once for a master; join up to NodeJoinAttempts
 // times for a node and for FollowerRetryFor for a masterFollower, with kubeadm reset -f and a
-// growing backoff between attempts, each retry one progress line. kubeadm's output reaches
+// growing backoff between attempts, each retry one progress line. A masterFollower that failed
+// in followerEtcdJoinPhase is not reset nor retried: its etcd member may have been added, and a
+// reset then deletes the local etcd the cluster's quorum waits for. kubeadm's output reaches
 // Output through redaction of every secret. The step fails with the phase kubeadm named.
 func (o *Options) runKubeadm(ctx context.Context, plan *render.Plan, cfg *nodeconfig.NodeConfig) error {
 	s := o.Steps.Start("kubeadm")
@@ -74,6 +81,12 @@ func (o *Options) runKubeadm(ctx context.Context, plan *render.Plan, cfg *nodeco
 		if err == nil {
 			s.Done("command", command, "attempts", n)
 			return nil
+		}
+		if cfg.Spec.Role == nodeconfig.RoleMasterFollower && phase == followerEtcdJoinPhase {
+			return s.Fail(fmt.Errorf("%w; not retried: this machine's etcd member may be in the cluster already, and kubeadm reset "+
+				"would delete its local etcd while the cluster waits for it (no quorum with two members); check `etcdctl member list` "+
+				"on a control-plane machine and remove a member that never started before booting this machine again", err),
+				"phase", phase, "command", command, "attempts", n)
 		}
 		last := (attempts > 0 && n >= attempts) || (retryFor > 0 && time.Since(start)+backoff > retryFor) || ctx.Err() != nil
 		if last {

@@ -265,6 +265,52 @@ func TestFollowerRetriesLonger(t *testing.T) {
 	noSecrets(t, "the steps", f.steps.String())
 }
 
+// TestFollowerEtcdJoinNotRetried: a masterFollower whose join failed in
+// control-plane-join/etcd is neither reset nor tried again. kubeadm may have added this
+// machine's etcd member to the cluster already: with it unstarted a two-member cluster has no
+// quorum, and kubeadm reset cannot remove it then (it found no etcd configuration: "Assuming
+// external etcd") but deletes the local etcd's manifest and data, the one thing that could still
+// restore the quorum. Seen in TestClusterThreeMachines under TCG: the retry after a reset found
+// the API server gone. The step fails at once, naming the phase and what to check.
+func TestFollowerEtcdJoinNotRetried(t *testing.T) {
+	f, o := newFixture(t, followerConfig)
+	bakeControlPlane(t, f.root)
+	o.KubeadmBackoff = time.Millisecond
+	f.kubeadm = func(out io.Writer, args string, n int) error {
+		if args == "reset -f" {
+			return nil
+		}
+		io.WriteString(out, kubeadmFailure("control-plane-join/etcd", "error creating local etcd static pod manifest file: context deadline exceeded"))
+		return errors.New("exit status 1")
+	}
+	err := Run(context.Background(), o)
+	if err == nil {
+		t.Fatal("Run succeeded")
+	}
+	kubeadm := slices.DeleteFunc(slices.Clone(f.commands), func(c string) bool { return !strings.HasPrefix(c, "kubeadm ") })
+	if want := []string{"kubeadm join --config " + render.KubeadmConfigPath}; !slices.Equal(kubeadm, want) {
+		t.Errorf("kubeadm commands = %q, want %q (no reset, no retry)", kubeadm, want)
+	}
+	lines := stepLines(f, "kubeadm")
+	if len(lines) != 1 || !strings.Contains(lines[0], "status=fail") || !strings.Contains(lines[0], `phase=control-plane-join/etcd command="kubeadm join" attempts=1`) ||
+		!strings.Contains(lines[0], "not retried") || !strings.Contains(lines[0], "etcdctl member list") {
+		t.Errorf("kubeadm step lines = %q", lines)
+	}
+	// A node never adds an etcd member: whatever its phase, it retries.
+	f, o = newFixture(t, tokenConfig)
+	o.KubeadmBackoff = time.Millisecond
+	f.kubeadm = func(out io.Writer, args string, n int) error {
+		if args == "reset -f" || n >= 2 {
+			return nil
+		}
+		io.WriteString(out, kubeadmFailure("control-plane-join/etcd", "odd"))
+		return errors.New("exit status 1")
+	}
+	if err := Run(context.Background(), o); err != nil {
+		t.Errorf("node: %v", err)
+	}
+}
+
 // TestControlPlaneRoleNeedsImages: metadata naming a control-plane role the image cannot serve
 // (no control-plane images baked) fails the render step, naming the role and the images.
 func TestControlPlaneRoleNeedsImages(t *testing.T) {
