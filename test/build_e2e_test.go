@@ -77,6 +77,20 @@ type built struct {
 	}
 }
 
+// imgctlBuild runs imgctl -o json build with args in dir and returns what it printed.
+func imgctlBuild(ctx context.Context, t *testing.T, dir string, args ...string) built {
+	t.Helper()
+	stdout, err := imgctl(ctx, t, dir, append([]string{"-o", "json", "build"}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b built
+	if err := json.Unmarshal([]byte(stdout), &b); err != nil || b.Digest == "" {
+		t.Fatalf("imgctl -o json build: %v: %q", err, stdout)
+	}
+	return b
+}
+
 // TestDebianNodeImageReproducible builds the embedded default node image (Debian base by
 // mmdebstrap, cloud kernel, systemd-boot, containerd, runc from deb.debian.org; a local file as
 // kubelet) as rootfs and raw disk twice from fresh caches with one lock, and checks the two

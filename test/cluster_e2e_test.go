@@ -4,7 +4,6 @@ package test
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -130,17 +129,10 @@ func TestClusterLANTwoGuests(t *testing.T) {
 	}
 	out := filepath.Join(work, "out")
 	start := time.Now()
-	res, err := imgctl(ctx, t, dir, "-o", "json", "build", "--k8s", "1.21.13", "--target", "raw",
+	b := imgctlBuild(ctx, t, dir, "--k8s", "1.21.13", "--target", "raw",
 		"--lock", filepath.Join(cache, "imgctl.lock"), "--node-agent", nodeAgent(t), "--output", out,
 		"--source", "kubelet=file://"+kubelet+"#path=/usr/bin/kubelet&mode=0755",
 		"--source", "extra=file://"+clusterLANTestLayer(t, work)+"/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b built
-	if err := json.Unmarshal([]byte(res), &b); err != nil {
-		t.Fatalf("imgctl -o json build: %v: %q", err, res)
-	}
 	t.Logf("build: %v wall, image %s", time.Since(start).Round(time.Second), b.Digest)
 
 	leases := map[string]string{}

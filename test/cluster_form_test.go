@@ -86,17 +86,7 @@ func freePorts(t *testing.T, n int) []string {
 
 // clusterCache is the download and layer cache the cluster tests' builds share across runs (as
 // .cache/e2e-update is the update test's): a warm cache makes a build take a minute, not ten.
-func clusterCache(t *testing.T) string {
-	t.Helper()
-	dir, err := filepath.Abs("../.cache/e2e-cluster")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Join(dir, "cache"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
+func clusterCache(t *testing.T) string { return e2eCache(t, "e2e-cluster") }
 
 // exampleCluster is the CA, its key and the bootstrap token of examples/cluster-inventory.yaml
 // (public example values).
@@ -299,17 +289,7 @@ func clusterTestLayer(t *testing.T, dir string) string {
 	t.Helper()
 	root := filepath.Join(dir, "cluster-testlayer")
 	writeTestLayer(t, root, map[string]string{
-		"etc/systemd/system/imgctl-test-report.service": `[Unit]
-Description=imgctl cluster test report
-After=kube-node-configuration.service
-
-[Service]
-Type=oneshot
-ExecStart=/usr/local/bin/imgctl-test-report
-
-[Install]
-WantedBy=multi-user.target
-`,
+		"etc/systemd/system/imgctl-test-report.service": reportUnit("imgctl cluster test report", "kube-node-configuration.service"),
 		"usr/local/bin/imgctl-test-report": `#!/bin/bash
 echo "IMGCTL-TEST-CLUSTER node=$(hostname) configuration=$(systemctl is-active kube-node-configuration) kubelet=$(systemctl is-active kubelet) podnet=$(systemctl is-active imgctl-podnet)" > /dev/console
 `,
@@ -352,16 +332,9 @@ func buildClusterImage(ctx context.Context, t *testing.T) clusterImage {
 	}
 	out := filepath.Join(dir, "out")
 	start := time.Now()
-	args := append([]string{"-o", "json", "build", "--k8s", "1.21.13", "--target", pxe.Name,
+	args := append([]string{"--k8s", "1.21.13", "--target", pxe.Name,
 		"--lock", filepath.Join(clusterCache(t), "cluster-pxe.lock"), "--node-agent", nodeAgent(t), "--output", out}, srcs...)
-	stdout, err := imgctl(ctx, t, dir, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b built
-	if err := json.Unmarshal([]byte(stdout), &b); err != nil || b.Digest == "" {
-		t.Fatalf("imgctl -o json build: %v: %q", err, stdout)
-	}
+	b := imgctlBuild(ctx, t, dir, args...)
 	_, size := fileDigest(t, filepath.Join(out, pxe.RootName))
 	t.Logf("built the cluster image %s in %v (root %d MiB)", b.Digest, time.Since(start).Round(time.Second), size>>20)
 	if _, err := imgctl(ctx, t, dir, "promote", b.Digest, "--to", clusterChannel, "--reason", "cluster e2e"); err != nil {

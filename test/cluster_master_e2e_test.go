@@ -72,17 +72,7 @@ ExecStart=/sbin/ip route replace default via 10.0.2.2
 [Install]
 WantedBy=multi-user.target
 `,
-		"etc/systemd/system/imgctl-test-report.service": `[Unit]
-Description=imgctl cluster test report
-After=kube-node-configuration.service
-
-[Service]
-Type=oneshot
-ExecStart=/usr/local/bin/imgctl-test-report
-
-[Install]
-WantedBy=multi-user.target
-`,
+		"etc/systemd/system/imgctl-test-report.service": reportUnit("imgctl cluster test report", "kube-node-configuration.service"),
 		"usr/local/bin/imgctl-test-report": `#!/bin/bash
 snapshotter=$(ctr --address /run/containerd/containerd.sock plugins ls 2>&1 | awk '$2 == "overlayfs" { print $NF }')
 pods=$(crictl --runtime-endpoint unix:///run/containerd/containerd.sock ps -q 2>/dev/null | wc -l)

@@ -173,7 +173,8 @@ func (l *clusterLAN) netdevArgs(mac string) string {
 		"remote.type=inet,remote.host=127.0.0.1,remote.port=%d", conn.LocalAddr().(*net.UDPAddr).Port)
 }
 
-// acked returns the addresses the hub's DHCP server has acknowledged, by MAC.
+// acked returns the addresses the hub's DHCP server has acknowledged (or is about to send an
+// acknowledgement of), by MAC.
 func (l *clusterLAN) acked() map[string]netip.Addr {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -264,11 +265,13 @@ func (l *clusterLAN) serveDHCP() {
 		if !m.ClientIPAddr.IsUnspecified() && m.ClientIPAddr != nil {
 			dst = m.ClientIPAddr // a renewing client has its address (RFC 2131 4.1)
 		}
-		if _, err := out.WriteTo(reply.ToBytes(), &net.UDPAddr{IP: dst, Port: dhcpv4.ClientPort}); err == nil && reply.MessageType() == dhcpv4.MessageTypeAck {
+		if reply.MessageType() == dhcpv4.MessageTypeAck {
+			// Recorded before it is sent: a client that has its ack finds it in acked().
 			l.mu.Lock()
 			l.acks[mac], _ = netip.AddrFromSlice(reply.YourIPAddr.To4())
 			l.mu.Unlock()
 		}
+		_, _ = out.WriteTo(reply.ToBytes(), &net.UDPAddr{IP: dst, Port: dhcpv4.ClientPort})
 	}
 }
 

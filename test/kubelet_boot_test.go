@@ -63,17 +63,7 @@ func kubeletTestLayer(t *testing.T, dir string) string {
 	t.Helper()
 	root := filepath.Join(dir, "kubelet-testlayer")
 	files := map[string]string{
-		"etc/systemd/system/imgctl-test-report.service": `[Unit]
-Description=imgctl kubelet boot test report
-After=kube-node-configuration.service
-
-[Service]
-Type=oneshot
-ExecStart=/usr/local/bin/imgctl-test-report
-
-[Install]
-WantedBy=multi-user.target
-`,
+		"etc/systemd/system/imgctl-test-report.service": reportUnit("imgctl kubelet boot test report", "kube-node-configuration.service"),
 		"usr/local/bin/imgctl-test-report": `#!/bin/bash
 sleep 5 # the kubelet must stay up, not just start
 healthz=$( (exec 3<>/dev/tcp/127.0.0.1/10248 && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 && tail -n1 <&3) 2>&1)

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -275,7 +274,7 @@ func buildPXE(t *testing.T) pxeArtifacts {
 // extra layer is made of the directories extras.
 func buildPXEImage(ctx context.Context, t *testing.T, dir, work, out, k8s string, pause sandboxImage, extras ...string) string {
 	t.Helper()
-	args := []string{"-o", "json", "build", "--k8s", "1.21.13", "--target", pxe.Name,
+	args := []string{"--k8s", "1.21.13", "--target", pxe.Name,
 		"--lock", filepath.Join(work, "imgctl.lock"), "--node-agent", nodeAgent(t), "--output", out,
 		"--source", "kubelet=file://" + filepath.Join(k8s, "kubelet") + "#path=/usr/bin/kubelet&mode=0755",
 		"--source", "kubelet=file://" + filepath.Join(k8s, "kubeadm") + "#path=/usr/bin/kubeadm&mode=0755",
@@ -283,15 +282,7 @@ func buildPXEImage(ctx context.Context, t *testing.T, dir, work, out, k8s string
 	for _, e := range extras {
 		args = append(args, "--source", "extra=file://"+e+"/")
 	}
-	stdout, err := imgctl(ctx, t, dir, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b built
-	if err := json.Unmarshal([]byte(stdout), &b); err != nil || b.Digest == "" {
-		t.Fatalf("imgctl -o json build: %v: %q", err, stdout)
-	}
-	return b.Digest
+	return imgctlBuild(ctx, t, dir, args...).Digest
 }
 
 func fileDigest(t *testing.T, p string) (string, int64) {

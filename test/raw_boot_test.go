@@ -24,17 +24,7 @@ func testLayer(t *testing.T, dir string) string {
 	t.Helper()
 	root := filepath.Join(dir, "testlayer")
 	files := map[string]string{
-		"etc/systemd/system/imgctl-test-report.service": `[Unit]
-Description=imgctl boot test report
-After=multi-user.target
-
-[Service]
-Type=oneshot
-ExecStart=/usr/local/bin/imgctl-test-report
-
-[Install]
-WantedBy=multi-user.target
-`,
+		"etc/systemd/system/imgctl-test-report.service": reportUnit("imgctl boot test report", "multi-user.target"),
 		"usr/local/bin/imgctl-test-report": `#!/bin/sh
 lower=$(findmnt -no SOURCE,FSTYPE,OPTIONS /run/imgctl/lower | tr -s ' ' ',')
 # Which partition the root really came from, as the kernel sees it (not what the loader asked);
@@ -55,6 +45,14 @@ systemctl --no-block poweroff
 	}
 	writeTestLayer(t, root, files)
 	return root
+}
+
+// reportUnit is a test image's report unit (etc/systemd/system/imgctl-test-report.service): a
+// oneshot that runs /usr/local/bin/imgctl-test-report once the units in after (space separated)
+// have started or finished, wanted by multi-user.target.
+func reportUnit(description, after string) string {
+	return "[Unit]\nDescription=" + description + "\nAfter=" + after + "\n\n[Service]\nType=oneshot\n" +
+		"ExecStart=/usr/local/bin/imgctl-test-report\n\n[Install]\nWantedBy=multi-user.target\n"
 }
 
 // writeTestLayer writes files (executable under usr/local/bin/) into root, enables

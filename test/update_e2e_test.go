@@ -63,9 +63,13 @@ type updateImages struct {
 
 // updateCache is the download and layer cache the update test's builds share across runs
 // (like .cache/tools): a warm cache makes the three builds take seconds, not minutes.
-func updateCache(t *testing.T) string {
+func updateCache(t *testing.T) string { return e2eCache(t, "e2e-update") }
+
+// e2eCache is .cache/NAME, an imgctl --store/--cache parent a test's builds share across runs,
+// with its cache directory made.
+func e2eCache(t *testing.T, name string) string {
 	t.Helper()
-	dir, err := filepath.Abs("../.cache/e2e-update")
+	dir, err := filepath.Abs(filepath.Join("../.cache", name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,17 +88,7 @@ func updateTestLayer(t *testing.T, dir string) string {
 	t.Helper()
 	root := filepath.Join(dir, "update-testlayer")
 	writeTestLayer(t, root, map[string]string{
-		"etc/systemd/system/imgctl-test-report.service": `[Unit]
-Description=imgctl update test report
-After=kube-node-configuration.service imgctl-bless.service
-
-[Service]
-Type=oneshot
-ExecStart=/usr/local/bin/imgctl-test-report
-
-[Install]
-WantedBy=multi-user.target
-`,
+		"etc/systemd/system/imgctl-test-report.service": reportUnit("imgctl update test report", "kube-node-configuration.service imgctl-bless.service"),
 		"usr/local/bin/imgctl-test-report": `#!/bin/bash
 arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^$1=//p"; }
 rel=v1
@@ -157,7 +151,7 @@ func buildUpdateImages(ctx context.Context, t *testing.T) updateImages {
 	build := func(name string, out string, sources ...string) updateImage {
 		t.Helper()
 		start := time.Now()
-		args := []string{"-o", "json", "build", "--k8s", "1.21.13", "--target", "raw",
+		args := []string{"--k8s", "1.21.13", "--target", "raw",
 			"--lock", filepath.Join(cache, "imgctl.lock"), "--node-agent", nodeAgent(t),
 			"--source", "kubelet=file://" + filepath.Join(k8s, "kubelet") + "#path=/usr/bin/kubelet&mode=0755",
 			"--source", "kubelet=file://" + filepath.Join(k8s, "kubeadm") + "#path=/usr/bin/kubeadm&mode=0755",
@@ -171,14 +165,7 @@ func buildUpdateImages(ctx context.Context, t *testing.T) updateImages {
 			}
 			args = append(args, "--source", s)
 		}
-		stdout, err := imgctl(ctx, t, dir, args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var b built
-		if err := json.Unmarshal([]byte(stdout), &b); err != nil || b.Digest == "" {
-			t.Fatalf("imgctl -o json build: %v: %q", err, stdout)
-		}
+		b := imgctlBuild(ctx, t, dir, args...)
 		img := updateImage{name: name, digest: b.Digest}
 		img.root, img.rootSize = imageRoot(ctx, t, dir, b.Digest)
 		t.Logf("build %s: %v wall: image %s, root %s (%d MiB)", name, time.Since(start).Round(time.Second), img.digest, img.root, img.rootSize>>20)
