@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -43,6 +44,13 @@ const (
 // runKubeadm), so a masterFollower stops.
 const followerEtcdJoinPhase = "control-plane-join/etcd"
 
+// followerLatePhases are the phases of kubeadm join --control-plane after this machine's etcd
+// member has joined, in kubeadm's order. A failure in one (usually an API server too slow to
+// answer) is resumed from there, never reset: kubeadm reset removes the etcd member through the
+// API server, and when that does not answer it only deletes the local etcd, leaving a two-member
+// cluster without quorum.
+var followerLatePhases = []string{"control-plane-join/update-status", "control-plane-join/mark-control-plane"}
+
 // kubeadmPhaseRE finds the failed phase in kubeadm's error ("error execution phase
 // control-plane-prepare/download-certs: …", from its phase runner).
 var kubeadmPhaseRE = regexp.MustCompile(`^error execution phase ([^:\s]+):`)
@@ -61,7 +69,8 @@ const (
 // times for a node and for FollowerRetryFor for a masterFollower, with kubeadm reset -f and a
 // growing backoff between attempts, each retry one progress line. A masterFollower that failed
 // in followerEtcdJoinPhase is not reset nor retried: its etcd member may have been added, and a
-// reset then deletes the local etcd the cluster's quorum waits for. kubeadm's output reaches
+// reset then deletes the local etcd the cluster's quorum waits for; one that failed in a
+// followerLatePhases phase runs the phases from there again (resumeJoin), without a reset. kubeadm's output reaches
 // Output through redaction of every secret. The step fails with the phase kubeadm named.
 func (o *Options) runKubeadm(ctx context.Context, plan *render.Plan, cfg *nodeconfig.NodeConfig) error {
 	s := o.Steps.Start("kubeadm")
@@ -76,27 +85,46 @@ func (o *Options) runKubeadm(ctx context.Context, plan *render.Plan, cfg *nodeco
 	}
 	start := time.Now()
 	backoff := o.KubeadmBackoff
+	resume := "" // a follower's late phase to run again, instead of reset and the whole join
 	for n := 1; ; n++ {
-		phase, err := o.kubeadmAttempt(ctx, plan.Command[1:], secrets)
+		var phase string
+		var err error
+		if resume == "" {
+			phase, err = o.kubeadmAttempt(ctx, plan.Command[1:], secrets)
+		} else {
+			phase, err = o.resumeJoin(ctx, plan, resume, secrets)
+		}
 		if err == nil {
-			s.Done("command", command, "attempts", n)
+			kv := []any{"command", command, "attempts", n}
+			if resume != "" {
+				kv = append(kv, "resumed-from", resume)
+			}
+			s.Done(kv...)
 			return nil
 		}
-		if cfg.Spec.Role == nodeconfig.RoleMasterFollower && phase == followerEtcdJoinPhase {
+		follower := cfg.Spec.Role == nodeconfig.RoleMasterFollower
+		if follower && phase == followerEtcdJoinPhase {
 			return s.Fail(fmt.Errorf("%w; not retried: this machine's etcd member may be in the cluster already, and kubeadm reset "+
 				"would delete its local etcd while the cluster waits for it (no quorum with two members); check `etcdctl member list` "+
 				"on a control-plane machine and remove a member that never started before booting this machine again", err),
 				"phase", phase, "command", command, "attempts", n)
 		}
+		if follower && slices.Contains(followerLatePhases, phase) {
+			resume = phase
+		}
 		last := (attempts > 0 && n >= attempts) || (retryFor > 0 && time.Since(start)+backoff > retryFor) || ctx.Err() != nil
 		if last {
 			return s.Fail(err, "phase", phase, "command", command, "attempts", n)
 		}
-		if _, rerr := o.kubeadmAttempt(ctx, []string{"reset", "-f"}, secrets); rerr != nil {
-			return s.Fail(fmt.Errorf("after attempt %d failed in phase %s, kubeadm reset -f: %w", n, phase, rerr),
-				"phase", "reset", "command", command, "attempts", n)
+		if resume == "" {
+			if _, rerr := o.kubeadmAttempt(ctx, []string{"reset", "-f"}, secrets); rerr != nil {
+				return s.Fail(fmt.Errorf("after attempt %d failed in phase %s, kubeadm reset -f: %w", n, phase, rerr),
+					"phase", "reset", "command", command, "attempts", n)
+			}
+			s.Progress("phase", phase, "command", command, "attempt", n, "retry-in", backoff, "err", err.Error())
+		} else {
+			s.Progress("phase", phase, "command", command, "attempt", n, "retry-in", backoff, "resume", resume, "err", err.Error())
 		}
-		s.Progress("phase", phase, "command", command, "attempt", n, "retry-in", backoff, "err", err.Error())
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
@@ -106,6 +134,22 @@ func (o *Options) runKubeadm(ctx context.Context, plan *render.Plan, cfg *nodeco
 		}
 		backoff = min(2*backoff, MaxKubeadmBackoff)
 	}
+}
+
+// resumeJoin runs a follower's late phases again from phase on (kubeadm join phase
+// control-plane-join update-status, then mark-control-plane), with the join's flags. On failure
+// it returns the phase that failed and kubeadm's error.
+func (o *Options) resumeJoin(ctx context.Context, plan *render.Plan, phase string, secrets []string) (string, error) {
+	for _, p := range followerLatePhases[slices.Index(followerLatePhases, phase):] {
+		args := append(append([]string{"join", "phase"}, strings.Split(p, "/")...), plan.Command[2:]...)
+		if named, err := o.kubeadmAttempt(ctx, args, secrets); err != nil {
+			if named == "unknown" {
+				named = p
+			}
+			return named, err
+		}
+	}
+	return "", nil
 }
 
 // kubeadmAttempt runs kubeadm args once, bounded by KubeadmAttemptTimeout. On failure it

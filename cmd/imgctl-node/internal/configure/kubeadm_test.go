@@ -311,6 +311,55 @@ func TestFollowerEtcdJoinNotRetried(t *testing.T) {
 	}
 }
 
+// TestFollowerResumesLatePhases: a masterFollower whose join failed after its etcd member joined
+// (control-plane-join/update-status or mark-control-plane; the API server was too slow) is not
+// reset: kubeadm reset could not reach the API server to remove the member and deleted the local
+// etcd, leaving the cluster without quorum (seen in TestClusterThreeMachines). It runs the failed
+// phase and those after it again (kubeadm join phase …) with the same backoff until they pass.
+func TestFollowerResumesLatePhases(t *testing.T) {
+	for _, failed := range []string{"control-plane-join/update-status", "control-plane-join/mark-control-plane"} {
+		t.Run(failed, func(t *testing.T) {
+			f, o := newFixture(t, followerConfig)
+			bakeControlPlane(t, f.root)
+			o.KubeadmBackoff = time.Millisecond
+			cfg := "--config " + render.KubeadmConfigPath
+			f.kubeadm = func(out io.Writer, args string, n int) error {
+				switch {
+				case args == "join "+cfg:
+					io.WriteString(out, kubeadmFailure(failed, `error uploading configuration: Post "https://192.0.2.11:6443/api/v1/namespaces/kube-system/configmaps": context deadline exceeded`))
+					return errors.New("exit status 1")
+				case args == "join phase "+strings.ReplaceAll(failed, "/", " ")+" "+cfg && n == 1:
+					io.WriteString(out, "error execution phase "+failed+": Patch \"https://192.0.2.11:6443/api/v1/nodes/master-2\": context deadline exceeded\n")
+					return errors.New("exit status 1")
+				}
+				return nil
+			}
+			if err := Run(context.Background(), o); err != nil {
+				t.Fatalf("%v\n%s", err, f.steps.String())
+			}
+			kubeadm := slices.DeleteFunc(slices.Clone(f.commands), func(c string) bool { return !strings.HasPrefix(c, "kubeadm ") })
+			want := []string{"kubeadm join " + cfg, "kubeadm join phase " + strings.ReplaceAll(failed, "/", " ") + " " + cfg}
+			if failed == "control-plane-join/update-status" {
+				want = append(want, "kubeadm join phase control-plane-join update-status "+cfg)
+			} else {
+				want = append(want, "kubeadm join phase control-plane-join mark-control-plane "+cfg)
+			}
+			if failed == "control-plane-join/update-status" {
+				want = append(want, "kubeadm join phase control-plane-join mark-control-plane "+cfg)
+			}
+			if !slices.Equal(kubeadm, want) {
+				t.Errorf("kubeadm commands =\n%s\nwant (no reset)\n%s", strings.Join(kubeadm, "\n"), strings.Join(want, "\n"))
+			}
+			lines := stepLines(f, "kubeadm")
+			if len(lines) != 3 || !strings.Contains(lines[0], "status=progress") || !strings.Contains(lines[0], "phase="+failed) ||
+				!strings.Contains(lines[0], "resume="+failed) || !strings.Contains(lines[1], "phase="+failed) ||
+				!strings.Contains(lines[2], "status=ok") || !strings.Contains(lines[2], "attempts=3") || !strings.Contains(lines[2], "resumed-from="+failed) {
+				t.Errorf("kubeadm step lines:\n%s", strings.Join(lines, "\n"))
+			}
+		})
+	}
+}
+
 // TestControlPlaneRoleNeedsImages: metadata naming a control-plane role the image cannot serve
 // (no control-plane images baked) fails the render step, naming the role and the images.
 func TestControlPlaneRoleNeedsImages(t *testing.T) {
