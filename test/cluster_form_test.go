@@ -357,6 +357,8 @@ type cluster struct {
 	api      *clusterAPI
 	guests   map[string]*clusterGuest
 	start    time.Time // the first power-on
+	// singleThread boots the guests with vmOptions.singleThread (more than two guests at once).
+	singleThread bool
 }
 
 // clusterGuest is one booted machine.
@@ -430,7 +432,7 @@ func (c *cluster) boot(ctx context.Context, name string) *clusterGuest {
 		c.start = now
 	}
 	v := startVM(ctx, t, vmOptions{bios: true, bootNIC: true, mac: m.bootMAC(), netdev: netdev,
-		memoryMiB: clusterGuestMemory(c.img.rootSize), lan: c.lan.netdevArgs(m.lanMAC()), lanMAC: m.lanMAC(),
+		memoryMiB: clusterGuestMemory(c.img.rootSize), lan: c.lan.netdevArgs(m.lanMAC()), lanMAC: m.lanMAC(), singleThread: c.singleThread,
 		logFile: filepath.Join(c.logs, name+".log")})
 	t.Cleanup(v.stop)
 	cg := &clusterGuest{m: m, vm: v, powerOn: now}

@@ -79,6 +79,11 @@ type vmOptions struct {
 	// lan, when set, adds a second virtio NIC with MAC lanMAC on a cluster LAN: a -netdev dgram
 	// spec (id n1) on 127.0.0.1 from clusterLAN.netdevArgs. It needs netdev (NIC 1).
 	lan, lanMAC string
+	// singleThread runs the guest's two vCPUs on one host thread (-accel tcg,thread=single):
+	// with several guests on the machine's two cores, a thread per vCPU overcommits them and a
+	// guest's vCPU waits on another that is not running (etcd's heartbeats, the API server's
+	// requests time out); one thread per guest does not.
+	singleThread bool
 }
 
 func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
@@ -86,8 +91,12 @@ func startVM(ctx context.Context, t *testing.T, o vmOptions) *vm {
 	if o.memoryMiB == 0 {
 		o.memoryMiB = 1024
 	}
+	accel := "tcg"
+	if o.singleThread {
+		accel = "tcg,thread=single"
+	}
 	args := []string{
-		"-accel", "tcg", "-cpu", "max", "-machine", "q35", "-m", fmt.Sprint(o.memoryMiB), "-smp", "2",
+		"-accel", accel, "-cpu", "max", "-machine", "q35", "-m", fmt.Sprint(o.memoryMiB), "-smp", "2",
 		"-nographic", "-serial", "stdio", "-monitor", "none",
 	}
 	if !o.bios {
