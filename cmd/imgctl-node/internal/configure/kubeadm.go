@@ -70,8 +70,9 @@ const (
 // growing backoff between attempts, each retry one progress line. A masterFollower that failed
 // in followerEtcdJoinPhase is not reset nor retried: its etcd member may have been added, and a
 // reset then deletes the local etcd the cluster's quorum waits for; one that failed in a
-// followerLatePhases phase runs the phases from there again (resumeJoin), without a reset. kubeadm's output reaches
-// Output through redaction of every secret. The step fails with the phase kubeadm named.
+// followerLatePhases phase runs the phases from there again (resumeJoin), without a reset.
+// kubeadm's output reaches Output through redaction of every secret. The step fails with the
+// phase kubeadm named.
 func (o *Options) runKubeadm(ctx context.Context, plan *render.Plan, cfg *nodeconfig.NodeConfig) error {
 	s := o.Steps.Start("kubeadm")
 	command := strings.Join(plan.Command[:2], " ")
