@@ -96,7 +96,7 @@ $(TOOLS_DIR)/kubernetes/v$(K8S)/kubelet $(TOOLS_DIR)/kubernetes/v$(K8S)/crictl:
 # The control-plane images kubeadm $(K8S) expects for imageRepository registry.imgctl.invalid/kubernetes
 # (kube-apiserver, -controller-manager, -scheduler, kube-proxy, etcd, CoreDNS, pause), built from
 # the Go module proxy into one OCI layout, with the spec source lines that bake them (sources.txt).
-# make test and make e2e-cluster build it first (~6.5 min cold here; seconds when nothing changed).
+# make test and make e2e-cluster build it first (6–8 min cold here; seconds when nothing changed).
 control-plane-images:
 	scripts/build-control-plane-images.sh $(K8S) $(TOOLS_DIR)/control-plane/v$(K8S)
 

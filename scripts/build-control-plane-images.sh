@@ -17,7 +17,7 @@
 #
 # Binaries and the kube-proxy root file system are kept in OUTDIR and not built again; the images
 # are packed again when a binary, the root file system or this script is newer than
-# OUTDIR/sources.txt (delete it to force). Cold: 6 min 22 s on 2 cores (measured with a fresh module cache); warm: seconds.
+# OUTDIR/sources.txt (delete it to force). Cold: 6–8 min on 2 cores (measured with a fresh module cache); warm: seconds.
 set -euo pipefail
 usage="usage: build-control-plane-images.sh VERSION OUTDIR"
 version=${1:?$usage}
