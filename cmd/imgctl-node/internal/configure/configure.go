@@ -329,11 +329,7 @@ func (o Options) run(ctx context.Context, st *runState) error {
 			}
 			names = append(names, im.Name)
 		}
-		kv := []any{"imported", strings.Join(names, ",")}
-		if len(skipped) > 0 {
-			kv = append(kv, "skipped", strings.Join(skipped, ","), "skipped-why", render.ControlPlaneOnlyWhy)
-		}
-		return struct{}{}, kv, nil
+		return struct{}{}, append([]any{"imported", strings.Join(names, ",")}, skippedKV(skipped)...), nil
 	}); err != nil {
 		return err
 	}
@@ -388,11 +384,7 @@ func (o *Options) dryRunRest(plan *render.Plan, baked []bakedImage, adminKubecon
 		for i, im := range imports {
 			names[i] = im.Name
 		}
-		kv := []any{"command", "ctr images import", "images", strings.Join(names, ",")}
-		if len(skipped) > 0 {
-			kv = append(kv, "skipped", strings.Join(skipped, ","), "skipped-why", render.ControlPlaneOnlyWhy)
-		}
-		skip("images", kv...)
+		skip("images", append([]any{"command", "ctr images import", "images", strings.Join(names, ",")}, skippedKV(skipped)...)...)
 	}
 	if len(plan.Command) > 0 {
 		skip("kubeadm", "command", strings.Join(plan.Command, " "))

@@ -64,6 +64,14 @@ func importsFor(baked []bakedImage, plan *render.Plan) (imports []bakedImage, sk
 	return imports, skipped
 }
 
+// skippedKV is what the images line says of the images importsFor left out (nothing if none).
+func skippedKV(skipped []string) []any {
+	if len(skipped) == 0 {
+		return nil
+	}
+	return []any{"skipped", strings.Join(skipped, ","), "skipped-why", render.ControlPlaneOnlyWhy}
+}
+
 // archiveName reads the image name from an OCI archive's index.json (the annotation containerd's
 // import uses, or the OCI ref name).
 func archiveName(file string) (string, error) {
