@@ -43,8 +43,8 @@ func TestClusterThreeMachines(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Minute)
 	defer cancel()
 	// etcd's Raft timing for TCG: with etcd's defaults (100ms heartbeats, 1s election timeout),
-	// once master-2's member had joined, master-1's API server restarted again and again (its
-	// etcd check failed) and node-1's joins timed out.
+	// once master-2's member had joined, master-1's API server restarted again and again and
+	// node-1's joins timed out.
 	c := newCluster(ctx, t, func(group string) string {
 		const at = "      cluster:\n"
 		if !strings.Contains(group, at) {
