@@ -260,6 +260,30 @@ func copyExampleInventory(t *testing.T, dir string) string {
 	return filepath.Join(dir, "cluster-inventory.yaml")
 }
 
+// editGroupConfig applies edits to the group config of the inventory copy at path: the lines
+// between the group's "    config:" and its "    secretFile:".
+func editGroupConfig(t *testing.T, path string, edits ...func(string) string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(data)
+	const open, end = "\n    config:\n", "\n    secretFile:"
+	i := strings.Index(s, open)
+	j := strings.Index(s, end)
+	if i < 0 || j < i {
+		t.Fatalf("%s: no group config between %q and %q", path, open, end)
+	}
+	block := s[i+len(open) : j+1]
+	for _, e := range edits {
+		block = e(block)
+	}
+	if err := os.WriteFile(path, []byte(s[:i+len(open)]+block+s[j+1:]), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // dnsProbeSource builds test/testdata/dnsprobe (static), packs it as dnsProbeRef into an OCI
 // layout in dir with imgctl images pack, and returns the spec source that bakes it.
 func dnsProbeSource(ctx context.Context, t *testing.T, dir string) string {
@@ -375,7 +399,10 @@ func clusterGuestMemory(rootSize int64) int { return netbootMemory(rootSize) + 3
 
 // newCluster builds the image, starts imgctl serve on it with the example inventory (TLS, as
 // the README) and the cluster LAN with the inventory's reservations and a default route.
-func newCluster(ctx context.Context, t *testing.T) *cluster {
+//
+// Each edit changes the group config of the inventory's copy: it gets that config's lines (the
+// block under "    config:") and returns them changed.
+func newCluster(ctx context.Context, t *testing.T, edits ...func(groupConfig string) string) *cluster {
 	t.Helper()
 	requireQEMU(t)
 	testenv.Tools(t, "mmdebstrap")
@@ -384,7 +411,11 @@ func newCluster(ctx context.Context, t *testing.T) *cluster {
 	c.img = buildClusterImage(ctx, t)
 	work := t.TempDir()
 	certFile, keyFile, _ := serveCert(t, work)
-	c.srv = startServe(ctx, t, c.img.dir, copyExampleInventory(t, work),
+	inv := copyExampleInventory(t, work)
+	if len(edits) > 0 {
+		editGroupConfig(t, inv, edits...)
+	}
+	c.srv = startServe(ctx, t, c.img.dir, inv,
 		"--tls-cert", certFile, "--tls-key", keyFile, "--advertise-url", serveURL)
 	leases := map[string]string{}
 	for _, m := range c.machines {

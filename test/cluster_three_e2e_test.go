@@ -6,6 +6,7 @@ import (
 	"context"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,12 @@ const kubeadmCertsPath = "/api/v1/namespaces/kube-system/secrets/kubeadm-certs"
 // certificates are gone, and that will try again.
 var downloadCertsRetry = regexp.MustCompile(`step=kubeadm status=progress [^\n]*phase=control-plane-prepare/download-certs [^\n]*command="kubeadm join" attempt=\d+ retry-in=\S+`)
 
+// The three-machine cluster's etcd timing (spec.cluster.etcd), and etcd's flags for it.
+const (
+	etcdHeartbeat, etcdHeartbeatMS = "500ms", "500"
+	etcdElection, etcdElectionMS   = "10s", "10000"
+)
+
 // TestClusterThreeMachines forms the README's three-machine cluster from images: master-1
 // (kubeadm init), then master-2 (kubeadm join --control-plane), then node-1 (kubeadm join),
 // all netbooting the same image from imgctl serve with the example inventory. Before
@@ -35,7 +42,16 @@ func TestClusterThreeMachines(t *testing.T) {
 	testenv.Integration(t, "qemu guests forming a cluster")
 	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Minute)
 	defer cancel()
-	c := newCluster(ctx, t)
+	// etcd's Raft timing for TCG: with etcd's defaults (100ms heartbeats, 1s election timeout),
+	// once master-2's member had joined, master-1's API server restarted again and again and
+	// node-1's joins timed out.
+	c := newCluster(ctx, t, func(group string) string {
+		const at = "      cluster:\n"
+		if !strings.Contains(group, at) {
+			t.Fatalf("the example inventory's group config has no %q:\n%s", at, group)
+		}
+		return strings.Replace(group, at, at+"        etcd: {heartbeatInterval: "+etcdHeartbeat+", electionTimeout: "+etcdElection+"}\n", 1)
+	})
 	// Two control-plane guests under TCG on two cores: with a host thread per vCPU, master-1's API
 	// server stopped answering while master-2's etcd joined (kubeadm's update-status timed out,
 	// three runs of three).
@@ -96,7 +112,12 @@ func TestClusterThreeMachines(t *testing.T) {
 			t.Errorf("%s lacks the control-plane label: %v", name, nodes[name].Metadata.Labels)
 		}
 		for _, component := range []string{"kube-apiserver", "etcd"} {
-			var p struct{ Status struct{ Phase string } }
+			var p struct {
+				Spec struct {
+					Containers []struct{ Command []string }
+				}
+				Status struct{ Phase string }
+			}
 			path := "/api/v1/namespaces/kube-system/pods/" + component + "-" + name
 			for {
 				err := c.api.get(path, &p)
@@ -107,6 +128,20 @@ func TestClusterThreeMachines(t *testing.T) {
 				case <-ctx.Done():
 					t.Fatalf("%s: %v (phase %q)", path, err, p.Status.Phase)
 				case <-time.After(5 * time.Second):
+				}
+			}
+			if component != "etcd" {
+				continue
+			}
+			// Both members run with the master's spec.cluster.etcd: master-2's kubeadm join
+			// took it from the cluster's configuration.
+			var cmd []string
+			if len(p.Spec.Containers) > 0 {
+				cmd = p.Spec.Containers[0].Command
+			}
+			for _, flag := range []string{"--heartbeat-interval=" + etcdHeartbeatMS, "--election-timeout=" + etcdElectionMS} {
+				if !slices.Contains(cmd, flag) {
+					t.Errorf("%s: etcd runs without %s: %q", path, flag, cmd)
 				}
 			}
 		}

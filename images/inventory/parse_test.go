@@ -255,7 +255,7 @@ func TestParseErrors(t *testing.T) {
 			[]string{`inv.yaml:17: machines[0].config.role: set role next to config (on the machine or its group), not in it`,
 				`inv.yaml:17: machines[0].config.credentials: credentials are secret: put them in secret or secretFile, not in config`}},
 		{"config unknown field", head + m("  config:\n    cluster:\n      apiSever: https://x\n"),
-			[]string{`inv.yaml:19: machines[0].config.cluster.apiSever: unknown field (expected name, apiServer, dnsDomain, serviceCIDR, podCIDR, clusterDNS, caCertificate or adminKubeconfig)`}},
+			[]string{`inv.yaml:19: machines[0].config.cluster.apiSever: unknown field (expected name, apiServer, dnsDomain, serviceCIDR, podCIDR, clusterDNS, caCertificate, adminKubeconfig or etcd)`}},
 		{"config wrong type", head + m("  config:\n    kubelet:\n      maxPods: lots\n"),
 			[]string{`inv.yaml:19: machines[0].config.kubelet.maxPods: expected an integer, got str "lots"`}},
 		{"config bad value in machine", head + m("  config:\n    cluster:\n      podCIDR: 10.96.0.0/16\n"),

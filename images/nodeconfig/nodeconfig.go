@@ -92,6 +92,22 @@ type Cluster struct {
 	// the cluster-admin kubeconfig kubeadm wrote (/etc/kubernetes/admin.conf), mode 0600, once
 	// kubeadm has succeeded; empty: nowhere else.
 	AdminKubeconfig string `yaml:"adminKubeconfig,omitempty" json:"adminKubeconfig,omitempty"`
+	// Etcd tunes the etcd member kubeadm runs on every control-plane machine. The master's
+	// kubeadm init writes it into the cluster's configuration, which followers join with; a
+	// node and a follower ignore their own.
+	Etcd Etcd `yaml:"etcd,omitempty" json:"etcd,omitzero"`
+}
+
+// Etcd holds etcd's Raft timing (etcd's "tuning" guide): how often the leader sends heartbeats
+// and how long a follower waits without one before it calls an election. etcd's defaults (100ms,
+// 1s) suit machines a LAN apart with fast disks; a slower network, slow disks or busy, emulated
+// CPUs need longer ones, or leader elections make the API servers restart.
+type Etcd struct {
+	// HeartbeatInterval is a Go duration in whole milliseconds; default 100ms.
+	HeartbeatInterval string `yaml:"heartbeatInterval,omitempty" json:"heartbeatInterval,omitempty"`
+	// ElectionTimeout is a Go duration in whole milliseconds, at least 5 × HeartbeatInterval and
+	// at most 50s (etcd's own bounds); default 1s.
+	ElectionTimeout string `yaml:"electionTimeout,omitempty" json:"electionTimeout,omitempty"`
 }
 
 // Kubelet holds per-node kubelet settings.

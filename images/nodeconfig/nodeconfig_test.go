@@ -122,7 +122,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown role", head + "spec: {role: worker}", []string{`user-data: spec.role: unknown role "worker" (expected master, masterFollower or node)`}},
 		{"missing role", head + "spec: {}", []string{"user-data: spec.role: missing (expected master, masterFollower or node)"}},
 		{"unknown field", head + "spec: {role: node, cluster: {apiserver: x}}", []string{
-			"user-data: spec.cluster.apiserver: unknown field (expected name, apiServer, dnsDomain, serviceCIDR, podCIDR, clusterDNS, caCertificate or adminKubeconfig)"}},
+			"user-data: spec.cluster.apiserver: unknown field (expected name, apiServer, dnsDomain, serviceCIDR, podCIDR, clusterDNS, caCertificate, adminKubeconfig or etcd)"}},
 		{"unknown top field", head + "status: {}\nspec: {role: node}", []string{"user-data: status: unknown field (expected apiVersion, kind, metadata or spec)"}},
 		{"several problems", head + "spec: {role: node, foo: 1, kubelet: {maxPods: many, bar: 2}}", []string{
 			"spec.foo: unknown field", `spec.kubelet.maxPods: expected an integer, got str "many"`, "spec.kubelet.bar: unknown field"}},
@@ -598,7 +598,7 @@ func TestDecodeNode(t *testing.T) {
 		got = append(got, p.Error())
 	}
 	want := []string{
-		"machines[1].config.cluster.nmae: unknown field (expected name, apiServer, dnsDomain, serviceCIDR, podCIDR, clusterDNS, caCertificate or adminKubeconfig)",
+		"machines[1].config.cluster.nmae: unknown field (expected name, apiServer, dnsDomain, serviceCIDR, podCIDR, clusterDNS, caCertificate, adminKubeconfig or etcd)",
 		`machines[1].config.kubelet.maxPods: expected an integer, got str "many"`,
 	}
 	if !reflect.DeepEqual(got, want) {

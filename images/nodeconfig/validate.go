@@ -117,6 +117,7 @@ func (c *NodeConfig) checkValues() []*FieldError {
 			add("spec.cluster.adminKubeconfig", "%v", err)
 		}
 	}
+	probs = append(probs, cl.Etcd.check()...)
 
 	k := c.Spec.Kubelet
 	for _, key := range sortedKeys(k.NodeLabels) {

@@ -71,13 +71,15 @@ type apiServer struct {
 	TimeoutForControlPlane string `json:"timeoutForControlPlane"`
 }
 
-// etcd is ClusterConfiguration.etcd: the local etcd's image tag, when it is not kubeadm's default.
+// etcd is ClusterConfiguration.etcd: the local etcd's image tag, when it is not kubeadm's
+// default, and its flags (spec.cluster.etcd's Raft timing).
 type etcd struct {
 	Local localEtcd `json:"local"`
 }
 
 type localEtcd struct {
-	ImageTag string `json:"imageTag"`
+	ImageTag  string    `json:"imageTag,omitempty"`
+	ExtraArgs extraArgs `json:"extraArgs,omitzero"`
 }
 
 // dns is ClusterConfiguration.dns: CoreDNS's image tag, when it is not kubeadm's default.
@@ -279,8 +281,9 @@ func (r *renderer) master() ([]File, error) {
 		cc.ControlPlaneEndpoint = r.apiEndpoint()
 	}
 	cc.ImageRepository = r.cp.repo
-	if r.cp.etcdTag != "" {
-		cc.Etcd = &etcd{Local: localEtcd{ImageTag: r.cp.etcdTag}}
+	if flags := cl.Etcd.Flags(); r.cp.etcdTag != "" || len(flags) > 0 {
+		cc.Etcd = &etcd{Local: localEtcd{ImageTag: r.cp.etcdTag,
+			ExtraArgs: extraArgs{list: apiVersion == kubeversion.KubeadmV1beta4, flags: extraArgFlags(flags)}}}
 	}
 	if r.cp.dnsTag != "" {
 		cc.DNS = &dns{ImageTag: r.cp.dnsTag}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/imgctl/imgctl/images/nodeconfig"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -238,6 +239,18 @@ func TestKubeadmOracle(t *testing.T) {
 		// kubeadm applied its default control-plane taint, which Render left to it.
 		if taints, _ := get(ic, "nodeRegistration", "taints").([]any); len(taints) != 1 || get(taints[0], "key") != "node-role.kubernetes.io/master" {
 			t.Errorf("migrated taints = %v, want kubeadm's control-plane taint", get(ic, "nodeRegistration", "taints"))
+		}
+	})
+
+	// spec.cluster.etcd reaches kubeadm as the local etcd's flags, beside its image tag.
+	t.Run("master etcd timing migrate", func(t *testing.T) {
+		in := testInput(t, caseMaster, oracleVersion)
+		in.Config.Spec.Cluster.Etcd = nodeconfig.Etcd{HeartbeatInterval: "500ms", ElectionTimeout: "10s"}
+		docs, stderr := migrate(t, kubeadm, fileData(t, mustRender(t, in), KubeadmConfigPath))
+		quiet(t, "config migrate", stderr)
+		local := get(docs["ClusterConfiguration"], "etcd", "local")
+		if get(local, "extraArgs", "heartbeat-interval") != "500" || get(local, "extraArgs", "election-timeout") != "10000" || get(local, "imageTag") == nil {
+			t.Errorf("migrated etcd.local = %v, want heartbeat-interval 500, election-timeout 10000 and the image tag", local)
 		}
 	})
 

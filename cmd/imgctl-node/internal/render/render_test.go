@@ -922,3 +922,50 @@ func TestAdvertiseAddressFromNodeIP(t *testing.T) {
 		})
 	}
 }
+
+// TestEtcdTiming checks spec.cluster.etcd reaches the master's ClusterConfiguration as etcd's
+// flags (a map before v1beta4, a list from it), next to the image tag, and that a
+// follower's or node's own spec.cluster.etcd renders nothing: they join the cluster's.
+func TestEtcdTiming(t *testing.T) {
+	for _, v := range goldenVersions {
+		kv, err := kubeversion.Parse(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Run(v, func(t *testing.T) {
+			in := testInput(t, caseMaster, v)
+			in.Config.Spec.Cluster.Etcd = nodeconfig.Etcd{HeartbeatInterval: "500ms", ElectionTimeout: "10s"}
+			local := get(kubeadmDocs(t, fileData(t, mustRender(t, in), KubeadmConfigPath))["ClusterConfiguration"], "etcd", "local")
+			want := [][2]string{{"election-timeout", "10000"}, {"heartbeat-interval", "500"}}
+			switch a := get(local, "extraArgs").(type) {
+			case map[string]any:
+				if kv.KubeadmAPIVersion() == kubeversion.KubeadmV1beta4 || len(a) != len(want) || a[want[0][0]] != want[0][1] || a[want[1][0]] != want[1][1] {
+					t.Errorf("etcd.local.extraArgs = %v, want %v", a, want)
+				}
+			case []any:
+				if kv.KubeadmAPIVersion() != kubeversion.KubeadmV1beta4 || len(a) != len(want) {
+					t.Fatalf("etcd.local.extraArgs = %v, want %v", a, want)
+				}
+				for i, w := range want {
+					if get(a[i], "name") != w[0] || get(a[i], "value") != w[1] {
+						t.Errorf("etcd.local.extraArgs[%d] = %v, want %v", i, a[i], w)
+					}
+				}
+			default:
+				t.Fatalf("etcd.local = %#v", local)
+			}
+			plain := get(kubeadmDocs(t, fileData(t, mustRender(t, testInput(t, caseMaster, v)), KubeadmConfigPath))["ClusterConfiguration"], "etcd", "local")
+			if tag := get(local, "imageTag"); tag != get(plain, "imageTag") || get(plain, "extraArgs") != nil {
+				t.Errorf("etcd.local.imageTag = %v, without spec.cluster.etcd %v", tag, plain)
+			}
+
+			for _, c := range []string{caseMasterFollower, caseNodeToken} {
+				in := testInput(t, c, v)
+				in.Config.Spec.Cluster.Etcd = nodeconfig.Etcd{ElectionTimeout: "10s"}
+				if data := fileData(t, mustRender(t, in), KubeadmConfigPath); strings.Contains(data, "election") {
+					t.Errorf("%s's kubeadm config carries etcd flags:\n%s", c, data)
+				}
+			}
+		})
+	}
+}
