@@ -54,7 +54,7 @@ test: deps lint kubernetes cosign packer control-plane-images
 # (test/controlplane_layout_test.go) are too heavy for make test in CI's time, so they run here.
 # CI=true: a missing prerequisite fails instead of skipping.
 e2e-cluster: deps kubernetes control-plane-images
-	CI=true $(GO) test -tags cluster -count=1 -timeout 90m -v -run 'TestCluster|TestControlPlane' ./test/
+	CI=true $(GO) test -tags cluster -count=1 -timeout 150m -v -run 'TestCluster|TestControlPlane' ./test/
 
 test-short:
 	$(GO) test -short ./...

@@ -260,27 +260,33 @@ func copyExampleInventory(t *testing.T, dir string) string {
 	return filepath.Join(dir, "cluster-inventory.yaml")
 }
 
-// editGroupConfig applies edits to the group config of the inventory copy at path: the lines
-// between the group's "    config:" and its "    secretFile:".
-func editGroupConfig(t *testing.T, path string, edits ...func(string) string) {
+// editInventory applies edits to the inventory copy at path.
+func editInventory(t *testing.T, path string, edits ...func(string) string) {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := string(data)
-	const open, end = "\n    config:\n", "\n    secretFile:"
-	i := strings.Index(s, open)
-	j := strings.Index(s, end)
-	if i < 0 || j < i {
-		t.Fatalf("%s: no group config between %q and %q", path, open, end)
-	}
-	block := s[i+len(open) : j+1]
 	for _, e := range edits {
-		block = e(block)
+		s = e(s)
 	}
-	if err := os.WriteFile(path, []byte(s[:i+len(open)]+block+s[j+1:]), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// insertAfter is an inventory edit: lines inserted after the first line that is exactly at
+// (without its newline); the test fails if there is none.
+func insertAfter(t *testing.T, at, lines string) func(string) string {
+	return func(inv string) string {
+		at := "\n" + at + "\n"
+		i := strings.Index(inv, at)
+		if i < 0 {
+			t.Fatalf("the example inventory has no line %q", strings.TrimSpace(at))
+		}
+		i += len(at)
+		return inv[:i] + lines + inv[i:]
 	}
 }
 
@@ -400,9 +406,9 @@ func clusterGuestMemory(rootSize int64) int { return netbootMemory(rootSize) + 3
 // newCluster builds the image, starts imgctl serve on it with the example inventory (TLS, as
 // the README) and the cluster LAN with the inventory's reservations and a default route.
 //
-// Each edit changes the group config of the inventory's copy: it gets that config's lines (the
-// block under "    config:") and returns them changed.
-func newCluster(ctx context.Context, t *testing.T, edits ...func(groupConfig string) string) *cluster {
+// Each edit changes the inventory's copy: it gets the text and returns it changed (see
+// insertAfter).
+func newCluster(ctx context.Context, t *testing.T, edits ...func(inventory string) string) *cluster {
 	t.Helper()
 	requireQEMU(t)
 	testenv.Tools(t, "mmdebstrap")
@@ -413,7 +419,7 @@ func newCluster(ctx context.Context, t *testing.T, edits ...func(groupConfig str
 	certFile, keyFile, _ := serveCert(t, work)
 	inv := copyExampleInventory(t, work)
 	if len(edits) > 0 {
-		editGroupConfig(t, inv, edits...)
+		editInventory(t, inv, edits...)
 	}
 	c.srv = startServe(ctx, t, c.img.dir, inv,
 		"--tls-cert", certFile, "--tls-key", keyFile, "--advertise-url", serveURL)

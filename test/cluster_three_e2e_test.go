@@ -45,13 +45,9 @@ func TestClusterThreeMachines(t *testing.T) {
 	// etcd's Raft timing for TCG: with etcd's defaults (100ms heartbeats, 1s election timeout),
 	// once master-2's member had joined, master-1's API server restarted again and again and
 	// node-1's joins timed out.
-	c := newCluster(ctx, t, func(group string) string {
-		const at = "      cluster:\n"
-		if !strings.Contains(group, at) {
-			t.Fatalf("the example inventory's group config has no %q:\n%s", at, group)
-		}
-		return strings.Replace(group, at, at+"        etcd: {heartbeatInterval: "+etcdHeartbeat+", electionTimeout: "+etcdElection+"}\n", 1)
-	})
+	// The group's config is the first with a cluster section.
+	c := newCluster(ctx, t, insertAfter(t, "      cluster:",
+		"        etcd: {heartbeatInterval: "+etcdHeartbeat+", electionTimeout: "+etcdElection+"}\n"))
 	// Two control-plane guests under TCG on two cores: with a host thread per vCPU, master-1's API
 	// server stopped answering while master-2's etcd joined (kubeadm's update-status timed out,
 	// three runs of three).

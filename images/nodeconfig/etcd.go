@@ -55,24 +55,21 @@ func (e Etcd) check() []*FieldError {
 	add := func(f, format string, args ...any) {
 		probs = append(probs, &FieldError{"spec.cluster.etcd." + f, fmt.Sprintf(format, args...)})
 	}
-	hb, el := DefaultEtcdHeartbeatInterval, DefaultEtcdElectionTimeout
 	ok := true
-	if e.HeartbeatInterval != "" {
-		d, err := parseMillis(e.HeartbeatInterval)
+	// parse returns the field's duration, def when it is unset.
+	parse := func(field, v string, def time.Duration) time.Duration {
+		if v == "" {
+			return def
+		}
+		d, err := parseMillis(v)
 		if err != nil {
-			add("heartbeatInterval", "%v", err)
+			add(field, "%v", err)
 			ok = false
 		}
-		hb = d
+		return d
 	}
-	if e.ElectionTimeout != "" {
-		d, err := parseMillis(e.ElectionTimeout)
-		if err != nil {
-			add("electionTimeout", "%v", err)
-			ok = false
-		}
-		el = d
-	}
+	hb := parse("heartbeatInterval", e.HeartbeatInterval, DefaultEtcdHeartbeatInterval)
+	el := parse("electionTimeout", e.ElectionTimeout, DefaultEtcdElectionTimeout)
 	if !ok {
 		return probs
 	}

@@ -2,6 +2,7 @@ package nodeconfig
 
 import (
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
@@ -224,6 +225,7 @@ func valid(t *testing.T, role Role) *NodeConfig {
 func TestValidate(t *testing.T) {
 	cert, key := testPEM(t)
 	cert2, key2 := testPEM(t)
+	ca, caKey := testCA(t, true)
 	tests := []struct {
 		name   string
 		role   Role
@@ -263,8 +265,8 @@ func TestValidate(t *testing.T) {
 		{"master", RoleMaster, func(*NodeConfig) {}, nil},
 		{"master without apiServer", RoleMaster, func(c *NodeConfig) { c.Spec.Cluster.APIServer = "" }, nil},
 		{"master with CA", RoleMaster, func(c *NodeConfig) {
-			c.Spec.Cluster.CACertificate = cert
-			c.Spec.Credentials = &Credentials{CAKey: key}
+			c.Spec.Cluster.CACertificate = ca
+			c.Spec.Credentials = &Credentials{CAKey: caKey}
 		}, nil},
 		{"master caKey without cert", RoleMaster, func(c *NodeConfig) { c.Spec.Credentials = &Credentials{CAKey: key} }, []string{
 			"spec.cluster.caCertificate: required for role master"}},
@@ -614,4 +616,73 @@ func TestDecodeNode(t *testing.T) {
 	if probs := DecodeNode("x", node("a: b\n"), c); len(probs) != 1 || !strings.Contains(probs[0].Error(), "non-nil pointer") {
 		t.Errorf("DecodeNode(non-pointer) = %v", probs)
 	}
+}
+
+// TestValidateCAKey checks what kubeadm init does with a master's CA at boot, at validation: the
+// key must be one kubeadm loads (RSA or ECDSA), match the first certificate of caCertificate
+// (the one kubeadm reads from ca.crt) and that certificate must be a CA.
+func TestValidateCAKey(t *testing.T) {
+	ca, caKey := testCA(t, true)
+	other, _ := testCA(t, true)
+	leaf, leafKey := testCA(t, false)
+	_, edKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edDER, err := x509.MarshalPKCS8PrivateKey(edKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: edDER}))
+	tests := []struct {
+		name, cert, key string
+		want            string // "": valid
+	}{
+		{"matching", ca, caKey, ""},
+		{"bundle, first matches", ca + other, caKey, ""},
+		{"another CA's key", other, caKey, "spec.credentials.caKey: does not match the first certificate of spec.cluster.caCertificate (kubeadm uses that one)"},
+		{"bundle, second matches", other + ca, caKey, "spec.credentials.caKey: does not match the first certificate"},
+		{"ed25519", ca, edPEM, "spec.credentials.caKey: an Ed25519 key: kubeadm uses RSA or ECDSA CA keys"},
+		{"not a CA", leaf, leafKey, "spec.cluster.caCertificate: the first certificate is not a CA (basicConstraints CA:TRUE): kubeadm refuses it as the cluster CA"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := valid(t, RoleMaster)
+			c.Spec.Cluster.CACertificate = tt.cert
+			c.Spec.Credentials = &Credentials{CAKey: tt.key}
+			err := c.Validate()
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("error %v, want %q", err, tt.want)
+			case err != nil && strings.Contains(err.Error(), "PRIVATE"):
+				t.Fatalf("error echoes the key: %v", err)
+			}
+		})
+	}
+}
+
+// testCA returns a self-signed certificate (a CA or not) and its PKCS#8 key, PEM encoded.
+func testCA(t *testing.T, isCA bool) (cert, key string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "kubernetes"},
+		NotBefore: time.Unix(0, 0), NotAfter: time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC),
+		BasicConstraintsValid: true, IsCA: isCA, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}))
 }

@@ -1,6 +1,10 @@
 package nodeconfig
 
 import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -175,9 +179,45 @@ func (c *NodeConfig) checkValues() []*FieldError {
 		}
 	}
 	if cr.CAKey != "" {
-		if err := checkKey(cr.CAKey); err != nil {
+		if k, err := parsePrivateKey(cr.CAKey); err != nil {
 			add("spec.credentials.caKey", "%v", err)
+		} else {
+			probs = append(probs, checkCAKey(k, cl.CACertificate)...)
 		}
+	}
+	return probs
+}
+
+// checkCAKey checks a master's CA key as kubeadm init uses it: an RSA or ECDSA key (what
+// kubeadm loads) that matches the first certificate of caCerts (kubeadm reads ca.crt's first),
+// which must be a CA. A missing or malformed caCertificate is reported elsewhere.
+func checkCAKey(k crypto.PrivateKey, caCerts string) []*FieldError {
+	const keyField, certField = "spec.credentials.caKey", "spec.cluster.caCertificate"
+	var pub crypto.PublicKey
+	switch k := k.(type) {
+	case *rsa.PrivateKey:
+		pub = k.Public()
+	case *ecdsa.PrivateKey:
+		pub = k.Public()
+	case ed25519.PrivateKey:
+		return []*FieldError{{keyField, "an Ed25519 key: kubeadm uses RSA or ECDSA CA keys"}}
+	default:
+		return []*FieldError{{keyField, fmt.Sprintf("a %T key: kubeadm uses RSA or ECDSA CA keys", k)}}
+	}
+	b, _ := pem.Decode([]byte(caCerts))
+	if b == nil || b.Type != "CERTIFICATE" {
+		return nil
+	}
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		return nil
+	}
+	var probs []*FieldError
+	if !cert.IsCA {
+		probs = append(probs, &FieldError{certField, "the first certificate is not a CA (basicConstraints CA:TRUE): kubeadm refuses it as the cluster CA"})
+	}
+	if p, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); !ok || !p.Equal(cert.PublicKey) {
+		probs = append(probs, &FieldError{keyField, "does not match the first certificate of " + certField + " (kubeadm uses that one)"})
 	}
 	return probs
 }
@@ -322,25 +362,34 @@ func checkCerts(s string) error {
 }
 
 func checkKey(s string) error {
+	_, err := parsePrivateKey(s)
+	return err
+}
+
+// parsePrivateKey parses a PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+func parsePrivateKey(s string) (crypto.PrivateKey, error) {
 	b, _ := pem.Decode([]byte(s))
 	if b == nil {
-		return errors.New("no PEM private key")
+		return nil, errors.New("no PEM private key")
 	}
-	var err error
+	var (
+		k   crypto.PrivateKey
+		err error
+	)
 	switch b.Type {
 	case "PRIVATE KEY":
-		_, err = x509.ParsePKCS8PrivateKey(b.Bytes)
+		k, err = x509.ParsePKCS8PrivateKey(b.Bytes)
 	case "RSA PRIVATE KEY":
-		_, err = x509.ParsePKCS1PrivateKey(b.Bytes)
+		k, err = x509.ParsePKCS1PrivateKey(b.Bytes)
 	case "EC PRIVATE KEY":
-		_, err = x509.ParseECPrivateKey(b.Bytes)
+		k, err = x509.ParseECPrivateKey(b.Bytes)
 	default:
-		return fmt.Errorf("PEM block is %q (expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)", b.Type)
+		return nil, fmt.Errorf("PEM block is %q (expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)", b.Type)
 	}
 	if err != nil {
-		return fmt.Errorf("bad private key: %w", err) // the parsers' errors carry no key material
+		return nil, fmt.Errorf("bad private key: %w", err) // the parsers' errors carry no key material
 	}
-	return nil
+	return k, nil
 }
 
 // MaxNodeNameLen is the longest node name: the node agent makes it the host name, and Linux

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -24,15 +25,53 @@ const (
 	testNode    = "node-1"
 )
 
-// testPKI is a CA and a kubelet client certificate for testNode. Ed25519 keys from fixed seeds
-// and fixed serials make them, and so the golden files, identical on every run.
+// testPKI is a CA and a kubelet client certificate for testNode. A fixed RSA CA key (the kind
+// kubeadm loads; PKCS#1 v1.5 signatures are deterministic), an Ed25519 client key from a fixed
+// seed and fixed serials make them, and so the golden files, identical on every run.
 type testPKI struct {
 	caCert, caKey, clientCert, clientKey string
 }
 
+// testCAKey is the test CA's key (openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048):
+// fake, and never a real cluster's.
+const testCAKey = `-----BEGIN PRIVATE KEY-----
+MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQCpmOjBZARhb9jN
+BEURIf4KjmkEZ1pPbHhNK7vE52hwLX1SN9FKkxOsZwvM6/QP5LmMh4jcMaAQw4ma
+K024AEoYGHjc95AJibZQog6FqQI+X8MybK2rcSEOBdmTaN0jRU66NM5oCNs4EXCd
+kH9jvIglECdlhFOZKw7dbyCmbXv9sKcFKTYyENWmIrpLdqI1xZpJJk58zxgr1xcR
+JBTOnr3avy2CmUhuinZdV3eTCo29MJ+Ydyi5GhB7ArraNUFMEMWHaWNUj7kA1D9w
+Mi8WSACJ7djGrbwRMRAoqU1h4rJcbu3vawsKH1HoCB1uhAFraZm+i+7l04BPSrSc
+AuS6O5tBAgMBAAECggEACTYtlTx5GvA75LXRyQqRPXJK/LLe5j+4YIuqrxkZFHe6
+DfZLazsmF0gBDXQ27UqRc/M0IS6eWK7AOXQW7HKyk5C3ttvI8mWtFf/ZXVPm0+u4
+YtOhkrVqM9RoQxAP68+ixS0jVWX+vzK+TMaZjrmhpO61zxcjAcejju4vZi697HNe
+TZ1mdQSi7HJYpi1FTnUi5NLgWWM+wVAVnye8C7iLws7yivX9IF6C7V7Jb7ZiuSnG
+LGN8y31VLjJMTUT5bHQp8zsu5jhJk3ItYknRVw5GT+C1HaMI3vuuKmm7ozEL5zzU
+cMIMPKpKViFiRWkd3ch/U+aLRm5lpr8AjwFs4FLXWQKBgQDerjcKTK+QWzfGReV4
+AkreSC64veekfNQ1enESQOTJVdC3HdXsbRxu37EzBVquDkfcGb5tdg7vkbbGMOGW
+bwTNHsuOXS+KRPRa7WScs4+JEEifmE41Y1uXguZVh5jBko5cwpJ7lHr8mdXA2c5V
+w/uVDIFLIq51Sx5yYLwqfNxbGQKBgQDC+VbnrdEbW9Eno5XANHjwKjp7oS1mSOie
+M9mIzyWbth4AdIdfrwCRNCb13dfUIw511IacEbnJUoy+oy0NPjggL8q+fXGeikTl
+MAnI31Pj7NH3Muk/dhXBRxSL0dx5nAo2bT12FZEhjrDoa/C9bxL2awzPwnwsovJ1
+vfX7PpHuaQKBgH4kiG9gM4/97GF4FN5fxhOXJkhm44LNZ9UHkGf7tN7MqxggYZ+1
+y4aPVy0E2nKBCnoHZ1VQrHNPww8Qf6odJ8YerMbvyM918kpT8kvGeAf33nvx5lPd
+/fOdJmfLEWCOafDoE9zHpsfTSUAe4gC5rZmoZNGwSs2NCSlX3R/gbV95AoGANOz2
+OEGop6KO7hGrztbvlVIBOhoQdtmHu5objNWeQdx33GvFa6XXo5LimI81zTIO9NFS
+EP+GzS2JYx5sVlHzbllK0da/hufFt+kIXuywmwhoHpBFXKKzWRnwa9v121UOOKQC
+sRE9qjxPrWfPm7yRCy8X9TW3+23oHyoHocHkXzECgYEAouUOjq2ek3HXIC69qyCI
+eDusFVvbBsi+nk2xpqleDQ0hG0P4LYui/JJltSzHo0iBLum/2k29BALjRZ5HP2lK
+FYydhNbrVWebBEqLyzfVw7MhAEtISMC4HQ4Mx/0KrJemyXkkUii0I7/qL4Cwrift
+xa3Fu+X0lZ5FKZuY/7LAKUQ=
+-----END PRIVATE KEY-----
+`
+
 func newTestPKI(t testing.TB, clientSubject pkix.Name) testPKI {
 	t.Helper()
-	caPriv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{1}, ed25519.SeedSize))
+	b, _ := pem.Decode([]byte(testCAKey))
+	k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPriv := k.(*rsa.PrivateKey)
 	clientPriv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{2}, ed25519.SeedSize))
 	notBefore := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
 	notAfter := time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -67,7 +106,7 @@ func newTestPKI(t testing.TB, clientSubject pkix.Name) testPKI {
 	}
 	return testPKI{
 		caCert:     certPEM(caDER),
-		caKey:      keyPEM(t, caPriv),
+		caKey:      testCAKey,
 		clientCert: certPEM(clientDER),
 		clientKey:  keyPEM(t, clientPriv),
 	}
@@ -80,7 +119,7 @@ func certPEM(der []byte) string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
 
-func keyPEM(t testing.TB, k ed25519.PrivateKey) string {
+func keyPEM(t testing.TB, k any) string {
 	der, err := x509.MarshalPKCS8PrivateKey(k)
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package render
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -12,6 +13,7 @@ import (
 	"encoding/pem"
 	"flag"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -549,7 +551,21 @@ func TestCertNodeFiles(t *testing.T) {
 func TestMasterCA(t *testing.T) {
 	pki := newTestPKI(t, nodeSubject)
 	p := mustRender(t, testInput(t, caseMaster, "1.21.13"))
-	if got := fileData(t, p, CAKeyPath); got != pki.caKey {
+	// The same key, in the form kubeadm writes (TestMasterCAKeyForKubeadm).
+	b, _ := pem.Decode([]byte(fileData(t, p, CAKeyPath)))
+	if b == nil || b.Type != "RSA PRIVATE KEY" {
+		t.Fatalf("%s is not an RSA PRIVATE KEY", CAKeyPath)
+	}
+	got, err := x509.ParsePKCS1PrivateKey(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wb, _ := pem.Decode([]byte(pki.caKey))
+	want, err := x509.ParsePKCS8PrivateKey(wb.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Equal(want) {
 		t.Errorf("%s is not credentials.caKey", CAKeyPath)
 	}
 	if got := fileData(t, p, CACertPath); got != pki.caCert {
@@ -561,8 +577,8 @@ func TestMasterCA(t *testing.T) {
 // writes keys: an ECDSA key as SEC1 (EC PRIVATE KEY) and an RSA key as PKCS#1, whatever form the
 // NodeConfig gives (openssl writes PKCS#8). kubeadm 1.21 uploads ca.key for the followers as is,
 // and their download-certs phase reads an ECDSA key only as SEC1: with a PKCS#8 one, every
-// kubeadm join --control-plane failed ("unknown data found in Secret entry"). Other keys
-// (Ed25519) are written as given.
+// kubeadm join --control-plane failed ("unknown data found in Secret entry"). An Ed25519 key,
+// which kubeadm cannot load, is refused.
 func TestMasterCAKeyForKubeadm(t *testing.T) {
 	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -583,16 +599,35 @@ func TestMasterCAKeyForKubeadm(t *testing.T) {
 	pkcs8 := func(k any) string { d, err := x509.MarshalPKCS8PrivateKey(k); return block("PRIVATE KEY", d, err) }
 	sec1 := func() string { d, err := x509.MarshalECPrivateKey(ec); return block("EC PRIVATE KEY", d, err) }()
 	pkcs1 := block("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(rk), nil)
-	for _, c := range []struct{ name, in, want string }{
-		{"ECDSA PKCS#8", pkcs8(ec), sec1},
-		{"ECDSA SEC1", sec1, sec1},
-		{"RSA PKCS#8", pkcs8(rk), pkcs1},
-		{"RSA PKCS#1", pkcs1, pkcs1},
-		{"Ed25519 PKCS#8", pkcs8(ed), pkcs8(ed)},
+	// ca is a self-signed CA certificate for k.
+	ca := func(k crypto.Signer) string {
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kubernetes"},
+			NotBefore: time.Unix(0, 0), NotAfter: time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC),
+			BasicConstraintsValid: true, IsCA: true, KeyUsage: x509.KeyUsageCertSign}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
+		return block("CERTIFICATE", der, err)
+	}
+	for _, c := range []struct {
+		name, in, want string
+		key            crypto.Signer
+	}{
+		{"ECDSA PKCS#8", pkcs8(ec), sec1, ec},
+		{"ECDSA SEC1", sec1, sec1, ec},
+		{"RSA PKCS#8", pkcs8(rk), pkcs1, rk},
+		{"RSA PKCS#1", pkcs1, pkcs1, rk},
+		{"Ed25519 PKCS#8", pkcs8(ed), "", ed},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			in := testInput(t, caseMaster, "1.21.13")
+			in.Config.Spec.Cluster.CACertificate = ca(c.key)
 			in.Config.Spec.Credentials.CAKey = c.in
+			if c.want == "" {
+				_, err := Render(in)
+				if err == nil || !strings.Contains(err.Error(), "spec.credentials.caKey: an Ed25519 key: kubeadm uses RSA or ECDSA CA keys") {
+					t.Fatalf("Render: %v, want the Ed25519 key refused", err)
+				}
+				return
+			}
 			if got := fileData(t, mustRender(t, in), CAKeyPath); got != c.want {
 				t.Errorf("%s =\n%s\nwant\n%s", CAKeyPath, got, c.want)
 			}
