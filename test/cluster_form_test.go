@@ -276,20 +276,6 @@ func editInventory(t *testing.T, path string, edits ...func(string) string) {
 	}
 }
 
-// insertAfter is an inventory edit: lines inserted after the first line that is exactly at
-// (without its newline); the test fails if there is none.
-func insertAfter(t *testing.T, at, lines string) func(string) string {
-	return func(inv string) string {
-		at := "\n" + at + "\n"
-		i := strings.Index(inv, at)
-		if i < 0 {
-			t.Fatalf("the example inventory has no line %q", strings.TrimSpace(at))
-		}
-		i += len(at)
-		return inv[:i] + lines + inv[i:]
-	}
-}
-
 // dnsProbeSource builds test/testdata/dnsprobe (static), packs it as dnsProbeRef into an OCI
 // layout in dir with imgctl images pack, and returns the spec source that bakes it.
 func dnsProbeSource(ctx context.Context, t *testing.T, dir string) string {

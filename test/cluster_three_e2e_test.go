@@ -24,6 +24,20 @@ const kubeadmCertsPath = "/api/v1/namespaces/kube-system/secrets/kubeadm-certs"
 // certificates are gone, and that will try again.
 var downloadCertsRetry = regexp.MustCompile(`step=kubeadm status=progress [^\n]*phase=control-plane-prepare/download-certs [^\n]*command="kubeadm join" attempt=\d+ retry-in=\S+`)
 
+// insertAfter is an inventory edit (newCluster) of the cluster-tagged tests: lines inserted after the first line that is exactly at
+// (without its newline); the test fails if there is none.
+func insertAfter(t *testing.T, at, lines string) func(string) string {
+	return func(inv string) string {
+		at := "\n" + at + "\n"
+		i := strings.Index(inv, at)
+		if i < 0 {
+			t.Fatalf("the example inventory has no line %q", strings.TrimSpace(at))
+		}
+		i += len(at)
+		return inv[:i] + lines + inv[i:]
+	}
+}
+
 // The three-machine cluster's etcd timing (spec.cluster.etcd), and etcd's flags for it.
 const (
 	etcdHeartbeat, etcdHeartbeatMS = "500ms", "500"
