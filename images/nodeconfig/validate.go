@@ -193,12 +193,8 @@ func (c *NodeConfig) checkValues() []*FieldError {
 // which must be a CA. A missing or malformed caCertificate is reported elsewhere.
 func checkCAKey(k crypto.PrivateKey, caCerts string) []*FieldError {
 	const keyField, certField = "spec.credentials.caKey", "spec.cluster.caCertificate"
-	var pub crypto.PublicKey
-	switch k := k.(type) {
-	case *rsa.PrivateKey:
-		pub = k.Public()
-	case *ecdsa.PrivateKey:
-		pub = k.Public()
+	switch k.(type) {
+	case *rsa.PrivateKey, *ecdsa.PrivateKey:
 	case ed25519.PrivateKey:
 		return []*FieldError{{keyField, "an Ed25519 key: kubeadm uses RSA or ECDSA CA keys"}}
 	default:
@@ -216,7 +212,7 @@ func checkCAKey(k crypto.PrivateKey, caCerts string) []*FieldError {
 	if !cert.IsCA {
 		probs = append(probs, &FieldError{certField, "the first certificate is not a CA (basicConstraints CA:TRUE): kubeadm refuses it as the cluster CA"})
 	}
-	if p, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); !ok || !p.Equal(cert.PublicKey) {
+	if pub, ok := k.(crypto.Signer).Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(cert.PublicKey) {
 		probs = append(probs, &FieldError{keyField, "does not match the first certificate of " + certField + " (kubeadm uses that one)"})
 	}
 	return probs
